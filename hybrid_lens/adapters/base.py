@@ -1,0 +1,97 @@
+"""The adapter protocol: what a family's blocks contain and how their forward exposes hook points.
+
+An adapter is mostly data: which mixers each block holds (read from the config), where the decoder
+layers and final norm live, and a block forward that calls the `transformers` submodules in the
+same order and with the same arithmetic as the original layer, passing every residual-stream
+quantity through a hook point. With no hooks attached the result is bit-identical to the
+original model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..hook_points import HookPoint, Tap, TappedHookPoint
+
+MIXER_KINDS = ("attn", "linear_attn", "ssm")
+COMPONENT_KINDS = (*MIXER_KINDS, "mlp")
+
+
+class MixerHooks(nn.Module):
+    """Inner hook points of one mixer (e.g. `blocks.3.attn.hook_q`), all fed by taps."""
+
+    def add(self, name: str, tap: Tap) -> TappedHookPoint:
+        point = TappedHookPoint(tap)
+        self.add_module(name, point)
+        return point
+
+
+class HookedBlock(nn.Module):
+    """Block-level hook points of decoder layer `index`.
+
+    Holds `hook_resid_pre`, one `hook_{kind}_out` per mixer in the block, `hook_resid_mid`,
+    `hook_mlp_out`, `hook_resid_post`, and one `MixerHooks` container per mixer kind.
+    """
+
+    def __init__(self, index: int, mixers: tuple[str, ...]):
+        super().__init__()
+        self.index = index
+        self.mixers = mixers
+        self.hook_resid_pre = HookPoint()
+        for kind in mixers:
+            self.add_module(f"hook_{kind}_out", HookPoint())
+            self.add_module(kind, MixerHooks())
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, mixers={self.mixers}"
+
+
+BlockForward = Callable[..., object]
+
+
+class Adapter:
+    """Base class of the per-family adapters. Subclasses fill in the class attributes and hooks."""
+
+    family: str = ""
+    architectures: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()
+    final_norm_attr: str = "norm"
+
+    def layer_mixers(self, config) -> list[tuple[str, ...]]:
+        """The mixer kinds of every block, in execution order, read from the config."""
+        raise NotImplementedError
+
+    def decoder(self, hf_model: nn.Module) -> nn.Module:
+        return hf_model.model
+
+    def layers(self, hf_model: nn.Module) -> nn.ModuleList:
+        return self.decoder(hf_model).layers
+
+    def final_norm(self, hf_model: nn.Module) -> nn.Module:
+        return getattr(self.decoder(hf_model), self.final_norm_attr)
+
+    def block_forward(self, block: HookedBlock, layer: nn.Module, entry: HookPoint | None) -> BlockForward:
+        """A replacement for `layer.forward` that routes values through `block`'s hook points.
+
+        `entry` (block 0 only) is `hook_embed`, called before `hook_resid_pre`.
+        """
+        raise NotImplementedError
+
+    def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
+        """Create the inner hook points of `block`'s mixers; return their taps.
+
+        `pattern_mode` is the model-wide tap that feeds every `hook_pattern`.
+        """
+        raise NotImplementedError
+
+
+def resid_in(block: HookedBlock, entry: HookPoint | None, hidden_states):
+    """Pass the block input through `hook_embed` (block 0) and `hook_resid_pre`."""
+    if entry is not None:
+        hidden_states = entry(hidden_states)
+    return block.hook_resid_pre(hidden_states)

@@ -1,0 +1,176 @@
+"""Taps: the switchable plumbing that feeds inner hook points from inside `transformers` mixers.
+
+A tap is installed only while one of its hook points has a hook (or a trace asks for all of
+them), so inner points cost nothing when unused. Four kinds:
+
+- `output_tap`: a torch forward hook on a submodule (e.g. `q_proj`) that splits its output into
+  named views, passes each through its hook point and, if any changed, reassembles the output.
+- `input_tap`: the same on a submodule's first positional input (e.g. the `o_proj` input, `z`).
+- `eager_forward_tap`: swaps in an instrumented mixer forward that exposes intermediates
+  (post-conv q/k/v, x/B/C/dt, ...) which the `transformers` forward computes inline.
+- `pattern_mode_tap`: switches attention to an eager implementation that passes the softmax pattern
+  through `hook_pattern` (sdpa/flash hide the pattern; they stay in use while nobody asks).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from ..hook_points import HookPoint, Tap
+from .base import MixerHooks
+
+Split = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Join = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def _route(points: dict[str, HookPoint], parts: dict[str, torch.Tensor]) -> bool:
+    """Pass each part through its hook point in place; return whether any part was replaced."""
+    changed = False
+    for name, point in points.items():
+        new = point(parts[name])
+        if new is not parts[name]:
+            parts[name] = new
+            changed = True
+    return changed
+
+
+def output_tap(hooks: MixerHooks, module: nn.Module, split: Split, join: Join, names: list[str], where: str) -> Tap:
+    """Hook points `names` on views of `module`'s output."""
+    points: dict[str, HookPoint] = {}
+
+    def on_output(_module, _args, output):
+        parts = split(output)
+        return join(parts, output) if _route(points, parts) else None
+
+    tap = Tap(lambda: module.register_forward_hook(on_output).remove, where)
+    points.update({name: hooks.add(name, tap) for name in names})
+    return tap
+
+
+def input_tap(hooks: MixerHooks, module: nn.Module, split: Split, join: Join, names: list[str], where: str) -> Tap:
+    """Hook points `names` on views of `module`'s first positional input."""
+    points: dict[str, HookPoint] = {}
+
+    def on_input(_module, args):
+        parts = split(args[0])
+        return (join(parts, args[0]), *args[1:]) if _route(points, parts) else None
+
+    tap = Tap(lambda: module.register_forward_pre_hook(on_input).remove, where)
+    points.update({name: hooks.add(name, tap) for name in names})
+    return tap
+
+
+def single(name: str, n_heads: int | None) -> tuple[Split, Join]:
+    """Split/join for one hook point on a (per-head, if `n_heads`) view of a tensor."""
+
+    def split(x):
+        return {name: x.unflatten(-1, (n_heads, -1)) if n_heads else x}
+
+    def join(parts, x):
+        return parts[name].reshape(x.shape)
+
+    return split, join
+
+
+def add_projection_point(hooks: MixerHooks, module: nn.Module, name: str, n_heads: int | None, where: str) -> Tap:
+    """One hook point on a projection's output, viewed per head when `n_heads` is given."""
+    split, join = single(name, n_heads)
+    return output_tap(hooks, module, split, join, [name], where)
+
+
+def eager_forward_tap(hooks: MixerHooks, module: nn.Module, forward: Callable, names: list[str], where: str) -> Tap:
+    """Hook points `names` fed by `forward`, an instrumented copy of `module`'s forward, used only while needed."""
+
+    def install():
+        module.forward = forward
+
+        def remove():
+            del module.forward
+
+        return remove
+
+    tap = Tap(install, where)
+    for name in names:
+        hooks.add(name, tap)
+    return tap
+
+
+# --- attention pattern -------------------------------------------------------------------------
+
+PATTERN_ATTENTION = "hybrid_lens_eager"
+_PATTERN_POINTS: "weakref.WeakKeyDictionary[nn.Module, HookPoint]" = weakref.WeakKeyDictionary()
+
+
+def _attention_with_pattern_hook(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
+    """Eager attention whose softmax pattern `[batch, head, query_pos, key_pos]` is a hook point."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    pattern = _PATTERN_POINTS[module](pattern)
+    pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
+    return torch.matmul(pattern, value).transpose(1, 2).contiguous(), pattern
+
+
+AttentionInterface.register(PATTERN_ATTENTION, _attention_with_pattern_hook)
+AttentionMaskInterface.register(PATTERN_ATTENTION, eager_mask)
+
+
+def pattern_mode_tap(config) -> Tap:
+    """A model-wide tap: while active, every softmax-attention layer runs the eager pattern path."""
+
+    def install():
+        previous = config._attn_implementation
+        config._attn_implementation = PATTERN_ATTENTION
+
+        def remove():
+            config._attn_implementation = previous
+
+        return remove
+
+    return Tap(install, "eager attention with hook_pattern (replaces sdpa while a pattern hook is active)")
+
+
+def add_pattern_point(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> None:
+    """`hook_pattern` of one attention module, fed by the model-wide eager pattern path."""
+    _PATTERN_POINTS[attention] = hooks.add("hook_pattern", mode)
+
+
+def add_attention_points(hooks: MixerHooks, attention: nn.Module, mode: Tap, gated: bool = False) -> list[Tap]:
+    """TransformerLens-named inner points of a softmax-attention module.
+
+    `hook_q/k/v` `[batch, pos, head, d_head]` are the q/k/v projection outputs (before q/k norms,
+    rotary and any key multiplier), `hook_z` `[batch, pos, head, d_head]` is the input of `o_proj`
+    (after Qwen3.5's output gate), `hook_gate` (Qwen3.5 only) the output-gate logits, and
+    `hook_pattern` `[batch, head, query_pos, key_pos]` the softmax pattern.
+    """
+    n_heads = attention.o_proj.in_features // attention.head_dim
+    n_kv = attention.k_proj.out_features // attention.head_dim
+    taps = []
+    if gated:
+
+        def split(x):
+            q, gate = x.unflatten(-1, (n_heads, -1)).chunk(2, dim=-1)
+            return {"hook_q": q, "hook_gate": gate}
+
+        def join(parts, x):
+            return torch.cat([parts["hook_q"], parts["hook_gate"]], dim=-1).reshape(x.shape)
+
+        taps.append(output_tap(hooks, attention.q_proj, split, join, ["hook_q", "hook_gate"], "q_proj output"))
+    else:
+        taps.append(add_projection_point(hooks, attention.q_proj, "hook_q", n_heads, "q_proj output"))
+    taps.append(add_projection_point(hooks, attention.k_proj, "hook_k", n_kv, "k_proj output"))
+    taps.append(add_projection_point(hooks, attention.v_proj, "hook_v", n_kv, "v_proj output"))
+    split, join = single("hook_z", n_heads)
+    taps.append(input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input"))
+    add_pattern_point(hooks, attention, mode)
+    return taps

@@ -1,0 +1,129 @@
+"""ActivationCache: activations of one run by hook name, with residual-stream helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """Cached activations keyed by canonical hook name (e.g. `blocks.3.hook_ssm_out`).
+
+    Also indexable TransformerLens-style by `(kind, layer)`: `cache["ssm_out", 3]`,
+    `cache["resid_pre", 0]`, `cache["q", 3, "attn"]`.
+
+    Args:
+        values: hook name -> tensor.
+        layer_mixers: mixer kinds of every block, as `HookedHybrid.layer_mixers`.
+    """
+
+    def __init__(self, values: dict[str, Tensor], layer_mixers: list[tuple[str, ...]]):
+        self._values = values
+        self.layer_mixers = layer_mixers
+
+    # --- mapping ------------------------------------------------------------------------------
+    def _key(self, key) -> str:
+        if isinstance(key, str):
+            return key
+        kind, layer, *mixer = key
+        if mixer:
+            return f"blocks.{layer}.{mixer[0]}.hook_{kind}"
+        return f"blocks.{layer}.hook_{kind}"
+
+    def __getitem__(self, key) -> Tensor:
+        name = self._key(key)
+        try:
+            return self._values[name]
+        except KeyError:
+            from .hook_points import unknown_hook_error
+
+            raise unknown_hook_error(name, self._values) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} tensors, {len(self.layer_mixers)} layers)"
+
+    def to(self, device: str | torch.device) -> ActivationCache:
+        """A copy with every tensor moved to `device`."""
+        return ActivationCache({k: v.to(device) for k, v in self._values.items()}, self.layer_mixers)
+
+    def cpu(self) -> ActivationCache:
+        return self.to("cpu")
+
+    # --- residual stream ------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_mixers)
+
+    def layers_with(self, kind: str) -> list[int]:
+        """Layers whose block has component `kind` (attn / linear_attn / ssm / mlp / resid_*)."""
+        if kind == "mlp" or kind in RESID_KINDS:
+            return list(range(self.n_layers))
+        return [i for i, mixers in enumerate(self.layer_mixers) if kind in mixers]
+
+    def stack(self, kind: str, return_labels: bool = False):
+        """Stack one kind over the layers that have it.
+
+        Args:
+            kind: `attn`, `linear_attn`, `ssm`, `mlp` (block-level outputs) or `resid_pre`,
+                `resid_mid`, `resid_post`.
+
+        Returns:
+            `Float[Tensor, "n batch pos d_model"]`, and the layer indices if `return_labels`.
+        """
+        layers = self.layers_with(kind)
+        if not layers:
+            raise ValueError(f"No layer of this model has a {kind!r} component (layer mixers: {self.layer_mixers}).")
+        suffix = kind if kind in RESID_KINDS else f"{kind}_out"
+        stacked = torch.stack([self[f"blocks.{i}.hook_{suffix}"] for i in layers])
+        return (stacked, layers) if return_labels else stacked
+
+    def accumulated_resid(
+        self, layer: int | None = None, incl_mid: bool = False, return_labels: bool = False
+    ) -> Float[Tensor, "n batch pos d_model"] | tuple[Tensor, list[str]]:
+        """The residual stream before each block up to `layer` (exclusive), plus the final output.
+
+        With `layer=None` the last entry is `blocks.{n-1}.hook_resid_post` (labelled `final_post`);
+        with `incl_mid` each block's `resid_mid` follows its `resid_pre`.
+        """
+        stop = self.n_layers if layer is None else layer
+        tensors, labels = [], []
+        for i in range(stop):
+            tensors.append(self[f"blocks.{i}.hook_resid_pre"])
+            labels.append(f"{i}_pre")
+            if incl_mid:
+                tensors.append(self[f"blocks.{i}.hook_resid_mid"])
+                labels.append(f"{i}_mid")
+        if layer is None:
+            tensors.append(self[f"blocks.{self.n_layers - 1}.hook_resid_post"])
+            labels.append("final_post")
+        stacked = torch.stack(tensors)
+        return (stacked, labels) if return_labels else stacked
+
+    def decompose_resid(
+        self, layer: int | None = None, return_labels: bool = False
+    ) -> Float[Tensor, "component batch pos d_model"] | tuple[Tensor, list[str]]:
+        """Per-component contributions whose sum is the residual stream entering `layer`.
+
+        Components are the embedding, then for every earlier block each mixer output and the MLP
+        output, labelled `embed`, `{i}_{kind}` (e.g. `3_ssm`, `3_attn`, `3_mlp`). With
+        `layer=None` they sum to the final `resid_post`.
+        """
+        stop = self.n_layers if layer is None else layer
+        tensors, labels = [self["hook_embed"]], ["embed"]
+        for i in range(stop):
+            for kind in (*self.layer_mixers[i], "mlp"):
+                tensors.append(self[f"blocks.{i}.hook_{kind}_out"])
+                labels.append(f"{i}_{kind}")
+        stacked = torch.stack(tensors)
+        return (stacked, labels) if return_labels else stacked
