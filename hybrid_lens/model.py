@@ -127,6 +127,7 @@ class HookedHybrid(HookedRootModule):
                 module.name = name
                 self.hook_dict[name] = module
         self.mod_dict = dict(self.hook_dict)
+        self.hook_order = {name: i for i, name in enumerate(self.hook_dict)}
 
     @property
     def cfg(self):

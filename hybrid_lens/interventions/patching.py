@@ -1,0 +1,101 @@
+"""Activation patching sweeps: patch clean activations into a corrupted run, hook by hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .ablations import Patch
+from .conditions import Condition, run_conditions
+from .selectors import KINDS, Selector
+
+Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]]
+
+
+def logit_diff_metric(correct: int, wrong: int, position: int = -1) -> Metric:
+    """Mean over examples of `logit[correct] - logit[wrong]` at `position`."""
+    return lambda logits: (logits[:, position, correct] - logits[:, position, wrong]).mean()
+
+
+def kl_metric(reference_logits: Tensor, position: int = -1) -> Metric:
+    """Mean over examples of KL(reference || run) of the next-token distribution at `position`."""
+    reference = reference_logits[:, position].float().log_softmax(-1)
+
+    def metric(logits):
+        logp = logits[:, position].float().log_softmax(-1)
+        return (reference.exp() * (reference - logp)).sum(-1).mean()
+
+    return metric
+
+
+def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selector]:
+    """One selector per kind present in the model (default: every mixer kind, mlp and resid_pre)."""
+    kinds = kinds or ("attn", "linear_attn", "ssm", "mlp", "resid_pre")
+    present = {kind for mixers in model.layer_mixers for kind in mixers} | {"mlp", "resid_pre", "resid_mid", "resid_post"}
+    return [Selector(kind) for kind in kinds if kind in present]
+
+
+@torch.no_grad()
+def patch(
+    model,
+    clean,
+    corrupt,
+    where: Selector | Sequence[Selector] | None = None,
+    positions: Sequence[int] | str | None = None,
+    metric: Metric | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Patch clean activations into the corrupted run, one (layer, component, position) at a time.
+
+    Args:
+        clean, corrupt: inputs of identical token shape (texts or ids).
+        where: selector(s) of the components to patch; default every mixer, MLP and `resid_pre`
+            of every layer (a full layer x component sweep).
+        positions: None patches all positions at once; `"each"` patches every position
+            separately; a list patches each listed position separately.
+        metric: maps logits `[batch, pos, vocab]` to a scalar; default KL(clean || patched) at the
+            last position (0 = fully restored).
+        batch_size: patched runs per forward pass (condition batching).
+
+    Returns:
+        A DataFrame with columns `layer, kind, hook, position, metric`; `attrs` holds the clean
+        and corrupted metric values.
+    """
+    clean_tokens = model._encode(clean, None)[0]
+    corrupt_tokens = model._encode(corrupt, None)[0]
+    if clean_tokens.shape != corrupt_tokens.shape:
+        raise ValueError(f"clean and corrupt must tokenize to the same shape, got {tuple(clean_tokens.shape)} "
+                         f"and {tuple(corrupt_tokens.shape)}.")
+    clean_logits = model(clean_tokens)
+    metric = metric or kl_metric(clean_logits)
+    selectors = component_selectors(model) if where is None else ([where] if isinstance(where, Selector) else list(where))
+    if positions == "each":
+        positions = range(clean_tokens.shape[1])
+    jobs = [
+        (target, None if positions is None else p)
+        for selector in selectors
+        for target in selector.targets(model.layer_mixers)
+        for p in ([None] if positions is None else positions)
+    ]
+    if any(t.kind not in KINDS or t.kind == "block" for t, _ in jobs):
+        raise ValueError("Patching acts on components or residual points, not whole blocks.")
+    source = Patch(clean_tokens)
+    source.prepare(model, sorted({t for t, _ in jobs}, key=lambda t: (t.layer, t.kind)))
+
+    rows = []
+    for start in tqdm(range(0, len(jobs), batch_size), desc="patching", disable=not progress):
+        chunk = jobs[start : start + batch_size]
+        conditions = [Condition.of(Selector(t.kind, t.layer, p, t.point), source) for t, p in chunk]
+        logits = run_conditions(model, corrupt_tokens, conditions)
+        for (target, position), run in zip(chunk, logits):
+            rows.append(dict(layer=target.layer, kind=target.kind, hook=target.hook_names[0], position=position,
+                             metric=float(metric(run))))
+    table = pd.DataFrame(rows)
+    table.attrs.update(clean=float(metric(clean_logits)), corrupt=float(metric(model(corrupt_tokens))))
+    return table
