@@ -156,6 +156,19 @@ class HookedHybrid(HookedRootModule):
             if kind == "mlp" or kind in mixers
         ]
 
+    def apply_final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The model's final norm applied to any residual-stream tensor (no hook points fire)."""
+        return self.adapter.final_norm(self.hf_model).forward(resid)
+
+    def unembed(self, normed: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logits from final-normed residuals: `lm_head` times any logit multiplier (no hooks fire)."""
+        return self.hf_model.lm_head.forward(normed) * self.adapter.logit_scale(self.hf_model)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        """Unembedding matrix including any logit multiplier, TransformerLens layout."""
+        return self.hf_model.lm_head.weight.T * self.adapter.logit_scale(self.hf_model)
+
     def hook_names(self, inner: bool = True) -> list[str]:
         """All hook point names; with `inner=False` only the block-level and model-level ones."""
         return [n for n, p in self.hook_dict.items() if inner or not isinstance(p, TappedHookPoint)]

@@ -249,3 +249,12 @@ def test_components_and_layer_types_come_from_the_config():
     assert custom.layer_types[:2] == ["attn", "linear_attn"]
     with pytest.raises(ValueError, match="choose one of"):
         custom.components("mamba")
+
+
+@torch.no_grad()
+def test_final_norm_and_unembed_reproduce_the_logits(pair, tokens):
+    _, model = pair
+    logits, cache = model.run_with_cache(tokens)
+    last = cache[f"blocks.{model.n_layers - 1}.hook_resid_post"]
+    torch.testing.assert_close(model.unembed(model.apply_final_norm(last)), logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(cache["ln_final.hook_normalized"] @ model.W_U, logits, atol=1e-5, rtol=1e-4)

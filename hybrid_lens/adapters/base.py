@@ -75,6 +75,10 @@ class Adapter:
     def final_norm(self, hf_model: nn.Module) -> nn.Module:
         return getattr(self.decoder(hf_model), self.final_norm_attr)
 
+    def logit_scale(self, hf_model: nn.Module) -> float:
+        """Factor the model applies to `lm_head` outputs (Falcon-H1's `lm_head_multiplier`)."""
+        return 1.0
+
     def block_forward(self, block: HookedBlock, layer: nn.Module, entry: HookPoint | None) -> BlockForward:
         """A replacement for `layer.forward` that routes values through `block`'s hook points.
 

@@ -25,6 +25,9 @@ class FalconH1Adapter(Adapter):
     def layer_mixers(self, config):
         return [("ssm", "attn")] * config.num_hidden_layers
 
+    def logit_scale(self, hf_model):
+        return hf_model.model.lm_head_multiplier
+
     def block_forward(self, block: HookedBlock, layer, entry):
         def forward(hidden_states, attention_mask=None, mamba_attention_mask=None, position_ids=None,
                     past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
