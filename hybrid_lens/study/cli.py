@@ -1,0 +1,86 @@
+"""`hybrid-lens study` and `hybrid-lens report`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import zoo
+from .conditions import GROUPS, METHODS
+from .tasks import TASKS
+
+CONDITION_GROUPS = [g for g in GROUPS if g != "baseline"]
+
+
+def _csv(valid: list[str], what: str):
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(item.strip() for item in text.split(",") if item.strip())
+        unknown = [item for item in items if item not in valid]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; valid: {', '.join(valid)}")
+        return items
+
+    return parse
+
+
+def _study(args) -> None:
+    from .report import render_report
+    from .runner import StudySpec, run_study
+
+    models = args.model or list(zoo.ZOO_MODELS)
+    for name in models:
+        spec = StudySpec(model=name, tasks=args.tasks, groups=("baseline", *args.conditions), n=args.n,
+                         method=args.method, trials=args.trials, seed=args.seed, dtype=args.dtype,
+                         ppl_source=args.ppl_text, ppl_context=args.ppl_context)
+        folder = run_study(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
+        print(f"{name}: results in {folder / 'results.sqlite'}")
+    if args.report:
+        print(f"report: {render_report(args.out, png=args.png)}")
+
+
+def _report(args) -> None:
+    from .report import render_report
+
+    print(f"report: {render_report(args.folder, png=args.png)}")
+
+
+def add_study_commands(commands) -> None:
+    study = commands.add_parser(
+        "study", help="Run the component-ablation protocol (resumable) and write its report.",
+        description="Run the component-ablation study of arXiv 2603.22473 on one or more models. Results go to "
+                    "OUT/<model>/results.sqlite, one row per (condition, task, example); rerunning resumes. "
+                    "With no --model, runs the three bundled models offline.")
+    study.add_argument("--model", action="append", help="Hub name, local folder or bundled name; repeat for several "
+                       f"(default: {', '.join(zoo.ZOO_MODELS)}).")
+    study.add_argument("--tasks", type=_csv(list(TASKS), "task"), default=tuple(TASKS),
+                       help=f"Comma-separated tasks (default: all of {', '.join(TASKS)}).")
+    study.add_argument("--conditions", type=_csv(CONDITION_GROUPS, "condition group"),
+                       default=tuple(CONDITION_GROUPS),
+                       help="Condition groups besides the baseline: group (one component kind off everywhere), "
+                            "layer (each component of each layer), positional (early/middle/late thirds, parallel "
+                            "hybrids), random (matched random controls), transformer (random layer removal on a "
+                            "pure transformer). Default: all.")
+    study.add_argument("--n", type=int, default=200, help="Examples per benchmark; windows for perplexity (default 200).")
+    study.add_argument("--method", choices=METHODS, default="auto",
+                       help="Ablation method: auto = skip whole layers on one-mixer-per-layer models and zero the "
+                            "path on parallel hybrids (the paper's choice); skip, zero, or mixer_off (zero every "
+                            "mixer, keep the MLP).")
+    study.add_argument("--trials", type=int, default=3, help="Random-control trials per targeted condition.")
+    study.add_argument("--seed", type=int, default=0, help="Seed of random controls and bootstrap.")
+    study.add_argument("--dtype", default="float32", help="torch dtype to load the model in (float32, bfloat16).")
+    study.add_argument("--ppl-text", default="auto",
+                       help="Perplexity text: auto (bundled models: their held-out split; others: WikiText-2), "
+                            "wikitext2 (bundled test split), kjv-validation, or a .txt/.txt.gz path.")
+    study.add_argument("--ppl-context", type=int, default=512, help="Perplexity window length in tokens.")
+    study.add_argument("--out", type=Path, default=Path("hybrid-lens-study"), help="Output folder.")
+    study.add_argument("--overwrite", action="store_true", help="Replace a study of another model in OUT.")
+    study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="Render the report.")
+    study.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
+                       help="Also write PNG figures (needs a Chromium for kaleido).")
+    study.add_argument("--quiet", action="store_true", help="No progress bars.")
+    study.set_defaults(run=_study)
+
+    report = commands.add_parser("report", help="Re-render the report of a finished (or partial) study.")
+    report.add_argument("folder", type=Path, help="The study's output folder.")
+    report.add_argument("--png", action=argparse.BooleanOptionalAction, default=True, help="Also write PNG figures.")
+    report.set_defaults(run=_report)

@@ -1,0 +1,173 @@
+"""Condition generators of the component-ablation protocol, derived from the model's layer kinds.
+
+Every generator reads `model.layer_mixers`; nothing is hard-coded per checkpoint. The default
+ablation method follows the paper: sequential skip for one-mixer-per-layer models (Qwen3.5,
+Qwen2.5) and parallel zeroing for models with several mixers per block (Falcon-H1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..interventions import Condition, Selector, SkipLayer, Zero, layer_thirds
+from ..interventions.selectors import THIRDS
+
+METHODS = ("auto", "skip", "zero", "mixer_off")
+GROUPS = ("baseline", "group", "layer", "positional", "random", "transformer")
+
+
+@dataclass(frozen=True)
+class StudyCondition:
+    """A named condition with the metadata the statistics and figures need."""
+
+    name: str
+    group: str
+    condition: Condition = field(compare=False)
+    kind: str | None = None
+    layers: tuple[int, ...] = ()
+    third: str | None = None
+    trial: int | None = None
+    matches: str | None = None  # for random controls: the targeted condition they are matched to
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "group": self.group, "kind": self.kind, "layers": list(self.layers),
+                "third": self.third, "trial": self.trial, "matches": self.matches,
+                "condition": self.condition.to_dict()}
+
+
+def is_parallel(layer_mixers: list[tuple[str, ...]]) -> bool:
+    return any(len(mixers) > 1 for mixers in layer_mixers)
+
+
+def resolve_method(layer_mixers, method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"Unknown ablation method {method!r}; choose one of {METHODS}.")
+    if method == "auto":
+        return "zero" if is_parallel(layer_mixers) else "skip"
+    return method
+
+
+def ablate(kind: str, layers: Sequence[int], method: str, name: str) -> Condition:
+    """Ablate `kind` in `layers`: skip the whole blocks, zero the component, or zero the mixers."""
+    layers = tuple(layers)
+    if method == "skip":
+        return Condition.of(Selector("block", layers), SkipLayer(), name)
+    if method == "mixer_off":
+        return Condition.of(Selector("mixer", layers), Zero(), name)
+    return Condition.of(Selector(kind, layers), Zero(), name)
+
+
+def mixer_kinds(layer_mixers) -> list[str]:
+    """Mixer kinds present, in first-appearance order."""
+    return list(dict.fromkeys(kind for mixers in layer_mixers for kind in mixers))
+
+
+def layers_of(layer_mixers, kind: str) -> list[int]:
+    return [i for i, mixers in enumerate(layer_mixers) if kind in mixers]
+
+
+def baseline() -> StudyCondition:
+    return StudyCondition("baseline", "baseline", Condition(name="baseline"))
+
+
+def group_ablations(layer_mixers, method: str = "auto") -> list[StudyCondition]:
+    """All instances of one mixer kind off at once (`linear_attn_off`, `attn_off`, `ssm_off`)."""
+    method = resolve_method(layer_mixers, method)
+    kinds = mixer_kinds(layer_mixers)
+    if len(kinds) < 2:
+        return []  # a pure transformer has no component groups; see transformer_control
+    return [
+        StudyCondition(f"{kind}_off", "group", ablate(kind, layers_of(layer_mixers, kind), method, f"{kind}_off"),
+                       kind, tuple(layers_of(layer_mixers, kind)))
+        for kind in kinds
+    ]
+
+
+def layer_sweep(layer_mixers, method: str = "auto") -> list[StudyCondition]:
+    """One component of one layer, for every component of every layer (`L3_ssm_off`, ...)."""
+    method = resolve_method(layer_mixers, method)
+    return [
+        StudyCondition(f"L{layer}_{kind}_off", "layer", ablate(kind, [layer], method, f"L{layer}_{kind}_off"),
+                       kind, (layer,))
+        for layer, mixers in enumerate(layer_mixers)
+        for kind in mixers
+    ]
+
+
+def positional_thirds(layer_mixers, method: str = "auto") -> list[StudyCondition]:
+    """One mixer kind off in the early / middle / late third of the layers."""
+    method = resolve_method(layer_mixers, method)
+    thirds = layer_thirds(len(layer_mixers))
+    found = []
+    for kind in mixer_kinds(layer_mixers):
+        for third in THIRDS:
+            layers = [i for i in thirds[third] if kind in layer_mixers[i]]
+            if layers:
+                name = f"{kind}_off_{third}"
+                found.append(StudyCondition(name, "positional", ablate(kind, layers, method, name), kind,
+                                            tuple(layers), third=third))
+    return found
+
+
+def random_controls(layer_mixers, targeted: Sequence[StudyCondition], trials: int = 3, seed: int = 0,
+                    method: str = "auto") -> list[StudyCondition]:
+    """Matched random controls: for each targeted condition that covers fewer than all layers, `trials`
+    draws of the same number of layers (without replacement, seeded with `default_rng(seed + 1)` as
+    the paper's code does). Sequential models skip the drawn layers; parallel ones zero the same
+    component kind in them."""
+    method = resolve_method(layer_mixers, method)
+    rng = np.random.default_rng(seed + 1)
+    n_layers = len(layer_mixers)
+    found = []
+    for target in targeted:
+        if not target.layers or len(target.layers) >= n_layers or target.kind is None:
+            continue
+        candidates = layers_of(layer_mixers, target.kind) if method == "zero" else list(range(n_layers))
+        for trial in range(trials):
+            layers = tuple(sorted(int(i) for i in rng.choice(candidates, size=len(target.layers), replace=False)))
+            name = f"random_{target.name}_t{trial}"
+            found.append(StudyCondition(name, "random", ablate(target.kind, layers, method, name), target.kind,
+                                        layers, trial=trial, matches=target.name))
+    return found
+
+
+def transformer_control(layer_mixers, fractions: Sequence[float] = (0.25, 0.75), trials: int = 3,
+                        seed: int = 0) -> list[StudyCondition]:
+    """Random layer removal (sequential skip) at the given fractions of the layers (the paper's
+    6/24 and 18/24), for any model; the paper runs it on the pure transformer."""
+    rng = np.random.default_rng(seed + 1)
+    n_layers = len(layer_mixers)
+    found = []
+    for fraction in fractions:
+        count = max(1, round(fraction * n_layers))
+        for trial in range(trials):
+            layers = tuple(sorted(int(i) for i in rng.choice(n_layers, size=count, replace=False)))
+            name = f"remove{count}of{n_layers}_t{trial}"
+            found.append(StudyCondition(name, "transformer", ablate("block", layers, "skip", name), None, layers,
+                                        trial=trial))
+    return found
+
+
+def study_conditions(layer_mixers, groups: Sequence[str] = GROUPS, method: str = "auto", trials: int = 3,
+                     seed: int = 0) -> list[StudyCondition]:
+    """All conditions of the requested groups for a model with these layer kinds (baseline first)."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"Unknown condition group(s) {sorted(unknown)}; choose from {GROUPS}.")
+    found = [baseline()]
+    group = group_ablations(layer_mixers, method)
+    positional = positional_thirds(layer_mixers, method) if is_parallel(layer_mixers) else []
+    if "group" in groups:
+        found += group
+    if "layer" in groups:
+        found += layer_sweep(layer_mixers, method)
+    if "positional" in groups:
+        found += positional
+    if "random" in groups:
+        found += random_controls(layer_mixers, group + positional, trials, seed, method)
+    if "transformer" in groups and not is_parallel(layer_mixers) and len(mixer_kinds(layer_mixers)) == 1:
+        found += transformer_control(layer_mixers, trials=trials, seed=seed)
+    return found

@@ -1,0 +1,108 @@
+"""Study statistics: paired bootstrap CIs of score drops, perplexity ratios, redundancy ratios and
+multiples of baseline, all from the per-example results of a `StudyStore`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+PPL_TASK = "ppl"
+
+
+def paired_bootstrap(condition: np.ndarray, baseline: np.ndarray, statistic, n_resamples: int = 1000,
+                     seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Point estimate and percentile CI of `statistic(condition, baseline)` over examples resampled in pairs."""
+    point = float(statistic(condition, baseline, axis=-1))
+    if len(condition) < 2 or np.all(condition == condition[0]) and np.all(baseline == baseline[0]):
+        return point, point, point
+    result = stats.bootstrap((condition, baseline), statistic, paired=True, vectorized=True,
+                             n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                             rng=np.random.default_rng(seed))
+    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _mean_drop(condition, baseline, axis=-1):
+    return np.mean(condition, axis=axis) - np.mean(baseline, axis=axis)
+
+
+def score_drops(results: pd.DataFrame, metrics: dict[str, str], n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Score of every condition on every task with a paired bootstrap CI of its drop vs baseline.
+
+    Args:
+        results: long table (condition, task, example, metric, value).
+        metrics: task -> the metric reported for it (e.g. {"mmlu": "acc", "gsm8k": "exact_match_flexible"}).
+
+    Returns:
+        condition, task, metric, n, baseline, score, delta, ci_low, ci_high, significant
+        (the CI of `score - baseline` excludes 0).
+    """
+    rows = []
+    for task, metric in metrics.items():
+        table = results[(results.task == task) & (results.metric == metric)]
+        wide = table.pivot(index="example", columns="condition", values="value")
+        if "baseline" not in wide:
+            continue
+        for condition in wide.columns:
+            pair = wide[[condition, "baseline"]].dropna().to_numpy()
+            delta, low, high = paired_bootstrap(pair[:, 0], pair[:, 1], _mean_drop, n_resamples, seed)
+            rows.append(dict(condition=condition, task=task, metric=metric, n=len(pair),
+                             baseline=pair[:, 1].mean(), score=pair[:, 0].mean(), delta=delta,
+                             ci_low=low, ci_high=high, significant=bool(low > 0 or high < 0)))
+    return pd.DataFrame(rows)
+
+
+def perplexity_table(results: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Loss, perplexity and multiple of baseline per condition, with a bootstrap CI of the ratio over
+    windows (per-window `nll_sum` and `tokens` rows of task `ppl`). Log values stay finite where the
+    perplexity itself overflows."""
+    table = results[results.task == PPL_TASK].pivot_table(index=["condition", "example"], columns="metric",
+                                                          values="value").reset_index()
+    if table.empty:
+        return pd.DataFrame()
+    base = table[table.condition == "baseline"].set_index("example")
+    rows = []
+    for condition, group in table.groupby("condition", sort=False):
+        group = group.set_index("example").loc[base.index]
+        loss = group.nll_sum.sum() / group.tokens.sum()
+        base_loss = base.nll_sum.sum() / base.tokens.sum()
+
+        def log_ratio(c, b, axis=-1, tokens_c=group.tokens.to_numpy(), tokens_b=base.tokens.to_numpy()):
+            return np.sum(c, axis=axis) / tokens_c.sum() - np.sum(b, axis=axis) / tokens_b.sum()
+
+        point, low, high = paired_bootstrap(group.nll_sum.to_numpy(), base.nll_sum.to_numpy(), log_ratio, n_resamples, seed)
+        rows.append(dict(condition=condition, loss=loss, ppl=_safe_exp(loss), log_ratio=point,
+                         ratio=_safe_exp(loss - base_loss), ratio_ci_low=_safe_exp(low), ratio_ci_high=_safe_exp(high)))
+    return pd.DataFrame(rows)
+
+
+def _safe_exp(x: float) -> float:
+    """exp(x), or inf beyond float range (the log value is kept alongside)."""
+    return float(np.exp(x)) if x < 709 else float("inf")
+
+
+def targeted_vs_random(values: pd.Series, conditions: list[dict]) -> pd.DataFrame:
+    """Targeted condition vs its matched random controls: mean, std over trials, and ratio.
+
+    Args:
+        values: one number per condition name (e.g. perplexity or mean accuracy).
+        conditions: condition specs from the store (with `group` and `matches`).
+    """
+    rows = []
+    for spec in conditions:
+        controls = [c["name"] for c in conditions if c.get("matches") == spec["name"] and c["name"] in values]
+        if not controls or spec["name"] not in values:
+            continue
+        random = values[controls].to_numpy(dtype=float)
+        rows.append(dict(condition=spec["name"], layers=len(spec["layers"]), targeted=float(values[spec["name"]]),
+                         random_mean=float(random.mean()), random_std=float(random.std(ddof=1)) if len(random) > 1 else 0.0,
+                         trials=len(random), ratio=float(random.mean() / values[spec["name"]])))
+    return pd.DataFrame(rows)
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Pearson r and p, Spearman rho and p of two per-layer series (scipy.stats)."""
+    pearson = stats.pearsonr(x, y)
+    spearman = stats.spearmanr(x, y)
+    return dict(pearson_r=float(pearson.statistic), pearson_p=float(pearson.pvalue),
+                spearman_rho=float(spearman.statistic), spearman_p=float(spearman.pvalue), n=len(x))

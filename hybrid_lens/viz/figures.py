@@ -1,0 +1,106 @@
+"""Figures of the component-ablation study, each from a tidy table produced by `study.stats`.
+
+Every function returns a `plotly.graph_objects.Figure` and raises `ValueError` when its table has
+nothing to plot, so a report never shows an empty figure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def _require(table: pd.DataFrame, what: str) -> None:
+    if table is None or table.empty:
+        raise ValueError(f"No data for the {what} figure.")
+
+
+def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
+    """Radar of absolute scores per task for baseline and each group ablation.
+
+    Args:
+        drops: `score_drops` rows of one model restricted to baseline + group conditions.
+    """
+    _require(drops, "group-ablation radar")
+    fig = go.Figure()
+    for condition, rows in drops.groupby("condition", sort=False):
+        tasks = rows.task.tolist()
+        fig.add_trace(go.Scatterpolar(r=[*rows.score, rows.score.iloc[0]], theta=[*tasks, tasks[0]],
+                                      name=condition, fill="toself", opacity=0.5))
+    fig.update_layout(title=f"{model}: group ablations (score per benchmark)", polar=dict(radialaxis=dict(range=[0, 1])))
+    return fig
+
+
+def perplexity_bars(ppl: pd.DataFrame, model: str) -> go.Figure:
+    """Perplexity per condition on a log axis, with the bootstrap CI of the ratio to baseline."""
+    _require(ppl, "perplexity")
+    base = float(np.exp(ppl.loc[ppl.condition == "baseline", "loss"].iloc[0]))
+    fig = go.Figure(go.Bar(
+        x=ppl.condition, y=np.exp(np.minimum(ppl.loss, 700)),
+        error_y=dict(type="data", symmetric=False, array=(ppl.ratio_ci_high - ppl.ratio) * base,
+                     arrayminus=(ppl.ratio - ppl.ratio_ci_low) * base),
+        text=[f"{r:,.1f}x" for r in ppl.ratio], textposition="outside",
+    ))
+    fig.update_layout(title=f"{model}: WikiText-2 perplexity (log scale; labels: multiple of baseline)",
+                      yaxis=dict(type="log", title="perplexity"))
+    return fig
+
+
+def layer_sweep_heatmaps(sweeps: dict[str, pd.DataFrame], task: str) -> go.Figure:
+    """Score drop of single-component ablations, component kind x layer, one panel per model.
+
+    Args:
+        sweeps: model -> rows with columns kind, layer, delta for `task`.
+    """
+    sweeps = {m: t for m, t in sweeps.items() if t is not None and not t.empty}
+    _require(pd.concat(sweeps.values()) if sweeps else pd.DataFrame(), f"{task} layer-sweep")
+    fig = make_subplots(rows=len(sweeps), cols=1, subplot_titles=list(sweeps), vertical_spacing=0.15)
+    for row, table in enumerate(sweeps.values(), start=1):
+        grid = table.pivot_table(index="kind", columns="layer", values="delta")
+        fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=grid.columns.tolist(), y=grid.index.tolist(),
+                                 colorscale="RdBu_r" if task == "ppl" else "RdBu", zmid=0,
+                                 colorbar=dict(title="Δ")), row=row, col=1)
+        fig.update_xaxes(title_text="layer", row=row, col=1)
+    what = "log perplexity ratio" if task == "ppl" else "score drop"
+    fig.update_layout(title=f"Layer-wise ablation: {task} {what} vs baseline",
+                      height=260 * len(sweeps) + 120)
+    return fig
+
+
+def targeted_vs_random_bars(table: pd.DataFrame, model: str, value: str) -> go.Figure:
+    """Targeted ablation vs the mean of its matched random controls (error bars: std over trials)."""
+    _require(table, "targeted-vs-random")
+    fig = go.Figure([
+        go.Bar(name="targeted", x=table.condition, y=table.targeted),
+        go.Bar(name="random (mean ± std)", x=table.condition, y=table.random_mean,
+               error_y=dict(type="data", array=table.random_std)),
+    ])
+    log = value.lower().startswith("perplexity")
+    fig.update_layout(title=f"{model}: targeted vs matched random ablation ({value})", barmode="group",
+                      yaxis=dict(title=value, type="log" if log else "linear"))
+    return fig
+
+
+def metric_vs_impact(table: pd.DataFrame, metric: str, impact: str, stats: dict, model: str) -> go.Figure:
+    """Per-layer hidden-state metric against the layer's ablation impact, with Pearson r and p."""
+    _require(table, "metric-vs-impact")
+    fig = go.Figure(go.Scatter(x=table[metric], y=table[impact], mode="markers+text", text=table.label,
+                               textposition="top center"))
+    fig.update_layout(title=f"{model}: {metric} vs {impact} (Pearson r = {stats['pearson_r']:.2f}, "
+                            f"p = {stats['pearson_p']:.3g}; Spearman ρ = {stats['spearman_rho']:.2f})",
+                      xaxis_title=metric, yaxis_title=impact)
+    return fig
+
+
+def drop_heatmap(drops: pd.DataFrame) -> go.Figure:
+    """Score drop over (model, condition) x benchmark."""
+    _require(drops, "score-drop")
+    grid = drops.assign(row=drops.model + " · " + drops.condition).pivot_table(index="row", columns="task",
+                                                                               values="delta", sort=False)
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=grid.columns.tolist(), y=grid.index.tolist(),
+                               colorscale="RdBu", zmid=0, colorbar=dict(title="Δ score")))
+    fig.update_layout(title="Score drop vs baseline per model, condition and benchmark",
+                      height=max(400, 22 * len(grid) + 150), yaxis=dict(autorange="reversed"))
+    return fig

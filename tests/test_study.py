@@ -1,0 +1,126 @@
+"""The study runner end to end on tiny saved checkpoints: resume, sharding, report, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+import torch
+
+from hybrid_lens.study import runner, tasks
+from hybrid_lens.study.report import render_report
+from hybrid_lens.study.runner import StudySpec, run_study
+from hybrid_lens.study.store import StudyStore
+
+from .conftest import build
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-falcon")
+    reference, model = build("falcon_h1", num_hidden_layers=3)
+    reference.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    text = folder / "text.txt"
+    text.write_text("In the beginning God created the heaven and the earth. " * 12)
+    return folder, text
+
+
+def spec_for(checkpoint, **kwargs):
+    folder, text = checkpoint
+    options = dict(model=str(folder), tasks=("ppl",), groups=("baseline", "group", "layer", "positional", "random"),
+                   n=3, trials=2, ppl_source=str(text), ppl_context=64)
+    return StudySpec(**{**options, **kwargs})
+
+
+def stored(out, spec) -> pd.DataFrame:
+    store = StudyStore(runner.model_folder(out, spec.model) / "results.sqlite")
+    table = store.results().sort_values(["condition", "task", "example", "metric"]).reset_index(drop=True)
+    store.close()
+    return table
+
+
+def test_interrupted_study_resumes_with_every_example_once(checkpoint, tmp_path, monkeypatch):
+    spec = spec_for(checkpoint)
+    full = stored(run_study(spec, tmp_path / "full", progress=False).parent, spec)
+
+    calls = {"n": 0}
+    original = tasks.TASKS["ppl"]
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(tasks.TASKS, "ppl", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, tmp_path / "resumed", progress=False)
+    partial = stored(tmp_path / "resumed", spec)
+    assert 0 < partial.condition.nunique() < full.condition.nunique()
+    monkeypatch.setitem(tasks.TASKS, "ppl", original)
+    run_study(spec, tmp_path / "resumed", progress=False)
+    resumed = stored(tmp_path / "resumed", spec)
+    assert not resumed.duplicated(["condition", "task", "example", "metric"]).any()
+    pd.testing.assert_frame_equal(resumed, full)
+
+
+def test_two_process_sharded_run_equals_one_process(checkpoint, tmp_path):
+    spec = spec_for(checkpoint, groups=("baseline", "layer"))
+    single = stored(run_study(spec, tmp_path / "one", progress=False).parent, spec)
+    code = ("import sys; from hybrid_lens.study.runner import StudySpec, run_study; "
+            "spec = StudySpec(**eval(sys.argv[1])); run_study(spec, sys.argv[2], progress=False, "
+            "rank_world=(int(sys.argv[3]), 2))")
+    fields = dict(model=spec.model, tasks=spec.tasks, groups=spec.groups, n=spec.n, trials=spec.trials,
+                  ppl_source=spec.ppl_source, ppl_context=spec.ppl_context)
+    procs = [subprocess.Popen([sys.executable, "-c", code, repr(fields), str(tmp_path / "two"), str(rank)])
+             for rank in (0, 1)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    pd.testing.assert_frame_equal(stored(tmp_path / "two", spec), single)
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.divs = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "div" and dict(attrs).get("id"):
+            self.divs.append(dict(attrs)["id"])
+
+
+def test_report_renders_from_the_store_with_data_in_every_figure(checkpoint, tmp_path):
+    spec = spec_for(checkpoint)
+    run_study(spec, tmp_path, progress=False)
+    page = render_report(tmp_path, png=False)
+    html = page.read_text()
+    parser = _Collector()
+    parser.feed(html)
+    slug = spec.model.replace("/", "_")
+    assert {f"{slug}_perplexity", f"{slug}_targeted_vs_random_perplexity", "layer_sweep_ppl"} <= set(parser.divs)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Table 2 analogue" in markdown and "Table 4 analogue" in markdown
+    assert "ssm_off" in markdown and "attn_off_early" in markdown
+
+
+def test_bad_input_is_refused_clearly(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="valid tasks: ppl"):
+        spec_for(checkpoint, tasks=("ppl", "mmlu_pro"))
+    with pytest.raises(ValueError, match="choose from"):
+        spec_for(checkpoint, groups=("baseline", "sweep"))
+    spec = spec_for(checkpoint, groups=("baseline",))
+    folder = run_study(spec, tmp_path, progress=False)
+    other = StudySpec(**{**spec.__dict__, "model": "hybrid-lens/tiny-qwen2.5"})
+    store_path = folder / "results.sqlite"
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        StudyStore(store_path, meta={"model": other.model})
+    from hybrid_lens.cli import main
+
+    assert main(["study", "--model", spec.model, "--tasks", "ppl", "--n", "1", "--conditions", "group",
+                 "--ppl-text", spec.ppl_source, "--ppl-context", "64", "--out", str(tmp_path), "--no-report",
+                 "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["study", "--tasks", "ppl,nope"])
