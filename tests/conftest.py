@@ -14,6 +14,9 @@ from hybrid_lens.configs import tiny_config
 
 FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
 
+# Tiny models gain nothing from intra-op threads, and threads oversubscribe a busy 2-core machine.
+torch.set_num_threads(1)
+
 
 def build(family: str, seed: int = 0, **config_overrides):
     """A fresh (plain reference, HookedHybrid) pair with identical weights, float32."""

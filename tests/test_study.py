@@ -100,8 +100,10 @@ def test_report_renders_from_the_store_with_data_in_every_figure(checkpoint, tmp
     parser = _Collector()
     parser.feed(html)
     slug = spec.model.replace("/", "_")
-    assert {f"{slug}_perplexity", f"{slug}_targeted_vs_random_perplexity", "layer_sweep_ppl"} <= set(parser.divs)
+    assert {f"{slug}_perplexity", f"{slug}_targeted_vs_random_perplexity", "layer_sweep_ppl",
+            f"{slug}_norm_change_vs_ppl", f"{slug}_output_ratio_vs_ppl"} <= set(parser.divs)
     markdown = (tmp_path / "report.md").read_text()
+    assert "Hidden-state metric vs layer-ablation impact" in markdown
     assert "Table 2 analogue" in markdown and "Table 4 analogue" in markdown
     assert "ssm_off" in markdown and "attn_off_early" in markdown
 

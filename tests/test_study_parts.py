@@ -9,7 +9,8 @@ import pytest
 from hybrid_lens.study.conditions import (
     group_ablations, layer_sweep, positional_thirds, random_controls, study_conditions, transformer_control,
 )
-from hybrid_lens.study.stats import correlation, paired_bootstrap, perplexity_table, score_drops, targeted_vs_random
+from hybrid_lens.analysis import correlation
+from hybrid_lens.study.stats import paired_bootstrap, perplexity_table, score_drops, targeted_vs_random
 from hybrid_lens.study.store import StudyStore
 
 QWEN35 = [("linear_attn",), ("linear_attn",), ("linear_attn",), ("attn",)] * 6

@@ -17,6 +17,8 @@ import plotly.io as pio
 
 from .. import viz
 from . import stats
+from ..analysis import correlation
+from .runner import HIDDEN_TASK
 from .store import StudyStore
 from .tasks import REPORTED_METRIC
 
@@ -44,6 +46,10 @@ class StudyTables:
         metrics = {t: m for t, m in REPORTED_METRIC.items() if t in set(results.task)}
         self.drops = stats.score_drops(results, metrics, n_resamples, seed)
         self.ppl = stats.perplexity_table(results, n_resamples, seed)
+        hidden = results[results.task == HIDDEN_TASK]
+        names = hidden.metric.str.split("|", expand=True) if not hidden.empty else pd.DataFrame(columns=[0, 1])
+        self.hidden = pd.DataFrame(dict(layer=hidden.example.to_numpy(), metric=names[0].to_numpy(),
+                                        component=names[1].to_numpy(), value=hidden.value.to_numpy()))
 
     def group_of(self, condition: str) -> str:
         return self.by_name[condition]["group"]
@@ -107,6 +113,32 @@ class StudyTables:
                                  delta=values))
 
 
+    def hidden_table(self) -> pd.DataFrame:
+        """Per-layer hidden-state metrics of the clean model, layer x (metric, component)."""
+        if self.hidden.empty:
+            return self.hidden
+        return self.hidden.pivot_table(index="layer", columns=["metric", "component"], values="value")
+
+    def impact_correlations(self) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+        """Correlation of each hidden-state metric with each task's layer-sweep impact (Figure 6),
+        and the joined points per (task, metric) for scatter plots."""
+        rows, points = [], {}
+        tasks = ([stats.PPL_TASK] if not self.ppl.empty else []) + sorted(self.drops.task.unique() if not self.drops.empty else [])
+        for task in tasks:
+            impact = self.layer_sweep(task).rename(columns={"kind": "component", "delta": "impact"})
+            if len(impact) < 3 or self.hidden.empty:
+                continue
+            for metric, metric_rows in self.hidden.groupby("metric"):
+                per_component = set(metric_rows.component) & set(impact.component)
+                on = ["layer", "component"] if per_component else ["layer"]
+                joined = metric_rows.merge(impact, on=on, suffixes=("", "_impact"))
+                if len(joined) < 3 or joined.value.nunique() < 2 or joined.impact.nunique() < 2:
+                    continue
+                rows.append(dict(task=task, metric=metric, **correlation(joined.value, joined.impact)))
+                points[f"{task}:{metric}"] = joined.assign(label=joined.component.astype(str) + "@" + joined.layer.astype(str))
+        return pd.DataFrame(rows), points
+
+
 def markdown_tables(tables: dict[str, StudyTables]) -> str:
     """All tables of all models as one Markdown document."""
     parts = ["# Component-ablation study", ""]
@@ -118,6 +150,8 @@ def markdown_tables(tables: dict[str, StudyTables]) -> str:
             ("Table 4 analogue: perplexity, targeted vs matched random", t.targeted_vs_random("perplexity")),
             ("Table 5 analogue: random layer removal, perplexity as a multiple of baseline", t.removal_multiples()),
             ("Table 6 analogue: positional thirds, absolute scores", t.scores_table("baseline", "positional")),
+            ("Hidden-state metrics of the clean model (diagnostic text)", t.hidden_table()),
+            ("Hidden-state metric vs layer-ablation impact (Pearson, Spearman)", t.impact_correlations()[0]),
             ("Score drops with 95% bootstrap CIs (all conditions)", t.drops),
         ]
         parts += [f"## {model}", ""]
@@ -138,6 +172,11 @@ def figures(tables: dict[str, StudyTables]) -> dict[str, object]:
         ppl = t.ppl_table("baseline", "group", "positional").reset_index()
         if not ppl.empty:
             found[f"{slug}_perplexity"] = viz.perplexity_bars(ppl, model)
+        correlations, points = t.impact_correlations()
+        for row in correlations.itertuples():
+            joined = points[f"{row.task}:{row.metric}"]
+            found[f"{slug}_{row.metric}_vs_{row.task}"] = viz.metric_vs_impact(
+                joined, "value", "impact", row._asdict(), model, names=(row.metric, f"{row.task} impact"))
         for value in ("score", "perplexity"):
             table = t.targeted_vs_random(value)
             if not table.empty:

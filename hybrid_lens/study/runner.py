@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from .conditions import GROUPS, study_conditions
@@ -93,5 +94,23 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
             start = time.perf_counter()
             rows = evaluate(task, model, study_condition.condition, spec.n, spec.seed, **task_options(spec, task))
             store.write(study_condition.name, task, rows, time.perf_counter() - start)
+        if rank == 0 and not store.is_done("baseline", HIDDEN_TASK):
+            start = time.perf_counter()
+            store.write("baseline", HIDDEN_TASK, hidden_metrics(model, spec), time.perf_counter() - start)
     store.close()
     return folder
+
+
+HIDDEN_TASK = "hidden"
+DIAGNOSTIC_TOKENS = 512
+
+
+def hidden_metrics(model, spec: StudySpec) -> pd.DataFrame:
+    """Per-layer hidden-state metrics of the clean model on the first 512 tokens of the perplexity
+    text (the protocol's diagnostic text), as rows example=layer, metric=`{metric}|{component}`."""
+    from ..analysis import layer_metrics
+    from .tasks import ppl_text
+
+    tokens = model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])[:, :DIAGNOSTIC_TOKENS]
+    table = layer_metrics(model, tokens)
+    return pd.DataFrame(dict(example=table.layer, metric=table.metric + "|" + table.component, value=table.value))

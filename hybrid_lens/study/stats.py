@@ -98,11 +98,3 @@ def targeted_vs_random(values: pd.Series, conditions: list[dict]) -> pd.DataFram
                          random_mean=float(random.mean()), random_std=float(random.std(ddof=1)) if len(random) > 1 else 0.0,
                          trials=len(random), ratio=float(random.mean() / values[spec["name"]])))
     return pd.DataFrame(rows)
-
-
-def correlation(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Pearson r and p, Spearman rho and p of two per-layer series (scipy.stats)."""
-    pearson = stats.pearsonr(x, y)
-    spearman = stats.spearmanr(x, y)
-    return dict(pearson_r=float(pearson.statistic), pearson_p=float(pearson.pvalue),
-                spearman_rho=float(spearman.statistic), spearman_p=float(spearman.pvalue), n=len(x))

@@ -83,14 +83,21 @@ def targeted_vs_random_bars(table: pd.DataFrame, model: str, value: str) -> go.F
     return fig
 
 
-def metric_vs_impact(table: pd.DataFrame, metric: str, impact: str, stats: dict, model: str) -> go.Figure:
-    """Per-layer hidden-state metric against the layer's ablation impact, with Pearson r and p."""
+def metric_vs_impact(table: pd.DataFrame, metric: str, impact: str, stats: dict, model: str,
+                     names: tuple[str, str] | None = None) -> go.Figure:
+    """Per-layer hidden-state metric against the layer's ablation impact, with Pearson r and p.
+
+    Args:
+        table: one row per point with columns `metric`, `impact` and `label`.
+        names: axis titles (default: the column names).
+    """
     _require(table, "metric-vs-impact")
+    x_name, y_name = names or (metric, impact)
     fig = go.Figure(go.Scatter(x=table[metric], y=table[impact], mode="markers+text", text=table.label,
                                textposition="top center"))
-    fig.update_layout(title=f"{model}: {metric} vs {impact} (Pearson r = {stats['pearson_r']:.2f}, "
+    fig.update_layout(title=f"{model}: {x_name} vs {y_name} (Pearson r = {stats['pearson_r']:.2f}, "
                             f"p = {stats['pearson_p']:.3g}; Spearman ρ = {stats['spearman_rho']:.2f})",
-                      xaxis_title=metric, yaxis_title=impact)
+                      xaxis_title=x_name, yaxis_title=y_name)
     return fig
 
 

@@ -1,0 +1,106 @@
+"""Direct logit attribution: each component's direct contribution to a logit or logit difference.
+
+The residual stream after the last block is exactly the sum of the embedding and every mixer and
+MLP output (`ActivationCache.decompose_resid`). The final RMSNorm, `g * x / rms(x)`, is not linear;
+the usual approximation freezes `rms` at its value on the actual final residual, which makes the
+norm a per-token diagonal linear map. Each component's attribution is then its frozen-normed
+output dotted with the target's unembedding direction, and the attributions of all components
+(embedding included) sum to the actual final logit (difference). What the approximation leaves
+out is the component's indirect effect through the norm's scale.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..cache import ActivationCache
+from ._shared import Reduction, check_reduction, layer_kind, tidy_table
+
+Target = int | Int[Tensor, "batch pos"] | tuple[int | Tensor, int | Tensor]
+
+
+def logit_direction(model, target: Target) -> Float[Tensor, "... d_model"]:
+    """The unembedding direction whose dot product with a final-normed residual gives the target:
+    `W_U[:, t]` for a token id, `W_U[:, a] - W_U[:, b]` for a pair `(a, b)` (logit difference).
+    Ids may be tensors `[batch, pos]`, one target per token; the result then has shape
+    `[batch, pos, d_model]`, else `[d_model]`."""
+    rows = model.W_U.T
+
+    def pick(ids) -> Tensor:
+        return rows[torch.as_tensor(ids, device=rows.device)]
+
+    if isinstance(target, tuple):
+        correct, wrong = target
+        return pick(correct) - pick(wrong)
+    return pick(target)
+
+
+@torch.no_grad()
+def frozen_final_norm(model, final_resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    """Factors `w` such that `x -> w * x` is the final norm with its scale frozen at `final_resid`
+    (so `w * final_resid` is the actual normed final residual).
+
+    Read from the model's own norm, whatever its parametrisation (`g`, or Qwen3.5's `1 + g`): the
+    gain up to a uniform factor from the norm of a constant vector, then the per-token scale as
+    `||norm(x)|| / ||gain * x||`. Computed in float32 whatever the model's dtype (a bf16 model's
+    own logits then approximate the attributions' sum). Raises `ValueError` if the norm is not of
+    the RMSNorm form.
+    """
+    x = final_resid.to(model.device).float()
+    gain = model.apply_final_norm(torch.ones(x.shape[-1], device=x.device)).float()
+    normed = model.apply_final_norm(x).float()
+    scale = normed.norm(dim=-1, keepdim=True) / (gain * x).norm(dim=-1, keepdim=True)
+    factors = gain * scale
+    if not torch.allclose(factors * x, normed, rtol=1e-4, atol=1e-4 * float(normed.abs().mean())):
+        raise ValueError("The final norm is not an RMSNorm (gain * x / rms(x)); its frozen-scale form is unknown.")
+    return factors
+
+
+@torch.no_grad()
+def logit_attribution(
+    model, cache: ActivationCache, target: Target
+) -> tuple[Float[Tensor, "component batch pos"], list[str]]:
+    """Direct logit attribution of every component at every token, labelled as
+    `cache.decompose_resid` (`embed`, `0_attn`, `0_mlp`, ...). Summed over components it equals
+    the final logit (difference) of `target` up to float error."""
+    stack, labels = cache.decompose_resid(return_labels=True)
+    factors = frozen_final_norm(model, cache["resid_post", cache.n_layers - 1])
+    weights = factors * logit_direction(model, target).float()
+    values = torch.einsum("cbpd,bpd->cbp", stack.to(weights.device).float(), weights.expand_as(factors))
+    return values, labels
+
+
+def direct_logit_attribution(
+    model, cache: ActivationCache, target: Target, position: int | None = -1, reduction: Reduction = "mean"
+) -> pd.DataFrame:
+    """Direct logit attribution of every component as a tidy table.
+
+    Args:
+        target: a token id, a pair `(a, b)` for the logit difference `a - b`, or ids `[batch, pos]`.
+        position: the token position attributed (default the last); None keeps every position.
+        reduction: mean over the selected tokens (and examples), or one row per token (`"none"`).
+
+    Returns:
+        Rows `layer, layer_kind, component, metric="dla", value`; the embedding has `layer=-1`
+        and `layer_kind="embed"`.
+    """
+    check_reduction(reduction)
+    values, labels = logit_attribution(model, cache, target)
+    n_positions = values.shape[-1]
+    if position is not None:
+        values = values[..., [position]]
+    entries = []
+    for label, value in zip(labels, values):
+        if label == "embed":
+            keys = dict(layer=-1, layer_kind="embed", component="embed")
+        else:
+            layer, component = label.split("_", 1)
+            keys = dict(layer=int(layer), layer_kind=layer_kind(cache.layer_mixers[int(layer)]), component=component)
+        entries.append((dict(keys, metric="dla"), value))
+    table = tidy_table(entries, reduction)
+    if reduction == "none" and position is not None:
+        table["position"] = position % n_positions
+    return table
