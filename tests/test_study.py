@@ -69,16 +69,16 @@ def test_interrupted_study_resumes_with_every_example_once(checkpoint, tmp_path,
 
 
 def test_two_process_sharded_run_equals_one_process(checkpoint, tmp_path):
+    """`torchrun` with two CPU processes: each takes its share, results merge in one store."""
     spec = spec_for(checkpoint, groups=("baseline", "layer"))
     single = stored(run_study(spec, tmp_path / "one", progress=False).parent, spec)
-    code = ("import sys; from hybrid_lens.study.runner import StudySpec, run_study; "
-            "spec = StudySpec(**eval(sys.argv[1])); run_study(spec, sys.argv[2], progress=False, "
-            "rank_world=(int(sys.argv[3]), 2))")
-    fields = dict(model=spec.model, tasks=spec.tasks, groups=spec.groups, n=spec.n, trials=spec.trials,
-                  ppl_source=spec.ppl_source, ppl_context=spec.ppl_context)
-    procs = [subprocess.Popen([sys.executable, "-c", code, repr(fields), str(tmp_path / "two"), str(rank)])
-             for rank in (0, 1)]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", "29531", "-m", "hybrid_lens.cli", "--", "study", "--model", spec.model, "--tasks", "ppl", "--n", str(spec.n),
+               "--conditions", "layer", "--ppl-text", spec.ppl_source, "--ppl-context", str(spec.ppl_context),
+               "--out", str(tmp_path / "two"), "--no-report"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "[1/2]" in finished.stderr and "[2/2]" in finished.stderr  # both ranks ran their share
     pd.testing.assert_frame_equal(stored(tmp_path / "two", spec), single)
 
 
@@ -104,6 +104,7 @@ def test_report_renders_from_the_store_with_data_in_every_figure(checkpoint, tmp
             f"{slug}_norm_change_vs_ppl", f"{slug}_output_ratio_vs_ppl"} <= set(parser.divs)
     markdown = (tmp_path / "report.md").read_text()
     assert "Hidden-state metric vs layer-ablation impact" in markdown
+    assert "per-token component contribution" in html and html.count("<span") >= 3 * 32
     assert "Table 2 analogue" in markdown and "Table 4 analogue" in markdown
     assert "ssm_off" in markdown and "attn_off_early" in markdown
 

@@ -1,6 +1,22 @@
-"""Evaluation through the hooked model, with any intervention active."""
+"""Evaluation through the hooked model, with any intervention active: perplexity and the five
+benchmarks scored as lm-evaluation-harness scores them."""
 
-from .data import wikitext2
-from .perplexity import PerplexityResult, perplexity, window_spans
+from .data import TaskDataError, wikitext2
+from .perplexity import PaperPerplexity, PerplexityResult, paper_perplexity, perplexity, window_spans
+from .scoring import cache_safe, choice_metrics, encode_pair, greedy_until, loglikelihoods
+from .tasks import (
+    TASKS,
+    TaskResult,
+    arc_challenge,
+    evaluate,
+    gsm8k_cot,
+    hellaswag,
+    mmlu,
+    truthfulqa_mc,
+)
 
-__all__ = ["PerplexityResult", "perplexity", "wikitext2", "window_spans"]
+__all__ = [
+    "TASKS", "PaperPerplexity", "PerplexityResult", "TaskDataError", "TaskResult", "arc_challenge", "cache_safe",
+    "choice_metrics", "encode_pair", "evaluate", "greedy_until", "gsm8k_cot", "hellaswag", "loglikelihoods", "mmlu",
+    "paper_perplexity", "perplexity", "truthfulqa_mc", "wikitext2", "window_spans",
+]

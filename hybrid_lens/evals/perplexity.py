@@ -13,11 +13,14 @@ import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from .scoring import last_logprobs
 
 
 @dataclass
@@ -53,9 +56,15 @@ class PerplexityResult:
         log = self.nll_sum / self.n_words
         return math.exp(log) if log < 709 else math.inf
 
+    @property
+    def log10_ppl(self) -> float:
+        """Base-10 log of the perplexity: 6.23 for 1.7 million, readable where `ppl` overflows."""
+        return self.mean_nll / math.log(10)
+
     def summary(self) -> dict[str, float]:
-        return dict(mean_nll=self.mean_nll, log_ppl=self.log_ppl, ppl=self.ppl, tokens=self.tokens,
-                    bits_per_byte=self.bits_per_byte, word_ppl=self.word_ppl, windows=len(self.windows))
+        return dict(mean_nll=self.mean_nll, log_ppl=self.log_ppl, log10_ppl=self.log10_ppl, ppl=self.ppl,
+                    tokens=self.tokens, bits_per_byte=self.bits_per_byte, word_ppl=self.word_ppl,
+                    windows=len(self.windows))
 
 
 def window_spans(n_tokens: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -112,22 +121,63 @@ def perplexity(
         for batch in tqdm(batches, desc="perplexity", disable=not progress):
             rows += _score(model, ids, batch, len(rows))
     windows = pd.DataFrame(rows)
+    bad = windows.index[~np.isfinite(windows.nll_sum)].tolist()
+    if bad:
+        raise FloatingPointError(f"Non-finite NLL in windows {bad[:10]}: the model produced inf/NaN logits"
+                                 f"{' under this condition' if condition is not None else ''}.")
     return PerplexityResult(float(windows.nll_sum.sum()), int(windows.tokens.sum()), n_bytes, n_words, windows)
 
 
 def _score(model, ids: Tensor, spans: list[tuple[int, int, int]], first_index: int) -> list[dict]:
-    """Score windows of possibly different lengths as one right-padded batch (exact for causal models)."""
-    length = max(end - begin for begin, end, _ in spans)
-    tokens = torch.zeros(len(spans), length, dtype=torch.long)
-    mask = torch.zeros(len(spans), length, dtype=torch.long)
-    for row, (begin, end, _) in enumerate(spans):
-        tokens[row, : end - begin] = ids[begin:end]
-        mask[row, : end - begin] = 1
-    logits = model(tokens.to(model.device), attention_mask=None if bool(mask.all()) else mask.to(model.device))
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:].to(logits.device),
-                                            reduction="none").cpu()
+    """NLL sums of windows of possibly different lengths, run as one right-padded batch (exact for
+    every mixer); only the scored positions are projected onto the vocabulary."""
+    counts = [end - scored_from for _, end, scored_from in spans]
+    inputs = [ids[begin : end - 1].tolist() for begin, end, _ in spans]  # the last token is only a target
     rows = []
-    for row, (begin, end, scored_from) in enumerate(spans):
-        scored = nll[row, scored_from - begin - 1 : end - begin - 1]
-        rows.append(dict(example=first_index + row, nll_sum=float(scored.sum()), tokens=scored.numel()))
+    for row, ((_, end, scored_from), logprobs) in enumerate(zip(spans, last_logprobs(model, inputs, counts))):
+        targets = ids[scored_from:end].to(logprobs.device)[:, None]
+        rows.append(dict(example=first_index + row, nll_sum=float(-logprobs.gather(-1, targets).sum()),
+                         tokens=end - scored_from))
     return rows
+
+
+@dataclass
+class PaperPerplexity:
+    """The single-pass measurement of the ablation paper's notebook (see `paper_perplexity`)."""
+
+    raw_loss: float
+    tokens: int
+    clamp: float
+
+    @property
+    def loss(self) -> float:
+        """Mean token cross-entropy, clamped at `clamp` as the paper did."""
+        return min(self.raw_loss, self.clamp)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.loss) if self.loss < 709 else math.inf
+
+    @property
+    def clamped(self) -> bool:
+        return self.raw_loss > self.clamp
+
+
+@torch.no_grad()
+def paper_perplexity(model, text: str, max_chars: int = 50_000, max_tokens: int = 8192, clamp: float = 20.0,
+                     condition=None) -> PaperPerplexity:
+    """Perplexity as the ablation paper's notebook measured it: one forward pass over the first
+    `max_chars` characters (they used WikiText-2 validation), cut to `max_tokens` tokens (they used
+    1024 for Falcon-H1 without kernels), mean cross-entropy clamped at `clamp` (so ppl <= e^20).
+
+    Use `perplexity` for comparable numbers; this mode exists to reproduce the published ratios,
+    which depend on the window and the clamp (report both).
+    """
+    tokens = model.tokenizer(text[:max_chars], return_tensors="pt")["input_ids"][:, :max_tokens].to(model.device)
+    with condition.apply(model) if condition is not None else nullcontext():
+        logits = model(tokens)
+    loss = float(torch.nn.functional.cross_entropy(logits[0, :-1].float(), tokens[0, 1:]))
+    if not math.isfinite(loss):
+        raise FloatingPointError("Non-finite loss: the model produced inf/NaN logits"
+                                 f"{' under this condition' if condition is not None else ''}.")
+    return PaperPerplexity(loss, tokens.shape[1] - 1, clamp)

@@ -31,7 +31,7 @@ def _study(args) -> None:
     for name in models:
         spec = StudySpec(model=name, tasks=args.tasks, groups=("baseline", *args.conditions), n=args.n,
                          method=args.method, trials=args.trials, seed=args.seed, dtype=args.dtype,
-                         ppl_source=args.ppl_text, ppl_context=args.ppl_context)
+                         ppl_source=args.ppl_text, ppl_context=args.ppl_context, data=args.data)
         folder = run_study(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
         print(f"{name}: results in {folder / 'results.sqlite'}")
     if args.report:
@@ -71,6 +71,9 @@ def add_study_commands(commands) -> None:
     study.add_argument("--ppl-text", default="auto",
                        help="Perplexity text: auto (bundled models: their held-out split; others: WikiText-2), "
                             "wikitext2 (bundled test split), kjv-validation, or a .txt/.txt.gz path.")
+    study.add_argument("--data", default="bundled",
+                       help="Benchmark data: bundled (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
+                            "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
     study.add_argument("--ppl-context", type=int, default=512, help="Perplexity window length in tokens.")
     study.add_argument("--out", type=Path, default=Path("hybrid-lens-study"), help="Output folder.")
     study.add_argument("--overwrite", action="store_true", help="Replace a study of another model in OUT.")

@@ -18,7 +18,7 @@ import plotly.io as pio
 from .. import viz
 from . import stats
 from ..analysis import correlation
-from .runner import HIDDEN_TASK
+from .runner import CONTRIBUTIONS_FILE, HIDDEN_TASK
 from .store import StudyStore
 from .tasks import REPORTED_METRIC
 
@@ -198,13 +198,18 @@ def figures(tables: dict[str, StudyTables]) -> dict[str, object]:
 def render_report(folder: str | Path, png: bool = True) -> Path:
     """Write `report.html`, `report.md` and (if possible) `figures/*.png` into `folder`; return the HTML path."""
     folder = Path(folder)
-    tables = {model: StudyTables(store) for model, store in load_studies(folder).items()}
+    stores = load_studies(folder)
+    tables = {model: StudyTables(store) for model, store in stores.items()}
     markdown = markdown_tables(tables)
     figs = figures(tables)
     _atomic_write(folder / "report.md", markdown)
     body = [f"<h1>hybrid-lens component-ablation study</h1><p>Models: {html.escape(', '.join(tables))}</p>"]
     for i, (name, fig) in enumerate(figs.items()):
         body.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if i == 0 else False, div_id=name))
+    for model, store in stores.items():
+        view = store.path.parent / CONTRIBUTIONS_FILE
+        if view.exists():
+            body.append(f"<h2>{html.escape(model)}: per-token component contribution</h2>" + view.read_text())
     for model, t in tables.items():
         body.append(f"<h2>{html.escape(model)}: score drops with 95% bootstrap CIs</h2>")
         body.append(t.drops.to_html(index=False, float_format=lambda x: f"{x:.4g}") if not t.drops.empty else "")

@@ -2,12 +2,13 @@
 
 Conditions come from the model's layer kinds (`study.conditions`); tasks from `study.tasks`.
 Finished pairs are skipped on a rerun, so an interrupted study resumes where it stopped.
-Conditions shard across processes: each rank takes every `world`-th condition (with `accelerate`,
-ranks come from `accelerate.PartialState`), and all ranks write to the same store.
+Conditions shard across processes: under `torchrun` / `accelerate launch` each rank takes every
+`world`-th condition, and all ranks write to the same store.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ class StudySpec:
     dtype: str = "float32"
     ppl_source: str = "auto"
     ppl_context: int = 512
+    data: str = "bundled"
 
     def __post_init__(self):
         check_tasks(self.tasks)
@@ -46,7 +48,7 @@ class StudySpec:
 def task_options(spec: StudySpec, task: str) -> dict:
     if task == "ppl":
         return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=spec.ppl_context)
-    return {}
+    return dict(data=spec.data)
 
 
 def model_folder(out: Path, model: str) -> Path:
@@ -55,13 +57,9 @@ def model_folder(out: Path, model: str) -> Path:
 
 
 def shard() -> tuple[int, int]:
-    """(rank, world size) of this process under `accelerate launch`, else (0, 1)."""
-    try:
-        from accelerate import PartialState
-    except ImportError:
-        return 0, 1
-    state = PartialState()
-    return state.process_index, state.num_processes
+    """(rank, world size) from the standard `RANK` / `WORLD_SIZE` variables that `torchrun` and
+    `accelerate launch` set for each process; (0, 1) in a plain run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = False, progress: bool = True,
@@ -71,7 +69,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     Args:
         model: an already loaded `HookedHybrid` (default: `HookedHybrid.from_pretrained(spec.model)`).
         overwrite: replace a store of another model in the same folder.
-        rank_world: explicit shard; default from `accelerate`.
+        rank_world: explicit shard; default from the launcher's `RANK` / `WORLD_SIZE`.
     """
     import torch
 
@@ -96,21 +94,39 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
             store.write(study_condition.name, task, rows, time.perf_counter() - start)
         if rank == 0 and not store.is_done("baseline", HIDDEN_TASK):
             start = time.perf_counter()
-            store.write("baseline", HIDDEN_TASK, hidden_metrics(model, spec), time.perf_counter() - start)
+            tokens = diagnostic_tokens(model, spec)
+            write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder / CONTRIBUTIONS_FILE)
+            store.write("baseline", HIDDEN_TASK, hidden_metrics(model, tokens), time.perf_counter() - start)
     store.close()
     return folder
 
 
 HIDDEN_TASK = "hidden"
 DIAGNOSTIC_TOKENS = 512
+CONTRIBUTION_TOKENS = 64
+CONTRIBUTIONS_FILE = "contributions.html"
 
 
-def hidden_metrics(model, spec: StudySpec) -> pd.DataFrame:
-    """Per-layer hidden-state metrics of the clean model on the first 512 tokens of the perplexity
-    text (the protocol's diagnostic text), as rows example=layer, metric=`{metric}|{component}`."""
-    from ..analysis import layer_metrics
+def diagnostic_tokens(model, spec: StudySpec):
+    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, `[1, pos]`."""
     from .tasks import ppl_text
 
-    tokens = model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])[:, :DIAGNOSTIC_TOKENS]
+    return model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])[:, :DIAGNOSTIC_TOKENS]
+
+
+def hidden_metrics(model, tokens) -> pd.DataFrame:
+    """Per-layer hidden-state metrics of the clean model, as rows example=layer, metric=`{metric}|{component}`."""
+    from ..analysis import layer_metrics
+
     table = layer_metrics(model, tokens)
     return pd.DataFrame(dict(example=table.layer, metric=table.metric + "|" + table.component, value=table.value))
+
+
+def write_contributions(model, tokens, path: Path) -> None:
+    """The per-token component-contribution view of the clean model, as an HTML fragment (atomic write)."""
+    from ..analysis import contributions_html, token_contributions
+
+    _, cache = model.run_with_cache(tokens)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(contributions_html(token_contributions(model, cache, tokens)), encoding="utf-8")
+    temporary.replace(path)

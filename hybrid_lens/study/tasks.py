@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import pandas as pd
 
 from .. import zoo
 from ..evals import perplexity, wikitext2
+from ..evals.tasks import TASKS as BENCHMARK_FUNCTIONS
 
 Evaluator = Callable[..., pd.DataFrame]
 
@@ -29,8 +31,34 @@ def evaluate_ppl(model, condition, n: int, seed: int, model_name: str = "", ppl_
     return result.windows.melt(id_vars="example", value_vars=["nll_sum", "tokens"], var_name="metric")
 
 
-TASKS: dict[str, Evaluator] = {"ppl": evaluate_ppl}
-REPORTED_METRIC: dict[str, str] = {}
+# study task name -> (evals task, the metric the report shows)
+BENCHMARKS = {
+    "mmlu": ("mmlu", "acc"),
+    "arc": ("arc_challenge", "acc_norm"),
+    "hellaswag": ("hellaswag", "acc_norm"),
+    "truthfulqa": ("truthfulqa_mc", "mc1"),
+    "gsm8k": ("gsm8k_cot", "exact_match_flexible"),
+}
+
+
+def benchmark(task: str) -> Evaluator:
+    """The study evaluator of a benchmark: its per-example metrics as long rows."""
+    function = BENCHMARK_FUNCTIONS[BENCHMARKS[task][0]]
+    takes_seed = "seed" in inspect.signature(function).parameters
+
+    def evaluate_benchmark(model, condition, n: int, seed: int, data: str = "bundled", **_) -> pd.DataFrame:
+        """`data`: `bundled` (offline subsets shipped with hybrid-lens), `hub` (the usual hub datasets),
+        or a local file in the task's format."""
+        options = dict(n=n, condition=condition, progress=False, source=None if data == "hub" else data)
+        if takes_seed:
+            options["seed"] = seed
+        return function(model, **options).long()
+
+    return evaluate_benchmark
+
+
+TASKS: dict[str, Evaluator] = {"ppl": evaluate_ppl, **{task: benchmark(task) for task in BENCHMARKS}}
+REPORTED_METRIC: dict[str, str] = {task: metric for task, (_, metric) in BENCHMARKS.items()}
 
 
 def check_tasks(tasks: Sequence[str]) -> None:

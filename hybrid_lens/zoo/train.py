@@ -1,98 +1,155 @@
 """Train the bundled models: same data, seed and settings give the same checkpoint.
 
-    python -m hybrid_lens.zoo.train --all                 # all three, into hybrid_lens/zoo/checkpoints
-    python -m hybrid_lens.zoo.train --model tiny-qwen3.5 --out DIR
+    python -m hybrid_lens.zoo.train --all                       # all three, into hybrid_lens/zoo/checkpoints/
+    python -m hybrid_lens.zoo.train --model tiny-qwen3.5 --out DIR   # into DIR/tiny-qwen3.5/
 
-The three architectures are the real `transformers` classes at small size: Qwen3.5 with its 3:1
-Gated DeltaNet : gated-attention pattern, Falcon-H1 with parallel Mamba-2 + attention blocks and
-the published muP multipliers, Qwen2.5 with plain blocks. One byte-level BPE tokenizer (4096
-tokens) is trained on the training split and shipped with each model.
+The three architectures are the real `transformers` classes at small width: Qwen3.5 with its 3:1
+Gated DeltaNet : gated-attention layer pattern, Falcon-H1 with parallel Mamba-2 + attention blocks
+and the published muP multipliers, Qwen2.5 with plain attention blocks. One byte-level BPE
+tokenizer (4096 tokens) is trained on the training split and shipped with each model. Training is
+float32 on one CPU thread, seeded, with a fixed data order. Evaluation (validation perplexity, a
+unigram baseline, group ablations with plain forward hooks) is written to `metrics.json` and the
+model card of each checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import tokenizers
 import torch
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    FalconH1Config,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3_5TextConfig,
+)
 
-from ..configs import reference_config
-from . import HERE, split_verses
+from . import HERE, VALIDATION_EVERY, split_verses
 
+MODELS = ("tiny-qwen3.5", "tiny-falcon-h1", "tiny-qwen2.5")
 VOCAB = 4096
 SEQ_LEN = 256
-SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
-COMMON = dict(hidden_size=128, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-              max_position_embeddings=2048, dtype="float32", torch_dtype="float32")
-ARCHITECTURES = {
-    "tiny-qwen3.5": ("qwen3_5", dict(
-        num_hidden_layers=8, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
-        layer_types=["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + ["full_attention"],
-        tie_word_embeddings=True)),
-    "tiny-falcon-h1": ("falcon_h1", dict(
-        num_hidden_layers=12, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        mamba_d_ssm=128, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=32, mamba_chunk_size=64)),
-    "tiny-qwen2.5": ("qwen2", dict(
-        num_hidden_layers=8, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2,
-        max_window_layers=8, tie_word_embeddings=True)),
-}
+BATCH = 8
+STEPS = 300
+LR = 3e-3
+SEED = 0
+HEAD_WINDOWS = 16  # `val_ppl_head`: the first 16 validation windows (4096 tokens), for fast tests
+SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}  # ids 0, 1, 2
+COMMON = dict(vocab_size=VOCAB, hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+              max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+# Multipliers and flags of tiiuae/Falcon-H1-0.5B-Base (its config.json), kept at small width.
+FALCON_H1_0_5B = dict(
+    embedding_multiplier=5.656854249492381, lm_head_multiplier=0.0390625,
+    attention_in_multiplier=1.0, attention_out_multiplier=0.9375, key_multiplier=0.39062499999999994,
+    ssm_in_multiplier=1.25, ssm_out_multiplier=0.23570226039551587,
+    ssm_multipliers=[0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+    mlp_multipliers=[0.8838834764831844, 0.5859375],
+    mamba_rms_norm=False, mamba_norm_before_gate=False, mamba_use_mlp=True, mamba_n_groups=1, mamba_d_conv=4,
+    mamba_conv_bias=True, mamba_proj_bias=False, projectors_bias=False, attention_bias=False, mlp_bias=False,
+    tie_word_embeddings=False, rms_norm_eps=1e-5, rope_parameters=dict(rope_type="default", rope_theta=1e11),
+)
 
 
-def model_config(name: str):
-    """The published config of the family with the small sizes above (multipliers and flags kept)."""
-    family, sizes = ARCHITECTURES[name]
-    data = reference_config(family).to_dict()
-    data.pop("layer_types", None)
-    data.update(COMMON, **sizes)
-    if family == "qwen3_5":
-        data["rope_parameters"] = dict(data["rope_parameters"], mrope_section=[2, 1, 1])
-    return AutoConfig.for_model(data.pop("model_type"), **data)
+def model_config(name: str, **overrides) -> PretrainedConfig:
+    """The config of a bundled model: the published family's flags and multipliers, small widths."""
+    if name == "tiny-qwen3.5":
+        # Qwen/Qwen3.5-0.8B text_config: 3 Gated DeltaNet layers then 1 gated full-attention layer,
+        # partial (1/4) interleaved M-RoPE, theta 1e7, tied embeddings, MLP 3.5x hidden.
+        config = dict(COMMON, num_hidden_layers=8, intermediate_size=448,
+                      layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 2,
+                      linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=32,
+                      linear_value_head_dim=32, linear_conv_kernel_dim=4, attn_output_gate=True,
+                      rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25,
+                                           mrope_interleaved=True, mrope_section=[2, 1, 1]),
+                      rms_norm_eps=1e-6, tie_word_embeddings=True)
+        return Qwen3_5TextConfig(**dict(config, **overrides))
+    if name == "tiny-falcon-h1":
+        # Every block: Mamba-2 mixer and attention side by side, outputs summed; MLP 2x hidden.
+        config = dict(COMMON, **FALCON_H1_0_5B, num_hidden_layers=12, intermediate_size=256,
+                      mamba_d_ssm=128, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=32, mamba_chunk_size=32)
+        return FalconH1Config(**dict(config, **overrides))
+    if name == "tiny-qwen2.5":
+        # Qwen/Qwen2.5-0.5B: plain pre-norm attention blocks with q/k/v biases, theta 1e6, tied embeddings.
+        config = dict(COMMON, num_hidden_layers=8, intermediate_size=640, max_window_layers=8,
+                      rope_parameters=dict(rope_type="default", rope_theta=1e6), rms_norm_eps=1e-6,
+                      tie_word_embeddings=True)
+        config.pop("head_dim")
+        return Qwen2Config(**dict(config, **overrides))
+    raise KeyError(f"Unknown model {name!r}. Available: {', '.join(MODELS)}.")
 
 
 def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with `VOCAB` tokens; ids 0/1/2 are pad/bos/eos."""
+    """Byte-level BPE with `VOCAB` tokens trained on `texts`; ids 0/1/2 are pad/bos/eos."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(SPECIAL.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=2048, **SPECIAL)
 
 
 def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
-    """All texts joined by newlines, tokenized once, as a 1-D LongTensor."""
-    return torch.tensor(tokenizer("\n".join(texts))["input_ids"], dtype=torch.long)
+    """The texts joined by newlines, tokenized once, as a 1-D LongTensor."""
+    return torch.tensor(tokenizer("\n".join(texts), verbose=False)["input_ids"], dtype=torch.long)
 
 
 def windows(stream: torch.Tensor, length: int = SEQ_LEN) -> torch.Tensor:
-    """Non-overlapping `[n, length]` windows (the tail is dropped)."""
+    """Non-overlapping `[n, length]` windows from the start of `stream` (the tail is dropped)."""
     n = stream.numel() // length
     return stream[: n * length].view(n, length)
 
 
-def train_model(name: str, train_stream: torch.Tensor, steps: int, batch: int = 8, lr: float = 3e-3,
-                seed: int = 0, log_every: int = 50) -> tuple[torch.nn.Module, list[float]]:
-    """AdamW with warmup and cosine decay on random windows drawn from a seeded generator."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(model_config(name), dtype=torch.float32)
-    model.train()
+def batches(stream: torch.Tensor, steps: int, batch: int, length: int, seed: int) -> Iterator[torch.Tensor]:
+    """`steps` batches of non-overlapping windows, in a seeded random order reshuffled every epoch."""
+    data = windows(stream, length)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        while order.numel() < batch:
+            order = torch.cat([order, torch.randperm(len(data), generator=generator)])
+        yield data[order[:batch]]
+        order = order[batch:]
+
+
+def train_model(config: PretrainedConfig, stream: torch.Tensor, steps: int, batch: int = BATCH,
+                length: int = SEQ_LEN, lr: float = LR, seed: int = SEED,
+                log_every: int = 50) -> tuple[torch.nn.Module, list[float]]:
+    """Train a fresh float32 model of `config` on `stream`; return it (in eval mode) and its loss curve.
+
+    AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping at 1), linear warmup over 5% of the
+    steps, then cosine decay to 10% of `lr`. The output head learns at `lr / lm_head_multiplier`
+    (Falcon-H1 scales its logits by 0.039; at this width the head would otherwise barely move).
+    """
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    head = model.get_output_embeddings().weight
+    groups = [{"params": [p for p in model.parameters() if p is not head]},
+              {"params": [head], "lr": lr / getattr(config, "lm_head_multiplier", 1.0)}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+    def factor(step: int) -> float:
+        progress = max(0.0, (step - warmup) / max(1, steps - warmup))
+        return min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     losses = []
-    for step in range(steps):
-        starts = torch.randint(0, train_stream.numel() - SEQ_LEN - 1, (batch,), generator=generator)
-        ids = torch.stack([train_stream[s : s + SEQ_LEN] for s in starts.tolist()])
+    for step, ids in enumerate(batches(stream, steps, batch, length, seed)):
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -100,122 +157,208 @@ def train_model(name: str, train_stream: torch.Tensor, steps: int, batch: int = 
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if log_every and step % log_every == 0:
-            print(f"{name} step {step}/{steps} loss {loss.item():.3f}", flush=True)
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"{type(model).__name__} step {step}/{steps} loss {loss.item():.3f}", flush=True)
     return model.eval(), losses
 
 
 @torch.no_grad()
 def window_nll(model, ids: torch.Tensor, batch: int = 16) -> tuple[float, int]:
-    """Sum of next-token NLL and number of predicted tokens over `[n, length]` windows."""
+    """(sum of next-token NLL, number of predicted tokens) of a `transformers` causal LM over `[n, length]` windows."""
     total, count = 0.0, 0
-    for start in range(0, len(ids), batch):
-        chunk = ids[start : start + batch]
-        logits = model(chunk)[:, :-1] if callable(getattr(model, "run_with_hooks", None)) else model(chunk, use_cache=False).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), chunk[:, 1:].reshape(-1), reduction="sum")
-        total += nll.item()
-        count += chunk[:, 1:].numel()
+    for chunk in ids.split(batch):
+        logits = model(input_ids=chunk, use_cache=False).logits[:, :-1].float()
+        targets = chunk[:, 1:]
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+        count += targets.numel()
     return total, count
 
 
 def unigram_perplexity(train_stream: torch.Tensor, val_ids: torch.Tensor) -> float:
-    """Perplexity of an add-one-smoothed unigram model of the training tokens on the validation targets."""
+    """Perplexity of the add-one-smoothed unigram model of the training tokens on the validation targets."""
     counts = torch.bincount(train_stream, minlength=VOCAB).double() + 1
     log_probs = (counts / counts.sum()).log()
-    return float(torch.exp(-log_probs[val_ids[:, 1:].reshape(-1)].mean()))
+    return math.exp(-log_probs[val_ids[:, 1:].flatten()].mean().item())
 
 
-def ablation_ratios(folder: Path, val_ids: torch.Tensor, base_nll: float) -> dict[str, float]:
-    """Validation perplexity ratios under the group ablations of the published protocol."""
-    from ..interventions import skip_layer, zero
-    from ..model import HookedHybrid
+def _zero_output(module, args, output):
+    """Forward hook: the module contributes nothing (tuple outputs: the first element is zeroed)."""
+    if isinstance(output, tuple):
+        return (torch.zeros_like(output[0]), *output[1:])
+    return torch.zeros_like(output)
 
-    model = HookedHybrid.from_pretrained(str(folder), dtype=torch.float32)
-    kinds = {k for mixers in model.layer_mixers for k in mixers}
-    conditions = {}
-    if "ssm" in kinds:
-        conditions["ssm_off (zero SSM path, all blocks)"] = zero("ssm")
-        conditions["attn_off (zero attention path, all blocks)"] = zero("attn")
-    elif "linear_attn" in kinds:
-        linear = [c.layer for c in model.components("linear_attn")]
-        full = [c.layer for c in model.components("attn")]
-        conditions["linear_off (skip linear-attention layers)"] = skip_layer(linear)
-        conditions["attn_off (skip full-attention layers)"] = skip_layer(full)
-        conditions["linear_mixer_off (zero Gated DeltaNet outputs, keep MLPs)"] = zero("linear_attn")
-        conditions["attn_mixer_off (zero attention outputs, keep MLPs)"] = zero("attn")
-    else:
-        conditions["attn_off (zero attention outputs, all layers)"] = zero("attn")
-        conditions["skip 2 of 8 layers (1, 5)"] = skip_layer([1, 5])
+
+def _identity_layer(module, args, kwargs, output):
+    """Forward hook (with kwargs) on a decoder layer: the layer returns its input hidden states."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def ablations(model) -> dict[str, list[tuple[str, torch.nn.Module]]]:
+    """The group ablations of the published protocol for this model, as (hook kind, module) lists.
+
+    Kinds: "zero" (the module's output is zeroed) and "skip" (the decoder layer is the identity).
+    """
+    layers = model.model.layers
+    if model.config.model_type == "falcon_h1":
+        return {
+            "ssm_off: zero the Mamba-2 path of every block": [("zero", layer.mamba) for layer in layers],
+            "attn_off: zero the attention path of every block": [("zero", layer.self_attn) for layer in layers],
+        }
+    if model.config.model_type == "qwen3_5_text":
+        kinds = model.config.layer_types
+        linear = [layer for layer, kind in zip(layers, kinds) if kind == "linear_attention"]
+        full = [layer for layer, kind in zip(layers, kinds) if kind == "full_attention"]
+        return {
+            f"linear_off: skip the {len(linear)} Gated DeltaNet layers": [("skip", layer) for layer in linear],
+            f"attn_off: skip the {len(full)} full-attention layers": [("skip", layer) for layer in full],
+            "linear_mixer_off: zero the Gated DeltaNet outputs, keep the MLPs": [
+                ("zero", layer.linear_attn) for layer in linear],
+            "attn_mixer_off: zero the full-attention outputs, keep the MLPs": [("zero", layer.self_attn) for layer in full],
+        }
+    return {
+        "attn_mixer_off: zero the attention output of every layer, keep the MLPs": [
+            ("zero", layer.self_attn) for layer in layers],
+        "skip layers 3, 7 (the full-attention positions of tiny-qwen3.5)": [("skip", layers[i]) for i in (3, 7)],
+        "skip layers 0-2, 4-6 (the linear-attention positions of tiny-qwen3.5)": [
+            ("skip", layers[i]) for i in (0, 1, 2, 4, 5, 6)],
+    }
+
+
+@contextlib.contextmanager
+def ablated(targets: list[tuple[str, torch.nn.Module]]):
+    """Register the forward hooks of one ablation for the duration of the block."""
+    handles = [module.register_forward_hook(_zero_output) if kind == "zero"
+               else module.register_forward_hook(_identity_layer, with_kwargs=True) for kind, module in targets]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def evaluate(model, train_stream: torch.Tensor, val_ids: torch.Tensor) -> dict:
+    """Validation perplexity (all windows and the first `HEAD_WINDOWS`), unigram baseline, ablation ratios."""
+    nll, count = window_nll(model, val_ids)
+    head_nll, head_count = window_nll(model, val_ids[:HEAD_WINDOWS])
     ratios = {}
-    for label, condition in conditions.items():
-        with condition.apply(model):
-            nll, count = window_nll(model, val_ids)
-        ratios[label] = math.exp(nll / count - base_nll)
-    return ratios
+    for label, targets in ablations(model).items():
+        with ablated(targets):
+            ablated_nll, _ = window_nll(model, val_ids)
+        ratios[label] = math.exp((ablated_nll - nll) / count)
+    return dict(
+        val_ppl=math.exp(nll / count), val_tokens=count, val_ppl_head=math.exp(head_nll / head_count),
+        val_tokens_head=head_count, unigram_ppl=unigram_perplexity(train_stream, val_ids),
+        unigram_method="add-one-smoothed unigram distribution of the training tokens, on the same predicted tokens",
+        ablation_ppl_ratios=ratios,
+        val_method=(f"verses with index % {VALIDATION_EVERY} == 0 joined by newlines (zoo.load_validation_text()), "
+                    f"tokenized once, cut into non-overlapping {SEQ_LEN}-token windows (tail dropped); "
+                    f"perplexity = exp(mean next-token NLL over all predicted tokens, {SEQ_LEN - 1} per window), "
+                    "computed in float32; "
+                    f"val_ppl_head: the same over the first {HEAD_WINDOWS} windows"),
+        ablation_method=("validation perplexity with plain torch forward hooks on the transformers modules "
+                         "(zero: the module returns zeros; skip: the decoder layer returns its input), "
+                         "as a multiple of the unablated validation perplexity"),
+    )
 
 
-def build(name: str, out: Path, steps: int, tokenizer=None) -> dict:
-    """Train one model, save it with tokenizer, model card and metrics; return the metrics."""
+def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int = STEPS) -> dict:
+    """Train one model, save weights (safetensors) and tokenizer to `out`, write metrics.json and README.md."""
     train_texts, val_texts = split_verses()
-    tokenizer = tokenizer or train_tokenizer(train_texts)
     train_stream = token_stream(tokenizer, train_texts)
     val_ids = windows(token_stream(tokenizer, val_texts))
     start = time.perf_counter()
-    model, losses = train_model(name, train_stream, steps)
+    model, losses = train_model(model_config(name), train_stream, steps)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    # Weights are stored in bfloat16 (half the size); the config keeps float32, so the checkpoint
+    # loads as float32 by default, and it is evaluated exactly as loaded.
+    bf16 = {key: value.to(torch.bfloat16) for key, value in model.state_dict().items()}
+    model.save_pretrained(out, safe_serialization=True, state_dict=bf16)
     tokenizer.save_pretrained(out)
-    nll, count = window_nll(model, val_ids)
-    head_nll, head_count = window_nll(model, val_ids[:16])
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel() * (1 if model.config.tie_word_embeddings else 2)
     metrics = dict(
-        model=name, architecture=type(model).__name__, n_params=sum(p.numel() for p in model.parameters()),
-        steps=steps, batch=8, seq_len=SEQ_LEN, tokens_seen=steps * 8 * SEQ_LEN, train_seconds=round(seconds, 1),
-        hardware=f"{platform.machine()} CPU, {torch.get_num_threads()} threads", final_train_loss=losses[-1],
-        val_tokens=count, val_ppl=math.exp(nll / count), val_ppl_head=math.exp(head_nll / head_count),
-        val_method=f"non-overlapping {SEQ_LEN}-token windows over the held-out verses; mean NLL of all predicted tokens",
-        unigram_ppl=unigram_perplexity(train_stream, val_ids),
-        ablation_ppl_ratios=ablation_ratios(out, val_ids, nll / count),
+        model=f"hybrid-lens/{name}", architecture=type(model).__name__, n_params=n_params,
+        n_params_non_embedding=n_params - embedding, n_layers=model.config.num_hidden_layers,
+        hidden_size=model.config.hidden_size, vocab_size=VOCAB, train_dtype="float32", stored_dtype="bfloat16",
+        steps=steps, batch=BATCH, seq_len=SEQ_LEN, tokens_seen=steps * BATCH * SEQ_LEN,
+        train_tokens_available=train_stream.numel(), lr=LR, seed=SEED,
+        train_loss_every_25_steps=[round(loss, 3) for loss in losses[::25]],
+        mean_train_loss_last_50=sum(losses[-50:]) / len(losses[-50:]),
+        train_seconds=round(seconds, 1),
+        hardware=f"{_cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread",
+        versions=dict(torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__),
+        **evaluate(model, train_stream, val_ids),
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (out / "README.md").write_text(model_card(metrics))
     return metrics
 
 
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def model_card(m: dict) -> str:
-    ratios = "\n".join(f"| {k} | {v:,.2f}x |" for k, v in m["ablation_ppl_ratios"].items())
-    return f"""# hybrid-lens/{m['model']}
+    """The model card (README.md) of a checkpoint, from its metrics."""
+    ratios = "\n".join(f"| {label} | {ratio:,.2f}x |" for label, ratio in m["ablation_ppl_ratios"].items())
+    return f"""# {m['model']}
 
-A small `{m['architecture']}` trained by hybrid-lens (`python -m hybrid_lens.zoo.train --model {m['model']}`)
-for offline demos and tests. Not a useful language model: a fixture with real, non-random structure.
+A small `transformers.{m['architecture']}` ({m['n_layers']} layers, hidden size {m['hidden_size']}) trained
+from scratch by hybrid-lens for offline demos and tests of interpretability tools. It has real learned
+structure but is not a useful language model.
 
-- Training text: King James Bible (public domain), every 40th verse held out for validation.
-- Tokenizer: byte-level BPE, 4096 tokens, trained on the training split.
-- Parameters: {m['n_params']:,}; steps: {m['steps']} x batch {m['batch']} x {m['seq_len']} tokens = {m['tokens_seen']:,} tokens seen.
-- Training time: {m['train_seconds']:.0f} s on {m['hardware']}.
-- Validation perplexity: **{m['val_ppl']:.2f}** ({m['val_tokens']:,} tokens; {m['val_method']}).
-- Unigram model of the same tokenizer on the same tokens: {m['unigram_ppl']:.1f}.
+Rebuild: `python -m hybrid_lens.zoo.train --model {m['model'].split('/')[1]}` (seeded; same result on the same software).
 
-## Validation perplexity under group ablation (multiple of baseline)
+| | |
+|---|---|
+| training text | King James Bible (public domain, Debian package bible-kjv-text), one verse a line, references stripped; every {VALIDATION_EVERY}th verse held out for validation |
+| tokenizer | byte-level BPE, {m['vocab_size']} tokens, trained on the training split (shared by the three bundled models) |
+| parameters | {m['n_params']:,} ({m['n_params_non_embedding']:,} non-embedding) |
+| training | {m['steps']} steps x batch {m['batch']} x {m['seq_len']} tokens = {m['tokens_seen']:,} tokens seen ({m['tokens_seen'] / m['train_tokens_available']:.2f} epochs); AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
+| storage | safetensors, weights in {m['stored_dtype']}; the config says float32, so it loads (and was evaluated) in float32 |
+| training time | {m['train_seconds']:.0f} s on {m['hardware']} |
+| validation perplexity | **{m['val_ppl']:.2f}** over {m['val_tokens']:,} predicted tokens |
+| unigram perplexity (same tokenizer, same tokens) | {m['unigram_ppl']:.1f} |
+| final training loss (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} (validation loss {math.log(m['val_ppl']):.3f}) |
 
-| condition | ratio |
+Validation perplexity: {m['val_method']}.
+
+## Validation perplexity under group ablation (multiple of the baseline)
+
+{m['ablation_method']}.
+
+| condition | perplexity ratio |
 |---|---|
 {ratios}
+
+Versions: torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, tokenizers {m['versions']['tokenizers']}.
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Command line: train the named models (or all) into `--out/<name>/`."""
     parser = argparse.ArgumentParser(description="Train the bundled hybrid-lens models.")
-    parser.add_argument("--model", choices=list(ARCHITECTURES), action="append")
+    parser.add_argument("--model", choices=MODELS, action="append", help="Model to train (repeatable).")
     parser.add_argument("--all", action="store_true", help="Train all three.")
-    parser.add_argument("--steps", type=int, default=450)
-    parser.add_argument("--out", type=Path, default=HERE / "checkpoints", help="Parent folder of the checkpoints.")
-    args = parser.parse_args()
-    names = list(ARCHITECTURES) if args.all else (args.model or parser.error("give --model NAME or --all"))
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"Optimizer steps (default {STEPS}).")
+    parser.add_argument("--out", type=Path, default=HERE / "checkpoints",
+                        help="Parent folder; each model goes to OUT/<name>/ (default: the bundled checkpoints).")
+    args = parser.parse_args(argv)
+    names = MODELS if args.all else (args.model or parser.error("give --model NAME or --all"))
+    torch.set_num_threads(1)
     tokenizer = train_tokenizer(split_verses()[0])
     for name in names:
-        metrics = build(name, args.out / name, args.steps, tokenizer)
-        print(json.dumps({k: metrics[k] for k in ("model", "n_params", "val_ppl", "unigram_ppl", "train_seconds")}))
+        metrics = build(name, args.out / name, tokenizer, args.steps)
+        print(json.dumps({k: metrics[k] for k in ("model", "n_params", "val_ppl", "unigram_ppl", "train_seconds",
+                                                   "ablation_ppl_ratios")}), flush=True)
 
 
 if __name__ == "__main__":

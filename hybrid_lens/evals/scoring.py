@@ -1,0 +1,285 @@
+"""Scoring through the hooked model: loglikelihoods of continuations, multiple-choice metrics, and
+greedy generation, each with an optional intervention active for every forward pass.
+
+The rules follow lm-evaluation-harness (`HFLM`) so scores can be compared with its numbers: a
+context's trailing whitespace moves to the continuation, the pair is tokenized whole and split at
+the context's length, over-long inputs are truncated from the left, and a generation is cut at the
+first stop string. Batches are right-padded for scoring (exact for every mixer: real tokens never
+see the padding after them) and left-padded for cached generation (padding is masked out of
+attention, Mamba-2 and Gated DeltaNet inputs; checked against step-by-step recomputation in the
+tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from ..interventions import Condition, Mean, Scale, SkipLayer, Zero
+
+
+def _active(condition: Condition | None, model):
+    return condition.apply(model) if condition is not None else nullcontext()
+
+
+def _max_length(model, max_length: int | None) -> int | None:
+    return max_length or getattr(model.cfg, "max_position_embeddings", None)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) as lm-eval makes them.
+
+    Trailing whitespace of the context moves to the continuation; the whole string is tokenized and
+    split at the length of the tokenized context. An empty context becomes the BOS (else EOS) token.
+    """
+    return _encode_pair(tokenizer, context, continuation, {})
+
+
+def _encode_pair(tokenizer, context: str, continuation: str, memo: dict[str, list[int]]):
+    """`encode_pair`, tokenizing each distinct context once (`memo`: context -> ids)."""
+    if not context:
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return [prefix], tokenizer(continuation)["input_ids"]
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    if context not in memo:
+        memo[context] = tokenizer(context)["input_ids"]
+    context_ids = memo[context]
+    return context_ids, tokenizer(context + continuation)["input_ids"][len(context_ids) :]
+
+
+@torch.no_grad()
+def loglikelihoods(
+    model,
+    requests: Sequence[tuple[str, str]],
+    condition: Condition | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Summed log-probability of each continuation given its context, `log p(continuation | context)`.
+
+    Requests with the same input tokens (e.g. the four one-letter MMLU answers) share one sequence
+    in the forward pass; sequences run longest first in right-padded batches of `batch_size`.
+
+    Args:
+        requests: `(context, continuation)` strings, e.g. `("Question: ...\\nAnswer:", " Paris")`.
+        condition: an intervention active for every forward pass.
+        max_length: inputs longer than this keep their last tokens (default: the config's
+            `max_position_embeddings`, as lm-eval).
+    """
+    max_length = _max_length(model, max_length)
+    memo: dict[str, list[int]] = {}
+    jobs: list[tuple[tuple[int, ...], list[int]]] = []
+    span: dict[tuple[int, ...], int] = {}  # unique input -> how many final positions are scored
+    for context, continuation in requests:
+        context_ids, continuation_ids = _encode_pair(model.tokenizer, context, continuation, memo)
+        if not continuation_ids:
+            raise ValueError(f"The continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}.")
+        whole = context_ids + continuation_ids
+        if max_length is not None:
+            whole = whole[-(max_length + 1) :]
+        key = tuple(whole[:-1])
+        span[key] = max(span.get(key, 0), len(continuation_ids))
+        jobs.append((key, continuation_ids))
+    by_input: dict[tuple[int, ...], list[int]] = {}
+    for index, (key, _) in enumerate(jobs):
+        by_input.setdefault(key, []).append(index)
+
+    inputs = sorted(span, key=len, reverse=True)
+    batches = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+    results = [0.0] * len(jobs)
+    with _active(condition, model):
+        for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
+            for key, logprobs in zip(batch, last_logprobs(model, batch, [span[key] for key in batch])):
+                for index in by_input[key]:
+                    continuation = jobs[index][1]
+                    targets = torch.tensor(continuation, device=logprobs.device)[:, None]
+                    results[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
+    return results
+
+
+def right_padded(model, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:
+    """Token ids padded on the right. They run without an attention mask, as in lm-eval: every
+    mixer is causal, so real tokens never see the padding after them, and sdpa keeps its fast
+    causal kernel (an explicit mask makes CPU attention about 3x slower)."""
+    length = max(len(ids) for ids in sequences)
+    tokens = torch.full((len(sequences), length), model.tokenizer.pad_token_id or 0, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    return tokens.to(model.device)
+
+
+def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int]) -> list[Tensor]:
+    """Log-probabilities predicted at the last `counts[i]` positions of each input, from one
+    right-padded forward pass that projects only those positions onto the vocabulary.
+
+    Returns per input a float32 tensor `[counts[i], vocab]`.
+    """
+    tokens = right_padded(model, inputs)
+    width = max(counts)
+    ends = torch.tensor([len(ids) for ids in inputs], device=tokens.device)
+    positions = (ends[:, None] - width + torch.arange(width, device=tokens.device)).clamp(min=0)
+    logits = model(tokens, logits_to_keep=positions)  # [batch, width, vocab]
+    return [logits[row, width - count :].float().log_softmax(-1) for row, count in enumerate(counts)]
+
+
+def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
+    """lm-eval's multiple-choice metrics for one example.
+
+    `acc`: the highest-loglikelihood choice is `gold`; `acc_norm`: the same after dividing each
+    loglikelihood by the choice's length in characters (ties go to the first choice).
+    """
+    lls = np.asarray(loglikelihoods, dtype=np.float64)
+    lengths = np.array([float(len(choice)) for choice in choices])
+    pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
+    return dict(pred=pred, pred_norm=pred_norm, acc=float(pred == gold), acc_norm=float(pred_norm == gold))
+
+
+# --- generation --------------------------------------------------------------------------------
+def cache_safe(condition: Condition | None) -> bool:
+    """Whether a condition acts on each token alone, so a KV/state cache gives the same result as
+    recomputing the whole sequence at every step: zero, scale, skip_layer and global mean ablations
+    at all positions qualify; positional selectors, inner points, noise, resample and patch do not."""
+    if condition is None:
+        return True
+    return all(
+        selector.positions is None and selector.point is None
+        and (isinstance(intervention, (Zero, Scale, SkipLayer))
+             or (isinstance(intervention, Mean) and not intervention.per_position))
+        for selector, intervention in condition.items
+    )
+
+
+@torch.no_grad()
+def greedy_until(
+    model,
+    prompts: Sequence[str],
+    until: Sequence[str] = (),
+    max_new_tokens: int = 256,
+    condition: Condition | None = None,
+    batch_size: int = 8,
+    use_cache: bool | None = None,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy continuations of `prompts`, cut at the first stop string (lm-eval's `generate_until`).
+
+    The condition is active at every generated step. A row stops at an EOS token, once its text
+    contains a stop string, or after `max_new_tokens`; the EOS text is a stop string too.
+
+    Args:
+        use_cache: decode with a KV/state cache (fast) or recompute the full sequence at each step
+            (exact for any condition, including positional ones). None: cache when `cache_safe`.
+        max_length: prompts keep their last `max_length - max_new_tokens` tokens (default: the
+            config's `max_position_embeddings`).
+    """
+    if use_cache is None:
+        use_cache = cache_safe(condition)
+    elif use_cache and not cache_safe(condition):
+        raise ValueError(f"Condition {condition.name!r} depends on positions or sequence shape; use use_cache=False.")
+    tokenizer = model.tokenizer
+    eos_text = tokenizer.decode([tokenizer.eos_token_id]) if tokenizer.eos_token_id is not None else ""
+    until = list(until) + ([eos_text] if eos_text and eos_text not in until else [])
+    max_length = _max_length(model, max_length)
+    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    if max_length is not None:
+        if max_new_tokens >= max_length:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be below the maximum length ({max_length}).")
+        encoded = [ids[-(max_length - max_new_tokens) :] for ids in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    generate = _generate_cached if use_cache else _generate_recomputed
+    texts: list[str] = [""] * len(prompts)
+    with _active(condition, model):
+        for batch in tqdm(batches, desc="generate", disable=not progress):
+            stopper = _Stopper(tokenizer, until, _eos_ids(model), len(batch))
+            generate(model, [encoded[i] for i in batch], max_new_tokens, stopper)
+            for i, text in zip(batch, stopper.texts()):
+                texts[i] = text
+    return texts
+
+
+def _eos_ids(model) -> set[int]:
+    ids = {model.tokenizer.eos_token_id}
+    config_eos = getattr(model.hf_model.generation_config, "eos_token_id", None)
+    ids |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
+    return ids - {None}
+
+
+class _Stopper:
+    """Collects generated tokens per row and decides when each row is finished."""
+
+    def __init__(self, tokenizer, until: list[str], eos_ids: set[int], rows: int):
+        self.tokenizer, self.until, self.eos_ids = tokenizer, until, eos_ids
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.done = [False] * rows
+
+    def add(self, next_tokens: Int[Tensor, " rows"], rows: Sequence[int]) -> None:
+        for row, token in zip(rows, next_tokens.tolist()):
+            if token in self.eos_ids:
+                self.done[row] = True
+                continue
+            self.tokens[row].append(token)
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            self.done[row] = any(stop in text for stop in self.until)
+
+    def active(self) -> list[int]:
+        return [row for row, done in enumerate(self.done) if not done]
+
+    def texts(self) -> list[str]:
+        texts = []
+        for tokens in self.tokens:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            for stop in self.until:
+                text = text.split(stop)[0]
+            texts.append(text)
+        return texts
+
+
+def _generate_cached(model, prompts: list[list[int]], max_new_tokens: int, stopper: _Stopper) -> None:
+    """Left-padded prefill, then one token per step through the model's cache."""
+    length = max(len(ids) for ids in prompts)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.tensor([[pad] * (length - len(ids)) + ids for ids in prompts], device=model.device)
+    mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in prompts], device=model.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.cfg)
+    for _ in range(max_new_tokens):
+        logits = model(tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1)
+        next_tokens = logits[:, -1].argmax(-1)
+        active = stopper.active()
+        stopper.add(next_tokens[active], active)
+        if not stopper.active():
+            return
+        tokens = next_tokens[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], 1)
+        positions = positions[:, -1:] + 1
+
+
+def _generate_recomputed(model, prompts: list[list[int]], max_new_tokens: int, stopper: _Stopper) -> None:
+    """Every step reruns the whole sequence of each unfinished row (right-padded, no cache)."""
+    sequences = [list(ids) for ids in prompts]
+    for _ in range(max_new_tokens):
+        rows = stopper.active()
+        tokens = right_padded(model, [sequences[row] for row in rows])
+        lengths = [len(sequences[row]) for row in rows]
+        keep = tokens.shape[1] - min(lengths) + 1
+        logits = model(tokens, logits_to_keep=keep)
+        last = torch.tensor(lengths, device=logits.device) - 1 - (tokens.shape[1] - keep)
+        next_tokens = logits[torch.arange(len(rows), device=logits.device), last].argmax(-1)
+        stopper.add(next_tokens, rows)
+        for row, token in zip(rows, next_tokens.tolist()):
+            sequences[row].append(token)
+        if not stopper.active():
+            return
+

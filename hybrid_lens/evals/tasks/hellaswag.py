@@ -1,0 +1,57 @@
+"""HellaSwag (lm-eval `hellaswag`): 10-shot, lm-eval's text preprocessing, endings scored."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..data import Record, hub_records, local_source, read_records
+from .base import Doc, TaskResult, multiple_choice_result, run_settings, sampled_prompts, score_choices
+
+HUB = "Rowan/hellaswag"
+BUNDLED = "hellaswag/val_subset.jsonl"
+SHOTS = 10
+
+
+def preprocess(text: str) -> str:
+    """lm-eval's cleanup of WikiHow artifacts: " [title]" becomes ". ", other brackets go."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_doc(record: Record, index: int) -> Doc:
+    """A row with `activity_label`, `ctx_a`, `ctx_b`, `endings` and `label` (hub layout)."""
+    context = record.get("ctx_a") + " " + record.get("ctx_b").capitalize()
+    endings = [preprocess(ending) for ending in record.strings("endings")]
+    gold = record.get("label", int)
+    if not 0 <= gold < len(endings):
+        raise record.error("label", f"{gold} is not an index of the {len(endings)} endings")
+    return Doc(preprocess(record.get("activity_label") + ": " + context), endings[gold], tuple(endings), gold,
+               index=index)
+
+
+def load_hellaswag(source: str | Path | None = None, split: str = "validation") -> list[Doc]:
+    """HellaSwag examples from the hub (None, or another hub path), `"bundled"` (first 100 rows of
+    a validation subset), or a local `.jsonl`/`.json` file."""
+    path = local_source(source, BUNDLED)
+    records = read_records(path) if path else hub_records(source or HUB, None, split)
+    return [hellaswag_doc(record, i) for i, record in enumerate(records)]
+
+
+def hellaswag_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, source: str | Path | None = None,
+                      fewshot_source: str | Path | None = None) -> list[tuple[Doc, str]]:
+    """(example, prompt) pairs; see `base.sampled_prompts` for where shots come from."""
+    return sampled_prompts("hellaswag", load_hellaswag, BUNDLED, n, shots, seed, source, fewshot_source)
+
+
+def hellaswag(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, condition=None,
+              source: str | Path | None = None, fewshot_source: str | Path | None = None, batch_size: int = 16,
+              max_length: int | None = None, progress: bool = True) -> TaskResult:
+    """HellaSwag accuracy, `acc` and `acc_norm` (lm-eval: 10 shots, validation split); arguments as
+    in `arc_challenge` (`source` None is the hub's `Rowan/hellaswag`)."""
+    prompts = hellaswag_prompts(n, shots, seed, source, fewshot_source)
+    lls = score_choices(model, prompts, condition, batch_size, max_length, progress)
+    settings = run_settings(len(prompts), shots, seed, source, condition)
+    return multiple_choice_result("hellaswag", prompts, lls, ("acc", "acc_norm"), settings)

@@ -1,0 +1,69 @@
+"""The bundled trained models: offline loading with plain transformers, recorded quality, deterministic training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hybrid_lens import zoo
+from hybrid_lens.zoo import train
+
+
+@pytest.fixture(scope="module")
+def split():
+    return zoo.split_verses()
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO_MODELS))
+@torch.no_grad()
+def test_bundled_model_loads_offline_and_matches_its_card(name, split):
+    path = zoo.checkpoint_path(name)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert model.dtype == torch.float32 and type(model).__name__ == metrics["architecture"]
+    assert sum(p.numel() for p in model.parameters()) == metrics["n_params"]
+    assert tokenizer.decode(tokenizer("And God said")["input_ids"]) == "And God said"
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+
+    head = train.windows(train.token_stream(tokenizer, split[1]))[: train.HEAD_WINDOWS]
+    nll, count = train.window_nll(model, head)
+    assert count == metrics["val_tokens_head"]
+    assert math.exp(nll / count) == pytest.approx(metrics["val_ppl_head"], rel=1e-3)
+    assert metrics["val_ppl"] < metrics["unigram_ppl"] / 4
+    ratios = metrics["ablation_ppl_ratios"].values()
+    assert min(ratios) > 1.0 and max(ratios) > 1.2  # every group ablation hurts; see the model card for each
+
+
+def test_bundled_tokenizer_is_the_one_trained_on_the_training_split(split):
+    shipped = json.loads((zoo.checkpoint_path("tiny-qwen2.5") / "tokenizer.json").read_text())["model"]
+    trained = json.loads(train.train_tokenizer(split[0]).backend_tokenizer.to_str())["model"]
+    assert trained["vocab"] == shipped["vocab"] and trained["merges"] == shipped["merges"]
+
+
+def test_validation_split_is_held_out(split):
+    verses = zoo.verses()
+    assert split[1] == verses[:: zoo.VALIDATION_EVERY] and len(split[0]) + len(split[1]) == len(verses)
+    assert zoo.load_validation_text() == "\n".join(split[1])
+
+
+@pytest.mark.parametrize("name", train.MODELS)
+def test_short_training_runs_are_identical(name, split):
+    texts = split[0][:300]
+    stream = train.token_stream(train.train_tokenizer(texts), texts)
+    config = train.model_config(name, hidden_size=32, intermediate_size=64)
+    runs = [train.train_model(config, stream, steps=3, batch=2, length=64, log_every=0) for _ in range(2)]
+    (model_a, losses_a), (model_b, losses_b) = runs
+    assert losses_a == losses_b and losses_a[-1] < losses_a[0]
+    assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+
+
+def test_names():
+    with pytest.raises(KeyError, match="Available: hybrid-lens/tiny-qwen3.5, hybrid-lens/tiny-falcon-h1"):
+        zoo.checkpoint_path("hybrid-lens/tiny-mamba")
+    assert zoo.checkpoint_path("tiny-qwen2.5") == zoo.checkpoint_path("hybrid-lens/tiny-qwen2.5")
+    assert zoo.is_zoo_name("hybrid-lens/tiny-mamba") and not zoo.is_zoo_name("Qwen/Qwen2.5-0.5B")
