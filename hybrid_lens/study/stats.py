@@ -96,5 +96,6 @@ def targeted_vs_random(values: pd.Series, conditions: list[dict]) -> pd.DataFram
         random = values[controls].to_numpy(dtype=float)
         rows.append(dict(condition=spec["name"], layers=len(spec["layers"]), targeted=float(values[spec["name"]]),
                          random_mean=float(random.mean()), random_std=float(random.std(ddof=1)) if len(random) > 1 else 0.0,
-                         trials=len(random), ratio=float(random.mean() / values[spec["name"]])))
+                         trials=len(random),
+                         ratio=float(random.mean() / values[spec["name"]]) if values[spec["name"]] else float("nan")))
     return pd.DataFrame(rows)
