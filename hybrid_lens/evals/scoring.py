@@ -72,7 +72,9 @@ def loglikelihoods(
 
     Args:
         requests: `(context, continuation)` strings, e.g. `("Question: ...\\nAnswer:", " Paris")`.
-        condition: an intervention active for every forward pass.
+        condition: an intervention active for every forward pass. Its positions count from the
+            start of each sequence; negative ones would count from the end of a padded batch, so
+            use `batch_size=1` with those.
         max_length: inputs longer than this keep their last tokens (default: the config's
             `max_position_embeddings`, as lm-eval).
     """
