@@ -60,10 +60,10 @@ def layer_sweep_heatmaps(sweeps: dict[str, pd.DataFrame], task: str) -> go.Figur
     for row, table in enumerate(sweeps.values(), start=1):
         grid = table.pivot_table(index="kind", columns="layer", values="delta")
         fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=grid.columns.tolist(), y=grid.index.tolist(),
-                                 colorscale="RdBu_r" if task == "ppl" else "RdBu", zmid=0,
-                                 colorbar=dict(title="Δ")), row=row, col=1)
+                                 coloraxis="coloraxis"), row=row, col=1)
         fig.update_xaxes(title_text="layer", row=row, col=1)
     what = "log perplexity ratio" if task == "ppl" else "score drop"
+    fig.update_layout(coloraxis=dict(colorscale="RdBu_r" if task == "ppl" else "RdBu", cmid=0, colorbar=dict(title="Δ")))
     fig.update_layout(title=f"Layer-wise ablation: {task} {what} vs baseline",
                       height=260 * len(sweeps) + 120)
     return fig
