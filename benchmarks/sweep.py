@@ -1,75 +1,90 @@
-"""Layer sweep cost: K conditions as K separate forwards vs one batched forward (`run_conditions`).
+"""A full layer sweep of one eval set: naive loop vs condition batching vs prefix reuse vs both.
 
-    python benchmarks/sweep.py --out benchmarks/results/sweep_cpu_tiny.md
+    python benchmarks/sweep.py --shapes 1x128,4x256 --out benchmarks/results/sweep_cpu_bundled.md
 
-Both paths give the same logits (checked here too); the ratio is measured in one run.
+The eval set is perplexity over the first windows of the bundled models' held-out text, at each
+`--shapes` entry `WINDOWSxCONTEXT` (the windows run as one batch); the conditions are the study's layer-wise sweep (`hybrid-lens study --conditions layer`:
+every component of every layer, ablated the paper's way). Every strategy must give exactly the
+per-window NLLs of the naive loop (checked here); times are medians of `--repeats` in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from hybrid_lens import HookedHybrid
-from hybrid_lens.configs import tiny_config
-from hybrid_lens.interventions import run_conditions, skip_layer, zero
+from hybrid_lens import HookedHybrid, zoo
+from hybrid_lens.evals import perplexity
+from hybrid_lens.interventions import Sweep
+from hybrid_lens.study.conditions import study_conditions
+
+MODELS = ("hybrid-lens/tiny-qwen3.5", "hybrid-lens/tiny-falcon-h1", "hybrid-lens/tiny-qwen2.5")
 
 
-def sweep_conditions(model: HookedHybrid, count: int):
-    """`count` single-component ablations cycling over layers and mixer kinds."""
-    pool = [zero(kind, layer) for layer, mixers in enumerate(model.layer_mixers) for kind in mixers]
-    pool += [skip_layer(layer) for layer in range(model.n_layers)]
-    return [pool[i % len(pool)] for i in range(count)]
+def strategies(k: int) -> dict[str, str | None]:
+    """The compared ways to evaluate the sweep (None: one `perplexity` call per condition)."""
+    return {"naive loop": None, f"condition batching ({k} per pass)": "batching",
+            "prefix reuse": "prefix", f"both ({k} per pass)": "both"}
 
 
 @torch.no_grad()
-def measure(family: str, layers: int, count: int, batch: int, length: int, repeats: int) -> dict:
-    model = HookedHybrid.from_config(tiny_config(family, num_hidden_layers=layers))
-    tokens = torch.randint(3, 256, (batch, length), generator=torch.Generator().manual_seed(0))
-    conditions = sweep_conditions(model, count)
+def measure(name: str, windows: int, context: int, k: int, repeats: int) -> list[dict]:
+    model = HookedHybrid.from_pretrained(name)
+    conditions = [c.condition for c in study_conditions(model.layer_mixers, ("layer",))[1:]]
+    text = zoo.load_validation_text()
+    options = dict(context_length=context, max_windows=windows, progress=False)
+    sweeps = {"batching": Sweep(conditions, batch=k, reuse_prefix=False), "prefix": Sweep(conditions, batch=1),
+              "both": Sweep(conditions, batch=k)}
 
-    def naive():
-        outputs = []
-        for condition in conditions:
-            with condition.apply(model):
-                outputs.append(model(tokens))
-        return torch.stack(outputs)
+    def run(strategy):
+        if strategy is None:
+            return [perplexity(model, text, condition=c, **options) for c in conditions]
+        return perplexity(model, text, condition=sweeps[strategy], **options)
 
-    def batched():
-        return run_conditions(model, tokens, conditions)
-
-    torch.testing.assert_close(naive(), batched(), atol=1e-5, rtol=1e-5)
-    times = {"naive": [], "batched": []}
+    reference = [r.windows for r in run(None)]
+    times: dict[str, list[float]] = {label: [] for label in strategies(k)}
     for _ in range(repeats):
-        for name, fn in (("naive", naive), ("batched", batched)):
+        for label, strategy in strategies(k).items():
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    naive_s, batched_s = statistics.median(times["naive"]), statistics.median(times["batched"])
-    return dict(family=family, layers=layers, conditions=count, shape=f"B{batch}xT{length}",
-                naive_ms=1000 * naive_s, batched_ms=1000 * batched_s, speedup=naive_s / batched_s)
+            results = run(strategy)
+            times[label].append(time.perf_counter() - start)
+            for got, expected in zip(results, reference):
+                pd.testing.assert_frame_equal(got.windows, expected)  # exact, not approximate
+    naive = statistics.median(times["naive loop"])
+    return [dict(model=name, layers=model.n_layers, conditions=len(conditions), shape=f"{windows}x{context}",
+                 strategy=label,
+                 seconds=statistics.median(t), speedup=naive / statistics.median(t)) for label, t in times.items()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conditions", type=int, default=24)
-    parser.add_argument("--shapes", default="1x64,1x256")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", default="1x128,4x256", help="WINDOWSxCONTEXT eval sets, comma-separated.")
+    parser.add_argument("--batch", type=int, default=4, help="Conditions per forward pass.")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.md"))
     args = parser.parse_args()
-    rows = [measure(family, 12 if family == "falcon_h1" else 24, args.conditions, *map(int, shape.split("x")), args.repeats)
-            for family in ("qwen3_5", "falcon_h1", "qwen2") for shape in args.shapes.split(",")]
-    lines = [f"# {args.conditions}-condition layer sweep: separate forwards vs one batched forward "
-             f"(tiny random-init models, float32, CPU {torch.get_num_threads()} threads)", "",
-             "| family | layers | shape | naive ms | batched ms | speedup |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['family']} | {r['layers']} | {r['shape']} | {r['naive_ms']:.0f} | {r['batched_ms']:.0f} | "
-              f"{r['speedup']:.2f}x |" for r in rows]
+    torch.set_num_threads(args.threads)
+    shapes = [tuple(map(int, shape.split("x"))) for shape in args.shapes.split(",")]
+    rows = [row for name in MODELS for windows, context in shapes
+            for row in measure(name, windows, context, args.batch, args.repeats)]
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    lines = ["# Layer sweep of one eval set (perplexity windows x tokens per window, bundled models, float32)", "",
+             f"Machine: {machine}. Identical per-window NLLs checked for every strategy.", "",
+             "| model | layers | conditions | eval set | strategy | seconds | speedup vs naive |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['layers']} | {r['conditions']} | {r['shape']} | {r['strategy']} | "
+              f"{r['seconds']:.2f} | {r['speedup']:.2f}x |" for r in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=1) + "\n")
     print("\n".join(lines))
 
 

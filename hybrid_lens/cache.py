@@ -17,9 +17,20 @@ class ActivationCache(Mapping[str, Tensor]):
     Also indexable TransformerLens-style by `(kind, layer)`: `cache["ssm_out", 3]`,
     `cache["resid_pre", 0]`, `cache["q", 3, "attn"]`.
 
+    Block-level points hold `Float[Tensor, "batch pos d_model"]` (without the batch axis when
+    cached with `remove_batch_dim=True`); see the README for the inner points' shapes.
+
     Args:
-        values: hook name -> tensor.
-        layer_mixers: mixer kinds of every block, as `HookedHybrid.layer_mixers`.
+        values: Hook name -> tensor.
+        layer_mixers: Mixer kinds of every block, as `HookedHybrid.layer_mixers`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> logits, cache = model.run_with_cache("In the beginning")
+        >>> cache
+        ActivationCache(75 tensors, 12 layers)
+        >>> cache["ssm_out", 3].shape                  # same as cache["blocks.3.hook_ssm_out"]
+        torch.Size([1, 3, 128])
     """
 
     def __init__(self, values: dict[str, Tensor], layer_mixers: list[tuple[str, ...]]):
@@ -54,19 +65,42 @@ class ActivationCache(Mapping[str, Tensor]):
         return f"ActivationCache({len(self)} tensors, {len(self.layer_mixers)} layers)"
 
     def to(self, device: str | torch.device) -> ActivationCache:
-        """A copy with every tensor moved to `device`."""
+        """A copy with every tensor moved to `device`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> cache.to("cpu")["resid_pre", 0].device
+            device(type='cpu')
+        """
         return ActivationCache({k: v.to(device) for k, v in self._values.items()}, self.layer_mixers)
 
     def cpu(self) -> ActivationCache:
+        """A copy with every tensor on the CPU, `self.to("cpu")`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> cache.cpu()
+            ActivationCache(75 tensors, 12 layers)
+        """
         return self.to("cpu")
 
     # --- residual stream ------------------------------------------------------------------------
     @property
     def n_layers(self) -> int:
+        """Number of blocks of the model the cache comes from."""
         return len(self.layer_mixers)
 
     def layers_with(self, kind: str) -> list[int]:
-        """Layers whose block has component `kind` (attn / linear_attn / ssm / mlp / resid_*)."""
+        """Layers whose block has component `kind` (attn / linear_attn / ssm / mlp / resid_*).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> cache.layers_with("attn")
+            [3, 7]
+        """
         if kind == "mlp" or kind in RESID_KINDS:
             return list(range(self.n_layers))
         return [i for i, mixers in enumerate(self.layer_mixers) if kind in mixers]
@@ -77,9 +111,18 @@ class ActivationCache(Mapping[str, Tensor]):
         Args:
             kind: `attn`, `linear_attn`, `ssm`, `mlp` (block-level outputs) or `resid_pre`,
                 `resid_mid`, `resid_post`.
+            return_labels: Also return the layer indices.
 
         Returns:
-            `Float[Tensor, "n batch pos d_model"]`, and the layer indices if `return_labels`.
+            `Float[Tensor, "n batch pos d_model"]` (n = number of layers with `kind`), and the
+            layer indices if `return_labels`. Raises `ValueError` if no layer has `kind`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> attn, layers = cache.stack("attn", return_labels=True)
+            >>> attn.shape, layers
+            (torch.Size([2, 1, 3, 128]), [3, 7])
         """
         layers = self.layers_with(kind)
         if not layers:
@@ -95,6 +138,22 @@ class ActivationCache(Mapping[str, Tensor]):
 
         With `layer=None` the last entry is `blocks.{n-1}.hook_resid_post` (labelled `final_post`);
         with `incl_mid` each block's `resid_mid` follows its `resid_pre`.
+
+        Args:
+            layer: Stop before this block; None covers every block and adds the final output.
+            incl_mid: Include each block's `resid_mid`.
+            return_labels: Also return labels `{i}_pre`, `{i}_mid`, `final_post`.
+
+        Returns:
+            `Float[Tensor, "n batch pos d_model"]`, and the labels if `return_labels`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> cache.accumulated_resid().shape               # 12 resid_pre + final resid_post
+            torch.Size([13, 1, 3, 128])
+            >>> cache.accumulated_resid(layer=2, incl_mid=True, return_labels=True)[1]
+            ['0_pre', '0_mid', '1_pre', '1_mid']
         """
         stop = self.n_layers if layer is None else layer
         tensors, labels = [], []
@@ -118,6 +177,22 @@ class ActivationCache(Mapping[str, Tensor]):
         Components are the embedding, then for every earlier block each mixer output and the MLP
         output, labelled `embed`, `{i}_{kind}` (e.g. `3_ssm`, `3_attn`, `3_mlp`). With
         `layer=None` they sum to the final `resid_post`.
+
+        Args:
+            layer: The block whose input is decomposed; None decomposes the final output.
+            return_labels: Also return the component labels.
+
+        Returns:
+            `Float[Tensor, "component batch pos d_model"]`, and the labels if `return_labels`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> parts, labels = cache.decompose_resid(layer=2, return_labels=True)
+            >>> parts.shape, labels
+            (torch.Size([7, 1, 3, 128]), ['embed', '0_ssm', '0_attn', '0_mlp', '1_ssm', '1_attn', '1_mlp'])
+            >>> torch.allclose(parts.sum(0), cache["resid_pre", 2], atol=1e-5)
+            True
         """
         stop = self.n_layers if layer is None else layer
         tensors, labels = [self["hook_embed"]], ["embed"]

@@ -23,12 +23,25 @@ def _models(args) -> None:
     print("Bundled models (offline):")
     for name in zoo.ZOO_MODELS:
         print(f"  {name}")
+    print("Optional real models (offline once installed):")
+    for name, (description, is_installed, install) in zoo.REAL_MODELS.items():
+        state = "installed" if is_installed() else f"not installed: {install}"
+        print(f"  {name}: {description} [{state}]")
     print("Supported architectures (any checkpoint of these loads with --model NAME_OR_PATH):")
     for adapter in ADAPTERS:
         print(f"  {adapter.family}: {', '.join(adapter.architectures)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `hybrid-lens` argument parser: `hooks`, `models`, `study` and `report`.
+
+    Examples:
+        >>> args = build_parser().parse_args(["hooks", "--model", "hybrid-lens/tiny-falcon-h1", "--no-inner"])
+        >>> args.command, args.model, args.inner
+        ('hooks', 'hybrid-lens/tiny-falcon-h1', False)
+        >>> build_parser().parse_args(["report", "hybrid-lens-study"]).folder.as_posix()
+        'hybrid-lens-study'
+    """
     parser = argparse.ArgumentParser(prog="hybrid-lens", description="Mechanistic interpretability for hybrid LMs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -48,10 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `hybrid-lens` command with `argv` (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0, or 2 after printing the error of a failed command to stderr.
+
+    Examples:
+        >>> main(["hooks", "--model", "hybrid-lens/tiny-qwen2.5", "--no-inner"])
+        hybrid-lens/tiny-qwen2.5: Qwen2ForCausalLM, 8 layers
+        layer types: 0:attn, 1:attn, 2:attn, 3:attn, 4:attn, 5:attn, 6:attn, 7:attn
+        hook_embed
+        blocks.0.hook_resid_pre
+        ...
+        ln_final.hook_normalized
+        hook_logits
+        0
+
+        The same from a shell: `hybrid-lens hooks --model hybrid-lens/tiny-qwen2.5 --no-inner`.
+    """
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, KeyError, FileExistsError, NotImplementedError) as err:
+    except (ValueError, KeyError, FileExistsError, NotImplementedError, ImportError) as err:
         print(f"hybrid-lens: error: {err}", file=sys.stderr)
         return 2
     return 0

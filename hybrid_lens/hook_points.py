@@ -20,10 +20,24 @@ __all__ = ["HookPoint", "Tap", "TappedHookPoint", "unknown_hook_error"]
 class Tap:
     """A switchable piece of plumbing shared by one or more inner hook points.
 
+    The plumbing is installed while at least one hook uses it (`acquire` / `release`, called by
+    `TappedHookPoint`) or while it is switched `always_on` (by `HookedHybrid.nnsight`).
+
     Args:
         install: Installs the plumbing on the wrapped `transformers` module and returns a
             function that removes it again.
         description: Human-readable origin of the values (for errors and docs).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> tap = model.hook_dict["blocks.0.ssm.hook_B"].tap
+        >>> tap.description, tap.active
+        ('eager Mamba-2 forward', False)
+        >>> with model.hooks(fwd_hooks=[("blocks.0.ssm.hook_B", lambda value, hook: value)]):
+        ...     tap.active
+        True
+        >>> tap.active
+        False
     """
 
     def __init__(self, install: Callable[[], Callable[[], None]], description: str):
@@ -35,17 +49,49 @@ class Tap:
 
     @property
     def active(self) -> bool:
+        """Whether the plumbing is installed now."""
         return self._remove is not None
 
     def acquire(self) -> None:
+        """Register one more user; installs the plumbing if it was off.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> tap = model.hook_dict["blocks.0.ssm.hook_B"].tap
+            >>> tap.acquire()
+            >>> tap.active
+            True
+            >>> tap.release()
+        """
         self._users += 1
         self._sync()
 
     def release(self) -> None:
+        """Unregister one user; removes the plumbing when none is left (and not `always_on`).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> tap = model.hook_dict["blocks.0.ssm.hook_B"].tap
+            >>> tap.acquire()
+            >>> tap.release()
+            >>> tap.active
+            False
+        """
         self._users = max(0, self._users - 1)
         self._sync()
 
     def set_always_on(self, on: bool) -> None:
+        """Keep the plumbing installed whether or not a hook uses it (`HookedHybrid.nnsight`
+        does this for `inner_points=True`).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> tap = model.hook_dict["blocks.0.ssm.hook_B"].tap
+            >>> tap.set_always_on(True)
+            >>> tap.active
+            True
+            >>> tap.set_always_on(False)
+        """
         self.always_on = on
         self._sync()
 
@@ -59,13 +105,46 @@ class Tap:
 
 
 class TappedHookPoint(HookPoint):
-    """A `HookPoint` whose value is produced by a `Tap` that is active only while it is needed."""
+    """A `HookPoint` whose value is produced by a `Tap` that is active only while it is needed.
+
+    Inner mixer points (`blocks.{i}.attn.hook_q`, `blocks.{i}.ssm.hook_B`, ...) are of this class;
+    adding a hook acquires the tap, removing it releases the tap.
+
+    Args:
+        tap: The plumbing that feeds this point.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> point = model.hook_dict["blocks.0.ssm.hook_B"]
+        >>> type(point).__name__, point.tap.active
+        ('TappedHookPoint', False)
+    """
 
     def __init__(self, tap: Tap):
         super().__init__()
         self.tap = tap
 
     def add_hook(self, hook, dir="fwd", is_permanent=False, level=None, prepend=False, alias_names=None):
+        """`HookPoint.add_hook`, and acquire the tap so that the hook is fed.
+
+        Args:
+            hook: `fn(value, hook) -> value | None`, as for any TransformerLens hook point.
+            dir: `"fwd"` or `"bwd"`.
+            is_permanent: Kept by `remove_hooks` unless `including_permanent=True`.
+            level: Context level (set by `model.hooks(...)`).
+            prepend: Run before the hooks already attached.
+            alias_names: As `HookPoint.add_hook`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> point = model.hook_dict["blocks.0.ssm.hook_B"]
+            >>> seen = []
+            >>> _ = point.add_hook(lambda value, hook: seen.append(value.shape))
+            >>> _ = model("In the beginning")
+            >>> point.remove_hooks()
+            >>> seen                               # [batch, pos, group, d_state]
+            [torch.Size([1, 3, 1, 32])]
+        """
         handle = super().add_hook(
             hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend, alias_names=alias_names
         )
@@ -73,6 +152,21 @@ class TappedHookPoint(HookPoint):
         return handle
 
     def remove_hooks(self, dir="fwd", including_permanent=False, level=None) -> None:
+        """`HookPoint.remove_hooks`, releasing the tap once for every hook removed.
+
+        Args:
+            dir: `"fwd"`, `"bwd"` or `"both"`.
+            including_permanent: Remove permanent hooks too.
+            level: Remove only hooks of this context level.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> point = model.hook_dict["blocks.0.ssm.hook_B"]
+            >>> _ = point.add_hook(lambda value, hook: value)
+            >>> point.remove_hooks()
+            >>> point.tap.active
+            False
+        """
         before = len(self.fwd_hooks) + len(self.bwd_hooks)
         super().remove_hooks(dir=dir, including_permanent=including_permanent, level=level)
         for _ in range(before - len(self.fwd_hooks) - len(self.bwd_hooks)):
@@ -80,7 +174,18 @@ class TappedHookPoint(HookPoint):
 
 
 def unknown_hook_error(name: str, valid: Iterable[str]) -> KeyError:
-    """A `KeyError` for an unknown hook name that lists the closest valid names."""
+    """A `KeyError` for an unknown hook name that lists the closest valid names.
+
+    Args:
+        name: The name asked for.
+        valid: Every valid name.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> error = unknown_hook_error("blocks.0.hook_sm_out", model.hook_names())
+        >>> print(error.args[0])  # doctest: +ELLIPSIS
+        Unknown hook point 'blocks.0.hook_sm_out'. Closest valid names: blocks.0.hook_ssm_out, ...
+    """
     valid = list(valid)
     close = difflib.get_close_matches(name, valid, n=5, cutoff=0.5)
     hint = f" Closest valid names: {', '.join(close)}." if close else ""

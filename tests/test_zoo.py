@@ -34,9 +34,12 @@ def test_bundled_model_loads_offline_and_matches_its_card(name, split):
     nll, count = train.window_nll(model, head)
     assert count == metrics["val_tokens_head"]
     assert math.exp(nll / count) == pytest.approx(metrics["val_ppl_head"], rel=1e-3)
-    assert metrics["val_ppl"] < metrics["unigram_ppl"] / 4
-    ratios = metrics["ablation_ppl_ratios"].values()
-    assert min(ratios) > 1.0 and max(ratios) > 1.2  # every group ablation hurts; see the model card for each
+    assert metrics["val_ppl"] < metrics["unigram_ppl"] / 8
+    ratios = metrics["ablation_ppl_ratios"]
+    assert min(ratios.values()) > 1.2  # every group ablation raises perplexity by 20% or more
+    headline = {"tiny-qwen3.5": ("linear_off", 50), "tiny-falcon-h1": ("ssm_off", 1.4), "tiny-qwen2.5": ("attn_mixer_off", 3)}
+    prefix, at_least = headline[path.name]
+    assert next(v for k, v in ratios.items() if k.startswith(prefix + ":")) > at_least
 
 
 def test_bundled_tokenizer_is_the_one_trained_on_the_training_split(split):
@@ -47,7 +50,10 @@ def test_bundled_tokenizer_is_the_one_trained_on_the_training_split(split):
 
 def test_validation_split_is_held_out(split):
     verses = zoo.verses()
-    assert split[1] == verses[:: zoo.VALIDATION_EVERY] and len(split[0]) + len(split[1]) == len(verses)
+    step = zoo.PASSAGE * zoo.VALIDATION_EVERY
+    passages = [verses[start : start + zoo.PASSAGE] for start in range(0, len(verses), step)]
+    assert split[1] == [verse for passage in passages for verse in passage]
+    assert len(split[0]) + len(split[1]) == len(verses)
     assert zoo.load_validation_text() == "\n".join(split[1])
 
 

@@ -11,6 +11,13 @@ ADAPTERS: tuple[Adapter, ...] = (Qwen3_5Adapter(), FalconH1Adapter(), Qwen2Adapt
 
 
 def supported_architectures() -> list[str]:
+    """The `transformers` model classes `HookedHybrid` can wrap (from the registered adapters).
+
+    Examples:
+        >>> from hybrid_lens import supported_architectures
+        >>> supported_architectures()
+        ['Qwen3_5ForCausalLM', 'FalconH1ForCausalLM', 'Qwen2ForCausalLM', 'LlamaForCausalLM']
+    """
     return [arch for adapter in ADAPTERS for arch in adapter.architectures]
 
 

@@ -79,6 +79,10 @@ class Adapter:
         """Factor the model applies to `lm_head` outputs (Falcon-H1's `lm_head_multiplier`)."""
         return 1.0
 
+    def layer_output(self, hidden_states):
+        """`hidden_states` in the form the family's decoder loop expects from a layer."""
+        return hidden_states
+
     def block_forward(self, block: HookedBlock, layer: nn.Module, entry: HookPoint | None) -> BlockForward:
         """A replacement for `layer.forward` that routes values through `block`'s hook points.
 
@@ -92,6 +96,31 @@ class Adapter:
         `pattern_mode` is the model-wide tap that feeds every `hook_pattern`.
         """
         raise NotImplementedError
+
+
+def replace_forward(module: nn.Module, forward: Callable) -> Callable[[], None]:
+    """Make `module` run `forward`; returns a function that restores the previous forward.
+
+    Under accelerate's dispatch hooks (`device_map=...`, offloading) the hook's inner forward is
+    replaced, so the hook still moves weights and inputs to the execution device around it.
+    """
+    attribute = "_old_forward" if hasattr(module, "_hf_hook") and "_old_forward" in vars(module) else "forward"
+    previous = vars(module).get(attribute)  # None: the class's own forward
+    setattr(module, attribute, forward)
+
+    def restore() -> None:
+        if previous is None:
+            delattr(module, attribute)
+        else:
+            setattr(module, attribute, previous)
+
+    return restore
+
+
+def is_hooked(layer: nn.Module) -> bool:
+    """Whether a HookedHybrid block forward is installed on `layer`."""
+    attribute = "_old_forward" if hasattr(layer, "_hf_hook") else "forward"
+    return getattr(vars(layer).get(attribute), "hybrid_lens_block", False)
 
 
 def resid_in(block: HookedBlock, entry: HookPoint | None, hidden_states):

@@ -6,6 +6,8 @@ after `ssm_out_multiplier` / `attention_out_multiplier`.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from transformers.models.falcon_h1 import modeling_falcon_h1 as hf
 
@@ -28,6 +30,9 @@ class FalconH1Adapter(Adapter):
     def logit_scale(self, hf_model):
         return hf_model.model.lm_head_multiplier
 
+    def layer_output(self, hidden_states):
+        return (hidden_states,)
+
     def block_forward(self, block: HookedBlock, layer, entry):
         def forward(hidden_states, attention_mask=None, mamba_attention_mask=None, position_ids=None,
                     past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
@@ -49,7 +54,7 @@ class FalconH1Adapter(Adapter):
             attn_out = block.hook_attn_out(attn_out * layer.attn_out_multiplier)
             resid_mid = block.hook_resid_mid(residual + (ssm_out + attn_out))
             mlp_out = block.hook_mlp_out(layer.feed_forward(layer.pre_ff_layernorm(resid_mid)))
-            return (block.hook_resid_post(resid_mid + mlp_out),)
+            return self.layer_output(block.hook_resid_post(resid_mid + mlp_out))
 
         return forward
 
@@ -88,6 +93,10 @@ def _eager_mamba2(mamba, hooks: MixerHooks):
             raise NotImplementedError(
                 "Inner Mamba-2 hook points (hook_x/B/C/dt/z/conv) need a run without a cache: pass use_cache=False."
             )
+        if mamba.training:
+            warnings.warn("Inner Mamba-2 hook points run the unfused scan path; in training mode transformers would "
+                          "otherwise use the fused mamba_split_conv1d_scan_combined kernel (when mamba-ssm is "
+                          "installed). Eval mode uses the same kernels either way.", stacklevel=2)
         batch, seq, _ = hidden_states.shape
         dtype = hidden_states.dtype
         hidden_states = hf.apply_mask_to_padding_states(hidden_states, attention_mask)

@@ -23,7 +23,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..hook_points import HookPoint, Tap
-from .base import MixerHooks
+from .base import MixerHooks, replace_forward
 
 Split = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 Join = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -88,12 +88,7 @@ def eager_forward_tap(hooks: MixerHooks, module: nn.Module, forward: Callable, n
     """Hook points `names` fed by `forward`, an instrumented copy of `module`'s forward, used only while needed."""
 
     def install():
-        module.forward = forward
-
-        def remove():
-            del module.forward
-
-        return remove
+        return replace_forward(module, forward)
 
     tap = Tap(install, where)
     for name in names:

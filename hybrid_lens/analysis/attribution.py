@@ -26,7 +26,23 @@ def logit_direction(model, target: Target) -> Float[Tensor, "... d_model"]:
     """The unembedding direction whose dot product with a final-normed residual gives the target:
     `W_U[:, t]` for a token id, `W_U[:, a] - W_U[:, b]` for a pair `(a, b)` (logit difference).
     Ids may be tensors `[batch, pos]`, one target per token; the result then has shape
-    `[batch, pos, d_model]`, else `[d_model]`."""
+    `[batch, pos, d_model]`, else `[d_model]`.
+
+    Args:
+        model: A `HookedHybrid`.
+        target: A token id, a pair `(a, b)`, or ids `Int[Tensor, "batch pos"]` (also in pairs).
+
+    Returns:
+        `Float[Tensor, "d_model"]`, or `Float[Tensor, "batch pos d_model"]` for tensor ids.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> god, lord = (int(model.to_tokens(f" {word}")[0, -1]) for word in ("God", "LORD"))
+        >>> logit_direction(model, (god, lord)).shape
+        torch.Size([128])
+        >>> logit_direction(model, model.to_tokens("In the beginning")).shape
+        torch.Size([1, 3, 128])
+    """
     rows = model.W_U.T
 
     def pick(ids) -> Tensor:
@@ -48,6 +64,21 @@ def frozen_final_norm(model, final_resid: Float[Tensor, "batch pos d_model"]) ->
     `||norm(x)|| / ||gain * x||`. Computed in float32 whatever the model's dtype (a bf16 model's
     own logits then approximate the attributions' sum). Raises `ValueError` if the norm is not of
     the RMSNorm form.
+
+    Args:
+        model: A `HookedHybrid`.
+        final_resid: `Float[Tensor, "batch pos d_model"]`, the last block's `resid_post`.
+
+    Returns:
+        `Float[Tensor, "batch pos d_model"]` factors (float32).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning God created")
+        >>> final = cache["resid_post", model.n_layers - 1]
+        >>> factors = frozen_final_norm(model, final)
+        >>> torch.allclose(factors * final, model.apply_final_norm(final), atol=1e-5)
+        True
     """
     x = final_resid.to(model.device).float()
     gain = model.apply_final_norm(torch.ones(x.shape[-1], device=x.device)).float()
@@ -65,7 +96,27 @@ def logit_attribution(
 ) -> tuple[Float[Tensor, "component batch pos"], list[str]]:
     """Direct logit attribution of every component at every token, labelled as
     `cache.decompose_resid` (`embed`, `0_attn`, `0_mlp`, ...). Summed over components it equals
-    the final logit (difference) of `target` up to float error."""
+    the final logit (difference) of `target` up to float error.
+
+    Args:
+        model: A `HookedHybrid`.
+        cache: A cache with the block-level hook points (the default `run_with_cache`).
+        target: A token id, a pair `(a, b)`, or ids `Int[Tensor, "batch pos"]` (see
+            `logit_direction`).
+
+    Returns:
+        `(values, labels)`: `Float[Tensor, "component batch pos"]` and one label per component.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> logits, cache = model.run_with_cache("In the beginning God created")
+        >>> god = int(model.to_tokens(" God")[0, -1])
+        >>> values, labels = logit_attribution(model, cache, god)
+        >>> values.shape, labels[:4]           # embed + 12 layers x (ssm, attn, mlp)
+        (torch.Size([37, 1, 5]), ['embed', '0_ssm', '0_attn', '0_mlp'])
+        >>> torch.allclose(values.sum(0), logits[..., god], atol=1e-3)
+        True
+    """
     stack, labels = cache.decompose_resid(return_labels=True)
     factors = frozen_final_norm(model, cache["resid_post", cache.n_layers - 1])
     weights = factors * logit_direction(model, target).float()
@@ -79,13 +130,25 @@ def direct_logit_attribution(
     """Direct logit attribution of every component as a tidy table.
 
     Args:
-        target: a token id, a pair `(a, b)` for the logit difference `a - b`, or ids `[batch, pos]`.
+        model: A `HookedHybrid`.
+        cache: A cache with the block-level hook points (the default `run_with_cache`).
+        target: a token id, a pair `(a, b)` for the logit difference `a - b`, or ids
+            `Int[Tensor, "batch pos"]`.
         position: the token position attributed (default the last); None keeps every position.
         reduction: mean over the selected tokens (and examples), or one row per token (`"none"`).
 
     Returns:
         Rows `layer, layer_kind, component, metric="dla", value`; the embedding has `layer=-1`
         and `layer_kind="embed"`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("And God said unto")
+        >>> moses, aaron = (int(model.to_tokens(f" {name}")[0, -1]) for name in ("Moses", "Aaron"))
+        >>> table = direct_logit_attribution(model, cache, (moses, aaron))
+        >>> table.columns.tolist(), len(table)
+        (['layer', 'layer_kind', 'component', 'metric', 'value'], 37)
+        >>> top = table.sort_values("value", ascending=False).head(3)   # most pro-Moses components
     """
     check_reduction(reduction)
     values, labels = logit_attribution(model, cache, target)

@@ -26,7 +26,18 @@ PATH_COLORS = {"attn": (214, 39, 40), "linear_attn": (44, 160, 44), "ssm": (31, 
 
 def compared_paths(mixers: tuple[str, ...]) -> tuple[str, str]:
     """`(path, other)` of one block: attention vs the other mixer when the block has two; the
-    mixer vs the MLP when it has one."""
+    mixer vs the MLP when it has one.
+
+    Args:
+        mixers: One entry of `HookedHybrid.layer_mixers`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> compared_paths(model.layer_mixers[0])
+        ('attn', 'ssm')
+        >>> compared_paths(("linear_attn",))
+        ('linear_attn', 'mlp')
+    """
     if len(mixers) > 2:
         raise ValueError(f"A block with mixers {mixers} has no single pair of paths to compare.")
     path = "attn" if "attn" in mixers else mixers[0]
@@ -50,6 +61,7 @@ def token_contributions(
     """The share of each layer's update that comes from `path` rather than `other`, per token.
 
     Args:
+        model: A `HookedHybrid`.
         cache: a cache of the run on `tokens` with the block-level hook points and `hook_logits`.
         tokens: the token ids of that run (labels of the tokens).
         target: token ids whose logit the direct-logit share is measured on; default the model's
@@ -62,6 +74,16 @@ def token_contributions(
         `dla_path, dla_other` (direct logit attributions through the frozen final norm, see
         `attribution`), `dla_share = |dla_path| / (|dla_path| + |dla_other|)`; a share is 0.5
         where both paths are 0.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> tokens = model.to_tokens("In the beginning God created the heaven and the earth")
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> table = token_contributions(model, cache, tokens)
+        >>> len(table)                                     # 12 layers x 10 tokens
+        120
+        >>> table[["path", "other"]].iloc[0].tolist()
+        ['attn', 'ssm']
     """
     tokens = torch.as_tensor(tokens)
     ids = (tokens[batch] if tokens.ndim == 2 else tokens).tolist()
@@ -104,10 +126,19 @@ def contributions_html(table: pd.DataFrame, share: str = "norm_share") -> str:
     contribute equally, solid where one path does everything.
 
     Args:
+        table: A `token_contributions` table.
         share: `norm_share` or `dla_share`.
 
     Returns:
         An HTML fragment (display it with `IPython.display.HTML`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> tokens = model.to_tokens("In the beginning God created the heaven and the earth")
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> html = contributions_html(token_contributions(model, cache, tokens), share="dla_share")
+        >>> html.startswith('<div class="hl-contributions"')
+        True
     """
     rows = []
     for layer, group in table.sort_values(["layer", "position"]).groupby("layer", sort=False):

@@ -10,7 +10,13 @@ from scipy import stats
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """Pearson r and p, Spearman rho and p (scipy.stats) of two paired series, and their length n."""
+    """Pearson r and p, Spearman rho and p (scipy.stats) of two paired series, and their length n.
+
+    Examples:
+        >>> stats = correlation([0.1, 0.4, 0.2, 0.9], [1.0, 3.5, 2.0, 7.5])
+        >>> stats["spearman_rho"], stats["n"]
+        (1.0, 4)
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     pearson = stats.pearsonr(x, y)
     spearman = stats.spearmanr(x, y)
@@ -40,6 +46,15 @@ def metric_impact_correlation(
 
     Returns:
         One row (per group) with `pearson_r, pearson_p, spearman_rho, spearman_p, n`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> text = "In the beginning God created the heaven and the earth"
+        >>> table = layer_metrics(model, text, components=["ssm", "attn"])
+        >>> impact = table[table.metric == "ablation_kl"]
+        >>> result = metric_impact_correlation(table, impact, "output_ratio", by="component")
+        >>> result[["component", "n"]].values.tolist()
+        [['ssm', 12], ['attn', 12]]
     """
     on = list(on)
     keep = [*on, *(["layer_kind"] if "layer_kind" in metrics and "layer_kind" not in on else []), "value"]

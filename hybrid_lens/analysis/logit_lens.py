@@ -18,7 +18,21 @@ from ._shared import Reduction, check_reduction, kl_divergence, layer_kind, tidy
 
 
 def decode_resid(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-    """Logits of any residual-stream tensor: the model's final norm, then its unembedding."""
+    """Logits of any residual-stream tensor: the model's final norm, then its unembedding.
+
+    Args:
+        model: A `HookedHybrid`.
+        resid: `Float[Tensor, "... d_model"]`.
+
+    Returns:
+        `Float[Tensor, "... vocab"]`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning God created")
+        >>> decode_resid(model, cache["resid_post", 5]).shape
+        torch.Size([1, 5, 4096])
+    """
     return model.unembed(model.apply_final_norm(resid.to(model.device)))
 
 
@@ -27,7 +41,22 @@ def logit_lens_logits(
     model, cache: ActivationCache, layers: Sequence[int] | None = None
 ) -> Float[Tensor, "layer batch pos vocab"]:
     """Decoded logits of `resid_post` of the given layers (default all: mind the memory,
-    `n_layers x batch x pos x vocab`)."""
+    `n_layers x batch x pos x vocab`).
+
+    Args:
+        model: A `HookedHybrid`.
+        cache: A cache with every `resid_post` asked for.
+        layers: Layer indices; None for all.
+
+    Returns:
+        `Float[Tensor, "layer batch pos vocab"]`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning God created")
+        >>> logit_lens_logits(model, cache, layers=[0, 5, 11]).shape
+        torch.Size([3, 1, 5, 4096])
+    """
     layers = range(cache.n_layers) if layers is None else layers
     return torch.stack([decode_resid(model, cache["resid_post", layer]) for layer in layers])
 
@@ -36,8 +65,20 @@ def logit_lens_logits(
 def logit_lens_kl(model, cache: ActivationCache, reduction: Reduction = "mean") -> pd.DataFrame:
     """KL(p_final || p_layer) of every layer's decoded distribution, in nats (0 at the last layer).
 
+    Args:
+        model: A `HookedHybrid`.
+        cache: A cache with every `resid_post` (the default `run_with_cache`).
+        reduction: `"mean"` over tokens, or `"none"` (per token).
+
     Returns:
         Tidy rows `layer, layer_kind, component="resid_post", metric="kl_to_final", value`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning God created")
+        >>> table = logit_lens_kl(model, cache)
+        >>> len(table), float(table.value.iloc[-1])          # 0 at the last layer
+        (12, 0.0)
     """
     check_reduction(reduction)
     final = decode_resid(model, cache["resid_post", cache.n_layers - 1])
@@ -55,9 +96,23 @@ def logit_lens_kl(model, cache: ActivationCache, reduction: Reduction = "mean") 
 def logit_lens_top_k(model, cache: ActivationCache, k: int = 5, position: int = -1, batch: int = 0) -> pd.DataFrame:
     """The `k` most probable tokens of every layer's decoded distribution at one position.
 
+    Args:
+        model: A `HookedHybrid`.
+        cache: A cache with every `resid_post`.
+        k: Tokens per layer.
+        position: Token position decoded.
+        batch: Example of the batch decoded.
+
     Returns:
         Rows `layer, layer_kind, rank, token_id, token, prob` (`token` is the decoded string, or
         the id as text when the model has no tokenizer).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning God created")
+        >>> top = logit_lens_top_k(model, cache, k=3)
+        >>> len(top), top.columns.tolist()
+        (36, ['layer', 'layer_kind', 'rank', 'token_id', 'token', 'prob'])
     """
     resid = torch.stack([cache["resid_post", layer][batch, position] for layer in range(cache.n_layers)])
     probs = decode_resid(model, resid).float().softmax(-1)

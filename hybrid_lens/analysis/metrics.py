@@ -34,7 +34,25 @@ Ablation = Callable[[str, int], Condition]
 
 def hidden_state_metrics(cache: ActivationCache, reduction: Reduction = "mean") -> pd.DataFrame:
     """`norm_change` and `cosine` of every block and `output_ratio` of every component, from a
-    cache holding the block-level hook points (the default `run_with_cache`)."""
+    cache holding the block-level hook points (the default `run_with_cache`).
+
+    Args:
+        cache: Block-level activations, `Float[Tensor, "batch pos d_model"]` each.
+        reduction: `"mean"` over every token of every example, or `"none"` (one row per token,
+            with `batch` and `position` columns).
+
+    Returns:
+        Tidy rows `layer, layer_kind, component, metric, value`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning God created the heaven and the earth")
+        >>> table = hidden_state_metrics(cache)
+        >>> table.metric.unique().tolist()
+        ['norm_change', 'cosine', 'output_ratio']
+        >>> len(table)                      # 12 layers x (2 block metrics + 3 components)
+        60
+    """
     entries = []
     for layer, mixers in enumerate(cache.layer_mixers):
         pre = cache["resid_pre", layer].float()
@@ -54,7 +72,21 @@ def hidden_state_metrics(cache: ActivationCache, reduction: Reduction = "mean") 
 
 
 def default_ablation(component: str, layer: int) -> Condition:
-    """Zero the component's output (parallel zeroing); `block` skips the whole layer (sequential skip)."""
+    """Zero the component's output (parallel zeroing); `block` skips the whole layer (sequential skip).
+
+    The default `ablate` of `ablation_kl` and `layer_metrics`.
+
+    Args:
+        component: `attn`, `linear_attn`, `ssm`, `mlp` or `block`.
+        layer: Block index.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> default_ablation("ssm", 3).name, default_ablation("block", 3).name
+        ('ssm_zero', 'skip_layer')
+        >>> with default_ablation("ssm", 3).apply(model):
+        ...     logits = model("In the beginning")
+    """
     if component == "block":
         return skip_layer(layer)
     return zero(component, layers=layer)
@@ -81,6 +113,20 @@ def ablation_kl(
         batch_size: ablated runs per forward pass (their logits, `batch_size x batch x pos x vocab`,
             are held at once).
         reduction: mean over tokens, or per token (`"none"`).
+
+    Returns:
+        Tidy rows `layer, layer_kind, component, metric="ablation_kl", value` (in nats).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> text = "In the beginning God created the heaven and the earth"
+        >>> table = ablation_kl(model, text, components=["ssm"])
+        >>> len(table), table.component.unique().tolist()
+        (12, ['ssm'])
+        >>> from hybrid_lens.interventions import mean
+        >>> reference = ["And God said", "Let there be light"]
+        >>> mean_ablated = ablation_kl(model, text, lambda c, l: mean(c, reference, layers=l),
+        ...                            components=["attn"])
     """
     check_reduction(reduction)
     jobs = [
@@ -114,9 +160,26 @@ def layer_metrics(
     """Every per-layer measure of one input in one table: `norm_change`, `cosine`, `output_ratio`,
     `ablation_kl` (see `ablation_kl` for its arguments) and the plain logit lens' `kl_to_final`.
 
-    Example:
-        >>> table = layer_metrics(model, wikitext_tokens[:, :512])
-        >>> table.pivot_table(index="layer", columns=["metric", "component"], values="value")
+    Args:
+        model: A `HookedHybrid`.
+        input: One text or unpadded token ids `Int[Tensor, "batch pos"]`.
+        reduction: `"mean"` over tokens, or `"none"` (per token).
+        ablate: As in `ablation_kl`.
+        components: As in `ablation_kl`.
+        batch_size: As in `ablation_kl`.
+
+    Returns:
+        Tidy rows `layer, layer_kind, component, metric, value`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> tokens = model.to_tokens("In the beginning God created the heaven and the earth")
+        >>> table = layer_metrics(model, tokens, components=["ssm", "attn"])
+        >>> sorted(table.metric.unique())
+        ['ablation_kl', 'cosine', 'kl_to_final', 'norm_change', 'output_ratio']
+        >>> wide = table.pivot_table(index="layer", columns=["metric", "component"], values="value")
+        >>> wide.shape
+        (12, 8)
     """
     _, cache = model.run_with_cache(input)
     return pd.concat(

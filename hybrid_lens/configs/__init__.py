@@ -28,14 +28,44 @@ _TINY = {
 
 
 def reference_config(family: str) -> PretrainedConfig:
-    """The published config of `family` (qwen2 / qwen3_5 / falcon_h1), text model only."""
+    """The published config of `family` (qwen2 / qwen3_5 / falcon_h1), text model only.
+
+    Read from the bundled copies of the configs of Qwen2.5-0.5B, Qwen3.5-0.8B and
+    Falcon-H1-0.5B-Base (no network); build a randomly initialised full-size model from it with
+    `HookedHybrid.from_config`.
+
+    Examples:
+        >>> config = reference_config("qwen3_5")
+        >>> type(config).__name__, config.num_hidden_layers, config.hidden_size
+        ('Qwen3_5TextConfig', 24, 1024)
+        >>> config.layer_types[:4]
+        ['linear_attention', 'linear_attention', 'linear_attention', 'full_attention']
+    """
     data = json.loads((HERE / REFERENCE_CONFIGS[family]).read_text())
     data = data.get("text_config", data)
     return AutoConfig.for_model(data.pop("model_type"), **data)
 
 
 def tiny_config(family: str, num_hidden_layers: int | None = None, **overrides) -> PretrainedConfig:
-    """A shrunken copy of the published config: same layer pattern and multipliers, tiny widths."""
+    """A shrunken copy of the published config: same layer pattern and multipliers, tiny widths.
+
+    d_model 64, vocabulary 256 (ids 0 = pad, 1 = bos, 2 = eos), float32; the tests build their
+    random-init models from these.
+
+    Args:
+        family: `qwen2`, `qwen3_5` or `falcon_h1`.
+        num_hidden_layers: Number of layers (default 4, or 8 for `qwen3_5`); Qwen3.5's layer
+            pattern is repeated to that length.
+        **overrides: Any other config field.
+
+    Examples:
+        >>> config = tiny_config("qwen3_5", num_hidden_layers=4)
+        >>> config.hidden_size, config.layer_types
+        (64, ['linear_attention', 'linear_attention', 'linear_attention', 'full_attention'])
+        >>> model = HookedHybrid.from_config(config, seed=0)
+        >>> model.layer_types
+        ['linear_attn', 'linear_attn', 'linear_attn', 'attn']
+    """
     data = json.loads((HERE / REFERENCE_CONFIGS[family]).read_text())
     data = data.get("text_config", data)
     data.update(_TINY[family])

@@ -24,6 +24,13 @@ def wikitext2(source: str | Path | None = None, split: str = "test") -> str:
     Args:
         source: None for the bundled test split; a local `.txt`/`.txt.gz` file; or
             `"wikitext"` to load the hub dataset `wikitext-2-raw-v1` (needs network).
+        split: the hub split (`"test"`, `"validation"`, `"train"`), for `"wikitext"` only.
+
+    Examples:
+        >>> text = wikitext2()                               # bundled, offline
+        >>> text[:20]
+        ' = Robert Boulter = '
+        >>> validation = wikitext2("wikitext", split="validation")   # doctest: +SKIP
     """
     if source is None:
         source = DATA / "wikitext2_test.txt.gz"
@@ -41,24 +48,53 @@ def wikitext2(source: str | Path | None = None, split: str = "test") -> str:
 
 
 class TaskDataError(ValueError):
-    """A task file (or hub split) whose rows do not have the expected fields."""
+    """A task file (or hub split) whose rows do not have the expected fields.
+
+    Examples:
+        >>> record = Record({"question": "Which planet is largest?"}, "questions.jsonl", 3)
+        >>> try:
+        ...     record.get("answer")
+        ... except TaskDataError as error:
+        ...     print(error)
+        questions.jsonl, row 3: field 'answer' is missing (fields: ['question'])
+    """
 
 
 @dataclass(frozen=True)
 class Record:
-    """One row of a task file: its fields and where it was read (file, 1-based row)."""
+    """One row of a task file: its fields and where it was read (file, 1-based row).
+
+    Examples:
+        >>> record = Record({"question": "2 + 2?", "choices": {"text": ["3", "4"]}, "answer": "1"}, "quiz.csv", 1)
+        >>> record.get("question"), record.get("answer", int), record.strings("choices.text")
+        ('2 + 2?', 1, ['3', '4'])
+    """
 
     data: Mapping[str, Any]
     file: str
     row: int
 
     def error(self, field: str, problem: str) -> TaskDataError:
+        """A `TaskDataError` naming this record's file, row and `field` (to raise).
+
+        Examples:
+            >>> Record({"label": 7}, "hellaswag.jsonl", 12).error("label", "is not an index of the 4 endings")
+            TaskDataError("hellaswag.jsonl, row 12: field 'label' is not an index of the 4 endings")
+        """
         return TaskDataError(f"{self.file}, row {self.row}: field {field!r} {problem}")
 
     def get(self, field: str, kind: type = str) -> Any:
         """The value of `field` (dots reach into nested mappings), checked to be a `kind`.
 
         `int` fields also accept integer strings (CSV); `list` fields must be non-empty.
+
+        Raises:
+            TaskDataError: the field is missing or of another type.
+
+        Examples:
+            >>> record = Record({"answer": "3", "mc1_targets": {"labels": [1, 0]}}, "rows.jsonl", 5)
+            >>> record.get("answer", int), record.get("mc1_targets.labels", list)
+            (3, [1, 0])
         """
         value: Any = self.data
         for part in field.split("."):
@@ -74,7 +110,12 @@ class Record:
         return value
 
     def strings(self, field: str) -> list[str]:
-        """A non-empty list of strings."""
+        """The value of `field`, checked to be a non-empty list of strings.
+
+        Examples:
+            >>> Record({"endings": ["runs away.", "sits down."]}, "rows.jsonl", 1).strings("endings")
+            ['runs away.', 'sits down.']
+        """
         values = self.get(field, list)
         if not all(isinstance(v, str) for v in values):
             raise self.error(field, f"should hold strings, got {values!r:.80}")
@@ -82,7 +123,13 @@ class Record:
 
 
 def read_records(path: str | Path) -> list[Record]:
-    """Rows of a `.jsonl`, `.json` (a list of objects) or `.csv` file (with a header row)."""
+    """Rows of a `.jsonl`, `.json` (a list of objects) or `.csv` file (with a header row).
+
+    Examples:
+        >>> records = read_records(DATA / "arc_challenge" / "test.jsonl")   # the bundled ARC subset
+        >>> len(records), records[0].row, sorted(records[0].data)
+        (100, 1, ['answer', 'id', 'index', 'options', 'question'])
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No task file at {path}.")
@@ -119,7 +166,13 @@ def _checked_object(value: Any, path: Path, row: int) -> dict:
 
 
 def hub_records(path: str, name: str | None, split: str) -> list[Record]:
-    """Rows of a hub dataset split (needs network), e.g. `hub_records("allenai/ai2_arc", "ARC-Challenge", "test")`."""
+    """Rows of a hub dataset split (needs network), e.g. `hub_records("allenai/ai2_arc", "ARC-Challenge", "test")`.
+
+    Examples:
+        >>> records = hub_records("allenai/ai2_arc", "ARC-Challenge", "test")   # doctest: +SKIP
+        >>> records[0].file                                                      # doctest: +SKIP
+        'hub:allenai/ai2_arc/ARC-Challenge[test]'
+    """
     from datasets import load_dataset
 
     try:
@@ -135,7 +188,14 @@ def hub_records(path: str, name: str | None, split: str) -> list[Record]:
 
 def local_source(source: str | Path | None, bundled: str) -> Path | None:
     """The local path meant by `source`: `"bundled"` is the subset shipped in `data/<bundled>`;
-    an existing path is itself; None or any other string means a hub dataset (returns None)."""
+    an existing path is itself; None or any other string means a hub dataset (returns None).
+
+    Examples:
+        >>> local_source("bundled", "arc_challenge/test.jsonl") == DATA / "arc_challenge" / "test.jsonl"
+        True
+        >>> local_source("allenai/ai2_arc", "arc_challenge/test.jsonl") is None    # a hub path
+        True
+    """
     if source is None:
         return None
     if str(source) == "bundled":

@@ -20,12 +20,31 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..interventions import Condition, Sweep
 from .scoring import last_logprobs
 
 
 @dataclass
 class PerplexityResult:
-    """Totals and per-window values (`windows`: example, nll_sum, tokens)."""
+    """Totals and per-window values of a `perplexity` run.
+
+    Attributes:
+        nll_sum: summed negative log-likelihood (nats) of every scored token.
+        tokens: how many tokens were scored.
+        n_bytes: UTF-8 bytes of the scored text (for `bits_per_byte`).
+        n_words: whitespace-separated words of the scored text (for `word_ppl`).
+        windows: one row per window: `example` (window index), `tokens`, `nll_sum`.
+
+    Examples:
+        >>> from hybrid_lens import zoo
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> result = perplexity(model, zoo.load_validation_text(), context_length=128, max_windows=4,
+        ...                     progress=False)
+        >>> result.tokens, len(result.windows)
+        (319, 4)
+        >>> result.ppl > 1 and result.log_ppl == result.mean_nll
+        True
+    """
 
     nll_sum: float
     tokens: int
@@ -35,6 +54,7 @@ class PerplexityResult:
 
     @property
     def mean_nll(self) -> float:
+        """Mean NLL per scored token (nats)."""
         return self.nll_sum / self.tokens
 
     @property
@@ -49,10 +69,12 @@ class PerplexityResult:
 
     @property
     def bits_per_byte(self) -> float:
+        """Summed NLL in bits per UTF-8 byte of the text (comparable across tokenizers)."""
         return self.nll_sum / (self.n_bytes * math.log(2))
 
     @property
     def word_ppl(self) -> float:
+        """Perplexity per whitespace-separated word; `inf` beyond float range."""
         log = self.nll_sum / self.n_words
         return math.exp(log) if log < 709 else math.inf
 
@@ -62,6 +84,16 @@ class PerplexityResult:
         return self.mean_nll / math.log(10)
 
     def summary(self) -> dict[str, float]:
+        """Every aggregate as one flat dict (a row for a results table).
+
+        Examples:
+            >>> from hybrid_lens import zoo
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> result = perplexity(model, zoo.load_validation_text(), context_length=128, max_windows=2,
+            ...                     progress=False)
+            >>> list(result.summary())
+            ['mean_nll', 'log_ppl', 'log10_ppl', 'ppl', 'tokens', 'bits_per_byte', 'word_ppl', 'windows']
+        """
         return dict(mean_nll=self.mean_nll, log_ppl=self.log_ppl, log10_ppl=self.log10_ppl, ppl=self.ppl,
                     tokens=self.tokens, bits_per_byte=self.bits_per_byte, word_ppl=self.word_ppl,
                     windows=len(self.windows))
@@ -73,6 +105,12 @@ def window_spans(n_tokens: int, context_length: int, stride: int) -> list[tuple[
     No token is scored twice; with `stride < context_length` every token from position 1 on is
     scored, while disjoint windows (`stride == context_length`) leave each window's first token
     unscored, as the plain `transformers` strided evaluation does.
+
+    Examples:
+        >>> window_spans(10, context_length=4, stride=2)
+        [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+        >>> window_spans(10, context_length=4, stride=4)      # disjoint windows
+        [(0, 4, 1), (4, 8, 5), (8, 10, 9)]
     """
     if not 0 < stride <= context_length:
         raise ValueError(f"Need 0 < stride <= context_length, got stride={stride}, context_length={context_length}.")
@@ -92,18 +130,36 @@ def perplexity(
     text: str | Int[Tensor, " n"],
     context_length: int = 1024,
     stride: int | None = None,
-    condition=None,
+    condition: Condition | Sweep | None = None,
     batch_size: int = 8,
     max_windows: int | None = None,
     progress: bool = True,
-) -> PerplexityResult:
+) -> PerplexityResult | list[PerplexityResult]:
     """Perplexity of `model` on `text` (a string, or token ids `[n]`), optionally under a condition.
 
     Args:
         context_length: tokens per window. stride: tokens between window starts (default: half
             the context, so every scored token has at least `context_length - stride` of context).
-        condition: an `interventions.Condition` active for the whole evaluation.
+        condition: an `interventions.Condition` active for the whole evaluation, or a `Sweep`
+            (then one result per condition, from batched forward passes with prefix reuse).
         max_windows: score only the first windows (for quick studies).
+
+    Returns:
+        A `PerplexityResult`; for a `Sweep`, one per condition in the sweep's order.
+
+    Examples:
+        >>> from hybrid_lens import zoo
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> text = zoo.load_validation_text()
+        >>> clean = perplexity(model, text, context_length=128, max_windows=4, progress=False)
+        >>> clean.tokens, len(clean.windows), clean.ppl > 1
+        (319, 4, True)
+        >>> ablated = perplexity(model, text, context_length=128, max_windows=4, progress=False,
+        ...                      condition=Sweep([zero("ssm"), zero("attn")]))
+        >>> [type(result).__name__ for result in ablated]
+        ['PerplexityResult', 'PerplexityResult']
+        >>> ablated[0].tokens == clean.tokens
+        True
     """
     stride = stride or max(1, context_length // 2)
     if isinstance(text, str):
@@ -115,35 +171,57 @@ def perplexity(
     if max_windows is not None:  # count bytes and words of the scored prefix only
         fraction = (spans[-1][1] - 1) / (ids.numel() - 1)
         n_bytes, n_words = max(1, round(n_bytes * fraction)), max(1, round(n_words * fraction))
-    rows = []
-    with condition.apply(model) if condition is not None else nullcontext():
+    sweep = condition if isinstance(condition, Sweep) else None
+    rows: list[list[dict]] = [[] for _ in range(len(sweep) if sweep else 1)]
+    with condition.apply(model) if isinstance(condition, Condition) else nullcontext():
         batches = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
         for batch in tqdm(batches, desc="perplexity", disable=not progress):
-            rows += _score(model, ids, batch, len(rows))
-    windows = pd.DataFrame(rows)
+            for condition_rows, scored in zip(rows, _score(model, ids, batch, len(rows[0]), sweep)):
+                condition_rows += scored
+    conditions = sweep.conditions if sweep else [condition]
+    results = [_result(pd.DataFrame(r), n_bytes, n_words, c) for r, c in zip(rows, conditions)]
+    return results if sweep else results[0]
+
+
+def _result(windows: pd.DataFrame, n_bytes: int, n_words: int, condition) -> PerplexityResult:
     bad = windows.index[~np.isfinite(windows.nll_sum)].tolist()
     if bad:
         raise FloatingPointError(f"Non-finite NLL in windows {bad[:10]}: the model produced inf/NaN logits"
-                                 f"{' under this condition' if condition is not None else ''}.")
+                                 f"{f' under condition {condition.name!r}' if condition is not None else ''}.")
     return PerplexityResult(float(windows.nll_sum.sum()), int(windows.tokens.sum()), n_bytes, n_words, windows)
 
 
-def _score(model, ids: Tensor, spans: list[tuple[int, int, int]], first_index: int) -> list[dict]:
+def _score(model, ids: Tensor, spans: list[tuple[int, int, int]], first_index: int,
+           sweep: Sweep | None) -> list[list[dict]]:
     """NLL sums of windows of possibly different lengths, run as one right-padded batch (exact for
-    every mixer); only the scored positions are projected onto the vocabulary."""
+    every mixer); only the scored positions are projected onto the vocabulary. One list of rows
+    per condition of `sweep` (one list without a sweep)."""
     counts = [end - scored_from for _, end, scored_from in spans]
     inputs = [ids[begin : end - 1].tolist() for begin, end, _ in spans]  # the last token is only a target
+    logprobs = last_logprobs(model, inputs, counts, sweep)
     rows = []
-    for row, ((_, end, scored_from), logprobs) in enumerate(zip(spans, last_logprobs(model, inputs, counts))):
-        targets = ids[scored_from:end].to(logprobs.device)[:, None]
-        rows.append(dict(example=first_index + row, nll_sum=float(-logprobs.gather(-1, targets).sum()),
-                         tokens=end - scored_from))
+    for condition_logprobs in logprobs if sweep else [logprobs]:
+        rows.append([dict(example=first_index + row, tokens=end - scored_from,
+                          nll_sum=float(-lp.gather(-1, ids[scored_from:end].to(lp.device)[:, None]).sum()))
+                     for row, ((_, end, scored_from), lp) in enumerate(zip(spans, condition_logprobs))])
     return rows
 
 
 @dataclass
 class PaperPerplexity:
-    """The single-pass measurement of the ablation paper's notebook (see `paper_perplexity`)."""
+    """The single-pass measurement of the ablation paper's notebook (see `paper_perplexity`).
+
+    Attributes:
+        raw_loss: mean token cross-entropy before the clamp.
+        tokens: how many tokens were scored.
+        clamp: the loss ceiling (the paper: 20).
+
+    Examples:
+        >>> PaperPerplexity(raw_loss=25.3, tokens=1023, clamp=20.0).loss
+        20.0
+        >>> PaperPerplexity(raw_loss=25.3, tokens=1023, clamp=20.0).clamped
+        True
+    """
 
     raw_loss: float
     tokens: int
@@ -156,10 +234,12 @@ class PaperPerplexity:
 
     @property
     def ppl(self) -> float:
+        """`exp(loss)`, at most `exp(clamp)`."""
         return math.exp(self.loss) if self.loss < 709 else math.inf
 
     @property
     def clamped(self) -> bool:
+        """Whether the clamp changed the loss."""
         return self.raw_loss > self.clamp
 
 
@@ -172,6 +252,15 @@ def paper_perplexity(model, text: str, max_chars: int = 50_000, max_tokens: int 
 
     Use `perplexity` for comparable numbers; this mode exists to reproduce the published ratios,
     which depend on the window and the clamp (report both).
+
+    Examples:
+        >>> from hybrid_lens import zoo
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> text = zoo.load_validation_text()
+        >>> result = paper_perplexity(model, text, max_chars=2000, max_tokens=256)
+        >>> result.tokens, result.clamped
+        (255, False)
+        >>> removed = paper_perplexity(model, text, max_chars=2000, max_tokens=256, condition=skip_layer([2, 5]))
     """
     tokens = model.tokenizer(text[:max_chars], return_tensors="pt")["input_ids"][:, :max_tokens].to(model.device)
     with condition.apply(model) if condition is not None else nullcontext():

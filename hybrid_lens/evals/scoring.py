@@ -17,16 +17,17 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from ..interventions import Condition, Mean, Scale, SkipLayer, Zero
+from ..interventions import Condition, Mean, Scale, SkipLayer, Sweep, Zero
 
 
-def _active(condition: Condition | None, model):
-    return condition.apply(model) if condition is not None else nullcontext()
+def _active(condition: Condition | Sweep | None, model):
+    """The condition's hooks for the block (a `Sweep` applies its conditions per forward pass)."""
+    return condition.apply(model) if isinstance(condition, Condition) else nullcontext()
 
 
 def _max_length(model, max_length: int | None) -> int | None:
@@ -38,6 +39,13 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
     Trailing whitespace of the context moves to the continuation; the whole string is tokenized and
     split at the length of the tokenized context. An empty context becomes the BOS (else EOS) token.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> encode_pair(model.tokenizer, "In the beginning God created the ", "heaven")
+        ([1133, 261, 2064, 389, 3599, 261], [740])
+        >>> model.tokenizer.convert_ids_to_tokens([740])   # the space moved to the continuation
+        ['Ġheaven']
     """
     return _encode_pair(tokenizer, context, continuation, {})
 
@@ -60,11 +68,11 @@ def _encode_pair(tokenizer, context: str, continuation: str, memo: dict[str, lis
 def loglikelihoods(
     model,
     requests: Sequence[tuple[str, str]],
-    condition: Condition | None = None,
+    condition: Condition | Sweep | None = None,
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool = True,
-) -> list[float]:
+) -> list[float] | list[list[float]]:
     """Summed log-probability of each continuation given its context, `log p(continuation | context)`.
 
     Requests with the same input tokens (e.g. the four one-letter MMLU answers) share one sequence
@@ -74,9 +82,24 @@ def loglikelihoods(
         requests: `(context, continuation)` strings, e.g. `("Question: ...\\nAnswer:", " Paris")`.
         condition: an intervention active for every forward pass. Its positions count from the
             start of each sequence; negative ones would count from the end of a padded batch, so
-            use `batch_size=1` with those.
+            use `batch_size=1` with those. A `Sweep` scores every request under each of its
+            conditions (condition batching and prefix reuse) and returns one list per condition.
         max_length: inputs longer than this keep their last tokens (default: the config's
             `max_position_embeddings`, as lm-eval).
+
+    Returns:
+        One float per request (for a `Sweep`: `[condition][request]`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> requests = [("In the beginning God created the", " heaven"), ("And God said", " unto Moses")]
+        >>> lls = loglikelihoods(model, requests, progress=False)
+        >>> len(lls), all(ll < 0 for ll in lls)
+        (2, True)
+        >>> per_layer = loglikelihoods(model, requests, Sweep([skip_layer(i) for i in range(model.n_layers)]),
+        ...                            progress=False)
+        >>> len(per_layer), len(per_layer[0])        # [condition][request]
+        (8, 2)
     """
     max_length = _max_length(model, max_length)
     memo: dict[str, list[int]] = {}
@@ -98,21 +121,34 @@ def loglikelihoods(
 
     inputs = sorted(span, key=len, reverse=True)
     batches = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
-    results = [0.0] * len(jobs)
+    sweep = condition if isinstance(condition, Sweep) else None
+    results = [[0.0] * len(jobs) for _ in range(len(sweep) if sweep else 1)]
     with _active(condition, model):
         for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
-            for key, logprobs in zip(batch, last_logprobs(model, batch, [span[key] for key in batch])):
-                for index in by_input[key]:
-                    continuation = jobs[index][1]
-                    targets = torch.tensor(continuation, device=logprobs.device)[:, None]
-                    results[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
-    return results
+            per_condition = last_logprobs(model, batch, [span[key] for key in batch], sweep)
+            for result, batch_logprobs in zip(results, per_condition if sweep else [per_condition]):
+                for key, logprobs in zip(batch, batch_logprobs):
+                    for index in by_input[key]:
+                        continuation = jobs[index][1]
+                        targets = torch.tensor(continuation, device=logprobs.device)[:, None]
+                        result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
+    return results if sweep else results[0]
 
 
 def right_padded(model, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:
     """Token ids padded on the right. They run without an attention mask, as in lm-eval: every
     mixer is causal, so real tokens never see the padding after them, and sdpa keeps its fast
-    causal kernel (an explicit mask makes CPU attention about 3x slower)."""
+    causal kernel (an explicit mask makes CPU attention about 3x slower).
+
+    Returns:
+        `Int[Tensor, "batch pos"]` on the model's device, padded with the pad token (else 0).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> right_padded(model, [[5, 6, 7], [8]])
+        tensor([[5, 6, 7],
+                [8, 0, 0]])
+    """
     length = max(len(ids) for ids in sequences)
     tokens = torch.full((len(sequences), length), model.tokenizer.pad_token_id or 0, dtype=torch.long)
     for row, ids in enumerate(sequences):
@@ -120,18 +156,35 @@ def right_padded(model, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batc
     return tokens.to(model.device)
 
 
-def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int]) -> list[Tensor]:
+def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
+                  sweep: Sweep | None = None) -> list[Tensor] | list[list[Tensor]]:
     """Log-probabilities predicted at the last `counts[i]` positions of each input, from one
     right-padded forward pass that projects only those positions onto the vocabulary.
 
-    Returns per input a float32 tensor `[counts[i], vocab]`.
+    Returns per input a float32 tensor `[counts[i], vocab]`; with a `sweep`, such a list per
+    condition.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> inputs = [[1136, 261, 2125, 387], [1136, 261]]
+        >>> first, second = last_logprobs(model, inputs, [2, 1])
+        >>> first.shape, second.shape                # [counts[i], vocab]
+        (torch.Size([2, 4096]), torch.Size([1, 4096]))
+        >>> per_condition = last_logprobs(model, inputs, [2, 1], Sweep([skip_layer(0), skip_layer(5)]))
+        >>> len(per_condition), per_condition[1][0].shape
+        (2, torch.Size([2, 4096]))
     """
     tokens = right_padded(model, inputs)
     width = max(counts)
     ends = torch.tensor([len(ids) for ids in inputs], device=tokens.device)
     positions = (ends[:, None] - width + torch.arange(width, device=tokens.device)).clamp(min=0)
-    logits = model(tokens, logits_to_keep=positions)  # [batch, width, vocab]
-    return [logits[row, width - count :].float().log_softmax(-1) for row, count in enumerate(counts)]
+
+    def rows(logits: Float[Tensor, "batch width vocab"]) -> list[Tensor]:
+        return [logits[row, width - count :].float().log_softmax(-1) for row, count in enumerate(counts)]
+
+    if sweep is not None:
+        return [rows(logits) for logits in sweep.logits(model, tokens, logits_to_keep=positions)]
+    return rows(model(tokens, logits_to_keep=positions))
 
 
 def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
@@ -139,6 +192,13 @@ def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold
 
     `acc`: the highest-loglikelihood choice is `gold`; `acc_norm`: the same after dividing each
     loglikelihood by the choice's length in characters (ties go to the first choice).
+
+    Returns:
+        `pred` and `pred_norm` (the chosen indices), `acc` and `acc_norm` (1.0 or 0.0).
+
+    Examples:
+        >>> choice_metrics([-4.0, -2.5, -3.0], [" a", " no", " certainly"], gold=2)
+        {'pred': 1, 'pred_norm': 2, 'acc': 0.0, 'acc_norm': 1.0}
     """
     lls = np.asarray(loglikelihoods, dtype=np.float64)
     lengths = np.array([float(len(choice)) for choice in choices])
@@ -150,7 +210,14 @@ def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold
 def cache_safe(condition: Condition | None) -> bool:
     """Whether a condition acts on each token alone, so a KV/state cache gives the same result as
     recomputing the whole sequence at every step: zero, scale, skip_layer and global mean ablations
-    at all positions qualify; positional selectors, inner points, noise, resample and patch do not."""
+    at all positions qualify; positional selectors, inner points, noise, resample and patch do not.
+
+    Examples:
+        >>> cache_safe(zero("ssm")), cache_safe(skip_layer([2, 3])), cache_safe(None)
+        (True, True, True)
+        >>> cache_safe(zero("attn", positions=slice(0, 4))), cache_safe(noise("ssm", 0.1))
+        (False, False)
+    """
     if condition is None:
         return True
     return all(
@@ -183,7 +250,21 @@ def greedy_until(
             (exact for any condition, including positional ones). None: cache when `cache_safe`.
         max_length: prompts keep their last `max_length - max_new_tokens` tokens (default: the
             config's `max_position_embeddings`).
+
+    Returns:
+        One generated string per prompt, in the order of `prompts`, without the stop string.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> prompts = ["In the beginning God created the", "And God said"]
+        >>> texts = greedy_until(model, prompts, until=[","], max_new_tokens=8, progress=False)
+        >>> len(texts), all(isinstance(text, str) and "," not in text for text in texts)
+        (2, True)
+        >>> ablated = greedy_until(model, prompts, max_new_tokens=8, condition=skip_layer(3), progress=False)
     """
+    if isinstance(condition, Sweep):
+        raise TypeError("Generation takes one condition at a time (each condition changes the generated text); "
+                        "loop over the sweep's conditions.")
     if use_cache is None:
         use_cache = cache_safe(condition)
     elif use_cache and not cache_safe(condition):

@@ -18,12 +18,43 @@ Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]]
 
 
 def logit_diff_metric(correct: int, wrong: int, position: int = -1) -> Metric:
-    """Mean over examples of `logit[correct] - logit[wrong]` at `position`."""
+    """Mean over examples of `logit[correct] - logit[wrong]` at `position`.
+
+    Args:
+        correct: Token id of the correct answer.
+        wrong: Token id of the wrong answer.
+        position: Token position read.
+
+    Returns:
+        A metric `Float[Tensor, "batch pos vocab"] -> Float[Tensor, ""]` for `patch`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> moses, aaron = (int(model.to_tokens(f" {name}")[0, -1]) for name in ("Moses", "Aaron"))
+        >>> metric = logit_diff_metric(moses, aaron)
+        >>> metric(model("And God said unto")).shape
+        torch.Size([])
+    """
     return lambda logits: (logits[:, position, correct] - logits[:, position, wrong]).mean()
 
 
 def kl_metric(reference_logits: Tensor, position: int = -1) -> Metric:
-    """Mean over examples of KL(reference || run) of the next-token distribution at `position`."""
+    """Mean over examples of KL(reference || run) of the next-token distribution at `position`.
+
+    Args:
+        reference_logits: `Float[Tensor, "batch pos vocab"]`, e.g. the clean run's logits.
+        position: Token position compared.
+
+    Returns:
+        A metric `Float[Tensor, "batch pos vocab"] -> Float[Tensor, ""]` (in nats) for `patch`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> with torch.no_grad():
+        ...     clean_logits = model("And God said unto Moses")
+        >>> float(kl_metric(clean_logits)(clean_logits))
+        0.0
+    """
     reference = reference_logits[:, position].float().log_softmax(-1)
 
     def metric(logits):
@@ -34,7 +65,17 @@ def kl_metric(reference_logits: Tensor, position: int = -1) -> Metric:
 
 
 def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selector]:
-    """One selector per kind present in the model (default: every mixer kind, mlp and resid_pre)."""
+    """One selector per kind present in the model (default: every mixer kind, mlp and resid_pre).
+
+    Args:
+        model: A `HookedHybrid`.
+        kinds: Kinds to keep if the model has them.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> [selector.kind for selector in component_selectors(model)]
+        ['attn', 'linear_attn', 'mlp', 'resid_pre']
+    """
     kinds = kinds or ("attn", "linear_attn", "ssm", "mlp", "resid_pre")
     present = {kind for mixers in model.layer_mixers for kind in mixers} | {"mlp", "resid_pre", "resid_mid", "resid_post"}
     return [Selector(kind) for kind in kinds if kind in present]
@@ -54,18 +95,32 @@ def patch(
     """Patch clean activations into the corrupted run, one (layer, component, position) at a time.
 
     Args:
-        clean, corrupt: inputs of identical token shape (texts or ids).
-        where: selector(s) of the components to patch; default every mixer, MLP and `resid_pre`
+        model: A `HookedHybrid`.
+        clean: The clean input (text, texts or token ids `Int[Tensor, "batch pos"]`).
+        corrupt: The corrupted input, of the same token shape as `clean`.
+        where: Selector(s) of the components to patch; default every mixer, MLP and `resid_pre`
             of every layer (a full layer x component sweep).
         positions: None patches all positions at once; `"each"` patches every position
             separately; a list patches each listed position separately.
-        metric: maps logits `[batch, pos, vocab]` to a scalar; default KL(clean || patched) at the
-            last position (0 = fully restored).
-        batch_size: patched runs per forward pass (condition batching).
+        metric: Maps logits `Float[Tensor, "batch pos vocab"]` to a scalar; default
+            KL(clean || patched) at the last position (0 = fully restored).
+        batch_size: Patched runs per forward pass (condition batching).
+        progress: Show a progress bar.
 
     Returns:
         A DataFrame with columns `layer, kind, hook, position, metric`; `attrs` holds the clean
         and corrupted metric values.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> clean, corrupt = "And God said unto Moses", "And God said unto Aaron"
+        >>> table = patch(model, clean, corrupt, where=Selector("attn"), progress=False)
+        >>> table.columns.tolist(), len(table)                 # one row per attention layer
+        (['layer', 'kind', 'hook', 'position', 'metric'], 12)
+        >>> sweep = patch(model, clean, corrupt, where=Selector("resid_pre", layers=[0, 6]),
+        ...               positions="each", progress=False)    # 2 layers x 5 positions
+        >>> len(sweep), sweep.attrs["clean"]
+        (10, 0.0)
     """
     clean_tokens = model._encode(clean, None)[0]
     corrupt_tokens = model._encode(corrupt, None)[0]

@@ -31,7 +31,8 @@ def _study(args) -> None:
     for name in models:
         spec = StudySpec(model=name, tasks=args.tasks, groups=("baseline", *args.conditions), n=args.n,
                          method=args.method, trials=args.trials, seed=args.seed, dtype=args.dtype,
-                         ppl_source=args.ppl_text, ppl_context=args.ppl_context, data=args.data)
+                         ppl_source=args.ppl_text, ppl_context=args.ppl_context, data=args.data,
+                         condition_batch=args.condition_batch, device_map=args.device_map)
         folder = run_study(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
         print(f"{name}: results in {folder / 'results.sqlite'}")
     if args.report:
@@ -45,6 +46,21 @@ def _report(args) -> None:
 
 
 def add_study_commands(commands) -> None:
+    """Add the `study` and `report` subcommands to `commands` (an argparse subparsers object).
+
+    Each parsed command has `run`, the function that carries it out with the parsed arguments.
+
+    Examples:
+        >>> parser = argparse.ArgumentParser(prog="hybrid-lens")
+        >>> add_study_commands(parser.add_subparsers(dest="command", required=True))
+        >>> args = parser.parse_args(["study", "--model", "hybrid-lens/tiny-qwen3.5", "--tasks", "ppl,arc",
+        ...                           "--conditions", "group", "--n", "2", "--no-png"])
+        >>> args.model, args.tasks, args.conditions, args.n, args.out.as_posix()
+        (['hybrid-lens/tiny-qwen3.5'], ('ppl', 'arc'), ('group',), 2, 'hybrid-lens-study')
+        >>> args.run(args)                               # runs the study, then the report  # doctest: +SKIP
+        hybrid-lens/tiny-qwen3.5: results in hybrid-lens-study/hybrid-lens_tiny-qwen3.5/results.sqlite
+        report: hybrid-lens-study/report.html
+    """
     study = commands.add_parser(
         "study", help="Run the component-ablation protocol (resumable) and write its report.",
         description="Run the component-ablation study of arXiv 2603.22473 on one or more models. Results go to "
@@ -68,6 +84,8 @@ def add_study_commands(commands) -> None:
     study.add_argument("--trials", type=int, default=3, help="Random-control trials per targeted condition.")
     study.add_argument("--seed", type=int, default=0, help="Seed of random controls and bootstrap.")
     study.add_argument("--dtype", default="float32", help="torch dtype to load the model in (float32, bfloat16).")
+    study.add_argument("--device-map", help="Passed to from_pretrained as device_map (e.g. auto: accelerate places "
+                                            "the model over the available GPUs, CPU and disk).")
     study.add_argument("--ppl-text", default="auto",
                        help="Perplexity text: auto (bundled models: their held-out split; others: WikiText-2), "
                             "wikitext2 (bundled test split), kjv-validation, or a .txt/.txt.gz path.")
@@ -75,6 +93,9 @@ def add_study_commands(commands) -> None:
                        help="Benchmark data: bundled (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
                             "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
     study.add_argument("--ppl-context", type=int, default=512, help="Perplexity window length in tokens.")
+    study.add_argument("--condition-batch", type=int, default=None,
+                       help="Conditions per forward pass for loglikelihood tasks (condition batching; default 4 on "
+                            "a GPU, 1 on a CPU). Results are identical for any value; memory grows with it.")
     study.add_argument("--out", type=Path, default=Path("hybrid-lens-study"), help="Output folder.")
     study.add_argument("--overwrite", action="store_true", help="Replace a study of another model in OUT.")
     study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="Render the report.")

@@ -21,7 +21,26 @@ GROUPS = ("baseline", "group", "layer", "positional", "random", "transformer")
 
 @dataclass(frozen=True)
 class StudyCondition:
-    """A named condition with the metadata the statistics and figures need."""
+    """A named condition with the metadata the statistics and figures need.
+
+    Attributes:
+        name: unique within a study, e.g. `L3_ssm_off` (the store's key).
+        group: one of `GROUPS` (`baseline`, `group`, `layer`, `positional`, `random`, `transformer`).
+        condition: the `interventions.Condition` that is applied.
+        kind: the component kind it ablates (None for the baseline and layer removal).
+        layers: the layers it ablates.
+        third: `early` / `middle` / `late` for positional conditions.
+        trial: the draw of a random condition.
+        matches: for random controls, the name of the targeted condition they are matched to.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> ssm_off = group_ablations(model.layer_mixers)[0]
+        >>> ssm_off.name, ssm_off.group, ssm_off.kind, ssm_off.layers[:3]
+        ('ssm_off', 'group', 'ssm', (0, 1, 2))
+        >>> with ssm_off.condition.apply(model):
+        ...     logits = model("In the beginning")
+    """
 
     name: str
     group: str
@@ -33,16 +52,41 @@ class StudyCondition:
     matches: str | None = None  # for random controls: the targeted condition they are matched to
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict of the metadata and the condition (as the study store keeps it).
+
+        Examples:
+            >>> spec = baseline().to_dict()
+            >>> spec["name"], spec["group"], spec["condition"]
+            ('baseline', 'baseline', {'name': 'baseline', 'items': []})
+        """
         return {"name": self.name, "group": self.group, "kind": self.kind, "layers": list(self.layers),
                 "third": self.third, "trial": self.trial, "matches": self.matches,
                 "condition": self.condition.to_dict()}
 
 
 def is_parallel(layer_mixers: list[tuple[str, ...]]) -> bool:
+    """Whether some block runs several mixers side by side (Falcon-H1: attention and SSM).
+
+    Examples:
+        >>> is_parallel(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1").layer_mixers)
+        True
+        >>> is_parallel(HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5").layer_mixers)
+        False
+    """
     return any(len(mixers) > 1 for mixers in layer_mixers)
 
 
 def resolve_method(layer_mixers, method: str) -> str:
+    """The ablation method to use: `auto` becomes `zero` on parallel models and `skip` otherwise.
+
+    Raises `ValueError` for a method not in `METHODS`.
+
+    Examples:
+        >>> resolve_method([("ssm", "attn")] * 4, "auto"), resolve_method([("attn",)] * 4, "auto")
+        ('zero', 'skip')
+        >>> resolve_method([("attn",)] * 4, "mixer_off")
+        'mixer_off'
+    """
     if method not in METHODS:
         raise ValueError(f"Unknown ablation method {method!r}; choose one of {METHODS}.")
     if method == "auto":
@@ -51,7 +95,16 @@ def resolve_method(layer_mixers, method: str) -> str:
 
 
 def ablate(kind: str, layers: Sequence[int], method: str, name: str) -> Condition:
-    """Ablate `kind` in `layers`: skip the whole blocks, zero the component, or zero the mixers."""
+    """Ablate `kind` in `layers`: skip the whole blocks, zero the component, or zero the mixers.
+
+    `method` is a resolved method (`skip`, `zero` or `mixer_off`; see `resolve_method`).
+
+    Examples:
+        >>> ablate("attn", [3, 7], "skip", "attn_off").items
+        ((Selector(kind='block', layers=(3, 7), positions=None, point=None), SkipLayer()),)
+        >>> ablate("ssm", [0], "zero", "L0_ssm_off").items
+        ((Selector(kind='ssm', layers=(0,), positions=None, point=None), Zero()),)
+    """
     layers = tuple(layers)
     if method == "skip":
         return Condition.of(Selector("block", layers), SkipLayer(), name)
@@ -61,20 +114,47 @@ def ablate(kind: str, layers: Sequence[int], method: str, name: str) -> Conditio
 
 
 def mixer_kinds(layer_mixers) -> list[str]:
-    """Mixer kinds present, in first-appearance order."""
+    """Mixer kinds present, in first-appearance order.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> mixer_kinds(model.layer_mixers)
+        ['linear_attn', 'attn']
+    """
     return list(dict.fromkeys(kind for mixers in layer_mixers for kind in mixers))
 
 
 def layers_of(layer_mixers, kind: str) -> list[int]:
+    """The layers that have a `kind` mixer.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> layers_of(model.layer_mixers, "attn")
+        [3, 7]
+    """
     return [i for i, mixers in enumerate(layer_mixers) if kind in mixers]
 
 
 def baseline() -> StudyCondition:
+    """The clean model: the condition every score drop is measured against.
+
+    Examples:
+        >>> baseline().name, baseline().condition.items
+        ('baseline', ())
+    """
     return StudyCondition("baseline", "baseline", Condition(name="baseline"))
 
 
 def group_ablations(layer_mixers, method: str = "auto") -> list[StudyCondition]:
-    """All instances of one mixer kind off at once (`linear_attn_off`, `attn_off`, `ssm_off`)."""
+    """All instances of one mixer kind off at once (`linear_attn_off`, `attn_off`, `ssm_off`).
+
+    Empty for a model with a single mixer kind (a pure transformer).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> [(c.name, c.layers) for c in group_ablations(model.layer_mixers)]
+        [('linear_attn_off', (0, 1, 2, 4, 5, 6)), ('attn_off', (3, 7))]
+    """
     method = resolve_method(layer_mixers, method)
     kinds = mixer_kinds(layer_mixers)
     if len(kinds) < 2:
@@ -87,7 +167,14 @@ def group_ablations(layer_mixers, method: str = "auto") -> list[StudyCondition]:
 
 
 def layer_sweep(layer_mixers, method: str = "auto") -> list[StudyCondition]:
-    """One component of one layer, for every component of every layer (`L3_ssm_off`, ...)."""
+    """One component of one layer, for every component of every layer (`L3_ssm_off`, ...).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> sweep = layer_sweep(model.layer_mixers)
+        >>> len(sweep), [c.name for c in sweep[:3]]
+        (24, ['L0_ssm_off', 'L0_attn_off', 'L1_ssm_off'])
+    """
     method = resolve_method(layer_mixers, method)
     return [
         StudyCondition(f"L{layer}_{kind}_off", "layer", ablate(kind, [layer], method, f"L{layer}_{kind}_off"),
@@ -98,7 +185,15 @@ def layer_sweep(layer_mixers, method: str = "auto") -> list[StudyCondition]:
 
 
 def positional_thirds(layer_mixers, method: str = "auto") -> list[StudyCondition]:
-    """One mixer kind off in the early / middle / late third of the layers."""
+    """One mixer kind off in the early / middle / late third of the layers.
+
+    Thirds without that kind are left out.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> [(c.name, c.layers) for c in positional_thirds(model.layer_mixers)][:3]
+        [('ssm_off_early', (0, 1, 2, 3)), ('ssm_off_middle', (4, 5, 6, 7)), ('ssm_off_late', (8, 9, 10, 11))]
+    """
     method = resolve_method(layer_mixers, method)
     thirds = layer_thirds(len(layer_mixers))
     found = []
@@ -117,7 +212,15 @@ def random_controls(layer_mixers, targeted: Sequence[StudyCondition], trials: in
     """Matched random controls: for each targeted condition that covers fewer than all layers, `trials`
     draws of the same number of layers (without replacement, seeded with `default_rng(seed + 1)` as
     the paper's code does). Sequential models skip the drawn layers; parallel ones zero the same
-    component kind in them."""
+    component kind in them.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> targeted = group_ablations(model.layer_mixers)
+        >>> controls = random_controls(model.layer_mixers, targeted, trials=2, seed=0)
+        >>> [(c.name, c.layers, c.matches) for c in controls][2:]
+        [('random_attn_off_t0', (4, 5), 'attn_off'), ('random_attn_off_t1', (2, 3), 'attn_off')]
+    """
     method = resolve_method(layer_mixers, method)
     rng = np.random.default_rng(seed + 1)
     n_layers = len(layer_mixers)
@@ -137,7 +240,13 @@ def random_controls(layer_mixers, targeted: Sequence[StudyCondition], trials: in
 def transformer_control(layer_mixers, fractions: Sequence[float] = (0.25, 0.75), trials: int = 3,
                         seed: int = 0) -> list[StudyCondition]:
     """Random layer removal (sequential skip) at the given fractions of the layers (the paper's
-    6/24 and 18/24), for any model; the paper runs it on the pure transformer."""
+    6/24 and 18/24), for any model; the paper runs it on the pure transformer.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> [(c.name, c.layers) for c in transformer_control(model.layer_mixers, trials=2)][:2]
+        [('remove2of8_t0', (3, 4)), ('remove2of8_t1', (0, 6))]
+    """
     rng = np.random.default_rng(seed + 1)
     n_layers = len(layer_mixers)
     found = []
@@ -153,7 +262,20 @@ def transformer_control(layer_mixers, fractions: Sequence[float] = (0.25, 0.75),
 
 def study_conditions(layer_mixers, groups: Sequence[str] = GROUPS, method: str = "auto", trials: int = 3,
                      seed: int = 0) -> list[StudyCondition]:
-    """All conditions of the requested groups for a model with these layer kinds (baseline first)."""
+    """All conditions of the requested groups for a model with these layer kinds (baseline first).
+
+    Positional thirds are generated for parallel models only, and random layer removal
+    (`transformer`) for pure transformers only, as in the paper.
+
+    Examples:
+        >>> from collections import Counter
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> conditions = study_conditions(model.layer_mixers)
+        >>> conditions[0].name, Counter(c.group for c in conditions)
+        ('baseline', Counter({'layer': 24, 'random': 18, 'positional': 6, 'group': 2, 'baseline': 1}))
+        >>> [c.name for c in study_conditions(model.layer_mixers, groups=("group",))]
+        ['baseline', 'ssm_off', 'attn_off']
+    """
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"Unknown condition group(s) {sorted(unknown)}; choose from {GROUPS}.")

@@ -26,7 +26,18 @@ STORE = "results.sqlite"
 
 
 def load_studies(folder: str | Path) -> dict[str, StudyStore]:
-    """model name -> store, for every `*/results.sqlite` (or `results.sqlite`) under `folder`."""
+    """model name -> store, for every `*/results.sqlite` (or `results.sqlite`) under `folder`.
+
+    The examples of this module read the folder of a finished study, e.g. of
+    `hybrid-lens study --model hybrid-lens/tiny-qwen3.5 --tasks ppl,arc --conditions group --n 2`.
+
+    Examples:
+        >>> stores = load_studies("hybrid-lens-study")
+        >>> list(stores)
+        ['hybrid-lens/tiny-qwen3.5']
+        >>> stores["hybrid-lens/tiny-qwen3.5"].results().task.unique().tolist()
+        ['ppl', 'arc', 'hidden']
+    """
     folder = Path(folder)
     paths = sorted(folder.glob(f"*/{STORE}")) + ([folder / STORE] if (folder / STORE).exists() else [])
     if not paths:
@@ -36,7 +47,30 @@ def load_studies(folder: str | Path) -> dict[str, StudyStore]:
 
 
 class StudyTables:
-    """The statistics of one model's study."""
+    """The statistics of one model's study.
+
+    Args:
+        store: the model's `StudyStore`.
+        n_resamples: bootstrap resamples of every CI.
+        seed: the bootstrap seed.
+
+    Attributes:
+        model: the model name.
+        specs: the condition specs, in study order.
+        drops: `stats.score_drops` of every benchmark, with its reported metric.
+        ppl: `stats.perplexity_table` (empty without the `ppl` task).
+        hidden: the clean model's per-layer hidden-state metrics (layer, metric, component, value).
+
+    Examples:
+        >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"], n_resamples=200)
+        >>> tables.drops[["condition", "task", "score"]]
+                 condition task  score
+        0         attn_off  arc    ...
+        1         baseline  arc    ...
+        2  linear_attn_off  arc    ...
+        >>> tables.ppl.condition.tolist()
+        ['attn_off', 'baseline', 'linear_attn_off']
+    """
 
     def __init__(self, store: StudyStore, n_resamples: int = 1000, seed: int = 0):
         self.model = store.meta["model"]
@@ -52,28 +86,66 @@ class StudyTables:
                                         component=names[1].to_numpy(), value=hidden.value.to_numpy()))
 
     def group_of(self, condition: str) -> str:
+        """The condition group of a condition name.
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> tables.group_of("attn_off"), tables.group_of("baseline")
+            ('group', 'baseline')
+        """
         return self.by_name[condition]["group"]
 
     def drops_in(self, *groups: str) -> pd.DataFrame:
+        """The rows of `drops` whose condition belongs to one of `groups`.
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> tables.drops_in("group").condition.tolist()
+            ['attn_off', 'linear_attn_off']
+        """
         if self.drops.empty:
             return self.drops
         return self.drops[self.drops.condition.map(self.group_of).isin(groups)]
 
     def scores_table(self, *groups: str) -> pd.DataFrame:
-        """Absolute scores, condition x task (Tables 1 and 6)."""
+        """Absolute scores, condition x task (Tables 1 and 6).
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> table = tables.scores_table("baseline", "group")
+            >>> table.index.tolist(), table.columns.tolist()
+            (['attn_off', 'baseline', 'linear_attn_off'], ['arc'])
+        """
         rows = self.drops_in(*groups)
         if rows.empty:
             return rows
         return rows.pivot_table(index="condition", columns="task", values="score", sort=False)
 
     def ppl_table(self, *groups: str) -> pd.DataFrame:
-        """Loss, perplexity and multiple of baseline (Table 2), with the ratio's bootstrap CI."""
+        """Loss, perplexity and multiple of baseline (Table 2), with the ratio's bootstrap CI.
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> tables.ppl_table("baseline", "group").columns.tolist()
+            ['loss', 'ppl', 'log_ratio', 'ratio', 'ratio_ci_low', 'ratio_ci_high']
+            >>> float(tables.ppl_table("baseline", "group").loc["baseline", "ratio"])
+            1.0
+        """
         if self.ppl.empty:
             return self.ppl
         return self.ppl[self.ppl.condition.map(self.group_of).isin(groups)].set_index("condition")
 
     def targeted_vs_random(self, value: str) -> pd.DataFrame:
-        """Table 3 (mean benchmark score) or Table 4 (perplexity): targeted vs matched random."""
+        """Table 3 (mean benchmark score) or Table 4 (perplexity): targeted vs matched random.
+
+        `value`: `"perplexity"`, or anything else for the mean benchmark score. Empty when the
+        study has no random controls.
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> tables.targeted_vs_random("perplexity").empty         # no `random` group in this study
+            True
+        """
         if value == "perplexity":
             if self.ppl.empty:
                 return pd.DataFrame()
@@ -85,7 +157,16 @@ class StudyTables:
         return stats.targeted_vs_random(values, self.specs)
 
     def removal_multiples(self) -> pd.DataFrame:
-        """Table 5: perplexity of random layer removal as a multiple of baseline, mean over trials."""
+        """Table 5: perplexity of random layer removal as a multiple of baseline, mean over trials.
+
+        Returns:
+            removed (how many layers), mean, std, count; empty without such conditions.
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> tables.removal_multiples().empty                      # no `random`/`transformer` group
+            True
+        """
         if self.ppl.empty:
             return pd.DataFrame()
         ppl = self.ppl.set_index("condition")
@@ -98,7 +179,13 @@ class StudyTables:
         return pd.DataFrame(rows).groupby("removed").ratio.agg(["mean", "std", "count"]).reset_index()
 
     def layer_sweep(self, task: str) -> pd.DataFrame:
-        """kind, layer, delta of the single-component conditions; for `ppl` delta is the log-ppl ratio."""
+        """kind, layer, delta of the single-component conditions; for `ppl` delta is the log-ppl ratio.
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> tables.layer_sweep("arc").columns.tolist()           # empty: no `layer` group here
+            ['kind', 'layer', 'delta']
+        """
         if task == stats.PPL_TASK:
             rows = self.ppl[self.ppl.condition.map(self.group_of) == "layer"] if not self.ppl.empty else self.ppl
             values = rows.log_ratio.to_numpy() if not rows.empty else []
@@ -114,14 +201,32 @@ class StudyTables:
 
 
     def hidden_table(self) -> pd.DataFrame:
-        """Per-layer hidden-state metrics of the clean model, layer x (metric, component)."""
+        """Per-layer hidden-state metrics of the clean model, layer x (metric, component).
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> table = tables.hidden_table()
+            >>> table.shape, table.columns[0]
+            ((8, 10), ('ablation_kl', 'attn'))
+        """
         if self.hidden.empty:
             return self.hidden
         return self.hidden.pivot_table(index="layer", columns=["metric", "component"], values="value")
 
     def impact_correlations(self) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
         """Correlation of each hidden-state metric with each task's layer-sweep impact (Figure 6),
-        and the joined points per (task, metric) for scatter plots."""
+        and the joined points per (task, metric) for scatter plots.
+
+        Returns:
+            A table (task, metric and the `analysis.correlation` columns) and `{"task:metric":
+            points}`; both empty without a layer sweep of at least three conditions.
+
+        Examples:
+            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
+            >>> correlations, points = tables.impact_correlations()
+            >>> correlations.empty, points                            # no `layer` group in this study
+            (True, {})
+        """
         rows, points = [], {}
         tasks = ([stats.PPL_TASK] if not self.ppl.empty else []) + sorted(self.drops.task.unique() if not self.drops.empty else [])
         for task in tasks:
@@ -140,7 +245,17 @@ class StudyTables:
 
 
 def markdown_tables(tables: dict[str, StudyTables]) -> str:
-    """All tables of all models as one Markdown document."""
+    """All tables of all models as one Markdown document.
+
+    Examples:
+        >>> tables = {model: StudyTables(store) for model, store in load_studies("hybrid-lens-study").items()}
+        >>> print(markdown_tables(tables)[:112])
+        # Component-ablation study
+        <BLANKLINE>
+        ## hybrid-lens/tiny-qwen3.5
+        <BLANKLINE>
+        ### Table 1 analogue: group ablation, absolute scores
+    """
     parts = ["# Component-ablation study", ""]
     for model, t in tables.items():
         sections = [
@@ -162,7 +277,13 @@ def markdown_tables(tables: dict[str, StudyTables]) -> str:
 
 
 def figures(tables: dict[str, StudyTables]) -> dict[str, object]:
-    """name -> plotly figure, only for figures that have data."""
+    """name -> plotly figure, only for figures that have data.
+
+    Examples:
+        >>> tables = {model: StudyTables(store) for model, store in load_studies("hybrid-lens-study").items()}
+        >>> list(figures(tables))
+        ['hybrid-lens_tiny-qwen3.5_radar', 'hybrid-lens_tiny-qwen3.5_perplexity', 'score_drop_heatmap']
+    """
     found = {}
     for model, t in tables.items():
         slug = model.replace("/", "_")
@@ -196,7 +317,12 @@ def figures(tables: dict[str, StudyTables]) -> dict[str, object]:
 
 
 def render_report(folder: str | Path, png: bool = True) -> Path:
-    """Write `report.html`, `report.md` and (if possible) `figures/*.png` into `folder`; return the HTML path."""
+    """Write `report.html`, `report.md` and (if possible) `figures/*.png` into `folder`; return the HTML path.
+
+    Examples:
+        >>> render_report("hybrid-lens-study", png=False).as_posix()
+        'hybrid-lens-study/report.html'
+    """
     folder = Path(folder)
     stores = load_studies(folder)
     tables = {model: StudyTables(store) for model, store in stores.items()}
@@ -223,7 +349,14 @@ def render_report(folder: str | Path, png: bool = True) -> Path:
 
 
 def write_pngs(figs: dict[str, object], folder: Path) -> None:
-    """PNG copies via kaleido; a missing browser skips them with a note instead of failing the report."""
+    """PNG copies via kaleido; a missing browser skips them with a note instead of failing the report.
+
+    Examples:
+        >>> tables = {model: StudyTables(store) for model, store in load_studies("hybrid-lens-study").items()}
+        >>> write_pngs(figures(tables), Path("hybrid-lens-study/figures"))
+        >>> sorted(p.suffix for p in Path("hybrid-lens-study/figures").iterdir())[0] in (".png", ".txt")
+        True
+    """
     folder.mkdir(parents=True, exist_ok=True)
     try:
         for name, fig in figs.items():

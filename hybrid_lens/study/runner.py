@@ -2,6 +2,10 @@
 
 Conditions come from the model's layer kinds (`study.conditions`); tasks from `study.tasks`.
 Finished pairs are skipped on a rerun, so an interrupted study resumes where it stopped.
+Conditions of a loglikelihood task are evaluated `SWEEP_GROUP` at a time as one `Sweep`: each
+starts from the clean residual stream at its first layer (prefix reuse), and `condition_batch` of
+them share each forward pass (condition batching). Both give the same numbers as one run per
+condition.
 Conditions shard across processes: under `torchrun` / `accelerate launch` each rank takes every
 `world`-th condition, and all ranks write to the same store.
 """
@@ -19,12 +23,42 @@ from tqdm.auto import tqdm
 
 from .conditions import GROUPS, study_conditions
 from .store import StudyStore
-from .tasks import TASKS, check_tasks, evaluate
+from ..interventions import Sweep
+from .tasks import SWEEPABLE, TASKS, check_tasks, evaluate
 
 
 @dataclass(frozen=True)
 class StudySpec:
-    """What to run. `n` caps examples per benchmark (and windows for perplexity)."""
+    """What to run. `n` caps examples per benchmark (and windows for perplexity).
+
+    `condition_batch` conditions share each forward pass (condition batching; None: 4 on a GPU,
+    1 on a CPU, where a larger batch gains little and costs the prefix reuse of the stacked
+    conditions). Results are the same either way; memory grows with it.
+
+    Attributes:
+        model: hub name, local folder or bundled name of the model.
+        tasks: study tasks (`study.tasks.TASKS`: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k).
+        groups: condition groups (`study.conditions.GROUPS`).
+        n: examples per benchmark, windows for perplexity.
+        method: ablation method (`auto`, `skip`, `zero`, `mixer_off`).
+        trials: random-control draws per targeted condition.
+        seed: seed of random controls and few-shot sampling.
+        dtype: torch dtype name the model is loaded in.
+        ppl_source: perplexity text (see `study.tasks.ppl_text`).
+        ppl_context: perplexity window length in tokens.
+        data: benchmark data: `bundled`, `hub`, or a local file.
+        condition_batch: conditions per forward pass for loglikelihood tasks (None: by device).
+
+    Examples:
+        >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl", "arc"), groups=("baseline", "group"),
+        ...                  n=2, ppl_context=128)
+        >>> spec.method, spec.condition_batch
+        ('auto', None)
+        >>> StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("winogrande",))
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown task(s) ['winogrande']; valid tasks: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k.
+    """
 
     model: str
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -37,6 +71,8 @@ class StudySpec:
     ppl_source: str = "auto"
     ppl_context: int = 512
     data: str = "bundled"
+    condition_batch: int | None = None
+    device_map: str | None = None
 
     def __post_init__(self):
         check_tasks(self.tasks)
@@ -46,19 +82,38 @@ class StudySpec:
 
 
 def task_options(spec: StudySpec, task: str) -> dict:
+    """The options `study.tasks.evaluate` gets for `task` from `spec`.
+
+    Examples:
+        >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", ppl_context=128)
+        >>> task_options(spec, "ppl")
+        {'model_name': 'hybrid-lens/tiny-qwen3.5', 'ppl_source': 'auto', 'ppl_context': 128}
+        >>> task_options(spec, "mmlu")
+        {'data': 'bundled'}
+    """
     if task == "ppl":
         return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=spec.ppl_context)
     return dict(data=spec.data)
 
 
 def model_folder(out: Path, model: str) -> Path:
-    """`out/<model name made filesystem-safe>`."""
+    """`out/<model name made filesystem-safe>`.
+
+    Examples:
+        >>> model_folder(Path("hybrid-lens-study"), "hybrid-lens/tiny-qwen3.5").as_posix()
+        'hybrid-lens-study/hybrid-lens_tiny-qwen3.5'
+    """
     return Path(out) / re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
 
 
 def shard() -> tuple[int, int]:
     """(rank, world size) from the standard `RANK` / `WORLD_SIZE` variables that `torchrun` and
-    `accelerate launch` set for each process; (0, 1) in a plain run."""
+    `accelerate launch` set for each process; (0, 1) in a plain run.
+
+    Examples:
+        >>> shard()                                      # a plain run
+        (0, 1)
+    """
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
@@ -70,6 +125,18 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
         model: an already loaded `HookedHybrid` (default: `HookedHybrid.from_pretrained(spec.model)`).
         overwrite: replace a store of another model in the same folder.
         rank_world: explicit shard; default from the launcher's `RANK` / `WORLD_SIZE`.
+
+    Examples:
+        A small study (group ablations of the bundled Qwen3.5, perplexity and ARC on two examples;
+        minutes on a CPU, most of it the baseline's hidden-state diagnostics):
+
+        >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl", "arc"), groups=("baseline", "group"),
+        ...                  n=2, ppl_context=128)
+        >>> folder = run_study(spec, "hybrid-lens-study", progress=False)        # doctest: +SKIP
+        >>> folder.as_posix()                                                    # doctest: +SKIP
+        'hybrid-lens-study/hybrid-lens_tiny-qwen3.5'
+        >>> sorted(p.name for p in folder.iterdir())                             # doctest: +SKIP
+        ['contributions.html', 'results.sqlite']
     """
     import torch
 
@@ -78,20 +145,32 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     folder = model_folder(Path(out), spec.model)
     rank, world = rank_world or shard()
     if model is None:
-        model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype))
+        options = {"device_map": spec.device_map} if spec.device_map else {}
+        model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype), **options)
     specs = study_conditions(model.layer_mixers, spec.groups, spec.method, spec.trials, spec.seed)
     store = StudyStore(folder / "results.sqlite", meta={**asdict(spec), "layer_mixers": model.layer_mixers},
                        overwrite=overwrite and rank == 0)
     store.save_conditions([s.to_dict() for s in specs])
-    pairs = [(s, t) for i, s in enumerate(specs) if i % world == rank for t in spec.tasks]
-    todo = [(s, t) for s, t in pairs if not store.is_done(s.name, t)]
-    bar = tqdm(todo, desc=f"{spec.model} [{rank + 1}/{world}]", disable=not progress, unit="pair")
+    mine = [s for i, s in enumerate(specs) if i % world == rank]
+    todo = {task: [s for s in mine if not store.is_done(s.name, task)] for task in spec.tasks}
+    bar = tqdm(total=sum(map(len, todo.values())), desc=f"{spec.model} [{rank + 1}/{world}]", disable=not progress,
+               unit="pair")
+    batch = spec.condition_batch or (4 if model.device.type == "cuda" else 1)
     with torch.no_grad():
-        for study_condition, task in bar:
-            bar.set_postfix_str(f"{study_condition.name} · {task}")
-            start = time.perf_counter()
-            rows = evaluate(task, model, study_condition.condition, spec.n, spec.seed, **task_options(spec, task))
-            store.write(study_condition.name, task, rows, time.perf_counter() - start)
+        for task, conditions in todo.items():
+            size = SWEEP_GROUP if task in SWEEPABLE else 1
+            for group in (conditions[i : i + size] for i in range(0, len(conditions), size)):
+                bar.set_postfix_str(f"{task} · {group[0].name}" + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+                start = time.perf_counter()
+                if task in SWEEPABLE:
+                    sweep = Sweep(tuple(s.condition for s in group), batch=batch)
+                    results = evaluate(task, model, sweep, spec.n, spec.seed, **task_options(spec, task))
+                else:
+                    results = [evaluate(task, model, group[0].condition, spec.n, spec.seed, **task_options(spec, task))]
+                seconds = (time.perf_counter() - start) / len(group)
+                for study_condition, rows in zip(group, results):
+                    store.write(study_condition.name, task, rows, seconds)
+                bar.update(len(group))
         if rank == 0 and not store.is_done("baseline", HIDDEN_TASK):
             start = time.perf_counter()
             tokens = diagnostic_tokens(model, spec)
@@ -101,6 +180,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     return folder
 
 
+SWEEP_GROUP = 16  # conditions per Sweep (results are stored after each group)
 HIDDEN_TASK = "hidden"
 DIAGNOSTIC_TOKENS = 512
 CONTRIBUTION_TOKENS = 64
@@ -108,14 +188,34 @@ CONTRIBUTIONS_FILE = "contributions.html"
 
 
 def diagnostic_tokens(model, spec: StudySpec):
-    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, `[1, pos]`."""
+    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, `[1, pos]`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> diagnostic_tokens(model, StudySpec(model="hybrid-lens/tiny-qwen3.5")).shape
+        torch.Size([1, 512])
+    """
     from .tasks import ppl_text
 
     return model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])[:, :DIAGNOSTIC_TOKENS]
 
 
 def hidden_metrics(model, tokens) -> pd.DataFrame:
-    """Per-layer hidden-state metrics of the clean model, as rows example=layer, metric=`{metric}|{component}`."""
+    """Per-layer hidden-state metrics of the clean model, as rows example=layer, metric=`{metric}|{component}`.
+
+    `tokens`: `Int[Tensor, "batch pos"]`, usually `diagnostic_tokens`. See
+    `analysis.layer_metrics` for the metrics (the ablation KLs make it slow on a CPU).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> tokens = model.to_tokens("In the beginning God created the heaven and the earth.")
+        >>> rows = hidden_metrics(model, tokens)                                 # doctest: +SKIP
+        >>> rows.head(3)                                                         # doctest: +SKIP
+           example                    metric     value
+        0        0         norm_change|block  ...
+        1        0              cosine|block  ...
+        2        0  output_ratio|linear_attn  ...
+    """
     from ..analysis import layer_metrics
 
     table = layer_metrics(model, tokens)
@@ -123,7 +223,18 @@ def hidden_metrics(model, tokens) -> pd.DataFrame:
 
 
 def write_contributions(model, tokens, path: Path) -> None:
-    """The per-token component-contribution view of the clean model, as an HTML fragment (atomic write)."""
+    """The per-token component-contribution view of the clean model, as an HTML fragment (atomic write).
+
+    `tokens`: `Int[Tensor, "1 pos"]` (the study uses the first 64 diagnostic tokens).
+
+    Examples:
+        >>> import tempfile
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> path = Path(tempfile.mkdtemp()) / CONTRIBUTIONS_FILE
+        >>> write_contributions(model, model.to_tokens("In the beginning God created"), path)
+        >>> path.read_text()[:33]
+        '<div class="hl-contributions" sty'
+    """
     from ..analysis import contributions_html, token_contributions
 
     _, cache = model.run_with_cache(tokens)

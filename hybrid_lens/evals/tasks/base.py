@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..data import local_source
+from ...interventions import Sweep
 from ..scoring import choice_metrics, loglikelihoods
 
 TARGET_DELIMITER = " "
@@ -28,6 +29,15 @@ class Doc:
         labels: per choice, 1 if it is true (TruthfulQA MC2).
         group: the MMLU subject (selects the header and the few-shot pool).
         index: the example's row in its source, 0-based (not part of equality, as in lm-eval).
+
+    Examples:
+        >>> doc = Doc("Question: What do plants need to make food?\\nAnswer:", "sunlight",
+        ...           choices=("sand", "sunlight", "salt"), gold=1)
+        >>> doc.choices[doc.gold]
+        'sunlight'
+        >>> from hybrid_lens.evals.tasks import load_arc
+        >>> load_arc("bundled")[0].gold                  # a bundled ARC-Challenge example
+        2
     """
 
     text: str
@@ -45,6 +55,21 @@ class TaskResult:
 
     `examples` has one row per example: `example` (its `Doc.index`), the metric columns named in
     `metric_names`, and task details (predictions, loglikelihoods, generations).
+
+    Attributes:
+        task: the lm-eval task name, e.g. `arc_challenge`.
+        examples: the per-example table described above.
+        metric_names: the metric columns of `examples`, e.g. `("acc", "acc_norm")`.
+        settings: what the result was computed with (n, shots, seed, source, condition, ...).
+
+    Examples:
+        >>> from hybrid_lens.evals import arc_challenge
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> result = arc_challenge(model, n=4, shots=1, source="bundled", progress=False)
+        >>> result.task, result.metric_names, len(result.examples)
+        ('arc_challenge', ('acc', 'acc_norm'), 4)
+        >>> result.settings
+        {'n': 4, 'shots': 1, 'seed': 1234, 'source': 'bundled', 'condition': ''}
     """
 
     task: str
@@ -54,16 +79,31 @@ class TaskResult:
 
     @property
     def metrics(self) -> dict[str, float]:
+        """Each metric of `metric_names` averaged over the examples, e.g. `{"acc": 0.31, "acc_norm": 0.34}`."""
         return {name: float(self.examples[name].mean()) for name in self.metric_names}
 
     def long(self) -> pd.DataFrame:
-        """Rows `(example, metric, value)`, the layout the study store keeps."""
+        """Rows `(example, metric, value)`, the layout the study store keeps.
+
+        Examples:
+            >>> from hybrid_lens.evals import arc_challenge
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> rows = arc_challenge(model, n=4, shots=1, source="bundled", progress=False).long()
+            >>> list(rows.columns), len(rows)            # 4 examples x (acc, acc_norm)
+            (['example', 'metric', 'value'], 8)
+        """
         return self.examples.melt(id_vars="example", value_vars=list(self.metric_names), var_name="metric")
 
 
 def fewshot_context(doc: Doc, shots: Sequence[Doc], description: str = "") -> str:
     """lm-eval's plain-text prompt: description, then each shot as `text + " " + target + "\\n\\n"`,
-    then the example's text (its answer is the scored or generated continuation)."""
+    then the example's text (its answer is the scored or generated continuation).
+
+    Examples:
+        >>> shot = Doc("Q: 2 + 2?\\nA:", "4")
+        >>> fewshot_context(Doc("Q: 3 + 3?\\nA:", "6"), [shot], description="Arithmetic.\\n\\n")
+        'Arithmetic.\\n\\nQ: 2 + 2?\\nA: 4\\n\\nQ: 3 + 3?\\nA:'
+    """
     examples = "".join(shot.text + TARGET_DELIMITER + shot.target + FEWSHOT_DELIMITER for shot in shots)
     return description + examples + doc.text
 
@@ -74,6 +114,16 @@ def random_shots(docs: Sequence[Doc], pool: Sequence[Doc], k: int, seed: int,
 
     When the pool is the evaluated split itself, `k + 1` are drawn and the example is removed from
     them, as lm-eval does, so no example is its own shot.
+
+    Returns:
+        One list of `k` shots per example of `docs`.
+
+    Examples:
+        >>> from hybrid_lens.evals.tasks import load_arc
+        >>> docs = load_arc("bundled")
+        >>> shots = random_shots(docs[:3], docs, k=2, seed=1234, pool_is_eval_split=True)
+        >>> [len(drawn) for drawn in shots], any(docs[0] in drawn for drawn in shots[:1])
+        ([2, 2, 2], False)
     """
     rnd = random.Random(seed)
     shots = []
@@ -89,13 +139,27 @@ def random_shots(docs: Sequence[Doc], pool: Sequence[Doc], k: int, seed: int,
 
 
 def first_n(docs: list, n: int | None) -> list:
-    """The first `n` examples (all for None), as lm-eval's `--limit`."""
+    """The first `n` examples (all for None), as lm-eval's `--limit`.
+
+    Examples:
+        >>> first_n([10, 11, 12], 2), first_n([10, 11, 12], None)
+        ([10, 11], [10, 11, 12])
+    """
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1 (or None for all), got {n}.")
     return docs if n is None else docs[:n]
 
 
 def check_shots(shots: int, available: int, task: str) -> None:
+    """Raise `ValueError` unless `0 <= shots <= available` (examples in the few-shot pool).
+
+    Examples:
+        >>> check_shots(5, 5, "mmlu")
+        >>> check_shots(26, 25, "arc_challenge")
+        Traceback (most recent call last):
+        ...
+        ValueError: arc_challenge: shots must be between 0 and 25, got 26.
+    """
     if not 0 <= shots <= available:
         raise ValueError(f"{task}: shots must be between 0 and {available}, got {shots}.")
 
@@ -104,7 +168,16 @@ def sampled_prompts(task: str, load: Callable[..., list[Doc]], bundled: str, n: 
                     source, fewshot_source) -> list[tuple[Doc, str]]:
     """(example, prompt) pairs with shots drawn as lm-eval draws them (seeded, in example order):
     from `fewshot_source` if given; on the hub from the train split; for a local file from the same
-    file without the example itself (lm-eval's rule when the few-shot split is the evaluated one)."""
+    file without the example itself (lm-eval's rule when the few-shot split is the evaluated one).
+
+    Examples:
+        >>> from hybrid_lens.evals.tasks.arc import BUNDLED, load_arc
+        >>> prompts = sampled_prompts("arc_challenge", load_arc, BUNDLED, n=2, shots=1, seed=1234,
+        ...                           source="bundled", fewshot_source=None)
+        >>> doc, prompt = prompts[0]
+        >>> prompt.count("Question:"), prompt.endswith(doc.text)
+        (2, True)
+    """
     everything = load(source)
     docs = first_n(everything, n)
     if fewshot_source is not None:
@@ -118,27 +191,71 @@ def sampled_prompts(task: str, load: Callable[..., list[Doc]], bundled: str, n: 
 
 
 def score_choices(model, prompts: Sequence[tuple[Doc, str]], condition, batch_size: int, max_length: int | None,
-                  progress: bool) -> list[list[float]]:
+                  progress: bool) -> list[list[float]] | list[list[list[float]]]:
     """Loglikelihood of every choice of every example, `" " + choice` after its prompt, in one
-    batched pass (choices of one example and examples of a batch run together)."""
+    batched pass (choices of one example and examples of a batch run together).
+
+    Returns `[example][choice]`; for a `Sweep`, `[condition][example][choice]`.
+
+    Examples:
+        >>> from hybrid_lens.evals.tasks import arc_prompts
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> prompts = arc_prompts(n=2, shots=0, source="bundled")
+        >>> lls = score_choices(model, prompts, None, batch_size=8, max_length=None, progress=False)
+        >>> [len(example) for example in lls]            # one loglikelihood per choice
+        [4, 4]
+        >>> sweep = Sweep([skip_layer(0), skip_layer(7)])
+        >>> len(score_choices(model, prompts, sweep, batch_size=8, max_length=None, progress=False))
+        2
+    """
     requests = [(context, TARGET_DELIMITER + choice) for doc, context in prompts for choice in doc.choices]
     flat = loglikelihoods(model, requests, condition, batch_size, max_length, progress)
-    out, start = [], 0
-    for doc, _ in prompts:
-        out.append(flat[start : start + len(doc.choices)])
-        start += len(doc.choices)
-    return out
+
+    def per_example(values: list[float]) -> list[list[float]]:
+        out, start = [], 0
+        for doc, _ in prompts:
+            out.append(values[start : start + len(doc.choices)])
+            start += len(doc.choices)
+        return out
+
+    return [per_example(values) for values in flat] if isinstance(condition, Sweep) else per_example(flat)
+
+
+def per_condition(condition, values, build: Callable[[Any, Any], TaskResult]) -> TaskResult | list[TaskResult]:
+    """`build(condition, values)`; for a `Sweep`, the list of `build(condition_k, values_k)`.
+
+    Examples:
+        >>> per_condition(zero("ssm"), 0.5, lambda c, v: (c.name, v))
+        ('ssm_zero', 0.5)
+        >>> per_condition(Sweep([zero("ssm"), zero("attn")]), [0.5, 0.7], lambda c, v: (c.name, v))
+        [('ssm_zero', 0.5), ('attn_zero', 0.7)]
+    """
+    if isinstance(condition, Sweep):
+        return [build(c, v) for c, v in zip(condition.conditions, values)]
+    return build(condition, values)
 
 
 def multiple_choice_result(task: str, prompts: Sequence[tuple[Doc, str]], lls: list[list[float]],
                            metric_names: tuple[str, ...], settings: dict[str, Any]) -> TaskResult:
-    """Per-example acc / acc_norm rows (lm-eval's definitions) and the loglikelihoods behind them."""
+    """Per-example acc / acc_norm rows (lm-eval's definitions) and the loglikelihoods behind them.
+
+    Examples:
+        >>> prompts = [(Doc("Q: 2 + 2?\\nA:", "4", choices=("3", "4"), gold=1), "Q: 2 + 2?\\nA:")]
+        >>> result = multiple_choice_result("toy", prompts, [[-3.0, -1.0]], ("acc",), {})
+        >>> result.metrics
+        {'acc': 1.0}
+    """
     rows = [dict(example=doc.index, gold=doc.gold, **choice_metrics(ll, doc.choices, doc.gold), loglikelihoods=ll)
             for (doc, _), ll in zip(prompts, lls)]
     return TaskResult(task, pd.DataFrame(rows), metric_names, settings)
 
 
 def run_settings(n: int, shots: int, seed: int | None, source, condition, **extra) -> dict[str, Any]:
-    """What a result was computed with, kept beside its scores."""
+    """What a result was computed with, kept beside its scores.
+
+    Examples:
+        >>> run_settings(100, 25, 1234, "bundled", skip_layer(3), max_new_tokens=256)
+        {'n': 100, 'shots': 25, 'seed': 1234, 'source': 'bundled', 'condition': 'skip_layer', 'max_new_tokens': 256}
+    """
     return dict(n=n, shots=shots, seed=seed, source=str(source or "hub"),
                 condition="" if condition is None else condition.name, **extra)

@@ -52,7 +52,15 @@ SHOTS = len(EXEMPLARS)
 
 
 def gsm8k_doc(record: Record, index: int) -> Doc:
-    """A row with `question` and `answer` (worked solution ending in `#### <number>`)."""
+    """A row with `question` and `answer` (worked solution ending in `#### <number>`).
+
+    Examples:
+        >>> from hybrid_lens.evals.data import Record
+        >>> row = {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = 7\\n#### 7"}
+        >>> doc = gsm8k_doc(Record(row, "gsm8k.jsonl", 1), index=0)
+        >>> doc.text, doc.target
+        ('Q: Tom has 3 apples and buys 4 more. How many?\\nA:', '7')
+    """
     answer = record.get("answer")
     if "####" not in answer:
         raise record.error("answer", "has no '#### <number>' final answer")
@@ -61,27 +69,51 @@ def gsm8k_doc(record: Record, index: int) -> Doc:
 
 def load_gsm8k(source: str | Path | None = None) -> list[Doc]:
     """GSM8K test examples from the hub (None, or another hub path), `"bundled"` (first 100 rows),
-    or a local `.jsonl`/`.json` file."""
+    or a local `.jsonl`/`.json` file.
+
+    Examples:
+        >>> docs = load_gsm8k("bundled")
+        >>> len(docs), docs[0].target
+        (100, '18')
+    """
     path = local_source(source, BUNDLED)
     records = read_records(path) if path else hub_records(source or HUB[0], HUB[1], "test")
     return [gsm8k_doc(record, i) for i, record in enumerate(records)]
 
 
 def gsm8k_prompts(n: int | None = None, shots: int = SHOTS, source: str | Path | None = None) -> list[tuple[Doc, str]]:
-    """(example, prompt) pairs for the first `n` examples; the shots are the first `shots` exemplars."""
+    """(example, prompt) pairs for the first `n` examples; the shots are the first `shots` exemplars.
+
+    Examples:
+        >>> doc, prompt = gsm8k_prompts(n=1, shots=1, source="bundled")[0]
+        >>> prompt[:35]
+        'Q: There are 15 trees in the grove.'
+        >>> prompt.count("Q:"), prompt.endswith(doc.text)
+        (2, True)
+    """
     check_shots(shots, SHOTS, "gsm8k_cot")
     exemplars = [Doc(f"Q: {question}\nA:", chain) for question, chain in EXEMPLARS[:shots]]
     return [(doc, fewshot_context(doc, exemplars)) for doc in first_n(load_gsm8k(source), n)]
 
 
 def extract_strict(generation: str) -> str:
-    """The number after the first "The answer is" (lm-eval's `strict-match`)."""
+    """The number after the first "The answer is" (lm-eval's `strict-match`).
+
+    Examples:
+        >>> extract_strict("3 + 4 = 7. The answer is 7."), extract_strict("It is 7.")
+        ('7', '[invalid]')
+    """
     match = STRICT.findall(generation)
     return match[0].strip() if match else INVALID
 
 
 def extract_flexible(generation: str) -> str:
-    """The last number in the generation (lm-eval's `flexible-extract`)."""
+    """The last number in the generation (lm-eval's `flexible-extract`).
+
+    Examples:
+        >>> extract_flexible("3 + 4 = 7, so he has 7 apples"), extract_flexible("no idea")
+        ('7', '[invalid]')
+    """
     matches = FLEXIBLE.findall(generation)
     if not matches:
         return INVALID
@@ -91,7 +123,12 @@ def extract_flexible(generation: str) -> str:
 
 def exact_match(prediction: str, reference: str) -> float:
     """lm-eval's `exact_match` for GSM8K: commas, `$`, anything up to `#### ` and a final period are
-    dropped from both sides, case is ignored."""
+    dropped from both sides, case is ignored.
+
+    Examples:
+        >>> exact_match("$1,000.", "1000"), exact_match("999", "1000")
+        (1.0, 0.0)
+    """
     for pattern in IGNORE:
         prediction, reference = re.sub(pattern, "", prediction), re.sub(pattern, "", reference)
     return float(prediction.lower() == reference.lower())
@@ -107,6 +144,20 @@ def gsm8k_cot(model, n: int | None = None, shots: int = SHOTS, condition=None, s
         condition: an intervention active at every generated step.
         source: None (hub `gsm8k` main), `"bundled"`, a local file, or another hub path.
         max_new_tokens: generation budget (lm-eval's default 256). use_cache: see `greedy_until`.
+
+    Returns:
+        A `TaskResult` with metrics `exact_match_strict` and `exact_match_flexible`, and the
+        generations. A `Sweep` is refused: loop over its conditions.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> result = gsm8k_cot(model, n=2, shots=1, source="bundled", max_new_tokens=16, progress=False)
+        >>> sorted(result.metrics)
+        ['exact_match_flexible', 'exact_match_strict']
+        >>> list(result.examples.columns[-4:])
+        ['target', 'answer_strict', 'answer_flexible', 'generation']
+        >>> ablated = gsm8k_cot(model, n=2, shots=1, source="bundled", max_new_tokens=16, progress=False,
+        ...                     condition=skip_layer(3))
     """
     prompts = gsm8k_prompts(n, shots, source)
     generations = greedy_until(model, [prompt for _, prompt in prompts], UNTIL, max_new_tokens, condition, batch_size,

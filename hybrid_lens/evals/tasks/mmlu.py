@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Record, hub_records, local_source, read_records
-from .base import Doc, TaskResult, check_shots, fewshot_context, multiple_choice_result, run_settings, score_choices
+from .base import (Doc, TaskResult, check_shots, fewshot_context, multiple_choice_result, per_condition, run_settings,
+                   score_choices)
 
 HUB = ("cais/mmlu", "all")
 BUNDLED = "mmlu"
@@ -16,7 +17,22 @@ LETTERS = ("A", "B", "C", "D")
 
 
 def mmlu_doc(record: Record, subject: str, index: int) -> Doc:
-    """A row with `question`, `answer` (0-3) and either `choices` (hub) or `choice0`..`choice3` (CSV)."""
+    """A row with `question`, `answer` (0-3) and either `choices` (hub) or `choice0`..`choice3` (CSV).
+
+    Examples:
+        >>> from hybrid_lens.evals.data import Record
+        >>> row = {"question": "2 + 2 = ?", "choices": ["3", "4", "5", "22"], "answer": 1}
+        >>> doc = mmlu_doc(Record(row, "mmlu.jsonl", 1), "elementary_mathematics", index=0)
+        >>> print(doc.text)
+        2 + 2 = ?
+        A. 3
+        B. 4
+        C. 5
+        D. 22
+        Answer:
+        >>> doc.choices, doc.target
+        (('A', 'B', 'C', 'D'), 'B')
+    """
     if "choices" in record.data:
         choices = record.strings("choices")
     else:
@@ -32,13 +48,27 @@ def mmlu_doc(record: Record, subject: str, index: int) -> Doc:
 
 
 def description(subject: str) -> str:
+    """lm-eval's header of an MMLU prompt for `subject`.
+
+    Examples:
+        >>> description("high_school_physics")
+        'The following are multiple choice questions (with answers) about high school physics.\\n\\n'
+    """
     return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
 
 
 def load_mmlu(source: str | Path | None = None, split: str = "test") -> list[Doc]:
     """MMLU examples of every subject, sorted by subject, from the hub (None, or another hub path
     with the `all` layout), `"bundled"` (all 285 dev rows, 2 test rows per subject), or a local
-    folder holding `<split>/<subject>_<split>.csv` files with header `question,choice0..3,answer`."""
+    folder holding `<split>/<subject>_<split>.csv` files with header `question,choice0..3,answer`.
+
+    Examples:
+        >>> docs = load_mmlu("bundled")                  # the test split: 2 rows per subject
+        >>> len(docs), docs[0].group
+        (114, 'abstract_algebra')
+        >>> len(load_mmlu("bundled", "dev"))
+        285
+    """
     path = local_source(source, BUNDLED)
     if path is None:
         records = hub_records(source or HUB[0], HUB[1], split)
@@ -60,6 +90,13 @@ def mmlu_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, sou
 
     With `n` below the number of test rows, a seeded random sample of `n` rows (kept in source
     order) stands for the whole set, since the first rows would cover only the first subjects.
+
+    Examples:
+        >>> prompts = mmlu_prompts(n=3, shots=1, source="bundled", subjects=["astronomy", "virology"])
+        >>> [doc.group for doc, _ in prompts]
+        ['astronomy', 'virology', 'virology']
+        >>> prompts[0][1].startswith("The following are multiple choice questions (with answers) about astronomy.")
+        True
     """
     docs = load_mmlu(source, "test")
     if subjects is not None:
@@ -89,13 +126,31 @@ def mmlu(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, cond
 
     Args:
         n: a seeded random sample of `n` test examples (None: all). shots: dev examples per prompt
-            (lm-eval: 5). seed: the sampling seed. condition: an intervention active throughout.
+            (lm-eval: 5). seed: the sampling seed. condition: an intervention active throughout, or a
+            `Sweep` (then a list of results, one per condition).
         source: None (hub `cais/mmlu`), `"bundled"`, a local folder, or another hub path.
         subjects: restrict to these subjects (file-name spelling, e.g. `"high_school_physics"`).
+
+    Returns:
+        A `TaskResult` with metric `acc` (and a `subject` column); for a `Sweep`, one per condition.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> result = mmlu(model, n=4, shots=1, source="bundled", progress=False)
+        >>> list(result.metrics), list(result.examples.columns[:3])
+        (['acc'], ['example', 'subject', 'gold'])
+        >>> baseline, ablated = mmlu(model, n=4, shots=1, source="bundled", progress=False,
+        ...                          condition=Sweep([Condition(name="baseline"), zero("attn")]))
+        >>> baseline.metrics == result.metrics
+        True
     """
     prompts = mmlu_prompts(n, shots, seed, source, subjects)
     lls = score_choices(model, prompts, condition, batch_size, max_length, progress)
-    settings = run_settings(len(prompts), shots, seed, source, condition)
-    result = multiple_choice_result("mmlu", prompts, lls, ("acc",), settings)
-    result.examples.insert(1, "subject", [doc.group for doc, _ in prompts])
-    return result
+
+    def build(condition, lls) -> TaskResult:
+        settings = run_settings(len(prompts), shots, seed, source, condition)
+        result = multiple_choice_result("mmlu", prompts, lls, ("acc",), settings)
+        result.examples.insert(1, "subject", [doc.group for doc, _ in prompts])
+        return result
+
+    return per_condition(condition, lls, build)
