@@ -29,3 +29,11 @@ print(render_report(out, png=False))
 tables = StudyTables(load_studies(out)["hybrid-lens/tiny-falcon-h1"])
 print(tables.ppl_table("baseline", "group").round(3))
 print(tables.scores_table("baseline", "positional").round(3))
+
+# %% [markdown]
+# Reading the tables against the paper: on the full held-out text (model card of
+# `hybrid-lens/tiny-falcon-h1`), zeroing every SSM path raises perplexity 1.55x and zeroing every
+# attention path 1.27x: the same order as Falcon-H1-0.5B (SSM off 53x > attention off 3.2x), at a
+# much smaller scale, as expected of a 3.5M-parameter model trained on 2M tokens. The positional
+# table shows which third of the layers carries each mixer's contribution (the paper's Table 6),
+# and every ratio comes with a paired bootstrap 95% CI over windows or examples (`tables.drops`).

@@ -17,6 +17,7 @@ import plotly.io as pio
 
 from .. import viz
 from . import stats
+from .tasks import ppl_text_label
 from ..analysis import correlation
 from .runner import CONTRIBUTIONS_FILE, HIDDEN_TASK
 from .store import StudyStore
@@ -74,6 +75,7 @@ class StudyTables:
 
     def __init__(self, store: StudyStore, n_resamples: int = 1000, seed: int = 0):
         self.model = store.meta["model"]
+        self.ppl_text = ppl_text_label(self.model, store.meta.get("ppl_source", "auto"))
         self.specs = store.conditions()
         self.by_name = {s["name"]: s for s in self.specs}
         results = store.results()
@@ -260,7 +262,7 @@ def markdown_tables(tables: dict[str, StudyTables]) -> str:
     for model, t in tables.items():
         sections = [
             ("Table 1 analogue: group ablation, absolute scores", t.scores_table("baseline", "group")),
-            ("Table 2 analogue: WikiText-2 perplexity under group ablation", t.ppl_table("baseline", "group")),
+            (f"Table 2 analogue: perplexity ({t.ppl_text}) under group ablation", t.ppl_table("baseline", "group")),
             ("Table 3 analogue: mean benchmark score, targeted vs matched random", t.targeted_vs_random("score")),
             ("Table 4 analogue: perplexity, targeted vs matched random", t.targeted_vs_random("perplexity")),
             ("Table 5 analogue: random layer removal, perplexity as a multiple of baseline", t.removal_multiples()),
@@ -292,7 +294,7 @@ def figures(tables: dict[str, StudyTables]) -> dict[str, object]:
             found[f"{slug}_radar"] = viz.group_radar(group, model)
         ppl = t.ppl_table("baseline", "group", "positional").reset_index()
         if not ppl.empty:
-            found[f"{slug}_perplexity"] = viz.perplexity_bars(ppl, model)
+            found[f"{slug}_perplexity"] = viz.perplexity_bars(ppl, model, t.ppl_text)
         correlations, points = t.impact_correlations()
         for row in correlations.itertuples():
             joined = points[f"{row.task}:{row.metric}"]

@@ -33,6 +33,18 @@ def ppl_text(model_name: str, source: str) -> str:
     return wikitext2(None if source == "wikitext2" else source)
 
 
+def ppl_text_label(model_name: str, source: str) -> str:
+    """How reports name the perplexity text of `ppl_text(model_name, source)`.
+
+    Examples:
+        >>> ppl_text_label("hybrid-lens/tiny-qwen3.5", "auto"), ppl_text_label("Qwen/Qwen2.5-0.5B", "auto")
+        ('held-out KJV', 'WikiText-2')
+    """
+    if source == "auto":
+        source = "kjv-validation" if zoo.is_zoo_name(model_name) else "wikitext2"
+    return {"kjv-validation": "held-out KJV", "wikitext2": "WikiText-2"}.get(source, str(source))
+
+
 def evaluate_ppl(model, condition, n: int, seed: int, model_name: str = "", ppl_source: str = "auto",
                  ppl_context: int = 512) -> pd.DataFrame | list[pd.DataFrame]:
     """Per-window NLL sums and token counts of the first `n` windows (stride = half the context).

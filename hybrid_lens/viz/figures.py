@@ -24,6 +24,7 @@ def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
         drops: `score_drops` rows of one model restricted to baseline + group conditions
             (columns `condition`, `task`, `score`).
         model: Model name for the title.
+        text: What the perplexity was measured on, for the title.
 
     Examples:
         >>> import pandas as pd
@@ -44,7 +45,7 @@ def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
     return fig
 
 
-def perplexity_bars(ppl: pd.DataFrame, model: str) -> go.Figure:
+def perplexity_bars(ppl: pd.DataFrame, model: str, text: str = "WikiText-2") -> go.Figure:
     """Perplexity per condition on a log axis, with the bootstrap CI of the ratio to baseline.
 
     Args:
@@ -68,7 +69,7 @@ def perplexity_bars(ppl: pd.DataFrame, model: str) -> go.Figure:
                      arrayminus=(ppl.ratio - ppl.ratio_ci_low) * base),
         text=[f"{r:,.1f}x" for r in ppl.ratio], textposition="outside",
     ))
-    fig.update_layout(title=f"{model}: WikiText-2 perplexity (log scale; labels: multiple of baseline)",
+    fig.update_layout(title=f"{model}: {text} perplexity (log scale; labels: multiple of baseline)",
                       yaxis=dict(type="log", title="perplexity"))
     return fig
 
