@@ -24,7 +24,6 @@ def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
         drops: `score_drops` rows of one model restricted to baseline + group conditions
             (columns `condition`, `task`, `score`).
         model: Model name for the title.
-        text: What the perplexity was measured on, for the title.
 
     Examples:
         >>> import pandas as pd
@@ -52,6 +51,7 @@ def perplexity_bars(ppl: pd.DataFrame, model: str, text: str = "WikiText-2") -> 
         ppl: `study.stats.perplexity_table` rows (columns `condition`, `loss`, `ratio`,
             `ratio_ci_low`, `ratio_ci_high`), including the `baseline` condition.
         model: Model name for the title.
+        text: What the perplexity was measured on, for the title.
 
     Examples:
         >>> import pandas as pd
