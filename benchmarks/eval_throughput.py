@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,8 @@ from hybrid_lens.configs import reference_config
 from hybrid_lens.evals import arc_challenge, choice_metrics, encode_pair, hellaswag, mmlu
 from hybrid_lens.evals.tasks import arc_prompts, hellaswag_prompts, mmlu_prompts
 from hybrid_lens.zoo import checkpoint_path
+
+from results_io import write_results
 
 BUNDLED = {"qwen3_5": "hybrid-lens/tiny-qwen3.5", "falcon_h1": "hybrid-lens/tiny-falcon-h1",
            "qwen2": "hybrid-lens/tiny-qwen2.5"}
@@ -154,11 +155,7 @@ def main() -> None:
     lines += [f"| {r['model']} | {r['task']} | {r['shots']} | {r['examples']} | {r['requests']} | "
               f"{r['naive_eps']:.2f} | {r['batch_size']} | {r['hooked_eps']:.2f} | {r['speedup']:.2f}x | "
               f"{r['naive_acc']:.3f} / {r['hooked_acc']:.3f} | {r['max_abs_ll_diff']:.1e} |" for r in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    summary = {"machine": machine, "settings": {key: str(value) for key, value in vars(args).items()}, "rows": rows}
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    print("\n".join(lines))
+    write_results(args.out, lines, machine, rows, vars(args))
 
 
 if __name__ == "__main__":

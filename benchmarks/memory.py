@@ -37,6 +37,8 @@ import torch
 from hybrid_lens import HookedHybrid
 from hybrid_lens.configs import reference_config
 
+from results_io import write_results
+
 BUNDLED = {"qwen3_5": "hybrid-lens/tiny-qwen3.5", "falcon_h1": "hybrid-lens/tiny-falcon-h1",
            "qwen2": "hybrid-lens/tiny-qwen2.5"}
 CASES = ("plain forward", "full cache", "resid_post every layer", "one hook")
@@ -131,11 +133,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['shape']} | {r['case']} | {r['peak_mb']:.1f} | {ratio:.2f}x | "
                      f"{r['logits_mb']:.1f} | {r['cache_tensors']} | {r['cache_mb']:.1f} | "
                      f"{r['cache_storage_mb']:.1f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    summary = {"machine": machine, "settings": {key: str(value) for key, value in vars(args).items()}, "rows": rows}
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    print("\n".join(lines))
+    write_results(args.out, lines, machine, rows, vars(args))
 
 
 if __name__ == "__main__":

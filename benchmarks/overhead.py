@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -23,6 +22,8 @@ from transformers import AutoModelForCausalLM
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.configs import reference_config, tiny_config
+
+from results_io import write_results
 
 ARCH = {"qwen2": "Qwen2ForCausalLM", "qwen3_5": "Qwen3_5ForCausalLM", "falcon_h1": "FalconH1ForCausalLM"}
 
@@ -116,10 +117,7 @@ def main() -> None:
     for row in rows:
         ratios = " | ".join(f"{row['ratios'].get(n, float('nan')):.2f}x" for n in names)
         lines.append(f"| {row['family']} | {row['shape']} | {row['plain_ms']:.1f} | {ratios} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    print("\n".join(lines))
+    write_results(args.out, lines, machine, rows)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ per-window NLLs of the naive loop (checked here); times are medians of `--repeat
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -24,6 +23,8 @@ from hybrid_lens import HookedHybrid, zoo
 from hybrid_lens.evals import perplexity
 from hybrid_lens.interventions import Sweep
 from hybrid_lens.study.conditions import study_conditions
+
+from results_io import write_results
 
 MODELS = ("hybrid-lens/tiny-qwen3.5", "hybrid-lens/tiny-falcon-h1", "hybrid-lens/tiny-qwen2.5")
 
@@ -82,10 +83,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['layers']} | {r['conditions']} | {r['shape']} | {r['strategy']} | "
               f"{r['seconds']:.2f} | {r['speedup']:.2f}x |" for r in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=1) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, lines, machine, rows)
 
 
 if __name__ == "__main__":

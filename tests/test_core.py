@@ -7,7 +7,7 @@ import torch
 
 from hybrid_lens import HookedHybrid
 
-from .conftest import build
+from .conftest import assert_cache_matches_hidden_states, build
 
 
 def block_input_norm(reference, layer: int, family: str):
@@ -21,17 +21,9 @@ def test_no_hooks_reproduces_transformers_logits_exactly(pair, tokens):
     assert torch.equal(model(tokens), reference(tokens).logits)
 
 
-@torch.no_grad()
 def test_cache_residuals_equal_output_hidden_states(pair, tokens):
     reference, model = pair
-    hidden = reference(tokens, output_hidden_states=True).hidden_states
-    _, cache = model.run_with_cache(tokens)
-    assert len(hidden) == model.n_layers + 1
-    for layer in range(model.n_layers):
-        assert torch.equal(cache[f"blocks.{layer}.hook_resid_pre"], hidden[layer])
-    assert torch.equal(cache["hook_embed"], hidden[0])
-    # transformers' last hidden state is the final-norm output
-    assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
+    assert_cache_matches_hidden_states(model, reference, tokens)
 
 
 @torch.no_grad()

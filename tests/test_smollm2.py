@@ -14,6 +14,8 @@ from hybrid_lens.cli import main as cli_main
 from hybrid_lens.evals import perplexity, wikitext2
 from hybrid_lens.zoo import smollm2
 
+from .conftest import assert_cache_matches_hidden_states
+
 PROMPT = "The capital of France is"
 
 
@@ -77,15 +79,9 @@ def test_logit_lens_final_layer_decodes_to_words(loaded, prompt_tokens):
 
 
 @pytest.mark.slow
-@torch.no_grad()
 def test_cache_residuals_equal_output_hidden_states(loaded, prompt_tokens):
     model, reference = loaded
-    hidden = reference(prompt_tokens, output_hidden_states=True).hidden_states
-    _, cache = model.run_with_cache(prompt_tokens)
-    assert len(hidden) == model.n_layers + 1
-    for layer in range(model.n_layers):
-        assert torch.equal(cache[f"blocks.{layer}.hook_resid_pre"], hidden[layer])
-    assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
+    assert_cache_matches_hidden_states(model, reference, prompt_tokens)
 
 
 @pytest.mark.slow

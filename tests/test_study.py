@@ -8,39 +8,13 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
-import torch
 
-from hybrid_lens.study import runner, tasks
+from hybrid_lens.study import tasks
 from hybrid_lens.study.report import render_report
 from hybrid_lens.study.runner import StudySpec, run_study
 from hybrid_lens.study.store import StudyStore
 
-from .conftest import build
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-falcon")
-    reference, model = build("falcon_h1", num_hidden_layers=3)
-    reference.save_pretrained(folder)
-    model.tokenizer.save_pretrained(folder)
-    text = folder / "text.txt"
-    text.write_text("In the beginning God created the heaven and the earth. " * 12)
-    return folder, text
-
-
-def spec_for(checkpoint, **kwargs):
-    folder, text = checkpoint
-    options = dict(model=str(folder), tasks=("ppl",), groups=("baseline", "group", "layer", "positional", "random"),
-                   n=3, trials=2, ppl_source=str(text), ppl_context=64)
-    return StudySpec(**{**options, **kwargs})
-
-
-def stored(out, spec) -> pd.DataFrame:
-    store = StudyStore(runner.model_folder(out, spec.model) / "results.sqlite")
-    table = store.results().sort_values(["condition", "task", "example", "metric"]).reset_index(drop=True)
-    store.close()
-    return table
+from .conftest import spec_for, stored
 
 
 def test_interrupted_study_resumes_with_every_example_once(checkpoint, tmp_path, monkeypatch):

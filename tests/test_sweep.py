@@ -21,8 +21,7 @@ from hybrid_lens.interventions import (
 from hybrid_lens.study import runner
 from hybrid_lens.study.runner import run_study
 
-from .conftest import build
-from .test_study import checkpoint, spec_for, stored  # noqa: F401 (checkpoint is a fixture)
+from .conftest import build, spec_for, stored
 
 
 def conditions_for(model, tokens) -> list[Condition]:

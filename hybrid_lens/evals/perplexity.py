@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..interventions import Condition, Sweep
-from .scoring import last_logprobs
+from .scoring import active_condition, last_logprobs
 
 
 @dataclass
@@ -173,7 +173,7 @@ def perplexity(
         n_bytes, n_words = max(1, round(n_bytes * fraction)), max(1, round(n_words * fraction))
     sweep = condition if isinstance(condition, Sweep) else None
     rows: list[list[dict]] = [[] for _ in range(len(sweep) if sweep else 1)]
-    with condition.apply(model) if isinstance(condition, Condition) else nullcontext():
+    with active_condition(condition, model):
         batches = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
         for batch in tqdm(batches, desc="perplexity", disable=not progress):
             for condition_rows, scored in zip(rows, _score(model, ids, batch, len(rows[0]), sweep)):

@@ -25,8 +25,19 @@ from transformers import DynamicCache
 from ..interventions import Condition, Mean, Scale, SkipLayer, Sweep, Zero
 
 
-def _active(condition: Condition | Sweep | None, model):
-    """The condition's hooks for the block (a `Sweep` applies its conditions per forward pass)."""
+def active_condition(condition: Condition | Sweep | None, model):
+    """Context manager: the condition's hooks for the block; nothing for None or a `Sweep` (which
+    applies its conditions per forward pass).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> with active_condition(zero("ssm"), model):
+        ...     logits = model("In the beginning")
+        >>> with active_condition(None, model):
+        ...     clean = model("In the beginning")
+        >>> bool((logits - clean).abs().max() > 0)
+        True
+    """
     return condition.apply(model) if isinstance(condition, Condition) else nullcontext()
 
 
@@ -123,7 +134,7 @@ def loglikelihoods(
     batches = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
     sweep = condition if isinstance(condition, Sweep) else None
     results = [[0.0] * len(jobs) for _ in range(len(sweep) if sweep else 1)]
-    with _active(condition, model):
+    with active_condition(condition, model):
         for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
             per_condition = last_logprobs(model, batch, [span[key] for key in batch], sweep)
             for result, batch_logprobs in zip(results, per_condition if sweep else [per_condition]):
@@ -282,7 +293,7 @@ def greedy_until(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     generate = _generate_cached if use_cache else _generate_recomputed
     texts: list[str] = [""] * len(prompts)
-    with _active(condition, model):
+    with active_condition(condition, model):
         for batch in tqdm(batches, desc="generate", disable=not progress):
             stopper = _Stopper(tokenizer, until, _eos_ids(model), len(batch))
             generate(model, [encoded[i] for i in batch], max_new_tokens, stopper)

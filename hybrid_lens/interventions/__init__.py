@@ -8,14 +8,13 @@ from .conditions import (
     noise,
     patch_from,
     resample,
-    run_conditions,
     scale,
     skip_layer,
     zero,
 )
 from .patching import component_selectors, kl_metric, logit_diff_metric, patch
 from .selectors import Selector, Target, layer_thirds
-from .sweep import Sweep, first_layer
+from .sweep import Sweep, first_layer, run_conditions
 
 __all__ = [
     "Condition", "Intervention", "Mean", "Noise", "Patch", "Resample", "Scale", "Selector", "SkipLayer", "Sweep", "Target",

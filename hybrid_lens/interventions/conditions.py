@@ -1,14 +1,12 @@
-"""Conditions: lists of (selector, intervention) that compose, apply reversibly, and batch."""
+"""Conditions: lists of (selector, intervention) that compose and apply reversibly (batching: `sweep`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .ablations import HookFn, Intervention, Mean, Noise, Patch, Resample, Scale, SkipLayer, Zero
@@ -301,32 +299,3 @@ def patch_from(source, kind: str, layers: Layers = None, positions: Positions = 
     """
     return Condition.of(Selector(kind, layers, positions), Patch(source), name or f"{kind}_patch")
 
-
-# --- condition batching ------------------------------------------------------------------------
-@torch.no_grad()
-def run_conditions(model, input, conditions: Sequence[Condition], attention_mask: Tensor | None = None) -> Tensor:
-    """Run K conditions in one forward pass: the input is stacked K times along the batch and
-    condition k acts on slice k only.
-
-    Returns:
-        `Float[Tensor, "K batch pos vocab"]`, equal to K separate runs.
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> conditions = [Condition(name="clean"), zero("ssm"), zero("attn")]
-        >>> logits = run_conditions(model, "In the beginning God created", conditions)
-        >>> logits.shape                                 # [K, batch, pos, vocab]
-        torch.Size([3, 1, 5, 4096])
-        >>> torch.allclose(logits[0], model("In the beginning God created"), atol=1e-4)
-        True
-    """
-    tokens, mask = model._encode(input, attention_mask)
-    batch = tokens.shape[0]
-    hooks = []
-    for k, condition in enumerate(conditions):
-        hooks += condition.fwd_hooks(model, rows=slice(k * batch, (k + 1) * batch))
-    repeat = len(conditions)
-    stacked_mask = None if mask is None else mask.repeat(repeat, 1)
-    with model.hooks(fwd_hooks=hooks):
-        logits = model(tokens.repeat(repeat, 1), attention_mask=stacked_mask)
-    return logits.view(repeat, batch, *logits.shape[1:])

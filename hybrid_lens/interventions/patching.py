@@ -11,7 +11,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .ablations import Patch
-from .conditions import Condition, run_conditions
+from .conditions import Condition
+from .sweep import run_conditions
 from .selectors import KINDS, Selector
 
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]]

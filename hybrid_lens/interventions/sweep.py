@@ -10,7 +10,7 @@ each condition's logits equal a separate run of the model under that condition.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -115,15 +115,38 @@ class Sweep:
             else:
                 resid = cache[f"blocks.{start}.hook_resid_pre"] if start > 0 else None
                 outputs = _stacked_run(model, tokens, attention_mask, [self.conditions[i] for i in group],
-                                       start, resid, forward_kwargs)
+                                       start, resid, forward_kwargs).split(tokens.shape[0])
             for i, output in zip(group, outputs):
                 results[i] = output
         return results
 
 
+@torch.no_grad()
+def run_conditions(model, input, conditions: Sequence[Condition], attention_mask: Tensor | None = None) -> Tensor:
+    """Run K conditions in one forward pass: the input is stacked K times along the batch and
+    condition k acts on slice k only.
+
+    Returns:
+        `Float[Tensor, "K batch pos vocab"]`, equal to K separate runs.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> conditions = [Condition(name="clean"), zero("ssm"), zero("attn")]
+        >>> logits = run_conditions(model, "In the beginning God created", conditions)
+        >>> logits.shape                                 # [K, batch, pos, vocab]
+        torch.Size([3, 1, 5, 4096])
+        >>> torch.allclose(logits[0], model("In the beginning God created"), atol=1e-4)
+        True
+    """
+    tokens, mask = model._encode(input, attention_mask)
+    logits = _stacked_run(model, tokens, mask, list(conditions), 0, None, {})
+    return logits.view(len(conditions), tokens.shape[0], *logits.shape[1:])
+
+
 def _stacked_run(model, tokens, attention_mask, conditions: list[Condition], start: int, resid: Tensor | None,
-                 forward_kwargs: dict) -> list[Tensor]:
-    """One forward pass of `len(conditions)` stacked copies of the input, from block `start`."""
+                 forward_kwargs: dict) -> Tensor:
+    """One forward pass of `len(conditions)` stacked copies of the input, from block `start`;
+    returns the logits of the stacked batch, condition k in rows `k * batch` to `(k + 1) * batch`."""
     k, batch = len(conditions), tokens.shape[0]
     hooks = []
     for i, condition in enumerate(conditions):  # reference passes (mean, resample, patch) run here
@@ -131,8 +154,7 @@ def _stacked_run(model, tokens, attention_mask, conditions: list[Condition], sta
     kwargs = {key: _stack(value, k) if key in STACKED_KWARGS else value for key, value in forward_kwargs.items()}
     mask = None if attention_mask is None else _stack(attention_mask, k)
     with model.hooks(fwd_hooks=hooks), _entering_at(model, start, None if resid is None else _stack(resid, k)):
-        logits = model(_stack(tokens, k), attention_mask=mask, **kwargs)
-    return list(logits.split(batch)) if k > 1 else [logits]
+        return model(_stack(tokens, k), attention_mask=mask, **kwargs)
 
 
 def _stack(value, k: int):

@@ -26,8 +26,7 @@ def ppl_text(model_name: str, source: str) -> str:
         >>> ppl_text("Qwen/Qwen3.5-0.8B", "auto")[:20]             # WikiText-2 test
         ' = Robert Boulter = '
     """
-    if source == "auto":
-        source = "kjv-validation" if zoo.is_zoo_name(model_name) else "wikitext2"
+    source = ppl_source(model_name, source)
     if source == "kjv-validation":
         return zoo.load_validation_text()
     return wikitext2(None if source == "wikitext2" else source)
@@ -40,9 +39,20 @@ def ppl_text_label(model_name: str, source: str) -> str:
         >>> ppl_text_label("hybrid-lens/tiny-qwen3.5", "auto"), ppl_text_label("Qwen/Qwen2.5-0.5B", "auto")
         ('held-out KJV', 'WikiText-2')
     """
-    if source == "auto":
-        source = "kjv-validation" if zoo.is_zoo_name(model_name) else "wikitext2"
+    source = ppl_source(model_name, source)
     return {"kjv-validation": "held-out KJV", "wikitext2": "WikiText-2"}.get(source, str(source))
+
+
+def ppl_source(model_name: str, source: str) -> str:
+    """`source` with `auto` resolved: `kjv-validation` for bundled models, `wikitext2` otherwise.
+
+    Examples:
+        >>> ppl_source("hybrid-lens/tiny-falcon-h1", "auto"), ppl_source("tiiuae/Falcon-H1-0.5B-Base", "auto")
+        ('kjv-validation', 'wikitext2')
+    """
+    if source == "auto":
+        return "kjv-validation" if zoo.is_zoo_name(model_name) else "wikitext2"
+    return source
 
 
 def evaluate_ppl(model, condition, n: int, seed: int, model_name: str = "", ppl_source: str = "auto",
