@@ -80,17 +80,19 @@ def loglikelihoods(
     model,
     requests: Sequence[tuple[str, str]],
     condition: Condition | Sweep | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     max_length: int | None = None,
     progress: bool = True,
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each continuation given its context, `log p(continuation | context)`.
 
     Requests with the same input tokens (e.g. the four one-letter MMLU answers) share one sequence
-    in the forward pass; sequences run longest first in right-padded batches of `batch_size`.
+    in the forward pass; sequences run longest first in right-padded batches (`length_batches`),
+    and results come back in the order of `requests`.
 
     Args:
         requests: `(context, continuation)` strings, e.g. `("Question: ...\\nAnswer:", " Paris")`.
+        batch_size: sequences per forward pass (None: by device, see `length_batches`).
         condition: an intervention active for every forward pass. Its positions count from the
             start of each sequence; negative ones would count from the end of a padded batch, so
             use `batch_size=1` with those. A `Sweep` scores every request under each of its
@@ -130,8 +132,9 @@ def loglikelihoods(
     for index, (key, _) in enumerate(jobs):
         by_input.setdefault(key, []).append(index)
 
-    inputs = sorted(span, key=len, reverse=True)
-    batches = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+    inputs = list(span)
+    batches = [[inputs[i] for i in batch] for batch in length_batches([len(key) for key in inputs], batch_size,
+                                                                     model.device)]
     sweep = condition if isinstance(condition, Sweep) else None
     results = [[0.0] * len(jobs) for _ in range(len(sweep) if sweep else 1)]
     with active_condition(condition, model):
@@ -144,6 +147,42 @@ def loglikelihoods(
                         targets = torch.tensor(continuation, device=logprobs.device)[:, None]
                         result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
     return results if sweep else results[0]
+
+
+CPU_BATCH_TOKENS = 512  # by default a CPU batch holds as many sequences as fit in this many padded tokens
+GPU_BATCH_SIZE = 16  # by default a GPU batch holds this many sequences
+
+
+def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch.device | str = "cpu") -> list[list[int]]:
+    """Indices of sequences of `lengths`, longest first, cut into right-padded batches.
+
+    Sorting keeps sequences of similar length together, so little padding is computed (as
+    lm-eval). `batch_size` sequences per batch; None: by device. On a CPU a batch takes as many
+    sequences as fit in `CPU_BATCH_TOKENS` padded tokens (at least one): a CPU's cost per token
+    hardly falls with the batch, so a long batch only pays for its padding (`benchmarks/eval_throughput.py`
+    measured batch 16 slower than batch 1 on every task), while short sequences still share the
+    per-call overhead. On a GPU, `GPU_BATCH_SIZE` sequences.
+
+    Examples:
+        >>> length_batches([3, 700, 20, 500, 40], batch_size=2)
+        [[1, 3], [4, 2], [0]]
+        >>> length_batches([3, 700, 20, 500, 40], batch_size=None, device="cpu")   # 512 padded tokens
+        [[1], [3], [4, 2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    device = torch.device(device)
+    if batch_size is None and device.type == "cpu":
+        batches: list[list[int]] = []
+        for i in order:  # a batch's first sequence is its longest
+            if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= CPU_BATCH_TOKENS:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+    size = batch_size or GPU_BATCH_SIZE
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1 (or None: by device), got {batch_size}.")
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def right_padded(model, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:

@@ -1,15 +1,26 @@
-"""Sweeps: many conditions on the same input, with condition batching and prefix reuse.
+"""Sweeps: many conditions on the same input, with prefix reuse and planned condition batching.
 
 A condition that first acts at block `l` leaves the residual stream before block `l` unchanged.
-A sweep therefore runs the clean model once, keeps the residual stream entering every block that a
-condition starts at, and runs each condition from there: blocks before `l` are not recomputed (a
-recurrent mixer needs nothing else, since every block sees the whole sequence). Conditions are
-also stacked along the batch, `batch` at a time, each acting on its own slice. Both are exact:
-each condition's logits equal a separate run of the model under that condition.
+A sweep therefore runs the clean model once, only as deep as it must, keeps the residual stream
+entering the blocks where passes start, and runs each condition from there: blocks before `l` are
+not recomputed (a recurrent mixer needs nothing else, since every block sees the whole sequence).
+Conditions can also be stacked along the batch, each acting on its own slice; a stacked pass
+starts at its earliest condition's block, so stacking trades prefix reuse for larger batches. The
+sweep plans its passes with a cost model measured on the model (`plan_passes`).
+
+Exactness: a condition evaluated alone in its pass (`batch=1`) gives logits bit-identical to a
+separate run. Stacked passes run a larger batch, and the `transformers` model itself is not
+batch-size invariant (matrix kernels pick other blockings for other shapes), so stacked rows agree
+with separate runs to float rounding, as the plain model's batch of one agrees with its batch of
+several (both measured by `benchmarks/sweep.py`).
 """
 
 from __future__ import annotations
 
+import math
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +32,7 @@ from torch import Tensor
 from .conditions import Condition
 
 STACKED_KWARGS = ("logits_to_keep", "position_ids")  # batch-first tensors that are stacked with the input
+COST_REPEATS = 2  # timings per measured size; the fastest counts
 
 
 def first_layer(condition: Condition, model) -> int:
@@ -42,6 +54,116 @@ def first_layer(condition: Condition, model) -> int:
 
 
 @dataclass(frozen=True)
+class PassCost:
+    """Cost of one block of a forward pass over `copies` stacked copies of an input: `fixed + per_copy * copies`.
+
+    Units are arbitrary but shared (a `Sweep` measures seconds). `fixed` is what stacking
+    amortises (per-call and kernel-launch overhead, an idle GPU's spare width); `per_copy` is
+    what each stacked copy adds.
+
+    Examples:
+        >>> PassCost(fixed=1.0, per_copy=2.0)(copies=3)
+        7.0
+    """
+
+    fixed: float
+    per_copy: float
+
+    def __call__(self, copies: int) -> float:
+        return self.fixed + self.per_copy * copies
+
+
+def plan_passes(starts: Sequence[int], n_layers: int, batch: int, cost: PassCost) -> list[tuple[int, list[int]]]:
+    """The cheapest passes for conditions that first act at `starts` (`n_layers`: no intervention).
+
+    A pass of conditions `group` starts at their earliest block and costs
+    `(n_layers - start + 1) * cost(len(group))` (its blocks plus one for embedding and
+    unembedding); the clean pass costs `cost(1)` per block up to the deepest start, or
+    `(n_layers + 1) * cost(1)` when a condition without interventions needs the clean logits.
+    Conditions are taken in order of their first block and cut into runs of at most `batch`
+    (dynamic programming over the cut points, so the plan is optimal for the cost model):
+    conditions with the same first block share a pass whenever `cost` is subadditive, and
+    passes with different first blocks merge only when the larger batch saves more than the
+    reuse it gives up.
+
+    Returns:
+        `(start, condition indices)` per pass, by start; conditions with no interventions are in
+        no pass (they take the clean logits).
+
+    Examples:
+        >>> starts = [0, 1, 2, 3, 4, 5, 6, 7]                  # skip every layer of 8
+        >>> plan_passes(starts, 8, batch=8, cost=PassCost(fixed=0.1, per_copy=1.0))   # a busy CPU
+        [(0, [0]), (1, [1]), (2, [2]), (3, [3]), (4, [4]), (5, [5]), (6, [6, 7])]
+        >>> # (6 and 7 share a pass, so the clean pass stops one block earlier)
+        >>> plan_passes(starts, 8, batch=4, cost=PassCost(fixed=1.0, per_copy=0.05))  # an idle GPU
+        [(0, [0, 1, 2, 3]), (4, [4, 5, 6, 7])]
+        >>> plan_passes([3, 3, 8, 0], 8, batch=8, cost=PassCost(fixed=0.1, per_copy=1.0))
+        [(0, [3]), (3, [0, 1])]
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}.")
+    order = sorted((i for i, start in enumerate(starts) if start < n_layers), key=starts.__getitem__)
+    if not order:
+        return []
+    clean_logits = len(order) < len(starts)
+
+    def run(j: int, i: int) -> float:  # conditions order[j:i] in one pass
+        return (n_layers - starts[order[j]] + 1) * cost(i - j)
+
+    def clean(deepest: int) -> float:
+        return (n_layers + 1) * cost(1) if clean_logits else deepest * cost(1)
+
+    best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
+    for i in range(1, len(order) + 1):
+        for j in range(i - 1, max(0, i - batch) - 1, -1):  # ties: the smaller pass
+            if best[j] + run(j, i) < best[i]:
+                best[i], cut[i] = best[j] + run(j, i), j
+    n = len(order)
+    last = min(range(max(0, n - batch), n), key=lambda j: (best[j] + run(j, n) + clean(starts[order[j]]), -j))
+    bounds, i, j = [], n, last
+    while i > 0:
+        bounds.append((j, i))
+        i, j = j, cut[j]
+    return [(starts[order[j]], order[j:i]) for j, i in reversed(bounds)]
+
+
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {input size: PassCost}
+
+
+def measured_cost(model, tokens: Tensor, attention_mask: Tensor | None = None) -> PassCost:
+    """`PassCost` of `model` per block, in seconds, for inputs the size of `tokens` `[batch, pos]`.
+
+    Times a forward pass of one and of two stacked copies (the fastest of `COST_REPEATS` each,
+    hooks attached to the model suspended) and fits `fixed + per_copy * copies`. Measured once
+    per model and input size (batch x tokens, rounded up to a power of two) and cached; timings
+    depend on the device and its load, so plans can differ between runs (results only to float
+    rounding, see the module docstring).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> cost = measured_cost(model, model.to_tokens("In the beginning God created the heaven"))
+        >>> cost.per_copy > 0 and cost.fixed >= 0
+        True
+    """
+    size = 1 << (tokens.numel() - 1).bit_length()
+    costs = _COSTS.setdefault(model, {})
+    if size not in costs:
+        seconds = {1: math.inf, 2: math.inf}
+        with _hooks_suspended(model):
+            for _ in range(COST_REPEATS):
+                for copies in seconds:
+                    mask = None if attention_mask is None else _stack(attention_mask, copies)
+                    _synchronize(tokens.device)
+                    begin = time.perf_counter()
+                    model(_stack(tokens, copies), attention_mask=mask)
+                    _synchronize(tokens.device)
+                    seconds[copies] = min(seconds[copies], time.perf_counter() - begin)
+        per_copy = max(seconds[2] - seconds[1], 1e-3 * seconds[1]) / (model.n_layers + 1)
+        costs[size] = PassCost(fixed=max(seconds[1] / (model.n_layers + 1) - per_copy, 0.0), per_copy=per_copy)
+    return costs[size]
+
+
+@dataclass(frozen=True)
 class Sweep:
     """Conditions to evaluate on the same inputs, as one unit.
 
@@ -50,12 +172,14 @@ class Sweep:
 
     Attributes:
         conditions: the conditions, in the order results are returned.
-        batch: how many conditions share one forward pass (1: no condition batching).
-        reuse_prefix: start each condition from the clean residual stream at its first block.
+        batch: the most conditions that may share one forward pass (1: one condition per pass,
+            bit-identical to separate runs). The sweep stacks fewer where its cost model says
+            prefix reuse is worth more (`plan`).
+        reuse_prefix: start each pass from the clean residual stream at its first block.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> sweep = Sweep([skip_layer(i) for i in range(model.n_layers)], batch=4)
+        >>> sweep = Sweep([skip_layer(i) for i in range(model.n_layers)])
         >>> len(sweep)
         8
         >>> tokens = model.to_tokens("In the beginning God created the heaven")
@@ -76,10 +200,30 @@ class Sweep:
     def __len__(self) -> int:
         return len(self.conditions)
 
+    def plan(self, model, tokens: Tensor, attention_mask: Tensor | None = None) -> list[tuple[int, list[int]]]:
+        """The forward passes `logits` makes for `tokens` `[batch, pos]`: `(first block, condition
+        indices)` per pass, from `plan_passes` with the model's `measured_cost` (measured only when
+        passes with different first blocks could merge).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+            >>> sweep = Sweep([zero("attn", layers=3), skip_layer(5), skip_layer(3), Condition()], batch=1)
+            >>> sweep.plan(model, model.to_tokens("In the beginning"))   # the clean run serves Condition()
+            [(3, [0]), (3, [2]), (5, [1])]
+        """
+        n_layers = model.n_layers
+        starts = [first_layer(c, model) if self.reuse_prefix else 0 for c in self.conditions]
+        if self.batch == 1 or len({s for s in starts if s < n_layers}) < 2:  # cost model irrelevant
+            cost = PassCost(fixed=1.0, per_copy=1.0)
+        else:
+            cost = measured_cost(model, tokens, attention_mask)
+        return plan_passes(starts, n_layers, self.batch, cost)
+
     @torch.no_grad()
     def logits(self, model, tokens: Tensor, attention_mask: Tensor | None = None,
                **forward_kwargs) -> list[Float[Tensor, "batch pos vocab"]]:
-        """Logits of `tokens` `[batch, pos]` under each condition, equal to separate runs.
+        """Logits of `tokens` `[batch, pos]` under each condition, as separate runs give them (bit for
+        bit when each condition has its own pass, else to float rounding; see the module docstring).
 
         `forward_kwargs` go to `model(...)`; `logits_to_keep` and `position_ids` tensors are
         stacked with the input.
@@ -99,26 +243,44 @@ class Sweep:
             >>> torch.allclose(logits[0], separate, atol=1e-4)
             True
         """
-        n_layers = model.n_layers
-        starts = [first_layer(c, model) if self.reuse_prefix else 0 for c in self.conditions]
-        entries = sorted({s for s in starts if 0 < s < n_layers})
-        clean, cache = None, None
-        if self.reuse_prefix and any(s > 0 for s in starts):
-            clean, cache = model.run_with_cache(tokens, attention_mask=attention_mask, **forward_kwargs,
-                                                names_filter=[f"blocks.{s}.hook_resid_pre" for s in entries])
-        order = sorted(range(len(self.conditions)), key=starts.__getitem__)
-        results: list[Tensor | None] = [None] * len(self.conditions)
-        for group in (order[i : i + self.batch] for i in range(0, len(order), self.batch)):
-            start = min(starts[i] for i in group)
-            if start == n_layers:  # no interventions: the clean run
-                outputs = [clean] * len(group)
-            else:
-                resid = cache[f"blocks.{start}.hook_resid_pre"] if start > 0 else None
-                outputs = _stacked_run(model, tokens, attention_mask, [self.conditions[i] for i in group],
-                                       start, resid, forward_kwargs).split(tokens.shape[0])
+        passes = self.plan(model, tokens, attention_mask)
+        planned = {i for _, group in passes for i in group}
+        entries = sorted({start for start, _ in passes if start > 0})
+        clean_logits = len(planned) < len(self.conditions)
+        clean, resid = _clean_pass(model, tokens, attention_mask, entries, clean_logits, forward_kwargs)
+        results = [None if i in planned else clean for i in range(len(self.conditions))]
+        for start, group in passes:
+            outputs = _stacked_run(model, tokens, attention_mask, [self.conditions[i] for i in group],
+                                   start, resid.get(start), forward_kwargs).split(tokens.shape[0])
             for i, output in zip(group, outputs):
                 results[i] = output
         return results
+
+
+class _Stop(Exception):
+    """Ends the clean pass once it has reached the deepest block a pass starts at."""
+
+
+def _clean_pass(model, tokens, attention_mask, entries: list[int], logits: bool,
+                forward_kwargs: dict) -> tuple[Tensor | None, dict[int, Tensor]]:
+    """The clean model's logits (None unless `logits`) and the residual stream entering each block
+    of `entries`; blocks after the deepest entry run only for the logits."""
+    if not entries and not logits:
+        return None, {}
+    resid: dict[int, Tensor] = {}
+    deepest = max(entries, default=-1)
+
+    def keep(value: Tensor, hook) -> None:
+        resid[int(hook.name.split(".")[1])] = value
+        if hook.name == f"blocks.{deepest}.hook_resid_pre" and not logits:
+            raise _Stop
+
+    hooks = [(f"blocks.{start}.hook_resid_pre", keep) for start in entries]
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            return model(tokens, attention_mask=attention_mask, **forward_kwargs), resid
+    except _Stop:
+        return None, resid
 
 
 @torch.no_grad()
@@ -155,6 +317,25 @@ def _stacked_run(model, tokens, attention_mask, conditions: list[Condition], sta
     mask = None if attention_mask is None else _stack(attention_mask, k)
     with model.hooks(fwd_hooks=hooks), _entering_at(model, start, None if resid is None else _stack(resid, k)):
         return model(_stack(tokens, k), attention_mask=mask, **kwargs)
+
+
+@contextmanager
+def _hooks_suspended(model) -> Iterator[None]:
+    """No hook point runs its hooks inside (restored on exit, also after errors)."""
+    points = list(model.hook_dict.values())
+    saved = [point._forward_hooks for point in points]
+    try:
+        for point in points:
+            point._forward_hooks = OrderedDict()
+        yield
+    finally:
+        for point, hooks in zip(points, saved):
+            point._forward_hooks = hooks
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _stack(value, k: int):

@@ -94,8 +94,9 @@ def add_study_commands(commands) -> None:
                             "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
     study.add_argument("--ppl-context", type=int, default=512, help="Perplexity window length in tokens.")
     study.add_argument("--condition-batch", type=int, default=None,
-                       help="Conditions per forward pass for loglikelihood tasks (condition batching; default 4 on "
-                            "a GPU, 1 on a CPU). Results are identical for any value; memory grows with it.")
+                       help="Most conditions per forward pass for loglikelihood tasks (condition batching; default: "
+                            "the Sweep's, which plans the passes from a cost model measured on the device). "
+                            "Results agree for any value (to float rounding); memory grows with it.")
     study.add_argument("--out", type=Path, default=Path("hybrid-lens-study"), help="Output folder.")
     study.add_argument("--overwrite", action="store_true", help="Replace a study of another model in OUT.")
     study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="Render the report.")

@@ -3,9 +3,9 @@
 Conditions come from the model's layer kinds (`study.conditions`); tasks from `study.tasks`.
 Finished pairs are skipped on a rerun, so an interrupted study resumes where it stopped.
 Conditions of a loglikelihood task are evaluated `SWEEP_GROUP` at a time as one `Sweep`: each
-starts from the clean residual stream at its first layer (prefix reuse), and `condition_batch` of
-them share each forward pass (condition batching). Both give the same numbers as one run per
-condition.
+starts from the clean residual stream at its first layer (prefix reuse), and up to `condition_batch`
+of them share a forward pass (condition batching, planned by the `Sweep`). Both give the numbers of
+one run per condition (to float rounding where conditions share a pass).
 Conditions shard across processes: under `torchrun` / `accelerate launch` each rank takes every
 `world`-th condition, and all ranks write to the same store.
 """
@@ -31,9 +31,9 @@ from .tasks import SWEEPABLE, TASKS, check_tasks, evaluate
 class StudySpec:
     """What to run. `n` caps examples per benchmark (and windows for perplexity).
 
-    `condition_batch` conditions share each forward pass (condition batching; None: 4 on a GPU,
-    1 on a CPU, where a larger batch gains little and costs the prefix reuse of the stacked
-    conditions). Results are the same either way; memory grows with it.
+    Up to `condition_batch` conditions share a forward pass (condition batching; None: the
+    `Sweep`'s default, which plans how many to stack from its cost model of the device). Results
+    are the same either way (to float rounding); memory grows with it.
 
     Attributes:
         model: hub name, local folder or bundled name of the model.
@@ -47,7 +47,7 @@ class StudySpec:
         ppl_source: perplexity text (see `study.tasks.ppl_text`).
         ppl_context: perplexity window length in tokens.
         data: benchmark data: `bundled`, `hub`, or a local file.
-        condition_batch: conditions per forward pass for loglikelihood tasks (None: by device).
+        condition_batch: most conditions per forward pass for loglikelihood tasks (None: the `Sweep` default).
 
     Examples:
         >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl", "arc"), groups=("baseline", "group"),
@@ -155,7 +155,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     todo = {task: [s for s in mine if not store.is_done(s.name, task)] for task in spec.tasks}
     bar = tqdm(total=sum(map(len, todo.values())), desc=f"{spec.model} [{rank + 1}/{world}]", disable=not progress,
                unit="pair")
-    batch = spec.condition_batch or (4 if model.device.type == "cuda" else 1)
+    batch = spec.condition_batch or Sweep.batch
     with torch.no_grad():
         for task, conditions in todo.items():
             size = SWEEP_GROUP if task in SWEEPABLE else 1

@@ -73,7 +73,7 @@ def arc_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, sour
 
 
 def arc_challenge(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, condition=None,
-                  source: str | Path | None = None, fewshot_source: str | Path | None = None, batch_size: int = 16,
+                  source: str | Path | None = None, fewshot_source: str | Path | None = None, batch_size: int | None = None,
                   max_length: int | None = None, progress: bool = True) -> TaskResult:
     """ARC-Challenge accuracy: `acc` (highest loglikelihood) and `acc_norm` (per character).
 

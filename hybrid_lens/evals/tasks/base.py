@@ -190,7 +190,7 @@ def sampled_prompts(task: str, load: Callable[..., list[Doc]], bundled: str, n: 
     return [(doc, fewshot_context(doc, drawn)) for doc, drawn in zip(docs, random_shots(docs, pool, shots, seed, same))]
 
 
-def score_choices(model, prompts: Sequence[tuple[Doc, str]], condition, batch_size: int, max_length: int | None,
+def score_choices(model, prompts: Sequence[tuple[Doc, str]], condition, batch_size: int | None, max_length: int | None,
                   progress: bool) -> list[list[float]] | list[list[list[float]]]:
     """Loglikelihood of every choice of every example, `" " + choice` after its prompt, in one
     batched pass (choices of one example and examples of a batch run together).

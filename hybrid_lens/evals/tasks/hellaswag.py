@@ -74,7 +74,7 @@ def hellaswag_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234
 
 
 def hellaswag(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, condition=None,
-              source: str | Path | None = None, fewshot_source: str | Path | None = None, batch_size: int = 16,
+              source: str | Path | None = None, fewshot_source: str | Path | None = None, batch_size: int | None = None,
               max_length: int | None = None, progress: bool = True) -> TaskResult:
     """HellaSwag accuracy, `acc` and `acc_norm` (lm-eval: 10 shots, validation split); arguments as
     in `arc_challenge` (`source` None is the hub's `Rowan/hellaswag`).

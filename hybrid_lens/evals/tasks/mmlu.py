@@ -120,7 +120,7 @@ def mmlu_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, sou
 
 
 def mmlu(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, condition=None,
-         source: str | Path | None = None, subjects: Sequence[str] | None = None, batch_size: int = 16,
+         source: str | Path | None = None, subjects: Sequence[str] | None = None, batch_size: int | None = None,
          max_length: int | None = None, progress: bool = True) -> TaskResult:
     """MMLU accuracy (`acc`, the mean over examples: lm-eval's size-weighted group average).
 

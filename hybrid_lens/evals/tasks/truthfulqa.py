@@ -117,7 +117,7 @@ def mc2_score(loglikelihoods, labels) -> float:
 
 
 def truthfulqa_mc(model, n: int | None = None, condition=None, source: str | Path | None = None,
-                  batch_size: int = 16, max_length: int | None = None, progress: bool = True) -> TaskResult:
+                  batch_size: int | None = None, max_length: int | None = None, progress: bool = True) -> TaskResult:
     """TruthfulQA `mc1` (the best answer has the highest loglikelihood) and `mc2` (probability mass
     of the true answers), from one batched pass over the union of their answers.
 
