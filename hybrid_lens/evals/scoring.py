@@ -169,9 +169,10 @@ def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch
         >>> length_batches([3, 700, 20, 500, 40], batch_size=None, device="cpu")   # 512 padded tokens
         [[1], [3], [4, 2, 0]]
     """
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (or None: by device), got {batch_size}.")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    device = torch.device(device)
-    if batch_size is None and device.type == "cpu":
+    if batch_size is None and torch.device(device).type == "cpu":
         batches: list[list[int]] = []
         for i in order:  # a batch's first sequence is its longest
             if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= CPU_BATCH_TOKENS:
@@ -179,9 +180,7 @@ def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch
             else:
                 batches.append([i])
         return batches
-    size = batch_size or GPU_BATCH_SIZE
-    if size < 1:
-        raise ValueError(f"batch_size must be at least 1 (or None: by device), got {batch_size}.")
+    size = GPU_BATCH_SIZE if batch_size is None else batch_size
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
