@@ -5,8 +5,9 @@ The naive loop is what a user would write against `model.hf_model`: one unpadded
 log-probabilities summed. It builds the same prompts and tokenizes with the same rules as the evals
 (`encode_pair`, left truncation to `max_position_embeddings`), so both paths must give the same
 loglikelihoods and accuracy (checked here); only the forwards differ: the evals run right-padded
-batches (each size in `--batch-sizes`), share identical inputs (MMLU's four answer letters) and
-project only scored positions. All paths are timed in the same run, interleaved, after a warm-up.
+batches sorted by length (each size in `--batch-sizes`; `default`: the evals' default, by device),
+share identical inputs (MMLU's four answer letters) and project only scored positions. The
+padding column is the share of padded positions in the evals' forwards at that batch size. All paths are timed in the same run, interleaved, after a warm-up.
 
     python benchmarks/eval_throughput.py --threads 1 --out benchmarks/results/eval_throughput_cpu_bundled.md
     python benchmarks/eval_throughput.py --size full --out benchmarks/results/eval_throughput_cuda_full.md
@@ -31,6 +32,7 @@ from transformers import AutoTokenizer
 from hybrid_lens import HookedHybrid
 from hybrid_lens.configs import reference_config
 from hybrid_lens.evals import arc_challenge, choice_metrics, encode_pair, hellaswag, mmlu
+from hybrid_lens.evals.scoring import length_batches
 from hybrid_lens.evals.tasks import arc_prompts, hellaswag_prompts, mmlu_prompts
 from hybrid_lens.zoo import checkpoint_path
 
@@ -69,6 +71,17 @@ def naive_scores(model: HookedHybrid, prompts) -> tuple[list[list[float]], float
     return lls, correct / len(prompts)
 
 
+def padding(model: HookedHybrid, prompts, batch_size: int | None) -> float:
+    """Share of padded positions in the evals' right-padded batches of these prompts' distinct inputs."""
+    max_length = model.cfg.max_position_embeddings
+    inputs = {tuple((sum(encode_pair(model.tokenizer, context, " " + choice), []))[-(max_length + 1):-1])
+              for doc, context in prompts for choice in doc.choices}
+    lengths = [len(ids) for ids in inputs]
+    batches = length_batches(lengths, batch_size, model.device)
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    return 1 - sum(lengths) / padded
+
+
 def timed(fn):
     """(seconds, output) of one call, synchronizing CUDA around it."""
     if torch.cuda.is_available():
@@ -104,7 +117,8 @@ def measure(model: HookedHybrid, name: str, task: str, args, shots: int) -> list
             raise AssertionError(f"{name} {task}: accuracy {result.metrics['acc']} (evals) != {naive_acc} (naive)")
         hooked_s = statistics.median(times[size])
         rows.append(dict(model=name, task=task, shots=shots, examples=examples, requests=len(flat_naive),
-                         batch_size=size, naive_s=naive_s, hooked_s=hooked_s, naive_eps=examples / naive_s,
+                         batch_size=size, padding=padding(model, prompts_fn(args.n, shots, SEED, "bundled"), size),
+                         naive_s=naive_s, hooked_s=hooked_s, naive_eps=examples / naive_s,
                          hooked_eps=examples / hooked_s, speedup=naive_s / hooked_s, naive_acc=naive_acc,
                          hooked_acc=result.metrics["acc"], max_abs_ll_diff=float((flat - flat_naive).abs().max())))
     return rows
@@ -117,14 +131,15 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--n", type=int, default=8, help="examples per task")
     parser.add_argument("--shots", type=int, default=None, help="few-shot examples (default: lm-eval's per task)")
-    parser.add_argument("--batch-sizes", default="1,16", help="batch sizes of the evals path (16 is its default)")
+    parser.add_argument("--batch-sizes", default="default,16",
+                        help="batch sizes of the evals path (default: the evals' default, by device)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_throughput.md"))
     args = parser.parse_args()
-    args.batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    args.batch_sizes = [None if size == "default" else int(size) for size in args.batch_sizes.split(",")]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,10 +165,11 @@ def main() -> None:
              f"n={args.n} per task, median of {args.repeats} interleaved run(s). "
              "Examples/s include prompt building and tokenization. The two paths' loglikelihoods are checked to "
              f"agree ({tolerance}; float32 runs also check equal accuracy).", "",
-             "| model | task | shots | examples | requests | naive ex/s | evals batch | evals ex/s | speedup | "
-             "acc naive / evals | max abs Δll |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | task | shots | examples | requests | naive ex/s | evals batch | padding | evals ex/s | speedup | "
+             "acc naive / evals | max abs Δll |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['task']} | {r['shots']} | {r['examples']} | {r['requests']} | "
-              f"{r['naive_eps']:.2f} | {r['batch_size']} | {r['hooked_eps']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['naive_eps']:.2f} | {r['batch_size'] or 'default'} | {100 * r['padding']:.0f}% | "
+              f"{r['hooked_eps']:.2f} | {r['speedup']:.2f}x | "
               f"{r['naive_acc']:.3f} / {r['hooked_acc']:.3f} | {r['max_abs_ll_diff']:.1e} |" for r in rows]
     write_results(args.out, lines, machine, rows, vars(args))
 

@@ -1,89 +1,103 @@
-"""A full layer sweep of one eval set: naive loop vs condition batching vs prefix reuse vs both.
+"""A skip-every-layer Sweep against the naive loop and the prefix-reuse bound.
 
-    python benchmarks/sweep.py --shapes 1x128,4x256 --out benchmarks/results/sweep_cpu_bundled.md
+    python benchmarks/sweep.py --threads 1 --repeats 15 --out benchmarks/results/sweep_cpu_bundled.md
 
-The eval set is perplexity over the first windows of the bundled models' held-out text, at each
-`--shapes` entry `WINDOWSxCONTEXT` (the windows run as one batch); the conditions are the study's layer-wise sweep (`hybrid-lens study --conditions layer`:
-every component of every layer, ablated the paper's way). Every strategy must give exactly the
-per-window NLLs of the naive loop (checked here); times are medians of `--repeats` in one run.
+For each bundled model and each `--shapes` input `BATCHxTOKENS` (random token ids), the conditions
+are `skip_layer(i)` for every layer i. Timed, interleaved, in one run: the naive loop (one forward
+per condition under `condition.apply`), `Sweep(conditions)` with its defaults, and `Sweep(conditions,
+batch=1)` (prefix reuse alone). The bound is what prefix reuse alone saves in block evaluations,
+`L*L / (L + L(L+1)/2)` for L layers (a clean pass plus every suffix); a sweep that also stacks
+conditions can beat it where per-call overhead dominates. Ratios are medians over `--repeats`.
+
+Exactness, in the same run: the largest |logit difference| of each Sweep against the naive loop,
+and of the plain `transformers` model run on 2-8 stacked copies of the input against its batch of one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from hybrid_lens import HookedHybrid, zoo
-from hybrid_lens.evals import perplexity
-from hybrid_lens.interventions import Sweep
-from hybrid_lens.study.conditions import study_conditions
+from hybrid_lens import HookedHybrid
+from hybrid_lens.interventions import Sweep, skip_layer
 
 from results_io import write_results
 
 MODELS = ("hybrid-lens/tiny-qwen3.5", "hybrid-lens/tiny-falcon-h1", "hybrid-lens/tiny-qwen2.5")
 
 
-def strategies(k: int) -> dict[str, str | None]:
-    """The compared ways to evaluate the sweep (None: one `perplexity` call per condition)."""
-    return {"naive loop": None, f"condition batching ({k} per pass)": "batching",
-            "prefix reuse": "prefix", f"both ({k} per pass)": "both"}
+def bound(layers: int) -> float:
+    """Speedup of prefix reuse alone, in block evaluations, for a skip-every-layer sweep."""
+    return layers * layers / (layers + layers * (layers + 1) / 2)
 
 
 @torch.no_grad()
-def measure(name: str, windows: int, context: int, k: int, repeats: int) -> list[dict]:
+def measure(name: str, batch: int, pos: int, repeats: int) -> dict:
     model = HookedHybrid.from_pretrained(name)
-    conditions = [c.condition for c in study_conditions(model.layer_mixers, ("layer",))[1:]]
-    text = zoo.load_validation_text()
-    options = dict(context_length=context, max_windows=windows, progress=False)
-    sweeps = {"batching": Sweep(conditions, batch=k, reuse_prefix=False), "prefix": Sweep(conditions, batch=1),
-              "both": Sweep(conditions, batch=k)}
+    tokens = torch.randint(0, model.cfg.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(0))
+    conditions = [skip_layer(i) for i in range(model.n_layers)]
 
-    def run(strategy):
-        if strategy is None:
-            return [perplexity(model, text, condition=c, **options) for c in conditions]
-        return perplexity(model, text, condition=sweeps[strategy], **options)
+    def naive():
+        out = []
+        for condition in conditions:
+            with condition.apply(model):
+                out.append(model(tokens))
+        return out
 
-    reference = [r.windows for r in run(None)]
-    times: dict[str, list[float]] = {label: [] for label in strategies(k)}
+    paths = {"naive": naive, "default": lambda: Sweep(conditions).logits(model, tokens),
+             "one per pass": lambda: Sweep(conditions, batch=1).logits(model, tokens)}
+    outputs = {key: fn() for key, fn in paths.items()}  # warm-up (the default Sweep measures its cost model)
+    times = {key: [] for key in paths}
     for _ in range(repeats):
-        for label, strategy in strategies(k).items():
+        for key, fn in paths.items():
             start = time.perf_counter()
-            results = run(strategy)
-            times[label].append(time.perf_counter() - start)
-            for got, expected in zip(results, reference):
-                pd.testing.assert_frame_equal(got.windows, expected)  # exact, not approximate
-    naive = statistics.median(times["naive loop"])
-    return [dict(model=name, layers=model.n_layers, conditions=len(conditions), shape=f"{windows}x{context}",
-                 strategy=label,
-                 seconds=statistics.median(t), speedup=naive / statistics.median(t)) for label, t in times.items()]
+            fn()
+            times[key].append(time.perf_counter() - start)
+    seconds = {key: statistics.median(t) for key, t in times.items()}
+    error = {key: max(float((a - b).abs().max()) for a, b in zip(outputs[key], outputs["naive"]))
+             for key in ("default", "one per pass")}
+    alone = model.hf_model(input_ids=tokens, use_cache=False).logits
+    plain = max(float((model.hf_model(input_ids=tokens.repeat(k, 1), use_cache=False).logits
+                       - alone.repeat(k, 1, 1)).abs().max()) for k in range(2, 9))
+    layers = model.n_layers
+    return dict(model=name, layers=layers, shape=f"{batch}x{pos}", naive_s=seconds["naive"],
+                default_s=seconds["default"], one_per_pass_s=seconds["one per pass"],
+                default_speedup=seconds["naive"] / seconds["default"],
+                one_per_pass_speedup=seconds["naive"] / seconds["one per pass"], bound=bound(layers),
+                default_of_bound=seconds["naive"] / seconds["default"] / bound(layers),
+                default_max_abs_diff=error["default"], one_per_pass_max_abs_diff=error["one per pass"],
+                plain_batch_max_abs_diff=plain)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default="1x128,4x256", help="WINDOWSxCONTEXT eval sets, comma-separated.")
-    parser.add_argument("--batch", type=int, default=4, help="Conditions per forward pass.")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shapes", default="1x128", help="BATCHxTOKENS inputs, comma-separated.")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shapes = [tuple(map(int, shape.split("x"))) for shape in args.shapes.split(",")]
-    rows = [row for name in MODELS for windows, context in shapes
-            for row in measure(name, windows, context, args.batch, args.repeats)]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    lines = ["# Layer sweep of one eval set (perplexity windows x tokens per window, bundled models, float32)", "",
-             f"Machine: {machine}. Identical per-window NLLs checked for every strategy.", "",
-             "| model | layers | conditions | eval set | strategy | seconds | speedup vs naive |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['layers']} | {r['conditions']} | {r['shape']} | {r['strategy']} | "
-              f"{r['seconds']:.2f} | {r['speedup']:.2f}x |" for r in rows]
-    write_results(args.out, lines, machine, rows)
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+               f"load average {os.getloadavg()[0]:.1f} at start, torch {torch.__version__}")
+    rows = [measure(name, batch, pos, args.repeats) for name in args.models.split(",") for batch, pos in shapes]
+    lines = ["# Skip-every-layer sweep: naive loop vs Sweep vs the prefix-reuse bound (bundled models, float32)", "",
+             f"Machine: {machine}. Medians of {args.repeats} interleaved repeats; speedups are naive / Sweep.", "",
+             "| model | layers | input | naive s | Sweep() s | Sweep() speedup | bound | Sweep() / bound | "
+             "batch=1 speedup | max abs Δlogit Sweep() / batch=1 / plain model 2-8 copies |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['layers']} | {r['shape']} | {r['naive_s']:.3f} | {r['default_s']:.3f} | "
+              f"{r['default_speedup']:.2f}x | {r['bound']:.2f}x | {100 * r['default_of_bound']:.0f}% | "
+              f"{r['one_per_pass_speedup']:.2f}x | {r['default_max_abs_diff']:.1e} / "
+              f"{r['one_per_pass_max_abs_diff']:.1e} / {r['plain_batch_max_abs_diff']:.1e} |" for r in rows]
+    write_results(args.out, lines, machine, rows, vars(args))
 
 
 if __name__ == "__main__":

@@ -77,9 +77,10 @@ def plan_passes(starts: Sequence[int], n_layers: int, batch: int, cost: PassCost
     """The cheapest passes for conditions that first act at `starts` (`n_layers`: no intervention).
 
     A pass of conditions `group` starts at their earliest block and costs
-    `(n_layers - start + 1) * cost(len(group))` (its blocks plus one for embedding and
-    unembedding); the clean pass costs `cost(1)` per block up to the deepest start, or
-    `(n_layers + 1) * cost(1)` when a condition without interventions needs the clean logits.
+    `(n_layers - start + 1) * cost(len(group))` (its blocks plus one for embedding and per-call
+    overhead; unembedding is left out, as every plan unembeds each condition once); the clean pass
+    costs `cost(1)` per block up to the deepest start, or `(n_layers + 1) * cost(1)` when a
+    condition without interventions needs the clean logits.
     Conditions are taken in order of their first block and cut into runs of at most `batch`
     (dynamic programming over the cut points, so the plan is optimal for the cost model):
     conditions with the same first block share a pass whenever `cost` is subadditive, and
@@ -134,7 +135,9 @@ def measured_cost(model, tokens: Tensor, attention_mask: Tensor | None = None) -
     """`PassCost` of `model` per block, in seconds, for inputs the size of `tokens` `[batch, pos]`.
 
     Times a forward pass of one and of two stacked copies (the fastest of `COST_REPEATS` each,
-    hooks attached to the model suspended) and fits `fixed + per_copy * copies`. Measured once
+    hooks attached to the model suspended, logits of the last position only: unembedding costs
+    every plan the same) and fits `fixed + per_copy * copies`, a pass counting as its blocks plus
+    one (embedding and per-call overhead). Measured once
     per model and input size (batch x tokens, rounded up to a power of two) and cached; timings
     depend on the device and its load, so plans can differ between runs (results only to float
     rounding, see the module docstring).
@@ -149,13 +152,13 @@ def measured_cost(model, tokens: Tensor, attention_mask: Tensor | None = None) -
     costs = _COSTS.setdefault(model, {})
     if size not in costs:
         seconds = {1: math.inf, 2: math.inf}
-        with _hooks_suspended(model):
+        with _hooks_suspended(model), torch.no_grad():
             for _ in range(COST_REPEATS):
                 for copies in seconds:
                     mask = None if attention_mask is None else _stack(attention_mask, copies)
                     _synchronize(tokens.device)
                     begin = time.perf_counter()
-                    model(_stack(tokens, copies), attention_mask=mask)
+                    model(_stack(tokens, copies), attention_mask=mask, logits_to_keep=1)
                     _synchronize(tokens.device)
                     seconds[copies] = min(seconds[copies], time.perf_counter() - begin)
         per_copy = max(seconds[2] - seconds[1], 1e-3 * seconds[1]) / (model.n_layers + 1)
