@@ -33,6 +33,7 @@ from .conditions import Condition
 
 STACKED_KWARGS = ("logits_to_keep", "position_ids")  # batch-first tensors that are stacked with the input
 COST_REPEATS = 2  # timings per measured size; the fastest counts
+COST_BLOCKS = 2  # blocks timed by `measured_cost` (the last ones)
 
 
 def first_layer(condition: Condition, model) -> int:
@@ -128,42 +129,51 @@ def plan_passes(starts: Sequence[int], n_layers: int, batch: int, cost: PassCost
     return [(starts[order[j]], order[j:i]) for j, i in reversed(bounds)]
 
 
-_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {input size: PassCost}
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(input size, copies): PassCost}
 
 
-def measured_cost(model, tokens: Tensor, attention_mask: Tensor | None = None) -> PassCost:
-    """`PassCost` of `model` per block, in seconds, for inputs the size of `tokens` `[batch, pos]`.
+def measured_cost(model, tokens: Tensor, attention_mask: Tensor | None = None, copies: int = 2) -> PassCost:
+    """`PassCost` of `model` per block, in seconds, for inputs the size of `tokens` `[batch, pos]`
+    stacked up to `copies` times.
 
-    Times a forward pass of one and of two stacked copies (the fastest of `COST_REPEATS` each,
-    hooks attached to the model suspended, logits of the last position only: unembedding costs
-    every plan the same) and fits `fixed + per_copy * copies`, a pass counting as its blocks plus
-    one (embedding and per-call overhead). Measured once
-    per model and input size (batch x tokens, rounded up to a power of two) and cached; timings
-    depend on the device and its load, so plans can differ between runs (results only to float
-    rounding, see the module docstring).
+    Times a pass through the last `COST_BLOCKS` blocks (earlier blocks entered as in a sweep) of one
+    and of `copies` stacked copies, the fastest of `COST_REPEATS` each, with the model's hooks
+    suspended and only the last position unembedded (unembedding costs every plan the same), and
+    fits `fixed + per_copy * copies` through both (a pass counts as its blocks plus one). Timing
+    the largest stack matters: on a CPU a stack that outgrows the caches costs more per copy than
+    a small one. Measured once per model, input size (batch x tokens, rounded up to a power of
+    two) and `copies`, and cached; timings depend on the device and its load, so plans can differ
+    between runs (results only to float rounding, see the module docstring).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-        >>> cost = measured_cost(model, model.to_tokens("In the beginning God created the heaven"))
+        >>> cost = measured_cost(model, model.to_tokens("In the beginning God created the heaven"), copies=4)
         >>> cost.per_copy > 0 and cost.fixed >= 0
         True
     """
-    size = 1 << (tokens.numel() - 1).bit_length()
+    if copies < 2:
+        raise ValueError(f"copies must be at least 2 to fit a cost per copy, got {copies}.")
+    key = (1 << (tokens.numel() - 1).bit_length(), copies)
     costs = _COSTS.setdefault(model, {})
-    if size not in costs:
-        seconds = {1: math.inf, 2: math.inf}
+    if key not in costs:
+        blocks = min(COST_BLOCKS, model.n_layers)
+        start = model.n_layers - blocks
+        seconds = {1: math.inf, copies: math.inf}
+        resid = torch.randn(*tokens.shape, model.cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+        resid = resid.to(device=tokens.device, dtype=model.hf_model.dtype)
         with _hooks_suspended(model), torch.no_grad():
             for _ in range(COST_REPEATS):
-                for copies in seconds:
-                    mask = None if attention_mask is None else _stack(attention_mask, copies)
-                    _synchronize(tokens.device)
-                    begin = time.perf_counter()
-                    model(_stack(tokens, copies), attention_mask=mask, logits_to_keep=1)
-                    _synchronize(tokens.device)
-                    seconds[copies] = min(seconds[copies], time.perf_counter() - begin)
-        per_copy = max(seconds[2] - seconds[1], 1e-3 * seconds[1]) / (model.n_layers + 1)
-        costs[size] = PassCost(fixed=max(seconds[1] / (model.n_layers + 1) - per_copy, 0.0), per_copy=per_copy)
-    return costs[size]
+                for k in seconds:
+                    mask = None if attention_mask is None else _stack(attention_mask, k)
+                    with _entering_at(model, start, _stack(resid, k) if start else None):
+                        _synchronize(tokens.device)
+                        begin = time.perf_counter()
+                        model(_stack(tokens, k), attention_mask=mask, logits_to_keep=1)
+                        _synchronize(tokens.device)
+                    seconds[k] = min(seconds[k], time.perf_counter() - begin)
+        per_copy = max(seconds[copies] - seconds[1], 1e-3 * seconds[1]) / (copies - 1) / (blocks + 1)
+        costs[key] = PassCost(fixed=max(seconds[1] / (blocks + 1) - per_copy, 0.0), per_copy=per_copy)
+    return costs[key]
 
 
 @dataclass(frozen=True)
@@ -205,8 +215,8 @@ class Sweep:
 
     def plan(self, model, tokens: Tensor, attention_mask: Tensor | None = None) -> list[tuple[int, list[int]]]:
         """The forward passes `logits` makes for `tokens` `[batch, pos]`: `(first block, condition
-        indices)` per pass, from `plan_passes` with the model's `measured_cost` (measured only when
-        passes with different first blocks could merge).
+        indices)` per pass, from `plan_passes` with the model's `measured_cost` up to the largest
+        possible stack (measured only when passes with different first blocks could merge).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
@@ -216,10 +226,11 @@ class Sweep:
         """
         n_layers = model.n_layers
         starts = [first_layer(c, model) if self.reuse_prefix else 0 for c in self.conditions]
-        if self.batch == 1 or len({s for s in starts if s < n_layers}) < 2:  # cost model irrelevant
+        stack = min(self.batch, sum(s < n_layers for s in starts))
+        if stack == 1 or len({s for s in starts if s < n_layers}) < 2:  # cost model irrelevant
             cost = PassCost(fixed=1.0, per_copy=1.0)
         else:
-            cost = measured_cost(model, tokens, attention_mask)
+            cost = measured_cost(model, tokens, attention_mask, copies=stack)
         return plan_passes(starts, n_layers, self.batch, cost)
 
     @torch.no_grad()
