@@ -12,8 +12,11 @@ import torch
 from transformers.models.falcon_h1 import modeling_falcon_h1 as hf
 
 from ..hook_points import Tap
+from ..mixers import mamba2
+from ..mixers.state import split_scan
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
-from .taps import add_attention_points, add_projection_point, eager_forward_tap, input_tap, single
+from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, input_tap,
+                   pattern_output, single)
 
 
 class FalconH1Adapter(Adapter):
@@ -73,15 +76,20 @@ def add_mamba2_points(hooks: MixerHooks, mamba) -> list[Tap]:
     From an eager forward that runs only while one of them is hooked: `hook_conv`
     `[batch, pos, conv_dim]` (after conv + activation), `hook_x` `[batch, pos, head, d_head]`,
     `hook_B`, `hook_C` `[batch, pos, group, d_state]`, `hook_dt` `[batch, pos, head]` (before bias
-    and softplus), `hook_z` `[batch, pos, d_ssm]` (gate, after the muP vector).
+    and softplus), `hook_z` `[batch, pos, d_ssm]` (gate, after the muP vector), `hook_pattern`
+    `[batch, head, query_pos, key_pos]` (the semiseparable matrix M, scan output `M x + D x`;
+    computed only while hooked, and a replaced M is applied to x instead of the scan), and
+    `hook_state` `[batch, head, d_head, d_state]` (the SSM state after chosen positions, see
+    `StateHookPoint`).
     """
     split, join = single("hook_y", mamba.num_heads)
     taps = [
         add_projection_point(hooks, mamba.in_proj, "hook_in_proj", None, "in_proj output"),
         input_tap(hooks, mamba.out_proj, split, join, ["hook_y"], "out_proj input"),
     ]
-    names = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C"]
+    names = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_pattern"]
     eager = eager_forward_tap(hooks, mamba, _eager_mamba2(mamba, hooks), names, "eager Mamba-2 forward")
+    add_state_point(hooks, eager)
     return [*taps, eager]
 
 
@@ -114,10 +122,23 @@ def _eager_mamba2(mamba, hooks: MixerHooks):
         x = hooks.hook_x(x.view(batch, seq, -1, mamba.head_dim))
         B = hooks.hook_B(B.view(batch, seq, mamba.n_groups, -1))
         C = hooks.hook_C(C.view(batch, seq, mamba.n_groups, -1))
-        y = hf.mamba2_chunk_scan(
-            x, dt, A, B, C, chunk_size=mamba.chunk_size, D=mamba.D, z=None, return_final_states=False,
-            dt_bias=mamba.dt_bias, dt_softplus=True, initial_states=None, dt_limit=mamba.time_step_limit, **kwargs,
-        ).view(batch, seq, -1)
+
+        def scan(parts, initial_state, final):
+            result = hf.mamba2_chunk_scan(
+                *parts[:2], A, *parts[2:], chunk_size=mamba.chunk_size, D=mamba.D, z=None, return_final_states=final,
+                dt_bias=mamba.dt_bias, dt_softplus=True, initial_states=initial_state, dt_limit=mamba.time_step_limit,
+                **kwargs,
+            )
+            return result if final else (result, None)
+
+        def pattern():
+            step = torch.nn.functional.softplus(dt + mamba.dt_bias).clamp(*mamba.time_step_limit)
+            return mamba2.implicit_attention(step, A, B, C)
+
+        y = pattern_output(hooks, pattern, lambda edited: mamba2.apply_pattern(edited, x, mamba.D))
+        if y is None:
+            y = split_scan(hooks.hook_state, scan, [x, dt, B, C])
+        y = y.view(batch, seq, -1)
         y = mamba.norm(y, gate) if mamba.mamba_rms_norm else y * torch.nn.functional.silu(gate)
         return mamba.out_proj(y.to(dtype))
 

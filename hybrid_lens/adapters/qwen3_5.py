@@ -10,8 +10,11 @@ import torch.nn.functional as F
 from transformers.models.qwen3_5 import modeling_qwen3_5 as hf
 
 from ..hook_points import Tap
+from ..mixers import gated_deltanet
+from ..mixers.state import split_scan
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
-from .taps import add_attention_points, add_projection_point, eager_forward_tap, output_tap
+from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, output_tap,
+                   pattern_output)
 
 KIND_OF_LAYER_TYPE = {"linear_attention": "linear_attn", "full_attention": "attn"}
 
@@ -70,7 +73,10 @@ def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
     `[batch, pos, v_head]`. From an eager forward that runs only while one of them is hooked:
     `hook_q`, `hook_k`, `hook_v` (after the causal conv), `hook_beta` (sigmoid), `hook_log_decay`
     (g, `[batch, pos, v_head]`, float32), `hook_recurrence_out` `[batch, pos, v_head, d_v]`
-    (delta-rule output before the gated norm).
+    (delta-rule output before the gated norm), `hook_pattern` `[batch, v_head, query_pos, key_pos]`
+    (implicit attention, `recurrence_out = pattern @ v` per head; computed only while hooked, and a
+    replaced pattern is applied to the values instead of the recurrence), and `hook_state`
+    `[batch, v_head, d_k, d_v]` (the recurrent state after chosen positions, see `StateHookPoint`).
     """
     sizes = [gdn.key_dim, gdn.key_dim, gdn.value_dim]
     heads = {"hook_q_pre_conv": gdn.num_k_heads, "hook_k_pre_conv": gdn.num_k_heads, "hook_v_pre_conv": gdn.num_v_heads}
@@ -86,8 +92,9 @@ def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
         add_projection_point(hooks, gdn.in_proj_z, "hook_gate_input", gdn.num_v_heads, "in_proj_z output"),
         add_projection_point(hooks, gdn.in_proj_b, "hook_beta_logit", None, "in_proj_b output"),
     ]
-    names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out"]
+    names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
     eager = eager_forward_tap(hooks, gdn, _eager_gated_deltanet(gdn, hooks), names, "eager Gated DeltaNet forward")
+    add_state_point(hooks, eager)
     return [*taps, eager]
 
 
@@ -115,10 +122,18 @@ def _eager_gated_deltanet(gdn, hooks: MixerHooks):
         value = hooks.hook_v(value.reshape(batch, seq, -1, gdn.head_v_dim))
         beta = hooks.hook_beta(b.sigmoid())
         g = hooks.hook_log_decay(-gdn.A_log.float().exp() * F.softplus(a.float() + gdn.dt_bias))
-        core, _ = hf.torch_chunk_gated_delta_rule(
-            query, key, value, g=g, beta=beta, initial_state=None, output_final_state=False,
-            use_qk_l2norm_in_kernel=True, cu_seqlens=kwargs.pop("cu_seq_lens_q", None), **kwargs,
-        )
+        cu_seqlens = kwargs.pop("cu_seq_lens_q", None)
+
+        def scan(parts, initial_state, final):
+            return hf.torch_chunk_gated_delta_rule(
+                *parts[:3], g=parts[3], beta=parts[4], initial_state=initial_state, output_final_state=final,
+                use_qk_l2norm_in_kernel=True, cu_seqlens=cu_seqlens, **kwargs,
+            )
+
+        core = pattern_output(hooks, lambda: gated_deltanet.implicit_attention(query, key, g, beta),
+                              lambda pattern: gated_deltanet.apply_pattern(pattern, value).to(query.dtype))
+        if core is None:
+            core = split_scan(hooks.hook_state, scan, [query, key, value, g, beta])
         core = hooks.hook_recurrence_out(core)
         core = gdn.norm(core.reshape(-1, gdn.head_v_dim), z.reshape(-1, gdn.head_v_dim))
         return gdn.out_proj(core.reshape(batch, seq, -1))

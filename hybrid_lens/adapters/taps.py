@@ -23,6 +23,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..hook_points import HookPoint, Tap
+from ..mixers.state import StateHookPoint
 from .base import MixerHooks, replace_forward
 
 Split = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -94,6 +95,35 @@ def eager_forward_tap(hooks: MixerHooks, module: nn.Module, forward: Callable, n
     for name in names:
         hooks.add(name, tap)
     return tap
+
+
+def add_state_point(hooks: MixerHooks, eager: Tap) -> StateHookPoint:
+    """`hook_state` of a recurrent mixer, fed by its eager forward (`eager`)."""
+    point = StateHookPoint(eager)
+    hooks.add_module("hook_state", point)
+    return point
+
+
+def pattern_output(hooks: MixerHooks, pattern: Callable[[], torch.Tensor],
+                   apply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """A linear mixer's `hook_pattern`: None (run the recurrence) unless a hook replaced the implicit
+    attention matrix, then `apply(new_pattern)`, the mixer output of the edited matrix.
+
+    `pattern()` is computed only while `hook_pattern` has a hook. Editing the matrix and splitting
+    the recurrence at `hook_state` positions in the same mixer is refused (the matrix form starts
+    from a zero state).
+    """
+    point = hooks.hook_pattern
+    if not point.fwd_hooks:
+        return None
+    value = pattern()
+    new = point(value)
+    if new is value:
+        return None
+    if hooks.hook_state.wanted():
+        raise ValueError(f"{point.name} was edited while {hooks.hook_state.name} splits the recurrence; the implicit "
+                         "attention form starts from a zero state, so edit one of them per run.")
+    return apply(new)
 
 
 # --- attention pattern -------------------------------------------------------------------------
