@@ -138,7 +138,7 @@ def _eager_mamba2(mamba, hooks: MixerHooks):
         y = pattern_output(hooks, pattern, lambda edited: mamba2.apply_pattern(edited, x, mamba.D))
         if y is None:
             y = split_scan(hooks.hook_state, scan, [x, dt, B, C])
-        y = y.view(batch, seq, -1)
+        y = y.reshape(batch, seq, -1)
         y = mamba.norm(y, gate) if mamba.mamba_rms_norm else y * torch.nn.functional.silu(gate)
         return mamba.out_proj(y.to(dtype))
 

@@ -40,6 +40,7 @@ def _restrict(fn: HookFn, selector: Selector, rows: slice | None, model) -> Hook
         out[rows] = new
         return out
 
+    hook.__wrapped__ = fn  # lets a hook point read attributes of `fn` (StateHookPoint: state_positions)
     return hook
 
 

@@ -6,6 +6,6 @@ recurrence that feeds it.
 """
 
 from . import gated_deltanet, mamba2
-from .state import StateHookPoint, state_positions
+from .state import StateHookPoint, cache_states, state_positions
 
-__all__ = ["StateHookPoint", "gated_deltanet", "mamba2", "state_positions"]
+__all__ = ["StateHookPoint", "cache_states", "gated_deltanet", "mamba2", "state_positions"]

@@ -141,3 +141,39 @@ def state_positions(model, positions: int | Sequence[int]) -> Iterator[None]:
     finally:
         for name, point in points.items():
             point.positions = previous[name]
+
+
+@torch.no_grad()
+def cache_states(model, input, positions: int | Sequence[int], names: Sequence[str] | None = None,
+                 **forward_kwargs) -> dict[str, Tensor]:
+    """Recurrent states of one run after several positions: `{name: [batch, n_positions, head, ...]}`.
+
+    (`run_with_cache` keeps only the last state a point fires, since it fires once per position.)
+
+    Args:
+        model: A `HookedHybrid`.
+        input: Text, texts or token ids, as `model(...)` takes them.
+        positions: Token positions (negative ones count from the end); the result lists them in
+            increasing column order.
+        names: `hook_state` names to read (default: all of them).
+        **forward_kwargs: Passed to `model(...)` (`attention_mask=`, ...).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> states = cache_states(model, "In the beginning God", [0, -1])
+        >>> states["blocks.0.linear_attn.hook_state"].shape      # [batch, position, head, d_k, d_v]
+        torch.Size([1, 2, 4, 32, 32])
+    """
+    points = state_points(model)
+    names = list(points) if names is None else list(names)
+    unknown = [name for name in names if name not in points]
+    if unknown:
+        raise ValueError(f"Not recurrent-state points: {unknown}; this model's are {list(points) or 'none'}.")
+    store: dict[str, list[Tensor]] = {name: [] for name in names}
+
+    def save(value: Tensor, hook) -> None:
+        store[hook.name].append(value.detach())
+
+    with state_positions(model, positions):
+        model.run_with_hooks(input, fwd_hooks=[(name, save) for name in names], **forward_kwargs)
+    return {name: torch.stack(values, dim=1) for name, values in store.items()}
