@@ -95,10 +95,11 @@ class EdgeKnockout(Intervention):
         """The pattern with the routes cut (the same tensor when nothing is cut).
 
         Examples:
-            >>> pattern = torch.full((1, 1, 2, 2), 0.5).tril()
-            >>> EdgeKnockout(keys=[0], queries=[1]).cut(pattern, renormalize=True)[0, 0]
-            tensor([[0.5000, 0.0000],
-                    [0.0000, 1.0000]])
+            >>> pattern = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])[None, None]
+            >>> EdgeKnockout(keys=[0], queries=[1, 2]).cut(pattern, renormalize=True)[0, 0]
+            tensor([[1.0000, 0.0000, 0.0000],
+                    [0.0000, 1.0000, 0.0000],
+                    [0.0000, 0.3750, 0.6250]])
         """
         if not self.keys:
             return pattern
@@ -112,9 +113,10 @@ class EdgeKnockout(Intervention):
         cut = (_pick(self.queries, positions, "queries")[:, None, :, None]
                & _pick(self.keys, positions, "keys")[:, None, None, :] & heads[None, :, None, None])
         edited = pattern.masked_fill(cut.to(pattern.device), 0)
-        if renormalize:
+        if renormalize:  # only the rows that lost an entry
             total = edited.sum(-1, keepdim=True)
-            edited = torch.where(total > 0, edited / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+            renormalized = torch.where(total > 0, edited / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+            edited = torch.where(cut.any(-1, keepdim=True).to(pattern.device), renormalized, edited)
         return edited
 
 

@@ -84,7 +84,14 @@ def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selec
 
 def same_shape_tokens(model, clean, corrupt) -> tuple[Tensor, Tensor]:
     """Token ids `Int[Tensor, "batch pos"]` of `clean` and `corrupt`; raises unless both are unpadded
-    and of the same shape (positions are compared across the two runs)."""
+    and of the same shape (positions are compared across the two runs).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> clean, corrupt = same_shape_tokens(model, "And God said unto Moses", "And God said unto Aaron")
+        >>> clean.shape == corrupt.shape
+        True
+    """
     (clean_tokens, clean_mask), (corrupt_tokens, corrupt_mask) = model.encode(clean), model.encode(corrupt)
     if clean_mask is not None or corrupt_mask is not None:
         raise ValueError("Patching compares positions across runs, so every prompt must have the same number of "
@@ -97,7 +104,13 @@ def same_shape_tokens(model, clean, corrupt) -> tuple[Tensor, Tensor]:
 
 def patch_jobs(model, where: Selector | Sequence[Selector] | None, positions: Sequence[int] | str | None,
                length: int) -> list[tuple[Target, int | None]]:
-    """The `(target, position)` pairs a patching sweep visits (see `patch` for `where` and `positions`)."""
+    """The `(target, position)` pairs a patching sweep visits (see `patch` for `where` and `positions`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> patch_jobs(model, Selector("ssm", layers=[0, 1]), [0, -1], length=5)[:2]
+        [(Target(layer=0, kind='ssm', point=None), 0), (Target(layer=0, kind='ssm', point=None), -1)]
+    """
     selectors = component_selectors(model) if where is None else ([where] if isinstance(where, Selector) else list(where))
     if positions == "each":
         positions = range(length)

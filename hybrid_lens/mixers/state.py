@@ -45,20 +45,43 @@ class StateHookPoint(TappedHookPoint):
         self.length: int | None = None
 
     def requested(self) -> list[int]:
-        """Positions asked for by `positions` and by the attached hooks' `state_positions` (unresolved)."""
+        """Positions asked for by `positions` and by the attached hooks' `state_positions` (unresolved).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> point = model.hook_dict["blocks.0.ssm.hook_state"]
+            >>> with state_positions(model, [2, -1]):
+            ...     point.requested()
+            [2, -1]
+        """
         asked = list(self.positions) if self.positions is not None else []
         for handle in self.fwd_hooks:
             asked += list(getattr(inspect.unwrap(handle.user_hook), "state_positions", ()))
         return asked
 
     def wanted(self) -> bool:
-        """Whether a forward pass must split the recurrence (a hook is attached or positions are set)."""
+        """Whether a forward pass must split the recurrence (a hook is attached or positions are set).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.hook_dict["blocks.0.ssm.hook_state"].wanted()
+            False
+        """
         return bool(self.fwd_hooks) or self.positions is not None
 
     def resolve(self, length: int) -> list[int]:
         """The sorted, distinct column indices to fire at in a sequence of `length` tokens.
 
         Raises `ValueError` naming the positions out of range.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> point = model.hook_dict["blocks.0.ssm.hook_state"]
+            >>> point.resolve(10)                             # default: the last position
+            [9]
+            >>> with state_positions(model, [-1, 3, 3]):
+            ...     point.resolve(10)
+            [3, 9]
         """
         asked = self.requested() or ([-1] if self.positions is None else [])
         bad = sorted({p for p in asked if not -length <= p < length})
@@ -80,6 +103,16 @@ def split_scan(point: StateHookPoint, scan: Scan, sequences: list[Tensor]) -> Te
 
     Returns:
         The scan output of the whole sequence, segments concatenated along dim 1.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> point = model.hook_dict["blocks.0.ssm.hook_state"]
+        >>> def running_sum(parts, state, final):             # a toy scan: state = sum of inputs so far
+        ...     out = parts[0].cumsum(1) + (0 if state is None else state[:, None])
+        ...     return out, out[:, -1]
+        >>> with state_positions(model, 1), model.hooks(fwd_hooks=[(point.name, lambda s, hook: s * 0)]):
+        ...     split_scan(point, running_sum, [torch.ones(1, 4)])   # the state after token 1 is zeroed
+        tensor([[1., 2., 1., 2.]])
     """
     if not point.wanted():
         return scan(sequences, None, False)[0]
