@@ -326,7 +326,8 @@ def test_softmax_knockout_equals_masking_scores_before_the_softmax():
 def test_knockout_batches_serialises_and_refuses_bad_input(models, kind):
     model, _ = models
     conditions = [knockout("mixer", keys=[0, 1], layers=tuple(layers_of(model, kind)[:2])),
-                  knockout(kind, keys=[2], queries=[-1], heads=[0, 2], renormalize=False)]
+                  knockout(kind, keys=[2], queries=[-1], heads=[0, 2], renormalize=False),
+                  patch_state(CORRUPT, kind, position=6)]  # state patching and knockout in one batch
     batched = run_conditions(model, CLEAN, conditions)
     for condition, logits in zip(conditions, batched):
         with condition.apply(model):
@@ -343,8 +344,9 @@ def test_knockout_batches_serialises_and_refuses_bad_input(models, kind):
             model(CLEAN)
     with pytest.raises(ValueError, match="must be an int"):
         EdgeKnockout(keys="0")
-    with pytest.raises(ValueError, match="edit one of them"):  # the matrix form starts from a zero state
-        with state_positions(model, 3), knockout(kind, keys=[0]).apply(model):
+    both = knockout(kind, keys=[0]) + patch_state(CORRUPT, kind, position=3)
+    with pytest.raises(ValueError, match="edit one of them per row"):  # the matrix form starts from a zero state
+        with both.apply(model):
             model(CLEAN)
     assert nothing_left(model)
 

@@ -16,7 +16,7 @@ from ..mixers import mamba2
 from ..mixers.state import split_scan
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
 from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, input_tap,
-                   pattern_output, single)
+                   mixer_output, single)
 
 
 class FalconH1Adapter(Adapter):
@@ -135,9 +135,8 @@ def _eager_mamba2(mamba, hooks: MixerHooks):
             step = torch.nn.functional.softplus(dt + mamba.dt_bias).clamp(*mamba.time_step_limit)
             return mamba2.implicit_attention(step, A, B, C)
 
-        y = pattern_output(hooks, pattern, lambda edited: mamba2.apply_pattern(edited, x, mamba.D))
-        if y is None:
-            y = split_scan(hooks.hook_state, scan, [x, dt, B, C])
+        y = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [x, dt, B, C]), pattern,
+                         lambda edited: mamba2.apply_pattern(edited, x, mamba.D))
         y = y.reshape(batch, seq, -1)
         y = mamba.norm(y, gate) if mamba.mamba_rms_norm else y * torch.nn.functional.silu(gate)
         return mamba.out_proj(y.to(dtype))

@@ -14,7 +14,7 @@ from ..mixers import gated_deltanet
 from ..mixers.state import split_scan
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
 from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, output_tap,
-                   pattern_output)
+                   mixer_output)
 
 KIND_OF_LAYER_TYPE = {"linear_attention": "linear_attn", "full_attention": "attn"}
 
@@ -130,10 +130,9 @@ def _eager_gated_deltanet(gdn, hooks: MixerHooks):
                 use_qk_l2norm_in_kernel=True, cu_seqlens=cu_seqlens, **kwargs,
             )
 
-        core = pattern_output(hooks, lambda: gated_deltanet.implicit_attention(query, key, g, beta),
-                              lambda pattern: gated_deltanet.apply_pattern(pattern, value).to(query.dtype))
-        if core is None:
-            core = split_scan(hooks.hook_state, scan, [query, key, value, g, beta])
+        core = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [query, key, value, g, beta]),
+                            lambda: gated_deltanet.implicit_attention(query, key, g, beta),
+                            lambda pattern: gated_deltanet.apply_pattern(pattern, value).to(query.dtype))
         core = hooks.hook_recurrence_out(core)
         core = gdn.norm(core.reshape(-1, gdn.head_v_dim), z.reshape(-1, gdn.head_v_dim))
         return gdn.out_proj(core.reshape(batch, seq, -1))

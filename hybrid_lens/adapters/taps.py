@@ -104,26 +104,33 @@ def add_state_point(hooks: MixerHooks, eager: Tap) -> StateHookPoint:
     return point
 
 
-def pattern_output(hooks: MixerHooks, pattern: Callable[[], torch.Tensor],
-                   apply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
-    """A linear mixer's `hook_pattern`: None (run the recurrence) unless a hook replaced the implicit
-    attention matrix, then `apply(new_pattern)`, the mixer output of the edited matrix.
+def mixer_output(hooks: MixerHooks, recurrence: Callable[[], torch.Tensor], pattern: Callable[[], torch.Tensor],
+                 apply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A linear mixer's scan output, with its `hook_pattern` (implicit attention) in the loop.
 
-    `pattern()` is computed only while `hook_pattern` has a hook. Editing the matrix and splitting
-    the recurrence at `hook_state` positions in the same mixer is refused (the matrix form starts
-    from a zero state).
+    `recurrence()` runs the `transformers` scan (split at `hook_state` positions); `pattern()`, the
+    implicit attention matrix, is computed only while `hook_pattern` has a hook. Batch rows whose
+    matrix a hook edited get `apply(edited)`, the output of the edited matrix; the other rows keep
+    the recurrence (so knockouts and state patches batch together). A row whose matrix and state
+    were both edited is refused: the matrix form starts from a zero state.
     """
     point = hooks.hook_pattern
     if not point.fwd_hooks:
-        return None
+        return recurrence()
     value = pattern()
     new = point(value)
     if new is value:
-        return None
-    if hooks.hook_state.wanted():
-        raise ValueError(f"{point.name} was edited while {hooks.hook_state.name} splits the recurrence; the implicit "
-                         "attention form starts from a zero state, so edit one of them per run.")
-    return apply(new)
+        return recurrence()
+    edited = (new != value).flatten(1).any(1)
+    output = apply(new)
+    state = hooks.hook_state
+    if bool(edited.all()) and not state.wanted():
+        return output
+    plain = recurrence()
+    if state.changed_rows is not None and bool((edited & state.changed_rows.to(edited.device)).any()):
+        raise ValueError(f"{point.name} and {state.name} were both edited in the same batch rows; the implicit attention "
+                         "form starts from a zero state, so edit one of them per row.")
+    return torch.where(edited.view(-1, *[1] * (output.ndim - 1)), output, plain.to(output.dtype)).to(plain.dtype)
 
 
 # --- attention pattern -------------------------------------------------------------------------

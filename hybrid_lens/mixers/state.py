@@ -43,6 +43,7 @@ class StateHookPoint(TappedHookPoint):
         self.positions: tuple[int, ...] | None = None
         self.position: int | None = None
         self.length: int | None = None
+        self.changed_rows: Tensor | None = None  # after a split scan: the batch rows whose state a hook replaced
 
     def requested(self) -> list[int]:
         """Positions asked for by `positions` and by the attached hooks' `state_positions` (unresolved).
@@ -114,21 +115,27 @@ def split_scan(point: StateHookPoint, scan: Scan, sequences: list[Tensor]) -> Te
         ...     split_scan(point, running_sum, [torch.ones(1, 4)])   # the state after token 1 is zeroed
         tensor([[1., 2., 1., 2.]])
     """
+    point.changed_rows = None
     if not point.wanted():
         return scan(sequences, None, False)[0]
     length = sequences[0].shape[1]
     outputs, state, start = [], None, 0
+    changed = torch.zeros(sequences[0].shape[0], dtype=torch.bool)
     for end in point.resolve(length):
         output, state = scan([x[:, start : end + 1] for x in sequences], state, True)
         point.position, point.length = end, length
         try:
-            state = point(state)
+            new = point(state)
         finally:
             point.position = point.length = None
+        if new is not state:
+            changed |= (new != state).flatten(1).any(1).cpu()
+        state = new
         outputs.append(output)
         start = end + 1
     if start < length:
         outputs.append(scan([x[:, start:] for x in sequences], state, False)[0])
+    point.changed_rows = changed
     return torch.cat(outputs, dim=1)
 
 
