@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterable
 
 from transformer_lens.hook_points import HookPoint
 
-__all__ = ["HookPoint", "Tap", "TappedHookPoint", "unknown_hook_error"]
+try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
+    from transformer_lens import HookedRootModule
+except ImportError:  # TransformerLens 2.16 - 3.2
+    from transformer_lens.hook_points import HookedRootModule
+
+__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "unknown_hook_error"]
 
 
 class Tap:
@@ -133,7 +138,7 @@ class TappedHookPoint(HookPoint):
             is_permanent: Kept by `remove_hooks` unless `including_permanent=True`.
             level: Context level (set by `model.hooks(...)`).
             prepend: Run before the hooks already attached.
-            alias_names: As `HookPoint.add_hook`.
+            alias_names: As `HookPoint.add_hook` (TransformerLens >= 3; must stay None on 2.x).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -145,9 +150,8 @@ class TappedHookPoint(HookPoint):
             >>> seen                               # [batch, pos, group, d_state]
             [torch.Size([1, 3, 1, 32])]
         """
-        handle = super().add_hook(
-            hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend, alias_names=alias_names
-        )
+        extra = {} if alias_names is None else {"alias_names": alias_names}  # TransformerLens 2.x lacks it
+        handle = super().add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend, **extra)
         self.tap.acquire()
         return handle
 

@@ -14,14 +14,13 @@ from typing import Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .adapters import COMPONENT_KINDS, HookedBlock, adapter_for
 from .adapters.base import is_hooked, replace_forward
 from .adapters.taps import pattern_mode_tap
 from .cache import ActivationCache
-from .hook_points import HookPoint, TappedHookPoint, unknown_hook_error
+from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 
 ModelInput = str | Sequence[str] | Tensor | Sequence[int] | Sequence[Sequence[int]]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
