@@ -25,6 +25,7 @@ import pytest
 MODULES = [
     "hybrid_lens.model",
     "hybrid_lens.hook_points",
+    "hybrid_lens.sae",
     "hybrid_lens.cache",
     "hybrid_lens.interventions.selectors",
     "hybrid_lens.interventions.ablations",
