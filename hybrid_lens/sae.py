@@ -241,7 +241,8 @@ def saes(
     if len(names) != len(modules):
         raise ValueError(f"Got {len(modules)} SAEs but {len(names)} hook names.")
     names = [name or sae_hook_name(sae) for sae, name in zip(modules, names)]
-    previous = {name: attached_saes(model).get(name) for name in names}
+    attached = attached_saes(model)
+    previous = {name: attached.get(name) for name in names}
     added: list[str] = []
     try:
         for sae, name in zip(modules, names):
@@ -250,8 +251,9 @@ def saes(
         yield model
     finally:
         if reset_saes_end:
-            for name in dict.fromkeys(reversed(added)):
-                reset_saes(model, name)
+            for name in dict.fromkeys(added):
+                if name in attached_saes(model):  # not already reset inside the block
+                    reset_saes(model, name)
                 before = previous[name]
                 if before is not None:
                     add_sae(model, before.sae, name, before.use_error_term)
