@@ -16,8 +16,9 @@ The semantics are those of SAE-Lens 6 (`add_sae`, `reset_saes`, `saes`, `run_wit
 Differences, on purpose: an unknown hook name raises (SAE-Lens logs a warning and attaches
 nothing); `reset_saes` puts the original hook point object back (SAE-Lens installs a fresh one),
 so permanent hooks on it survive; the reconstruction is cast back to the activation's dtype.
-Transcoders (`hook_name_out` different from `hook_name`) and `exclude_special_tokens` are not
-supported.
+Not supported: inner mixer points (`blocks.{i}.attn.hook_z`, ...: their taps hold the hook point
+object, so a replaced one would never be called; `add_sae` raises), transcoders (`hook_name_out`
+different from `hook_name`) and `exclude_special_tokens`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint as TLHookPoint
 
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 
@@ -171,11 +173,14 @@ def add_sae(
     point = current.hook_point if current is not None else model.hook_dict.get(name)
     if point is None:
         raise unknown_hook_error(name, model.hook_dict)
+    if isinstance(point, TappedHookPoint):  # its taps call the point object they were built with
+        raise NotImplementedError(
+            f"{name} is an inner mixer point; SAEs splice into block-level points only "
+            "(hook_embed, blocks.{i}.hook_resid_pre/mid/post, blocks.{i}.hook_{kind}_out, ln_final.hook_normalized)."
+        )
     if use_error_term is None:
         use_error_term = bool(getattr(sae, "use_error_term", False))
     splice = SAESplice(sae, point, use_error_term)
-    if current is None and isinstance(point, TappedHookPoint):
-        point.tap.acquire()
     _set_module(model, name, splice)
     model.setup()
     return splice
@@ -202,8 +207,6 @@ def reset_saes(model: HookedRootModule, hook_names: str | Sequence[str] | None =
     for name in names:
         splice = attached[name]
         _set_module(model, name, splice.hook_point)
-        if isinstance(splice.hook_point, TappedHookPoint):
-            splice.hook_point.tap.release()
         if isinstance(splice.sae, HookedRootModule):
             splice.sae.setup()  # the model's setup renamed the SAE's hook points
     model.setup()
@@ -259,9 +262,9 @@ def saes(
                     add_sae(model, before.sae, name, before.use_error_term)
 
 
-def _sae_hook_points(sae: nn.Module) -> dict[str, HookPoint]:
+def _sae_hook_points(sae: nn.Module) -> dict[str, TLHookPoint]:
     """The SAE's own hook points by attribute name (`hook_sae_acts_post`, ...; none for plain modules)."""
-    return {name: module for name, module in sae.named_children() if isinstance(module, HookPoint)}
+    return {name: module for name, module in sae.named_children() if isinstance(module, TLHookPoint)}
 
 
 @contextmanager
