@@ -17,7 +17,7 @@ from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
 try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
     from transformer_lens import HookedRootModule
-except ImportError:  # TransformerLens 2.16 - 3.2
+except ImportError:  # TransformerLens 3.0 - 3.2
     from transformer_lens.hook_points import HookedRootModule
 
 __all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "unknown_hook_error"]

@@ -564,8 +564,8 @@ class HookedHybrid(HookedRootModule):
                 raise ValueError("Pass attention_mask only with token ids; text input is tokenized and masked for you.")
             tokens, mask = self.to_tokens_and_mask(input, prepend_bos, padding_side, truncate=False)
         else:
-            if prepend_bos is not None or padding_side is not None:
-                raise ValueError("prepend_bos and padding_side apply to text input only; these are token ids.")
+            if prepend_bos or padding_side is not None:  # prepend_bos=False (SAE-Lens passes it) is a no-op
+                raise ValueError("prepend_bos=True and padding_side apply to text input only; these are token ids.")
             tokens = as_token_ids(input).to(self.device)
             mask = None
             if attention_mask is not None:

@@ -7,7 +7,7 @@
 # Gated DeltaNet output of tiny-qwen3.5 and one on the Mamba-2 output of tiny-falcon-h1, trained on
 # the models' training text, evaluated on held-out text, then spliced back into the model.
 #
-# Needs `pip install sae-lens` (TransformerLens 3.x; hybrid-lens supports 2.16.1-4.x).
+# Needs `pip install -e ".[sae]"`: SAE-Lens 6 needs TransformerLens 3.x (hybrid-lens supports 3.0-4.x).
 
 # %%
 import time
@@ -38,7 +38,7 @@ def passages(verses: list[str], size: int = 40) -> Dataset:
 
 train_text, held_out_text = passages(train_verses[:12_000]), passages(held_out_verses)
 TARGETS = {"hybrid-lens/tiny-qwen3.5": "blocks.2.hook_linear_attn_out",
-           "hybrid-lens/tiny-falcon-h1": "blocks.0.hook_ssm_out"}  # the mixers whose zero-ablation costs most there
+           "hybrid-lens/tiny-falcon-h1": "blocks.0.hook_ssm_out"}
 CONTEXT, STEPS, TRAIN_BATCH = 128, 300, 512
 
 
