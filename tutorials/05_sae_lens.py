@@ -89,10 +89,13 @@ for name, (model, sae, store, _) in results.items():
     model.reset_saes()
     with model.saes(sae, use_error_term=True):                      # reconstruction + error = clean
         with_error = model(tokens, return_type="loss")
-    print(f"{name}: loss {clean.item():.4f} clean, {spliced.item():.4f} with the SAE spliced in, "
-          f"{with_error.item():.4f} with its error term; {int((features > 0).sum(-1).float().mean())} "
-          f"of {features.shape[-1]} features active per token")
-    assert torch.allclose(with_error, clean, atol=1e-4) and spliced > clean
+    # the same replacement as a plain hook, as SAE-Lens's run_evals does it
+    hooked = model.run_with_hooks(tokens, return_type="loss",
+                                  fwd_hooks=[(hook, lambda value, hook: sae.decode(sae.encode(value)))])
+    print(f"{name}: loss {clean.item():.4f} clean, {spliced.item():.4f} with the SAE spliced in "
+          f"({hooked.item():.4f} replacing the activation by a hook), {with_error.item():.4f} with its error "
+          f"term; {int((features > 0).sum(-1).float().mean())} of {features.shape[-1]} features active per token")
+    assert torch.allclose(spliced, hooked, atol=1e-5) and torch.allclose(with_error, clean, atol=1e-4)
     assert torch.equal(model(tokens, return_type="loss"), clean)     # reset: the model is untouched
 
 # %% The most active features of the Mamba-2 SAE on a held-out passage, with their top tokens
