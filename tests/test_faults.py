@@ -354,3 +354,18 @@ def test_two_processes_on_one_folder_split_the_work(checkpoint, tmp_path):
     pd.testing.assert_frame_equal(stored(tmp_path / "two", spec), single)
     pairs = single[["condition", "task"]].drop_duplicates()
     assert sum(map(_done_pairs, errors)) == len(pairs[pairs.task == "ppl"])  # no pair computed twice
+
+
+def test_an_unreachable_hub_fails_at_once(monkeypatch):
+    from huggingface_hub import constants
+
+    from hybrid_lens import zoo
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="hub.invalid cannot be reached .*`hybrid-lens models`"):
+        zoo.resolve("someone/some-model")
+    assert time.perf_counter() - start < 5

@@ -101,7 +101,8 @@ def _check_hub(repo_id: str) -> None:
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return
-    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+    offline = {os.environ.get(name, "").upper() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    if constants.HF_HUB_OFFLINE or offline & {"1", "ON", "YES", "TRUE"}:
         raise FileNotFoundError(f"No model {repo_id!r}: it is not in the local Hugging Face cache and the hub is "
                                 f"offline (HF_HUB_OFFLINE=1).{HINT}")
     endpoint = urlparse(constants.ENDPOINT)
