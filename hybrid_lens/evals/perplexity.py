@@ -33,7 +33,7 @@ class PerplexityResult:
         tokens: how many tokens were scored.
         n_bytes: UTF-8 bytes of exactly the scored tokens' text (for `bits_per_byte`).
         n_words: words of the scored tokens' text, counted as lm-eval's wikitext task counts them,
-            `len(re.split(r"\s+", text))` without stripping (for `word_ppl`).
+            `len(re.split(r"\\s+", text))` without stripping (for `word_ppl`).
         windows: one row per window: `example` (window index), `tokens`, `nll_sum`.
 
     Examples:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import zoo
 from .conditions import GROUPS, METHODS
 from .runner import DTYPES
+from .store import clean_stale_temporaries
 from .tasks import TASKS
 
 CONDITION_GROUPS = [g for g in GROUPS if g != "baseline"]
@@ -67,6 +68,7 @@ def _report(args) -> None:
 
     if not args.folder.is_dir():
         raise FileNotFoundError(f"No study folder {str(args.folder)!r} (run `hybrid-lens study --out FOLDER` first).")
+    clean_stale_temporaries(args.folder)
     print(f"report: {render_report(args.folder, png=args.png)}")
 
 
