@@ -337,8 +337,14 @@ def test_paper_perplexity_is_one_clamped_forward_with_labels():
 def test_non_finite_losses_raise_instead_of_reporting_nan():
     _, model = build("qwen2")
     ids = torch.randint(3, 256, (60,), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(FloatingPointError, match="under condition .mlp_scaleinf."):
-        perplexity(model, ids, 30, 15, condition=scale("mlp", float("inf"), layers=[0]), progress=False)
+    weight = model.hf_model.model.layers[0].mlp.down_proj.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="under condition .attn_zero."):
+        perplexity(model, ids, 30, 15, condition=zero("attn", layers=[1]), progress=False)
+    with torch.no_grad():
+        weight.copy_(saved)
     result = perplexity(model, ids, 30, 15, progress=False)
     assert result.summary()["log10_ppl"] == pytest.approx(result.mean_nll / math.log(10))
 

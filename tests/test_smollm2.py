@@ -26,7 +26,7 @@ def loaded():
         pytest.skip(f"needs {' and '.join(smollm2.missing())}: {smollm2.INSTALL}")
     model = HookedHybrid.from_pretrained("smollm2-135m")
     with torch.random.fork_rng(devices=[]):  # a second, unwrapped model (random init, then our weights)
-        reference = type(model.hf_model)(model.cfg).eval()
+        reference = type(model.hf_model)(model.hf_model.config).eval()
     reference.load_state_dict(model.hf_model.state_dict())
     return model, reference
 

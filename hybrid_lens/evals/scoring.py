@@ -437,7 +437,7 @@ def _generate_cached(model, prompts: list[list[int]], max_new_tokens: int, stopp
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.cfg)
     for _ in range(max_new_tokens):
-        logits = model(tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+        logits = model(tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                        logits_to_keep=1)
         active = stopper.active()
         next_tokens = _greedy_tokens(logits[:, -1], range(len(prompts)), check=active)
