@@ -369,14 +369,9 @@ class HookedHybrid(HookedRootModule):
             raise ValueError("This model has no tokenizer: pass token ids, or give one to from_hf/from_pretrained.")
         return self.tokenizer
 
-    def to_tokens(
-        self,
-        input: str | Sequence[str],
-        prepend_bos: bool | None = None,
-        padding_side: PaddingSide | None = None,
-        move_to_device: bool = True,
-        truncate: bool = True,
-    ) -> Int[Tensor, "batch pos"]:
+    def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None,
+                  padding_side: PaddingSide | None = None, move_to_device: bool = True,
+                  truncate: bool = True) -> Int[Tensor, "batch pos"]:
         """Token ids of one text or a batch, with TransformerLens's arguments (see `to_tokens_and_mask`).
 
         Returns:
