@@ -129,7 +129,7 @@ def split_scan(point: StateHookPoint, scan: Scan, sequences: list[Tensor]) -> Te
         finally:
             point.position = point.length = None
         if new is not state:
-            changed |= (new != state).flatten(1).any(1).cpu()
+            changed |= (new != state).reshape(new.shape[0], -1).any(1).cpu()
         state = new
         outputs.append(output)
         start = end + 1
