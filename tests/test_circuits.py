@@ -17,7 +17,7 @@ from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.interventions import (
-    Condition, EdgeKnockout, PatchState, Selector, attribution_patch, knockout, patch_state, run_conditions,
+    Condition, EdgeKnockout, Selector, Sweep, attribution_patch, knockout, patch_state, run_conditions,
 )
 from hybrid_lens.mixers import cache_states, state_positions
 from hybrid_lens.zoo import checkpoint_path
@@ -25,7 +25,7 @@ from hybrid_lens.zoo import checkpoint_path
 from .conftest import build
 
 BUNDLED = {"linear_attn": "hybrid-lens/tiny-qwen3.5", "ssm": "hybrid-lens/tiny-falcon-h1"}
-MODULE = {"linear_attn": "linear_attn", "ssm": "mamba"}
+MODULE = {"linear_attn": "linear_attn", "ssm": "mamba", "attn": "self_attn"}
 CLEAN = "In the beginning God created the heaven and the earth. And the earth was"
 CORRUPT = "In the beginning God made the light and the darkness. And the water was"
 
@@ -329,9 +329,12 @@ def test_knockout_batches_serialises_and_refuses_bad_input(models, kind):
                   knockout(kind, keys=[2], queries=[-1], heads=[0, 2], renormalize=False),
                   patch_state(CORRUPT, kind, position=6)]  # state patching and knockout in one batch
     batched = run_conditions(model, CLEAN, conditions)
-    for condition, logits in zip(conditions, batched):
+    swept = Sweep(conditions, batch=2).logits(model, model.to_tokens(CLEAN))  # batching + prefix reuse
+    for condition, logits, sweep_logits in zip(conditions, batched, swept):
         with condition.apply(model):
-            close(logits, model(CLEAN), tol=1e-5)
+            separate = model(CLEAN)
+        close(logits, separate, tol=1e-5)
+        close(sweep_logits, separate, tol=1e-5)
         assert Condition.from_json(condition.to_json()) == condition
     with pytest.raises(ValueError, match=r"keys \[40\] out of range"):
         with knockout(kind, keys=[40]).apply(model):
@@ -352,10 +355,14 @@ def test_knockout_batches_serialises_and_refuses_bad_input(models, kind):
 
 
 # --- attribution patching ----------------------------------------------------------------------
-def test_attribution_patching_is_the_first_order_term_of_plain_torch_gradients(models, kind):
+@pytest.mark.parametrize("name,kind", [(BUNDLED["linear_attn"], "linear_attn"), (BUNDLED["ssm"], "ssm"),
+                                       ("hybrid-lens/tiny-qwen2.5", "attn")])
+def test_attribution_patching_is_the_first_order_term_of_plain_torch_gradients(name, kind):
     """Each estimate is metric(corrupt) + (a_clean - a_corrupt) . d metric / d a at the corrupted
-    run, with the gradients taken here by tensor hooks on the plain transformers modules."""
-    model, plain = models
+    run, with the gradients taken here by tensor hooks on the plain transformers modules (every
+    family; Falcon-H1's output multipliers cancel in the product)."""
+    model = HookedHybrid.from_pretrained(name)
+    plain = AutoModelForCausalLM.from_pretrained(checkpoint_path(name)).eval()
     clean, corrupt = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
     answer = int(clean[0, -1])
 
@@ -368,9 +375,9 @@ def test_attribution_patching_is_the_first_order_term_of_plain_torch_gradients(m
 
     def run(tokens, keep_grad):
         def on_mixer(_module, _args, output):
-            acts["mixer"] = output
+            acts["mixer"] = output[0] if isinstance(output, tuple) else output  # attention: (out, weights)
             if keep_grad:
-                output.retain_grad()
+                acts["mixer"].retain_grad()
 
         def on_layer_kwargs(_module, args, kwargs):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

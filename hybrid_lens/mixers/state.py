@@ -68,7 +68,7 @@ class StateHookPoint(TappedHookPoint):
             >>> model.hook_dict["blocks.0.ssm.hook_state"].wanted()
             False
         """
-        return bool(self.fwd_hooks) or self.positions is not None
+        return bool(self.fwd_hooks or self.bwd_hooks) or self.positions is not None
 
     def resolve(self, length: int) -> list[int]:
         """The sorted, distinct column indices to fire at in a sequence of `length` tokens.
