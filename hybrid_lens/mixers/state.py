@@ -44,6 +44,32 @@ class StateHookPoint(TappedHookPoint):
         self.position: int | None = None
         self.length: int | None = None
         self.changed_rows: Tensor | None = None  # after a split scan: the batch rows whose state a hook replaced
+        self._asked: dict[int, tuple[int, ...]] = {}  # id of a forward hook's handle -> its state_positions
+
+    def add_hook(self, hook, dir="fwd", **kwargs):
+        """`TappedHookPoint.add_hook`, remembering the hook function's `state_positions` attribute.
+
+        Args:
+            hook: `fn(state, hook) -> state | None`; `fn.state_positions` (ints) adds positions.
+            dir: `"fwd"` or `"bwd"`.
+            **kwargs: As TransformerLens's `HookPoint.add_hook` takes them.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> point = model.hook_dict["blocks.0.ssm.hook_state"]
+            >>> def keep(state, hook):
+            ...     return None
+            >>> keep.state_positions = (1,)
+            >>> _ = point.add_hook(keep)
+            >>> point.requested()
+            [1]
+            >>> point.remove_hooks()
+        """
+        before = {id(handle) for handle in self.fwd_hooks}
+        handle = super().add_hook(hook, dir=dir, **kwargs)
+        asked = tuple(getattr(inspect.unwrap(hook), "state_positions", ()))
+        self._asked = {id(h): asked if id(h) not in before else self._asked.get(id(h), ()) for h in self.fwd_hooks}
+        return handle
 
     def requested(self) -> list[int]:
         """Positions asked for by `positions` and by the attached hooks' `state_positions` (unresolved).
@@ -57,7 +83,7 @@ class StateHookPoint(TappedHookPoint):
         """
         asked = list(self.positions) if self.positions is not None else []
         for handle in self.fwd_hooks:
-            asked += list(getattr(inspect.unwrap(handle.user_hook), "state_positions", ()))
+            asked += list(self._asked.get(id(handle), ()))
         return asked
 
     def wanted(self) -> bool:
