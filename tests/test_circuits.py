@@ -427,3 +427,18 @@ def test_attribution_patching_has_the_table_of_patch_and_refuses_bad_input(model
     with pytest.raises(ValueError, match="same shape"):
         attribution_patch(model, CLEAN, "In the beginning")
     assert nothing_left(model) and all(p.grad is None for p in model.parameters())
+
+
+@torch.no_grad()
+def test_an_nnsight_trace_reads_the_state(models, kind):
+    model, plain = models
+    tokens = model.to_tokens(CLEAN)
+    layer = layers_of(model, kind)[0]
+    view = model.nnsight(inner_points=True)
+    try:
+        with state_positions(model, -1), view.trace(tokens):
+            state = getattr(view.blocks[layer], kind).hook_state.output.save()
+    finally:
+        model.nnsight(inner_points=False)
+    close(state, plain(tokens, use_cache=True).past_key_values.get_recurrent_state(layer), tol=1e-5)
+    assert nothing_left(model)

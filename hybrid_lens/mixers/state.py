@@ -23,10 +23,13 @@ Scan = Callable[[list[Tensor], Tensor | None, bool], tuple[Tensor, Tensor | None
 class StateHookPoint(TappedHookPoint):
     """A hook point on a mixer's recurrent state, fired once per chosen position.
 
-    Positions are token columns (negative ones count from the end); a hook reads the current one
-    as `hook.position` (and the sequence length as `hook.length`). They are the union of
-    `positions` (set with `state_positions`; None: the last position only) and the
-    `state_positions` attribute of any hook function attached (how `PatchState` asks for its own).
+    Positions are token columns (negative ones count from the end; with right padding, a row's state
+    after its last real token is at that token's column); a hook reads the current one as
+    `hook.position` (and the sequence length as `hook.length`). They are the union of `positions`
+    (set with `state_positions`) and the `state_positions` attribute of every hook function
+    attached (how `PatchState` asks for its own); the last position when nothing asks for any.
+    The recurrence is split only while the point has a hook or `positions` are set (an nnsight
+    trace of `model.nnsight(inner_points=True)` reads it inside `state_positions`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
