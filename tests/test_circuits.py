@@ -138,7 +138,8 @@ def test_state_patching_continues_from_the_source_state(models, kind):
 @torch.no_grad()
 def test_state_patching_batches_and_serialises(models, kind):
     model, _ = models
-    conditions = [patch_state(CLEAN, kind, position=p, layers=tuple(layers_of(model, kind)[:2])) for p in (5, 8)]  # the texts differ from token 4 on
+    layers = tuple(layers_of(model, kind)[:2])
+    conditions = [patch_state(CLEAN, kind, position=p, layers=layers) for p in (5, 8)]  # the texts differ from token 4 on
     batched = run_conditions(model, CORRUPT, conditions)
     for condition, logits in zip(conditions, batched):
         with condition.apply(model):
@@ -400,7 +401,8 @@ def test_attribution_patching_is_the_first_order_term_of_plain_torch_gradients(n
 
     _, clean_acts = run(clean, keep_grad=False)
     corrupt_value, corrupt_acts = run(corrupt, keep_grad=True)
-    table = attribution_patch(model, clean, corrupt, where=[Selector(kind, layers=layer), Selector("resid_pre", layers=layer)],
+    where = [Selector(kind, layers=layer), Selector("resid_pre", layers=layer)]
+    table = attribution_patch(model, clean, corrupt, where=where,
                               positions="each", metric=metric)
     assert table.attrs["corrupt"] == pytest.approx(float(corrupt_value), abs=1e-5)
     assert all(p.grad is None for p in model.parameters())
@@ -442,3 +444,17 @@ def test_an_nnsight_trace_reads_the_state(models, kind):
         model.nnsight(inner_points=False)
     close(state, plain(tokens, use_cache=True).past_key_values.get_recurrent_state(layer), tol=1e-5)
     assert nothing_left(model)
+
+
+@torch.no_grad()
+def test_an_nnsight_trace_reads_the_implicit_attention(models, kind):
+    model, _ = models
+    name = f"blocks.{layers_of(model, kind)[0]}.{kind}.hook_pattern"
+    _, cache = model.run_with_cache(CLEAN, names_filter=name)
+    view = model.nnsight(inner_points=True, patterns=True)
+    try:
+        with view.trace(model.to_tokens(CLEAN)):
+            pattern = getattr(view.blocks[layers_of(model, kind)[0]], kind).hook_pattern.output.save()
+    finally:
+        model.nnsight(inner_points=False, patterns=False)
+    assert torch.equal(pattern, cache[name]) and nothing_left(model)

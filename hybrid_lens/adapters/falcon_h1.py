@@ -63,12 +63,12 @@ class FalconH1Adapter(Adapter):
 
     def add_inner_points(self, block: HookedBlock, layer, pattern_mode: Tap) -> list[Tap]:
         return [
-            *add_mamba2_points(block.ssm, layer.mamba),
+            *add_mamba2_points(block.ssm, layer.mamba, pattern_mode),
             *add_attention_points(block.attn, layer.self_attn, pattern_mode),
         ]
 
 
-def add_mamba2_points(hooks: MixerHooks, mamba) -> list[Tap]:
+def add_mamba2_points(hooks: MixerHooks, mamba, pattern_mode: Tap) -> list[Tap]:
     """Inner points of a Mamba-2 mixer (TransformerLens `SSM2MixerBridge` names, x/B/C/dt/z/y split out).
 
     From projections (cheap): `hook_in_proj` `[batch, pos, d_in_proj]` (raw `in_proj` output, before
@@ -88,12 +88,12 @@ def add_mamba2_points(hooks: MixerHooks, mamba) -> list[Tap]:
         input_tap(hooks, mamba.out_proj, split, join, ["hook_y"], "out_proj input"),
     ]
     names = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_pattern"]
-    eager = eager_forward_tap(hooks, mamba, _eager_mamba2(mamba, hooks), names, "eager Mamba-2 forward")
+    eager = eager_forward_tap(hooks, mamba, _eager_mamba2(mamba, hooks, pattern_mode), names, "eager Mamba-2 forward")
     add_state_point(hooks, eager)
     return [*taps, eager]
 
 
-def _eager_mamba2(mamba, hooks: MixerHooks):
+def _eager_mamba2(mamba, hooks: MixerHooks, pattern_mode: Tap):
     """The `transformers` Falcon-H1 Mamba-2 forward (no-cache path) with hook points on x/B/C/dt/z."""
 
     def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
@@ -136,7 +136,7 @@ def _eager_mamba2(mamba, hooks: MixerHooks):
             return mamba2.implicit_attention(step, A, B, C)
 
         y = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [x, dt, B, C]), pattern,
-                         lambda edited: mamba2.apply_pattern(edited, x, mamba.D))
+                         lambda edited: mamba2.apply_pattern(edited, x, mamba.D), pattern_mode)
         y = y.reshape(batch, seq, -1)
         y = mamba.norm(y, gate) if mamba.mamba_rms_norm else y * torch.nn.functional.silu(gate)
         return mamba.out_proj(y.to(dtype))

@@ -62,10 +62,10 @@ class Qwen3_5Adapter(Adapter):
     def add_inner_points(self, block: HookedBlock, layer, pattern_mode: Tap) -> list[Tap]:
         if block.mixers[0] == "attn":
             return add_attention_points(block.attn, layer.self_attn, pattern_mode, gated=True)
-        return add_gated_deltanet_points(block.linear_attn, layer.linear_attn)
+        return add_gated_deltanet_points(block.linear_attn, layer.linear_attn, pattern_mode)
 
 
-def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
+def add_gated_deltanet_points(hooks: MixerHooks, gdn, pattern_mode: Tap) -> list[Tap]:
     """Inner points of a Gated DeltaNet mixer (TransformerLens `GatedDeltaNetBridge` names).
 
     From projections (cheap): `hook_q_pre_conv`, `hook_k_pre_conv` `[batch, pos, k_head, d_k]`,
@@ -93,12 +93,13 @@ def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
         add_projection_point(hooks, gdn.in_proj_b, "hook_beta_logit", None, "in_proj_b output"),
     ]
     names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
-    eager = eager_forward_tap(hooks, gdn, _eager_gated_deltanet(gdn, hooks), names, "eager Gated DeltaNet forward")
+    forward = _eager_gated_deltanet(gdn, hooks, pattern_mode)
+    eager = eager_forward_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward")
     add_state_point(hooks, eager)
     return [*taps, eager]
 
 
-def _eager_gated_deltanet(gdn, hooks: MixerHooks):
+def _eager_gated_deltanet(gdn, hooks: MixerHooks, pattern_mode: Tap):
     """The `transformers` Gated DeltaNet forward (no-cache path) with hook points on its intermediates."""
 
     def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
@@ -132,7 +133,7 @@ def _eager_gated_deltanet(gdn, hooks: MixerHooks):
 
         core = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [query, key, value, g, beta]),
                             lambda: gated_deltanet.implicit_attention(query, key, g, beta),
-                            lambda pattern: gated_deltanet.apply_pattern(pattern, value).to(query.dtype))
+                            lambda edited: gated_deltanet.apply_pattern(edited, value).to(query.dtype), pattern_mode)
         core = hooks.hook_recurrence_out(core)
         core = gdn.norm(core.reshape(-1, gdn.head_v_dim), z.reshape(-1, gdn.head_v_dim))
         return gdn.out_proj(core.reshape(batch, seq, -1))

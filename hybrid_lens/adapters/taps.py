@@ -105,17 +105,18 @@ def add_state_point(hooks: MixerHooks, eager: Tap) -> StateHookPoint:
 
 
 def mixer_output(hooks: MixerHooks, recurrence: Callable[[], torch.Tensor], pattern: Callable[[], torch.Tensor],
-                 apply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                 apply: Callable[[torch.Tensor], torch.Tensor], pattern_mode: Tap) -> torch.Tensor:
     """A linear mixer's scan output, with its `hook_pattern` (implicit attention) in the loop.
 
     `recurrence()` runs the `transformers` scan (split at `hook_state` positions); `pattern()`, the
-    implicit attention matrix, is computed only while `hook_pattern` has a hook. Batch rows whose
-    matrix a hook edited get `apply(edited)`, the output of the edited matrix; the other rows keep
+    implicit attention matrix, is computed only while `hook_pattern` has a hook or the model-wide
+    `pattern_mode` is switched on for a trace (`model.nnsight(inner_points=True, patterns=True)`).
+    Batch rows whose matrix a hook edited get `apply(edited)`, the output of the edited matrix; the other rows keep
     the recurrence (so knockouts and state patches batch together). A row whose matrix and state
     were both edited is refused: the matrix form starts from a zero state.
     """
     point = hooks.hook_pattern
-    if not point.fwd_hooks:
+    if not point.fwd_hooks and not pattern_mode.always_on:
         return recurrence()
     value = pattern()
     new = point(value)
@@ -128,8 +129,8 @@ def mixer_output(hooks: MixerHooks, recurrence: Callable[[], torch.Tensor], patt
         return output
     plain = recurrence()
     if state.changed_rows is not None and bool((edited & state.changed_rows.to(edited.device)).any()):
-        raise ValueError(f"{point.name} and {state.name} were both edited in the same batch rows; the implicit attention "
-                         "form starts from a zero state, so edit one of them per row.")
+        raise ValueError(f"{point.name} and {state.name} were both edited in the same batch rows; the implicit "
+                         "attention form starts from a zero state, so edit one of them per row.")
     return torch.where(edited.view(-1, *[1] * (output.ndim - 1)), output, plain.to(output.dtype)).to(plain.dtype)
 
 
