@@ -207,6 +207,37 @@ def test_implicit_attention_reconstructs_the_recurrence(models, kind):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
+def test_implicit_attention_with_grouped_heads_of_random_models(family):
+    """Random tiny models: Gated DeltaNet with 2 key heads serving 4 value heads, Mamba-2 with
+    chunks shorter than the sequence (the reconstruction crosses chunk boundaries)."""
+    _, model = build(family)
+    tokens = torch.randint(3, 256, (2, 20), generator=torch.Generator().manual_seed(0))
+    kind, values, out = ("linear_attn", "hook_v", "hook_recurrence_out") if family == "qwen3_5" else \
+        ("ssm", "hook_x", "hook_y")
+    layer = layers_of(model, kind)[0]
+    if family == "falcon_h1":  # at random init M x is ~1e-4 of D x: larger steps and B, C make the matrix matter
+        mamba = model.hf_model.model.layers[layer].mamba
+        mamba.dt_bias.fill_(2.0)
+        mamba.conv1d.weight.mul_(100.0)
+    names = [f"blocks.{layer}.{kind}.{n}" for n in ("hook_pattern", values, out, "hook_z")]
+    _, cache = model.run_with_cache(tokens, names_filter=[n for n in names if n in model.hook_dict])
+    reconstructed = torch.einsum("bhts,bshd->bthd", cache[names[0]], cache[names[1]])
+    if family == "falcon_h1":
+        mamba = model.hf_model.model.layers[layer].mamba
+        assert mamba.chunk_size < tokens.shape[1]
+        skip = mamba.D[:, None] * cache[names[1]]
+        assert reconstructed.abs().max() > 0.1 * skip.abs().max()  # the matrix part matters
+        scan = reconstructed + skip
+        gate = cache[names[3]].view_as(scan)
+        reconstructed = mamba.norm(scan.flatten(2), gate.flatten(2)).view_as(scan) if mamba.mamba_rms_norm \
+            else scan * torch.nn.functional.silu(gate)
+    else:
+        assert model.hf_model.model.layers[layer].linear_attn.num_k_heads < cache[names[1]].shape[2]
+    close(reconstructed, cache[names[2]], tol=1e-4)
+
+
+@torch.no_grad()
 def test_implicit_attention_renders_with_circuitsvis(models, kind):
     circuitsvis = pytest.importorskip("circuitsvis")
     model, _ = models

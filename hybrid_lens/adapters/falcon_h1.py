@@ -88,7 +88,8 @@ def add_mamba2_points(hooks: MixerHooks, mamba, pattern_mode: Tap) -> list[Tap]:
         input_tap(hooks, mamba.out_proj, split, join, ["hook_y"], "out_proj input"),
     ]
     names = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_pattern"]
-    eager = eager_forward_tap(hooks, mamba, _eager_mamba2(mamba, hooks, pattern_mode), names, "eager Mamba-2 forward")
+    forward = _eager_mamba2(mamba, hooks, pattern_mode)
+    eager = eager_forward_tap(hooks, mamba, forward, names, "eager Mamba-2 forward")
     add_state_point(hooks, eager)
     return [*taps, eager]
 

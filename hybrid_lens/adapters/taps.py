@@ -10,6 +10,9 @@ them), so inner points cost nothing when unused. Four kinds:
   (post-conv q/k/v, x/B/C/dt, ...) which the `transformers` forward computes inline.
 - `pattern_mode_tap`: switches attention to an eager implementation that passes the softmax pattern
   through `hook_pattern` (sdpa/flash hide the pattern; they stay in use while nobody asks).
+
+The eager forwards of the linear mixers also feed `hook_state` (`add_state_point`, the recurrence
+split at chosen positions) and their implicit attention `hook_pattern` (`mixer_output`).
 """
 
 from __future__ import annotations
