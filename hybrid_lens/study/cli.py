@@ -92,7 +92,9 @@ def add_study_commands(commands) -> None:
     study.add_argument("--data", default="bundled",
                        help="Benchmark data: bundled (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
                             "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
-    study.add_argument("--ppl-context", type=int, default=512, help="Perplexity window length in tokens.")
+    study.add_argument("--ppl-context", type=int, default=None,
+                       help="Perplexity window length in tokens (default: bundled models use their model card's "
+                            "disjoint windows of the trained length, 256; other models 512, stride 256).")
     study.add_argument("--condition-batch", type=int, default=None,
                        help="Conditions per forward pass for loglikelihood tasks (condition batching; default 4 on "
                             "a GPU, 1 on a CPU). Results are identical for any value; memory grows with it.")

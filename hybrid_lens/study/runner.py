@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import zoo
 from .conditions import GROUPS, study_conditions
 from .store import StudyStore
 from ..interventions import Sweep
@@ -45,15 +47,21 @@ class StudySpec:
         seed: seed of random controls and few-shot sampling.
         dtype: torch dtype name the model is loaded in.
         ppl_source: perplexity text (see `study.tasks.ppl_text`).
-        ppl_context: perplexity window length in tokens.
+        ppl_context: perplexity window length in tokens (None: see `ppl_windows`).
+        ppl_stride: tokens between window starts (None: see `ppl_windows`).
         data: benchmark data: `bundled`, `hub`, or a local file.
         condition_batch: conditions per forward pass for loglikelihood tasks (None: by device).
+        threads: torch CPU threads while the study runs (None: 1 for the bundled models, whose
+            forward passes are too small to gain from intra-op threads and whose CPU time grew
+            tenfold with 2 threads on a busy 2-core machine; torch's own setting otherwise).
 
     Examples:
         >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl", "arc"), groups=("baseline", "group"),
         ...                  n=2, ppl_context=128)
-        >>> spec.method, spec.condition_batch
-        ('auto', None)
+        >>> spec.method, spec.condition_batch, ppl_windows(spec)
+        ('auto', None, (128, 64))
+        >>> ppl_windows(StudySpec(model="hybrid-lens/tiny-qwen3.5"))      # the model card's windows
+        (256, 256)
         >>> StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("winogrande",))
         Traceback (most recent call last):
         ...
@@ -69,10 +77,12 @@ class StudySpec:
     seed: int = 0
     dtype: str = "float32"
     ppl_source: str = "auto"
-    ppl_context: int = 512
+    ppl_context: int | None = None
+    ppl_stride: int | None = None
     data: str = "bundled"
     condition_batch: int | None = None
     device_map: str | None = None
+    threads: int | None = None
 
     def __post_init__(self):
         check_tasks(self.tasks)
@@ -81,19 +91,57 @@ class StudySpec:
             raise ValueError(f"Unknown condition group(s) {sorted(unknown)}; choose from {', '.join(GROUPS)}.")
 
 
+def ppl_windows(spec: StudySpec) -> tuple[int, int]:
+    """(context, stride) of the perplexity windows in tokens.
+
+    Explicit values win. Otherwise a bundled model is scored as its model card scores it: disjoint
+    windows of the length it was trained at (`zoo.trained_context`, 256); any other model gets
+    512-token windows starting every 256 tokens (the stride defaults to half the context).
+
+    Examples:
+        >>> ppl_windows(StudySpec(model="Qwen/Qwen2.5-0.5B"))
+        (512, 256)
+        >>> ppl_windows(StudySpec(model="hybrid-lens/tiny-falcon-h1", ppl_context=128))
+        (128, 64)
+    """
+    if spec.ppl_context is None and zoo.is_zoo_name(spec.model):
+        context = zoo.trained_context(spec.model)
+        return context, spec.ppl_stride or context
+    context = spec.ppl_context or DEFAULT_PPL_CONTEXT
+    return context, spec.ppl_stride or max(1, context // 2)
+
+
+DEFAULT_PPL_CONTEXT = 512
+
+
 def task_options(spec: StudySpec, task: str) -> dict:
     """The options `study.tasks.evaluate` gets for `task` from `spec`.
 
     Examples:
         >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", ppl_context=128)
         >>> task_options(spec, "ppl")
-        {'model_name': 'hybrid-lens/tiny-qwen3.5', 'ppl_source': 'auto', 'ppl_context': 128}
+        {'model_name': 'hybrid-lens/tiny-qwen3.5', 'ppl_source': 'auto', 'ppl_context': 128, 'ppl_stride': 64}
         >>> task_options(spec, "mmlu")
         {'data': 'bundled'}
     """
     if task == "ppl":
-        return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=spec.ppl_context)
+        context, stride = ppl_windows(spec)
+        return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=context, ppl_stride=stride)
     return dict(data=spec.data)
+
+
+def settings(spec: StudySpec) -> dict:
+    """The evaluation settings a report states beside its numbers (stored in the study's meta).
+
+    Examples:
+        >>> settings(StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl",), n=8))
+        {'ppl_text': 'held-out KJV', 'ppl_context': 256, 'ppl_stride': 256, 'diagnostic_tokens': 256}
+    """
+    from .tasks import ppl_text_label
+
+    context, stride = ppl_windows(spec)
+    return dict(ppl_text=ppl_text_label(spec.model, spec.ppl_source), ppl_context=context, ppl_stride=stride,
+                diagnostic_tokens=min(DIAGNOSTIC_TOKENS, context))
 
 
 def model_folder(out: Path, model: str) -> Path:
@@ -148,7 +196,8 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
         options = {"device_map": spec.device_map} if spec.device_map else {}
         model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype), **options)
     specs = study_conditions(model.layer_mixers, spec.groups, spec.method, spec.trials, spec.seed)
-    store = StudyStore(folder / "results.sqlite", meta={**asdict(spec), "layer_mixers": model.layer_mixers},
+    meta = {**asdict(spec), "layer_mixers": model.layer_mixers, "settings": settings(spec)}
+    store = StudyStore(folder / "results.sqlite", meta=meta,
                        overwrite=overwrite and rank == 0)
     store.save_conditions([s.to_dict() for s in specs])
     mine = [s for i, s in enumerate(specs) if i % world == rank]
@@ -156,7 +205,8 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     bar = tqdm(total=sum(map(len, todo.values())), desc=f"{spec.model} [{rank + 1}/{world}]", disable=not progress,
                unit="pair")
     batch = spec.condition_batch or (4 if model.device.type == "cuda" else 1)
-    with torch.no_grad():
+    threads = spec.threads or (1 if zoo.is_zoo_name(spec.model) else None)
+    with torch.no_grad(), torch_threads(threads):
         for task, conditions in todo.items():
             size = SWEEP_GROUP if task in SWEEPABLE else 1
             for group in (conditions[i : i + size] for i in range(0, len(conditions), size)):
@@ -180,6 +230,30 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     return folder
 
 
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with `threads` torch CPU threads (None: unchanged); the previous count is restored.
+
+    Examples:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 SWEEP_GROUP = 16  # conditions per Sweep (results are stored after each group)
 HIDDEN_TASK = "hidden"
 DIAGNOSTIC_TOKENS = 512
@@ -188,16 +262,18 @@ CONTRIBUTIONS_FILE = "contributions.html"
 
 
 def diagnostic_tokens(model, spec: StudySpec):
-    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, `[1, pos]`.
+    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, or one
+    perplexity window if that is shorter (a bundled model's 256 trained positions), `[1, pos]`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
         >>> diagnostic_tokens(model, StudySpec(model="hybrid-lens/tiny-qwen3.5")).shape
-        torch.Size([1, 512])
+        torch.Size([1, 256])
     """
     from .tasks import ppl_text
 
-    return model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])[:, :DIAGNOSTIC_TOKENS]
+    tokens = model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])
+    return tokens[:, : settings(spec)["diagnostic_tokens"]]
 
 
 def hidden_metrics(model, tokens) -> pd.DataFrame:
