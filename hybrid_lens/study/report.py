@@ -423,8 +423,9 @@ def _counts(t: StudyTables) -> list[str]:
 
 
 # -- rendering -------------------------------------------------------------------------------------
-def markdown(sections: list[Section], figures: dict[str, str]) -> str:
-    """The report as Markdown; `figures`: figure id -> PNG path relative to the report (if written).
+def markdown(sections: list[Section], figures: dict[str, str] | None) -> str:
+    """The report as Markdown; `figures`: figure id -> PNG path relative to the report (None: PNGs
+    were not written, which the report says in one line).
 
     Examples:
         >>> table = pd.DataFrame({"condition": ["baseline"], "x baseline": ["1"]})
@@ -447,6 +448,9 @@ def markdown(sections: list[Section], figures: dict[str, str]) -> str:
         <BLANKLINE>
     """
     out = ["# Component-ablation study", "", "Contents: " + " · ".join(f"[{s.title}](#{s.key})" for s in sections), ""]
+    if figures is None:
+        out += ["PNG copies of the figures were not written (`--no-png`); every figure is in report.html.", ""]
+    figures = figures or {}
     for section in sections:
         out += [f"## {section.title}", "", f"*How to read this:* {section.read}", ""]
         for i, (heading, setting, table, figure) in enumerate(section.parts):
@@ -466,8 +470,8 @@ h2 { border-bottom: 2px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 .read { background: #f4f7fb; border-left: 4px solid #4a78b0; padding: .4em .8em; }
 .setting { color: #555; font-size: .9em; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0 1em; }
-th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
-th { background: #f0f0f0; } td:first-child, td:nth-child(2) { text-align: left; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
 nav a { margin-right: 1em; }
 """
 
@@ -530,7 +534,7 @@ def render_report(folder: str | Path, png: bool = True) -> Path:
     tables = {model: StudyTables(store, N_RESAMPLES) for model, store in stores.items()}
     sections = ReportBuilder(tables).sections()
     figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts) if fig is not None}
-    written = {}
+    written = {} if png else None
     if png:
         (folder / "figures").mkdir(exist_ok=True)
         for stale in (folder / "figures").glob("*.png"):  # figures of an earlier rendering

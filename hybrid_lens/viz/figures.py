@@ -68,15 +68,17 @@ def perplexity_bars(ppl: pd.DataFrame, model: str, text: str = "WikiText-2", lab
     _require(ppl, "perplexity")
     ppl = pd.concat([ppl[ppl.condition == "baseline"], ppl[ppl.condition != "baseline"]])
     base = float(np.exp(ppl.loc[ppl.condition == "baseline", "loss"].iloc[0]))
+    heights = np.exp(np.minimum(ppl.loss.to_numpy(), 700))
     fig = go.Figure(go.Bar(
-        x=ppl.condition, y=np.exp(np.minimum(ppl.loss, 700)),
+        x=ppl.condition, y=heights,
         hovertext=[labels(c) for c in ppl.condition] if labels else None,
         error_y=dict(type="data", symmetric=False, array=(ppl.ratio_ci_high - ppl.ratio) * base,
                      arrayminus=(ppl.ratio - ppl.ratio_ci_low) * base),
         text=[f"{r:,.1f}x" for r in ppl.ratio], textposition="outside",
     ))
     fig.update_layout(title=f"{model}: {text} perplexity (log scale; labels: multiple of baseline)",
-                      yaxis=dict(type="log", title="perplexity"),
+                      yaxis=dict(type="log", title="perplexity",  # bars start well below the smallest
+                                 range=[np.log10(heights.min()) - 0.5, np.log10(heights.max()) + 0.3]),
                       xaxis=dict(type="category", categoryorder="array", categoryarray=list(ppl.condition)))
     return fig
 
