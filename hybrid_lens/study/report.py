@@ -44,6 +44,12 @@ class Section:
         title: the heading.
         read: one line on how to read it.
         parts: `(subheading, what was measured, display table or None, figure or None)` tuples.
+
+    Examples:
+        >>> section = Section("table2", "Table 2 analogue", "Perplexity ratio to baseline.")
+        >>> section.parts.append(("hybrid-lens/tiny-qwen2.5", "8 windows of 256 tokens", None, None))
+        >>> len(section.parts)
+        1
     """
 
     key: str
@@ -101,13 +107,11 @@ def interval(low: float, high: float) -> str:
 class ReportBuilder:
     """The sections of the report of several models' studies (see `sections`).
 
+    The examples of this module read the folder of a finished study: `hybrid-lens study --model
+    hybrid-lens/tiny-qwen2.5 --tasks ppl --conditions group,layer,transformer --n 2 --out hybrid-lens-study`.
+
     Examples:
-        >>> import tempfile
-        >>> from hybrid_lens.study.runner import StudySpec, run_study
-        >>> out = tempfile.mkdtemp()
-        >>> spec = StudySpec(model="hybrid-lens/tiny-qwen2.5", tasks=("ppl",), groups=("baseline", "group"), n=2)
-        >>> folder = run_study(spec, out, progress=False)
-        >>> builder = ReportBuilder({m: StudyTables(s, n_resamples=200) for m, s in load_studies(out).items()})
+        >>> builder = ReportBuilder({m: StudyTables(s) for m, s in load_studies("hybrid-lens-study").items()})
         >>> [section.title for section in builder.sections()][:2]
         ['Summary', 'Table 2 analogue: perplexity under group ablation']
     """
@@ -116,29 +120,35 @@ class ReportBuilder:
         self.tables = tables
 
     def sections(self) -> list[Section]:
-        """Every section that has data, summary first."""
-        found = [self.summary(), self.table1(), self.table2(), self.table3(), self.table4(), self.table5(),
-                 self.table6(), self.layer_sweep(), self.hidden(), self.correlations(), self.drops()]
+        """Every section that has data, summary first.
+
+        Examples:
+            >>> builder = ReportBuilder({m: StudyTables(s) for m, s in load_studies("hybrid-lens-study").items()})
+            >>> [(s.key, len(s.parts)) for s in builder.sections()][:3]
+            [('summary', 2), ('table2', 1), ('table5', 1)]
+        """
+        found = [self._summary(), self._table1(), self._table2(), self._table3(), self._table4(), self._table5(),
+                 self._table6(), self._layer_sweep(), self._hidden(), self._correlations(), self._drops()]
         return [s for s in found if s.parts]
 
     # -- settings lines --------------------------------------------------------------------------
-    def ppl_setting(self, t: StudyTables) -> str:
+    def _ppl_setting(self, t: StudyTables) -> str:
         s = t.settings
         return (f"{s['ppl_text']}, first {t.ppl_windows} windows of {s['ppl_context']} tokens, stride "
                 f"{s['ppl_stride'] or ABSENT} ({t.ppl_tokens:,} scored tokens); 95% CIs: paired bootstrap over "
                 f"windows, {N_RESAMPLES} resamples, seed 0")
 
-    def bench_setting(self, t: StudyTables) -> str:
+    def _bench_setting(self, t: StudyTables) -> str:
         tasks = ", ".join(f"{TASK_NAMES.get(task, task)} n={n}" for task, n in
                           t.drops.groupby("task", sort=False).n.max().items()) if not t.drops.empty else ""
         return (f"{tasks}; data: {t.meta.get('data', 'bundled')}; few-shot seed {t.meta.get('seed', 0)}; 95% CIs: "
                 f"paired bootstrap over examples, {N_RESAMPLES} resamples")
 
-    def random_setting(self, t: StudyTables) -> str:
+    def _random_setting(self, t: StudyTables) -> str:
         return f"{t.meta.get('trials', 3)} random trials per targeted condition, drawn with numpy default_rng(seed + 1), seed {t.meta.get('seed', 0)}"
 
     # -- sections --------------------------------------------------------------------------------
-    def summary(self) -> Section:
+    def _summary(self) -> Section:
         section = Section("summary", "Summary", "What was run, the headline effects with their 95% CIs, and the "
                           "paper's published values beside them (for a bundled model, its full-size analogue's: "
                           "other text, a far smaller model; compare directions, not magnitudes).")
@@ -161,8 +171,8 @@ class ReportBuilder:
                              "paper": _paper_cell(value, paper, same) + where if value is not None else ABSENT})
             runs.append({"model": model, "conditions": f"{len(t.specs)}: {', '.join(_counts(t))}",
                          "tasks": ", ".join(TASK_NAMES.get(x, x) for x in tasks),
-                         "perplexity windows": self.ppl_setting(t).split(";")[0] if not t.ppl.empty else ABSENT,
-                         "benchmarks": self.bench_setting(t).split(";")[0] if not t.drops.empty else ABSENT,
+                         "perplexity windows": self._ppl_setting(t).split(";")[0] if not t.ppl.empty else ABSENT,
+                         "benchmarks": self._bench_setting(t).split(";")[0] if not t.drops.empty else ABSENT,
                          "evaluation time": f"{t.timings.seconds.sum():.0f} s"})
         section.parts.append(("What was run", "evaluation time: wall seconds summed over (condition, task) pairs, "
                               "without model loading and hidden-state diagnostics", pd.DataFrame(runs), None))
@@ -171,7 +181,7 @@ class ReportBuilder:
                                   pd.DataFrame(rows), None))
         return section
 
-    def table1(self) -> Section:
+    def _table1(self) -> Section:
         section = Section("table1", "Table 1 analogue: group ablation, absolute scores",
                           "Score per benchmark with all instances of one component kind removed; Δ is the "
                           "drop vs baseline with its 95% CI. Radar: the baseline's polygon encloses the ablations'.")
@@ -179,11 +189,11 @@ class ReportBuilder:
             rows = t.in_groups(t.drops, "baseline", "group")
             if rows.empty:
                 continue
-            section.parts.append((model, self.bench_setting(t), self._scores_display(t, rows),
+            section.parts.append((model, self._bench_setting(t), self._scores_display(t, rows),
                                   viz.group_radar(rows, model, names=TASK_NAMES)))
         return section
 
-    def table2(self) -> Section:
+    def _table2(self) -> Section:
         section = Section("table2", "Table 2 analogue: perplexity under group ablation",
                           "Loss and perplexity with all instances of one component kind removed; x baseline is "
                           "the perplexity ratio with its 95% CI. Bars: log scale, baseline first; labels are "
@@ -192,35 +202,35 @@ class ReportBuilder:
             rows = t.in_groups(t.ppl, "baseline", "group")
             if rows.empty:
                 continue
-            section.parts.append((model, self.ppl_setting(t), self._ppl_display(t, rows, published.PERPLEXITY),
+            section.parts.append((model, self._ppl_setting(t), self._ppl_display(t, rows, published.PERPLEXITY),
                                   viz.perplexity_bars(rows, model, t.settings["ppl_text"], labels=t.label)))
         return section
 
-    def table3(self) -> Section:
+    def _table3(self) -> Section:
         section = Section("table3", "Table 3 analogue: mean benchmark score, targeted vs matched random",
                           "Mean score over the benchmarks run, targeted ablation vs the same number of randomly "
                           "chosen layers; random / targeted > 1 means the targeted components matter more.")
         for model, t in self.tables.items():
             table = t.targeted_vs_random("score")
             if not table.empty:
-                section.parts.append((model, f"{self.bench_setting(t)}; {self.random_setting(t)}",
+                section.parts.append((model, f"{self._bench_setting(t)}; {self._random_setting(t)}",
                                       self._random_display(t, table, published.TARGETED_VS_RANDOM_SCORE),
                                       viz.targeted_vs_random_bars(table, model, "mean score")))
         return section
 
-    def table4(self) -> Section:
+    def _table4(self) -> Section:
         section = Section("table4", "Table 4 analogue: perplexity, targeted vs matched random",
                           "Perplexity of the targeted ablation vs the mean of its matched random controls; "
                           "random / targeted > 1 means random layers hurt more than the targeted ones.")
         for model, t in self.tables.items():
             table = t.targeted_vs_random("perplexity")
             if not table.empty:
-                section.parts.append((model, f"{self.ppl_setting(t)}; {self.random_setting(t)}",
+                section.parts.append((model, f"{self._ppl_setting(t)}; {self._random_setting(t)}",
                                       self._random_display(t, table, published.TARGETED_VS_RANDOM_PPL),
                                       viz.targeted_vs_random_bars(table, model, "perplexity")))
         return section
 
-    def table5(self) -> Section:
+    def _table5(self) -> Section:
         section = Section("table5", "Table 5 analogue: random layer removal, perplexity as a multiple of baseline",
                           "Whole layers skipped at random (sequential skip); mean and std of the perplexity "
                           "multiple over trials.")
@@ -236,24 +246,24 @@ class ReportBuilder:
                 "trials": table["count"].map(number),
                 _paper_header("x baseline, 6 or 18 of 24 layers", paper, same) if paper else "paper": [
                     _paper_cell(_paper_removal(paper, int(k), n_layers), paper, same) for k in table.removed]})
-            section.parts.append((model, f"{self.ppl_setting(t)}; {self.random_setting(t)}", display, None))
+            section.parts.append((model, f"{self._ppl_setting(t)}; {self._random_setting(t)}", display, None))
         return section
 
-    def table6(self) -> Section:
+    def _table6(self) -> Section:
         section = Section("table6", "Table 6 analogue: positional thirds",
                           "One component kind removed in the early, middle or late third of the layers only; "
                           "which third carries the component's contribution.")
         for model, t in self.tables.items():
             scores = t.in_groups(t.drops, "baseline", "positional")
             if t.in_groups(scores, "positional").shape[0]:
-                section.parts.append((f"{model}: scores", self.bench_setting(t), self._scores_display(t, scores), None))
+                section.parts.append((f"{model}: scores", self._bench_setting(t), self._scores_display(t, scores), None))
             ppl = t.in_groups(t.ppl, "baseline", "positional")
             if t.in_groups(ppl, "positional").shape[0]:
-                section.parts.append((f"{model}: perplexity", self.ppl_setting(t), self._ppl_display(t, ppl, {}),
+                section.parts.append((f"{model}: perplexity", self._ppl_setting(t), self._ppl_display(t, ppl, {}),
                                       viz.perplexity_bars(ppl, model, t.settings["ppl_text"], labels=t.label)))
         return section
 
-    def layer_sweep(self) -> Section:
+    def _layer_sweep(self) -> Section:
         section = Section("layers", "Layer-wise ablation",
                           "One component of one layer removed at a time (the method is in each row). Heatmap: "
                           "layers left to right; darker = larger effect; rows are component kinds.")
@@ -273,7 +283,7 @@ class ReportBuilder:
                 grid.columns = [COMPONENT_NAMES.get(c, c) for c in grid.columns]
                 methods = sorted(set(sweep.method))
                 display = grid.map(number).reset_index(names="layer")
-                setting = (self.ppl_setting(t) if task == "ppl" else self.bench_setting(t)) + \
+                setting = (self._ppl_setting(t) if task == "ppl" else self._bench_setting(t)) + \
                     f"; method: {', '.join(_METHODS.get(m, m) for m in methods)}; values: " + \
                     ("perplexity x baseline" if task == "ppl" else "score drop vs baseline")
                 section.parts.append((f"{model}: {what}", setting, display, None))
@@ -282,7 +292,7 @@ class ReportBuilder:
                                   viz.layer_sweep_heatmaps(sweeps, task)))
         return section
 
-    def hidden(self) -> Section:
+    def _hidden(self) -> Section:
         section = Section("hidden", "Hidden-state metrics of the clean model",
                           "Per layer: norm change ||h_post - h_pre|| / ||h_pre||, cosine(h_pre, h_post), "
                           "component output ratio ||f_c(h)|| / ||h||, ablation KL(p_clean || p_ablated) and the "
@@ -299,7 +309,7 @@ class ReportBuilder:
             section.parts.append((model, setting, display.reset_index(names="layer"), None))
         return section
 
-    def correlations(self) -> Section:
+    def _correlations(self) -> Section:
         section = Section("correlations", "Hidden-state metric vs layer-ablation impact",
                           "Does a layer's metric predict what removing it costs? Pearson and Spearman "
                           "correlation over layers (and components); scatter: one point per layer component.")
@@ -320,7 +330,7 @@ class ReportBuilder:
                     points[f"{row.task}:{row.metric}"], "value", "impact", row._asdict(), model, names=name)))
         return section
 
-    def drops(self) -> Section:
+    def _drops(self) -> Section:
         section = Section("drops", "Score drops with 95% bootstrap CIs (all conditions)",
                           "Every condition on every benchmark: score, drop vs baseline and its paired bootstrap "
                           "95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline.")
@@ -335,7 +345,7 @@ class ReportBuilder:
                 "baseline": d.baseline.map(number), "score": d.score.map(number), "Δ": d.delta.map(number),
                 "95% CI of Δ": [interval(a, b) for a, b in zip(d.ci_low, d.ci_high)],
                 "significant": d.significant.map(number)})
-            section.parts.append((model, self.bench_setting(t), display, None))
+            section.parts.append((model, self._bench_setting(t), display, None))
             every.append(d.assign(model=model))
         if every:
             drops = pd.concat(every)
@@ -521,13 +531,10 @@ def render_report(folder: str | Path, png: bool = True) -> Path:
     """Write `report.html`, `report.md` and (unless `png=False`) `figures/*.png` into `folder`; return the HTML path.
 
     Examples:
-        >>> import tempfile
-        >>> from hybrid_lens.study.runner import StudySpec, run_study
-        >>> out = Path(tempfile.mkdtemp())
-        >>> folder = run_study(StudySpec(model="hybrid-lens/tiny-qwen2.5", tasks=("ppl",), groups=("baseline", "group"),
-        ...                              n=2), out, progress=False)
-        >>> render_report(out).name, sorted(p.name for p in (out / "figures").iterdir())
-        ('report.html', ['table2_hybrid-lens_tiny-qwen2.5.png'])
+        >>> render_report("hybrid-lens-study").name
+        'report.html'
+        >>> sorted(p.name for p in Path("hybrid-lens-study/figures").iterdir())[-2:]
+        ['layers_All_models_log_perplexity_ratio.png', 'table2_hybrid-lens_tiny-qwen2.5.png']
     """
     folder = Path(folder)
     stores = load_studies(folder)

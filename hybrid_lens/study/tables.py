@@ -29,16 +29,16 @@ class StudyTables:
         ppl: `stats.perplexity_table` (empty without the `ppl` task).
         hidden: the clean model's per-layer hidden-state metrics (layer, metric, component, value).
 
+    The examples of this module read the store of a finished study: `hybrid-lens study --model
+    hybrid-lens/tiny-qwen2.5 --tasks ppl --conditions group,layer,transformer --n 2 --out hybrid-lens-study`.
+
     Examples:
-        >>> import tempfile
-        >>> from hybrid_lens.study.runner import StudySpec, run_study
-        >>> spec = StudySpec(model="hybrid-lens/tiny-qwen2.5", tasks=("ppl",), groups=("baseline", "group"), n=2)
-        >>> store = StudyStore(run_study(spec, tempfile.mkdtemp(), progress=False) / "results.sqlite")
+        >>> store = StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite")
         >>> tables = StudyTables(store, n_resamples=200)
-        >>> tables.ppl.condition.tolist()
-        ['baseline', 'attn_mixer_off']
-        >>> tables.label("attn_mixer_off")
-        'mixer-only zeroing: attention output of layers 0-7 zeroed (MLP kept)'
+        >>> tables.ppl.condition.tolist()[:3]
+        ['baseline', 'attn_mixer_off', 'L0_attn_off']
+        >>> tables.settings["ppl_context"], tables.ppl_windows, tables.ppl_tokens
+        (256, 2, 510)
     """
 
     def __init__(self, store: StudyStore, n_resamples: int = 1000, seed: int = 0):
@@ -64,22 +64,46 @@ class StudyTables:
                                         component=names[1].to_numpy(), value=hidden.value.to_numpy()))
 
     def group_of(self, condition: str) -> str:
-        """The condition group of a condition name (`baseline`, `group`, `layer`, ...)."""
+        """The condition group of a condition name (`baseline`, `group`, `layer`, ...).
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.group_of("attn_mixer_off"), tables.group_of("L3_attn_off")
+            ('group', 'layer')
+        """
         return self.by_name[condition]["group"]
 
     def label(self, condition: str) -> str:
-        """What a condition removes and by which method (stored with the condition)."""
+        """What a condition removes and by which method (stored with the condition).
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.label("L0_attn_off")
+            'sequential skip: whole layer 0 removed (attention and MLP)'
+        """
         return self.by_name[condition].get("label", condition)
 
     def in_groups(self, table: pd.DataFrame, *groups: str) -> pd.DataFrame:
-        """The rows of `table` (with a `condition` column) whose condition belongs to one of `groups`."""
+        """The rows of `table` (with a `condition` column) whose condition belongs to one of `groups`.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.in_groups(tables.ppl, "baseline", "group").condition.tolist()
+            ['baseline', 'attn_mixer_off']
+        """
         if table.empty:
             return table
         return table[table.condition.map(self.group_of).isin(groups)]
 
     def targeted_vs_random(self, value: str) -> pd.DataFrame:
         """Table 3 (`"score"`: mean benchmark score) or Table 4 (`"perplexity"`): targeted vs matched
-        random; `stats.targeted_vs_random` columns, empty without random controls."""
+        random; `stats.targeted_vs_random` columns, empty without random controls.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.targeted_vs_random("perplexity").empty     # a pure transformer has no targeted groups
+            True
+        """
         if value == "perplexity":
             values = self.ppl.set_index("condition").ppl if not self.ppl.empty else None
         else:
@@ -91,6 +115,11 @@ class StudyTables:
 
         Returns:
             removed (how many layers), mean, std, count; empty without such conditions.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.removal_multiples()[["removed", "count"]].to_numpy().tolist()
+            [[2, 3], [6, 3]]
         """
         rows = self.in_groups(self.ppl, "transformer", "random")
         if rows.empty:
@@ -104,7 +133,14 @@ class StudyTables:
 
     def layer_sweep(self, task: str) -> pd.DataFrame:
         """kind, layer, delta, method of the single-component conditions, in layer order; for `ppl`
-        delta is the log-perplexity ratio to baseline."""
+        delta is the log-perplexity ratio to baseline.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> sweep = tables.layer_sweep("ppl")
+            >>> sweep.layer.tolist(), sweep.method.unique().tolist()
+            ([0, 1, 2, 3, 4, 5, 6, 7], ['skip'])
+        """
         if task == stats.PPL_TASK:
             rows, column = self.in_groups(self.ppl, "layer"), "log_ratio"
         else:
@@ -121,7 +157,13 @@ class StudyTables:
 
     def hidden_wide(self) -> pd.DataFrame:
         """Per-layer hidden-state metrics of the clean model: layer x (metric, component), layers in
-        order; NaN where a layer has no such component (shown as absent by the report)."""
+        order; NaN where a layer has no such component (shown as absent by the report).
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.hidden_wide().index.tolist()
+            [0, 1, 2, 3, 4, 5, 6, 7]
+        """
         if self.hidden.empty:
             return self.hidden
         return self.hidden.pivot_table(index="layer", columns=["metric", "component"], values="value").sort_index()
@@ -129,7 +171,14 @@ class StudyTables:
     def impact_correlations(self) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
         """Correlation of each hidden-state metric with each task's layer-sweep impact (Figure 6),
         and the joined points per `"task:metric"` for scatter plots; both empty without a layer
-        sweep of at least three conditions."""
+        sweep of at least three conditions.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> correlations, points = tables.impact_correlations()
+            >>> sorted(correlations.metric)[:2], len(points["ppl:norm_change"])
+            (['ablation_kl', 'cosine'], 8)
+        """
         from ..analysis import correlation
 
         rows, points = [], {}
