@@ -102,7 +102,7 @@ def add_study_commands(commands) -> None:
     study.add_argument("--overwrite", action="store_true", help="Replace a study of another model in OUT.")
     study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="Render the report.")
     study.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
-                       help="Also write PNG figures (needs a Chromium for kaleido).")
+                       help="Also write PNG copies of the figures (matplotlib; --no-png skips them).")
     study.add_argument("--quiet", action="store_true", help="No progress bars.")
     study.set_defaults(run=_study)
 
