@@ -127,7 +127,7 @@ class ReportBuilder:
             >>> [(s.key, len(s.parts)) for s in builder.sections()][:3]
             [('summary', 2), ('table2', 1), ('table5', 1)]
         """
-        found = [self._summary(), self._table1(), self._table2(), self._table3(), self._table4(), self._table5(),
+        found = [self._summary(), self._table1(), self._table2(), self._targeted_vs_random("score"), self._targeted_vs_random("perplexity"), self._table5(),
                  self._table6(), self._layer_sweep(), self._hidden(), self._correlations(), self._drops()]
         return [s for s in found if s.parts]
 
@@ -206,28 +206,26 @@ class ReportBuilder:
                                   viz.perplexity_bars(rows, model, t.settings["ppl_text"], labels=t.label)))
         return section
 
-    def _table3(self) -> Section:
-        section = Section("table3", "Table 3 analogue: mean benchmark score, targeted vs matched random",
-                          "Mean score over the benchmarks run, targeted ablation vs the same number of randomly "
-                          "chosen layers; random / targeted > 1 means the targeted components matter more.")
+    def _targeted_vs_random(self, value: str) -> Section:
+        """Table 3 (`value="score"`) or Table 4 (`"perplexity"`)."""
+        if value == "score":
+            section = Section("table3", "Table 3 analogue: mean benchmark score, targeted vs matched random",
+                              "Mean score over the benchmarks run, targeted ablation vs the same number of randomly "
+                              "chosen layers; random / targeted > 1 means the targeted components matter more "
+                              "(the random controls keep a higher score).")
+        else:
+            section = Section("table4", "Table 4 analogue: perplexity, targeted vs matched random",
+                              "Perplexity of the targeted ablation vs the mean of its matched random controls; "
+                              "random / targeted > 1 means random layers hurt more than the targeted ones.")
+        published_values = published.TARGETED_VS_RANDOM_SCORE if value == "score" else published.TARGETED_VS_RANDOM_PPL
         for model, t in self.tables.items():
-            table = t.targeted_vs_random("score")
+            table = t.targeted_vs_random(value)
             if not table.empty:
-                section.parts.append((model, f"{self._bench_setting(t)}; {self._random_setting(t)}",
-                                      self._random_display(t, table, published.TARGETED_VS_RANDOM_SCORE),
-                                      viz.targeted_vs_random_bars(table, model, "mean score")))
-        return section
-
-    def _table4(self) -> Section:
-        section = Section("table4", "Table 4 analogue: perplexity, targeted vs matched random",
-                          "Perplexity of the targeted ablation vs the mean of its matched random controls; "
-                          "random / targeted > 1 means random layers hurt more than the targeted ones.")
-        for model, t in self.tables.items():
-            table = t.targeted_vs_random("perplexity")
-            if not table.empty:
-                section.parts.append((model, f"{self._ppl_setting(t)}; {self._random_setting(t)}",
-                                      self._random_display(t, table, published.TARGETED_VS_RANDOM_PPL),
-                                      viz.targeted_vs_random_bars(table, model, "perplexity")))
+                setting = self._bench_setting(t) if value == "score" else self._ppl_setting(t)
+                section.parts.append((model, f"{setting}; {self._random_setting(t)}",
+                                      self._random_display(t, table, published_values),
+                                      viz.targeted_vs_random_bars(table, model, "mean score" if value == "score"
+                                                                  else "perplexity")))
         return section
 
     def _table5(self) -> Section:
