@@ -24,6 +24,8 @@ import pytest
 # Modules whose public API must be documented and whose examples run as doctests.
 MODULES = [
     "hybrid_lens.model",
+    "hybrid_lens.tokens",
+    "hybrid_lens.lens_config",
     "hybrid_lens.hook_points",
     "hybrid_lens.cache",
     "hybrid_lens.interventions.selectors",

@@ -98,8 +98,9 @@ def test_bad_input_is_refused_clearly(checkpoint, tmp_path):
         StudyStore(store_path, meta={"model": other.model})
     from hybrid_lens.cli import main
 
-    assert main(["study", "--model", spec.model, "--tasks", "ppl", "--n", "1", "--conditions", "group",
-                 "--ppl-text", spec.ppl_source, "--ppl-context", "64", "--out", str(tmp_path), "--no-report",
-                 "--quiet"]) == 0
+    command = ["study", "--model", spec.model, "--tasks", "ppl", "--n", "1", "--conditions", "group", "--ppl-text",
+               spec.ppl_source, "--ppl-context", "64", "--no-report", "--quiet"]
+    assert main([*command, "--out", str(tmp_path)]) == 2  # other settings than the study in that folder
+    assert main([*command, "--out", str(tmp_path / "other")]) == 0
     with pytest.raises(SystemExit):
         main(["study", "--tasks", "ppl,nope"])

@@ -35,18 +35,18 @@ class FalconH1Adapter(Adapter):
 
     def block_forward(self, block: HookedBlock, layer, entry):
         def forward(hidden_states, attention_mask=None, mamba_attention_mask=None, position_ids=None,
-                    past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
+                    cache=None, use_cache=False, position_embeddings=None, **kwargs):
             residual = resid_in(block, entry, hidden_states)
             normed = layer.input_layernorm(residual)
             ssm_out = layer.mamba(
-                hidden_states=normed, cache_params=past_key_values, attention_mask=mamba_attention_mask, **kwargs
+                hidden_states=normed, cache=cache, attention_mask=mamba_attention_mask, **kwargs
             )
             ssm_out = block.hook_ssm_out(ssm_out * layer.ssm_out_multiplier)
             attn_out, _ = layer.self_attn(
                 hidden_states=normed * layer.attention_in_multiplier,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
@@ -88,8 +88,8 @@ def add_mamba2_points(hooks: MixerHooks, mamba) -> list[Tap]:
 def _eager_mamba2(mamba, hooks: MixerHooks):
     """The `transformers` Falcon-H1 Mamba-2 forward (no-cache path) with hook points on x/B/C/dt/z."""
 
-    def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        if cache_params is not None:
+    def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
+        if cache is not None:
             raise NotImplementedError(
                 "Inner Mamba-2 hook points (hook_x/B/C/dt/z/conv) need a run without a cache: pass use_cache=False."
             )

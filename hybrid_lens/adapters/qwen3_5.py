@@ -31,26 +31,26 @@ class Qwen3_5Adapter(Adapter):
 
     def block_forward(self, block: HookedBlock, layer, entry):
         kind = block.mixers[0]
-        mixer_out = getattr(block, f"hook_{kind}_out")
+        mixer_out = f"hook_{kind}_out"  # looked up at call time: a replaced hook-point module takes effect
 
         def forward(hidden_states, position_embeddings=None, attention_mask=None, position_ids=None,
-                    past_key_values=None, **kwargs):
+                    cache=None, **kwargs):
             residual = resid_in(block, entry, hidden_states)
             normed = layer.input_layernorm(residual)
             if kind == "linear_attn":
                 out = layer.linear_attn(
-                    hidden_states=normed, cache_params=past_key_values, attention_mask=attention_mask, **kwargs
+                    hidden_states=normed, cache=cache, attention_mask=attention_mask, **kwargs
                 )
             else:
                 out, _ = layer.self_attn(
                     hidden_states=normed,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
-                    past_key_values=past_key_values,
+                    cache=cache,
                     position_embeddings=position_embeddings,
                     **kwargs,
                 )
-            resid_mid = block.hook_resid_mid(residual + mixer_out(out))
+            resid_mid = block.hook_resid_mid(residual + getattr(block, mixer_out)(out))
             mlp_out = block.hook_mlp_out(layer.mlp(layer.post_attention_layernorm(resid_mid)))
             return block.hook_resid_post(resid_mid + mlp_out)
 
@@ -94,8 +94,8 @@ def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
 def _eager_gated_deltanet(gdn, hooks: MixerHooks):
     """The `transformers` Gated DeltaNet forward (no-cache path) with hook points on its intermediates."""
 
-    def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        if cache_params is not None:
+    def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
+        if cache is not None:
             raise NotImplementedError(
                 "Inner Gated DeltaNet hook points (hook_q/k/v, hook_beta, hook_log_decay, "
                 "hook_recurrence_out) need a run without a cache: pass use_cache=False."

@@ -123,8 +123,10 @@ def patch(
         >>> len(sweep), sweep.attrs["clean"]
         (10, 0.0)
     """
-    clean_tokens = model._encode(clean, None)[0]
-    corrupt_tokens = model._encode(corrupt, None)[0]
+    (clean_tokens, clean_mask), (corrupt_tokens, corrupt_mask) = model.encode(clean), model.encode(corrupt)
+    if clean_mask is not None or corrupt_mask is not None:
+        raise ValueError("patch() compares positions across runs, so every prompt must have the same number of "
+                         "tokens (these are padded); group prompts by token length and call patch per group.")
     if clean_tokens.shape != corrupt_tokens.shape:
         raise ValueError(f"clean and corrupt must tokenize to the same shape, got {tuple(clean_tokens.shape)} "
                          f"and {tuple(corrupt_tokens.shape)}.")
