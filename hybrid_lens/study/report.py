@@ -184,13 +184,14 @@ class ReportBuilder:
     def _table1(self) -> Section:
         section = Section("table1", "Table 1 analogue: group ablation, absolute scores",
                           "Score per benchmark with all instances of one component kind removed; Δ is the "
-                          "drop vs baseline with its 95% CI. Radar: the baseline's polygon encloses the ablations'.")
+                          "drop vs baseline with its 95% CI. Radar (three or more benchmarks): one polygon per condition; "
+                          "the further out, the higher the score.")
         for model, t in self.tables.items():
             rows = t.in_groups(t.drops, "baseline", "group")
             if rows.empty:
                 continue
-            section.parts.append((model, self._bench_setting(t), self._scores_display(t, rows),
-                                  viz.group_radar(rows, model, names=TASK_NAMES)))
+            radar = viz.group_radar(rows, model, names=TASK_NAMES) if rows.task.nunique() >= 3 else None
+            section.parts.append((model, self._bench_setting(t), self._scores_display(t, rows), radar))
         return section
 
     def _table2(self) -> Section:
