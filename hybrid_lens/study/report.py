@@ -166,7 +166,7 @@ class ReportBuilder:
             for r in t.in_groups(t.drops, "group").itertuples():
                 value = _paper_drop(paper, r.condition, r.task)
                 rows.append({"model": model, "condition": r.condition, "removed": t.label(r.condition),
-                             "measure": f"{TASK_NAMES.get(r.task, r.task)} score drop",
+                             "measure": f"{TASK_NAMES.get(r.task, r.task)} score change (ablated - baseline)",
                              "ours [95% CI]": f"{number(r.delta)} {interval(r.ci_low, r.ci_high)}",
                              "paper": _paper_cell(value, paper, same) + where if value is not None else ABSENT})
             runs.append({"model": model, "conditions": f"{len(t.specs)}: {', '.join(_counts(t))}",
@@ -183,8 +183,8 @@ class ReportBuilder:
 
     def _table1(self) -> Section:
         section = Section("table1", "Table 1 analogue: group ablation, absolute scores",
-                          "Score per benchmark with all instances of one component kind removed; Δ is the "
-                          "drop vs baseline with its 95% CI. Radar (three or more benchmarks): one polygon per condition; "
+                          "Score per benchmark with all instances of one component kind removed; Δ = ablated - "
+                          "baseline score (negative: worse) with its 95% CI. Radar (three or more benchmarks): one polygon per condition; "
                           "the further out, the higher the score.")
         for model, t in self.tables.items():
             rows = t.in_groups(t.drops, "baseline", "group")
@@ -273,7 +273,7 @@ class ReportBuilder:
             sweeps = {m: s for m, s in sweeps.items() if not s.empty}
             if not sweeps:
                 continue
-            what = "perplexity x baseline" if task == "ppl" else f"{TASK_NAMES.get(task, task)} score drop"
+            what = "perplexity x baseline" if task == "ppl" else f"{TASK_NAMES.get(task, task)} score change"
             for model, sweep in sweeps.items():
                 t = self.tables[model]
                 grid = sweep.assign(value=np.exp(sweep.delta) if task == "ppl" else sweep.delta)
@@ -284,7 +284,7 @@ class ReportBuilder:
                 display = grid.map(number).reset_index(names="layer")
                 setting = (self._ppl_setting(t) if task == "ppl" else self._bench_setting(t)) + \
                     f"; method: {', '.join(_METHODS.get(m, m) for m in methods)}; values: " + \
-                    ("perplexity x baseline" if task == "ppl" else "score drop vs baseline")
+                    ("perplexity x baseline" if task == "ppl" else "score change vs baseline (ablated - baseline)")
                 section.parts.append((f"{model}: {what}", setting, display, None))
             shown = "log perplexity ratio" if task == "ppl" else what
             section.parts.append((f"All models: {shown}", "heatmap of the tables above (one panel per model)", None,
@@ -317,22 +317,22 @@ class ReportBuilder:
             if table.empty:
                 continue
             display = pd.DataFrame({
-                "impact": table.task.map(lambda x: "log perplexity ratio" if x == "ppl" else f"{TASK_NAMES.get(x, x)} score drop"),
+                "impact": table.task.map(lambda x: "log perplexity ratio" if x == "ppl" else f"{TASK_NAMES.get(x, x)} score change"),
                 "metric": table.metric.map(lambda m: METRIC_NAMES.get(m, m)), "points": table.n.map(number),
                 "Pearson r": table.pearson_r.map(number), "Pearson p": table.pearson_p.map(number),
                 "Spearman ρ": table.spearman_rho.map(number), "Spearman p": table.spearman_p.map(number)})
             section.parts.append((model, "hidden-state metrics vs the layer-wise ablation table", display, None))
             for row in table.itertuples():
                 name = (METRIC_NAMES.get(row.metric, row.metric), "log perplexity ratio" if row.task == "ppl" else
-                        f"{TASK_NAMES.get(row.task, row.task)} score drop")
+                        f"{TASK_NAMES.get(row.task, row.task)} score change")
                 section.parts.append((f"{model}: {name[0]} vs {name[1]}", "", None, viz.metric_vs_impact(
                     points[f"{row.task}:{row.metric}"], "value", "impact", row._asdict(), model, names=name)))
         return section
 
     def _drops(self) -> Section:
         section = Section("drops", "Score drops with 95% bootstrap CIs (all conditions)",
-                          "Every condition on every benchmark: score, drop vs baseline and its paired bootstrap "
-                          "95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline.")
+                          "Every condition on every benchmark: score, Δ = ablated - baseline score (negative: worse) and "
+                          "its paired bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline.")
         every = []
         for model, t in self.tables.items():
             if t.drops.empty:
@@ -348,7 +348,7 @@ class ReportBuilder:
             every.append(d.assign(model=model))
         if every:
             drops = pd.concat(every)
-            section.parts.append(("All models", "score drop per model, condition and benchmark", None,
+            section.parts.append(("All models", "score change (ablated - baseline) per model, condition and benchmark", None,
                                   viz.drop_heatmap(drops[drops.condition != "baseline"])))
         return section
 
