@@ -15,7 +15,12 @@ from collections.abc import Callable, Iterable
 import torch
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
-__all__ = ["HookPoint", "Tap", "TappedHookPoint", "unknown_hook_error"]
+try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
+    from transformer_lens import HookedRootModule
+except ImportError:  # TransformerLens 3.0 - 3.2
+    from transformer_lens.hook_points import HookedRootModule
+
+__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "unknown_hook_error"]
 
 
 class HookPoint(_TLHookPoint):

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint as TLHookPoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils.generic import TransformersKwargs
@@ -28,7 +27,8 @@ from .adapters import COMPONENT_KINDS, HookedBlock, adapter_for
 from .adapters.base import StopForward, is_hooked, replace_forward
 from .adapters.taps import pattern_mode_tap
 from .cache import ActivationCache
-from .hook_points import HookPoint, TappedHookPoint, unknown_hook_error
+from . import sae as sae_lib
+from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .lens_config import LensConfig
 from .tokens import PaddingSide, as_token_ids, check_ids, check_length, check_mask, real_positions, tokenize
 
@@ -559,8 +559,8 @@ class HookedHybrid(HookedRootModule):
                 raise ValueError("Pass attention_mask only with token ids; text input is tokenized and masked for you.")
             tokens, mask = self.to_tokens_and_mask(input, prepend_bos, padding_side, truncate=False)
         else:
-            if prepend_bos is not None or padding_side is not None:
-                raise ValueError("prepend_bos and padding_side apply to text input only; these are token ids.")
+            if prepend_bos or padding_side is not None:  # prepend_bos=False (SAE-Lens passes it) is a no-op
+                raise ValueError("prepend_bos=True and padding_side apply to text input only; these are token ids.")
             tokens = as_token_ids(input).to(self.device)
             mask = None
             if attention_mask is not None:
@@ -784,6 +784,93 @@ class HookedHybrid(HookedRootModule):
             torch.Size([1, 3, 128])
         """
         return self.nnsight().trace(*inputs, **kwargs)
+
+    # --- SAEs (SAE-Lens `HookedSAETransformer` methods; see hybrid_lens.sae) --------------------
+    @property
+    def acts_to_saes(self) -> dict[str, nn.Module]:
+        """The spliced SAEs by hook name (as SAE-Lens's `HookedSAETransformer.acts_to_saes`)."""
+        return {name: splice.sae for name, splice in sae_lib.attached_saes(self).items()}
+
+    def add_sae(self, sae: nn.Module, use_error_term: bool | None = None, hook_name: str | None = None):
+        """Splice an SAE in at its hook point until `reset_saes`; see `hybrid_lens.sae.add_sae`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _ = model.add_sae(torch.nn.Identity(), hook_name="blocks.3.hook_ssm_out")
+            >>> list(model.acts_to_saes)
+            ['blocks.3.hook_ssm_out']
+            >>> model.reset_saes()
+        """
+        return sae_lib.add_sae(self, sae, hook_name, use_error_term)
+
+    def reset_saes(self, act_names: str | Sequence[str] | None = None) -> None:
+        """Remove spliced SAEs (all, or those at `act_names`); see `hybrid_lens.sae.reset_saes`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _ = model.add_sae(torch.nn.Identity(), hook_name="blocks.3.hook_ssm_out")
+            >>> model.reset_saes()
+            >>> model.acts_to_saes
+            {}
+        """
+        sae_lib.reset_saes(self, act_names)
+
+    def saes(self, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None, hook_names=None):
+        """Context manager splicing SAEs in for a `with` block; see `hybrid_lens.sae.saes`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> with model.saes(torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out"):
+            ...     list(model.acts_to_saes)
+            ['blocks.3.hook_ssm_out']
+        """
+        return sae_lib.saes(self, saes, hook_names, reset_saes_end, use_error_term)
+
+    def run_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None,
+                      hook_names=None, **model_kwargs):
+        """`forward` with SAEs spliced in for this one run.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> logits = model.run_with_saes("In the beginning", saes=torch.nn.Identity(),
+            ...                              hook_names="blocks.3.hook_ssm_out")
+            >>> torch.allclose(logits, model("In the beginning"))
+            True
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self(*model_args, **model_kwargs)
+
+    def run_with_cache_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True,
+                                 use_error_term: bool | None = None, hook_names=None, **kwargs):
+        """`run_with_cache` with SAEs spliced in; their hook points (`{hook}.hook_sae_acts_post`, ...)
+        are cached like any other.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache_with_saes(
+            ...     "In the beginning", saes=torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out",
+            ...     names_filter="blocks.3.hook_ssm_out.hook_sae_output")
+            >>> cache["blocks.3.hook_ssm_out.hook_sae_output"].shape
+            torch.Size([1, 3, 128])
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self.run_with_cache(*model_args, **kwargs)
+
+    def run_with_hooks_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True,
+                                 use_error_term: bool | None = None, hook_names=None, **kwargs):
+        """`run_with_hooks` with SAEs spliced in.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> zero = lambda value, hook: torch.zeros_like(value)
+            >>> logits = model.run_with_hooks_with_saes(
+            ...     "In the beginning", saes=torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out",
+            ...     fwd_hooks=[("blocks.3.hook_ssm_out.hook_sae_output", zero)])
+            >>> torch.allclose(logits, model("In the beginning"))
+            False
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self.run_with_hooks(*model_args, **kwargs)
 
 
 def next_token_loss(

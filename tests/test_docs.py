@@ -27,6 +27,7 @@ MODULES = [
     "hybrid_lens.tokens",
     "hybrid_lens.lens_config",
     "hybrid_lens.hook_points",
+    "hybrid_lens.sae",
     "hybrid_lens.cache",
     "hybrid_lens.interventions.selectors",
     "hybrid_lens.interventions.ablations",
