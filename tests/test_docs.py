@@ -53,6 +53,7 @@ MODULES = [
     "hybrid_lens.study.conditions",
     "hybrid_lens.study.store",
     "hybrid_lens.study.stats",
+    "hybrid_lens.study.published",
     "hybrid_lens.study.tasks",
     "hybrid_lens.study.runner",  # run_study and hidden_metrics are +SKIP (minutes on a CPU)
     "hybrid_lens.study.cli",
@@ -68,6 +69,7 @@ DOCUMENTED = [
     "hybrid_lens.mixers",
     "hybrid_lens.evals",
     "hybrid_lens.study.report",
+    "hybrid_lens.study.tables",
     "hybrid_lens.viz",
     *MODULES,
 ]
@@ -81,13 +83,15 @@ DOCTESTED = [
     "hybrid_lens.analysis.contributions",
     "hybrid_lens.analysis.correlation",
     "hybrid_lens.viz.figures",
+    "hybrid_lens.viz.static",
 ]
-# hybrid_lens.study.report is documented but not doctested: its examples read the folder of a
-# finished study (checked by hand against `hybrid-lens study --model hybrid-lens/tiny-qwen3.5
-# --tasks ppl,arc --conditions group --n 2`).
+# hybrid_lens.study.report and .tables are documented but not doctested: their examples read the
+# folder of a finished study (checked by hand against `hybrid-lens study --model
+# hybrid-lens/tiny-qwen2.5 --tasks ppl --conditions group,layer,transformer --n 2 --out hybrid-lens-study`).
 CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.zoo", "hybrid_lens.interventions.selectors",
                    "hybrid_lens.analysis.correlation", "hybrid_lens.evals.data", "hybrid_lens.study.stats",
-                   "hybrid_lens.study.store", "hybrid_lens.study.cli", "hybrid_lens.interventions.sweep",
+                   "hybrid_lens.study.store", "hybrid_lens.study.cli",
+                   "hybrid_lens.study.published", "hybrid_lens.viz.static", "hybrid_lens.interventions.sweep",
                    "hybrid_lens.evals.scoring"]
 
 

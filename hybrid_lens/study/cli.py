@@ -119,7 +119,9 @@ def add_study_commands(commands) -> None:
     study.add_argument("--data", default="bundled",
                        help="Benchmark data: bundled (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
                             "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
-    study.add_argument("--ppl-context", type=_at_least(2), default=512, help="Perplexity window length in tokens.")
+    study.add_argument("--ppl-context", type=_at_least(2), default=None,
+                       help="Perplexity window length in tokens (default: bundled models use their model card's "
+                            "disjoint windows of the trained length, 256; other models 512, stride 256).")
     study.add_argument("--condition-batch", type=_at_least(1), default=None,
                        help="Conditions per forward pass for loglikelihood tasks (condition batching; default 4 on "
                             "a GPU, 1 on a CPU). Results are identical for any value; memory grows with it.")
@@ -131,7 +133,7 @@ def add_study_commands(commands) -> None:
                             "again at the new n).")
     study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="Render the report.")
     study.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
-                       help="Also write PNG figures (needs a Chromium for kaleido).")
+                       help="Also write PNG copies of the figures (matplotlib; --no-png skips them).")
     study.add_argument("--quiet", action="store_true", help="No progress bars.")
     study.set_defaults(run=_study)
 

