@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `hybrid-lens` command with `argv` (default: `sys.argv[1:]`).
 
     Returns:
-        The exit status: 0, or 2 after printing the error of a failed command to stderr.
+        The exit status: 0; 2 after printing the error of a failed command to stderr (one line);
+        130 after Ctrl-C (one line: rerun to resume).
 
     Examples:
         >>> main(["hooks", "--model", "hybrid-lens/tiny-qwen2.5", "--no-inner"])
@@ -82,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, KeyError, FileExistsError, NotImplementedError, ImportError) as err:
-        print(f"hybrid-lens: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("hybrid-lens: interrupted; finished pairs are saved, and rerunning the same command resumes.",
+              file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, NotImplementedError, ImportError, FloatingPointError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"hybrid-lens: error: {message}", file=sys.stderr)
         return 2
     return 0
 

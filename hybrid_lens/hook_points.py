@@ -12,9 +12,74 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 
-from transformer_lens.hook_points import HookPoint
+import torch
+from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
-__all__ = ["HookPoint", "Tap", "TappedHookPoint", "unknown_hook_error"]
+try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
+    from transformer_lens import HookedRootModule
+except ImportError:  # TransformerLens 3.0 - 3.2
+    from transformer_lens.hook_points import HookedRootModule
+
+__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "unknown_hook_error"]
+
+
+class HookPoint(_TLHookPoint):
+    """A TransformerLens `HookPoint` that refuses a forward hook's return value unless it can stand
+    in for the activation: a tensor of the same shape, dtype and device (None keeps the value).
+
+    A hook returning `[batch, 1, d]` for a `[batch, pos, d]` activation would otherwise broadcast
+    silently downstream, and a float64 one would change the dtype of everything after it.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> point = model.hook_dict["blocks.0.hook_ssm_out"]
+        >>> isinstance(point, HookPoint)
+        True
+        >>> model.run_with_hooks("In the beginning", fwd_hooks=[
+        ...     ("blocks.0.hook_ssm_out", lambda value, hook: value[:, :1])])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The hook on blocks.0.hook_ssm_out returned a tensor of shape (1, 1, 128)...
+    """
+
+    def add_hook(self, hook, dir="fwd", **kwargs):
+        """`transformer_lens` `HookPoint.add_hook`, with forward hooks' return values checked.
+
+        Args:
+            hook: `fn(value, hook) -> value | None`.
+            dir: `"fwd"` or `"bwd"` (backward hooks are passed through unchecked).
+            **kwargs: `is_permanent`, `level`, `prepend`, ... as TransformerLens takes them.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> point = model.hook_dict["blocks.0.hook_ssm_out"]
+            >>> _ = point.add_hook(lambda value, hook: 2 * value)
+            >>> point.remove_hooks()
+        """
+        return super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
+
+
+def checked_hook(fn: Callable) -> Callable:
+    """`fn` with its return value checked against the activation it replaces (see `HookPoint`)."""
+
+    def hook(value, hook):
+        new = fn(value, hook=hook)
+        if new is None or new is value:
+            return new
+        if not isinstance(new, torch.Tensor):
+            raise TypeError(f"The hook on {hook.name} returned {type(new).__name__}; return a tensor "
+                            f"shaped like the activation {tuple(value.shape)}, or None to keep it.")
+        if new.shape != value.shape or new.dtype != value.dtype or new.device != value.device:
+            raise ValueError(
+                f"The hook on {hook.name} returned a tensor of shape {tuple(new.shape)}, {new.dtype} on "
+                f"{new.device}; the activation is {tuple(value.shape)}, {value.dtype} on {value.device}. "
+                "Return a tensor of the same shape, dtype and device (expand or cast it), or None."
+            )
+        return new
+
+    hook.__name__ = getattr(fn, "__name__", "hook")
+    hook.__wrapped__ = fn
+    return hook
 
 
 class Tap:
@@ -124,16 +189,14 @@ class TappedHookPoint(HookPoint):
         super().__init__()
         self.tap = tap
 
-    def add_hook(self, hook, dir="fwd", is_permanent=False, level=None, prepend=False, alias_names=None):
+    def add_hook(self, hook, dir="fwd", **kwargs):
         """`HookPoint.add_hook`, and acquire the tap so that the hook is fed.
 
         Args:
             hook: `fn(value, hook) -> value | None`, as for any TransformerLens hook point.
             dir: `"fwd"` or `"bwd"`.
-            is_permanent: Kept by `remove_hooks` unless `including_permanent=True`.
-            level: Context level (set by `model.hooks(...)`).
-            prepend: Run before the hooks already attached.
-            alias_names: As `HookPoint.add_hook`.
+            **kwargs: `is_permanent`, `level` (set by `model.hooks(...)`), `prepend`, ... as
+                TransformerLens's `HookPoint.add_hook` takes them.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -145,9 +208,7 @@ class TappedHookPoint(HookPoint):
             >>> seen                               # [batch, pos, group, d_state]
             [torch.Size([1, 3, 1, 32])]
         """
-        handle = super().add_hook(
-            hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend, alias_names=alias_names
-        )
+        handle = super().add_hook(hook, dir=dir, **kwargs)
         self.tap.acquire()
         return handle
 

@@ -11,20 +11,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import difflib
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint as TLHookPoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils.generic import TransformersKwargs
 
 from .adapters import COMPONENT_KINDS, HookedBlock, adapter_for
-from .adapters.base import is_hooked, replace_forward
+from .adapters.base import StopForward, is_hooked, replace_forward
 from .adapters.taps import pattern_mode_tap
 from .cache import ActivationCache
-from .hook_points import HookPoint, TappedHookPoint, unknown_hook_error
+from . import sae as sae_lib
+from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
+from .lens_config import LensConfig
+from .tokens import PaddingSide, as_token_ids, check_ids, check_length, check_mask, real_positions, tokenize
 
 ModelInput = str | Sequence[str] | Tensor | Sequence[int] | Sequence[Sequence[int]]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
+ReturnType = Literal["logits", "loss", "both"] | None
+RETURN_TYPES = ("logits", "loss", "both", None)
+# HookedHybrid.forward's own arguments (anything else must be an argument of the transformers forward)
+FORWARD_ARGUMENTS = ("input", "return_type", "loss_per_token", "prepend_bos", "padding_side", "stop_at_layer",
+                     "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class FinalNormHooks(nn.Module):
     def __init__(self):
         super().__init__()
         self.hook_normalized = HookPoint()
+        self.stop_here = False  # set by `HookedHybrid.forward(stop_at_layer=n_layers)`
 
 
 class HookedHybrid(HookedRootModule):
@@ -93,6 +108,8 @@ class HookedHybrid(HookedRootModule):
         self.tokenizer = tokenizer
         if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self._cfg = LensConfig(self)
+        self._real_positions: Tensor | None = None
         self.layer_mixers: list[tuple[str, ...]] = self.adapter.layer_mixers(hf_model.config)
         layers = self.adapter.layers(hf_model)
         if len(layers) != len(self.layer_mixers):
@@ -107,11 +124,15 @@ class HookedHybrid(HookedRootModule):
 
         self._pattern_mode = pattern_mode_tap(hf_model.config)
         self._taps = []
+        def entry(hidden_states: Tensor) -> Tensor:  # looked up at call time, like every hook point
+            return self.hook_embed(hidden_states)
+
         for block, layer in zip(self.blocks, layers):
-            forward = self.adapter.block_forward(block, layer, self.hook_embed if block.index == 0 else None)
+            forward = self.adapter.block_forward(block, layer, entry if block.index == 0 else None)
             forward.hybrid_lens_block = True
             replace_forward(layer, forward)
             self._taps += self.adapter.add_inner_points(block, layer, self._pattern_mode)
+        self.adapter.final_norm(hf_model).register_forward_pre_hook(self._stop_before_final_norm)
         self.adapter.final_norm(hf_model).register_forward_hook(
             lambda _module, _args, output: self.ln_final.hook_normalized(output)
         )
@@ -207,16 +228,21 @@ class HookedHybrid(HookedRootModule):
         """
         self.hook_dict: dict[str, HookPoint] = {}
         for name, module in self.named_modules():
-            if isinstance(module, HookPoint):
+            if isinstance(module, TLHookPoint):  # also the points of a spliced-in SAE
                 module.name = name
                 self.hook_dict[name] = module
         self.mod_dict = dict(self.hook_dict)
         self.hook_order = {name: i for i, name in enumerate(self.hook_dict)}
 
+    def _stop_before_final_norm(self, _module, args) -> None:
+        if self.ln_final.stop_here:
+            raise StopForward(args[0])
+
     @property
-    def cfg(self):
-        """The wrapped model's `transformers` config (`model.cfg.hidden_size` is d_model)."""
-        return self.hf_model.config
+    def cfg(self) -> LensConfig:
+        """TransformerLens-style config (`d_model`, `n_layers`, `n_ctx`, `device`, ...); any other
+        attribute is the wrapped `transformers` config's (`model.cfg.hidden_size`)."""
+        return self._cfg
 
     @property
     def n_layers(self) -> int:
@@ -343,14 +369,13 @@ class HookedHybrid(HookedRootModule):
             raise ValueError("This model has no tokenizer: pass token ids, or give one to from_hf/from_pretrained.")
         return self.tokenizer
 
-    def to_tokens(
-        self, text: str | Sequence[str], padding_side: Literal["right", "left"] = "right"
-    ) -> Int[Tensor, "batch pos"]:
-        """Token ids of one text or a batch (padded on `padding_side`; see `to_tokens_and_mask`).
+    def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None,
+                  padding_side: PaddingSide | None = None, move_to_device: bool = True,
+                  truncate: bool = True) -> Int[Tensor, "batch pos"]:
+        """Token ids of one text or a batch, with TransformerLens's arguments (see `to_tokens_and_mask`).
 
         Returns:
-            `Int[Tensor, "batch pos"]` on the model's device (batch 1 for a single text); no BOS
-            is added unless the tokenizer adds one.
+            `Int[Tensor, "batch pos"]` (batch 1 for a single text).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -358,14 +383,29 @@ class HookedHybrid(HookedRootModule):
             torch.Size([1, 3])
             >>> model.to_tokens(["In the beginning", "And God said unto Moses"]).shape
             torch.Size([2, 5])
+            >>> model.to_tokens("In the beginning", prepend_bos=True)[0, 0] == model.tokenizer.bos_token_id
+            tensor(True)
         """
-        return self.to_tokens_and_mask(text, padding_side)[0]
+        return self.to_tokens_and_mask(input, prepend_bos, padding_side, move_to_device, truncate)[0]
 
     def to_tokens_and_mask(
-        self, text: str | Sequence[str], padding_side: Literal["right", "left"] = "right"
+        self,
+        input: str | Sequence[str],
+        prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+        move_to_device: bool = True,
+        truncate: bool = True,
     ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-        """Token ids and attention mask. Right padding is the default because it is exact for
-        every mixer: real tokens never see padding in causal attention, Gated DeltaNet or Mamba-2.
+        """Token ids and attention mask of one text or a batch.
+
+        Args:
+            input: A string or a list of strings.
+            prepend_bos: Start every row with BOS; None: `cfg.default_prepend_bos` (what the
+                tokenizer does by itself, so text runs as `transformers` tokenizes it).
+            padding_side: `"right"` or `"left"`; None: `cfg.default_padding_side` (`"right"`).
+                Positions given to interventions count real tokens per row either way.
+            move_to_device: Put the tensors on the model's device (else on the CPU).
+            truncate: Keep at most `cfg.n_ctx` tokens per row.
 
         Returns:
             `(tokens, mask)`, both `Int[Tensor, "batch pos"]`; the mask is 1 on real tokens.
@@ -377,10 +417,16 @@ class HookedHybrid(HookedRootModule):
             tensor([[1, 1, 1, 0, 0],
                     [1, 1, 1, 1, 1]])
         """
-        tokenizer = self._require_tokenizer()
-        texts = [text] if isinstance(text, str) else list(text)
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side)
-        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+        texts = [input] if isinstance(input, str) else input
+        if not isinstance(texts, Sequence) or isinstance(texts, Tensor):
+            raise TypeError(f"to_tokens takes a string or a list of strings, not {type(input).__name__}.")
+        tokens, mask = tokenize(
+            self._require_tokenizer(), texts,
+            prepend_bos=self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos,
+            padding_side=padding_side or self.cfg.default_padding_side,
+            max_length=self.cfg.n_ctx if truncate else None,
+        )
+        return (tokens.to(self.device), mask.to(self.device)) if move_to_device else (tokens, mask)
 
     def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
         """Decode one sequence of ids to a string, or a batch to a list of strings.
@@ -402,39 +448,178 @@ class HookedHybrid(HookedRootModule):
             return tokenizer.batch_decode(tokens)
         return tokenizer.decode(tokens)
 
-    def _encode(self, input: ModelInput, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if isinstance(input, str) or (isinstance(input, Sequence) and input and isinstance(input[0], str)):
+    def to_str_tokens(
+        self, input: str | Sequence[str] | Tensor | Sequence[int], prepend_bos: bool | None = None,
+    ) -> list[str] | list[list[str]]:
+        """Each token as a string: a list for one text or one row of ids, a list of lists for a batch.
+
+        A list of texts gives each text's own tokens (no padding), as TransformerLens does.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.to_str_tokens("In the beginning")
+            ['In', ' the', ' beginning']
+            >>> model.to_str_tokens(["Let there", "be light"])
+            [['Let', ' there'], ['be', ' light']]
+        """
+        tokenizer = self._require_tokenizer()
+        if isinstance(input, str):
+            return self.to_str_tokens(self.to_tokens(input, prepend_bos, move_to_device=False)[0])
+        if isinstance(input, Sequence) and input and all(isinstance(text, str) for text in input):
+            return [self.to_str_tokens(text, prepend_bos) for text in input]
+        ids = as_token_ids(input)
+        rows = [[tokenizer.decode([t]) for t in row.tolist()] for row in ids]
+        return rows[0] if (isinstance(input, Tensor) and input.ndim == 1) or ids.shape[0] == 1 else rows
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token; `ValueError` otherwise.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.to_string([model.to_single_token(" God")])
+            ' God'
+        """
+        tokens = self.to_tokens(string, prepend_bos=False, move_to_device=False, truncate=False)[0]
+        if tokens.numel() != 1:
+            raise ValueError(f"{string!r} is {tokens.numel()} tokens ({self.to_str_tokens(tokens)}), not one.")
+        return int(tokens[0])
+
+    def to_single_str_token(self, token: int) -> str:
+        """The string of one token id.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.to_single_str_token(model.to_single_token(" God"))
+            ' God'
+        """
+        return self._require_tokenizer().decode([int(token)])
+
+    def get_token_position(
+        self, single_token: str | int, input: str | Tensor, mode: Literal["first", "last"] = "first",
+        prepend_bos: bool | None = None,
+    ) -> int:
+        """Position of the first (or last) occurrence of a token in a text or a row of ids.
+
+        Args:
+            single_token: A one-token string or a token id.
+            input: A text, or ids `Int[Tensor, "pos"]` / `Int[Tensor, "1 pos"]`.
+            mode: `"first"` or `"last"` occurrence.
+            prepend_bos: For text input, as in `to_tokens`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.get_token_position(" the", "In the beginning the earth", mode="last")
+            3
+        """
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', not {mode!r}.")
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        ids = self.to_tokens(input, prepend_bos, move_to_device=False) if isinstance(input, str) else as_token_ids(input)
+        if ids.shape[0] != 1:
+            raise ValueError(f"get_token_position takes one sequence, got a batch of {ids.shape[0]}.")
+        found = (ids[0].cpu() == token).nonzero().flatten()
+        if found.numel() == 0:
+            raise ValueError(f"Token {self.to_single_str_token(token)!r} (id {token}) does not occur in the input.")
+        return int(found[0] if mode == "first" else found[-1])
+
+    def encode(
+        self, input: ModelInput, attention_mask: Tensor | None = None, prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None, context_length: int | None = None,
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+        """Validated token ids and attention mask of any model input, as `forward` uses them.
+
+        Args:
+            input: Text, a list of texts, or token ids (tensor, array or nested lists of ints).
+            attention_mask: Only with token ids: 0/1, shaped like them.
+            prepend_bos: For text input, as in `to_tokens`.
+            padding_side: For a list of texts, as in `to_tokens`.
+            context_length: Total positions the run covers when it continues a cache (the mask may
+                then be longer than the ids); None: the ids' own length.
+
+        Returns:
+            `(tokens, mask)` on the model's device; the mask is None when every token is real.
+            Raises `TypeError` / `ValueError` naming the problem for non-integer, ragged, empty,
+            3-D or out-of-vocabulary ids, a mask of the wrong shape or values, or an input longer
+            than the model's maximum positions.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> tokens, mask = model.encode(["In the beginning", "And God said unto Moses"])
+            >>> tokens.shape, mask.shape
+            (torch.Size([2, 5]), torch.Size([2, 5]))
+            >>> model.encode([[5, 6, 7]])
+            (tensor([[5, 6, 7]]), None)
+        """
+        is_text = isinstance(input, str) or (
+            isinstance(input, Sequence) and not isinstance(input, Tensor) and len(input) > 0
+            and all(isinstance(text, str) for text in input)
+        )
+        if is_text:
             if attention_mask is not None:
                 raise ValueError("Pass attention_mask only with token ids; text input is tokenized and masked for you.")
-            tokens, mask = self.to_tokens_and_mask(input)
-            return tokens, (None if bool(mask.all()) else mask)
-        tokens = torch.as_tensor(input, device=self.device)
-        if tokens.ndim == 1:
-            tokens = tokens[None]
-        if tokens.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"Token ids must be integers, got {tokens.dtype}.")
-        return tokens, (None if attention_mask is None else attention_mask.to(self.device))
+            tokens, mask = self.to_tokens_and_mask(input, prepend_bos, padding_side, truncate=False)
+        else:
+            if prepend_bos or padding_side is not None:  # prepend_bos=False (SAE-Lens passes it) is a no-op
+                raise ValueError("prepend_bos=True and padding_side apply to text input only; these are token ids.")
+            tokens = as_token_ids(input).to(self.device)
+            mask = None
+            if attention_mask is not None:
+                mask = check_mask(attention_mask, tokens) if context_length is None else torch.as_tensor(
+                    attention_mask, device=self.device)
+        check_ids(tokens, self.cfg.d_vocab)
+        check_length(context_length or tokens.shape[1], self.cfg.n_ctx)
+        return tokens, (None if mask is None or bool(mask.all()) else mask)
+
+    @property
+    def real_positions(self) -> Int[Tensor, "batch pos"] | None:
+        """During a forward pass: per row, the index of each column among the row's real tokens
+        (-1 on padding), which is how interventions count positions; None between passes.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> seen = []
+            >>> _ = model.run_with_hooks(["In the beginning", "And God said unto Moses"], fwd_hooks=[
+            ...     ("hook_embed", lambda value, hook: seen.append(model.real_positions))])
+            >>> seen[0]
+            tensor([[ 0,  1,  2, -1, -1],
+                    [ 0,  1,  2,  3,  4]])
+        """
+        return self._real_positions
 
     # --- running ------------------------------------------------------------------------------
     def forward(
         self,
         input: ModelInput,
+        return_type: ReturnType = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+        stop_at_layer: int | None = None,
         attention_mask: Tensor | None = None,
-        return_type: Literal["logits", "loss", "both"] | None = "logits",
         **hf_kwargs,
     ):
-        """Run the model, with whatever hooks are attached.
+        """Run the model, with whatever hooks are attached (TransformerLens's arguments).
 
         Args:
-            input: A string, a list of strings (right-padded and masked for you), or token ids
+            input: A string, a list of strings (padded and masked for you), or token ids
                 `Int[Tensor, "batch pos"]` (or `"pos"`, or nested lists of ints).
-            attention_mask: `Int[Tensor, "batch pos"]`, only with token ids.
             return_type: `"logits"`, `"loss"`, `"both"` or None.
-            **hf_kwargs: Passed to the `transformers` forward (`use_cache` defaults to False).
+            loss_per_token: Return the loss of every next-token prediction, not their mean.
+            prepend_bos: For text input, as in `to_tokens`.
+            padding_side: For a list of texts, as in `to_tokens`.
+            stop_at_layer: Run blocks `0 .. stop_at_layer - 1` only and return the residual stream
+                entering block `stop_at_layer` (`Float[Tensor, "batch pos d_model"]`; 0 gives the
+                embeddings, `n_layers` the last block's output before the final norm; negative
+                values count from the end). Later blocks and the unembedding are not computed.
+            attention_mask: `Int[Tensor, "batch pos"]`, only with token ids.
+            **hf_kwargs: Arguments of the `transformers` forward (`use_cache` defaults to False,
+                `position_ids`, `past_key_values`, `logits_to_keep`, ...). Any other name raises a
+                `TypeError` instead of being dropped.
 
         Returns:
-            Logits `Float[Tensor, "batch pos vocab"]`, the mean next-token loss
-            `Float[Tensor, ""]` (see `next_token_loss`), the pair `(logits, loss)`, or None.
+            Logits `Float[Tensor, "batch pos vocab"]`, the mean next-token loss `Float[Tensor, ""]`
+            (or `Float[Tensor, "batch pos-1"]` with `loss_per_token`; see `next_token_loss`), the
+            pair `(logits, loss)`, None, or the residual stream with `stop_at_layer`.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -443,17 +628,73 @@ class HookedHybrid(HookedRootModule):
             >>> logits, loss = model(["In the beginning", "And God said unto Moses"], return_type="both")
             >>> logits.shape, loss.shape
             (torch.Size([2, 5, 4096]), torch.Size([]))
+            >>> model("In the beginning", return_type="loss", loss_per_token=True).shape
+            torch.Size([1, 2])
+            >>> model("In the beginning", stop_at_layer=4).shape      # resid_pre of block 4
+            torch.Size([1, 3, 128])
         """
-        tokens, mask = self._encode(input, attention_mask)
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.")
+        self._check_hf_kwargs(hf_kwargs)
+        continues = hf_kwargs.get("past_key_values", hf_kwargs.get("cache")) is not None
+        context = attention_mask.shape[-1] if continues and attention_mask is not None else None
+        tokens, mask = self.encode(input, attention_mask, prepend_bos, padding_side, context)
+        if return_type in ("loss", "both") and stop_at_layer is None and tokens.shape[1] < 2:
+            raise ValueError("The next-token loss needs at least 2 tokens per row; this input has 1.")
         hf_kwargs.setdefault("use_cache", False)
-        output = self.hf_model(input_ids=tokens, attention_mask=mask, **hf_kwargs)
+        with self._running(tokens, mask), self._stopping_at(stop_at_layer) as stop:
+            try:
+                output = self.hf_model(input_ids=tokens, attention_mask=mask, **hf_kwargs)
+            except StopForward as stopped:
+                return stopped.resid
+        if stop is not None:
+            raise RuntimeError("stop_at_layer was not reached")  # a family whose blocks skip resid_in
         logits = self.hook_logits(output.logits)
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
-        loss = next_token_loss(logits, tokens, mask)
+        loss = next_token_loss(logits, tokens, mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _check_hf_kwargs(self, hf_kwargs: dict) -> None:
+        valid = hf_forward_arguments(self.hf_model)
+        unknown = [key for key in hf_kwargs if key not in valid]
+        if unknown:
+            close = {key: difflib.get_close_matches(key, [*valid, *FORWARD_ARGUMENTS], n=3) for key in unknown}
+            hints = "; ".join(f"{key!r} (closest: {', '.join(c) or 'none'})" for key, c in close.items())
+            raise TypeError(
+                f"forward() got keyword arguments that neither hybrid-lens nor {type(self.hf_model).__name__} "
+                f"takes: {hints}. hybrid-lens takes {', '.join(FORWARD_ARGUMENTS)}; transformers takes "
+                f"{', '.join(sorted(valid))}."
+            )
+
+    @contextmanager
+    def _running(self, tokens: Tensor, mask: Tensor | None) -> Iterator[None]:
+        previous = self._real_positions
+        self._real_positions = real_positions(mask, tokens.shape[0], mask.shape[1] if mask is not None else
+                                              tokens.shape[1])[:, -tokens.shape[1]:].to(tokens.device)
+        try:
+            yield
+        finally:
+            self._real_positions = previous
+
+    @contextmanager
+    def _stopping_at(self, stop_at_layer: int | None) -> Iterator[int | None]:
+        if stop_at_layer is None:
+            yield None
+            return
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int) \
+                or not -self.n_layers <= stop_at_layer <= self.n_layers:
+            raise ValueError(f"stop_at_layer must be an int in [{-self.n_layers}, {self.n_layers}], "
+                             f"not {stop_at_layer!r}.")
+        stop = stop_at_layer % self.n_layers if stop_at_layer < self.n_layers else self.n_layers
+        point = self.blocks[stop] if stop < self.n_layers else self.ln_final
+        point.stop_here = True
+        try:
+            yield stop
+        finally:
+            point.stop_here = False
 
     def run_with_cache(
         self,
@@ -471,13 +712,14 @@ class HookedHybrid(HookedRootModule):
                 model-level points (inner mixer points only when named, since they switch on
                 eager paths).
             device: Move cached tensors there (e.g. "cpu").
-            remove_batch_dim: Drop the batch axis (batch size 1 only).
-            **model_kwargs: Passed to `forward` (`attention_mask=`, `return_type=`, ...).
+            remove_batch_dim: Drop the batch axis (batch size 1 only; a larger batch is an error).
+            **model_kwargs: Passed to `forward` (`attention_mask=`, `return_type=`,
+                `stop_at_layer=`, ...).
 
         Returns:
             The model output (logits `Float[Tensor, "batch pos vocab"]` by default) and an
             `ActivationCache` of detached tensors, e.g. `Float[Tensor, "batch pos d_model"]` for
-            block-level points.
+            block-level points. With `stop_at_layer`, only points before the stop are cached.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -490,7 +732,7 @@ class HookedHybrid(HookedRootModule):
         """
         store: dict[str, Tensor] = {}
 
-        def save(value: Tensor, hook: HookPoint) -> None:
+        def save(value: Tensor, hook) -> None:
             value = value.detach()
             store[hook.name] = value if device is None else value.to(device)
 
@@ -498,6 +740,9 @@ class HookedHybrid(HookedRootModule):
         with self.hooks(fwd_hooks=[(name, save) for name in names]):
             output = self(*model_args, **model_kwargs)
         if remove_batch_dim:
+            batch = next(iter(store.values())).shape[0] if store else 1
+            if batch != 1:
+                raise ValueError(f"remove_batch_dim=True needs a batch of 1; this batch has {batch} rows.")
             store = {name: value[0] for name, value in store.items()}
         return output, ActivationCache(store, self.layer_mixers)
 
@@ -540,6 +785,93 @@ class HookedHybrid(HookedRootModule):
         """
         return self.nnsight().trace(*inputs, **kwargs)
 
+    # --- SAEs (SAE-Lens `HookedSAETransformer` methods; see hybrid_lens.sae) --------------------
+    @property
+    def acts_to_saes(self) -> dict[str, nn.Module]:
+        """The spliced SAEs by hook name (as SAE-Lens's `HookedSAETransformer.acts_to_saes`)."""
+        return {name: splice.sae for name, splice in sae_lib.attached_saes(self).items()}
+
+    def add_sae(self, sae: nn.Module, use_error_term: bool | None = None, hook_name: str | None = None):
+        """Splice an SAE in at its hook point until `reset_saes`; see `hybrid_lens.sae.add_sae`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _ = model.add_sae(torch.nn.Identity(), hook_name="blocks.3.hook_ssm_out")
+            >>> list(model.acts_to_saes)
+            ['blocks.3.hook_ssm_out']
+            >>> model.reset_saes()
+        """
+        return sae_lib.add_sae(self, sae, hook_name, use_error_term)
+
+    def reset_saes(self, act_names: str | Sequence[str] | None = None) -> None:
+        """Remove spliced SAEs (all, or those at `act_names`); see `hybrid_lens.sae.reset_saes`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _ = model.add_sae(torch.nn.Identity(), hook_name="blocks.3.hook_ssm_out")
+            >>> model.reset_saes()
+            >>> model.acts_to_saes
+            {}
+        """
+        sae_lib.reset_saes(self, act_names)
+
+    def saes(self, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None, hook_names=None):
+        """Context manager splicing SAEs in for a `with` block; see `hybrid_lens.sae.saes`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> with model.saes(torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out"):
+            ...     list(model.acts_to_saes)
+            ['blocks.3.hook_ssm_out']
+        """
+        return sae_lib.saes(self, saes, hook_names, reset_saes_end, use_error_term)
+
+    def run_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None,
+                      hook_names=None, **model_kwargs):
+        """`forward` with SAEs spliced in for this one run.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> logits = model.run_with_saes("In the beginning", saes=torch.nn.Identity(),
+            ...                              hook_names="blocks.3.hook_ssm_out")
+            >>> torch.allclose(logits, model("In the beginning"))
+            True
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self(*model_args, **model_kwargs)
+
+    def run_with_cache_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True,
+                                 use_error_term: bool | None = None, hook_names=None, **kwargs):
+        """`run_with_cache` with SAEs spliced in; their hook points (`{hook}.hook_sae_acts_post`, ...)
+        are cached like any other.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache_with_saes(
+            ...     "In the beginning", saes=torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out",
+            ...     names_filter="blocks.3.hook_ssm_out.hook_sae_output")
+            >>> cache["blocks.3.hook_ssm_out.hook_sae_output"].shape
+            torch.Size([1, 3, 128])
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self.run_with_cache(*model_args, **kwargs)
+
+    def run_with_hooks_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True,
+                                 use_error_term: bool | None = None, hook_names=None, **kwargs):
+        """`run_with_hooks` with SAEs spliced in.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> zero = lambda value, hook: torch.zeros_like(value)
+            >>> logits = model.run_with_hooks_with_saes(
+            ...     "In the beginning", saes=torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out",
+            ...     fwd_hooks=[("blocks.3.hook_ssm_out.hook_sae_output", zero)])
+            >>> torch.allclose(logits, model("In the beginning"))
+            False
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self.run_with_hooks(*model_args, **kwargs)
+
 
 def next_token_loss(
     logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], mask: Tensor | None = None,
@@ -550,8 +882,9 @@ def next_token_loss(
     Args:
         logits: `Float[Tensor, "batch pos vocab"]`.
         tokens: `Int[Tensor, "batch pos"]`, the input ids (targets are `tokens[:, 1:]`).
-        mask: `Int[Tensor, "batch pos"]` attention mask; masked targets are left out of the mean.
-        per_token: Return every loss instead of the mean (the mask is then not applied).
+        mask: `Int[Tensor, "batch pos"]` attention mask; masked targets are left out of the mean
+            (and are 0 with `per_token`).
+        per_token: Return every loss instead of the mean.
 
     Returns:
         The mean loss `Float[Tensor, ""]`, or `Float[Tensor, "batch pos-1"]` with `per_token=True`.
@@ -564,9 +897,22 @@ def next_token_loss(
     """
     log_probs = logits[:, :-1].float().log_softmax(-1)
     nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
-    if per_token:
-        return nll
     if mask is None:
-        return nll.mean()
+        return nll if per_token else nll.mean()
     target_mask = mask[:, 1:].to(nll.dtype)
-    return (nll * target_mask).sum() / target_mask.sum()
+    return nll * target_mask if per_token else (nll * target_mask).sum() / target_mask.sum()
+
+
+def hf_forward_arguments(hf_model: nn.Module) -> set[str]:
+    """Keyword arguments the `transformers` forward of `hf_model` takes (named, or typed `**kwargs`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> {"use_cache", "position_ids", "output_hidden_states"} <= hf_forward_arguments(model.hf_model)
+        True
+    """
+    found = {"past_key_values", *TransformersKwargs.__annotations__}  # the deprecated name of `cache`
+    for name, parameter in inspect.signature(type(hf_model).forward).parameters.items():
+        if parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            found.add(name)
+    return found - {"self", "input_ids"}

@@ -24,13 +24,22 @@ import pytest
 # Modules whose public API must be documented and whose examples run as doctests.
 MODULES = [
     "hybrid_lens.model",
+    "hybrid_lens.tokens",
+    "hybrid_lens.lens_config",
     "hybrid_lens.hook_points",
+    "hybrid_lens.sae",
     "hybrid_lens.cache",
     "hybrid_lens.interventions.selectors",
     "hybrid_lens.interventions.ablations",
     "hybrid_lens.interventions.conditions",
     "hybrid_lens.interventions.patching",
     "hybrid_lens.interventions.sweep",
+    "hybrid_lens.interventions.state_patching",
+    "hybrid_lens.interventions.knockout",
+    "hybrid_lens.interventions.attribution",
+    "hybrid_lens.mixers.state",
+    "hybrid_lens.mixers.gated_deltanet",
+    "hybrid_lens.mixers.mamba2",
     "hybrid_lens.evals.scoring",
     "hybrid_lens.evals.perplexity",
     "hybrid_lens.evals.data",
@@ -44,6 +53,7 @@ MODULES = [
     "hybrid_lens.study.conditions",
     "hybrid_lens.study.store",
     "hybrid_lens.study.stats",
+    "hybrid_lens.study.published",
     "hybrid_lens.study.tasks",
     "hybrid_lens.study.runner",  # run_study and hidden_metrics are +SKIP (minutes on a CPU)
     "hybrid_lens.study.cli",
@@ -56,8 +66,10 @@ DOCUMENTED = [
     "hybrid_lens",
     "hybrid_lens.analysis",
     "hybrid_lens.interventions",
+    "hybrid_lens.mixers",
     "hybrid_lens.evals",
     "hybrid_lens.study.report",
+    "hybrid_lens.study.tables",
     "hybrid_lens.viz",
     *MODULES,
 ]
@@ -71,13 +83,15 @@ DOCTESTED = [
     "hybrid_lens.analysis.contributions",
     "hybrid_lens.analysis.correlation",
     "hybrid_lens.viz.figures",
+    "hybrid_lens.viz.static",
 ]
-# hybrid_lens.study.report is documented but not doctested: its examples read the folder of a
-# finished study (checked by hand against `hybrid-lens study --model hybrid-lens/tiny-qwen3.5
-# --tasks ppl,arc --conditions group --n 2`).
+# hybrid_lens.study.report and .tables are documented but not doctested: their examples read the
+# folder of a finished study (checked by hand against `hybrid-lens study --model
+# hybrid-lens/tiny-qwen2.5 --tasks ppl --conditions group,layer,transformer --n 2 --out hybrid-lens-study`).
 CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.zoo", "hybrid_lens.interventions.selectors",
                    "hybrid_lens.analysis.correlation", "hybrid_lens.evals.data", "hybrid_lens.study.stats",
-                   "hybrid_lens.study.store", "hybrid_lens.study.cli", "hybrid_lens.interventions.sweep",
+                   "hybrid_lens.study.store", "hybrid_lens.study.cli",
+                   "hybrid_lens.study.published", "hybrid_lens.viz.static", "hybrid_lens.interventions.sweep",
                    "hybrid_lens.evals.scoring"]
 
 

@@ -53,5 +53,5 @@ def test_length_batches_sort_and_cut_by_device():
     cpu = length_batches(lengths, None, "cpu")
     assert all(len(b) == 1 or len(b) * lengths[b[0]] <= CPU_BATCH_TOKENS for b in cpu)
     assert [len(b) for b in cpu] == [1, 1, 1, 2, 3]  # 700, 500, 300 alone; 200+90; 40+20+3
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         length_batches(lengths, 0)

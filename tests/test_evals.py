@@ -6,6 +6,7 @@ import math
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ from hybrid_lens.evals import (
     perplexity,
 )
 from hybrid_lens.evals.tasks import (
+    TASKS,
     arc_challenge,
     arc_prompts,
     extract_flexible,
@@ -335,7 +337,51 @@ def test_paper_perplexity_is_one_clamped_forward_with_labels():
 def test_non_finite_losses_raise_instead_of_reporting_nan():
     _, model = build("qwen2")
     ids = torch.randint(3, 256, (60,), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(FloatingPointError, match="under condition .mlp_scaleinf."):
-        perplexity(model, ids, 30, 15, condition=scale("mlp", float("inf"), layers=[0]), progress=False)
+    weight = model.hf_model.model.layers[0].mlp.down_proj.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="under condition .attn_zero."):
+        perplexity(model, ids, 30, 15, condition=zero("attn", layers=[1]), progress=False)
+    with torch.no_grad():
+        weight.copy_(saved)
     result = perplexity(model, ids, 30, 15, progress=False)
     assert result.summary()["log10_ppl"] == pytest.approx(result.mean_nll / math.log(10))
+
+
+# --- row selection, scored requests, keyword-only conditions ------------------------------------------
+ROW_TASKS = {  # every task: run, options (zero-shot or fixed shots, so the prompt does not depend on the order)
+    "mmlu": (mmlu, dict(shots=0)), "arc_challenge": (arc_challenge, dict(shots=0)),
+    "hellaswag": (hellaswag, dict(shots=0)), "truthfulqa_mc": (truthfulqa_mc, {}),
+    "gsm8k_cot": (gsm8k_cot, dict(shots=1, max_new_tokens=4)),
+}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("task", sorted(ROW_TASKS))
+def test_rows_select_those_examples_and_the_result_carries_its_requests(task):
+    _, model = build("qwen2")
+    run, options = ROW_TASKS[task]
+    picked = run(model, rows=[5, 2], source="bundled", progress=False, **options)
+    first = run(model, rows=range(6), source="bundled", progress=False, **options)
+    assert picked.examples.example.tolist() == [5, 2]
+    metrics = list(picked.metric_names)
+    expected = first.examples.set_index("example").loc[[5, 2], metrics].reset_index(drop=True)
+    pd.testing.assert_frame_equal(picked.examples[metrics], expected)
+    requests = picked.requests
+    assert requests.example.unique().tolist() == [5, 2]
+    if task == "gsm8k_cot":  # the prompts generated from, with their stop strings
+        assert greedy_until(model, requests.context.tolist(), UNTIL, 4, progress=False) == \
+            picked.examples.generation.tolist()
+    else:  # the loglikelihoods of exactly these requests are the ones scored
+        lls = loglikelihoods(model, list(zip(requests.context, requests.continuation)), progress=False)
+        columns = [c for c in picked.examples.columns if c.startswith("loglikelihoods")]
+        scored = [ll for _, row in picked.examples.iterrows() for column in columns for ll in row[column]]
+        np.testing.assert_allclose(lls, scored, rtol=1e-6)
+
+
+def test_condition_is_keyword_only_in_every_task_function():
+    import inspect
+
+    for function in (*TASKS.values(), perplexity):
+        assert inspect.signature(function).parameters["condition"].kind is inspect.Parameter.KEYWORD_ONLY, function

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hybrid_lens.evals.data import DATA
+from hybrid_lens.evals import perplexity
 from hybrid_lens.evals.tasks import arc_challenge, arc_prompts, gsm8k_cot, hellaswag, mmlu, truthfulqa_mc
 from hybrid_lens.interventions import zero
 
@@ -132,3 +133,32 @@ def test_gsm8k_generations_match_lm_eval_under_an_ablation(task_dir):
                                                             flexible[i]["filtered_resps"][0])
         assert (row.exact_match_strict, row.exact_match_flexible) == (strict[i]["exact_match"],
                                                                       flexible[i]["exact_match"])
+
+
+@torch.no_grad()
+def test_word_perplexity_and_bits_per_byte_match_lm_eval_wikitext():
+    """lm-eval's `loglikelihood_rolling` scores every token of a document after its prefix token;
+    our perplexity of `prefix + document` scores the same tokens, so its word perplexity and bits
+    per byte must equal lm-eval's wikitext metrics (words counted without stripping the text)."""
+    import importlib.util
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
+    from lm_eval.models.huggingface import HFLM
+
+    _, model = build("falcon_h1", **SENSITIVE)
+    spec = importlib.util.spec_from_file_location(
+        "preprocess_wikitext", Path(lm_eval.__file__).parent / "tasks/wikitext/preprocess_wikitext.py")
+    wikitext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wikitext)
+    document = " = Robert Boulter = \n Robert Boulter is an English film , television and theatre actor . \n"
+    lm = HFLM(pretrained=model.hf_model, tokenizer=model.tokenizer, batch_size=1, device="cpu")
+    (theirs,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (document,), 0)], disable_tqdm=True)
+    metrics = wikitext.process_results({"page": document}, [theirs])
+    text = model.tokenizer.bos_token + document
+    assert model.tokenizer(text, add_special_tokens=False)["input_ids"][0] == lm.prefix_token_id
+    ours = perplexity(model, text, context_length=256, condition=None, progress=False)
+    assert -ours.nll_sum == pytest.approx(theirs, rel=1e-5)
+    assert ours.n_words == metrics["word_perplexity"][1] == len(document.split()) + 2  # leading, trailing space count
+    assert ours.word_ppl == pytest.approx(weighted_perplexity([metrics["word_perplexity"]]), rel=1e-5)
+    assert ours.bits_per_byte == pytest.approx(bits_per_byte([metrics["bits_per_byte"]]), rel=1e-5)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from .conftest import build
+
+try:  # TransformerLens >= 3.4 (3.9 and 4.x in CI)
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+except ImportError:
+    build_bridge_from_module = None
 
 
 @torch.no_grad()
@@ -62,10 +68,13 @@ def test_nnsight_inner_points_on_request(tokens):
     assert not any(tap.active for tap in model._taps)
 
 
+@pytest.mark.skipif(
+    build_bridge_from_module is None,
+    reason="needs TransformerLens's TransformerBridge (transformer_lens.model_bridge.sources."
+    "build_bridge_from_module, TransformerLens >= 3.4)",
+)
 @torch.no_grad()
 def test_qwen2_hook_values_equal_transformer_lens_bridge(tokens):
-    from transformer_lens.model_bridge.sources import build_bridge_from_module
-
     reference, model = build("qwen2")
     bridge = build_bridge_from_module(copy.deepcopy(reference), "Qwen2ForCausalLM", hf_config=reference.config)
     bridge_logits, bridge_cache = bridge.run_with_cache(tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -86,5 +87,7 @@ def test_text_input_counts_bytes_and_words():
     _, model = build("qwen2")
     text = wikitext2()[:400]
     result = perplexity(model, text, 64, 32, progress=False)
-    assert result.n_bytes == len(text.encode()) and result.tokens == len(text) - 1
+    scored = text[1:]  # one character per token; the first is only context
+    assert result.n_bytes == len(scored.encode()) and result.tokens == len(text) - 1
+    assert result.n_words == len(re.split(r"\s+", scored))
     assert result.bits_per_byte == pytest.approx(result.nll_sum / (result.n_bytes * math.log(2)))

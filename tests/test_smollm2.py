@@ -26,7 +26,7 @@ def loaded():
         pytest.skip(f"needs {' and '.join(smollm2.missing())}: {smollm2.INSTALL}")
     model = HookedHybrid.from_pretrained("smollm2-135m")
     with torch.random.fork_rng(devices=[]):  # a second, unwrapped model (random init, then our weights)
-        reference = type(model.hf_model)(model.cfg).eval()
+        reference = type(model.hf_model)(model.hf_model.config).eval()
     reference.load_state_dict(model.hf_model.state_dict())
     return model, reference
 
@@ -98,9 +98,11 @@ def test_missing_package_error_names_the_pip_commands(monkeypatch):
     assert cli_main(["hooks", "--model", "hybrid-lens/smollm2-135m"]) == 2
 
 
-def test_registry_names(capsys):
+def test_registry_names(capsys, monkeypatch):
     assert smollm2.is_name("smollm2-135m") and smollm2.is_name("hybrid-lens/smollm2-135m")
     assert not zoo.is_zoo_name("hybrid-lens/smollm2-135m") and zoo.is_zoo_name("hybrid-lens/tiny-qwen2.5")
-    assert zoo.resolve("some/hub-model") == ("some/hub-model", {}, {})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache and the hub is offline"):
+        zoo.resolve("some/hub-model")  # fails at once instead of retrying the hub
     assert cli_main(["models"]) == 0
     assert "smollm2-135m" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -73,12 +74,13 @@ def test_report_renders_from_the_store_with_data_in_every_figure(checkpoint, tmp
     html = page.read_text()
     parser = _Collector()
     parser.feed(html)
-    slug = spec.model.replace("/", "_")
-    assert {f"{slug}_perplexity", f"{slug}_targeted_vs_random_perplexity", "layer_sweep_ppl",
-            f"{slug}_norm_change_vs_ppl", f"{slug}_output_ratio_vs_ppl"} <= set(parser.divs)
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec.model).strip("_")
+    assert {f"table2_{slug}", f"table4_{slug}", "layers_All_models_log_perplexity_ratio",
+            f"correlations_{slug}_norm_change_vs_log_perplexity_ratio",
+            f"correlations_{slug}_output_ratio_vs_log_perplexity_ratio"} <= set(parser.divs)
     markdown = (tmp_path / "report.md").read_text()
     assert "Hidden-state metric vs layer-ablation impact" in markdown
-    assert "per-token component contribution" in html and html.count("<span") >= 3 * 32
+    assert "per-token component contribution" in html.lower() and html.count("<span") >= 3 * 32
     assert "Table 2 analogue" in markdown and "Table 4 analogue" in markdown
     assert "ssm_off" in markdown and "attn_off_early" in markdown
 
@@ -96,8 +98,9 @@ def test_bad_input_is_refused_clearly(checkpoint, tmp_path):
         StudyStore(store_path, meta={"model": other.model})
     from hybrid_lens.cli import main
 
-    assert main(["study", "--model", spec.model, "--tasks", "ppl", "--n", "1", "--conditions", "group",
-                 "--ppl-text", spec.ppl_source, "--ppl-context", "64", "--out", str(tmp_path), "--no-report",
-                 "--quiet"]) == 0
+    command = ["study", "--model", spec.model, "--tasks", "ppl", "--n", "1", "--conditions", "group", "--ppl-text",
+               spec.ppl_source, "--ppl-context", "64", "--no-report", "--quiet"]
+    assert main([*command, "--out", str(tmp_path)]) == 2  # other settings than the study in that folder
+    assert main([*command, "--out", str(tmp_path / "other")]) == 0
     with pytest.raises(SystemExit):
         main(["study", "--tasks", "ppl,nope"])

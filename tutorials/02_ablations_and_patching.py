@@ -15,10 +15,13 @@ model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
 text = load_validation_text()[:6000]
 
 # %% Perplexity under group ablations (the demo's headline numbers)
+# Each condition gets its own name: the default names say which ablation (`ssm_zero`), not where.
 baseline = perplexity(model, text, context_length=256, progress=False)
-for condition in (zero("ssm"), zero("attn"), zero("ssm", layers="early"), skip_layer([5, 6])):
+for condition in (zero("ssm", name="ssm_off (all layers)"), zero("attn", name="attn_off (all layers)"),
+                  zero("ssm", layers="early", name="ssm_off (early third)"),
+                  skip_layer([5, 6], name="skip layers 5, 6")):
     result = perplexity(model, text, context_length=256, condition=condition, progress=False)
-    print(f"{condition.name:12s} ppl {result.ppl:9.1f}  ({result.ppl / baseline.ppl:.1f}x baseline)")
+    print(f"{condition.name:22s} ppl {result.ppl:9.1f}  ({result.ppl / baseline.ppl:.2f}x baseline)")
 
 # %% Mean ablation from reference text, composed with patching the clean attention output of layer 8
 clean, corrupt = "And God said unto Moses", "And God spake unto Aaron"  # same token length

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..hook_points import HookPoint, Tap, TappedHookPoint
 
@@ -46,12 +46,22 @@ class HookedBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        self.stop_here = False  # set by `HookedHybrid.forward(stop_at_layer=index)`
 
     def extra_repr(self) -> str:
         return f"index={self.index}, mixers={self.mixers}"
 
 
 BlockForward = Callable[..., object]
+Entry = Callable[[Tensor], Tensor]
+
+
+class StopForward(Exception):  # noqa: N818 (a control-flow signal, not an error)
+    """Raised where `HookedHybrid.forward(stop_at_layer=...)` ends; carries the residual stream."""
+
+    def __init__(self, resid: Tensor):
+        super().__init__("stop_at_layer reached")
+        self.resid = resid
 
 
 class Adapter:
@@ -83,10 +93,11 @@ class Adapter:
         """`hidden_states` in the form the family's decoder loop expects from a layer."""
         return hidden_states
 
-    def block_forward(self, block: HookedBlock, layer: nn.Module, entry: HookPoint | None) -> BlockForward:
+    def block_forward(self, block: HookedBlock, layer: nn.Module, entry: Entry | None) -> BlockForward:
         """A replacement for `layer.forward` that routes values through `block`'s hook points.
 
-        `entry` (block 0 only) is `hook_embed`, called before `hook_resid_pre`.
+        `entry` (block 0 only) calls `hook_embed`, before `hook_resid_pre`. Hook points are looked
+        up on `block` at call time, so a module put in a hook point's place (an SAE) takes effect.
         """
         raise NotImplementedError
 
@@ -123,8 +134,11 @@ def is_hooked(layer: nn.Module) -> bool:
     return getattr(vars(layer).get(attribute), "hybrid_lens_block", False)
 
 
-def resid_in(block: HookedBlock, entry: HookPoint | None, hidden_states):
-    """Pass the block input through `hook_embed` (block 0) and `hook_resid_pre`."""
+def resid_in(block: HookedBlock, entry: Entry | None, hidden_states):
+    """Pass the block input through `hook_embed` (block 0) and `hook_resid_pre`; stop the forward
+    pass here (`StopForward`) when the block is where `stop_at_layer` ends."""
     if entry is not None:
         hidden_states = entry(hidden_states)
+    if block.stop_here:
+        raise StopForward(hidden_states)
     return block.hook_resid_pre(hidden_states)

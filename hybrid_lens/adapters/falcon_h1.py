@@ -12,8 +12,11 @@ import torch
 from transformers.models.falcon_h1 import modeling_falcon_h1 as hf
 
 from ..hook_points import Tap
+from ..mixers import mamba2
+from ..mixers.state import split_scan
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
-from .taps import add_attention_points, add_projection_point, eager_forward_tap, input_tap, single
+from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, input_tap,
+                   mixer_output, single)
 
 
 class FalconH1Adapter(Adapter):
@@ -35,18 +38,18 @@ class FalconH1Adapter(Adapter):
 
     def block_forward(self, block: HookedBlock, layer, entry):
         def forward(hidden_states, attention_mask=None, mamba_attention_mask=None, position_ids=None,
-                    past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
+                    cache=None, use_cache=False, position_embeddings=None, **kwargs):
             residual = resid_in(block, entry, hidden_states)
             normed = layer.input_layernorm(residual)
             ssm_out = layer.mamba(
-                hidden_states=normed, cache_params=past_key_values, attention_mask=mamba_attention_mask, **kwargs
+                hidden_states=normed, cache=cache, attention_mask=mamba_attention_mask, **kwargs
             )
             ssm_out = block.hook_ssm_out(ssm_out * layer.ssm_out_multiplier)
             attn_out, _ = layer.self_attn(
                 hidden_states=normed * layer.attention_in_multiplier,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
@@ -60,12 +63,12 @@ class FalconH1Adapter(Adapter):
 
     def add_inner_points(self, block: HookedBlock, layer, pattern_mode: Tap) -> list[Tap]:
         return [
-            *add_mamba2_points(block.ssm, layer.mamba),
+            *add_mamba2_points(block.ssm, layer.mamba, pattern_mode),
             *add_attention_points(block.attn, layer.self_attn, pattern_mode),
         ]
 
 
-def add_mamba2_points(hooks: MixerHooks, mamba) -> list[Tap]:
+def add_mamba2_points(hooks: MixerHooks, mamba, pattern_mode: Tap) -> list[Tap]:
     """Inner points of a Mamba-2 mixer (TransformerLens `SSM2MixerBridge` names, x/B/C/dt/z/y split out).
 
     From projections (cheap): `hook_in_proj` `[batch, pos, d_in_proj]` (raw `in_proj` output, before
@@ -73,23 +76,29 @@ def add_mamba2_points(hooks: MixerHooks, mamba) -> list[Tap]:
     From an eager forward that runs only while one of them is hooked: `hook_conv`
     `[batch, pos, conv_dim]` (after conv + activation), `hook_x` `[batch, pos, head, d_head]`,
     `hook_B`, `hook_C` `[batch, pos, group, d_state]`, `hook_dt` `[batch, pos, head]` (before bias
-    and softplus), `hook_z` `[batch, pos, d_ssm]` (gate, after the muP vector).
+    and softplus), `hook_z` `[batch, pos, d_ssm]` (gate, after the muP vector), `hook_pattern`
+    `[batch, head, query_pos, key_pos]` (the semiseparable matrix M, scan output `M x + D x`;
+    computed only while hooked, and a replaced M is applied to x instead of the scan), and
+    `hook_state` `[batch, head, d_head, d_state]` (the SSM state after chosen positions, see
+    `StateHookPoint`).
     """
     split, join = single("hook_y", mamba.num_heads)
     taps = [
         add_projection_point(hooks, mamba.in_proj, "hook_in_proj", None, "in_proj output"),
         input_tap(hooks, mamba.out_proj, split, join, ["hook_y"], "out_proj input"),
     ]
-    names = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C"]
-    eager = eager_forward_tap(hooks, mamba, _eager_mamba2(mamba, hooks), names, "eager Mamba-2 forward")
+    names = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_pattern"]
+    forward = _eager_mamba2(mamba, hooks, pattern_mode)
+    eager = eager_forward_tap(hooks, mamba, forward, names, "eager Mamba-2 forward")
+    add_state_point(hooks, eager)
     return [*taps, eager]
 
 
-def _eager_mamba2(mamba, hooks: MixerHooks):
+def _eager_mamba2(mamba, hooks: MixerHooks, pattern_mode: Tap):
     """The `transformers` Falcon-H1 Mamba-2 forward (no-cache path) with hook points on x/B/C/dt/z."""
 
-    def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        if cache_params is not None:
+    def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
+        if cache is not None:
             raise NotImplementedError(
                 "Inner Mamba-2 hook points (hook_x/B/C/dt/z/conv) need a run without a cache: pass use_cache=False."
             )
@@ -114,10 +123,22 @@ def _eager_mamba2(mamba, hooks: MixerHooks):
         x = hooks.hook_x(x.view(batch, seq, -1, mamba.head_dim))
         B = hooks.hook_B(B.view(batch, seq, mamba.n_groups, -1))
         C = hooks.hook_C(C.view(batch, seq, mamba.n_groups, -1))
-        y = hf.mamba2_chunk_scan(
-            x, dt, A, B, C, chunk_size=mamba.chunk_size, D=mamba.D, z=None, return_final_states=False,
-            dt_bias=mamba.dt_bias, dt_softplus=True, initial_states=None, dt_limit=mamba.time_step_limit, **kwargs,
-        ).view(batch, seq, -1)
+
+        def scan(parts, initial_state, final):
+            result = hf.mamba2_chunk_scan(
+                *parts[:2], A, *parts[2:], chunk_size=mamba.chunk_size, D=mamba.D, z=None, return_final_states=final,
+                dt_bias=mamba.dt_bias, dt_softplus=True, initial_states=initial_state, dt_limit=mamba.time_step_limit,
+                **kwargs,
+            )
+            return result if final else (result, None)
+
+        def pattern():
+            step = torch.nn.functional.softplus(dt + mamba.dt_bias).clamp(*mamba.time_step_limit)
+            return mamba2.implicit_attention(step, A, B, C)
+
+        y = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [x, dt, B, C]), pattern,
+                         lambda edited: mamba2.apply_pattern(edited, x, mamba.D), pattern_mode)
+        y = y.reshape(batch, seq, -1)
         y = mamba.norm(y, gate) if mamba.mamba_rms_norm else y * torch.nn.functional.silu(gate)
         return mamba.out_proj(y.to(dtype))
 

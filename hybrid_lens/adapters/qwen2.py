@@ -18,14 +18,14 @@ class Qwen2Adapter(Adapter):
         return [("attn",)] * config.num_hidden_layers
 
     def block_forward(self, block: HookedBlock, layer, entry):
-        def forward(hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+        def forward(hidden_states, attention_mask=None, position_ids=None, cache=None,
                     use_cache=False, position_embeddings=None, **kwargs):
             residual = resid_in(block, entry, hidden_states)
             attn_out, _ = layer.self_attn(
                 hidden_states=layer.input_layernorm(residual),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 **kwargs,

@@ -10,8 +10,11 @@ import torch.nn.functional as F
 from transformers.models.qwen3_5 import modeling_qwen3_5 as hf
 
 from ..hook_points import Tap
+from ..mixers import gated_deltanet
+from ..mixers.state import split_scan
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
-from .taps import add_attention_points, add_projection_point, eager_forward_tap, output_tap
+from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, output_tap,
+                   mixer_output)
 
 KIND_OF_LAYER_TYPE = {"linear_attention": "linear_attn", "full_attention": "attn"}
 
@@ -31,26 +34,26 @@ class Qwen3_5Adapter(Adapter):
 
     def block_forward(self, block: HookedBlock, layer, entry):
         kind = block.mixers[0]
-        mixer_out = getattr(block, f"hook_{kind}_out")
+        mixer_out = f"hook_{kind}_out"  # looked up at call time: a replaced hook-point module takes effect
 
         def forward(hidden_states, position_embeddings=None, attention_mask=None, position_ids=None,
-                    past_key_values=None, **kwargs):
+                    cache=None, **kwargs):
             residual = resid_in(block, entry, hidden_states)
             normed = layer.input_layernorm(residual)
             if kind == "linear_attn":
                 out = layer.linear_attn(
-                    hidden_states=normed, cache_params=past_key_values, attention_mask=attention_mask, **kwargs
+                    hidden_states=normed, cache=cache, attention_mask=attention_mask, **kwargs
                 )
             else:
                 out, _ = layer.self_attn(
                     hidden_states=normed,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
-                    past_key_values=past_key_values,
+                    cache=cache,
                     position_embeddings=position_embeddings,
                     **kwargs,
                 )
-            resid_mid = block.hook_resid_mid(residual + mixer_out(out))
+            resid_mid = block.hook_resid_mid(residual + getattr(block, mixer_out)(out))
             mlp_out = block.hook_mlp_out(layer.mlp(layer.post_attention_layernorm(resid_mid)))
             return block.hook_resid_post(resid_mid + mlp_out)
 
@@ -59,10 +62,10 @@ class Qwen3_5Adapter(Adapter):
     def add_inner_points(self, block: HookedBlock, layer, pattern_mode: Tap) -> list[Tap]:
         if block.mixers[0] == "attn":
             return add_attention_points(block.attn, layer.self_attn, pattern_mode, gated=True)
-        return add_gated_deltanet_points(block.linear_attn, layer.linear_attn)
+        return add_gated_deltanet_points(block.linear_attn, layer.linear_attn, pattern_mode)
 
 
-def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
+def add_gated_deltanet_points(hooks: MixerHooks, gdn, pattern_mode: Tap) -> list[Tap]:
     """Inner points of a Gated DeltaNet mixer (TransformerLens `GatedDeltaNetBridge` names).
 
     From projections (cheap): `hook_q_pre_conv`, `hook_k_pre_conv` `[batch, pos, k_head, d_k]`,
@@ -70,7 +73,10 @@ def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
     `[batch, pos, v_head]`. From an eager forward that runs only while one of them is hooked:
     `hook_q`, `hook_k`, `hook_v` (after the causal conv), `hook_beta` (sigmoid), `hook_log_decay`
     (g, `[batch, pos, v_head]`, float32), `hook_recurrence_out` `[batch, pos, v_head, d_v]`
-    (delta-rule output before the gated norm).
+    (delta-rule output before the gated norm), `hook_pattern` `[batch, v_head, query_pos, key_pos]`
+    (implicit attention, `recurrence_out = pattern @ v` per head; computed only while hooked, and a
+    replaced pattern is applied to the values instead of the recurrence), and `hook_state`
+    `[batch, v_head, d_k, d_v]` (the recurrent state after chosen positions, see `StateHookPoint`).
     """
     sizes = [gdn.key_dim, gdn.key_dim, gdn.value_dim]
     heads = {"hook_q_pre_conv": gdn.num_k_heads, "hook_k_pre_conv": gdn.num_k_heads, "hook_v_pre_conv": gdn.num_v_heads}
@@ -86,16 +92,18 @@ def add_gated_deltanet_points(hooks: MixerHooks, gdn) -> list[Tap]:
         add_projection_point(hooks, gdn.in_proj_z, "hook_gate_input", gdn.num_v_heads, "in_proj_z output"),
         add_projection_point(hooks, gdn.in_proj_b, "hook_beta_logit", None, "in_proj_b output"),
     ]
-    names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out"]
-    eager = eager_forward_tap(hooks, gdn, _eager_gated_deltanet(gdn, hooks), names, "eager Gated DeltaNet forward")
+    names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
+    forward = _eager_gated_deltanet(gdn, hooks, pattern_mode)
+    eager = eager_forward_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward")
+    add_state_point(hooks, eager)
     return [*taps, eager]
 
 
-def _eager_gated_deltanet(gdn, hooks: MixerHooks):
+def _eager_gated_deltanet(gdn, hooks: MixerHooks, pattern_mode: Tap):
     """The `transformers` Gated DeltaNet forward (no-cache path) with hook points on its intermediates."""
 
-    def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        if cache_params is not None:
+    def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
+        if cache is not None:
             raise NotImplementedError(
                 "Inner Gated DeltaNet hook points (hook_q/k/v, hook_beta, hook_log_decay, "
                 "hook_recurrence_out) need a run without a cache: pass use_cache=False."
@@ -115,10 +123,17 @@ def _eager_gated_deltanet(gdn, hooks: MixerHooks):
         value = hooks.hook_v(value.reshape(batch, seq, -1, gdn.head_v_dim))
         beta = hooks.hook_beta(b.sigmoid())
         g = hooks.hook_log_decay(-gdn.A_log.float().exp() * F.softplus(a.float() + gdn.dt_bias))
-        core, _ = hf.torch_chunk_gated_delta_rule(
-            query, key, value, g=g, beta=beta, initial_state=None, output_final_state=False,
-            use_qk_l2norm_in_kernel=True, cu_seqlens=kwargs.pop("cu_seq_lens_q", None), **kwargs,
-        )
+        cu_seqlens = kwargs.pop("cu_seq_lens_q", None)
+
+        def scan(parts, initial_state, final):
+            return hf.torch_chunk_gated_delta_rule(
+                *parts[:3], g=parts[3], beta=parts[4], initial_state=initial_state, output_final_state=final,
+                use_qk_l2norm_in_kernel=True, cu_seqlens=cu_seqlens, **kwargs,
+            )
+
+        core = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [query, key, value, g, beta]),
+                            lambda: gated_deltanet.implicit_attention(query, key, g, beta),
+                            lambda edited: gated_deltanet.apply_pattern(edited, value).to(query.dtype), pattern_mode)
         core = hooks.hook_recurrence_out(core)
         core = gdn.norm(core.reshape(-1, gdn.head_v_dim), z.reshape(-1, gdn.head_v_dim))
         return gdn.out_proj(core.reshape(batch, seq, -1))

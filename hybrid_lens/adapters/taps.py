@@ -10,6 +10,9 @@ them), so inner points cost nothing when unused. Four kinds:
   (post-conv q/k/v, x/B/C/dt, ...) which the `transformers` forward computes inline.
 - `pattern_mode_tap`: switches attention to an eager implementation that passes the softmax pattern
   through `hook_pattern` (sdpa/flash hide the pattern; they stay in use while nobody asks).
+
+The eager forwards of the linear mixers also feed `hook_state` (`add_state_point`, the recurrence
+split at chosen positions) and their implicit attention `hook_pattern` (`mixer_output`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..hook_points import HookPoint, Tap
+from ..mixers.state import StateHookPoint
 from .base import MixerHooks, replace_forward
 
 Split = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -94,6 +98,43 @@ def eager_forward_tap(hooks: MixerHooks, module: nn.Module, forward: Callable, n
     for name in names:
         hooks.add(name, tap)
     return tap
+
+
+def add_state_point(hooks: MixerHooks, eager: Tap) -> StateHookPoint:
+    """`hook_state` of a recurrent mixer, fed by its eager forward (`eager`)."""
+    point = StateHookPoint(eager)
+    hooks.add_module("hook_state", point)
+    return point
+
+
+def mixer_output(hooks: MixerHooks, recurrence: Callable[[], torch.Tensor], pattern: Callable[[], torch.Tensor],
+                 apply: Callable[[torch.Tensor], torch.Tensor], pattern_mode: Tap) -> torch.Tensor:
+    """A linear mixer's scan output, with its `hook_pattern` (implicit attention) in the loop.
+
+    `recurrence()` runs the `transformers` scan (split at `hook_state` positions); `pattern()`, the
+    implicit attention matrix, is computed only while `hook_pattern` has a hook or the model-wide
+    `pattern_mode` is switched on for a trace (`model.nnsight(inner_points=True, patterns=True)`).
+    Batch rows whose matrix a hook edited get `apply(edited)`, the output of the edited matrix; the other rows keep
+    the recurrence (so knockouts and state patches batch together). A row whose matrix and state
+    were both edited is refused: the matrix form starts from a zero state.
+    """
+    point = hooks.hook_pattern
+    if not point.fwd_hooks and not pattern_mode.always_on:
+        return recurrence()
+    value = pattern()
+    new = point(value)
+    if new is value:
+        return recurrence()
+    edited = (new != value).flatten(1).any(1)
+    output = apply(new)
+    state = hooks.hook_state
+    if bool(edited.all()) and not state.wanted():
+        return output
+    plain = recurrence()
+    if state.changed_rows is not None and bool((edited & state.changed_rows.to(edited.device)).any()):
+        raise ValueError(f"{point.name} and {state.name} were both edited in the same batch rows; the implicit "
+                         "attention form starts from a zero state, so edit one of them per row.")
+    return torch.where(edited.view(-1, *[1] * (output.ndim - 1)), output, plain.to(output.dtype)).to(plain.dtype)
 
 
 # --- attention pattern -------------------------------------------------------------------------

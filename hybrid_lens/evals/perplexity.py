@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..interventions import Condition, Sweep
-from .scoring import active_condition, last_logprobs
+from .scoring import NonFiniteError, active_condition, check_positive, condition_name, last_logprobs
 
 
 @dataclass
@@ -31,8 +31,9 @@ class PerplexityResult:
     Attributes:
         nll_sum: summed negative log-likelihood (nats) of every scored token.
         tokens: how many tokens were scored.
-        n_bytes: UTF-8 bytes of the scored text (for `bits_per_byte`).
-        n_words: whitespace-separated words of the scored text (for `word_ppl`).
+        n_bytes: UTF-8 bytes of exactly the scored tokens' text (for `bits_per_byte`).
+        n_words: words of the scored tokens' text, counted as lm-eval's wikitext task counts them,
+            `len(re.split(r"\\s+", text))` without stripping (for `word_ppl`).
         windows: one row per window: `example` (window index), `tokens`, `nll_sum`.
 
     Examples:
@@ -130,6 +131,7 @@ def perplexity(
     text: str | Int[Tensor, " n"],
     context_length: int = 1024,
     stride: int | None = None,
+    *,
     condition: Condition | Sweep | None = None,
     batch_size: int = 8,
     max_windows: int | None = None,
@@ -138,14 +140,22 @@ def perplexity(
     """Perplexity of `model` on `text` (a string, or token ids `[n]`), optionally under a condition.
 
     Args:
-        context_length: tokens per window. stride: tokens between window starts (default: half
-            the context, so every scored token has at least `context_length - stride` of context).
+        context_length: tokens per window (at least 2). stride: tokens between window starts
+            (default: half the context, so every scored token has at least `context_length - stride`
+            of context).
         condition: an `interventions.Condition` active for the whole evaluation, or a `Sweep`
             (then one result per condition, from batched forward passes with prefix reuse).
         max_windows: score only the first windows (for quick studies).
 
+    The first token has no context and is not scored; bytes and words are those of the scored
+    tokens' text (for token ids, both count tokens).
+
     Returns:
         A `PerplexityResult`; for a `Sweep`, one per condition in the sweep's order.
+
+    Raises:
+        ValueError: a text under two tokens, or a non-positive length, stride, batch or window count.
+        NonFiniteError: the model produced inf/NaN log-probabilities (naming windows and condition).
 
     Examples:
         >>> from hybrid_lens import zoo
@@ -161,16 +171,21 @@ def perplexity(
         >>> ablated[0].tokens == clean.tokens
         True
     """
+    check_positive(context_length=context_length, stride=stride, batch_size=batch_size, max_windows=max_windows)
     stride = stride or max(1, context_length // 2)
     if isinstance(text, str):
-        ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
-        n_bytes, n_words = len(text.encode("utf-8")), len(re.split(r"\s+", text.strip()))
+        encoding = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=model.tokenizer.is_fast)
+        ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
     else:
-        ids, n_bytes, n_words = text, text.numel(), text.numel()
+        ids = text
+    if context_length < 2 or ids.ndim != 1 or ids.numel() < 2:
+        raise ValueError(f"perplexity needs context_length >= 2 (got {context_length}) and a text of at least 2 tokens "
+                         f"(got {tuple(ids.shape)} token ids): the first token is only context.")
     spans = window_spans(ids.numel(), context_length, stride)[:max_windows]
-    if max_windows is not None:  # count bytes and words of the scored prefix only
-        fraction = (spans[-1][1] - 1) / (ids.numel() - 1)
-        n_bytes, n_words = max(1, round(n_bytes * fraction)), max(1, round(n_words * fraction))
+    if isinstance(text, str):
+        n_bytes, n_words = scored_text_counts(model.tokenizer, text, encoding, spans[0][2], spans[-1][1])
+    else:
+        n_bytes = n_words = spans[-1][1] - spans[0][2]
     sweep = condition if isinstance(condition, Sweep) else None
     rows: list[list[dict]] = [[] for _ in range(len(sweep) if sweep else 1)]
     with active_condition(condition, model):
@@ -183,11 +198,32 @@ def perplexity(
     return results if sweep else results[0]
 
 
+def scored_text_counts(tokenizer, text: str, encoding, first: int, end: int) -> tuple[int, int]:
+    """(UTF-8 bytes, words) of the text of tokens `first..end-1` of `text`: from the end of token
+    `first - 1` to the end of token `end - 1` (the text's end for its last token), so whitespace
+    belongs to the token after it. Words are counted as lm-eval's wikitext task counts them.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> text = "In the beginning God created"
+        >>> encoding = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        >>> len(encoding["input_ids"]), scored_text_counts(model.tokenizer, text, encoding, 1, 5)   # " the beginning God created"
+        (5, (26, 5))
+    """
+    if "offset_mapping" in encoding:
+        offsets = encoding["offset_mapping"]
+        scored = text[offsets[first - 1][1] : len(text) if end == len(offsets) else offsets[end - 1][1]]
+    else:
+        scored = tokenizer.decode(encoding["input_ids"][first:end])
+    return len(scored.encode("utf-8")), len(re.split(r"\s+", scored))
+
+
 def _result(windows: pd.DataFrame, n_bytes: int, n_words: int, condition) -> PerplexityResult:
-    bad = windows.index[~np.isfinite(windows.nll_sum)].tolist()
+    bad = windows.example[~np.isfinite(windows.nll_sum)].tolist()
     if bad:
-        raise FloatingPointError(f"Non-finite NLL in windows {bad[:10]}: the model produced inf/NaN logits"
-                                 f"{f' under condition {condition.name!r}' if condition is not None else ''}.")
+        raise NonFiniteError(f"perplexity: non-finite NLL in windows {bad[:10]} under condition "
+                             f"{condition_name(condition)!r}: the model produced inf/NaN logits; no score is computed.",
+                             bad, condition_name(condition))
     return PerplexityResult(float(windows.nll_sum.sum()), int(windows.tokens.sum()), n_bytes, n_words, windows)
 
 
@@ -267,6 +303,6 @@ def paper_perplexity(model, text: str, max_chars: int = 50_000, max_tokens: int 
         logits = model(tokens)
     loss = float(torch.nn.functional.cross_entropy(logits[0, :-1].float(), tokens[0, 1:]))
     if not math.isfinite(loss):
-        raise FloatingPointError("Non-finite loss: the model produced inf/NaN logits"
-                                 f"{' under this condition' if condition is not None else ''}.")
+        raise NonFiniteError(f"paper_perplexity: non-finite loss under condition {condition_name(condition)!r}: the "
+                             "model produced inf/NaN logits.", [0], condition_name(condition))
     return PaperPerplexity(loss, tokens.shape[1] - 1, clamp)

@@ -12,6 +12,7 @@ tests).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -23,6 +24,66 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from ..interventions import Condition, Mean, Scale, SkipLayer, Sweep, Zero
+
+
+class NonFiniteError(FloatingPointError):
+    """A score would be computed from inf/NaN model outputs.
+
+    Attributes:
+        indices: the requests, prompts, windows or examples affected (as the message names them).
+        condition: the name of the condition that was active (`"none"` without one).
+
+    Examples:
+        >>> err = NonFiniteError("arc_challenge: non-finite loglikelihoods", indices=[3], condition="ssm_zero")
+        >>> err.indices, err.condition, isinstance(err, FloatingPointError)
+        ([3], 'ssm_zero', True)
+    """
+
+    def __init__(self, message: str, indices: Sequence[int] = (), condition: str = "none"):
+        super().__init__(message)
+        self.indices, self.condition = list(indices), condition
+
+
+def condition_name(condition) -> str:
+    """How errors name a condition: its name, or `"none"`.
+
+    Examples:
+        >>> condition_name(None), condition_name(zero("ssm"))
+        ('none', 'ssm_zero')
+    """
+    return "none" if condition is None else condition.name
+
+
+def check_finite(values: Sequence[float], what: str, condition) -> None:
+    """Raise `NonFiniteError` naming the indices of `values` that are inf or NaN.
+
+    Examples:
+        >>> check_finite([-1.5, -2.0], "loglikelihood of requests", None)
+        >>> check_finite([-1.5, float("nan")], "loglikelihood of requests", zero("ssm"))
+        Traceback (most recent call last):
+        ...
+        hybrid_lens.evals.scoring.NonFiniteError: Non-finite loglikelihood of requests [1] under condition 'ssm_zero': the model produced inf/NaN logits.
+    """
+    bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteError(f"Non-finite {what} {bad[:10]}{' ...' if len(bad) > 10 else ''} under condition "
+                             f"{condition_name(condition)!r}: the model produced inf/NaN logits.", bad,
+                             condition_name(condition))
+
+
+def check_positive(**values: int | None) -> None:
+    """Raise `ValueError` for any value that is not None and below 1, naming it.
+
+    Examples:
+        >>> check_positive(batch_size=8, max_windows=None)
+        >>> check_positive(batch_size=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be a positive integer, got 0.
+    """
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def active_condition(condition: Condition | Sweep | None, model):
@@ -103,6 +164,9 @@ def loglikelihoods(
     Returns:
         One float per request (for a `Sweep`: `[condition][request]`).
 
+    Raises:
+        NonFiniteError: a loglikelihood is inf or NaN (naming the requests and the condition).
+
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
         >>> requests = [("In the beginning God created the", " heaven"), ("And God said", " unto Moses")]
@@ -114,6 +178,7 @@ def loglikelihoods(
         >>> len(per_layer), len(per_layer[0])        # [condition][request]
         (8, 2)
     """
+    check_positive(batch_size=batch_size, max_length=max_length)
     max_length = _max_length(model, max_length)
     memo: dict[str, list[int]] = {}
     jobs: list[tuple[tuple[int, ...], list[int]]] = []
@@ -146,6 +211,8 @@ def loglikelihoods(
                         continuation = jobs[index][1]
                         targets = torch.tensor(continuation, device=logprobs.device)[:, None]
                         result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
+    for result, each in zip(results, sweep.conditions if sweep else [condition]):
+        check_finite(result, "loglikelihood of requests", each)
     return results if sweep else results[0]
 
 
@@ -169,8 +236,7 @@ def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch
         >>> length_batches([3, 700, 20, 500, 40], batch_size=None, device="cpu")   # 512 padded tokens
         [[1], [3], [4, 2, 0]]
     """
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1 (or None: by device), got {batch_size}.")
+    check_positive(batch_size=batch_size)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     if batch_size is None and torch.device(device).type == "cpu":
         batches: list[list[int]] = []
@@ -250,6 +316,7 @@ def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold
         {'pred': 1, 'pred_norm': 2, 'acc': 0.0, 'acc_norm': 1.0}
     """
     lls = np.asarray(loglikelihoods, dtype=np.float64)
+    check_finite(lls, "loglikelihood of choices", None)
     lengths = np.array([float(len(choice)) for choice in choices])
     pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
     return dict(pred=pred, pred_norm=pred_norm, acc=float(pred == gold), acc_norm=float(pred_norm == gold))
@@ -303,6 +370,9 @@ def greedy_until(
     Returns:
         One generated string per prompt, in the order of `prompts`, without the stop string.
 
+    Raises:
+        NonFiniteError: a step's logits hold inf or NaN (naming the prompts and the condition).
+
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
         >>> prompts = ["In the beginning God created the", "And God said"]
@@ -314,6 +384,7 @@ def greedy_until(
     if isinstance(condition, Sweep):
         raise TypeError("Generation takes one condition at a time (each condition changes the generated text); "
                         "loop over the sweep's conditions.")
+    check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size, max_length=max_length)
     if use_cache is None:
         use_cache = cache_safe(condition)
     elif use_cache and not cache_safe(condition):
@@ -334,7 +405,13 @@ def greedy_until(
     with active_condition(condition, model):
         for batch in tqdm(batches, desc="generate", disable=not progress):
             stopper = _Stopper(tokenizer, until, _eos_ids(model), len(batch))
-            generate(model, [encoded[i] for i in batch], max_new_tokens, stopper)
+            try:
+                generate(model, [encoded[i] for i in batch], max_new_tokens, stopper)
+            except NonFiniteError as err:
+                prompts_hit = sorted(batch[row] for row in err.indices)
+                raise NonFiniteError(f"Non-finite logits while generating for prompts {prompts_hit} under condition "
+                                     f"{condition_name(condition)!r}: the model produced inf/NaN logits.",
+                                     prompts_hit, condition_name(condition)) from None
             for i, text in zip(batch, stopper.texts()):
                 texts[i] = text
     return texts
@@ -377,6 +454,17 @@ class _Stopper:
         return texts
 
 
+def _greedy_tokens(logits: Float[Tensor, "k vocab"], rows: Sequence[int],
+                   check: Sequence[int] | None = None) -> Int[Tensor, " k"]:
+    """The argmax token of each row of `logits` (batch rows `rows`); `NonFiniteError` naming the
+    rows among positions `check` (default: all) whose logits hold inf/NaN, where an argmax is arbitrary."""
+    finite = torch.isfinite(logits).all(-1).tolist()
+    bad = [rows[i] for i in (range(len(rows)) if check is None else check) if not finite[i]]
+    if bad:
+        raise NonFiniteError("non-finite logits", bad)
+    return logits.argmax(-1)
+
+
 def _generate_cached(model, prompts: list[list[int]], max_new_tokens: int, stopper: _Stopper) -> None:
     """Left-padded prefill, then one token per step through the model's cache."""
     length = max(len(ids) for ids in prompts)
@@ -386,10 +474,10 @@ def _generate_cached(model, prompts: list[list[int]], max_new_tokens: int, stopp
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.cfg)
     for _ in range(max_new_tokens):
-        logits = model(tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+        logits = model(tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                        logits_to_keep=1)
-        next_tokens = logits[:, -1].argmax(-1)
         active = stopper.active()
+        next_tokens = _greedy_tokens(logits[:, -1], range(len(prompts)), check=active)
         stopper.add(next_tokens[active], active)
         if not stopper.active():
             return
@@ -408,7 +496,7 @@ def _generate_recomputed(model, prompts: list[list[int]], max_new_tokens: int, s
         keep = tokens.shape[1] - min(lengths) + 1
         logits = model(tokens, logits_to_keep=keep)
         last = torch.tensor(lengths, device=logits.device) - 1 - (tokens.shape[1] - keep)
-        next_tokens = logits[torch.arange(len(rows), device=logits.device), last].argmax(-1)
+        next_tokens = _greedy_tokens(logits[torch.arange(len(rows), device=logits.device), last], rows)
         stopper.add(next_tokens, rows)
         for row, token in zip(rows, next_tokens.tolist()):
             sequences[row].append(token)

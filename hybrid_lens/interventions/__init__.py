@@ -12,12 +12,16 @@ from .conditions import (
     skip_layer,
     zero,
 )
+from .attribution import attribution_patch
+from .knockout import EdgeKnockout, knockout
 from .patching import component_selectors, kl_metric, logit_diff_metric, patch
 from .selectors import Selector, Target, layer_thirds
+from .state_patching import PatchState, patch_state
 from .sweep import Sweep, first_layer, run_conditions
 
 __all__ = [
-    "Condition", "Intervention", "Mean", "Noise", "Patch", "Resample", "Scale", "Selector", "SkipLayer", "Sweep", "Target",
-    "Zero", "component_selectors", "first_layer", "kl_metric", "layer_thirds", "logit_diff_metric", "mean", "mixer_off", "noise",
-    "patch", "patch_from", "resample", "run_conditions", "scale", "skip_layer", "zero",
+    "Condition", "EdgeKnockout", "Intervention", "Mean", "Noise", "Patch", "PatchState", "Resample", "Scale",
+    "Selector", "SkipLayer", "Sweep", "Target", "Zero", "attribution_patch", "component_selectors", "first_layer",
+    "kl_metric", "knockout", "layer_thirds", "logit_diff_metric", "mean", "mixer_off", "noise", "patch", "patch_from",
+    "patch_state", "resample", "run_conditions", "scale", "skip_layer", "zero",
 ]

@@ -9,17 +9,54 @@ conditions. Interventions that need reference activations (mean, resample, patch
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
+from ..tokens import real_positions
 from .selectors import Target
 
 HookFn = Callable[[Tensor, Any], Tensor]
 REGISTRY: dict[str, type[Intervention]] = {}
+_ROW_POSITIONS: ContextVar[Tensor | None] = ContextVar("row_positions", default=None)
+
+
+@contextmanager
+def reading_positions(positions: Int[Tensor, "batch pos"]) -> Iterator[None]:
+    """Make `row_positions` return `positions` while a hook function runs (set by `Condition`).
+
+    Examples:
+        >>> with reading_positions(torch.tensor([[0, 1, -1]])):
+        ...     row_positions(torch.zeros(1, 3, 8))
+        tensor([[ 0,  1, -1]])
+    """
+    token = _ROW_POSITIONS.set(positions)
+    try:
+        yield
+    finally:
+        _ROW_POSITIONS.reset(token)
+
+
+def row_positions(value: Tensor) -> Int[Tensor, "batch pos"]:
+    """Per row of the activation being replaced, each column's index among the row's real tokens
+    (-1 on padding); all columns real when called outside a `Condition`'s hook.
+
+    Examples:
+        >>> row_positions(torch.zeros(2, 3, 8))
+        tensor([[0, 1, 2],
+                [0, 1, 2]])
+    """
+    positions = _ROW_POSITIONS.get()
+    if positions is None or positions.shape[0] != value.shape[0]:
+        return torch.arange(value.shape[1], device=value.device).expand(value.shape[0], -1)
+    return positions.to(value.device)
 
 
 class Intervention:
@@ -89,9 +126,15 @@ class Intervention:
             Mean(reference='And God said', per_position=False)
         """
         data = dict(data)
-        kind = data.pop("type")
+        kind = data.pop("type", None)
         if kind not in REGISTRY:
             raise ValueError(f"Unknown intervention type {kind!r}; known: {sorted(REGISTRY)}.")
+        accepted = {f.name for f in fields(REGISTRY[kind]) if not f.name.startswith("_")}
+        unknown, missing = set(data) - accepted, {f.name for f in fields(REGISTRY[kind]) if f.name in accepted
+                                                  and f.default is MISSING and f.default_factory is MISSING} - set(data)
+        if unknown or missing:
+            raise ValueError(f"Intervention {kind!r} takes {sorted(accepted) or 'no parameters'}; got unknown "
+                             f"{sorted(unknown) or '-'}, missing {sorted(missing) or '-'}.")
         return REGISTRY[kind](**data)
 
 
@@ -141,6 +184,9 @@ class Scale(_Elementwise):
     alpha: float
     type: ClassVar[str] = "scale"
 
+    def __post_init__(self):
+        _check_number("Scale alpha", self.alpha)
+
     def replace(self, value, hook):
         """`alpha * value`.
 
@@ -164,6 +210,10 @@ class Noise(_Elementwise):
     sigma: float
     seed: int = 0
     type: ClassVar[str] = "noise"
+
+    def __post_init__(self):
+        _check_number("Noise sigma", self.sigma, minimum=0.0)
+        _check_seed(self.seed)
 
     def replace(self, value, hook):
         """`value` plus seeded noise `sigma * N(0, 1)` of its shape (drawn in float32 on the CPU).
@@ -217,10 +267,11 @@ class SkipLayer(Intervention):
 
 
 class _FromReference(Intervention):
-    """Values taken from activations of a reference run, cached by `prepare`."""
+    """Values taken from activations of a reference run, cached by `prepare`.
 
-    def reference_tokens(self, model) -> Tensor:
-        return model._encode(self.reference, None)[0]
+    The reference run is masked; `summarise` gets each column's real-token index (-1 on padding),
+    so padding never enters a statistic.
+    """
 
     def prepare(self, model, targets):
         """Run the reference once per model for the hook points not cached yet."""
@@ -228,11 +279,20 @@ class _FromReference(Intervention):
             self._values, self._model_id = {}, id(model)
         names = [n for target in targets for n in target.hook_names if n not in self._values]
         if names:
-            _, cache = model.run_with_cache(self.reference_tokens(model), names_filter=names)
-            self._values.update(self.summarise(dict(cache)))
+            tokens, mask = model.encode(self.reference)
+            _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+            positions = real_positions(mask, *tokens.shape).to(tokens.device)
+            self._lengths = (positions >= 0).sum(1)
+            for name, value in cache.items():
+                if name.endswith("hook_pattern") and not isinstance(self, Patch):
+                    raise ValueError(f"{type(self).__name__} does not apply to attention patterns ({name}); "
+                                     "patch them from a source run of the same shape instead.")
+                self._values[name] = value if name.endswith("hook_pattern") else self.summarise(value, positions)
 
-    def summarise(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        return values
+    def summarise(self, values: Tensor, positions: Tensor) -> Tensor:
+        """Reference activations `[batch, pos, ...]` and their real-token indices `[batch, pos]`
+        -> what `replace` reads (default: each row's real-token activations, left-aligned)."""
+        return _real_tokens_first(values, positions)
 
     def hook_fns(self, target):
         if not getattr(self, "_values", None):
@@ -242,11 +302,14 @@ class _FromReference(Intervention):
 
 @dataclass
 class Mean(_FromReference):
-    """Replace by the mean activation over a reference set: global (over examples and positions)
-    or per position (over examples; the reference must be at least as long as the input).
+    """Replace by the mean activation over a reference set: global (over the real tokens of all
+    examples) or per position (over the examples with a real token at that position, counted in
+    real tokens; the longest reference must be at least as long as the input). Padding of the
+    reference texts never enters the mean.
 
     Args:
-        reference: Texts or token ids `Int[Tensor, "batch pos"]` of the reference run.
+        reference: Texts (padded and masked for you) or token ids `Int[Tensor, "batch pos"]` (all
+            real) of the reference run.
         per_position: Average over examples only, keeping positions.
 
     Examples:
@@ -261,19 +324,33 @@ class Mean(_FromReference):
     type: ClassVar[str] = "mean"
     _values: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def summarise(self, values):
-        """Mean over examples and positions, `Float[Tensor, "d_model"]` per hook (per position:
-        over examples only, `Float[Tensor, "pos d_model"]`).
+    def summarise(self, values, positions):
+        """Mean over the real tokens of every example, `Float[Tensor, "d_model"]` (per position:
+        over the examples that have a real token there, `Float[Tensor, "pos d_model"]`).
+
+        Args:
+            values: `Float[Tensor, "batch pos d_model"]` of the reference run.
+            positions: `Int[Tensor, "batch pos"]`, each column's real-token index (-1 on padding).
 
         Examples:
-            >>> values = {"blocks.3.hook_ssm_out": torch.ones(2, 5, 128)}
-            >>> Mean("And God said").summarise(values)["blocks.3.hook_ssm_out"].shape
-            torch.Size([128])
+            >>> values = torch.tensor([[[1.0], [3.0]], [[0.0], [5.0]]])   # row 1 is left-padded
+            >>> Mean("And God said").summarise(values, torch.tensor([[0, 1], [-1, 0]]))
+            tensor([3.])
+            >>> Mean("And God said", per_position=True).summarise(values, torch.tensor([[0, 1], [-1, 0]]))
+            tensor([[3.],
+                    [3.]])
         """
-        return {n: v.mean(0) if self.per_position else v.mean((0, 1)) for n, v in values.items()}
+        values, lengths = _real_tokens_first(values, positions), (positions >= 0).sum(1)
+        real = torch.arange(values.shape[1], device=values.device) < lengths.to(values.device)[:, None]
+        real = real.view(*real.shape, *[1] * (values.ndim - 2)).to(values.dtype)
+        total = (values * real).sum(0)
+        if self.per_position:
+            return total / real.sum(0)
+        return total.sum(0) / real.sum()
 
     def replace(self, value, hook):
-        """The prepared mean of `hook`'s point, broadcast to `value`'s shape.
+        """The prepared mean of `hook`'s point, broadcast to `value`'s shape (per position: at each
+        row's real-token positions; padding keeps its value).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -284,19 +361,21 @@ class Mean(_FromReference):
             torch.Size([2, 4, 128])
         """
         mean = self._values[hook.name]
-        if self.per_position:
-            mean = mean[: value.shape[1]]
-        return mean.expand_as(value).clone()
+        if not self.per_position:
+            return mean.expand_as(value).clone()
+        return _gather_positions(mean.expand(value.shape[0], *mean.shape), row_positions(value), value, hook.name)
 
 
 @dataclass
 class Resample(_FromReference):
     """Replace each example's activation by that of a randomly drawn reference example (seeded).
 
-    Reference examples must be at least as long as the input.
+    Positions are matched by real-token index, so references and inputs may be padded on either
+    side; each example draws among the reference examples with at least as many real tokens.
 
     Args:
-        reference: Texts or token ids `Int[Tensor, "batch pos"]` of the reference run.
+        reference: Texts (padded and masked for you) of the reference run, or token ids
+            `Int[Tensor, "batch pos"]` (all real).
         seed: Seed of the draw.
 
     Examples:
@@ -311,8 +390,12 @@ class Resample(_FromReference):
     type: ClassVar[str] = "resample"
     _values: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self):
+        _check_seed(self.seed)
+
     def replace(self, value, hook):
-        """Rows of the prepared reference activations, one drawn per example, cut to `value`'s length.
+        """Per example, the real-token activations of a reference example drawn (seeded) among those
+        with at least as many real tokens; padding keeps its value.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -322,18 +405,31 @@ class Resample(_FromReference):
             >>> resample.replace(torch.zeros(3, 4, 128), hook).shape
             torch.Size([3, 4, 128])
         """
-        source = self._values[hook.name]
+        source, positions = self._values[hook.name], row_positions(value)
+        needed = (positions.max(1).values + 1).tolist()
         generator = torch.Generator().manual_seed(self.seed)
-        rows = torch.randint(0, source.shape[0], (value.shape[0],), generator=generator)
-        return source[rows.to(source.device), : value.shape[1]].clone()
+        rows = []
+        for row, length in enumerate(needed):
+            eligible = (self._lengths >= length).nonzero().flatten()
+            if eligible.numel() == 0:
+                raise ValueError(f"Resample at {hook.name}: row {row} has {length} real tokens, but the longest "
+                                 f"reference example has {int(self._lengths.max())}. Use longer references.")
+            rows.append(eligible[torch.randint(0, eligible.numel(), (1,), generator=generator)])
+        drawn = source[torch.cat(rows).to(source.device)]
+        return _gather_positions(drawn, positions, value, hook.name)
 
 
 @dataclass
 class Patch(_FromReference):
     """Activation patching: replace by the activation of the same example in a source (clean) run.
 
+    Token positions correspond by real-token index, row by row: real token `j` of row `i` gets
+    real token `j` of the source's row `i`, whatever the padding of either run (attention patterns
+    are patched as they are, and need the same shape).
+
     Args:
-        reference: The source run's input, tokenizing to the same shape as the patched run's.
+        reference: The source run's input: as many rows as the patched run, each with at least as
+            many real tokens as the patched row (texts are padded and masked for you).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -360,6 +456,46 @@ class Patch(_FromReference):
             torch.Size([1, 5, 128])
         """
         source = self._values[hook.name]
-        if source.shape != value.shape:
-            raise ValueError(f"Patch source shape {tuple(source.shape)} != activation shape {tuple(value.shape)} at {hook.name}.")
-        return source.clone()
+        if hook.name.endswith("hook_pattern"):
+            if source.shape != value.shape:
+                raise ValueError(f"Patch source shape {tuple(source.shape)} != activation shape {tuple(value.shape)} "
+                                 f"at {hook.name}.")
+            return source.clone()
+        positions = row_positions(value)
+        needed = positions.max(1).values + 1
+        if source.shape[0] != value.shape[0] or bool((needed > self._lengths.to(needed.device)).any()):
+            raise ValueError(f"Patch at {hook.name}: the source has {source.shape[0]} rows of "
+                             f"{self._lengths.tolist()} real tokens; the patched run has {value.shape[0]} rows of "
+                             f"{needed.tolist()}. Give one source row per row, at least as long.")
+        return _gather_positions(source, positions, value, hook.name)
+
+
+def _real_tokens_first(values: Tensor, positions: Tensor) -> Tensor:
+    """`values` `[batch, pos, ...]` with each row's real tokens moved to the front, in order."""
+    order = torch.where(positions >= 0, positions, positions.shape[1]).argsort(dim=1, stable=True)
+    order = order.to(values.device).view(*order.shape, *[1] * (values.ndim - 2)).expand_as(values)
+    return values.gather(1, order)
+
+
+def _gather_positions(source: Tensor, positions: Tensor, value: Tensor, name: str) -> Tensor:
+    """`value` with each real token replaced by `source[row, its real-token index]`."""
+    if int(positions.max()) >= source.shape[1]:
+        raise ValueError(f"The reference at {name} has {source.shape[1]} positions; the input needs "
+                         f"{int(positions.max()) + 1}. Use references at least as long as the input.")
+    index = positions.clamp(min=0).to(source.device)
+    index = index.view(*index.shape, *[1] * (value.ndim - 2)).expand(-1, -1, *source.shape[2:])
+    taken = source.gather(1, index)
+    real = (positions >= 0).to(value.device).view(*positions.shape, *[1] * (value.ndim - 2))
+    return torch.where(real, taken.to(value.dtype), value)
+
+
+def _check_number(what: str, value, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"{what} must be a finite number{bound}, not {value!r}.")
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, not {seed!r}.")

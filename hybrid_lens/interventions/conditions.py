@@ -7,31 +7,40 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from .ablations import HookFn, Intervention, Mean, Noise, Patch, Resample, Scale, SkipLayer, Zero
+from .ablations import HookFn, Intervention, Mean, Noise, Patch, Resample, Scale, SkipLayer, Zero, reading_positions
 from .selectors import Layers, Positions, Selector
 
 
-def _restrict(fn: HookFn, selector: Selector, rows: slice | None) -> HookFn:
-    """Apply `fn` only to batch `rows` and the selector's positions; leave the rest untouched."""
+def _restrict(fn: HookFn, selector: Selector, rows: slice | None, model) -> HookFn:
+    """Apply `fn` only to batch `rows` and the selector's positions (counted in real tokens per row,
+    see `Selector.position_mask`); leave the rest untouched. `fn` sees those rows' real-token
+    positions through `row_positions()`."""
 
     def hook(value: Tensor, hook) -> Tensor:
         part = value if rows is None else value[rows]
-        new = fn(part, hook)
+        pos_dim = 2 if hook.name.endswith("hook_pattern") else 1
+        positions = model.real_positions
+        if positions is None or positions.shape[-1] != part.shape[pos_dim]:  # outside a forward of `model`
+            positions = torch.arange(part.shape[pos_dim], device=part.device).expand(value.shape[0], -1)
+        positions = positions if rows is None else positions[rows]
+        with reading_positions(positions):
+            new = fn(part, hook)
         if new is part:
             return value
-        pos_dim = 2 if hook.name.endswith("hook_pattern") else 1
-        positions = selector.position_index(part.shape[pos_dim])
-        if positions is not None:
-            positions = positions.to(part.device)
-            new = part.index_copy(pos_dim, positions, new.index_select(pos_dim, positions))
+        picked = selector.position_mask(positions)
+        if picked is not None:
+            shape = [part.shape[0], *[1] * (pos_dim - 1), part.shape[pos_dim], *[1] * (part.ndim - pos_dim - 1)]
+            new = torch.where(picked.view(shape), new, part)
         if rows is None:
             return new
         out = value.clone()
         out[rows] = new
         return out
 
+    hook.__wrapped__ = fn  # lets a hook point read attributes of `fn` (StateHookPoint: state_positions)
     return hook
 
 
@@ -99,7 +108,7 @@ class Condition:
                         model.resolve_hook_names(name)  # raises with the closest valid names
             intervention.prepare(model, targets)
             for target in targets:
-                hooks += [(name, _restrict(fn, selector, rows)) for name, fn in intervention.hook_fns(target)]
+                hooks += [(name, _restrict(fn, selector, rows, model)) for name, fn in intervention.hook_fns(target)]
         return hooks
 
     @contextmanager
@@ -163,6 +172,12 @@ class Condition:
             >>> Condition.from_dict(condition.to_dict()) == condition
             True
         """
+        if not isinstance(data, dict) or set(data) - {"name", "items"} or not isinstance(data.get("items"), list):
+            raise ValueError(f"A condition dict is {{'name': str, 'items': [{{'selector': ..., 'intervention': ...}}]}}; "
+                             f"got {data!r:.200}.")
+        for item in data["items"]:
+            if not isinstance(item, dict) or set(item) != {"selector", "intervention"}:
+                raise ValueError(f"Each condition item has exactly the keys 'selector' and 'intervention'; got {item!r:.200}.")
         items = tuple((Selector.from_dict(d["selector"]), Intervention.from_dict(d["intervention"])) for d in data["items"])
         return cls(items, data.get("name", ""))
 

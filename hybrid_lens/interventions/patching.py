@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .ablations import Patch
 from .conditions import Condition
 from .sweep import run_conditions
-from .selectors import KINDS, Selector
+from .selectors import KINDS, Selector, Target
 
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]]
 
@@ -82,6 +82,49 @@ def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selec
     return [Selector(kind) for kind in kinds if kind in present]
 
 
+def same_shape_tokens(model, clean, corrupt) -> tuple[Tensor, Tensor]:
+    """Token ids `Int[Tensor, "batch pos"]` of `clean` and `corrupt`; raises unless both are unpadded
+    and of the same shape (positions are compared across the two runs).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> clean, corrupt = same_shape_tokens(model, "And God said unto Moses", "And God said unto Aaron")
+        >>> clean.shape == corrupt.shape
+        True
+    """
+    (clean_tokens, clean_mask), (corrupt_tokens, corrupt_mask) = model.encode(clean), model.encode(corrupt)
+    if clean_mask is not None or corrupt_mask is not None:
+        raise ValueError("Patching compares positions across runs, so every prompt must have the same number of "
+                         "tokens (these are padded); group prompts by token length and patch per group.")
+    if clean_tokens.shape != corrupt_tokens.shape:
+        raise ValueError(f"clean and corrupt must tokenize to the same shape, got {tuple(clean_tokens.shape)} "
+                         f"and {tuple(corrupt_tokens.shape)}.")
+    return clean_tokens, corrupt_tokens
+
+
+def patch_jobs(model, where: Selector | Sequence[Selector] | None, positions: Sequence[int] | str | None,
+               length: int) -> list[tuple[Target, int | None]]:
+    """The `(target, position)` pairs a patching sweep visits (see `patch` for `where` and `positions`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> patch_jobs(model, Selector("ssm", layers=[0, 1]), [0, -1], length=5)[:2]
+        [(Target(layer=0, kind='ssm', point=None), 0), (Target(layer=0, kind='ssm', point=None), -1)]
+    """
+    selectors = component_selectors(model) if where is None else ([where] if isinstance(where, Selector) else list(where))
+    if positions == "each":
+        positions = range(length)
+    jobs = [
+        (target, None if positions is None else p)
+        for selector in selectors
+        for target in selector.targets(model.layer_mixers)
+        for p in ([None] if positions is None else positions)
+    ]
+    if any(t.kind not in KINDS or t.kind == "block" for t, _ in jobs):
+        raise ValueError("Patching acts on components or residual points, not whole blocks.")
+    return jobs
+
+
 @torch.no_grad()
 def patch(
     model,
@@ -123,24 +166,10 @@ def patch(
         >>> len(sweep), sweep.attrs["clean"]
         (10, 0.0)
     """
-    clean_tokens = model._encode(clean, None)[0]
-    corrupt_tokens = model._encode(corrupt, None)[0]
-    if clean_tokens.shape != corrupt_tokens.shape:
-        raise ValueError(f"clean and corrupt must tokenize to the same shape, got {tuple(clean_tokens.shape)} "
-                         f"and {tuple(corrupt_tokens.shape)}.")
+    clean_tokens, corrupt_tokens = same_shape_tokens(model, clean, corrupt)
     clean_logits = model(clean_tokens)
     metric = metric or kl_metric(clean_logits)
-    selectors = component_selectors(model) if where is None else ([where] if isinstance(where, Selector) else list(where))
-    if positions == "each":
-        positions = range(clean_tokens.shape[1])
-    jobs = [
-        (target, None if positions is None else p)
-        for selector in selectors
-        for target in selector.targets(model.layer_mixers)
-        for p in ([None] if positions is None else positions)
-    ]
-    if any(t.kind not in KINDS or t.kind == "block" for t, _ in jobs):
-        raise ValueError("Patching acts on components or residual points, not whole blocks.")
+    jobs = patch_jobs(model, where, positions, clean_tokens.shape[1])
     source = Patch(clean_tokens)
     source.prepare(model, sorted({t for t, _ in jobs}, key=lambda t: (t.layer, t.kind)))
 

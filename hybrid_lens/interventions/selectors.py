@@ -8,12 +8,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
 
 from ..adapters import COMPONENT_KINDS, MIXER_KINDS
 
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 THIRDS = ("early", "middle", "late")
 KINDS = (*COMPONENT_KINDS, "mixer", "block", *RESID_KINDS)
+SELECTOR_KEYS = {"kind", "layers", "positions", "point"}
 Layers = None | int | str | Sequence[int]
 Positions = None | int | slice | Sequence[int]
 
@@ -53,6 +56,24 @@ class Target:
         if self.kind in RESID_KINDS:
             return [f"blocks.{self.layer}.hook_{self.kind}"]
         return [f"blocks.{self.layer}.hook_{self.kind}_out"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_indices(what: str, value) -> None:
+    """`value` must be an int or a non-empty sequence of distinct ints (bools and floats are refused)."""
+    if _is_int(value):
+        return
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ValueError(f"{what} must be an int or a list of ints, not {value!r}.")
+    bad = [v for v in value if not _is_int(v)]
+    if bad or len(value) == 0:
+        raise ValueError(f"{what} must be an int or a non-empty list of ints; got {list(value)!r}.")
+    repeated = sorted({int(v) for v in value if list(value).count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} lists {repeated} more than once; list each at most once.")
 
 
 def layer_thirds(n_layers: int) -> dict[str, list[int]]:
@@ -95,10 +116,20 @@ class Selector:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Unknown selector kind {self.kind!r}; choose one of {KINDS}.")
-        if self.point is not None and self.kind not in MIXER_KINDS:
-            raise ValueError(f"An inner point needs a mixer kind {MIXER_KINDS}, not {self.kind!r}.")
-        if isinstance(self.layers, str) and self.layers not in THIRDS:
-            raise ValueError(f"Layer group {self.layers!r} unknown; use an index, a list, or one of {THIRDS}.")
+        if self.point is not None and (self.kind not in MIXER_KINDS or not isinstance(self.point, str)):
+            raise ValueError(f"An inner point is a hook name such as 'hook_v' of a mixer kind {MIXER_KINDS}; "
+                             f"got point={self.point!r} with kind {self.kind!r}.")
+        if isinstance(self.layers, str):
+            if self.layers not in THIRDS:
+                raise ValueError(f"Layer group {self.layers!r} unknown; use an index, a list, or one of {THIRDS}.")
+        elif self.layers is not None:
+            _check_indices("layers", self.layers)
+        if self.positions is not None and not isinstance(self.positions, slice):
+            _check_indices("positions", self.positions)
+        if isinstance(self.positions, slice):
+            parts = (self.positions.start, self.positions.stop, self.positions.step)
+            if any(p is not None and not _is_int(p) for p in parts) or self.positions.step == 0:
+                raise ValueError(f"A positions slice takes integer start, stop and a non-zero step; got {self.positions}.")
 
     def layer_indices(self, n_layers: int) -> list[int]:
         """The selected layers of a model with `n_layers` blocks (negative indices wrap around).
@@ -171,6 +202,36 @@ class Selector:
             raise ValueError(f"Positions {positions} out of range for {length} tokens.")
         return torch.tensor([p % length for p in positions], dtype=torch.long)
 
+    def position_mask(self, positions: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"] | None:
+        """Which columns the selector's positions pick, row by row, counting real tokens only.
+
+        Args:
+            positions: Per row, each column's index among the row's real tokens, -1 on padding
+                (`HookedHybrid.real_positions`).
+
+        Returns:
+            `Bool[Tensor, "batch pos"]`, or None for all positions. Position `0` is each row's
+            first real token and `-1` its last, with left or right padding. Raises `ValueError`
+            when a position is out of range for some row, or nothing is selected.
+
+        Examples:
+            >>> positions = torch.tensor([[0, 1, 2, -1], [0, 1, 2, 3]])       # row 0 right-padded
+            >>> Selector("attn", positions=-1).position_mask(positions)
+            tensor([[False, False,  True, False],
+                    [False, False, False,  True]])
+        """
+        if self.positions is None:
+            return None
+        lengths = (positions >= 0).sum(1)
+        picked = torch.zeros_like(positions, dtype=torch.bool)
+        for row, length in enumerate(lengths.tolist()):
+            wanted = self.position_index(length)
+            picked[row] = torch.isin(positions[row], wanted.to(positions.device))
+        if not bool(picked.any()):
+            raise ValueError(f"Positions {self.positions} select no token of inputs of {sorted(set(lengths.tolist()))} "
+                             "real tokens.")
+        return picked
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (a slice becomes `{"slice": [start, stop, step]}`); see `from_dict`.
 
@@ -194,8 +255,14 @@ class Selector:
             >>> Selector.from_dict(selector.to_dict()) == selector
             True
         """
+        unknown = set(data) - SELECTOR_KEYS
+        if unknown or "kind" not in data:
+            raise ValueError(f"A selector dict takes the keys {sorted(SELECTOR_KEYS)} ('kind' required); got "
+                             f"{sorted(data)}" + (f", unknown: {sorted(unknown)}." if unknown else "."))
         positions = data.get("positions")
         if isinstance(positions, dict):
+            if set(positions) != {"slice"} or not isinstance(positions["slice"], list) or len(positions["slice"]) != 3:
+                raise ValueError(f"A positions slice is {{'slice': [start, stop, step]}}, not {positions!r}.")
             positions = slice(*positions["slice"])
         layers = data.get("layers")
         layers = tuple(layers) if isinstance(layers, list) else layers

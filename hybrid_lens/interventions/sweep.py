@@ -314,7 +314,7 @@ def run_conditions(model, input, conditions: Sequence[Condition], attention_mask
         >>> torch.allclose(logits[0], model("In the beginning God created"), atol=1e-4)
         True
     """
-    tokens, mask = model._encode(input, attention_mask)
+    tokens, mask = model.encode(input, attention_mask)
     logits = _stacked_run(model, tokens, mask, list(conditions), 0, None, {})
     return logits.view(len(conditions), tokens.shape[0], *logits.shape[1:])
 

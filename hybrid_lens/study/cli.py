@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .. import zoo
 from .conditions import GROUPS, METHODS
+from .runner import DTYPES
+from .store import clean_stale_temporaries
 from .tasks import TASKS
 
 CONDITION_GROUPS = [g for g in GROUPS if g != "baseline"]
@@ -15,6 +17,8 @@ CONDITION_GROUPS = [g for g in GROUPS if g != "baseline"]
 def _csv(valid: list[str], what: str):
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(item.strip() for item in text.split(",") if item.strip())
+        if not items:
+            raise argparse.ArgumentTypeError(f"no {what} given; valid: {', '.join(valid)}")
         unknown = [item for item in items if item not in valid]
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; valid: {', '.join(valid)}")
@@ -23,18 +27,38 @@ def _csv(valid: list[str], what: str):
     return parse
 
 
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _study(args) -> None:
     from .report import render_report
-    from .runner import StudySpec, run_study
+    from .runner import StudySpec, check_out_folder, run_study, spec_error
 
-    models = args.model or list(zoo.ZOO_MODELS)
-    for name in models:
-        spec = StudySpec(model=name, tasks=args.tasks, groups=("baseline", *args.conditions), n=args.n,
-                         method=args.method, trials=args.trials, seed=args.seed, dtype=args.dtype,
-                         ppl_source=args.ppl_text, ppl_context=args.ppl_context, data=args.data,
-                         condition_batch=args.condition_batch, device_map=args.device_map)
-        folder = run_study(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
-        print(f"{name}: results in {folder / 'results.sqlite'}")
+    check_out_folder(args.out)
+    specs = []
+    for name in args.model or list(zoo.ZOO_MODELS):  # every model and setting checked before any work
+        fields = dict(model=name, tasks=args.tasks, groups=("baseline", *args.conditions), n=args.n,
+                      method=args.method, trials=args.trials, seed=args.seed, dtype=args.dtype,
+                      ppl_source=args.ppl_text, ppl_context=args.ppl_context, data=args.data,
+                      condition_batch=args.condition_batch, device_map=args.device_map)
+        error = spec_error(StudySpec, **fields)
+        if error:
+            raise ValueError(f"invalid study settings: {error}")
+        zoo.resolve(name)
+        specs.append(StudySpec(**fields))
+    for spec in specs:
+        folder = run_study(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, extend_n=args.extend_n)
+        print(f"{spec.model}: results in {folder / 'results.sqlite'}")
     if args.report:
         print(f"report: {render_report(args.out, png=args.png)}")
 
@@ -42,6 +66,9 @@ def _study(args) -> None:
 def _report(args) -> None:
     from .report import render_report
 
+    if not args.folder.is_dir():
+        raise FileNotFoundError(f"No study folder {str(args.folder)!r} (run `hybrid-lens study --out FOLDER` first).")
+    clean_stale_temporaries(args.folder)
     print(f"report: {render_report(args.folder, png=args.png)}")
 
 
@@ -76,14 +103,14 @@ def add_study_commands(commands) -> None:
                             "layer (each component of each layer), positional (early/middle/late thirds, parallel "
                             "hybrids), random (matched random controls), transformer (random layer removal on a "
                             "pure transformer). Default: all.")
-    study.add_argument("--n", type=int, default=200, help="Examples per benchmark; windows for perplexity (default 200).")
+    study.add_argument("--n", type=_at_least(1), default=200, help="Examples per benchmark; windows for perplexity (default 200).")
     study.add_argument("--method", choices=METHODS, default="auto",
                        help="Ablation method: auto = skip whole layers on one-mixer-per-layer models and zero the "
                             "path on parallel hybrids (the paper's choice); skip, zero, or mixer_off (zero every "
                             "mixer, keep the MLP).")
-    study.add_argument("--trials", type=int, default=3, help="Random-control trials per targeted condition.")
-    study.add_argument("--seed", type=int, default=0, help="Seed of random controls and bootstrap.")
-    study.add_argument("--dtype", default="float32", help="torch dtype to load the model in (float32, bfloat16).")
+    study.add_argument("--trials", type=_at_least(1), default=3, help="Random-control trials per targeted condition.")
+    study.add_argument("--seed", type=_at_least(0), default=0, help="Seed of random controls and bootstrap.")
+    study.add_argument("--dtype", default="float32", choices=DTYPES, help="torch dtype to load the model in.")
     study.add_argument("--device-map", help="Passed to from_pretrained as device_map (e.g. auto: accelerate places "
                                             "the model over the available GPUs, CPU and disk).")
     study.add_argument("--ppl-text", default="auto",
@@ -92,16 +119,22 @@ def add_study_commands(commands) -> None:
     study.add_argument("--data", default="bundled",
                        help="Benchmark data: bundled (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
                             "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
-    study.add_argument("--ppl-context", type=int, default=512, help="Perplexity window length in tokens.")
-    study.add_argument("--condition-batch", type=int, default=None,
+    study.add_argument("--ppl-context", type=_at_least(2), default=None,
+                       help="Perplexity window length in tokens (default: bundled models use their model card's "
+                            "disjoint windows of the trained length, 256; other models 512, stride 256).")
+    study.add_argument("--condition-batch", type=_at_least(1), default=None,
                        help="Most conditions per forward pass for loglikelihood tasks (condition batching; default: "
                             "the Sweep's, which plans the passes from a cost model measured on the device). "
                             "Results agree for any value (to float rounding); memory grows with it.")
     study.add_argument("--out", type=Path, default=Path("hybrid-lens-study"), help="Output folder.")
-    study.add_argument("--overwrite", action="store_true", help="Replace a study of another model in OUT.")
+    study.add_argument("--overwrite", action="store_true",
+                       help="Replace the study in OUT/<model> (a rerun with other settings is refused otherwise).")
+    study.add_argument("--extend-n", action="store_true",
+                       help="Grow --n of an existing study, keeping every other setting (its pairs are computed "
+                            "again at the new n).")
     study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="Render the report.")
     study.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
-                       help="Also write PNG figures (needs a Chromium for kaleido).")
+                       help="Also write PNG copies of the figures (matplotlib; --no-png skips them).")
     study.add_argument("--quiet", action="store_true", help="No progress bars.")
     study.set_defaults(run=_study)
 

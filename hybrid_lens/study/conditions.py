@@ -32,6 +32,8 @@ class StudyCondition:
         third: `early` / `middle` / `late` for positional conditions.
         trial: the draw of a random condition.
         matches: for random controls, the name of the targeted condition they are matched to.
+        method: the ablation method applied (`skip`, `zero`, `mixer_off`; None for the baseline).
+        label: what is removed and how, in words (`describe`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -50,18 +52,68 @@ class StudyCondition:
     third: str | None = None
     trial: int | None = None
     matches: str | None = None  # for random controls: the targeted condition they are matched to
+    method: str | None = None  # resolved ablation method: skip, zero or mixer_off (None: the baseline)
+    label: str = "nothing removed"  # what is removed and how, in words (see `describe`)
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict of the metadata and the condition (as the study store keeps it).
+        """A JSON-ready dict of the metadata, the label and the condition (as the study store keeps it).
 
         Examples:
             >>> spec = baseline().to_dict()
-            >>> spec["name"], spec["group"], spec["condition"]
-            ('baseline', 'baseline', {'name': 'baseline', 'items': []})
+            >>> spec["name"], spec["group"], spec["label"], spec["condition"]
+            ('baseline', 'baseline', 'nothing removed', {'name': 'baseline', 'items': []})
         """
         return {"name": self.name, "group": self.group, "kind": self.kind, "layers": list(self.layers),
-                "third": self.third, "trial": self.trial, "matches": self.matches,
-                "condition": self.condition.to_dict()}
+                "third": self.third, "trial": self.trial, "matches": self.matches, "method": self.method,
+                "label": self.label, "condition": self.condition.to_dict()}
+
+
+KIND_NAMES = {"attn": "attention", "linear_attn": "Gated DeltaNet", "ssm": "Mamba-2 SSM", "block": "block",
+              None: "block"}
+METHOD_NAMES = {"skip": "sequential skip", "zero": "parallel zeroing", "mixer_off": "mixer-only zeroing"}
+
+
+def layer_list(layers: Sequence[int]) -> str:
+    """Layers as a short readable list: runs of consecutive layers become ranges.
+
+    Examples:
+        >>> layer_list([0, 1, 2, 4, 5, 6]), layer_list([3]), layer_list([])
+        ('layers 0-2, 4-6', 'layer 3', 'no layers')
+    """
+    if not layers:
+        return "no layers"
+    runs, start = [], layers[0]
+    for previous, current in zip(layers, [*layers[1:], None]):
+        if current != previous + 1:
+            runs.append(f"{start}-{previous}" if previous > start else str(start))
+            start = current
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(runs)
+
+
+def describe(method: str | None, kind: str | None, layers: Sequence[int]) -> str:
+    """One line saying what a condition removes and by which method.
+
+    `method`: `skip` (the whole decoder layer becomes the identity, MLP included), `zero` (the
+    `kind` path is zeroed; other paths and the MLP stay) or `mixer_off` (every mixer of the layer
+    is zeroed, the MLP stays); None for the baseline.
+
+    Examples:
+        >>> describe("skip", "attn", [0])
+        'sequential skip: whole layer 0 removed (attention and MLP)'
+        >>> describe("zero", "ssm", range(12))
+        'parallel zeroing: Mamba-2 SSM path of layers 0-11 zeroed (other path and MLP kept)'
+        >>> describe("mixer_off", "attn", [3, 7])
+        'mixer-only zeroing: attention output of layers 3, 7 zeroed (MLP kept)'
+    """
+    layers = list(layers)
+    if method is None:
+        return "nothing removed"
+    if method == "skip":
+        what = f"{KIND_NAMES.get(kind, kind)} and MLP" if kind else "mixer and MLP"
+        return f"sequential skip: whole {layer_list(layers)} removed ({what})"
+    if method == "mixer_off":
+        return f"mixer-only zeroing: {KIND_NAMES.get(kind, kind)} output of {layer_list(layers)} zeroed (MLP kept)"
+    return f"parallel zeroing: {KIND_NAMES.get(kind, kind)} path of {layer_list(layers)} zeroed (other path and MLP kept)"
 
 
 def is_parallel(layer_mixers: list[tuple[str, ...]]) -> bool:
@@ -92,6 +144,23 @@ def resolve_method(layer_mixers, method: str) -> str:
     if method == "auto":
         return "zero" if is_parallel(layer_mixers) else "skip"
     return method
+
+
+def ablation(name: str, group: str, kind: str | None, layers: Sequence[int], method: str, parallel: bool,
+             **metadata) -> StudyCondition:
+    """A `StudyCondition` that ablates `kind` in `layers` by `method`, with its label.
+
+    `parallel`: whether the model is a parallel hybrid; zeroing the only mixer of a sequential
+    layer is labelled mixer-only zeroing. `metadata`: `third`, `trial`, `matches`.
+
+    Examples:
+        >>> c = ablation("L0_attn_off", "layer", "attn", [0], "skip", parallel=False)
+        >>> c.method, c.label
+        ('skip', 'sequential skip: whole layer 0 removed (attention and MLP)')
+    """
+    shown = "mixer_off" if method == "zero" and not parallel else method
+    return StudyCondition(name, group, ablate(kind or "block", layers, method, name), kind, tuple(layers),
+                          method=shown, label=describe(shown, kind, layers), **metadata)
 
 
 def ablate(kind: str, layers: Sequence[int], method: str, name: str) -> Condition:
@@ -159,11 +228,25 @@ def group_ablations(layer_mixers, method: str = "auto") -> list[StudyCondition]:
     kinds = mixer_kinds(layer_mixers)
     if len(kinds) < 2:
         return []  # a pure transformer has no component groups; see transformer_control
-    return [
-        StudyCondition(f"{kind}_off", "group", ablate(kind, layers_of(layer_mixers, kind), method, f"{kind}_off"),
-                       kind, tuple(layers_of(layer_mixers, kind)))
-        for kind in kinds
-    ]
+    parallel = is_parallel(layer_mixers)
+    return [ablation(f"{kind}_off", "group", kind, layers_of(layer_mixers, kind), method, parallel) for kind in kinds]
+
+
+def mixer_only_groups(layer_mixers) -> list[StudyCondition]:
+    """Every mixer of one kind zeroed, MLPs kept (`attn_mixer_off`, ...): the finer group ablation
+    the paper lacks, for models whose default group ablation skips whole layers (sequential hybrids),
+    and the group ablation of a pure transformer (which has one mixer kind).
+
+    Empty for parallel hybrids, whose default group ablation already zeroes one path.
+
+    Examples:
+        >>> [(c.name, c.label) for c in mixer_only_groups(HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5").layer_mixers)]
+        [('attn_mixer_off', 'mixer-only zeroing: attention output of layers 0-7 zeroed (MLP kept)')]
+    """
+    if is_parallel(layer_mixers):
+        return []
+    return [ablation(f"{kind}_mixer_off", "group", kind, layers_of(layer_mixers, kind), "mixer_off", False)
+            for kind in mixer_kinds(layer_mixers)]
 
 
 def layer_sweep(layer_mixers, method: str = "auto") -> list[StudyCondition]:
@@ -176,12 +259,9 @@ def layer_sweep(layer_mixers, method: str = "auto") -> list[StudyCondition]:
         (24, ['L0_ssm_off', 'L0_attn_off', 'L1_ssm_off'])
     """
     method = resolve_method(layer_mixers, method)
-    return [
-        StudyCondition(f"L{layer}_{kind}_off", "layer", ablate(kind, [layer], method, f"L{layer}_{kind}_off"),
-                       kind, (layer,))
-        for layer, mixers in enumerate(layer_mixers)
-        for kind in mixers
-    ]
+    parallel = is_parallel(layer_mixers)
+    return [ablation(f"L{layer}_{kind}_off", "layer", kind, [layer], method, parallel)
+            for layer, mixers in enumerate(layer_mixers) for kind in mixers]
 
 
 def positional_thirds(layer_mixers, method: str = "auto") -> list[StudyCondition]:
@@ -201,9 +281,8 @@ def positional_thirds(layer_mixers, method: str = "auto") -> list[StudyCondition
         for third in THIRDS:
             layers = [i for i in thirds[third] if kind in layer_mixers[i]]
             if layers:
-                name = f"{kind}_off_{third}"
-                found.append(StudyCondition(name, "positional", ablate(kind, layers, method, name), kind,
-                                            tuple(layers), third=third))
+                found.append(ablation(f"{kind}_off_{third}", "positional", kind, layers, method,
+                                      is_parallel(layer_mixers), third=third))
     return found
 
 
@@ -231,9 +310,9 @@ def random_controls(layer_mixers, targeted: Sequence[StudyCondition], trials: in
         candidates = layers_of(layer_mixers, target.kind) if method == "zero" else list(range(n_layers))
         for trial in range(trials):
             layers = tuple(sorted(int(i) for i in rng.choice(candidates, size=len(target.layers), replace=False)))
-            name = f"random_{target.name}_t{trial}"
-            found.append(StudyCondition(name, "random", ablate(target.kind, layers, method, name), target.kind,
-                                        layers, trial=trial, matches=target.name))
+            found.append(ablation(f"random_{target.name}_t{trial}", "random",
+                                  target.kind if method != "skip" else None, layers, method,
+                                  is_parallel(layer_mixers), trial=trial, matches=target.name))
     return found
 
 
@@ -254,9 +333,8 @@ def transformer_control(layer_mixers, fractions: Sequence[float] = (0.25, 0.75),
         count = max(1, round(fraction * n_layers))
         for trial in range(trials):
             layers = tuple(sorted(int(i) for i in rng.choice(n_layers, size=count, replace=False)))
-            name = f"remove{count}of{n_layers}_t{trial}"
-            found.append(StudyCondition(name, "transformer", ablate("block", layers, "skip", name), None, layers,
-                                        trial=trial))
+            found.append(ablation(f"remove{count}of{n_layers}_t{trial}", "transformer", None, layers, "skip",
+                                  False, trial=trial))
     return found
 
 
@@ -283,7 +361,7 @@ def study_conditions(layer_mixers, groups: Sequence[str] = GROUPS, method: str =
     group = group_ablations(layer_mixers, method)
     positional = positional_thirds(layer_mixers, method) if is_parallel(layer_mixers) else []
     if "group" in groups:
-        found += group
+        found += group + mixer_only_groups(layer_mixers)
     if "layer" in groups:
         found += layer_sweep(layer_mixers, method)
     if "positional" in groups:

@@ -1,43 +1,72 @@
-"""The study report: Markdown tables analogous to the paper's Tables 1-6, plotly figures in one
-self-contained HTML page, and PNG copies of the figures (when a browser for kaleido is present).
+"""The study report: a summary, then one section per analogue of the paper's Tables 1-6 and per
+figure, each with a one-line "how to read this" and the settings its numbers were measured with,
+written as `report.md` and a self-contained `report.html` (plotly's JS embedded; no network), plus
+PNG copies of the figures drawn with matplotlib (no browser needed).
 
-Everything is computed from the stores under a study folder, so a finished study re-renders
-without recomputing anything.
+The statistics come from `study.tables`; this module only formats them.
 """
 
 from __future__ import annotations
 
 import html
 import os
+import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.io as pio
 
 from .. import viz
-from . import stats
-from .tasks import ppl_text_label
-from ..analysis import correlation
-from .runner import CONTRIBUTIONS_FILE, HIDDEN_TASK
+from . import published
+from .runner import CONTRIBUTIONS_FILE
 from .store import StudyStore
-from .tasks import REPORTED_METRIC
+from .tables import StudyTables
 
 STORE = "results.sqlite"
+ABSENT = "—"
+N_RESAMPLES = 1000
+METRIC_NAMES = {"norm_change": "norm change", "cosine": "cosine", "output_ratio": "output ratio",
+                "ablation_kl": "ablation KL", "kl_to_final": "logit-lens KL to final"}
+COMPONENT_NAMES = {"attn": "attention", "linear_attn": "Gated DeltaNet", "ssm": "SSM", "mlp": "MLP", "block": "block"}
+TASK_NAMES = {"ppl": "perplexity", "mmlu": "MMLU", "arc": "ARC-C", "hellaswag": "HellaSwag",
+              "truthfulqa": "TruthfulQA MC1", "gsm8k": "GSM8K"}
+
+
+@dataclass
+class Section:
+    """One part of the report: a heading, how to read it, what was measured, and its tables and figures.
+
+    Attributes:
+        key: anchor id (unique in the report).
+        title: the heading.
+        read: one line on how to read it.
+        parts: `(subheading, what was measured, display table or None, figure or None)` tuples.
+
+    Examples:
+        >>> section = Section("table2", "Table 2 analogue", "Perplexity ratio to baseline.")
+        >>> section.parts.append(("hybrid-lens/tiny-qwen2.5", "8 windows of 256 tokens", None, None))
+        >>> len(section.parts)
+        1
+    """
+
+    key: str
+    title: str
+    read: str
+    parts: list[tuple[str, str, pd.DataFrame | None, object | None]] = field(default_factory=list)
 
 
 def load_studies(folder: str | Path) -> dict[str, StudyStore]:
     """model name -> store, for every `*/results.sqlite` (or `results.sqlite`) under `folder`.
 
-    The examples of this module read the folder of a finished study, e.g. of
-    `hybrid-lens study --model hybrid-lens/tiny-qwen3.5 --tasks ppl,arc --conditions group --n 2`.
-
     Examples:
-        >>> stores = load_studies("hybrid-lens-study")
-        >>> list(stores)
-        ['hybrid-lens/tiny-qwen3.5']
-        >>> stores["hybrid-lens/tiny-qwen3.5"].results().task.unique().tolist()
-        ['ppl', 'arc', 'hidden']
+        >>> import tempfile
+        >>> load_studies(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No study under ...: expected .../<model>/results.sqlite.
     """
     folder = Path(folder)
     paths = sorted(folder.glob(f"*/{STORE}")) + ([folder / STORE] if (folder / STORE).exists() else [])
@@ -47,328 +76,490 @@ def load_studies(folder: str | Path) -> dict[str, StudyStore]:
     return {s.meta["model"]: s for s in stores}
 
 
-class StudyTables:
-    """The statistics of one model's study.
-
-    Args:
-        store: the model's `StudyStore`.
-        n_resamples: bootstrap resamples of every CI.
-        seed: the bootstrap seed.
-
-    Attributes:
-        model: the model name.
-        specs: the condition specs, in study order.
-        drops: `stats.score_drops` of every benchmark, with its reported metric.
-        ppl: `stats.perplexity_table` (empty without the `ppl` task).
-        hidden: the clean model's per-layer hidden-state metrics (layer, metric, component, value).
+def number(x) -> str:
+    """A table cell: 4 significant digits, thousands separators for large values, `—` for absent.
 
     Examples:
-        >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"], n_resamples=200)
-        >>> tables.drops[["condition", "task", "score"]]
-                 condition task  score
-        0         attn_off  arc    ...
-        1         baseline  arc    ...
-        2  linear_attn_off  arc    ...
-        >>> tables.ppl.condition.tolist()
-        ['attn_off', 'baseline', 'linear_attn_off']
+        >>> number(0.48913), number(268337.2), number(float("nan")), number(float("inf")), number(3)
+        ('0.4891', '268,337', '—', '∞', '3')
+    """
+    if x is None or isinstance(x, float) and np.isnan(x):
+        return ABSENT
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{x:,}"
+    if np.isinf(x):
+        return "∞"
+    return f"{x:,.0f}" if abs(x) >= 10_000 else f"{x:.4g}"
+
+
+def interval(low: float, high: float) -> str:
+    """A 95% CI cell.
+
+    Examples:
+        >>> interval(1.2345, 1.5)
+        '[1.234, 1.5]'
+    """
+    return f"[{number(low)}, {number(high)}]"
+
+
+class ReportBuilder:
+    """The sections of the report of several models' studies (see `sections`).
+
+    The examples of this module read the folder of a finished study: `hybrid-lens study --model
+    hybrid-lens/tiny-qwen2.5 --tasks ppl --conditions group,layer,transformer --n 2 --out hybrid-lens-study`.
+
+    Examples:
+        >>> builder = ReportBuilder({m: StudyTables(s) for m, s in load_studies("hybrid-lens-study").items()})
+        >>> [section.title for section in builder.sections()][:2]
+        ['Summary', 'Table 2 analogue: perplexity under group ablation']
     """
 
-    def __init__(self, store: StudyStore, n_resamples: int = 1000, seed: int = 0):
-        self.model = store.meta["model"]
-        self.ppl_text = ppl_text_label(self.model, store.meta.get("ppl_source", "auto"))
-        self.specs = store.conditions()
-        self.by_name = {s["name"]: s for s in self.specs}
-        results = store.results()
-        metrics = {t: m for t, m in REPORTED_METRIC.items() if t in set(results.task)}
-        self.drops = stats.score_drops(results, metrics, n_resamples, seed)
-        self.ppl = stats.perplexity_table(results, n_resamples, seed)
-        hidden = results[results.task == HIDDEN_TASK]
-        names = hidden.metric.str.split("|", expand=True) if not hidden.empty else pd.DataFrame(columns=[0, 1])
-        self.hidden = pd.DataFrame(dict(layer=hidden.example.to_numpy(), metric=names[0].to_numpy(),
-                                        component=names[1].to_numpy(), value=hidden.value.to_numpy()))
+    def __init__(self, tables: dict[str, StudyTables]):
+        self.tables = tables
 
-    def group_of(self, condition: str) -> str:
-        """The condition group of a condition name.
+    def sections(self) -> list[Section]:
+        """Every section that has data, summary first.
 
         Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> tables.group_of("attn_off"), tables.group_of("baseline")
-            ('group', 'baseline')
+            >>> builder = ReportBuilder({m: StudyTables(s) for m, s in load_studies("hybrid-lens-study").items()})
+            >>> [(s.key, len(s.parts)) for s in builder.sections()][:3]
+            [('summary', 2), ('table2', 1), ('table5', 1)]
         """
-        return self.by_name[condition]["group"]
+        found = [self._summary(), self._table1(), self._table2(), self._targeted_vs_random("score"), self._targeted_vs_random("perplexity"), self._table5(),
+                 self._table6(), self._layer_sweep(), self._hidden(), self._correlations(), self._drops()]
+        return [s for s in found if s.parts]
 
-    def drops_in(self, *groups: str) -> pd.DataFrame:
-        """The rows of `drops` whose condition belongs to one of `groups`.
+    # -- settings lines --------------------------------------------------------------------------
+    def _ppl_setting(self, t: StudyTables) -> str:
+        s = t.settings
+        return (f"{s['ppl_text']}, first {t.ppl_windows} windows of {s['ppl_context']} tokens, stride "
+                f"{s['ppl_stride'] or ABSENT} ({t.ppl_tokens:,} scored tokens); 95% CIs: paired bootstrap over "
+                f"windows, {N_RESAMPLES} resamples, seed 0")
 
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> tables.drops_in("group").condition.tolist()
-            ['attn_off', 'linear_attn_off']
-        """
-        if self.drops.empty:
-            return self.drops
-        return self.drops[self.drops.condition.map(self.group_of).isin(groups)]
+    def _bench_setting(self, t: StudyTables) -> str:
+        tasks = ", ".join(f"{TASK_NAMES.get(task, task)} n={n}" for task, n in
+                          t.drops.groupby("task", sort=False).n.max().items()) if not t.drops.empty else ""
+        return (f"{tasks}; data: {t.meta.get('data', 'bundled')}; few-shot seed {t.meta.get('seed', 0)}; 95% CIs: "
+                f"paired bootstrap over examples, {N_RESAMPLES} resamples")
 
-    def scores_table(self, *groups: str) -> pd.DataFrame:
-        """Absolute scores, condition x task (Tables 1 and 6).
+    def _random_setting(self, t: StudyTables) -> str:
+        return f"{t.meta.get('trials', 3)} random trials per targeted condition, drawn with numpy default_rng(seed + 1), seed {t.meta.get('seed', 0)}"
 
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> table = tables.scores_table("baseline", "group")
-            >>> table.index.tolist(), table.columns.tolist()
-            (['attn_off', 'baseline', 'linear_attn_off'], ['arc'])
-        """
-        rows = self.drops_in(*groups)
-        if rows.empty:
-            return rows
-        return rows.pivot_table(index="condition", columns="task", values="score", sort=False)
+    # -- sections --------------------------------------------------------------------------------
+    def _summary(self) -> Section:
+        section = Section("summary", "Summary", "What was run, the headline effects with their 95% CIs, and the "
+                          "paper's published values beside them (for a bundled model, its full-size analogue's: "
+                          "other text, a far smaller model; compare directions, not magnitudes).")
+        runs, rows = [], []
+        for model, t in self.tables.items():
+            tasks = (["ppl"] if not t.ppl.empty else []) + sorted(set(t.drops.task) if not t.drops.empty else set())
+            paper, same = published.paper_model(model)
+            where = f" ({paper.split('/')[-1]}{'' if same else ', full-size analogue'})" if paper else ""
+            for r in t.in_groups(t.ppl, "group").itertuples():
+                value = published.PERPLEXITY.get(paper, {}).get(r.condition)
+                rows.append({"model": model, "condition": r.condition, "removed": t.label(r.condition),
+                             "measure": f"perplexity x baseline ({t.settings['ppl_text']})",
+                             "ours [95% CI]": f"{number(r.ratio)} {interval(r.ratio_ci_low, r.ratio_ci_high)}",
+                             "paper": _paper_cell(value[2], paper, same) + where if value else ABSENT})
+            for r in t.in_groups(t.drops, "group").itertuples():
+                value = _paper_drop(paper, r.condition, r.task)
+                rows.append({"model": model, "condition": r.condition, "removed": t.label(r.condition),
+                             "measure": f"{TASK_NAMES.get(r.task, r.task)} score change (ablated - baseline)",
+                             "ours [95% CI]": f"{number(r.delta)} {interval(r.ci_low, r.ci_high)}",
+                             "paper": _paper_cell(value, paper, same) + where if value is not None else ABSENT})
+            runs.append({"model": model, "conditions": f"{len(t.specs)}: {', '.join(_counts(t))}",
+                         "tasks": ", ".join(TASK_NAMES.get(x, x) for x in tasks),
+                         "perplexity windows": self._ppl_setting(t).split(";")[0] if not t.ppl.empty else ABSENT,
+                         "benchmarks": self._bench_setting(t).split(";")[0] if not t.drops.empty else ABSENT,
+                         "evaluation time": f"{t.timings.seconds.sum():.0f} s"})
+        section.parts.append(("What was run", "evaluation time: wall seconds summed over (condition, task) pairs, "
+                              "without model loading and hidden-state diagnostics", pd.DataFrame(runs), None))
+        if rows:
+            section.parts.append(("Headline effects: group ablations", "paper: " + published.CITATION,
+                                  pd.DataFrame(rows), None))
+        return section
 
-    def ppl_table(self, *groups: str) -> pd.DataFrame:
-        """Loss, perplexity and multiple of baseline (Table 2), with the ratio's bootstrap CI.
-
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> tables.ppl_table("baseline", "group").columns.tolist()
-            ['loss', 'ppl', 'log_ratio', 'ratio', 'ratio_ci_low', 'ratio_ci_high']
-            >>> float(tables.ppl_table("baseline", "group").loc["baseline", "ratio"])
-            1.0
-        """
-        if self.ppl.empty:
-            return self.ppl
-        return self.ppl[self.ppl.condition.map(self.group_of).isin(groups)].set_index("condition")
-
-    def targeted_vs_random(self, value: str) -> pd.DataFrame:
-        """Table 3 (mean benchmark score) or Table 4 (perplexity): targeted vs matched random.
-
-        `value`: `"perplexity"`, or anything else for the mean benchmark score. Empty when the
-        study has no random controls.
-
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> tables.targeted_vs_random("perplexity").empty         # no `random` group in this study
-            True
-        """
-        if value == "perplexity":
-            if self.ppl.empty:
-                return pd.DataFrame()
-            values = self.ppl.set_index("condition").ppl
-        else:
-            if self.drops.empty:
-                return pd.DataFrame()
-            values = self.drops.groupby("condition").score.mean()
-        return stats.targeted_vs_random(values, self.specs)
-
-    def removal_multiples(self) -> pd.DataFrame:
-        """Table 5: perplexity of random layer removal as a multiple of baseline, mean over trials.
-
-        Returns:
-            removed (how many layers), mean, std, count; empty without such conditions.
-
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> tables.removal_multiples().empty                      # no `random`/`transformer` group
-            True
-        """
-        if self.ppl.empty:
-            return pd.DataFrame()
-        ppl = self.ppl.set_index("condition")
-        rows = []
-        for spec in self.specs:
-            if spec["group"] in ("transformer", "random") and spec["name"] in ppl.index:
-                rows.append(dict(removed=len(spec["layers"]), ratio=ppl.loc[spec["name"], "ratio"]))
-        if not rows:
-            return pd.DataFrame()
-        return pd.DataFrame(rows).groupby("removed").ratio.agg(["mean", "std", "count"]).reset_index()
-
-    def layer_sweep(self, task: str) -> pd.DataFrame:
-        """kind, layer, delta of the single-component conditions; for `ppl` delta is the log-ppl ratio.
-
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> tables.layer_sweep("arc").columns.tolist()           # empty: no `layer` group here
-            ['kind', 'layer', 'delta']
-        """
-        if task == stats.PPL_TASK:
-            rows = self.ppl[self.ppl.condition.map(self.group_of) == "layer"] if not self.ppl.empty else self.ppl
-            values = rows.log_ratio.to_numpy() if not rows.empty else []
-        else:
-            rows = self.drops_in("layer")
-            rows = rows[rows.task == task] if not rows.empty else rows
-            values = rows.delta.to_numpy() if not rows.empty else []
-        if rows.empty:
-            return pd.DataFrame(columns=["kind", "layer", "delta"])
-        return pd.DataFrame(dict(kind=rows.condition.map(lambda c: self.by_name[c]["kind"]).to_numpy(),
-                                 layer=rows.condition.map(lambda c: self.by_name[c]["layers"][0]).to_numpy(),
-                                 delta=values))
-
-
-    def hidden_table(self) -> pd.DataFrame:
-        """Per-layer hidden-state metrics of the clean model, layer x (metric, component).
-
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> table = tables.hidden_table()
-            >>> table.shape, table.columns[0]
-            ((8, 10), ('ablation_kl', 'attn'))
-        """
-        if self.hidden.empty:
-            return self.hidden
-        return self.hidden.pivot_table(index="layer", columns=["metric", "component"], values="value")
-
-    def impact_correlations(self) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-        """Correlation of each hidden-state metric with each task's layer-sweep impact (Figure 6),
-        and the joined points per (task, metric) for scatter plots.
-
-        Returns:
-            A table (task, metric and the `analysis.correlation` columns) and `{"task:metric":
-            points}`; both empty without a layer sweep of at least three conditions.
-
-        Examples:
-            >>> tables = StudyTables(load_studies("hybrid-lens-study")["hybrid-lens/tiny-qwen3.5"])
-            >>> correlations, points = tables.impact_correlations()
-            >>> correlations.empty, points                            # no `layer` group in this study
-            (True, {})
-        """
-        rows, points = [], {}
-        tasks = ([stats.PPL_TASK] if not self.ppl.empty else []) + sorted(self.drops.task.unique() if not self.drops.empty else [])
-        for task in tasks:
-            impact = self.layer_sweep(task).rename(columns={"kind": "component", "delta": "impact"})
-            if len(impact) < 3 or self.hidden.empty:
+    def _table1(self) -> Section:
+        section = Section("table1", "Table 1 analogue: group ablation, absolute scores",
+                          "Score per benchmark with all instances of one component kind removed; Δ = ablated - "
+                          "baseline score (negative: worse) with its 95% CI. Radar (three or more benchmarks): one polygon per condition; "
+                          "the further out, the higher the score.")
+        for model, t in self.tables.items():
+            rows = t.in_groups(t.drops, "baseline", "group")
+            if rows.empty:
                 continue
-            for metric, metric_rows in self.hidden.groupby("metric"):
-                per_component = set(metric_rows.component) & set(impact.component)
-                on = ["layer", "component"] if per_component else ["layer"]
-                joined = metric_rows.merge(impact, on=on, suffixes=("", "_impact"))
-                if len(joined) < 3 or joined.value.nunique() < 2 or joined.impact.nunique() < 2:
-                    continue
-                rows.append(dict(task=task, metric=metric, **correlation(joined.value, joined.impact)))
-                points[f"{task}:{metric}"] = joined.assign(label=joined.component.astype(str) + "@" + joined.layer.astype(str))
-        return pd.DataFrame(rows), points
+            radar = viz.group_radar(rows, model, names=TASK_NAMES) if rows.task.nunique() >= 3 else None
+            section.parts.append((model, self._bench_setting(t), self._scores_display(t, rows), radar))
+        return section
 
+    def _table2(self) -> Section:
+        section = Section("table2", "Table 2 analogue: perplexity under group ablation",
+                          "Loss and perplexity with all instances of one component kind removed; x baseline is "
+                          "the perplexity ratio with its 95% CI. Bars: log scale, baseline first; labels are "
+                          "multiples of the baseline.")
+        for model, t in self.tables.items():
+            rows = t.in_groups(t.ppl, "baseline", "group")
+            if rows.empty:
+                continue
+            section.parts.append((model, self._ppl_setting(t), self._ppl_display(t, rows, published.PERPLEXITY),
+                                  viz.perplexity_bars(rows, model, t.settings["ppl_text"], labels=t.label)))
+        return section
 
-def markdown_tables(tables: dict[str, StudyTables]) -> str:
-    """All tables of all models as one Markdown document.
-
-    Examples:
-        >>> tables = {model: StudyTables(store) for model, store in load_studies("hybrid-lens-study").items()}
-        >>> print(markdown_tables(tables)[:112])
-        # Component-ablation study
-        <BLANKLINE>
-        ## hybrid-lens/tiny-qwen3.5
-        <BLANKLINE>
-        ### Table 1 analogue: group ablation, absolute scores
-    """
-    parts = ["# Component-ablation study", ""]
-    for model, t in tables.items():
-        sections = [
-            ("Table 1 analogue: group ablation, absolute scores", t.scores_table("baseline", "group")),
-            (f"Table 2 analogue: perplexity ({t.ppl_text}) under group ablation", t.ppl_table("baseline", "group")),
-            ("Table 3 analogue: mean benchmark score, targeted vs matched random", t.targeted_vs_random("score")),
-            ("Table 4 analogue: perplexity, targeted vs matched random", t.targeted_vs_random("perplexity")),
-            ("Table 5 analogue: random layer removal, perplexity as a multiple of baseline", t.removal_multiples()),
-            ("Table 6 analogue: positional thirds, absolute scores", t.scores_table("baseline", "positional")),
-            ("Hidden-state metrics of the clean model (diagnostic text)", t.hidden_table()),
-            ("Hidden-state metric vs layer-ablation impact (Pearson, Spearman)", t.impact_correlations()[0]),
-            ("Score drops with 95% bootstrap CIs (all conditions)", t.drops),
-        ]
-        parts += [f"## {model}", ""]
-        for title, table in sections:
-            if table is not None and not table.empty:
-                parts += [f"### {title}", "", table.to_markdown(floatfmt=".4g"), ""]
-    return "\n".join(parts)
-
-
-def figures(tables: dict[str, StudyTables]) -> dict[str, object]:
-    """name -> plotly figure, only for figures that have data.
-
-    Examples:
-        >>> tables = {model: StudyTables(store) for model, store in load_studies("hybrid-lens-study").items()}
-        >>> list(figures(tables))
-        ['hybrid-lens_tiny-qwen3.5_radar', 'hybrid-lens_tiny-qwen3.5_perplexity', 'score_drop_heatmap']
-    """
-    found = {}
-    for model, t in tables.items():
-        slug = model.replace("/", "_")
-        group = t.drops_in("baseline", "group")
-        if not group.empty:
-            found[f"{slug}_radar"] = viz.group_radar(group, model)
-        ppl = t.ppl_table("baseline", "group", "positional").reset_index()
-        if not ppl.empty:
-            found[f"{slug}_perplexity"] = viz.perplexity_bars(ppl, model, t.ppl_text)
-        correlations, points = t.impact_correlations()
-        for row in correlations.itertuples():
-            joined = points[f"{row.task}:{row.metric}"]
-            found[f"{slug}_{row.metric}_vs_{row.task}"] = viz.metric_vs_impact(
-                joined, "value", "impact", row._asdict(), model, names=(row.metric, f"{row.task} impact"))
-        for value in ("score", "perplexity"):
+    def _targeted_vs_random(self, value: str) -> Section:
+        """Table 3 (`value="score"`) or Table 4 (`"perplexity"`)."""
+        if value == "score":
+            section = Section("table3", "Table 3 analogue: mean benchmark score, targeted vs matched random",
+                              "Mean score over the benchmarks run, targeted ablation vs the same number of randomly "
+                              "chosen layers; random / targeted > 1 means the targeted components matter more "
+                              "(the random controls keep a higher score).")
+        else:
+            section = Section("table4", "Table 4 analogue: perplexity, targeted vs matched random",
+                              "Perplexity of the targeted ablation vs the mean of its matched random controls; "
+                              "random / targeted > 1 means random layers hurt more than the targeted ones.")
+        published_values = published.TARGETED_VS_RANDOM_SCORE if value == "score" else published.TARGETED_VS_RANDOM_PPL
+        for model, t in self.tables.items():
             table = t.targeted_vs_random(value)
             if not table.empty:
-                found[f"{slug}_targeted_vs_random_{value}"] = viz.targeted_vs_random_bars(
-                    table, model, "perplexity" if value == "perplexity" else "mean score")
-    tasks = sorted({task for t in tables.values() for task in (t.drops.task.unique() if not t.drops.empty else [])})
-    if any(not t.ppl.empty for t in tables.values()):
-        tasks.append(stats.PPL_TASK)
-    for task in tasks:
-        sweeps = {model: t.layer_sweep(task) for model, t in tables.items()}
-        if any(not s.empty for s in sweeps.values()):
-            found[f"layer_sweep_{task}"] = viz.layer_sweep_heatmaps(sweeps, task)
-    all_drops = pd.concat([t.drops.assign(model=m) for m, t in tables.items() if not t.drops.empty] or [pd.DataFrame()])
-    if not all_drops.empty:
-        found["score_drop_heatmap"] = viz.drop_heatmap(all_drops[all_drops.condition != "baseline"])
-    return found
+                setting = self._bench_setting(t) if value == "score" else self._ppl_setting(t)
+                section.parts.append((model, f"{setting}; {self._random_setting(t)}",
+                                      self._random_display(t, table, published_values),
+                                      viz.targeted_vs_random_bars(table, model, "mean score" if value == "score"
+                                                                  else "perplexity")))
+        return section
+
+    def _table5(self) -> Section:
+        section = Section("table5", "Table 5 analogue: random layer removal, perplexity as a multiple of baseline",
+                          "Whole layers skipped at random (sequential skip); mean and std of the perplexity "
+                          "multiple over trials.")
+        for model, t in self.tables.items():
+            table = t.removal_multiples()
+            if table.empty:
+                continue
+            paper, same = published.paper_model(model)
+            n_layers = len(t.meta.get("layer_mixers", [])) or None
+            display = pd.DataFrame({
+                "layers removed": [f"{int(k)} of {n_layers}" for k in table.removed],
+                "x baseline (mean)": table["mean"].map(number), "std": table["std"].map(number),
+                "trials": table["count"].map(number),
+                _paper_header("x baseline, 6 or 18 of 24 layers", paper, same) if paper else "paper": [
+                    _paper_cell(_paper_removal(paper, int(k), n_layers), paper, same) for k in table.removed]})
+            section.parts.append((model, f"{self._ppl_setting(t)}; {self._random_setting(t)}", display, None))
+        return section
+
+    def _table6(self) -> Section:
+        section = Section("table6", "Table 6 analogue: positional thirds",
+                          "One component kind removed in the early, middle or late third of the layers only; "
+                          "which third carries the component's contribution.")
+        for model, t in self.tables.items():
+            scores = t.in_groups(t.drops, "baseline", "positional")
+            if t.in_groups(scores, "positional").shape[0]:
+                section.parts.append((f"{model}: scores", self._bench_setting(t), self._scores_display(t, scores), None))
+            ppl = t.in_groups(t.ppl, "baseline", "positional")
+            if t.in_groups(ppl, "positional").shape[0]:
+                section.parts.append((f"{model}: perplexity", self._ppl_setting(t), self._ppl_display(t, ppl, {}),
+                                      viz.perplexity_bars(ppl, model, t.settings["ppl_text"], labels=t.label)))
+        return section
+
+    def _layer_sweep(self) -> Section:
+        section = Section("layers", "Layer-wise ablation",
+                          "One component of one layer removed at a time (the method is in each row). Heatmap: "
+                          "layers left to right; darker = larger effect; rows are component kinds.")
+        tasks = sorted({task for t in self.tables.values() for task in (t.drops.task.unique() if not t.drops.empty else [])})
+        tasks = (["ppl"] if any(not t.ppl.empty for t in self.tables.values()) else []) + tasks
+        for task in tasks:
+            sweeps = {model: t.layer_sweep(task) for model, t in self.tables.items()}
+            sweeps = {m: s for m, s in sweeps.items() if not s.empty}
+            if not sweeps:
+                continue
+            what = "perplexity x baseline" if task == "ppl" else f"{TASK_NAMES.get(task, task)} score change"
+            for model, sweep in sweeps.items():
+                t = self.tables[model]
+                grid = sweep.assign(value=np.exp(sweep.delta) if task == "ppl" else sweep.delta)
+                grid = grid.pivot_table(index="layer", columns="kind", values="value").sort_index()
+                grid.index = [f"L{i}" for i in grid.index]
+                grid.columns = [COMPONENT_NAMES.get(c, c) for c in grid.columns]
+                methods = sorted(set(sweep.method))
+                display = grid.map(number).reset_index(names="layer")
+                setting = (self._ppl_setting(t) if task == "ppl" else self._bench_setting(t)) + \
+                    f"; method: {', '.join(_METHODS.get(m, m) for m in methods)}; values: " + \
+                    ("perplexity x baseline" if task == "ppl" else "score change vs baseline (ablated - baseline)")
+                section.parts.append((f"{model}: {what}", setting, display, None))
+            shown = "log perplexity ratio" if task == "ppl" else what
+            section.parts.append((f"All models: {shown}", "heatmap of the tables above (one panel per model)", None,
+                                  viz.layer_sweep_heatmaps(sweeps, task)))
+        return section
+
+    def _hidden(self) -> Section:
+        section = Section("hidden", "Hidden-state metrics of the clean model",
+                          "Per layer: norm change ||h_post - h_pre|| / ||h_pre||, cosine(h_pre, h_post), "
+                          "component output ratio ||f_c(h)|| / ||h||, ablation KL(p_clean || p_ablated) and the "
+                          "logit lens' KL to the final distribution; — = the layer has no such component.")
+        for model, t in self.tables.items():
+            wide = t.hidden_wide()
+            if wide.empty:
+                continue
+            display = wide.map(number)
+            display.columns = [f"{METRIC_NAMES.get(m, m)} ({COMPONENT_NAMES.get(c, c)})" for m, c in wide.columns]
+            display.index = [f"L{i}" for i in wide.index]
+            setting = (f"the first {t.settings.get('diagnostic_tokens') or ABSENT} tokens of the {t.settings['ppl_text']} "
+                       "text; ablation KL: zero the mixer or MLP, skip the block")
+            section.parts.append((model, setting, display.reset_index(names="layer"), None))
+        return section
+
+    def _correlations(self) -> Section:
+        section = Section("correlations", "Hidden-state metric vs layer-ablation impact",
+                          "Does a layer's metric predict what removing it costs? Pearson and Spearman "
+                          "correlation over layers (and components); scatter: one point per layer component.")
+        for model, t in self.tables.items():
+            table, points = t.impact_correlations()
+            if table.empty:
+                continue
+            display = pd.DataFrame({
+                "impact": table.task.map(lambda x: "log perplexity ratio" if x == "ppl" else f"{TASK_NAMES.get(x, x)} score change"),
+                "metric": table.metric.map(lambda m: METRIC_NAMES.get(m, m)), "points": table.n.map(number),
+                "Pearson r": table.pearson_r.map(number), "Pearson p": table.pearson_p.map(number),
+                "Spearman ρ": table.spearman_rho.map(number), "Spearman p": table.spearman_p.map(number)})
+            section.parts.append((model, "hidden-state metrics vs the layer-wise ablation table", display, None))
+            for row in table.itertuples():
+                name = (METRIC_NAMES.get(row.metric, row.metric), "log perplexity ratio" if row.task == "ppl" else
+                        f"{TASK_NAMES.get(row.task, row.task)} score change")
+                section.parts.append((f"{model}: {name[0]} vs {name[1]}", "", None, viz.metric_vs_impact(
+                    points[f"{row.task}:{row.metric}"], "value", "impact", row._asdict(), model, names=name)))
+        return section
+
+    def _drops(self) -> Section:
+        section = Section("drops", "Score drops with 95% bootstrap CIs (all conditions)",
+                          "Every condition on every benchmark: score, Δ = ablated - baseline score (negative: worse) and "
+                          "its paired bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline.")
+        every = []
+        for model, t in self.tables.items():
+            if t.drops.empty:
+                continue
+            d = t.drops
+            display = pd.DataFrame({
+                "condition": d.condition, "removed": d.condition.map(t.label),
+                "task": d.task.map(lambda x: TASK_NAMES.get(x, x)), "metric": d.metric, "n": d.n.map(number),
+                "baseline": d.baseline.map(number), "score": d.score.map(number), "Δ": d.delta.map(number),
+                "95% CI of Δ": [interval(a, b) for a, b in zip(d.ci_low, d.ci_high)],
+                "significant": d.significant.map(number)})
+            section.parts.append((model, self._bench_setting(t), display, None))
+            every.append(d.assign(model=model))
+        if every:
+            drops = pd.concat(every)
+            section.parts.append(("All models", "score change (ablated - baseline) per model, condition and benchmark", None,
+                                  viz.drop_heatmap(drops[drops.condition != "baseline"])))
+        return section
+
+    # -- display helpers -------------------------------------------------------------------------
+    def _scores_display(self, t: StudyTables, rows: pd.DataFrame) -> pd.DataFrame:
+        paper, same = published.paper_model(t.model)
+        display = pd.DataFrame({"condition": list(dict.fromkeys(rows.condition))})
+        display["removed"] = display.condition.map(t.label)
+        for task, task_rows in rows.groupby("task", sort=False):
+            by = task_rows.set_index("condition")
+            name = TASK_NAMES.get(task, task)
+            display[name] = display.condition.map(lambda c: number(by.score.get(c, np.nan)))
+            display[f"{name} Δ [95% CI]"] = display.condition.map(
+                lambda c: ABSENT if c not in by.index or c == "baseline" else
+                f"{number(by.delta[c])} {interval(by.ci_low[c], by.ci_high[c])}")
+            if paper in published.SCORES:
+                display[_paper_header(name, paper, same)] = display.condition.map(lambda c: _paper_cell(
+                    published.SCORES[paper].get(c, {}).get(task), paper, same))
+        return display
+
+    def _ppl_display(self, t: StudyTables, rows: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
+        paper, same = published.paper_model(t.model)
+        display = pd.DataFrame({
+            "condition": rows.condition, "removed": rows.condition.map(t.label), "loss": rows.loss.map(number),
+            "perplexity": rows.ppl.map(number), "x baseline": rows.ratio.map(number),
+            "95% CI of x baseline": [interval(a, b) for a, b in zip(rows.ratio_ci_low, rows.ratio_ci_high)]})
+        if paper in paper_table:
+            for i, what in enumerate(("loss", "PPL", "x baseline")):
+                display[_paper_header(what, paper, same)] = rows.condition.map(
+                    lambda c: _paper_cell((paper_table[paper].get(c) or (None,) * 3)[i], paper, same))
+        return display
+
+    def _random_display(self, t: StudyTables, table: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
+        paper, same = published.paper_model(t.model)
+        display = pd.DataFrame({
+            "condition": table.condition, "removed": table.condition.map(t.label), "layers": table.layers.map(number),
+            "targeted": table.targeted.map(number), "random mean": table.random_mean.map(number),
+            "random std": table.random_std.map(number), "trials": table.trials.map(number),
+            "random / targeted": table.ratio.map(number)})
+        if paper in paper_table:
+            display[_paper_header("targeted vs random mean ± std", paper, same)] = table.condition.map(
+                lambda c: _paper_cell(paper_table[paper].get(c), paper, same))
+        return display
+
+
+_METHODS = {"skip": "sequential skip (whole layer)", "zero": "parallel zeroing (one path)",
+            "mixer_off": "mixer-only zeroing (MLP kept)"}
+
+
+def _paper_cell(value, paper: str | None, same: bool) -> str:
+    """A published value (or a (targeted, mean, std) triple), formatted."""
+    if value is None or paper is None:
+        return ABSENT
+    if isinstance(value, tuple):
+        return f"{number(value[0])} vs {number(value[1])} ± {number(value[2])}"
+    return number(value)
+
+
+def _paper_header(what: str, paper: str, same: bool) -> str:
+    """Column header of published values: the paper's model, marked when ours is a bundled analogue."""
+    return f"paper {what} ({paper.split('/')[-1]}{'' if same else ', full-size analogue'})"
+
+
+def _paper_drop(paper: str | None, condition: str, task: str) -> float | None:
+    scores = published.SCORES.get(paper, {})
+    if condition not in scores or "baseline" not in scores:
+        return None
+    return round(scores[condition][task] - scores["baseline"][task], 3)
+
+
+def _paper_removal(paper: str | None, k: int, n_layers: int | None) -> float | None:
+    """The paper's multiple for the same fraction of layers removed (6/24 or 18/24)."""
+    if not n_layers or paper not in published.REMOVAL_MULTIPLES:
+        return None
+    return published.REMOVAL_MULTIPLES[paper].get(round(24 * k / n_layers))
+
+
+def _counts(t: StudyTables) -> list[str]:
+    groups = pd.Series([s["group"] for s in t.specs]).value_counts(sort=False)
+    return [f"{n} {g}" for g, n in groups.items()]
+
+
+# -- rendering -------------------------------------------------------------------------------------
+def markdown(sections: list[Section], figures: dict[str, str] | None) -> str:
+    """The report as Markdown; `figures`: figure id -> PNG path relative to the report (None: PNGs
+    were not written, which the report says in one line).
+
+    Examples:
+        >>> table = pd.DataFrame({"condition": ["baseline"], "x baseline": ["1"]})
+        >>> print(markdown([Section("t2", "Table 2", "How to read.", [("m", "8 windows", table, None)])], {}))
+        # Component-ablation study
+        <BLANKLINE>
+        Contents: [Table 2](#t2)
+        <BLANKLINE>
+        ## Table 2
+        <BLANKLINE>
+        *How to read this:* How to read.
+        <BLANKLINE>
+        ### m
+        <BLANKLINE>
+        Measured on: 8 windows
+        <BLANKLINE>
+        | condition   |   x baseline |
+        |:------------|-------------:|
+        | baseline    |            1 |
+        <BLANKLINE>
+    """
+    out = ["# Component-ablation study", "", "Contents: " + " · ".join(f"[{s.title}](#{s.key})" for s in sections), ""]
+    if figures is None:
+        out += ["PNG copies of the figures were not written (`--no-png`); every figure is in report.html.", ""]
+    figures = figures or {}
+    for section in sections:
+        out += [f"## {section.title}", "", f"*How to read this:* {section.read}", ""]
+        for i, (heading, setting, table, figure) in enumerate(section.parts):
+            out += [f"### {heading}", ""]
+            if setting:
+                out += [f"Measured on: {setting}", ""]
+            if table is not None:
+                out += [table.to_markdown(index=False), ""]
+            if figure is not None and _figure_id(section, i) in figures:
+                out += [f"![{heading}]({figures[_figure_id(section, i)]})", ""]
+    return "\n".join(out)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h2 { border-bottom: 2px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+.read { background: #f4f7fb; border-left: 4px solid #4a78b0; padding: .4em .8em; }
+.setting { color: #555; font-size: .9em; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+nav a { margin-right: 1em; }
+"""
+
+
+def html_page(sections: list[Section], contributions: dict[str, str]) -> str:
+    """The report as one self-contained HTML page (plotly's JS inlined once; no network needed).
+
+    `contributions`: model -> the per-token component-contribution HTML fragment.
+
+    Examples:
+        >>> table = pd.DataFrame({"condition": ["baseline"], "x baseline": ["1"]})
+        >>> page = html_page([Section("t2", "Table 2", "How to read.", [("m", "8 windows", table, None)])], {})
+        >>> "<h2 id='t2'>Table 2</h2>" in page and "cdn.plot.ly" not in page
+        True
+    """
+    body = ["<h1>hybrid-lens component-ablation study</h1>",
+            "<nav>" + "".join(f"<a href='#{s.key}'>{html.escape(s.title)}</a>" for s in sections) + "</nav>"]
+    first_figure = True
+    for section in sections:
+        body += [f"<h2 id='{section.key}'>{html.escape(section.title)}</h2>",
+                 f"<p class='read'><b>How to read this:</b> {html.escape(section.read)}</p>"]
+        for i, (heading, setting, table, figure) in enumerate(section.parts):
+            body.append(f"<h3>{html.escape(heading)}</h3>")
+            if setting:
+                body.append(f"<p class='setting'>Measured on: {html.escape(setting)}</p>")
+            if table is not None:
+                body.append(table.to_html(index=False, escape=True, border=0))
+            if figure is not None:
+                body.append(pio.to_html(figure, full_html=False, include_plotlyjs="inline" if first_figure else False,
+                                        div_id=_figure_id(section, i), config={"responsive": True}))
+                first_figure = False
+    if contributions:
+        body.append("<h2 id='contributions'>Per-token component contribution</h2><p class='read'><b>How to read "
+                    "this:</b> each token coloured by the component kind that contributes most to the residual "
+                    "stream there (clean model, first diagnostic tokens).</p>")
+        body += [f"<h3>{html.escape(model)}</h3>{fragment}" for model, fragment in contributions.items()]
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>hybrid-lens study</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>")
+
+
+def _figure_id(section: Section, index: int) -> str:
+    """A readable, file-safe id of the figure of `section.parts[index]` (its HTML div id and PNG name)."""
+    return f"{section.key}_" + re.sub(r"[^A-Za-z0-9.-]+", "_", section.parts[index][0]).strip("_")
 
 
 def render_report(folder: str | Path, png: bool = True) -> Path:
-    """Write `report.html`, `report.md` and (if possible) `figures/*.png` into `folder`; return the HTML path.
+    """Write `report.html`, `report.md` and (unless `png=False`) `figures/*.png` into `folder`; return the HTML path.
 
     Examples:
-        >>> render_report("hybrid-lens-study", png=False).as_posix()
-        'hybrid-lens-study/report.html'
+        >>> render_report("hybrid-lens-study").name
+        'report.html'
+        >>> sorted(p.name for p in Path("hybrid-lens-study/figures").iterdir())[-2:]
+        ['layers_All_models_log_perplexity_ratio.png', 'table2_hybrid-lens_tiny-qwen2.5.png']
     """
     folder = Path(folder)
     stores = load_studies(folder)
-    tables = {model: StudyTables(store) for model, store in stores.items()}
-    markdown = markdown_tables(tables)
-    figs = figures(tables)
-    _atomic_write(folder / "report.md", markdown)
-    body = [f"<h1>hybrid-lens component-ablation study</h1><p>Models: {html.escape(', '.join(tables))}</p>"]
-    for i, (name, fig) in enumerate(figs.items()):
-        body.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if i == 0 else False, div_id=name))
-    for model, store in stores.items():
-        view = store.path.parent / CONTRIBUTIONS_FILE
-        if view.exists():
-            body.append(f"<h2>{html.escape(model)}: per-token component contribution</h2>" + view.read_text())
-    for model, t in tables.items():
-        body.append(f"<h2>{html.escape(model)}: score drops with 95% bootstrap CIs</h2>")
-        body.append(t.drops.to_html(index=False, float_format=lambda x: f"{x:.4g}") if not t.drops.empty else "")
-        if not t.ppl.empty:
-            body.append(f"<h2>{html.escape(model)}: perplexity</h2>" + t.ppl.to_html(index=False, float_format=lambda x: f"{x:.4g}"))
-    page = "<!doctype html><html><head><meta charset='utf-8'><title>hybrid-lens study</title></head><body>"
-    _atomic_write(folder / "report.html", page + "\n".join(body) + "</body></html>")
+    tables = {model: StudyTables(store, N_RESAMPLES) for model, store in stores.items()}
+    sections = ReportBuilder(tables).sections()
+    figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts) if fig is not None}
+    written = {} if png else None
     if png:
-        write_pngs(figs, folder / "figures")
+        (folder / "figures").mkdir(exist_ok=True)
+        for stale in (folder / "figures").glob("*.png"):  # figures of an earlier rendering
+            stale.unlink()
+        for name, fig in figures.items():
+            viz.write_png(fig, folder / "figures" / f"{name}.png")
+            written[name] = f"figures/{name}.png"
+    contributions = {m: (s.path.parent / CONTRIBUTIONS_FILE).read_text() for m, s in stores.items()
+                     if (s.path.parent / CONTRIBUTIONS_FILE).exists()}
+    _atomic_write(folder / "report.md", markdown(sections, written))
+    _atomic_write(folder / "report.html", html_page(sections, contributions))
+    for store in stores.values():
+        store.close()
     return folder / "report.html"
 
 
-def write_pngs(figs: dict[str, object], folder: Path) -> None:
-    """PNG copies via kaleido; a missing browser skips them with a note instead of failing the report.
-
-    Examples:
-        >>> tables = {model: StudyTables(store) for model, store in load_studies("hybrid-lens-study").items()}
-        >>> write_pngs(figures(tables), Path("hybrid-lens-study/figures"))
-        >>> sorted(p.suffix for p in Path("hybrid-lens-study/figures").iterdir())[0] in (".png", ".txt")
-        True
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        for name, fig in figs.items():
-            fig.write_image(folder / f"{name}.png", width=1000, height=600)
-    except Exception as err:  # kaleido needs a Chrome/Chromium; the HTML report is complete without PNGs
-        (folder / "PNG_SKIPPED.txt").write_text(f"PNG export failed ({err}); install chromium for kaleido.\n")
-
-
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a report."""
+    """Write via a temporary file and rename, so a reader never sees half a report (mode 0644)."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(f.name, 0o644)
     os.replace(f.name, path)

@@ -1,13 +1,14 @@
 """The study runner: every (condition, task) pair of a study, evaluated once, stored durably.
 
 Conditions come from the model's layer kinds (`study.conditions`); tasks from `study.tasks`.
-Finished pairs are skipped on a rerun, so an interrupted study resumes where it stopped.
+Finished pairs are skipped on a rerun, so an interrupted study resumes where it stopped; a
+folder holds one study: a rerun with settings that change a number is refused (`StudySpec.identity`).
 Conditions of a loglikelihood task are evaluated `SWEEP_GROUP` at a time as one `Sweep`: each
 starts from the clean residual stream at its first layer (prefix reuse), and up to `condition_batch`
 of them share a forward pass (condition batching, planned by the `Sweep`). Both give the numbers of
 one run per condition (to float rounding where conditions share a pass).
-Conditions shard across processes: under `torchrun` / `accelerate launch` each rank takes every
-`world`-th condition, and all ranks write to the same store.
+Processes on one folder split the work: each claims its next group of pairs in the store (plain
+processes, `torchrun` / `accelerate launch` ranks alike), and all write to the same store.
 """
 
 from __future__ import annotations
@@ -15,19 +16,28 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
+from pydantic import ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
 from tqdm.auto import tqdm
 
-from .conditions import GROUPS, study_conditions
-from .store import StudyStore
+from .. import zoo
+from .conditions import GROUPS, METHODS, study_conditions
+from .store import StudyStore, clean_stale_temporaries, delete_store, new_owner
 from ..interventions import Sweep
 from .tasks import SWEEPABLE, TASKS, check_tasks, evaluate
 
+PPL_SOURCES = ("auto", "kjv-validation", "wikitext2")  # besides a .txt / .txt.gz file
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+NOT_IDENTITY = ("condition_batch", "device_map", "threads")  # settings that change speed or placement, not numbers
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class StudySpec:
     """What to run. `n` caps examples per benchmark (and windows for perplexity).
 
@@ -45,9 +55,16 @@ class StudySpec:
         seed: seed of random controls and few-shot sampling.
         dtype: torch dtype name the model is loaded in.
         ppl_source: perplexity text (see `study.tasks.ppl_text`).
-        ppl_context: perplexity window length in tokens.
+        ppl_context: perplexity window length in tokens (None: see `ppl_windows`).
+        ppl_stride: tokens between window starts (None: see `ppl_windows`).
         data: benchmark data: `bundled`, `hub`, or a local file.
         condition_batch: most conditions per forward pass for loglikelihood tasks (None: the `Sweep` default).
+        threads: torch CPU threads while the study runs (None: 1 for the bundled models, whose
+            forward passes are too small to gain from intra-op threads and whose CPU time grew
+            tenfold with 2 threads on a busy 2-core machine; torch's own setting otherwise).
+
+    Every field is validated when the spec is made (pydantic): a bad value raises a
+    `pydantic.ValidationError` (a `ValueError`) naming the field, the value and what is allowed.
 
     Examples:
         >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl", "arc"), groups=("baseline", "group"),
@@ -57,28 +74,104 @@ class StudySpec:
         >>> StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("winogrande",))
         Traceback (most recent call last):
         ...
-        ValueError: Unknown task(s) ['winogrande']; valid tasks: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k.
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for StudySpec
+        tasks
+          Value error, Unknown task(s) ['winogrande']; valid tasks: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k. ...
+        >>> print(spec_error(StudySpec, model="hybrid-lens/tiny-qwen3.5", n=0, dtype="float33"))
+        n: Input should be greater than 0 (got 0); dtype: Input should be 'float32', 'bfloat16', 'float16' or 'float64' (got 'float33')
     """
 
-    model: str
+    model: str = Field(min_length=1)
     tasks: tuple[str, ...] = tuple(TASKS)
     groups: tuple[str, ...] = GROUPS
-    n: int = 200
-    method: str = "auto"
-    trials: int = 3
-    seed: int = 0
-    dtype: str = "float32"
+    n: int = Field(200, gt=0)
+    method: Literal[METHODS] = "auto"
+    trials: int = Field(3, ge=1)
+    seed: int = Field(0, ge=0)
+    dtype: Literal[DTYPES] = "float32"
     ppl_source: str = "auto"
-    ppl_context: int = 512
+    ppl_context: int | None = Field(None, ge=2)
+    ppl_stride: int | None = Field(None, ge=1)
     data: str = "bundled"
-    condition_batch: int | None = None
+    condition_batch: int | None = Field(None, gt=0)
     device_map: str | None = None
+    threads: int | None = Field(None, ge=1)
 
-    def __post_init__(self):
-        check_tasks(self.tasks)
-        unknown = set(self.groups) - set(GROUPS)
-        if unknown:
-            raise ValueError(f"Unknown condition group(s) {sorted(unknown)}; choose from {', '.join(GROUPS)}.")
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        if not tasks:
+            raise ValueError(f"No tasks given; choose from {', '.join(TASKS)}.")
+        if len(set(tasks)) < len(tasks):
+            raise ValueError(f"Repeated task in {list(tasks)}.")
+        check_tasks(tasks)
+        return tasks
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, groups: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(groups) - set(GROUPS)
+        if unknown or not groups:
+            raise ValueError(f"Unknown or no condition group(s) {sorted(unknown)}; choose from {', '.join(GROUPS)}.")
+        return groups
+
+    @field_validator("ppl_source", "data")
+    @classmethod
+    def _source(cls, source: str, info) -> str:
+        named = PPL_SOURCES if info.field_name == "ppl_source" else ("bundled", "hub")
+        if source not in named and not Path(source).is_file():
+            raise ValueError(f"{source!r} is neither one of {', '.join(named)} nor an existing file.")
+        return source
+
+    def identity(self) -> dict:
+        """The settings that change a number: what makes two runs one study (all but
+        `condition_batch` and `device_map`).
+
+        Examples:
+            >>> sorted(StudySpec(model="hybrid-lens/tiny-qwen3.5").identity())[:4]
+            ['data', 'dtype', 'groups', 'method']
+        """
+        return {key: value for key, value in asdict(self).items() if key not in NOT_IDENTITY}
+
+
+def spec_error(spec_type, **fields) -> str | None:
+    """One line naming every invalid field of `spec_type(**fields)` with its value (None if valid).
+
+    Examples:
+        >>> spec_error(StudySpec, model="hybrid-lens/tiny-qwen2.5", n=-3)
+        'n: Input should be greater than 0 (got -3)'
+    """
+    from pydantic import ValidationError
+
+    try:
+        spec_type(**fields)
+    except ValidationError as err:
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']} (got {e['input']!r})"
+                         for e in err.errors())
+    return None
+
+
+def ppl_windows(spec: StudySpec) -> tuple[int, int]:
+    """(context, stride) of the perplexity windows in tokens.
+
+    Explicit values win. Otherwise a bundled model is scored as its model card scores it: disjoint
+    windows of the length it was trained at (`zoo.trained_context`, 256); any other model gets
+    512-token windows starting every 256 tokens (the stride defaults to half the context).
+
+    Examples:
+        >>> ppl_windows(StudySpec(model="Qwen/Qwen2.5-0.5B"))
+        (512, 256)
+        >>> ppl_windows(StudySpec(model="hybrid-lens/tiny-falcon-h1", ppl_context=128))
+        (128, 64)
+    """
+    if spec.ppl_context is None and zoo.is_zoo_name(spec.model):
+        context = zoo.trained_context(spec.model)
+        return context, spec.ppl_stride or context
+    context = spec.ppl_context or DEFAULT_PPL_CONTEXT
+    return context, spec.ppl_stride or max(1, context // 2)
+
+
+DEFAULT_PPL_CONTEXT = 512
 
 
 def task_options(spec: StudySpec, task: str) -> dict:
@@ -87,13 +180,28 @@ def task_options(spec: StudySpec, task: str) -> dict:
     Examples:
         >>> spec = StudySpec(model="hybrid-lens/tiny-qwen3.5", ppl_context=128)
         >>> task_options(spec, "ppl")
-        {'model_name': 'hybrid-lens/tiny-qwen3.5', 'ppl_source': 'auto', 'ppl_context': 128}
+        {'model_name': 'hybrid-lens/tiny-qwen3.5', 'ppl_source': 'auto', 'ppl_context': 128, 'ppl_stride': 64}
         >>> task_options(spec, "mmlu")
         {'data': 'bundled'}
     """
     if task == "ppl":
-        return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=spec.ppl_context)
+        context, stride = ppl_windows(spec)
+        return dict(model_name=spec.model, ppl_source=spec.ppl_source, ppl_context=context, ppl_stride=stride)
     return dict(data=spec.data)
+
+
+def settings(spec: StudySpec) -> dict:
+    """The evaluation settings a report states beside its numbers (stored in the study's meta).
+
+    Examples:
+        >>> settings(StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl",), n=8))
+        {'ppl_text': 'held-out KJV', 'ppl_context': 256, 'ppl_stride': 256, 'diagnostic_tokens': 256}
+    """
+    from .tasks import ppl_text_label
+
+    context, stride = ppl_windows(spec)
+    return dict(ppl_text=ppl_text_label(spec.model, spec.ppl_source), ppl_context=context, ppl_stride=stride,
+                diagnostic_tokens=min(DIAGNOSTIC_TOKENS, context))
 
 
 def model_folder(out: Path, model: str) -> Path:
@@ -118,13 +226,20 @@ def shard() -> tuple[int, int]:
 
 
 def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = False, progress: bool = True,
-              rank_world: tuple[int, int] | None = None) -> Path:
+              rank_world: tuple[int, int] | None = None, extend_n: bool = False) -> Path:
     """Run (or resume) a study; returns the folder holding its `results.sqlite`.
+
+    The folder's store is checked before the model loads: a corrupt store is named, and a store
+    of other settings (`StudySpec.identity`) is refused unless `overwrite`, or `extend_n` when
+    only `n` grew. Processes on the same folder split the pairs between them (claims in the
+    store); a killed process's pairs are taken over.
 
     Args:
         model: an already loaded `HookedHybrid` (default: `HookedHybrid.from_pretrained(spec.model)`).
-        overwrite: replace a store of another model in the same folder.
-        rank_world: explicit shard; default from the launcher's `RANK` / `WORLD_SIZE`.
+        overwrite: replace the study in the folder (any settings).
+        rank_world: (rank, world size); default from the launcher's `RANK` / `WORLD_SIZE`. Only
+            rank 0 may overwrite; the ranks then split the work as any processes do.
+        extend_n: grow `n` of an existing study (every pair is computed again at the new `n`).
 
     Examples:
         A small study (group ablations of the bundled Qwen3.5, perplexity and ARC on two examples;
@@ -142,45 +257,127 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
 
     from ..model import HookedHybrid
 
-    folder = model_folder(Path(out), spec.model)
+    out = Path(out)
+    folder = model_folder(out, spec.model)
+    check_out_folder(out)
     rank, world = rank_world or shard()
+    path, meta = folder / "results.sqlite", spec.identity()
+    if overwrite and rank == 0:
+        delete_store(path)
+    elif path.exists():  # refuse other settings, or name a corrupt file, before loading the model
+        StudyStore(path, meta=meta, extend_n=extend_n).close()
+    clean_stale_temporaries(out)
     if model is None:
         options = {"device_map": spec.device_map} if spec.device_map else {}
         model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype), **options)
     specs = study_conditions(model.layer_mixers, spec.groups, spec.method, spec.trials, spec.seed)
-    store = StudyStore(folder / "results.sqlite", meta={**asdict(spec), "layer_mixers": model.layer_mixers},
-                       overwrite=overwrite and rank == 0)
+    store = StudyStore(path, meta={**meta, "layer_mixers": model.layer_mixers, "settings": settings(spec)},
+                       extend_n=extend_n)
     store.save_conditions([s.to_dict() for s in specs])
-    mine = [s for i, s in enumerate(specs) if i % world == rank]
-    todo = {task: [s for s in mine if not store.is_done(s.name, task)] for task in spec.tasks}
-    bar = tqdm(total=sum(map(len, todo.values())), desc=f"{spec.model} [{rank + 1}/{world}]", disable=not progress,
-               unit="pair")
+    by_name = {s.name: s for s in specs}
+    bar = tqdm(total=sum(len(store.pending(task, list(by_name))) for task in spec.tasks),
+               desc=f"{spec.model} [{rank + 1}/{world}]",
+               disable=not progress, unit="pair")
     batch = spec.condition_batch or Sweep.batch
-    with torch.no_grad():
-        for task, conditions in todo.items():
-            size = SWEEP_GROUP if task in SWEEPABLE else 1
-            for group in (conditions[i : i + size] for i in range(0, len(conditions), size)):
-                bar.set_postfix_str(f"{task} · {group[0].name}" + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+    owner = new_owner()
+    threads = spec.threads or (1 if zoo.is_zoo_name(spec.model) else None)
+    try:
+        with torch.no_grad(), store.keep_claims(owner), torch_threads(threads):
+            for task in spec.tasks:
+                size = SWEEP_GROUP if task in SWEEPABLE else 1
+                for names in claimed_groups(store, task, list(by_name), size, owner):
+                    group = [by_name[name] for name in names]
+                    bar.set_postfix_str(f"{task} · {names[0]}" + (f" +{len(names) - 1}" if len(names) > 1 else ""))
+                    start = time.perf_counter()
+                    options = task_options(spec, task)
+                    if task in SWEEPABLE:
+                        sweep = Sweep(tuple(s.condition for s in group), batch=batch)
+                        results = evaluate(task, model, sweep, spec.n, spec.seed, **options)
+                    else:
+                        results = [evaluate(task, model, group[0].condition, spec.n, spec.seed, **options)]
+                    seconds = (time.perf_counter() - start) / len(group)
+                    for study_condition, rows in zip(group, results):
+                        store.write(study_condition.name, task, rows, seconds)
+                    bar.update(len(group))
+            for _ in claimed_groups(store, HIDDEN_TASK, ["baseline"], 1, owner):
                 start = time.perf_counter()
-                if task in SWEEPABLE:
-                    sweep = Sweep(tuple(s.condition for s in group), batch=batch)
-                    results = evaluate(task, model, sweep, spec.n, spec.seed, **task_options(spec, task))
-                else:
-                    results = [evaluate(task, model, group[0].condition, spec.n, spec.seed, **task_options(spec, task))]
-                seconds = (time.perf_counter() - start) / len(group)
-                for study_condition, rows in zip(group, results):
-                    store.write(study_condition.name, task, rows, seconds)
-                bar.update(len(group))
-        if rank == 0 and not store.is_done("baseline", HIDDEN_TASK):
-            start = time.perf_counter()
-            tokens = diagnostic_tokens(model, spec)
-            write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder / CONTRIBUTIONS_FILE)
-            store.write("baseline", HIDDEN_TASK, hidden_metrics(model, tokens), time.perf_counter() - start)
-    store.close()
+                tokens = diagnostic_tokens(model, spec)
+                write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder / CONTRIBUTIONS_FILE)
+                store.write("baseline", HIDDEN_TASK, hidden_metrics(model, tokens), time.perf_counter() - start)
+    finally:
+        bar.close()
+        store.close()
     return folder
 
 
-SWEEP_GROUP = 16  # conditions per Sweep (results are stored after each group)
+def claimed_groups(store: StudyStore, task: str, conditions: list[str], size: int, owner: str,
+                   poll: float = 0.5):
+    """Yield groups of up to `size` condition names whose pairs with `task` `owner` has claimed,
+    until every pair is done; while the rest is claimed by other live processes, wait for them
+    (a pair they leave unfinished is claimed here in turn).
+
+    Examples:
+        >>> import tempfile
+        >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
+        >>> for names in claimed_groups(store, "ppl", ["baseline", "ssm_off", "attn_off"], 2, "host:1:a"):
+        ...     print(names)
+        ...     for name in names:
+        ...         store.write(name, "ppl", pd.DataFrame(dict(example=[0], metric="tokens", value=[63.0])), 0.1)
+        ['baseline', 'ssm_off']
+        ['attn_off']
+        >>> store.close()
+    """
+    while store.pending(task, conditions):
+        names = store.claim(task, conditions, size, owner)
+        if names:
+            yield names
+        else:
+            time.sleep(poll)
+
+
+def check_out_folder(out: Path) -> None:
+    """Raise `NotADirectoryError` if `out` or a folder above it is a regular file (before
+    anything is written).
+
+    Examples:
+        >>> import tempfile
+        >>> file = Path(tempfile.mkdtemp()) / "notes.txt"
+        >>> _ = file.write_text("x")
+        >>> check_out_folder(file / "study")
+        Traceback (most recent call last):
+        ...
+        NotADirectoryError: --out .../notes.txt/study: .../notes.txt is a file, not a folder.
+    """
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"--out {out}: {parent} is a file, not a folder.")
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with `threads` torch CPU threads (None: unchanged); the previous count is restored.
+
+    Examples:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+SWEEP_GROUP = 16  # conditions per Sweep and per claim (results are stored after each group)
 HIDDEN_TASK = "hidden"
 DIAGNOSTIC_TOKENS = 512
 CONTRIBUTION_TOKENS = 64
@@ -188,16 +385,18 @@ CONTRIBUTIONS_FILE = "contributions.html"
 
 
 def diagnostic_tokens(model, spec: StudySpec):
-    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, `[1, pos]`.
+    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, or one
+    perplexity window if that is shorter (a bundled model's 256 trained positions), `[1, pos]`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
         >>> diagnostic_tokens(model, StudySpec(model="hybrid-lens/tiny-qwen3.5")).shape
-        torch.Size([1, 512])
+        torch.Size([1, 256])
     """
     from .tasks import ppl_text
 
-    return model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])[:, :DIAGNOSTIC_TOKENS]
+    tokens = model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])
+    return tokens[:, : settings(spec)["diagnostic_tokens"]]
 
 
 def hidden_metrics(model, tokens) -> pd.DataFrame:

@@ -40,6 +40,23 @@ def paired_bootstrap(condition: np.ndarray, baseline: np.ndarray, statistic, n_r
     return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def check_finite(results: pd.DataFrame) -> None:
+    """Raise `ValueError` naming the (condition, task, example, metric) rows whose value is inf or
+    NaN: no statistic is computed from them.
+
+    Examples:
+        >>> rows = pd.DataFrame(dict(condition="ssm_off", task="arc", example=[0, 1], metric="acc", value=[1.0, np.nan]))
+        >>> check_finite(rows)
+        Traceback (most recent call last):
+        ...
+        ValueError: Non-finite study values, no statistic computed: [{'condition': 'ssm_off', 'task': 'arc', 'example': 1, 'metric': 'acc'}]
+    """
+    bad = results[~np.isfinite(results.value.to_numpy(dtype=np.float64))]
+    if len(bad):
+        rows = bad[["condition", "task", "example", "metric"]].head(5).to_dict("records")
+        raise ValueError(f"Non-finite study values, no statistic computed: {rows}{' ...' if len(bad) > 5 else ''}")
+
+
 def _mean_drop(condition, baseline, axis=-1):
     return np.mean(condition, axis=axis) - np.mean(baseline, axis=axis)
 
@@ -68,6 +85,7 @@ def score_drops(results: pd.DataFrame, metrics: dict[str, str], n_resamples: int
     rows = []
     for task, metric in metrics.items():
         table = results[(results.task == task) & (results.metric == metric)]
+        check_finite(table)
         wide = table.pivot(index="example", columns="condition", values="value")
         if "baseline" not in wide:
             continue
@@ -99,6 +117,7 @@ def perplexity_table(results: pd.DataFrame, n_resamples: int = 1000, seed: int =
         0  baseline  3.00   20.09   1.00
         1   ssm_off  6.23  509.45  25.36
     """
+    check_finite(results[results.task == PPL_TASK])
     table = results[results.task == PPL_TASK].pivot_table(index=["condition", "example"], columns="metric",
                                                           values="value").reset_index()
     if table.empty:

@@ -1,17 +1,26 @@
 """A durable, resumable store of per-example study results (one SQLite file per study).
 
 Each (condition, task) pair is written in one transaction together with its completion marker,
-so an interrupted study loses at most the pair in flight and never stores an example twice.
-Several processes may write to the same store (sharded runs).
+so an interrupted study loses at most the pairs in flight (one `Sweep` group of a task) and never
+stores an example twice. Several processes may work on the same store: each claims the pairs it
+computes in a transaction, with a lease that a heartbeat renews, so they split the work; the
+claims of a killed process are retaken once its lease runs out (at once on the same host).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
-from collections.abc import Iterable
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 SCHEMA = """
@@ -22,7 +31,92 @@ CREATE TABLE IF NOT EXISTS results (
     value REAL, PRIMARY KEY (condition, task, example, metric));
 CREATE TABLE IF NOT EXISTS done (condition TEXT NOT NULL, task TEXT NOT NULL, seconds REAL,
     PRIMARY KEY (condition, task));
+CREATE TABLE IF NOT EXISTS claims (condition TEXT NOT NULL, task TEXT NOT NULL, owner TEXT NOT NULL,
+    expires REAL NOT NULL, PRIMARY KEY (condition, task));
 """
+LEASE_SECONDS = 60.0  # a claim not renewed for this long is retaken by another process
+
+
+class CorruptStoreError(ValueError):
+    """The file is not a readable study store (the message names it).
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "results.sqlite"
+        >>> _ = path.write_bytes(b"not a database, just bytes" * 100)
+        >>> StudyStore(path)
+        Traceback (most recent call last):
+        ...
+        hybrid_lens.study.store.CorruptStoreError: ... is not a readable study store (file is not a database). ...
+    """
+
+
+def new_owner() -> str:
+    """A claim owner id, `host:pid:random`, unique per run.
+
+    Examples:
+        >>> owner = new_owner()
+        >>> owner.split(":")[1] == str(os.getpid())
+        True
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_dead(owner: str) -> bool:
+    """Whether `owner` ran on this host in a process that no longer exists."""
+    host, pid, _ = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def delete_store(path: str | Path) -> None:
+    """Delete a store file with its SQLite journal files (nothing happens if there is none).
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "results.sqlite"
+        >>> StudyStore(path).close()
+        >>> delete_store(path)
+        >>> path.exists()
+        False
+    """
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def clean_stale_temporaries(folder: str | Path, older_than: float = 60.0) -> list[Path]:
+    """Delete the `*.tmp` files an interrupted atomic write left in `folder` and its subfolders
+    (only those untouched for `older_than` seconds, so a write in progress is kept).
+
+    Returns:
+        The deleted paths.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "tmpab12.tmp").touch()
+        >>> os.utime(folder / "tmpab12.tmp", (0, 0))               # written long ago
+        >>> [path.name for path in clean_stale_temporaries(folder)]
+        ['tmpab12.tmp']
+    """
+    folder, now, removed = Path(folder), time.time(), []
+    if not folder.is_dir():
+        return removed
+    for path in [*folder.glob("*.tmp"), *folder.glob("*/*.tmp")]:
+        try:
+            if path.is_file() and now - path.stat().st_mtime > older_than:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # another process cleaned it
+            continue
+    return removed
 
 
 class StudyStore:
@@ -30,8 +124,14 @@ class StudyStore:
 
     Args:
         path: the SQLite file (created with its folder).
-        meta: identifies the study (model name, tasks, n, seed, ...). Opening a store whose `model`
-            differs raises unless `overwrite`, which deletes the old store first.
+        meta: the study's identity: every setting that changes a number (model, tasks, n, seed,
+            ...). Opening a store whose stored settings differ raises `FileExistsError` naming each
+            difference, unless `overwrite` (deletes the old store first) or, when only `n` grows,
+            `extend_n` (pairs computed at the old `n` are then pending again).
+        extend_n: allow a larger `n` than the stored one.
+
+    Raises:
+        CorruptStoreError: the file is not a readable SQLite study store (the message names it).
 
     Examples:
         >>> import tempfile
@@ -43,35 +143,53 @@ class StudyStore:
           condition task  example metric  value
         0  baseline  arc        0    acc    1.0
         1  baseline  arc        1    acc    0.0
-        >>> StudyStore(path, meta={"model": "hybrid-lens/tiny-falcon-h1"})
+        >>> StudyStore(path, meta={"model": "hybrid-lens/tiny-qwen3.5", "n": 3})
         Traceback (most recent call last):
         ...
-        FileExistsError: ... holds a study of 'hybrid-lens/tiny-qwen3.5', not 'hybrid-lens/tiny-falcon-h1'. ...
+        FileExistsError: ... holds a study with other settings: n: 2 stored, 3 now. ...
         >>> store.close()
     """
 
-    def __init__(self, path: str | Path, meta: dict | None = None, overwrite: bool = False):
+    def __init__(self, path: str | Path, meta: dict | None = None, overwrite: bool = False, extend_n: bool = False):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CorruptStoreError(f"{self.path} is a folder, not a study store.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if overwrite and self.path.exists():
-            self.path.unlink()
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        if overwrite:
+            delete_store(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            (status,) = self._db.execute("PRAGMA quick_check").fetchone()
+            if status != "ok":
+                raise sqlite3.DatabaseError(status)
+            self._db.executescript(SCHEMA)
+            stored = self.meta
+        except sqlite3.DatabaseError as err:
+            raise CorruptStoreError(f"{self.path} is not a readable study store ({err}). Move it away to keep it, "
+                                    "or pass --overwrite to start this study again.") from None
         if meta is not None:
-            self._check_meta(meta)
+            self._check_meta(stored, meta, extend_n)
 
-    def _check_meta(self, meta: dict) -> None:
-        stored = self.meta
-        if stored and stored.get("model") != meta.get("model"):
+    def _check_meta(self, stored: dict, meta: dict, extend_n: bool) -> None:
+        meta = json.loads(json.dumps(meta))  # as stored: tuples become lists
+        differ = {key: (stored[key], value) for key, value in meta.items() if key in stored and stored[key] != value}
+        extending = extend_n and set(differ) == {"n"} and differ["n"][1] > differ["n"][0]
+        if differ and not extending:
+            changes = "; ".join(f"{key}: {old!r} stored, {new!r} now" for key, (old, new) in differ.items())
             raise FileExistsError(
-                f"{self.path} holds a study of {stored.get('model')!r}, not {meta.get('model')!r}. "
-                "Choose another output folder, or pass --overwrite to replace it."
+                f"{self.path} holds a study with other settings: {changes}. Results of different settings are never "
+                "mixed: choose another --out folder for these settings, pass --overwrite to replace this study"
+                + (", or --extend-n to grow n keeping everything else." if "n" in differ and differ["n"][1] > differ["n"][0]
+                   else ".")
             )
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                  [(k, json.dumps(v)) for k, v in meta.items()])
+            if extending:  # every pair is computed again at the new n (a sample of n rows is not a prefix)
+                self._db.execute("DELETE FROM results")
+                self._db.execute("DELETE FROM done")
 
     @property
     def meta(self) -> dict:
@@ -129,8 +247,9 @@ class StudyStore:
     def write(self, condition: str, task: str, rows: pd.DataFrame, seconds: float) -> None:
         """Store one (condition, task) pair: `rows` has columns example, metric, value.
 
-        The rows and the completion marker are written in one transaction; a pair already done
-        is left as it is (so a rerun or a second process never stores an example twice).
+        The rows and the completion marker are written in one transaction, and the pair's claim
+        is released; a pair already done is left as it is (so a rerun or a second process never
+        stores an example twice). Non-finite values are refused (`ValueError` naming the rows).
 
         Examples:
             >>> import tempfile
@@ -142,13 +261,114 @@ class StudyStore:
             2
             >>> store.close()
         """
+        values = rows["value"].to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            bad = rows[~np.isfinite(values)][["example", "metric"]].drop_duplicates().head(5).to_dict("records")
+            raise ValueError(f"Not storing ({condition}, {task}): non-finite values at {bad}; a study stores no "
+                             "result computed from inf/NaN.")
         records = [(condition, task, int(e), str(m), float(v)) for e, m, v in rows[["example", "metric", "value"]].itertuples(index=False)]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM claims WHERE condition = ? AND task = ?", (condition, task))
             if self.is_done(condition, task):
                 return
             self._db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?)", records)
             self._db.execute("INSERT INTO done VALUES (?, ?, ?)", (condition, task, seconds))
+
+    def claim(self, task: str, conditions: Sequence[str], size: int, owner: str) -> list[str]:
+        """Claim up to `size` of the `conditions` whose pair with `task` is neither done nor
+        claimed by a live owner, in one transaction; returns them in the order given.
+
+        Claims expire `LEASE_SECONDS` after their last renewal (`keep_claims`), and at once when
+        their owner was a process on this host that has ended (killed, for instance).
+
+        Examples:
+            >>> import tempfile
+            >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
+            >>> store.claim("ppl", ["baseline", "ssm_off", "attn_off"], 2, owner="host:1:a")
+            ['baseline', 'ssm_off']
+            >>> store.claim("ppl", ["baseline", "ssm_off", "attn_off"], 2, owner="host:2:b")
+            ['attn_off']
+            >>> store.pending("ppl", ["baseline", "ssm_off", "attn_off"])   # claimed is not done
+            ['baseline', 'ssm_off', 'attn_off']
+            >>> store.close()
+        """
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            claims = self._db.execute("SELECT condition, owner, expires FROM claims WHERE task = ?", (task,)).fetchall()
+            stale = [(c, task) for c, o, expires in claims if expires < now or _owner_is_dead(o)]
+            self._db.executemany("DELETE FROM claims WHERE condition = ? AND task = ?", stale)
+            taken = {c for c, _, _ in claims} - {c for c, _ in stale}
+            done = {c for (c,) in self._db.execute("SELECT condition FROM done WHERE task = ?", (task,))}
+            chosen = [c for c in conditions if c not in taken and c not in done][:size]
+            self._db.executemany("INSERT INTO claims VALUES (?, ?, ?, ?)",
+                                 [(c, task, owner, now + LEASE_SECONDS) for c in chosen])
+        return chosen
+
+    def pending(self, task: str, conditions: Sequence[str]) -> list[str]:
+        """Those of `conditions` whose pair with `task` is not done (claimed or not).
+
+        Examples:
+            >>> import tempfile
+            >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
+            >>> store.write("baseline", "ppl", pd.DataFrame(dict(example=[0], metric="tokens", value=[63.0])), 0.1)
+            >>> store.pending("ppl", ["baseline", "ssm_off"])
+            ['ssm_off']
+            >>> store.close()
+        """
+        done = {c for (c,) in self._db.execute("SELECT condition FROM done WHERE task = ?", (task,))}
+        return [c for c in conditions if c not in done]
+
+    def release(self, owner: str) -> None:
+        """Drop every claim of `owner` (its unfinished pairs become free for others at once).
+
+        Examples:
+            >>> import tempfile
+            >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
+            >>> store.claim("ppl", ["baseline"], 1, owner="host:1:a")
+            ['baseline']
+            >>> store.release("host:1:a")
+            >>> store.claim("ppl", ["baseline"], 1, owner="host:2:b")
+            ['baseline']
+            >>> store.close()
+        """
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+
+    @contextmanager
+    def keep_claims(self, owner: str, every: float = LEASE_SECONDS / 4):
+        """Context manager: a background thread renews `owner`'s claims every `every` seconds
+        (so long computations keep them), and they are released on exit, also after an error or
+        Ctrl-C.
+
+        Examples:
+            >>> import tempfile
+            >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
+            >>> with store.keep_claims("host:1:a"):
+            ...     store.claim("ppl", ["baseline"], 1, owner="host:1:a")
+            ['baseline']
+            >>> store.claim("ppl", ["baseline"], 1, owner="host:2:b")       # released on exit
+            ['baseline']
+            >>> store.close()
+        """
+        stop = threading.Event()
+
+        def renew() -> None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            while not stop.wait(every):
+                db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + LEASE_SECONDS, owner))
+            db.close()
+
+        thread = threading.Thread(target=renew, name="claim-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.release(owner)
 
     def results(self) -> pd.DataFrame:
         """Every stored value: columns condition, task, example, metric, value.

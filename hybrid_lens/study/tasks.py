@@ -56,8 +56,9 @@ def ppl_source(model_name: str, source: str) -> str:
 
 
 def evaluate_ppl(model, condition, n: int, seed: int, model_name: str = "", ppl_source: str = "auto",
-                 ppl_context: int = 512) -> pd.DataFrame | list[pd.DataFrame]:
-    """Per-window NLL sums and token counts of the first `n` windows (stride = half the context).
+                 ppl_context: int = 512, ppl_stride: int | None = None) -> pd.DataFrame | list[pd.DataFrame]:
+    """Per-window NLL sums and token counts of the first `n` windows of `ppl_context` tokens starting
+    every `ppl_stride` tokens (default: half the context).
 
     `seed` is unused (the windows are fixed); it keeps the signature of every study task.
 
@@ -80,7 +81,7 @@ def evaluate_ppl(model, condition, n: int, seed: int, model_name: str = "", ppl_
         2
     """
     result = perplexity(model, ppl_text(model_name, ppl_source), context_length=ppl_context,
-                        stride=ppl_context // 2, condition=condition, max_windows=n, progress=False)
+                        stride=ppl_stride or ppl_context // 2, condition=condition, max_windows=n, progress=False)
     return [long_windows(r) for r in result] if isinstance(result, list) else long_windows(result)
 
 
@@ -164,7 +165,7 @@ def evaluate(task: str, model, condition, n: int, seed: int, **options) -> pd.Da
     condition, for a `Sweep`; generation tasks take single conditions only).
 
     `options` go to the task's evaluator (`data=` for benchmarks; `model_name=`, `ppl_source=`,
-    `ppl_context=` for `ppl`).
+    `ppl_context=`, `ppl_stride=` for `ppl`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")

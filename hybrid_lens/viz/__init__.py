@@ -1,4 +1,4 @@
-"""Plotly figures of study results."""
+"""Figures of study results: plotly for the HTML report, matplotlib PNG copies (`write_png`)."""
 
 from .figures import (
     drop_heatmap,
@@ -8,6 +8,7 @@ from .figures import (
     perplexity_bars,
     targeted_vs_random_bars,
 )
+from .static import write_png
 
 __all__ = ["drop_heatmap", "group_radar", "layer_sweep_heatmaps", "metric_vs_impact", "perplexity_bars",
-           "targeted_vs_random_bars"]
+           "targeted_vs_random_bars", "write_png"]

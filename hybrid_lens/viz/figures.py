@@ -17,13 +17,14 @@ def _require(table: pd.DataFrame, what: str) -> None:
         raise ValueError(f"No data for the {what} figure.")
 
 
-def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
-    """Radar of absolute scores per task for baseline and each group ablation.
+def group_radar(drops: pd.DataFrame, model: str, names: dict[str, str] | None = None) -> go.Figure:
+    """Radar of absolute scores per task for baseline and each group ablation (the paper's Figure 1).
 
     Args:
         drops: `score_drops` rows of one model restricted to baseline + group conditions
-            (columns `condition`, `task`, `score`).
+            (columns `condition`, `task`, `score`), baseline first.
         model: Model name for the title.
+        names: task -> axis name (default: the task names).
 
     Examples:
         >>> import pandas as pd
@@ -37,21 +38,24 @@ def group_radar(drops: pd.DataFrame, model: str) -> go.Figure:
     _require(drops, "group-ablation radar")
     fig = go.Figure()
     for condition, rows in drops.groupby("condition", sort=False):
-        tasks = rows.task.tolist()
+        tasks = [(names or {}).get(task, task) for task in rows.task]
         fig.add_trace(go.Scatterpolar(r=[*rows.score, rows.score.iloc[0]], theta=[*tasks, tasks[0]],
                                       name=condition, fill="toself", opacity=0.5))
-    fig.update_layout(title=f"{model}: group ablations (score per benchmark)", polar=dict(radialaxis=dict(range=[0, 1])))
+    fig.update_layout(title=f"{model}: group ablations (score per benchmark)",
+                      polar=dict(radialaxis=dict(range=[0, max(0.05, float(drops.score.max()) * 1.1)])))
     return fig
 
 
-def perplexity_bars(ppl: pd.DataFrame, model: str, text: str = "WikiText-2") -> go.Figure:
-    """Perplexity per condition on a log axis, with the bootstrap CI of the ratio to baseline.
+def perplexity_bars(ppl: pd.DataFrame, model: str, text: str = "WikiText-2", labels=None) -> go.Figure:
+    """Perplexity per condition on a log axis (baseline first, then in the table's order), with the
+    bootstrap CI of the ratio to baseline.
 
     Args:
         ppl: `study.stats.perplexity_table` rows (columns `condition`, `loss`, `ratio`,
             `ratio_ci_low`, `ratio_ci_high`), including the `baseline` condition.
         model: Model name for the title.
         text: What the perplexity was measured on, for the title.
+        labels: condition -> what it removes, shown on hover.
 
     Examples:
         >>> import pandas as pd
@@ -62,15 +66,20 @@ def perplexity_bars(ppl: pd.DataFrame, model: str, text: str = "WikiText-2") -> 
         'log'
     """
     _require(ppl, "perplexity")
+    ppl = pd.concat([ppl[ppl.condition == "baseline"], ppl[ppl.condition != "baseline"]])
     base = float(np.exp(ppl.loc[ppl.condition == "baseline", "loss"].iloc[0]))
+    heights = np.exp(np.minimum(ppl.loss.to_numpy(), 700))
     fig = go.Figure(go.Bar(
-        x=ppl.condition, y=np.exp(np.minimum(ppl.loss, 700)),
+        x=ppl.condition, y=heights,
+        hovertext=[labels(c) for c in ppl.condition] if labels else None,
         error_y=dict(type="data", symmetric=False, array=(ppl.ratio_ci_high - ppl.ratio) * base,
                      arrayminus=(ppl.ratio - ppl.ratio_ci_low) * base),
         text=[f"{r:,.1f}x" for r in ppl.ratio], textposition="outside",
     ))
     fig.update_layout(title=f"{model}: {text} perplexity (log scale; labels: multiple of baseline)",
-                      yaxis=dict(type="log", title="perplexity"))
+                      yaxis=dict(type="log", title="perplexity",  # bars start well below the smallest
+                                 range=[np.log10(heights.min()) - 0.5, np.log10(heights.max()) + 0.3]),
+                      xaxis=dict(type="category", categoryorder="array", categoryarray=list(ppl.condition)))
     return fig
 
 
@@ -93,10 +102,10 @@ def layer_sweep_heatmaps(sweeps: dict[str, pd.DataFrame], task: str) -> go.Figur
     _require(pd.concat(sweeps.values()) if sweeps else pd.DataFrame(), f"{task} layer-sweep")
     fig = make_subplots(rows=len(sweeps), cols=1, subplot_titles=list(sweeps), vertical_spacing=0.15)
     for row, table in enumerate(sweeps.values(), start=1):
-        grid = table.pivot_table(index="kind", columns="layer", values="delta")
-        fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=grid.columns.tolist(), y=grid.index.tolist(),
+        grid = table.pivot_table(index="kind", columns="layer", values="delta").sort_index(axis=1)
+        fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=[f"L{layer}" for layer in grid.columns], y=grid.index.tolist(),
                                  coloraxis="coloraxis"), row=row, col=1)
-        fig.update_xaxes(title_text="layer", row=row, col=1)
+        fig.update_xaxes(title_text="layer", type="category", row=row, col=1)
     what = "log perplexity ratio" if task == "ppl" else "score drop"
     fig.update_layout(coloraxis=dict(colorscale="RdBu_r" if task == "ppl" else "RdBu", cmid=0, colorbar=dict(title="Δ")))
     fig.update_layout(title=f"Layer-wise ablation: {task} {what} vs baseline",
@@ -160,12 +169,28 @@ def metric_vs_impact(table: pd.DataFrame, metric: str, impact: str, stats: dict,
     """
     _require(table, "metric-vs-impact")
     x_name, y_name = names or (metric, impact)
-    fig = go.Figure(go.Scatter(x=table[metric], y=table[impact], mode="markers+text", text=table.label,
-                               textposition="top center"))
+    fig = go.Figure()
+    for component, rows in table.groupby(table.get("component", pd.Series("", index=table.index)), sort=False):
+        fig.add_trace(go.Scatter(x=rows[metric], y=rows[impact], mode="markers", name=str(component) or "layer",
+                                 hovertext=rows.label, marker=dict(size=9)))
+    for row in _isolated(table, metric, impact).itertuples():  # label points that stand apart; the rest on hover
+        fig.add_annotation(x=getattr(row, metric), y=getattr(row, impact), text=row.label, showarrow=True,
+                           arrowhead=0, ax=20, ay=-20, font=dict(size=10))
     fig.update_layout(title=f"{model}: {x_name} vs {y_name} (Pearson r = {stats['pearson_r']:.2f}, "
                             f"p = {stats['pearson_p']:.3g}; Spearman ρ = {stats['spearman_rho']:.2f})",
                       xaxis_title=x_name, yaxis_title=y_name)
     return fig
+
+
+def _isolated(table: pd.DataFrame, x: str, y: str, gap: float = 0.08, most: int = 5) -> pd.DataFrame:
+    """The rows whose point lies at least `gap` (in axis-normalised units) from every other point,
+    the `most` largest |y| of them: labels that cannot pile on top of each other."""
+    xy = table[[x, y]].to_numpy(dtype=float)
+    span = np.ptp(xy, axis=0)
+    xy = (xy - xy.min(axis=0)) / np.where(span > 0, span, 1)
+    distance = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 9
+    keep = table[distance.min(axis=1) >= gap]
+    return keep.loc[keep[y].abs().sort_values(ascending=False).index[:most]]
 
 
 def drop_heatmap(drops: pd.DataFrame) -> go.Figure:

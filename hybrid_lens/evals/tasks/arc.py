@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Record, hub_records, local_source, read_records
@@ -55,7 +56,7 @@ def load_arc(source: str | Path | None = None, split: str = "test") -> list[Doc]
 
 
 def arc_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, source: str | Path | None = None,
-                fewshot_source: str | Path | None = None) -> list[tuple[Doc, str]]:
+                fewshot_source: str | Path | None = None, rows: Sequence[int] | None = None) -> list[tuple[Doc, str]]:
     """(example, prompt) pairs; see `base.sampled_prompts` for where shots come from.
 
     Examples:
@@ -69,16 +70,18 @@ def arc_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, sour
         most likely effect of this increase in rotation?
         Answer:
     """
-    return sampled_prompts("arc_challenge", load_arc, BUNDLED, n, shots, seed, source, fewshot_source)
+    return sampled_prompts("arc_challenge", load_arc, BUNDLED, n, shots, seed, source, fewshot_source, rows)
 
 
-def arc_challenge(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, condition=None,
-                  source: str | Path | None = None, fewshot_source: str | Path | None = None, batch_size: int | None = None,
-                  max_length: int | None = None, progress: bool = True) -> TaskResult:
+def arc_challenge(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, *, condition=None,
+                  rows: Sequence[int] | None = None, source: str | Path | None = None,
+                  fewshot_source: str | Path | None = None, batch_size: int | None = None, max_length: int | None = None,
+                  progress: bool = True) -> TaskResult:
     """ARC-Challenge accuracy: `acc` (highest loglikelihood) and `acc_norm` (per character).
 
     Args:
         n: the first `n` examples (None: all). shots: few-shot examples (lm-eval: 25).
+        rows: row indices to score instead (a list or range; exclusive with `n`).
         seed: few-shot sampling seed (lm-eval's default 1234). condition: an intervention active
             throughout, or a `Sweep` (then a list of results, one per condition).
         source: None (hub `allenai/ai2_arc`), `"bundled"`, a local file, or another hub path.
@@ -99,7 +102,7 @@ def arc_challenge(model, n: int | None = None, shots: int = SHOTS, seed: int = 1
         ['skip_layer', 'attn_zero']
         >>> full = arc_challenge(model, source="bundled")    # 25-shot, all 100 rows  # doctest: +SKIP
     """
-    prompts = arc_prompts(n, shots, seed, source, fewshot_source)
-    lls = score_choices(model, prompts, condition, batch_size, max_length, progress)
+    prompts = arc_prompts(n, shots, seed, source, fewshot_source, rows)
+    lls = score_choices("arc_challenge", model, prompts, condition, batch_size, max_length, progress)
     return per_condition(condition, lls, lambda c, ll: multiple_choice_result(
         "arc_challenge", prompts, ll, ("acc", "acc_norm"), run_settings(len(prompts), shots, seed, source, c)))

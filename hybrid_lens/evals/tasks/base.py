@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..data import local_source
 from ...interventions import Sweep
-from ..scoring import choice_metrics, loglikelihoods
+from ..scoring import NonFiniteError, check_positive, choice_metrics, loglikelihoods
 
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
@@ -61,6 +61,9 @@ class TaskResult:
         examples: the per-example table described above.
         metric_names: the metric columns of `examples`, e.g. `("acc", "acc_norm")`.
         settings: what the result was computed with (n, shots, seed, source, condition, ...).
+        requests: exactly what was scored, one row per request: `example`, `context` and
+            `continuation` (loglikelihood tasks; the continuation starts with its delimiter) or
+            `until` (the stop strings of a generation task).
 
     Examples:
         >>> from hybrid_lens.evals import arc_challenge
@@ -70,12 +73,15 @@ class TaskResult:
         ('arc_challenge', ('acc', 'acc_norm'), 4)
         >>> result.settings
         {'n': 4, 'shots': 1, 'seed': 1234, 'source': 'bundled', 'condition': ''}
+        >>> result.requests.columns.tolist(), len(result.requests)      # 4 examples x 4 choices
+        (['example', 'context', 'continuation'], 16)
     """
 
     task: str
     examples: pd.DataFrame
     metric_names: tuple[str, ...]
     settings: dict[str, Any]
+    requests: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -138,16 +144,35 @@ def random_shots(docs: Sequence[Doc], pool: Sequence[Doc], k: int, seed: int,
     return shots
 
 
-def first_n(docs: list, n: int | None) -> list:
-    """The first `n` examples (all for None), as lm-eval's `--limit`.
+def select_rows(docs: list, n: int | None = None, rows: Sequence[int] | None = None,
+                index: Callable[[Any], int] = lambda doc: doc.index) -> list:
+    """The examples to score: the first `n` (all for None), as lm-eval's `--limit`, or those
+    whose row `index(doc)` is in `rows` (a list or range of row indices, in that order).
 
     Examples:
-        >>> first_n([10, 11, 12], 2), first_n([10, 11, 12], None)
-        ([10, 11], [10, 11, 12])
+        >>> docs = [Doc("a", "x", index=0), Doc("b", "y", index=1), Doc("c", "z", index=2)]
+        >>> [d.text for d in select_rows(docs, 2)], [d.text for d in select_rows(docs, rows=range(1, 3))]
+        (['a', 'b'], ['b', 'c'])
+        >>> select_rows(docs, rows=[2, 7])
+        Traceback (most recent call last):
+        ...
+        ValueError: rows [7] do not exist; valid rows: 0-2.
     """
-    if n is not None and n < 1:
-        raise ValueError(f"n must be at least 1 (or None for all), got {n}.")
-    return docs if n is None else docs[:n]
+    check_positive(n=n)
+    if rows is None:
+        return docs if n is None else docs[:n]
+    if n is not None:
+        raise ValueError(f"Pass n or rows, not both (got n={n} and rows).")
+    rows = list(rows)
+    if not rows or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+        raise ValueError(f"rows must be a non-empty list or range of row indices, got {rows!r:.80}.")
+    if len(set(rows)) < len(rows):
+        raise ValueError(f"rows {sorted({r for r in rows if rows.count(r) > 1})} are repeated; each row is scored once.")
+    by_row = {index(doc): doc for doc in docs}
+    missing = [r for r in rows if r not in by_row]
+    if missing:
+        raise ValueError(f"rows {missing[:10]} do not exist; valid rows: {min(by_row)}-{max(by_row)}.")
+    return [by_row[r] for r in rows]
 
 
 def check_shots(shots: int, available: int, task: str) -> None:
@@ -165,7 +190,7 @@ def check_shots(shots: int, available: int, task: str) -> None:
 
 
 def sampled_prompts(task: str, load: Callable[..., list[Doc]], bundled: str, n: int | None, shots: int, seed: int,
-                    source, fewshot_source) -> list[tuple[Doc, str]]:
+                    source, fewshot_source, rows: Sequence[int] | None = None) -> list[tuple[Doc, str]]:
     """(example, prompt) pairs with shots drawn as lm-eval draws them (seeded, in example order):
     from `fewshot_source` if given; on the hub from the train split; for a local file from the same
     file without the example itself (lm-eval's rule when the few-shot split is the evaluated one).
@@ -179,7 +204,7 @@ def sampled_prompts(task: str, load: Callable[..., list[Doc]], bundled: str, n: 
         (2, True)
     """
     everything = load(source)
-    docs = first_n(everything, n)
+    docs = select_rows(everything, n, rows)
     if fewshot_source is not None:
         pool, same = load(fewshot_source), False
     elif local_source(source, bundled) is None:
@@ -190,26 +215,54 @@ def sampled_prompts(task: str, load: Callable[..., list[Doc]], bundled: str, n: 
     return [(doc, fewshot_context(doc, drawn)) for doc, drawn in zip(docs, random_shots(docs, pool, shots, seed, same))]
 
 
-def score_choices(model, prompts: Sequence[tuple[Doc, str]], condition, batch_size: int | None, max_length: int | None,
-                  progress: bool) -> list[list[float]] | list[list[list[float]]]:
-    """Loglikelihood of every choice of every example, `" " + choice` after its prompt, in one
-    batched pass (choices of one example and examples of a batch run together).
+def choice_requests(prompts: Sequence[tuple[Doc, str]]) -> pd.DataFrame:
+    """The loglikelihood requests of multiple-choice examples: `" " + choice` after each prompt.
+
+    Returns:
+        Columns `example` (the `Doc.index`), `context`, `continuation`; one row per choice.
+
+    Examples:
+        >>> choice_requests([(Doc("Q: 2 + 2? A:", "4", choices=("3", "4"), gold=1, index=7), "Q: 2 + 2? A:")])
+           example       context continuation
+        0        7  Q: 2 + 2? A:            3
+        1        7  Q: 2 + 2? A:            4
+    """
+    return pd.DataFrame([dict(example=doc.index, context=context, continuation=TARGET_DELIMITER + choice)
+                         for doc, context in prompts for choice in doc.choices],
+                        columns=["example", "context", "continuation"])
+
+
+def score_choices(task: str, model, prompts: Sequence[tuple[Doc, str]], condition, batch_size: int | None,
+                  max_length: int | None, progress: bool) -> list[list[float]] | list[list[list[float]]]:
+    """Loglikelihood of every choice of every example (`choice_requests`), in one batched pass
+    (choices of one example and examples of a batch run together).
 
     Returns `[example][choice]`; for a `Sweep`, `[condition][example][choice]`.
+
+    Raises:
+        NonFiniteError: a loglikelihood is inf or NaN; the message names `task`, the condition
+            and the examples (`Doc.index`).
 
     Examples:
         >>> from hybrid_lens.evals.tasks import arc_prompts
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
         >>> prompts = arc_prompts(n=2, shots=0, source="bundled")
-        >>> lls = score_choices(model, prompts, None, batch_size=8, max_length=None, progress=False)
+        >>> lls = score_choices("arc_challenge", model, prompts, None, batch_size=8, max_length=None, progress=False)
         >>> [len(example) for example in lls]            # one loglikelihood per choice
         [4, 4]
         >>> sweep = Sweep([skip_layer(0), skip_layer(7)])
-        >>> len(score_choices(model, prompts, sweep, batch_size=8, max_length=None, progress=False))
+        >>> len(score_choices("arc_challenge", model, prompts, sweep, batch_size=8, max_length=None, progress=False))
         2
     """
-    requests = [(context, TARGET_DELIMITER + choice) for doc, context in prompts for choice in doc.choices]
-    flat = loglikelihoods(model, requests, condition, batch_size, max_length, progress)
+    requests = choice_requests(prompts)
+    try:
+        flat = loglikelihoods(model, list(zip(requests.context, requests.continuation)), condition, batch_size,
+                              max_length, progress)
+    except NonFiniteError as err:
+        examples = sorted(set(requests.example.iloc[err.indices]))
+        raise NonFiniteError(f"{task}: non-finite loglikelihoods for examples (rows) {examples[:10]} under condition "
+                             f"{err.condition!r}: the model produced inf/NaN logits; no score is computed.",
+                             examples, err.condition) from None
 
     def per_example(values: list[float]) -> list[list[float]]:
         out, start = [], 0
@@ -247,7 +300,7 @@ def multiple_choice_result(task: str, prompts: Sequence[tuple[Doc, str]], lls: l
     """
     rows = [dict(example=doc.index, gold=doc.gold, **choice_metrics(ll, doc.choices, doc.gold), loglikelihoods=ll)
             for (doc, _), ll in zip(prompts, lls)]
-    return TaskResult(task, pd.DataFrame(rows), metric_names, settings)
+    return TaskResult(task, pd.DataFrame(rows), metric_names, settings, choice_requests(prompts))
 
 
 def run_settings(n: int, shots: int, seed: int | None, source, condition, **extra) -> dict[str, Any]:

@@ -4,13 +4,14 @@ generation with the intervention active at every step, strict and flexible answe
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from ..data import Record, hub_records, local_source, read_records
-from ..scoring import greedy_until
-from .base import Doc, TaskResult, check_shots, fewshot_context, first_n, run_settings
+from ..scoring import NonFiniteError, greedy_until
+from .base import Doc, TaskResult, check_shots, fewshot_context, run_settings, select_rows
 
 HUB = ("openai/gsm8k", "main")
 BUNDLED = "gsm8k/test.jsonl"
@@ -81,8 +82,10 @@ def load_gsm8k(source: str | Path | None = None) -> list[Doc]:
     return [gsm8k_doc(record, i) for i, record in enumerate(records)]
 
 
-def gsm8k_prompts(n: int | None = None, shots: int = SHOTS, source: str | Path | None = None) -> list[tuple[Doc, str]]:
-    """(example, prompt) pairs for the first `n` examples; the shots are the first `shots` exemplars.
+def gsm8k_prompts(n: int | None = None, shots: int = SHOTS, source: str | Path | None = None,
+                  rows: Sequence[int] | None = None) -> list[tuple[Doc, str]]:
+    """(example, prompt) pairs for the first `n` examples (or the rows `rows`); the shots are the
+    first `shots` exemplars.
 
     Examples:
         >>> doc, prompt = gsm8k_prompts(n=1, shots=1, source="bundled")[0]
@@ -93,7 +96,7 @@ def gsm8k_prompts(n: int | None = None, shots: int = SHOTS, source: str | Path |
     """
     check_shots(shots, SHOTS, "gsm8k_cot")
     exemplars = [Doc(f"Q: {question}\nA:", chain) for question, chain in EXEMPLARS[:shots]]
-    return [(doc, fewshot_context(doc, exemplars)) for doc in first_n(load_gsm8k(source), n)]
+    return [(doc, fewshot_context(doc, exemplars)) for doc in select_rows(load_gsm8k(source), n, rows)]
 
 
 def extract_strict(generation: str) -> str:
@@ -134,14 +137,15 @@ def exact_match(prediction: str, reference: str) -> float:
     return float(prediction.lower() == reference.lower())
 
 
-def gsm8k_cot(model, n: int | None = None, shots: int = SHOTS, condition=None, source: str | Path | None = None,
-              max_new_tokens: int = 256, batch_size: int = 8, use_cache: bool | None = None,
-              max_length: int | None = None, progress: bool = True) -> TaskResult:
+def gsm8k_cot(model, n: int | None = None, shots: int = SHOTS, *, condition=None, rows: Sequence[int] | None = None,
+              source: str | Path | None = None, max_new_tokens: int = 256, batch_size: int = 8,
+              use_cache: bool | None = None, max_length: int | None = None, progress: bool = True) -> TaskResult:
     """GSM8K exact match, `exact_match_strict` and `exact_match_flexible`, from greedy generations.
 
     Args:
         n: the first `n` examples (None: all 1319). shots: exemplars (lm-eval: 8).
         condition: an intervention active at every generated step.
+        rows: row indices to score instead (a list or range; exclusive with `n`).
         source: None (hub `gsm8k` main), `"bundled"`, a local file, or another hub path.
         max_new_tokens: generation budget (lm-eval's default 256). use_cache: see `greedy_until`.
 
@@ -159,14 +163,23 @@ def gsm8k_cot(model, n: int | None = None, shots: int = SHOTS, condition=None, s
         >>> ablated = gsm8k_cot(model, n=2, shots=1, source="bundled", max_new_tokens=16, progress=False,
         ...                     condition=skip_layer(3))
     """
-    prompts = gsm8k_prompts(n, shots, source)
-    generations = greedy_until(model, [prompt for _, prompt in prompts], UNTIL, max_new_tokens, condition, batch_size,
-                               use_cache, max_length, progress)
-    rows = []
+    prompts = gsm8k_prompts(n, shots, source, rows)
+    try:
+        generations = greedy_until(model, [prompt for _, prompt in prompts], UNTIL, max_new_tokens, condition,
+                                   batch_size, use_cache, max_length, progress)
+    except NonFiniteError as err:
+        examples = [prompts[i][0].index for i in err.indices]
+        raise NonFiniteError(f"gsm8k_cot: non-finite logits while generating for examples (rows) {examples[:10]} "
+                             f"under condition {err.condition!r}: the model produced inf/NaN logits; no score is "
+                             "computed.", examples, err.condition) from None
+    table = []
     for (doc, _), generation in zip(prompts, generations):
         strict, flexible = extract_strict(generation), extract_flexible(generation)
-        rows.append(dict(example=doc.index, exact_match_strict=exact_match(strict, doc.target),
-                         exact_match_flexible=exact_match(flexible, doc.target), target=doc.target,
-                         answer_strict=strict, answer_flexible=flexible, generation=generation))
+        table.append(dict(example=doc.index, exact_match_strict=exact_match(strict, doc.target),
+                          exact_match_flexible=exact_match(flexible, doc.target), target=doc.target,
+                          answer_strict=strict, answer_flexible=flexible, generation=generation))
     settings = run_settings(len(prompts), shots, None, source, condition, max_new_tokens=max_new_tokens)
-    return TaskResult("gsm8k_cot", pd.DataFrame(rows), ("exact_match_strict", "exact_match_flexible"), settings)
+    requests = pd.DataFrame(dict(example=[doc.index for doc, _ in prompts], context=[prompt for _, prompt in prompts],
+                                 until=[list(UNTIL)] * len(prompts)))
+    return TaskResult("gsm8k_cot", pd.DataFrame(table), ("exact_match_strict", "exact_match_flexible"), settings,
+                      requests)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Record, hub_records, local_source, read_records
@@ -62,7 +63,8 @@ def load_hellaswag(source: str | Path | None = None, split: str = "validation") 
 
 
 def hellaswag_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, source: str | Path | None = None,
-                      fewshot_source: str | Path | None = None) -> list[tuple[Doc, str]]:
+                      fewshot_source: str | Path | None = None,
+                      rows: Sequence[int] | None = None) -> list[tuple[Doc, str]]:
     """(example, prompt) pairs; see `base.sampled_prompts` for where shots come from.
 
     Examples:
@@ -70,12 +72,13 @@ def hellaswag_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234
         >>> prompt
         'Pole vault: Pole vault is a sport where you run with a pole and stop and swing your body. A few women'
     """
-    return sampled_prompts("hellaswag", load_hellaswag, BUNDLED, n, shots, seed, source, fewshot_source)
+    return sampled_prompts("hellaswag", load_hellaswag, BUNDLED, n, shots, seed, source, fewshot_source, rows)
 
 
-def hellaswag(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, condition=None,
-              source: str | Path | None = None, fewshot_source: str | Path | None = None, batch_size: int | None = None,
-              max_length: int | None = None, progress: bool = True) -> TaskResult:
+def hellaswag(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, *, condition=None,
+              rows: Sequence[int] | None = None, source: str | Path | None = None,
+              fewshot_source: str | Path | None = None, batch_size: int | None = None, max_length: int | None = None,
+              progress: bool = True) -> TaskResult:
     """HellaSwag accuracy, `acc` and `acc_norm` (lm-eval: 10 shots, validation split); arguments as
     in `arc_challenge` (`source` None is the hub's `Rowan/hellaswag`).
 
@@ -89,7 +92,7 @@ def hellaswag(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234,
         >>> [r.settings["condition"] for r in swept]
         ['skip_layer', 'attn_zero']
     """
-    prompts = hellaswag_prompts(n, shots, seed, source, fewshot_source)
-    lls = score_choices(model, prompts, condition, batch_size, max_length, progress)
+    prompts = hellaswag_prompts(n, shots, seed, source, fewshot_source, rows)
+    lls = score_choices("hellaswag", model, prompts, condition, batch_size, max_length, progress)
     return per_condition(condition, lls, lambda c, ll: multiple_choice_result(
         "hellaswag", prompts, ll, ("acc", "acc_norm"), run_settings(len(prompts), shots, seed, source, c)))

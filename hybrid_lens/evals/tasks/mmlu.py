@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Record, hub_records, local_source, read_records
+from ..scoring import check_positive
 from .base import (Doc, TaskResult, check_shots, fewshot_context, multiple_choice_result, per_condition, run_settings,
-                   score_choices)
+                   score_choices, select_rows)
 
 HUB = ("cais/mmlu", "all")
 BUNDLED = "mmlu"
@@ -85,11 +86,12 @@ def load_mmlu(source: str | Path | None = None, split: str = "test") -> list[Doc
 
 
 def mmlu_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, source: str | Path | None = None,
-                 subjects: Sequence[str] | None = None) -> list[tuple[Doc, str]]:
+                 subjects: Sequence[str] | None = None, rows: Sequence[int] | None = None) -> list[tuple[Doc, str]]:
     """(example, prompt) pairs. Shots are the first `shots` dev rows of the example's subject.
 
     With `n` below the number of test rows, a seeded random sample of `n` rows (kept in source
-    order) stands for the whole set, since the first rows would cover only the first subjects.
+    order) stands for the whole set, since the first rows would cover only the first subjects;
+    `rows` picks test rows by their index (`Doc.index`) instead.
 
     Examples:
         >>> prompts = mmlu_prompts(n=3, shots=1, source="bundled", subjects=["astronomy", "virology"])
@@ -104,9 +106,10 @@ def mmlu_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, sou
         if unknown:
             raise ValueError(f"Unknown MMLU subjects {sorted(unknown)}.")
         docs = [doc for doc in docs if doc.group in set(subjects)]
-    if n is not None and n < 1:
-        raise ValueError(f"n must be at least 1 (or None for all), got {n}.")
-    if n is not None and n < len(docs):
+    check_positive(n=n)
+    if rows is not None:
+        docs = select_rows(docs, n, rows)
+    elif n is not None and n < len(docs):
         docs = [docs[i] for i in sorted(random.Random(seed).sample(range(len(docs)), n))]
     dev: dict[str, list[Doc]] = {}
     for doc in load_mmlu(source, "dev"):
@@ -119,15 +122,16 @@ def mmlu_prompts(n: int | None = None, shots: int = SHOTS, seed: int = 1234, sou
     return prompts
 
 
-def mmlu(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, condition=None,
-         source: str | Path | None = None, subjects: Sequence[str] | None = None, batch_size: int | None = None,
-         max_length: int | None = None, progress: bool = True) -> TaskResult:
+def mmlu(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, *, condition=None,
+         rows: Sequence[int] | None = None, source: str | Path | None = None, subjects: Sequence[str] | None = None,
+         batch_size: int | None = None, max_length: int | None = None, progress: bool = True) -> TaskResult:
     """MMLU accuracy (`acc`, the mean over examples: lm-eval's size-weighted group average).
 
     Args:
         n: a seeded random sample of `n` test examples (None: all). shots: dev examples per prompt
             (lm-eval: 5). seed: the sampling seed. condition: an intervention active throughout, or a
             `Sweep` (then a list of results, one per condition).
+        rows: test rows to score by index (`Doc.index`; exclusive with `n`).
         source: None (hub `cais/mmlu`), `"bundled"`, a local folder, or another hub path.
         subjects: restrict to these subjects (file-name spelling, e.g. `"high_school_physics"`).
 
@@ -144,8 +148,8 @@ def mmlu(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, cond
         >>> baseline.metrics == result.metrics
         True
     """
-    prompts = mmlu_prompts(n, shots, seed, source, subjects)
-    lls = score_choices(model, prompts, condition, batch_size, max_length, progress)
+    prompts = mmlu_prompts(n, shots, seed, source, subjects, rows)
+    lls = score_choices("mmlu", model, prompts, condition, batch_size, max_length, progress)
 
     def build(condition, lls) -> TaskResult:
         settings = run_settings(len(prompts), shots, seed, source, condition)

@@ -1,0 +1,134 @@
+"""`model.cfg`: TransformerLens's `HookedTransformerConfig` names over the wrapped `transformers` config.
+
+Code written for TransformerLens (SAE-Lens, circuitsvis demos, tutorials) reads `cfg.d_model`,
+`cfg.n_layers`, `cfg.device`, `cfg.default_prepend_bos`, ...; every other attribute falls through to
+the `transformers` config (`cfg.hidden_size`, `cfg.layer_types`, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tokens import tokenizer_prepends_bos
+
+
+class LensConfig:
+    """TransformerLens-style view of a `HookedHybrid`'s configuration.
+
+    Attributes:
+        hf_config: The wrapped model's `transformers` config (other attributes are read from it).
+        default_prepend_bos: Whether `to_tokens` and text input get a BOS token by default
+            (settable). Defaults to what the tokenizer does by itself, so text runs exactly as
+            `transformers` tokenizes it.
+        default_padding_side: `"right"` (settable): exact for every mixer, since real tokens never
+            see padding in causal attention, Gated DeltaNet or Mamba-2.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> model.cfg.d_model, model.cfg.n_layers, model.cfg.d_vocab
+        (128, 8, 4096)
+        >>> model.cfg.layer_types[:2]                  # falls through to the transformers config
+        ['linear_attention', 'linear_attention']
+    """
+
+    def __init__(self, model):
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "hf_config", model.hf_model.config)
+        tokenizer = model.tokenizer
+        self.default_prepend_bos = tokenizer is not None and tokenizer_prepends_bos(tokenizer)
+        self.default_padding_side = "right"
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.hf_config, name)
+
+    def __repr__(self) -> str:
+        return (f"LensConfig(model_name={self.model_name!r}, d_model={self.d_model}, n_layers={self.n_layers}, "
+                f"n_heads={self.n_heads}, d_vocab={self.d_vocab}, n_ctx={self.n_ctx})")
+
+    @property
+    def model_name(self) -> str:
+        """The checkpoint's name or path (`name_or_path` of the `transformers` config)."""
+        return self.hf_config.name_or_path or self.hf_config.model_type
+
+    @property
+    def original_architecture(self) -> str:
+        """The `transformers` class name, e.g. `FalconH1ForCausalLM`."""
+        return type(self._model.hf_model).__name__
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream (`hidden_size`)."""
+        return self.hf_config.hidden_size
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks."""
+        return self._model.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        """Query heads of the softmax-attention layers (`num_attention_heads`)."""
+        return self.hf_config.num_attention_heads
+
+    @property
+    def n_key_value_heads(self) -> int:
+        """Key/value heads of the softmax-attention layers."""
+        return getattr(self.hf_config, "num_key_value_heads", None) or self.n_heads
+
+    @property
+    def d_head(self) -> int:
+        """Width of one attention head."""
+        return getattr(self.hf_config, "head_dim", None) or self.d_model // self.n_heads
+
+    @property
+    def d_mlp(self) -> int:
+        """Hidden width of the MLP (`intermediate_size`)."""
+        return self.hf_config.intermediate_size
+
+    @property
+    def d_vocab(self) -> int:
+        """Vocabulary size (rows of the embedding)."""
+        return self._model.hf_model.get_input_embeddings().weight.shape[0]
+
+    @property
+    def d_vocab_out(self) -> int:
+        """Number of logits."""
+        return self._model.hf_model.lm_head.weight.shape[0]
+
+    @property
+    def n_ctx(self) -> int | None:
+        """Maximum positions (`max_position_embeddings`), or None where the model has no limit."""
+        return getattr(self.hf_config, "max_position_embeddings", None)
+
+    @property
+    def act_fn(self) -> str | None:
+        """The MLP activation (`hidden_act`)."""
+        return getattr(self.hf_config, "hidden_act", None)
+
+    @property
+    def normalization_type(self) -> str:
+        """`"RMS"`: every supported family uses RMSNorm."""
+        return "RMS"
+
+    @property
+    def positional_embedding_type(self) -> str:
+        """`"rotary"`: every supported family uses rotary position embeddings."""
+        return "rotary"
+
+    @property
+    def tokenizer_prepends_bos(self) -> bool:
+        """Whether the tokenizer adds a BOS token by itself."""
+        tokenizer = self._model.tokenizer
+        return tokenizer is not None and tokenizer_prepends_bos(tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return self._model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model's parameters."""
+        return next(self._model.hf_model.parameters()).dtype

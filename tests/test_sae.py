@@ -1,0 +1,186 @@
+"""SAE splicing (hybrid_lens.sae) against plain torch hooks on the unwrapped `transformers` model.
+
+The reference replaces the same activation with `sae(x)` through a torch forward hook on the
+`transformers` submodule that produces it; SAE-Lens SAEs where `sae_lens` is installed, a plain
+`nn.Linear` everywhere.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import nn
+
+from hybrid_lens.sae import SAESplice, attached_saes
+
+from .conftest import build
+
+D_MODEL = 64  # tiny_config width
+
+# (family, hook name, the transformers submodule that produces it, how its output maps to the value)
+CASES = [
+    ("qwen3_5", "blocks.1.hook_linear_attn_out", "model.layers.1.linear_attn", "plain"),
+    ("qwen3_5", "blocks.3.hook_attn_out", "model.layers.3.self_attn", "first"),
+    ("falcon_h1", "blocks.1.hook_ssm_out", "model.layers.1.mamba", "ssm"),
+    ("falcon_h1", "blocks.2.hook_attn_out", "model.layers.2.self_attn", "first+attn"),
+    ("qwen2", "blocks.1.hook_attn_out", "model.layers.1.self_attn", "first"),
+    ("qwen2", "blocks.2.hook_resid_post", "model.layers.2", "plain"),
+]
+IDS = [f"{family}-{name}" for family, name, _, _ in CASES]
+
+
+@contextmanager
+def torch_replacement(reference, module_path: str, kind: str, fn):
+    """A forward hook on `module_path` that replaces the value our hook point sees with `fn(value)`."""
+    module = reference.get_submodule(module_path)
+    layer = reference.get_submodule(module_path.rpartition(".")[0]) if kind != "plain" else None
+    scale = {"ssm": "ssm_out_multiplier", "first+attn": "attn_out_multiplier"}
+
+    def hook(_module, _args, output):
+        value = output[0] if kind.startswith("first") else output
+        factor = getattr(layer, scale[kind]) if kind in scale else 1.0
+        new = fn(value * factor) / factor
+        return (new, *output[1:]) if kind.startswith("first") else new
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def sae_lens_sae(hook_name: str, seed: int = 0):
+    sae_lens = pytest.importorskip("sae_lens")
+    torch.manual_seed(seed)
+    sae = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D_MODEL, d_sae=4 * D_MODEL))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)  # a random SAE whose reconstruction differs clearly from its input
+        sae.b_dec.normal_(0, 0.1)
+    sae.cfg.metadata.hook_name = hook_name
+    return sae
+
+
+def plain_sae(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Linear(D_MODEL, D_MODEL)
+
+
+def torch_hook_counts(model) -> list[int]:
+    return [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()]
+
+
+@pytest.mark.parametrize("family,name,module_path,kind", CASES, ids=IDS)
+@torch.no_grad()
+def test_spliced_sae_equals_torch_hook_replacement(family, name, module_path, kind, tokens):
+    reference, model = build(family)
+    sae = sae_lens_sae(name)
+    with torch_replacement(reference, module_path, kind, sae):
+        expected = reference(tokens).logits
+    clean = model(tokens)
+    model.add_sae(sae)
+    spliced = model(tokens)
+    torch.testing.assert_close(spliced, expected, rtol=1e-5, atol=1e-5)
+    assert (spliced - clean).abs().max() > 1e-2  # the SAE really changed the logits
+
+
+@pytest.mark.parametrize("family,name,module_path,kind", CASES, ids=IDS)
+@torch.no_grad()
+def test_error_term_gives_clean_logits_and_reset_leaves_nothing(family, name, module_path, kind, tokens):
+    _, model = build(family)
+    sae = sae_lens_sae(name)
+    names, points, hooks = dict(model.hook_dict), list(model.modules()), torch_hook_counts(model)
+    clean = model(tokens)
+    model.add_sae(sae, use_error_term=True)
+    assert name not in model.hook_dict and f"{name}.hook_sae_acts_post" in model.hook_dict
+    torch.testing.assert_close(model(tokens), clean, rtol=1e-5, atol=1e-5)
+    model.reset_saes()
+    assert torch.equal(model(tokens), clean)
+    assert model.hook_dict == names and list(model.modules()) == points
+    assert torch_hook_counts(model) == hooks and not attached_saes(model)
+    assert not any(point.fwd_hooks or point.bwd_hooks for point in model.hook_dict.values())
+    assert not any(tap.active for tap in model._taps)
+    assert sae.hook_sae_acts_post.name == "hook_sae_acts_post"  # the SAE's own names are back
+
+
+@pytest.mark.parametrize("family,name,module_path,kind", CASES[::2], ids=IDS[::2])
+@torch.no_grad()
+def test_plain_module_splice_equals_torch_hook_replacement(family, name, module_path, kind, tokens):
+    reference, model = build(family)
+    linear = plain_sae()
+    with torch_replacement(reference, module_path, kind, linear):
+        expected = reference(tokens).logits
+    with model.saes(linear, hook_names=name):
+        torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-5)
+        _, cache = model.run_with_cache(tokens, names_filter=f"{name}.hook_sae_output")
+    assert not attached_saes(model)
+    _, clean_cache = model.run_with_cache(tokens, names_filter=name)
+    torch.testing.assert_close(cache[f"{name}.hook_sae_output"], linear(clean_cache[name]))
+
+
+@torch.no_grad()
+def test_cached_features_equal_sae_encode_of_the_clean_activation(tokens):
+    _, model = build("qwen3_5")
+    name = "blocks.1.hook_linear_attn_out"
+    sae = sae_lens_sae(name)
+    _, clean = model.run_with_cache(tokens, names_filter=name)
+    _, cache = model.run_with_cache_with_saes(tokens, saes=[sae], names_filter=lambda n: n.startswith(name))
+    torch.testing.assert_close(cache[f"{name}.hook_sae_acts_post"], sae.encode(clean[name]))
+    torch.testing.assert_close(cache[f"{name}.hook_sae_recons"], sae.decode(sae.encode(clean[name])))
+
+
+@torch.no_grad()
+def test_error_term_keeps_feature_edits(tokens):
+    """As in SAE-Lens: with the error term, zeroing the features at `hook_sae_acts_post` still
+    changes the output (the error is computed from the unedited SAE)."""
+    reference, model = build("falcon_h1")
+    name = "blocks.1.hook_ssm_out"
+    sae = sae_lens_sae(name)
+
+    def edited_value(x):
+        return x - sae.decode(sae.encode(x)) + sae.decode(torch.zeros_like(sae.encode(x)))
+
+    with torch_replacement(reference, "model.layers.1.mamba", "ssm", edited_value):
+        expected = reference(tokens).logits
+    zero = [(f"{name}.hook_sae_acts_post", lambda acts, hook: torch.zeros_like(acts))]
+    edited = model.run_with_hooks_with_saes(tokens, saes=[sae], use_error_term=True, fwd_hooks=zero)
+    torch.testing.assert_close(edited, expected, rtol=1e-5, atol=1e-5)
+    assert (edited - model(tokens)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_saes_context_restores_the_previous_sae(tokens):
+    _, model = build("qwen2")
+    name = "blocks.1.hook_attn_out"
+    first, second = plain_sae(0), plain_sae(1)
+    model.add_sae(first, hook_name=name)
+    with_first = model(tokens)
+    with model.saes([second], hook_names=[name]):
+        assert model.acts_to_saes[name] is second
+        with_second = model(tokens)
+    assert model.acts_to_saes[name] is first and torch.equal(model(tokens), with_first)
+    assert not torch.equal(with_first, with_second)
+    model.reset_saes(name)
+    assert not attached_saes(model) and name in model.hook_dict
+
+
+def test_bad_names_raise_and_attach_nothing():
+    _, model = build("falcon_h1")
+    names = dict(model.hook_dict)
+    with pytest.raises(KeyError, match="blocks.1.hook_ssm_out"):
+        model.add_sae(plain_sae(), hook_name="blocks.1.hook_sm_out")
+    with pytest.raises(ValueError, match="names no hook point"):
+        model.add_sae(plain_sae())
+    with pytest.raises(KeyError, match="No SAE is spliced in"):
+        model.reset_saes("blocks.1.hook_ssm_out")
+    assert model.hook_dict == names and not any(isinstance(m, SAESplice) for m in model.modules())
+
+
+def test_inner_points_are_refused():
+    """Inner mixer points are fed by taps that hold the hook point object, so a spliced module
+    would never run there: refused rather than silently ignored."""
+    _, model = build("qwen2")
+    with pytest.raises(NotImplementedError, match="blocks.1.attn.hook_z is an inner mixer point"):
+        model.add_sae(nn.Linear(16, 16), hook_name="blocks.1.attn.hook_z")
+    assert not attached_saes(model) and not any(tap.active for tap in model._taps)
