@@ -157,19 +157,33 @@ class StudyStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if overwrite:
             delete_store(self.path)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            (status,) = self._db.execute("PRAGMA quick_check").fetchone()
-            if status != "ok":
-                raise sqlite3.DatabaseError(status)
-            self._db.executescript(SCHEMA)
-            stored = self.meta
-        except sqlite3.DatabaseError as err:
-            raise CorruptStoreError(f"{self.path} is not a readable study store ({err}). Move it away to keep it, "
-                                    "or pass --overwrite to start this study again.") from None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                stored = self._open()
+                break
+            except sqlite3.OperationalError as err:  # another process holds the file: wait, it is not corrupt
+                if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
+                    raise CorruptStoreError(f"{self.path} is not a readable study store ({err}). Move it away to "
+                                            "keep it, or pass --overwrite to start this study again.") from None
+                if getattr(self, "_db", None) is not None:
+                    self._db.close()
+                time.sleep(0.2)
+            except sqlite3.DatabaseError as err:
+                raise CorruptStoreError(f"{self.path} is not a readable study store ({err}). Move it away to keep it, "
+                                        "or pass --overwrite to start this study again.") from None
         if meta is not None:
             self._check_meta(stored, meta, extend_n)
+
+    def _open(self) -> dict:
+        """Connect, check the file and create missing tables; returns the stored meta."""
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        (status,) = self._db.execute("PRAGMA quick_check").fetchone()
+        if status != "ok":
+            raise sqlite3.DatabaseError(status)
+        self._db.executescript(SCHEMA)
+        return self.meta
 
     def _check_meta(self, stored: dict, meta: dict, extend_n: bool) -> None:
         meta = json.loads(json.dumps(meta))  # as stored: tuples become lists
