@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -43,12 +44,19 @@ def test_interrupted_study_resumes_with_every_example_once(checkpoint, tmp_path,
     pd.testing.assert_frame_equal(resumed, full)
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (a fixed one clashes with a concurrent run of this test)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_sharded_run_equals_one_process(checkpoint, tmp_path):
     """`torchrun` with two CPU processes: each takes its share, results merge in one store."""
     spec = spec_for(checkpoint, groups=("baseline", "layer"))
     single = stored(run_study(spec, tmp_path / "one", progress=False).parent, spec)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", "29531", "-m", "hybrid_lens.cli", "--", "study", "--model", spec.model, "--tasks", "ppl", "--n", str(spec.n),
+               "--master-port", str(free_port()), "-m", "hybrid_lens.cli", "--", "study", "--model", spec.model, "--tasks", "ppl", "--n", str(spec.n),
                "--conditions", "layer", "--ppl-text", spec.ppl_source, "--ppl-context", str(spec.ppl_context),
                "--out", str(tmp_path / "two"), "--no-report"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
