@@ -78,6 +78,17 @@ class FinalNormHooks(nn.Module):
         self.stop_here = False  # set by `HookedHybrid.forward(stop_at_layer=n_layers)`
 
 
+def layer_type(mixers: Sequence[str]) -> str:
+    """A block's type: its mixer kinds joined by `+` (`attn`, `linear_attn`, `ssm+attn`), as
+    `HookedHybrid.layer_types` and the `layer_kind` column of the analyses name it.
+
+    Examples:
+        >>> layer_type(("ssm", "attn")), layer_type(("linear_attn",))
+        ('ssm+attn', 'linear_attn')
+    """
+    return "+".join(mixers)
+
+
 class HookedHybrid(HookedRootModule):
     """A hooked view of a `Qwen3_5ForCausalLM`, `FalconH1ForCausalLM` or `Qwen2ForCausalLM`.
 
@@ -257,7 +268,7 @@ class HookedHybrid(HookedRootModule):
     @property
     def layer_types(self) -> list[str]:
         """Per layer, its mixer kinds joined by `+`: `attn`, `linear_attn`, `ssm+attn`."""
-        return ["+".join(mixers) for mixers in self.layer_mixers]
+        return [layer_type(mixers) for mixers in self.layer_mixers]
 
     def components(self, kind: str) -> list[Component]:
         """Every `kind` component (attn / linear_attn / ssm / mlp), in layer order.

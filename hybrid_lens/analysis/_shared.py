@@ -1,4 +1,4 @@
-"""Helpers shared by the analyses: token reduction into tidy tables, and KL between logits."""
+"""Helpers shared by the analyses: token reduction into tidy tables."""
 
 from __future__ import annotations
 
@@ -34,16 +34,3 @@ def tidy_table(entries: list[tuple[dict, Float[Tensor, "batch pos"]]], reduction
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
-
-def kl_divergence(
-    p_logits: Float[Tensor, "... vocab"], q_logits: Float[Tensor, "... vocab"]
-) -> Float[Tensor, "..."]:
-    """KL(p || q) in nats between the softmax distributions of two logit tensors (float32)."""
-    log_p = p_logits.float().log_softmax(-1)
-    log_q = q_logits.float().log_softmax(-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
-def layer_kind(mixers: tuple[str, ...]) -> str:
-    """`attn`, `linear_attn`, `ssm+attn`, ... as `HookedHybrid.layer_types`."""
-    return "+".join(mixers)

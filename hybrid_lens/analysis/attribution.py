@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..cache import ActivationCache
-from ._shared import Reduction, check_reduction, layer_kind, tidy_table
+from ._shared import Reduction, check_reduction, tidy_table
 
 Target = int | Int[Tensor, "batch pos"] | tuple[int | Tensor, int | Tensor]
 
@@ -161,7 +161,7 @@ def direct_logit_attribution(
             keys = dict(layer=-1, layer_kind="embed", component="embed")
         else:
             layer, component = label.split("_", 1)
-            keys = dict(layer=int(layer), layer_kind=layer_kind(cache.layer_mixers[int(layer)]), component=component)
+            keys = dict(layer=int(layer), layer_kind=model.layer_types[int(layer)], component=component)
         entries.append((dict(keys, metric="dla"), value))
     table = tidy_table(entries, reduction)
     if reduction == "none" and position is not None:

@@ -18,7 +18,6 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..cache import ActivationCache
-from ._shared import layer_kind
 from .attribution import logit_attribution
 
 PATH_COLORS = {"attn": (214, 39, 40), "linear_attn": (44, 160, 44), "ssm": (31, 119, 180), "mlp": (127, 127, 127)}
@@ -97,7 +96,7 @@ def token_contributions(
         norms = [cache[f"{kind}_out", layer][batch].float().norm(dim=-1).cpu() for kind in (path, other)]
         direct = [dla[labels.index(f"{layer}_{kind}")] for kind in (path, other)]
         frames.append(pd.DataFrame(dict(
-            layer=layer, layer_kind=layer_kind(mixers), position=np.arange(len(ids)), token=strings,
+            layer=layer, layer_kind=model.layer_types[layer], position=np.arange(len(ids)), token=strings,
             path=path, other=other, norm_path=norms[0].numpy(), norm_other=norms[1].numpy(),
             norm_share=_share(*norms).numpy(), dla_path=direct[0].numpy(), dla_other=direct[1].numpy(),
             dla_share=_share(direct[0].abs(), direct[1].abs()).numpy(),

@@ -14,7 +14,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..cache import ActivationCache
-from ._shared import Reduction, check_reduction, kl_divergence, layer_kind, tidy_table
+from ..interventions import kl_divergence
+from ._shared import Reduction, check_reduction, tidy_table
 
 
 def decode_resid(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
@@ -84,10 +85,10 @@ def logit_lens_kl(model, cache: ActivationCache, reduction: Reduction = "mean") 
     final = decode_resid(model, cache["resid_post", cache.n_layers - 1])
     entries = [
         (
-            dict(layer=layer, layer_kind=layer_kind(mixers), component="resid_post", metric="kl_to_final"),
+            dict(layer=layer, layer_kind=model.layer_types[layer], component="resid_post", metric="kl_to_final"),
             kl_divergence(final, decode_resid(model, cache["resid_post", layer])),
         )
-        for layer, mixers in enumerate(cache.layer_mixers)
+        for layer in range(cache.n_layers)
     ]
     return tidy_table(entries, reduction)
 
@@ -121,6 +122,6 @@ def logit_lens_top_k(model, cache: ActivationCache, k: int = 5, position: int = 
     for layer, (values, ids) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
         for rank, (prob, token_id) in enumerate(zip(values, ids)):
             token = model.to_string([token_id]) if model.tokenizer is not None else str(token_id)
-            rows.append(dict(layer=layer, layer_kind=layer_kind(cache.layer_mixers[layer]), rank=rank,
+            rows.append(dict(layer=layer, layer_kind=model.layer_types[layer], rank=rank,
                              token_id=token_id, token=token, prob=prob))
     return pd.DataFrame(rows)

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ..cache import ActivationCache
-from ..interventions import Condition, run_conditions, skip_layer, zero
-from ._shared import Reduction, check_reduction, kl_divergence, layer_kind, tidy_table
+from ..interventions import Condition, ablation_of, kl_divergence, run_conditions
+from ..model import layer_type
+from ._shared import Reduction, check_reduction, tidy_table
 from .logit_lens import logit_lens_kl
 
 Ablation = Callable[[str, int], Condition]
@@ -58,7 +59,7 @@ def hidden_state_metrics(cache: ActivationCache, reduction: Reduction = "mean") 
         pre = cache["resid_pre", layer].float()
         post = cache["resid_post", layer].float()
         pre_norm = pre.norm(dim=-1)
-        kind = layer_kind(mixers)
+        kind = layer_type(mixers)
 
         def keys(component: str, metric: str) -> dict:
             return dict(layer=layer, layer_kind=kind, component=component, metric=metric)
@@ -87,9 +88,7 @@ def default_ablation(component: str, layer: int) -> Condition:
         >>> with default_ablation("ssm", 3).apply(model):
         ...     logits = model("In the beginning")
     """
-    if component == "block":
-        return skip_layer(layer)
-    return zero(component, layers=layer)
+    return ablation_of(component, layer)
 
 
 @torch.no_grad()

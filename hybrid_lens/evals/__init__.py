@@ -2,7 +2,7 @@
 benchmarks scored as lm-evaluation-harness scores them."""
 
 from .data import TaskDataError, wikitext2
-from .perplexity import PaperPerplexity, PerplexityResult, paper_perplexity, perplexity, window_spans
+from .perplexity import PaperPerplexity, PerplexityResult, exp_or_inf, paper_perplexity, perplexity, window_spans
 from .scoring import cache_safe, choice_metrics, encode_pair, greedy_until, loglikelihoods
 from .tasks import (
     TASKS,
@@ -17,6 +17,6 @@ from .tasks import (
 
 __all__ = [
     "TASKS", "PaperPerplexity", "PerplexityResult", "TaskDataError", "TaskResult", "arc_challenge", "cache_safe",
-    "choice_metrics", "encode_pair", "evaluate", "greedy_until", "gsm8k_cot", "hellaswag", "loglikelihoods", "mmlu",
+    "choice_metrics", "encode_pair", "evaluate", "exp_or_inf", "greedy_until", "gsm8k_cot", "hellaswag", "loglikelihoods", "mmlu",
     "paper_perplexity", "perplexity", "truthfulqa_mc", "wikitext2", "window_spans",
 ]

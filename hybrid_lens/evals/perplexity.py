@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +19,18 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..interventions import Condition, Sweep
-from .scoring import NonFiniteError, active_condition, check_positive, condition_name, last_logprobs
+from ..interventions import Condition, Sweep, as_sweep
+from .scoring import NonFiniteError, check_positive, condition_name, last_logprobs
+
+
+def exp_or_inf(log: float) -> float:
+    """`exp(log)`, or `inf` beyond float range (for perplexities and ratios whose log is kept beside).
+
+    Examples:
+        >>> exp_or_inf(0.0), exp_or_inf(1000.0)
+        (1.0, inf)
+    """
+    return math.exp(log) if log < 709 else math.inf
 
 
 @dataclass
@@ -66,7 +75,7 @@ class PerplexityResult:
     @property
     def ppl(self) -> float:
         """Token perplexity; `inf` beyond float range (see `log_ppl`)."""
-        return math.exp(self.mean_nll) if self.mean_nll < 709 else math.inf
+        return exp_or_inf(self.mean_nll)
 
     @property
     def bits_per_byte(self) -> float:
@@ -76,8 +85,7 @@ class PerplexityResult:
     @property
     def word_ppl(self) -> float:
         """Perplexity per whitespace-separated word; `inf` beyond float range."""
-        log = self.nll_sum / self.n_words
-        return math.exp(log) if log < 709 else math.inf
+        return exp_or_inf(self.nll_sum / self.n_words)
 
     @property
     def log10_ppl(self) -> float:
@@ -186,16 +194,13 @@ def perplexity(
         n_bytes, n_words = scored_text_counts(model.tokenizer, text, encoding, spans[0][2], spans[-1][1])
     else:
         n_bytes = n_words = spans[-1][1] - spans[0][2]
-    sweep = condition if isinstance(condition, Sweep) else None
-    rows: list[list[dict]] = [[] for _ in range(len(sweep) if sweep else 1)]
-    with active_condition(condition, model):
-        batches = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
-        for batch in tqdm(batches, desc="perplexity", disable=not progress):
-            for condition_rows, scored in zip(rows, _score(model, ids, batch, len(rows[0]), sweep)):
-                condition_rows += scored
-    conditions = sweep.conditions if sweep else [condition]
-    results = [_result(pd.DataFrame(r), n_bytes, n_words, c) for r, c in zip(rows, conditions)]
-    return results if sweep else results[0]
+    sweep = as_sweep(condition)
+    rows: list[list[dict]] = [[] for _ in sweep.conditions]
+    batches = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
+    for batch in tqdm(batches, desc="perplexity", disable=not progress):
+        for condition_rows, scored in zip(rows, _score(model, ids, batch, len(rows[0]), sweep)):
+            condition_rows += scored
+    return sweep.unwrap([_result(pd.DataFrame(r), n_bytes, n_words, c) for r, c in zip(rows, sweep.conditions)])
 
 
 def scored_text_counts(tokenizer, text: str, encoding, first: int, end: int) -> tuple[int, int]:
@@ -227,16 +232,14 @@ def _result(windows: pd.DataFrame, n_bytes: int, n_words: int, condition) -> Per
     return PerplexityResult(float(windows.nll_sum.sum()), int(windows.tokens.sum()), n_bytes, n_words, windows)
 
 
-def _score(model, ids: Tensor, spans: list[tuple[int, int, int]], first_index: int,
-           sweep: Sweep | None) -> list[list[dict]]:
+def _score(model, ids: Tensor, spans: list[tuple[int, int, int]], first_index: int, sweep: Sweep) -> list[list[dict]]:
     """NLL sums of windows of possibly different lengths, run as one right-padded batch (exact for
     every mixer); only the scored positions are projected onto the vocabulary. One list of rows
-    per condition of `sweep` (one list without a sweep)."""
+    per condition of `sweep`."""
     counts = [end - scored_from for _, end, scored_from in spans]
     inputs = [ids[begin : end - 1].tolist() for begin, end, _ in spans]  # the last token is only a target
-    logprobs = last_logprobs(model, inputs, counts, sweep)
     rows = []
-    for condition_logprobs in logprobs if sweep else [logprobs]:
+    for condition_logprobs in last_logprobs(model, inputs, counts, sweep):
         rows.append([dict(example=first_index + row, tokens=end - scored_from,
                           nll_sum=float(-lp.gather(-1, ids[scored_from:end].to(lp.device)[:, None]).sum()))
                      for row, ((_, end, scored_from), lp) in enumerate(zip(spans, condition_logprobs))])
@@ -271,7 +274,7 @@ class PaperPerplexity:
     @property
     def ppl(self) -> float:
         """`exp(loss)`, at most `exp(clamp)`."""
-        return math.exp(self.loss) if self.loss < 709 else math.inf
+        return exp_or_inf(self.loss)
 
     @property
     def clamped(self) -> bool:
@@ -299,7 +302,7 @@ def paper_perplexity(model, text: str, max_chars: int = 50_000, max_tokens: int 
         >>> removed = paper_perplexity(model, text, max_chars=2000, max_tokens=256, condition=skip_layer([2, 5]))
     """
     tokens = model.tokenizer(text[:max_chars], return_tensors="pt")["input_ids"][:, :max_tokens].to(model.device)
-    with condition.apply(model) if condition is not None else nullcontext():
+    with as_sweep(condition).lone("paper_perplexity").apply(model):
         logits = model(tokens)
     loss = float(torch.nn.functional.cross_entropy(logits[0, :-1].float(), tokens[0, 1:]))
     if not math.isfinite(loss):

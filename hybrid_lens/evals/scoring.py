@@ -13,8 +13,8 @@ tests).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from ..interventions import Condition, Mean, Scale, SkipLayer, Sweep, Zero
+from ..interventions import Condition, Sweep, as_sweep
 
 
 class NonFiniteError(FloatingPointError):
@@ -45,13 +45,13 @@ class NonFiniteError(FloatingPointError):
 
 
 def condition_name(condition) -> str:
-    """How errors name a condition: its name, or `"none"`.
+    """How errors name a condition: its name, or `"none"` (None, or the unnamed clean `Condition()`).
 
     Examples:
         >>> condition_name(None), condition_name(zero("ssm"))
         ('none', 'ssm_zero')
     """
-    return "none" if condition is None else condition.name
+    return "none" if condition is None else condition.name or "none"
 
 
 def check_finite(values: Sequence[float], what: str, condition) -> None:
@@ -84,22 +84,6 @@ def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def active_condition(condition: Condition | Sweep | None, model):
-    """Context manager: the condition's hooks for the block; nothing for None or a `Sweep` (which
-    applies its conditions per forward pass).
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> with active_condition(zero("ssm"), model):
-        ...     logits = model("In the beginning")
-        >>> with active_condition(None, model):
-        ...     clean = model("In the beginning")
-        >>> bool((logits - clean).abs().max() > 0)
-        True
-    """
-    return condition.apply(model) if isinstance(condition, Condition) else nullcontext()
 
 
 def _max_length(model, max_length: int | None) -> int | None:
@@ -200,20 +184,18 @@ def loglikelihoods(
     inputs = list(span)
     batches = [[inputs[i] for i in batch] for batch in length_batches([len(key) for key in inputs], batch_size,
                                                                      model.device)]
-    sweep = condition if isinstance(condition, Sweep) else None
-    results = [[0.0] * len(jobs) for _ in range(len(sweep) if sweep else 1)]
-    with active_condition(condition, model):
-        for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
-            per_condition = last_logprobs(model, batch, [span[key] for key in batch], sweep)
-            for result, batch_logprobs in zip(results, per_condition if sweep else [per_condition]):
-                for key, logprobs in zip(batch, batch_logprobs):
-                    for index in by_input[key]:
-                        continuation = jobs[index][1]
-                        targets = torch.tensor(continuation, device=logprobs.device)[:, None]
-                        result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
-    for result, each in zip(results, sweep.conditions if sweep else [condition]):
+    sweep = as_sweep(condition)
+    results = [[0.0] * len(jobs) for _ in sweep.conditions]
+    for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
+        for result, batch_logprobs in zip(results, last_logprobs(model, batch, [span[key] for key in batch], sweep)):
+            for key, logprobs in zip(batch, batch_logprobs):
+                for index in by_input[key]:
+                    continuation = jobs[index][1]
+                    targets = torch.tensor(continuation, device=logprobs.device)[:, None]
+                    result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
+    for result, each in zip(results, sweep.conditions):
         check_finite(result, "loglikelihood of requests", each)
-    return results if sweep else results[0]
+    return sweep.unwrap(results)
 
 
 CPU_BATCH_TOKENS = 512  # by default a CPU batch holds as many sequences as fit in this many padded tokens
@@ -272,17 +254,17 @@ def right_padded(model, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batc
 
 
 def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
-                  sweep: Sweep | None = None) -> list[Tensor] | list[list[Tensor]]:
+                  condition: Condition | Sweep | None = None) -> list[list[Tensor]]:
     """Log-probabilities predicted at the last `counts[i]` positions of each input, from one
     right-padded forward pass that projects only those positions onto the vocabulary.
 
-    Returns per input a float32 tensor `[counts[i], vocab]`; with a `sweep`, such a list per
-    condition.
+    Returns per condition of `as_sweep(condition)` (one for a lone condition or None) and per
+    input a float32 tensor `[counts[i], vocab]`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
         >>> inputs = [[1136, 261, 2125, 387], [1136, 261]]
-        >>> first, second = last_logprobs(model, inputs, [2, 1])
+        >>> [[first, second]] = last_logprobs(model, inputs, [2, 1])
         >>> first.shape, second.shape                # [counts[i], vocab]
         (torch.Size([2, 4096]), torch.Size([1, 4096]))
         >>> per_condition = last_logprobs(model, inputs, [2, 1], Sweep([skip_layer(0), skip_layer(5)]))
@@ -297,9 +279,7 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
     def rows(logits: Float[Tensor, "batch width vocab"]) -> list[Tensor]:
         return [logits[row, width - count :].float().log_softmax(-1) for row, count in enumerate(counts)]
 
-    if sweep is not None:
-        return [rows(logits) for logits in sweep.logits(model, tokens, logits_to_keep=positions)]
-    return rows(model(tokens, logits_to_keep=positions))
+    return [rows(logits) for logits in as_sweep(condition).logits(model, tokens, logits_to_keep=positions)]
 
 
 def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
@@ -324,24 +304,15 @@ def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold
 
 # --- generation --------------------------------------------------------------------------------
 def cache_safe(condition: Condition | None) -> bool:
-    """Whether a condition acts on each token alone, so a KV/state cache gives the same result as
-    recomputing the whole sequence at every step: zero, scale, skip_layer and global mean ablations
-    at all positions qualify; positional selectors, inner points, noise, resample and patch do not.
+    """Deprecated: use `Condition.cache_safe` (None, the clean model, is cache-safe).
 
     Examples:
-        >>> cache_safe(zero("ssm")), cache_safe(skip_layer([2, 3])), cache_safe(None)
-        (True, True, True)
-        >>> cache_safe(zero("attn", positions=slice(0, 4))), cache_safe(noise("ssm", 0.1))
-        (False, False)
+        >>> cache_safe(zero("ssm")), cache_safe(None), cache_safe(noise("ssm", 0.1))
+        (True, True, False)
     """
-    if condition is None:
-        return True
-    return all(
-        selector.positions is None and selector.point is None
-        and (isinstance(intervention, (Zero, Scale, SkipLayer))
-             or (isinstance(intervention, Mean) and not intervention.per_position))
-        for selector, intervention in condition.items
-    )
+    warnings.warn("hybrid_lens.evals.cache_safe is deprecated; use Condition.cache_safe.", DeprecationWarning,
+                  stacklevel=2)
+    return condition is None or condition.cache_safe
 
 
 @torch.no_grad()
@@ -381,13 +352,11 @@ def greedy_until(
         (2, True)
         >>> ablated = greedy_until(model, prompts, max_new_tokens=8, condition=skip_layer(3), progress=False)
     """
-    if isinstance(condition, Sweep):
-        raise TypeError("Generation takes one condition at a time (each condition changes the generated text); "
-                        "loop over the sweep's conditions.")
+    condition = as_sweep(condition).lone("Generation (each condition changes the generated text)")
     check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size, max_length=max_length)
     if use_cache is None:
-        use_cache = cache_safe(condition)
-    elif use_cache and not cache_safe(condition):
+        use_cache = condition.cache_safe
+    elif use_cache and not condition.cache_safe:
         raise ValueError(f"Condition {condition.name!r} depends on positions or sequence shape; use use_cache=False.")
     tokenizer = model.tokenizer
     eos_text = tokenizer.decode([tokenizer.eos_token_id]) if tokenizer.eos_token_id is not None else ""
@@ -402,7 +371,7 @@ def greedy_until(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     generate = _generate_cached if use_cache else _generate_recomputed
     texts: list[str] = [""] * len(prompts)
-    with active_condition(condition, model):
+    with condition.apply(model):
         for batch in tqdm(batches, desc="generate", disable=not progress):
             stopper = _Stopper(tokenizer, until, _eos_ids(model), len(batch))
             try:

@@ -86,6 +86,26 @@ class Condition:
         name = "+".join(n for n in (self.name, other.name) if n)
         return Condition(self.items + other.items, name)
 
+    @property
+    def cache_safe(self) -> bool:
+        """Whether the condition acts on each token alone, so a KV/state cache gives the same result
+        as recomputing the whole sequence at every step: zero, scale, skip_layer and global mean
+        ablations at all positions qualify; positional selectors, inner points, noise, resample and
+        patch do not.
+
+        Examples:
+            >>> zero("ssm").cache_safe, skip_layer([2, 3]).cache_safe, Condition().cache_safe
+            (True, True, True)
+            >>> zero("attn", positions=slice(0, 4)).cache_safe, noise("ssm", 0.1).cache_safe
+            (False, False)
+        """
+        return all(
+            selector.positions is None and selector.point is None
+            and (isinstance(intervention, (Zero, Scale, SkipLayer))
+                 or (isinstance(intervention, Mean) and not intervention.per_position))
+            for selector, intervention in self.items
+        )
+
     def fwd_hooks(self, model, rows: slice | None = None) -> list[tuple[str, HookFn]]:
         """`(hook_name, fn)` pairs for `model` (runs any reference passes first).
 
@@ -240,6 +260,21 @@ def skip_layer(layers: Layers, positions: Positions = None, name: str = "") -> C
         True
     """
     return Condition.of(Selector("block", layers, positions), SkipLayer(), name or "skip_layer")
+
+
+def ablation_of(kind: str, layers: Layers = None, name: str = "") -> Condition:
+    """The standard ablation of a component kind: `block` skips whole blocks (`skip_layer`,
+    sequential skip); any other kind is zeroed (`zero`, parallel zeroing; `mixer`: every mixer).
+
+    Examples:
+        >>> ablation_of("block", [3, 7]).items
+        ((Selector(kind='block', layers=[3, 7], positions=None, point=None), SkipLayer()),)
+        >>> ablation_of("ssm", 3).name, ablation_of("block", 3).name
+        ('ssm_zero', 'skip_layer')
+    """
+    if kind == "block":
+        return skip_layer(layers, name=name)
+    return zero(kind, layers, name=name)
 
 
 def scale(kind: str, alpha: float, layers: Layers = None, positions: Positions = None, name: str = "") -> Condition:

@@ -56,13 +56,21 @@ def kl_metric(reference_logits: Tensor, position: int = -1) -> Metric:
         >>> float(kl_metric(clean_logits)(clean_logits))
         0.0
     """
-    reference = reference_logits[:, position].float().log_softmax(-1)
+    reference = reference_logits[:, position]
+    return lambda logits: kl_divergence(reference, logits[:, position]).mean()
 
-    def metric(logits):
-        logp = logits[:, position].float().log_softmax(-1)
-        return (reference.exp() * (reference - logp)).sum(-1).mean()
 
-    return metric
+def kl_divergence(p_logits: Float[Tensor, "... vocab"], q_logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "..."]:
+    """KL(p || q) in nats between the softmax distributions of two logit tensors (computed in float32).
+
+    Examples:
+        >>> p, q = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+        >>> kl_divergence(p, q), kl_divergence(p, p)
+        (tensor([0.3278]), tensor([0.]))
+    """
+    log_p = p_logits.float().log_softmax(-1)
+    log_q = q_logits.float().log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selector]:

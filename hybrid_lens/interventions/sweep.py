@@ -21,9 +21,10 @@ import math
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -189,6 +190,8 @@ class Sweep:
             bit-identical to separate runs). The sweep stacks fewer where its cost model says
             prefix reuse is worth more (`plan`).
         reuse_prefix: start each pass from the clean residual stream at its first block.
+        single: this sweep stands for one condition passed alone (see `as_sweep`): results come
+            back as that condition's result, not as a one-item list.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
@@ -204,14 +207,55 @@ class Sweep:
     conditions: tuple[Condition, ...]
     batch: int = 8
     reuse_prefix: bool = True
+    single: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "conditions", tuple(self.conditions))
         if self.batch < 1:
             raise ValueError(f"Sweep.batch must be at least 1, got {self.batch}.")
+        if self.single and len(self.conditions) != 1:
+            raise ValueError(f"A single Sweep holds exactly one condition, got {len(self.conditions)}.")
 
     def __len__(self) -> int:
         return len(self.conditions)
+
+    def unwrap(self, values: Sequence) -> Any:
+        """`values` (one per condition) as the caller expects them: the lone value for a `single`
+        sweep, else the list.
+
+        Examples:
+            >>> as_sweep(zero("ssm")).unwrap([0.5]), Sweep([zero("ssm"), zero("attn")]).unwrap([0.5, 0.7])
+            (0.5, [0.5, 0.7])
+        """
+        return values[0] if self.single else list(values)
+
+    def map(self, fn: Callable[[Condition, Any], Any], result: Any) -> Any:
+        """`fn(condition, value)` for each condition and its value in `result` (shaped as `unwrap`
+        returns it: the lone value for a `single` sweep, else one per condition), shaped alike.
+
+        Examples:
+            >>> as_sweep(zero("ssm")).map(lambda c, v: (c.name, v), 0.5)
+            ('ssm_zero', 0.5)
+            >>> Sweep([zero("ssm"), zero("attn")]).map(lambda c, v: (c.name, v), [0.5, 0.7])
+            [('ssm_zero', 0.5), ('attn_zero', 0.7)]
+        """
+        return self.unwrap([fn(c, v) for c, v in zip(self.conditions, [result] if self.single else result)])
+
+    def lone(self, what: str) -> Condition:
+        """The condition of a `single` sweep; `TypeError` for a real sweep (`what` names the caller,
+        e.g. generation, which changes its input per condition).
+
+        Examples:
+            >>> as_sweep(None).lone("generation")
+            Condition(items=(), name='')
+            >>> Sweep([zero("ssm"), zero("attn")]).lone("Generation")
+            Traceback (most recent call last):
+            ...
+            TypeError: Generation takes one condition at a time; loop over the sweep's conditions.
+        """
+        if not self.single:
+            raise TypeError(f"{what} takes one condition at a time; loop over the sweep's conditions.")
+        return self.conditions[0]
 
     def plan(self, model, tokens: Tensor, attention_mask: Tensor | None = None) -> list[tuple[int, list[int]]]:
         """The forward passes `logits` makes for `tokens` `[batch, pos]`: `(first block, condition
@@ -269,6 +313,28 @@ class Sweep:
             for i, output in zip(group, outputs):
                 results[i] = output
         return results
+
+
+def as_sweep(condition: Condition | Sweep | None) -> Sweep:
+    """One type for "one condition or many": a `Sweep` as it is; a lone condition (None: the clean
+    model, `Condition()`) as a `single` one-item sweep that runs it as a plain hooked forward pass
+    (`batch=1`, no prefix reuse), bit for bit as `condition.apply(model)` would.
+
+    Examples:
+        >>> sweep = as_sweep(skip_layer(3))
+        >>> sweep.single, len(sweep), sweep.conditions[0].name
+        (True, 1, 'skip_layer')
+        >>> as_sweep(None).conditions
+        (Condition(items=(), name=''),)
+        >>> many = Sweep([zero("ssm"), zero("attn")])
+        >>> as_sweep(many) is many
+        True
+    """
+    if isinstance(condition, Sweep):
+        return condition
+    if condition is not None and not isinstance(condition, Condition):
+        raise TypeError(f"condition must be a Condition, a Sweep or None, got {type(condition).__name__}.")
+    return Sweep((Condition() if condition is None else condition,), batch=1, reuse_prefix=False, single=True)
 
 
 class _Stop(Exception):

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Record, hub_records, local_source, read_records
-from .base import (Doc, TaskResult, multiple_choice_result, per_condition, run_settings, sampled_prompts,
+from ...interventions import as_sweep
+from .base import (Doc, TaskResult, multiple_choice_result, run_settings, sampled_prompts,
                    score_choices)
 
 HUB = ("allenai/ai2_arc", "ARC-Challenge")
@@ -104,5 +105,5 @@ def arc_challenge(model, n: int | None = None, shots: int = SHOTS, seed: int = 1
     """
     prompts = arc_prompts(n, shots, seed, source, fewshot_source, rows)
     lls = score_choices("arc_challenge", model, prompts, condition, batch_size, max_length, progress)
-    return per_condition(condition, lls, lambda c, ll: multiple_choice_result(
-        "arc_challenge", prompts, ll, ("acc", "acc_norm"), run_settings(len(prompts), shots, seed, source, c)))
+    return as_sweep(condition).map(lambda c, ll: multiple_choice_result(
+        "arc_challenge", prompts, ll, ("acc", "acc_norm"), run_settings(len(prompts), shots, seed, source, c)), lls)

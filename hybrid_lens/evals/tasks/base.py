@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..data import local_source
-from ...interventions import Sweep
+from ...interventions import as_sweep
 from ..scoring import NonFiniteError, check_positive, choice_metrics, loglikelihoods
 
 TARGET_DELIMITER = " "
@@ -271,21 +271,7 @@ def score_choices(task: str, model, prompts: Sequence[tuple[Doc, str]], conditio
             start += len(doc.choices)
         return out
 
-    return [per_example(values) for values in flat] if isinstance(condition, Sweep) else per_example(flat)
-
-
-def per_condition(condition, values, build: Callable[[Any, Any], TaskResult]) -> TaskResult | list[TaskResult]:
-    """`build(condition, values)`; for a `Sweep`, the list of `build(condition_k, values_k)`.
-
-    Examples:
-        >>> per_condition(zero("ssm"), 0.5, lambda c, v: (c.name, v))
-        ('ssm_zero', 0.5)
-        >>> per_condition(Sweep([zero("ssm"), zero("attn")]), [0.5, 0.7], lambda c, v: (c.name, v))
-        [('ssm_zero', 0.5), ('attn_zero', 0.7)]
-    """
-    if isinstance(condition, Sweep):
-        return [build(c, v) for c, v in zip(condition.conditions, values)]
-    return build(condition, values)
+    return as_sweep(condition).map(lambda _, values: per_example(values), flat)
 
 
 def multiple_choice_result(task: str, prompts: Sequence[tuple[Doc, str]], lls: list[list[float]],

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Record, hub_records, local_source, read_records
-from .base import (Doc, TaskResult, multiple_choice_result, per_condition, run_settings, sampled_prompts,
+from ...interventions import as_sweep
+from .base import (Doc, TaskResult, multiple_choice_result, run_settings, sampled_prompts,
                    score_choices)
 
 HUB = "Rowan/hellaswag"
@@ -94,5 +95,5 @@ def hellaswag(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234,
     """
     prompts = hellaswag_prompts(n, shots, seed, source, fewshot_source, rows)
     lls = score_choices("hellaswag", model, prompts, condition, batch_size, max_length, progress)
-    return per_condition(condition, lls, lambda c, ll: multiple_choice_result(
-        "hellaswag", prompts, ll, ("acc", "acc_norm"), run_settings(len(prompts), shots, seed, source, c)))
+    return as_sweep(condition).map(lambda c, ll: multiple_choice_result(
+        "hellaswag", prompts, ll, ("acc", "acc_norm"), run_settings(len(prompts), shots, seed, source, c)), lls)

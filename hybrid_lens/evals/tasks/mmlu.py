@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..data import Record, hub_records, local_source, read_records
 from ..scoring import check_positive
-from .base import (Doc, TaskResult, check_shots, fewshot_context, multiple_choice_result, per_condition, run_settings,
+from ...interventions import as_sweep
+from .base import (Doc, TaskResult, check_shots, fewshot_context, multiple_choice_result, run_settings,
                    score_choices, select_rows)
 
 HUB = ("cais/mmlu", "all")
@@ -157,4 +158,4 @@ def mmlu(model, n: int | None = None, shots: int = SHOTS, seed: int = 1234, *, c
         result.examples.insert(1, "subject", [doc.group for doc, _ in prompts])
         return result
 
-    return per_condition(condition, lls, build)
+    return as_sweep(condition).map(build, lls)

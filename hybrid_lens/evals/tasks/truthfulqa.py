@@ -11,7 +11,8 @@ import pandas as pd
 
 from ..data import Record, hub_records, local_source, read_records
 from ..scoring import choice_metrics
-from .base import Doc, TaskResult, choice_requests, per_condition, run_settings, score_choices, select_rows
+from ...interventions import as_sweep
+from .base import Doc, TaskResult, choice_requests, run_settings, score_choices, select_rows
 
 HUB = ("truthfulqa/truthful_qa", "multiple_choice")
 BUNDLED = "truthfulqa/TruthfulQA.csv"
@@ -156,4 +157,4 @@ def truthfulqa_mc(model, n: int | None = None, *, condition=None, rows: Sequence
         settings = run_settings(len(prompts), 0, None, source, condition)
         return TaskResult("truthfulqa_mc", pd.DataFrame(table), ("mc1", "mc2"), settings, choice_requests(flat))
 
-    return per_condition(condition, lls, build)
+    return as_sweep(condition).map(build, lls)
