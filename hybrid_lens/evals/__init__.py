@@ -6,9 +6,11 @@ from .perplexity import PaperPerplexity, PerplexityResult, exp_or_inf, paper_per
 from .scoring import cache_safe, choice_metrics, encode_pair, greedy_until, loglikelihoods
 from .tasks import (
     TASKS,
+    Task,
     TaskResult,
     arc_challenge,
     evaluate,
+    get_task,
     gsm8k_cot,
     hellaswag,
     mmlu,
@@ -16,7 +18,8 @@ from .tasks import (
 )
 
 __all__ = [
-    "TASKS", "PaperPerplexity", "PerplexityResult", "TaskDataError", "TaskResult", "arc_challenge", "cache_safe",
-    "choice_metrics", "encode_pair", "evaluate", "exp_or_inf", "greedy_until", "gsm8k_cot", "hellaswag", "loglikelihoods", "mmlu",
-    "paper_perplexity", "perplexity", "truthfulqa_mc", "wikitext2", "window_spans",
+    "TASKS", "PaperPerplexity", "PerplexityResult", "Task", "TaskDataError", "TaskResult", "arc_challenge",
+    "cache_safe", "choice_metrics", "encode_pair", "evaluate", "exp_or_inf", "get_task", "greedy_until", "gsm8k_cot",
+    "hellaswag", "loglikelihoods", "mmlu", "paper_perplexity", "perplexity", "truthfulqa_mc", "wikitext2",
+    "window_spans",
 ]

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from .arc import arc_challenge, arc_prompts, load_arc
-from .base import Doc, TaskResult, fewshot_context
-from .gsm8k import extract_flexible, extract_strict, gsm8k_cot, gsm8k_prompts, load_gsm8k
-from .hellaswag import hellaswag, hellaswag_prompts, load_hellaswag
-from .mmlu import load_mmlu, mmlu, mmlu_prompts
+from .arc import SHOTS as ARC_SHOTS, arc_challenge, arc_prompts, load_arc
+from .base import Doc, Task, TaskResult, fewshot_context
+from .gsm8k import SHOTS as GSM8K_SHOTS, extract_flexible, extract_strict, gsm8k_cot, gsm8k_prompts, load_gsm8k
+from .hellaswag import SHOTS as HELLASWAG_SHOTS, hellaswag, hellaswag_prompts, load_hellaswag
+from .mmlu import SHOTS as MMLU_SHOTS, load_mmlu, mmlu, mmlu_prompts
 from .truthfulqa import load_truthfulqa, mc2_score, truthfulqa_mc, truthfulqa_prompts
 
-TASKS: dict[str, Callable[..., TaskResult]] = {
-    "mmlu": mmlu, "arc_challenge": arc_challenge, "hellaswag": hellaswag, "truthfulqa_mc": truthfulqa_mc,
-    "gsm8k_cot": gsm8k_cot,
-}
+TASKS: dict[str, Task] = {task.name: task for task in (
+    Task("mmlu", mmlu, "mmlu", ("acc",), "acc", MMLU_SHOTS),
+    Task("arc_challenge", arc_challenge, "arc", ("acc", "acc_norm"), "acc_norm", ARC_SHOTS),
+    Task("hellaswag", hellaswag, "hellaswag", ("acc", "acc_norm"), "acc_norm", HELLASWAG_SHOTS),
+    Task("truthfulqa_mc", truthfulqa_mc, "truthfulqa", ("mc1", "mc2"), "mc1", 0, seeded=False),
+    Task("gsm8k_cot", gsm8k_cot, "gsm8k", ("exact_match_strict", "exact_match_flexible"), "exact_match_flexible",
+         GSM8K_SHOTS, seeded=False, sweepable=False),
+)}
 
 
-def evaluate(model, task: str, **options) -> TaskResult:
-    """Run one task by name (`mmlu`, `arc_challenge`, `hellaswag`, `truthfulqa_mc`, `gsm8k_cot`);
-    `options` go to that task's function (n, shots, seed, condition, source, batch_size, ...).
+def get_task(name: str) -> Task:
+    """The task named `name`: its lm-eval name (a key of `TASKS`) or its short `alias`.
+
+    Examples:
+        >>> get_task("arc").name, get_task("arc_challenge").alias
+        ('arc_challenge', 'arc')
+        >>> get_task("winogrande")
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown task 'winogrande'; choose one of ['arc_challenge', 'gsm8k_cot', 'hellaswag', 'mmlu', 'truthfulqa_mc'] (or an alias: arc, gsm8k, hellaswag, mmlu, truthfulqa).
+    """
+    by_alias = {task.alias: task for task in TASKS.values()}
+    if name not in TASKS and name not in by_alias:
+        raise ValueError(f"Unknown task {name!r}; choose one of {sorted(TASKS)} (or an alias: "
+                         f"{', '.join(sorted(by_alias))}).")
+    return TASKS.get(name) or by_alias[name]
+
+
+def evaluate(model, task: str, **options) -> TaskResult | list[TaskResult]:
+    """Run one task by name (`mmlu`, `arc_challenge`, `hellaswag`, `truthfulqa_mc`, `gsm8k_cot`, or
+    an alias such as `arc`); `options` go to that task's function (n, shots, seed, condition,
+    source, batch_size, ...).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
@@ -29,14 +50,12 @@ def evaluate(model, task: str, **options) -> TaskResult:
         >>> sorted(TASKS)
         ['arc_challenge', 'gsm8k_cot', 'hellaswag', 'mmlu', 'truthfulqa_mc']
     """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
-    return TASKS[task](model, **options)
+    return get_task(task)(model, **options)
 
 
 __all__ = [
-    "TASKS", "Doc", "TaskResult", "arc_challenge", "arc_prompts", "evaluate", "extract_flexible", "extract_strict",
-    "fewshot_context", "gsm8k_cot", "gsm8k_prompts", "hellaswag", "hellaswag_prompts", "load_arc", "load_gsm8k",
-    "load_hellaswag", "load_mmlu", "load_truthfulqa", "mc2_score", "mmlu", "mmlu_prompts", "truthfulqa_mc",
-    "truthfulqa_prompts",
+    "TASKS", "Doc", "Task", "TaskResult", "arc_challenge", "arc_prompts", "evaluate", "extract_flexible",
+    "extract_strict", "fewshot_context", "get_task", "gsm8k_cot", "gsm8k_prompts", "hellaswag", "hellaswag_prompts",
+    "load_arc", "load_gsm8k", "load_hellaswag", "load_mmlu", "load_truthfulqa", "mc2_score", "mmlu", "mmlu_prompts",
+    "truthfulqa_mc", "truthfulqa_prompts",
 ]

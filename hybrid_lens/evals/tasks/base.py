@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,65 @@ class TaskResult:
             (['example', 'metric', 'value'], 8)
         """
         return self.examples.melt(id_vars="example", value_vars=list(self.metric_names), var_name="metric")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark of the registry (`TASKS`): its function and what callers need to know about it.
+
+    Calling a `Task` calls its function (same signature), e.g. `TASKS["mmlu"](model, n=10)`.
+
+    Attributes:
+        name: the lm-eval task name, e.g. `arc_challenge`.
+        run: the task function, `run(model, n, ..., condition=..., source=..., progress=...) -> TaskResult`.
+        alias: the short name the study uses, e.g. `arc`.
+        metrics: the metrics of its `TaskResult`.
+        reported: the metric a report shows (lm-eval's headline metric for the task).
+        shots: default few-shot examples (0 for a fixed prompt).
+        seeded: it takes a `seed` (few-shot sampling).
+        sweepable: it takes a `Sweep` (scored by loglikelihood, so conditions can share forward
+            passes); generation tasks take one condition at a time.
+
+    Examples:
+        >>> from hybrid_lens.evals.tasks import TASKS
+        >>> arc = TASKS["arc_challenge"]
+        >>> arc.alias, arc.reported, arc.shots, arc.seeded, arc.sweepable
+        ('arc', 'acc_norm', 25, True, True)
+        >>> TASKS["gsm8k_cot"].sweepable, TASKS["truthfulqa_mc"].seeded
+        (False, False)
+    """
+
+    name: str
+    run: Callable[..., TaskResult]
+    alias: str
+    metrics: tuple[str, ...]
+    reported: str
+    shots: int
+    seeded: bool = True
+    sweepable: bool = True
+
+    def __call__(self, model, *args, **options) -> TaskResult | list[TaskResult]:
+        return self.run(model, *args, **options)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The task function's signature (so `inspect.signature(task)` shows its options)."""
+        return inspect.signature(self.run)
+
+    def long(self, model, seed: int | None = None, **options) -> pd.DataFrame | list[pd.DataFrame]:
+        """Rows `(example, metric, value)` of `self(model, **options)` (`TaskResult.long`; one table
+        per condition for a `Sweep`); `seed` goes only to a `seeded` task.
+
+        Examples:
+            >>> from hybrid_lens.evals.tasks import TASKS
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> rows = TASKS["truthfulqa_mc"].long(model, seed=0, n=2, source="bundled", progress=False)
+            >>> rows.metric.unique().tolist(), len(rows)
+            (['mc1', 'mc2'], 4)
+        """
+        if self.seeded and seed is not None:
+            options["seed"] = seed
+        return as_sweep(options.get("condition")).map(lambda _, result: result.long(), self(model, **options))
 
 
 def fewshot_context(doc: Doc, shots: Sequence[Doc], description: str = "") -> str:
