@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..vocabulary import hook_name
 from .conditions import Condition
 
 STACKED_KWARGS = ("logits_to_keep", "position_ids")  # batch-first tensors that are stacked with the input
@@ -286,10 +287,10 @@ def _clean_pass(model, tokens, attention_mask, entries: list[int], logits: bool,
 
     def keep(value: Tensor, hook) -> None:
         resid[int(hook.name.split(".")[1])] = value
-        if hook.name == f"blocks.{deepest}.hook_resid_pre" and not logits:
+        if hook.name == hook_name(deepest, "resid_pre") and not logits:
             raise _Stop
 
-    hooks = [(f"blocks.{start}.hook_resid_pre", keep) for start in entries]
+    hooks = [(hook_name(start, "resid_pre"), keep) for start in entries]
     try:
         with model.hooks(fwd_hooks=hooks):
             return model(tokens, attention_mask=attention_mask, **forward_kwargs), resid
