@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from jaxtyping import Float
@@ -285,12 +286,12 @@ def _clean_pass(model, tokens, attention_mask, entries: list[int], logits: bool,
     resid: dict[int, Tensor] = {}
     deepest = max(entries, default=-1)
 
-    def keep(value: Tensor, hook) -> None:
-        resid[int(hook.name.split(".")[1])] = value
-        if hook.name == hook_name(deepest, "resid_pre") and not logits:
+    def keep(start: int, value: Tensor, hook) -> None:
+        resid[start] = value
+        if start == deepest and not logits:
             raise _Stop
 
-    hooks = [(hook_name(start, "resid_pre"), keep) for start in entries]
+    hooks = [(hook_name(start, "resid_pre"), partial(keep, start)) for start in entries]
     try:
         with model.hooks(fwd_hooks=hooks):
             return model(tokens, attention_mask=attention_mask, **forward_kwargs), resid
