@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..cache import ActivationCache
 from ..interventions import Condition, ablation_of, kl_divergence, run_conditions
-from ..model import layer_type
+from ..vocabulary import layer_type
 from ._shared import Reduction, check_reduction, tidy_table
 from .logit_lens import logit_lens_kl
 
