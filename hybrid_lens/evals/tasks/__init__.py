@@ -28,7 +28,7 @@ def get_task(name: str) -> Task:
         >>> get_task("winogrande")
         Traceback (most recent call last):
         ...
-        ValueError: Unknown task 'winogrande'; choose one of ['arc_challenge', 'gsm8k_cot', 'hellaswag', 'mmlu', 'truthfulqa_mc'] (or an alias: arc, gsm8k, hellaswag, mmlu, truthfulqa).
+        ValueError: Unknown task 'winogrande'; choose one of ['arc_challenge', ...] (or an alias: arc, gsm8k, ...).
     """
     by_alias = {task.alias: task for task in TASKS.values()}
     if name not in TASKS and name not in by_alias:
