@@ -23,6 +23,7 @@ from hybrid_lens.evals import (
 from hybrid_lens.evals.tasks import (
     TASKS,
     arc_challenge,
+    get_task,
     arc_prompts,
     extract_flexible,
     extract_strict,
@@ -38,7 +39,7 @@ from hybrid_lens.evals.tasks import (
 )
 from hybrid_lens.evals.tasks.gsm8k import UNTIL, exact_match
 from hybrid_lens.evals.tasks.hellaswag import preprocess
-from hybrid_lens.interventions import mean, noise, scale, skip_layer, zero
+from hybrid_lens.interventions import Sweep, mean, noise, scale, skip_layer, zero
 
 from .conftest import build
 
@@ -385,3 +386,23 @@ def test_condition_is_keyword_only_in_every_task_function():
 
     for function in (*TASKS.values(), perplexity):
         assert inspect.signature(function).parameters["condition"].kind is inspect.Parameter.KEYWORD_ONLY, function
+
+
+def test_registry_attributes_agree_with_the_task_functions():
+    import inspect
+
+    _, tiny_model = build("qwen2")
+    for name, task in TASKS.items():
+        parameters = inspect.signature(task.run).parameters
+        assert task.name == name and get_task(task.alias) is task
+        assert inspect.signature(task) == inspect.signature(task.run)
+        assert task.seeded == ("seed" in parameters)
+        assert task.shots == (parameters["shots"].default if "shots" in parameters else 0)
+        assert task.reported in task.metrics
+    result = TASKS["arc_challenge"](tiny_model, n=2, shots=0, source="bundled", progress=False)
+    assert result.metric_names == TASKS["arc_challenge"].metrics
+    swept = TASKS["arc_challenge"].long(tiny_model, seed=1, n=2, shots=0, source="bundled", progress=False,
+                                        condition=Sweep([skip_layer(0), zero("attn")]))
+    assert [len(rows) for rows in swept] == [4, 4]
+    with pytest.raises(TypeError, match="one condition at a time"):
+        TASKS["gsm8k_cot"](tiny_model, n=1, source="bundled", condition=Sweep([skip_layer(0), zero("attn")]))

@@ -14,6 +14,7 @@ from hybrid_lens.evals import loglikelihoods, perplexity
 from hybrid_lens.interventions import (
     Condition,
     Sweep,
+    as_sweep,
     first_layer,
     mean,
     mixer_off,
@@ -69,6 +70,22 @@ def test_one_condition_per_pass_is_bit_identical(family, tokens, reuse_prefix):
     expected = separate_runs(model, tokens, conditions)
     swept = Sweep(conditions, batch=1, reuse_prefix=reuse_prefix).logits(model, tokens)
     assert [torch.equal(a, b) for a, b in zip(swept, expected)] == [True] * len(conditions)
+    assert no_hooks_left(model)
+
+
+def test_a_lone_condition_is_a_single_sweep_run_as_one_hooked_pass(family, tokens):
+    _, model = build(family)
+    for condition in [None, *conditions_for(model, tokens)]:
+        sweep = as_sweep(condition)
+        expected = separate_runs(model, tokens, [condition or Condition()])
+        assert sweep.single and torch.equal(sweep.unwrap(sweep.logits(model, tokens)), expected[0])
+        assert sweep.map(lambda c, v: (c, v), 1.5) == (condition or Condition(), 1.5)
+    many = Sweep(conditions_for(model, tokens)[:2])
+    assert as_sweep(many) is many and many.unwrap([1, 2]) == [1, 2]
+    with pytest.raises(TypeError, match="one condition at a time"):
+        many.lone("Generation")
+    with pytest.raises(TypeError, match="got str"):
+        as_sweep("skip_layer")
     assert no_hooks_left(model)
 
 
