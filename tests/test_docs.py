@@ -55,7 +55,8 @@ MODULES = [
     "hybrid_lens.study.stats",
     "hybrid_lens.study.published",
     "hybrid_lens.study.tasks",
-    "hybrid_lens.study.runner",  # run_study and hidden_metrics are +SKIP (minutes on a CPU)
+    "hybrid_lens.study.runner",  # run_study is +SKIP (minutes on a CPU)
+    "hybrid_lens.study.diagnostics",  # hidden_metrics is +SKIP (minutes on a CPU)
     "hybrid_lens.study.cli",
     "hybrid_lens.configs",
     "hybrid_lens.zoo",

@@ -21,7 +21,7 @@ import plotly.io as pio
 
 from .. import viz
 from . import published
-from .runner import CONTRIBUTIONS_FILE
+from .diagnostics import CONTRIBUTIONS_FILE
 from .store import StudyStore
 from .tables import StudyTables
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import stats
-from .runner import HIDDEN_TASK
+from . import diagnostics, stats
 from .store import StudyStore
 from .tasks import REPORTED_METRIC, ppl_text_label
 
@@ -58,10 +57,7 @@ class StudyTables:
         ppl_rows = results[(results.task == stats.PPL_TASK) & (results.condition == "baseline")]
         self.ppl_tokens = int(ppl_rows[ppl_rows.metric == "tokens"].value.sum())
         self.ppl_windows = int((ppl_rows.metric == "tokens").sum())
-        hidden = results[results.task == HIDDEN_TASK]
-        names = hidden.metric.str.split("|", expand=True) if not hidden.empty else pd.DataFrame(columns=[0, 1])
-        self.hidden = pd.DataFrame(dict(layer=hidden.example.to_numpy(), metric=names[0].to_numpy(),
-                                        component=names[1].to_numpy(), value=hidden.value.to_numpy()))
+        self.hidden = diagnostics.from_store(results)
 
     def group_of(self, condition: str) -> str:
         """The condition group of a condition name (`baseline`, `group`, `layer`, ...).
