@@ -1,6 +1,6 @@
 """The study runner: every (condition, task) pair of a study, evaluated once, stored durably.
 
-Conditions come from the model's layer kinds (`study.conditions`); tasks from `study.tasks`; the
+Conditions come from the model's layer kinds (`study.plan`); tasks from `study.tasks`; the
 clean model's diagnostics, computed once per study, from `study.diagnostics`.
 Finished pairs are skipped on a rerun, so an interrupted study resumes where it stopped; a
 folder holds one study: a rerun with settings that change a number is refused (`StudySpec.identity`).
@@ -28,7 +28,7 @@ from pydantic.dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from .. import zoo
-from .conditions import GROUPS, METHODS, study_conditions
+from .plan import GROUPS, METHODS, study_conditions
 from ..interventions import Sweep
 from .diagnostics import (CONTRIBUTION_TOKENS, CONTRIBUTIONS_FILE, DIAGNOSTIC_TOKENS, HIDDEN_TASK, diagnostic_tokens,
                           hidden_metrics, to_store, write_contributions)
@@ -51,7 +51,7 @@ class StudySpec:
     Attributes:
         model: hub name, local folder or bundled name of the model.
         tasks: study tasks (`study.tasks.TASKS`: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k).
-        groups: condition groups (`study.conditions.GROUPS`).
+        groups: condition groups (`study.plan.GROUPS`).
         n: examples per benchmark, windows for perplexity.
         method: ablation method (`auto`, `skip`, `zero`, `mixer_off`).
         trials: random-control draws per targeted condition.

@@ -5,6 +5,7 @@ Everything is computed from a `StudyStore`, so a finished study re-renders witho
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from . import diagnostics, stats
@@ -150,6 +151,42 @@ class StudyTables:
                                   delta=rows[column].to_numpy(),
                                   method=spec.map(lambda s: s.get("method") or "").to_numpy()))
         return table.sort_values(["layer", "kind"], kind="stable").reset_index(drop=True)
+
+    def layer_grid(self, task: str) -> pd.DataFrame:
+        """The layer sweep of `task` as layer x kind: the perplexity multiple of baseline for `ppl`,
+        the score change (ablated - baseline) otherwise; NaN where a layer has no such component.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.layer_grid("ppl").columns.tolist()
+            ['attn']
+        """
+        sweep = self.layer_sweep(task)
+        grid = sweep.assign(value=np.exp(sweep.delta) if task == stats.PPL_TASK else sweep.delta)
+        return grid.pivot_table(index="layer", columns="kind", values="value").sort_index()
+
+    def condition_counts(self) -> pd.Series:
+        """How many conditions each group has, groups in study order.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.condition_counts().to_dict()
+            {'baseline': 1, 'group': 1, 'layer': 8, 'transformer': 6}
+        """
+        return pd.Series([s["group"] for s in self.specs]).value_counts(sort=False)
+
+    def benchmark_sizes(self) -> pd.Series:
+        """Examples scored per benchmark (the most over its conditions), benchmarks in study order;
+        empty without benchmarks.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.benchmark_sizes().empty                   # a perplexity-only study
+            True
+        """
+        if self.drops.empty:
+            return pd.Series(dtype=int)
+        return self.drops.groupby("task", sort=False).n.max()
 
     def hidden_wide(self) -> pd.DataFrame:
         """Per-layer hidden-state metrics of the clean model: layer x (metric, component), layers in
