@@ -37,43 +37,40 @@ TASK_NAMES = {"ppl": "perplexity", "mmlu": "MMLU", "arc": "ARC-C", "hellaswag": 
 # Section key -> (title, how to read it), in report order.
 HEADINGS = {
     "summary": ("Summary",
-        "What was run, the headline effects with their 95% CIs, and the paper's published values beside "
-        "them (for a bundled model, its full-size analogue's: other text, a far smaller model; compare "
-        "directions, not magnitudes)."),
+        "What was run, the headline effects with their 95% CIs, and the paper's published values beside them (for a "
+        "bundled model, its full-size analogue's: other text, a far smaller model; compare directions, not "
+        "magnitudes)."),
     "table1": ("Table 1 analogue: group ablation, absolute scores",
-        "Score per benchmark with all instances of one component kind removed; Δ = ablated - baseline score"
-        " (negative: worse) with its 95% CI. Radar (three or more benchmarks): one polygon per condition; "
-        "the further out, the higher the score."),
+        "Score per benchmark with all instances of one component kind removed; Δ = ablated - baseline score "
+        "(negative: worse) with its 95% CI. Radar (three or more benchmarks): one polygon per condition; the further "
+        "out, the higher the score."),
     "table2": ("Table 2 analogue: perplexity under group ablation",
-        "Loss and perplexity with all instances of one component kind removed; x baseline is the perplexity"
-        " ratio with its 95% CI. Bars: log scale, baseline first; labels are multiples of the baseline."),
+        "Loss and perplexity with all instances of one component kind removed; x baseline is the perplexity ratio "
+        "with its 95% CI. Bars: log scale, baseline first; labels are multiples of the baseline."),
     "table3": ("Table 3 analogue: mean benchmark score, targeted vs matched random",
-        "Mean score over the benchmarks run, targeted ablation vs the same number of randomly chosen "
-        "layers; random / targeted > 1 means the targeted components matter more (the random controls keep "
-        "a higher score)."),
+        "Mean score over the benchmarks run, targeted ablation vs the same number of randomly chosen layers; random /"
+        " targeted > 1 means the targeted components matter more (the random controls keep a higher score)."),
     "table4": ("Table 4 analogue: perplexity, targeted vs matched random",
-        "Perplexity of the targeted ablation vs the mean of its matched random controls; random / targeted "
-        "> 1 means random layers hurt more than the targeted ones."),
+        "Perplexity of the targeted ablation vs the mean of its matched random controls; random / targeted > 1 means "
+        "random layers hurt more than the targeted ones."),
     "table5": ("Table 5 analogue: random layer removal, perplexity as a multiple of baseline",
-        "Whole layers skipped at random (sequential skip); mean and std of the perplexity multiple over "
-        "trials."),
+        "Whole layers skipped at random (sequential skip); mean and std of the perplexity multiple over trials."),
     "table6": ("Table 6 analogue: positional thirds",
-        "One component kind removed in the early, middle or late third of the layers only; which third "
-        "carries the component's contribution."),
+        "One component kind removed in the early, middle or late third of the layers only; which third carries the "
+        "component's contribution."),
     "layers": ("Layer-wise ablation",
-        "One component of one layer removed at a time (the method is in each row). Heatmap: layers left to "
-        "right; darker = larger effect; rows are component kinds."),
+        "One component of one layer removed at a time (the method is in each row). Heatmap: layers left to right; "
+        "darker = larger effect; rows are component kinds."),
     "hidden": ("Hidden-state metrics of the clean model",
-        "Per layer: norm change ||h_post - h_pre|| / ||h_pre||, cosine(h_pre, h_post), component output "
-        "ratio ||f_c(h)|| / ||h||, ablation KL(p_clean || p_ablated) and the logit lens' KL to the final "
-        "distribution; — = the layer has no such component."),
+        "Per layer: norm change ||h_post - h_pre|| / ||h_pre||, cosine(h_pre, h_post), component output ratio "
+        "||f_c(h)|| / ||h||, ablation KL(p_clean || p_ablated) and the logit lens' KL to the final distribution; — = "
+        "the layer has no such component."),
     "correlations": ("Hidden-state metric vs layer-ablation impact",
-        "Does a layer's metric predict what removing it costs? Pearson and Spearman correlation over layers"
-        " (and components); scatter: one point per layer component."),
+        "Does a layer's metric predict what removing it costs? Pearson and Spearman correlation over layers (and "
+        "components); scatter: one point per layer component."),
     "drops": ("Score drops with 95% bootstrap CIs (all conditions)",
-        "Every condition on every benchmark: score, Δ = ablated - baseline score (negative: worse) and its "
-        "paired bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than"
-        " baseline."),
+        "Every condition on every benchmark: score, Δ = ablated - baseline score (negative: worse) and its paired "
+        "bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline."),
 }
 
 
