@@ -5,7 +5,7 @@ metrics, logit lens, attribution, per-token contributions), `evals` (perplexity)
 component-ablation protocol), `viz` (figures), `zoo` (bundled models).
 """
 
-from . import analysis, evals, interventions
+from . import analysis, evals, interventions, zoo  # importing the zoo registers its model names
 from .adapters import supported_architectures
 from .cache import ActivationCache
 from .hook_points import HookPoint

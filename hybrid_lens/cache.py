@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+from .vocabulary import RESID_KINDS, ComponentLabel, cache_key, hook_name
 
 
 class ActivationCache(Mapping[str, Tensor]):
@@ -41,10 +41,7 @@ class ActivationCache(Mapping[str, Tensor]):
     def _key(self, key) -> str:
         if isinstance(key, str):
             return key
-        kind, layer, *mixer = key
-        if mixer:
-            return f"blocks.{layer}.{mixer[0]}.hook_{kind}"
-        return f"blocks.{layer}.hook_{kind}"
+        return cache_key(*key)
 
     def __getitem__(self, key) -> Tensor:
         name = self._key(key)
@@ -127,8 +124,7 @@ class ActivationCache(Mapping[str, Tensor]):
         layers = self.layers_with(kind)
         if not layers:
             raise ValueError(f"No layer of this model has a {kind!r} component (layer mixers: {self.layer_mixers}).")
-        suffix = kind if kind in RESID_KINDS else f"{kind}_out"
-        stacked = torch.stack([self[f"blocks.{i}.hook_{suffix}"] for i in layers])
+        stacked = torch.stack([self[hook_name(i, kind)] for i in layers])
         return (stacked, layers) if return_labels else stacked
 
     def accumulated_resid(
@@ -158,13 +154,13 @@ class ActivationCache(Mapping[str, Tensor]):
         stop = self.n_layers if layer is None else layer
         tensors, labels = [], []
         for i in range(stop):
-            tensors.append(self[f"blocks.{i}.hook_resid_pre"])
+            tensors.append(self[hook_name(i, "resid_pre")])
             labels.append(f"{i}_pre")
             if incl_mid:
-                tensors.append(self[f"blocks.{i}.hook_resid_mid"])
+                tensors.append(self[hook_name(i, "resid_mid")])
                 labels.append(f"{i}_mid")
         if layer is None:
-            tensors.append(self[f"blocks.{self.n_layers - 1}.hook_resid_post"])
+            tensors.append(self[hook_name(self.n_layers - 1, "resid_post")])
             labels.append("final_post")
         stacked = torch.stack(tensors)
         return (stacked, labels) if return_labels else stacked
@@ -183,7 +179,8 @@ class ActivationCache(Mapping[str, Tensor]):
             return_labels: Also return the component labels.
 
         Returns:
-            `Float[Tensor, "component batch pos d_model"]`, and the labels if `return_labels`.
+            `Float[Tensor, "component batch pos d_model"]`, and the labels if `return_labels`
+            (`ComponentLabel`s: strings that also carry their `layer` and `kind`).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -195,10 +192,10 @@ class ActivationCache(Mapping[str, Tensor]):
             True
         """
         stop = self.n_layers if layer is None else layer
-        tensors, labels = [self["hook_embed"]], ["embed"]
+        tensors, labels = [self["hook_embed"]], [ComponentLabel(None, "embed")]
         for i in range(stop):
             for kind in (*self.layer_mixers[i], "mlp"):
-                tensors.append(self[f"blocks.{i}.hook_{kind}_out"])
-                labels.append(f"{i}_{kind}")
+                tensors.append(self[hook_name(i, kind)])
+                labels.append(ComponentLabel(i, kind))
         stacked = torch.stack(tensors)
         return (stacked, labels) if return_labels else stacked

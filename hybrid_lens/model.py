@@ -23,13 +23,15 @@ from transformer_lens.hook_points import HookPoint as TLHookPoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils.generic import TransformersKwargs
 
-from .adapters import COMPONENT_KINDS, HookedBlock, adapter_for
+from .adapters import HookedBlock, adapter_for
 from .adapters.base import StopForward, is_hooked, replace_forward
 from .adapters.taps import pattern_mode_tap
 from .cache import ActivationCache
 from . import sae as sae_lib
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .lens_config import LensConfig
+from .resolver import resolve
+from .vocabulary import COMPONENT_KINDS, hook_name
 from .tokens import PaddingSide, as_token_ids, check_ids, check_length, check_mask, real_positions, tokenize
 
 ModelInput = str | Sequence[str] | Tensor | Sequence[int] | Sequence[Sequence[int]]
@@ -179,9 +181,7 @@ class HookedHybrid(HookedRootModule):
             >>> model.layer_types
             ['linear_attn', 'linear_attn', 'linear_attn', 'attn', 'linear_attn', 'linear_attn', 'linear_attn', 'attn']
         """
-        from . import zoo
-
-        path, model_kwargs, tokenizer_kwargs = zoo.resolve(name_or_path)
+        path, model_kwargs, tokenizer_kwargs = resolve(name_or_path)
         hf_model = AutoModelForCausalLM.from_pretrained(path, **{**model_kwargs, **hf_kwargs}).eval()
         if tokenizer is None:
             try:
@@ -274,7 +274,7 @@ class HookedHybrid(HookedRootModule):
         if kind not in COMPONENT_KINDS:
             raise ValueError(f"Unknown component kind {kind!r}; choose one of {COMPONENT_KINDS}.")
         return [
-            Component(i, kind, f"blocks.{i}.hook_{kind}_out")
+            Component(i, kind, hook_name(i, kind))
             for i, mixers in enumerate(self.layer_mixers)
             if kind == "mlp" or kind in mixers
         ]

@@ -27,6 +27,8 @@ MODULES = [
     "hybrid_lens.tokens",
     "hybrid_lens.lens_config",
     "hybrid_lens.hook_points",
+    "hybrid_lens.vocabulary",
+    "hybrid_lens.resolver",
     "hybrid_lens.sae",
     "hybrid_lens.cache",
     "hybrid_lens.interventions.selectors",
@@ -89,7 +91,8 @@ DOCTESTED = [
 # hybrid_lens.study.report and .tables are documented but not doctested: their examples read the
 # folder of a finished study (checked by hand against `hybrid-lens study --model
 # hybrid-lens/tiny-qwen2.5 --tasks ppl --conditions group,layer,transformer --n 2 --out hybrid-lens-study`).
-CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.zoo", "hybrid_lens.interventions.selectors",
+CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.resolver", "hybrid_lens.vocabulary", "hybrid_lens.zoo",
+                   "hybrid_lens.interventions.selectors",
                    "hybrid_lens.analysis.correlation", "hybrid_lens.evals.data", "hybrid_lens.study.stats",
                    "hybrid_lens.study.store", "hybrid_lens.study.commands",
                    "hybrid_lens.study.published", "hybrid_lens.viz.static", "hybrid_lens.interventions.sweep",

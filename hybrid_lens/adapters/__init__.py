@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import COMPONENT_KINDS, MIXER_KINDS, Adapter, HookedBlock
+from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS
+from .base import Adapter, HookedBlock
 from .falcon_h1 import FalconH1Adapter
 from .qwen2 import Qwen2Adapter
 from .qwen3_5 import Qwen3_5Adapter

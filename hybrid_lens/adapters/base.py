@@ -14,9 +14,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from ..hook_points import HookPoint, Tap, TappedHookPoint
-
-MIXER_KINDS = ("attn", "linear_attn", "ssm")
-COMPONENT_KINDS = (*MIXER_KINDS, "mlp")
+from ..vocabulary import point_name
 
 
 class MixerHooks(nn.Module):
@@ -41,7 +39,7 @@ class HookedBlock(nn.Module):
         self.mixers = mixers
         self.hook_resid_pre = HookPoint()
         for kind in mixers:
-            self.add_module(f"hook_{kind}_out", HookPoint())
+            self.add_module(point_name(kind), HookPoint())
             self.add_module(kind, MixerHooks())
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()

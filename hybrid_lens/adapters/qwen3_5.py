@@ -12,6 +12,7 @@ from transformers.models.qwen3_5 import modeling_qwen3_5 as hf
 from ..hook_points import Tap
 from ..mixers import gated_deltanet
 from ..mixers.state import split_scan
+from ..vocabulary import point_name
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
 from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, output_tap,
                    mixer_output)
@@ -34,7 +35,7 @@ class Qwen3_5Adapter(Adapter):
 
     def block_forward(self, block: HookedBlock, layer, entry):
         kind = block.mixers[0]
-        mixer_out = f"hook_{kind}_out"  # looked up at call time: a replaced hook-point module takes effect
+        mixer_out = point_name(kind)  # looked up at call time: a replaced hook-point module takes effect
 
         def forward(hidden_states, position_embeddings=None, attention_mask=None, position_ids=None,
                     cache=None, **kwargs):

@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..cache import ActivationCache
+from ..vocabulary import ComponentLabel
 from ._shared import Reduction, check_reduction, layer_kind, tidy_table
 
 Target = int | Int[Tensor, "batch pos"] | tuple[int | Tensor, int | Tensor]
@@ -93,7 +94,7 @@ def frozen_final_norm(model, final_resid: Float[Tensor, "batch pos d_model"]) ->
 @torch.no_grad()
 def logit_attribution(
     model, cache: ActivationCache, target: Target
-) -> tuple[Float[Tensor, "component batch pos"], list[str]]:
+) -> tuple[Float[Tensor, "component batch pos"], list[ComponentLabel]]:
     """Direct logit attribution of every component at every token, labelled as
     `cache.decompose_resid` (`embed`, `0_attn`, `0_mlp`, ...). Summed over components it equals
     the final logit (difference) of `target` up to float error.
@@ -105,7 +106,8 @@ def logit_attribution(
             `logit_direction`).
 
     Returns:
-        `(values, labels)`: `Float[Tensor, "component batch pos"]` and one label per component.
+        `(values, labels)`: `Float[Tensor, "component batch pos"]` and one `ComponentLabel` per
+        component.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -157,11 +159,10 @@ def direct_logit_attribution(
         values = values[..., [position]]
     entries = []
     for label, value in zip(labels, values):
-        if label == "embed":
-            keys = dict(layer=-1, layer_kind="embed", component="embed")
+        if label.layer is None:
+            keys = dict(layer=-1, layer_kind=label.kind, component=label.kind)
         else:
-            layer, component = label.split("_", 1)
-            keys = dict(layer=int(layer), layer_kind=layer_kind(cache.layer_mixers[int(layer)]), component=component)
+            keys = dict(layer=label.layer, layer_kind=layer_kind(cache.layer_mixers[label.layer]), component=label.kind)
         entries.append((dict(keys, metric="dla"), value))
     table = tidy_table(entries, reduction)
     if reduction == "none" and position is not None:

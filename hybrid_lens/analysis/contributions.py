@@ -18,6 +18,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..cache import ActivationCache
+from ..vocabulary import ComponentLabel
 from ._shared import layer_kind
 from .attribution import logit_attribution
 
@@ -95,7 +96,7 @@ def token_contributions(
     for layer, mixers in enumerate(cache.layer_mixers):
         path, other = compared_paths(mixers)
         norms = [cache[f"{kind}_out", layer][batch].float().norm(dim=-1).cpu() for kind in (path, other)]
-        direct = [dla[labels.index(f"{layer}_{kind}")] for kind in (path, other)]
+        direct = [dla[labels.index(ComponentLabel(layer, kind))] for kind in (path, other)]
         frames.append(pd.DataFrame(dict(
             layer=layer, layer_kind=layer_kind(mixers), position=np.arange(len(ids)), token=strings,
             path=path, other=other, norm_path=norms[0].numpy(), norm_other=norms[1].numpy(),

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..adapters import MIXER_KINDS
+from ..vocabulary import MIXER_KINDS, hook_name
 from .ablations import Intervention, row_positions
 from .conditions import Condition
 from .selectors import Layers, Selector, Target
@@ -87,7 +87,7 @@ class EdgeKnockout(Intervention):
         if target.kind not in MIXER_KINDS or target.point not in (None, "hook_pattern"):
             raise ValueError(f"knockout acts on mixers {MIXER_KINDS} (their hook_pattern), not {target}.")
         renormalize = self.renormalize and target.kind == "attn"
-        return [(f"blocks.{target.layer}.{target.kind}.hook_pattern",
+        return [(hook_name(target.layer, target.kind, "hook_pattern"),
                  lambda value, hook: self.cut(value, renormalize))]
 
     def cut(self, pattern: Float[Tensor, "batch head query key"], renormalize: bool

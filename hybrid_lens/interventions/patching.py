@@ -10,6 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..vocabulary import COMPONENT_KINDS, RESID_KINDS
 from .ablations import Patch
 from .conditions import Condition
 from .sweep import run_conditions
@@ -77,8 +78,8 @@ def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selec
         >>> [selector.kind for selector in component_selectors(model)]
         ['attn', 'linear_attn', 'mlp', 'resid_pre']
     """
-    kinds = kinds or ("attn", "linear_attn", "ssm", "mlp", "resid_pre")
-    present = {kind for mixers in model.layer_mixers for kind in mixers} | {"mlp", "resid_pre", "resid_mid", "resid_post"}
+    kinds = kinds or (*COMPONENT_KINDS, "resid_pre")
+    present = {kind for mixers in model.layer_mixers for kind in mixers} | {"mlp", *RESID_KINDS}
     return [Selector(kind) for kind in kinds if kind in present]
 
 

@@ -11,9 +11,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..adapters import COMPONENT_KINDS, MIXER_KINDS
+from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS, RESID_KINDS, hook_name
 
-RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 THIRDS = ("early", "middle", "late")
 KINDS = (*COMPONENT_KINDS, "mixer", "block", *RESID_KINDS)
 SELECTOR_KEYS = {"kind", "layers", "positions", "point"}
@@ -49,13 +48,9 @@ class Target:
             >>> Target(3, "block").hook_names
             ['blocks.3.hook_resid_pre', 'blocks.3.hook_resid_post']
         """
-        if self.point is not None:
-            return [f"blocks.{self.layer}.{self.kind}.{self.point}"]
-        if self.kind == "block":
-            return [f"blocks.{self.layer}.hook_resid_pre", f"blocks.{self.layer}.hook_resid_post"]
-        if self.kind in RESID_KINDS:
-            return [f"blocks.{self.layer}.hook_{self.kind}"]
-        return [f"blocks.{self.layer}.hook_{self.kind}_out"]
+        if self.kind == "block" and self.point is None:
+            return [hook_name(self.layer, "resid_pre"), hook_name(self.layer, "resid_post")]
+        return [hook_name(self.layer, self.kind, self.point)]
 
 
 def _is_int(value) -> bool:

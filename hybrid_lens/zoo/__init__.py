@@ -19,6 +19,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..resolver import register_resolver
 from . import smollm2
 
 HERE = Path(__file__).parent
@@ -47,6 +48,7 @@ def is_zoo_name(name: str) -> bool:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
+@register_resolver
 def resolve(name_or_path) -> tuple[str, dict, dict]:
     """(path, model kwargs, tokenizer kwargs) for `transformers`' `from_pretrained` calls.
 

@@ -1,0 +1,97 @@
+"""The vocabulary: component kinds, hook-point names and component labels, each defined once here.
+
+Every other module builds hook names with `hook_name` (or `point_name` inside a block) and labels
+components with `ComponentLabel`, so the naming scheme lives in this one place.
+"""
+
+from __future__ import annotations
+
+MIXER_KINDS = ("attn", "linear_attn", "ssm")
+COMPONENT_KINDS = (*MIXER_KINDS, "mlp")
+RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+
+
+def point_name(kind: str) -> str:
+    """The name of a block-level hook point inside its block.
+
+    Args:
+        kind: A component kind (its output, `hook_{kind}_out`) or a residual point (`hook_{kind}`).
+
+    Examples:
+        >>> point_name("ssm"), point_name("resid_mid")
+        ('hook_ssm_out', 'hook_resid_mid')
+    """
+    if kind in COMPONENT_KINDS:
+        return f"hook_{kind}_out"
+    if kind in RESID_KINDS:
+        return f"hook_{kind}"
+    raise ValueError(f"Unknown kind {kind!r}; choose one of {(*COMPONENT_KINDS, *RESID_KINDS)}.")
+
+
+def hook_name(layer: int, kind: str, inner: str | None = None) -> str:
+    """The canonical hook name of a point of block `layer`.
+
+    Args:
+        layer: Block index.
+        kind: A component kind or a residual point (`resid_pre` / `resid_mid` / `resid_post`);
+            with `inner`, the mixer kind holding the inner point.
+        inner: An inner hook point of the mixer `kind` (e.g. `hook_v`), or None.
+
+    Examples:
+        >>> hook_name(3, "ssm"), hook_name(0, "resid_pre"), hook_name(3, "attn", "hook_v")
+        ('blocks.3.hook_ssm_out', 'blocks.0.hook_resid_pre', 'blocks.3.attn.hook_v')
+    """
+    if inner is not None:
+        return f"blocks.{layer}.{kind}.{inner}"
+    return f"blocks.{layer}.{point_name(kind)}"
+
+
+def cache_key(kind: str, layer: int, mixer: str | None = None) -> str:
+    """The hook name of a TransformerLens-style cache key `(kind, layer[, mixer])`.
+
+    Args:
+        kind: The hook name's suffix after `hook_` (`ssm_out`, `resid_pre`, or an inner point
+            such as `q` with `mixer`).
+        layer: Block index.
+        mixer: The mixer kind holding an inner point, or None for a block-level point.
+
+    Examples:
+        >>> cache_key("ssm_out", 3), cache_key("q", 3, "attn")
+        ('blocks.3.hook_ssm_out', 'blocks.3.attn.hook_q')
+    """
+    point = f"hook_{kind}"
+    return f"blocks.{layer}.{point}" if mixer is None else hook_name(layer, mixer, point)
+
+
+class ComponentLabel(str):
+    """A component's label as data (`layer`, `kind`) that is also its printed text.
+
+    The text is `{layer}_{kind}` (`3_ssm`), or the kind alone without a layer (`embed`), so a
+    label compares equal to, prints and serialises as that string.
+
+    Attributes:
+        layer: Block index, or None for a component outside the blocks (the embedding).
+        kind: `attn`, `linear_attn`, `ssm`, `mlp` or `embed`.
+
+    Examples:
+        >>> label = ComponentLabel(3, "ssm")
+        >>> label, label.layer, label.kind, label == "3_ssm"
+        ('3_ssm', 3, 'ssm', True)
+        >>> print(ComponentLabel(None, "embed"))
+        embed
+    """
+
+    layer: int | None
+    kind: str
+
+    def __new__(cls, layer: int | None, kind: str) -> ComponentLabel:
+        label = super().__new__(cls, kind if layer is None else f"{layer}_{kind}")
+        object.__setattr__(label, "layer", layer)
+        object.__setattr__(label, "kind", kind)
+        return label
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"A ComponentLabel is immutable; cannot set {name!r}.")
+
+    def __reduce__(self):
+        return ComponentLabel, (self.layer, self.kind)

@@ -1,0 +1,79 @@
+"""The vocabulary (hook names, kinds, labels) against the hook points the models really have."""
+
+from __future__ import annotations
+
+import ast
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import hybrid_lens
+from hybrid_lens.interventions import Selector, Target
+from hybrid_lens.vocabulary import COMPONENT_KINDS, RESID_KINDS, ComponentLabel, hook_name
+
+from .conftest import build
+
+CORE = ("model.py", "cache.py", "hook_points.py", "vocabulary.py", "resolver.py", "adapters", "interventions")
+
+
+def test_hook_names_are_the_model_hook_points(family):
+    """Every name `hook_name` builds for a layer's kinds is a hook point of the module tree, and
+    together they are all the block-level points (checked against the modules' own names)."""
+    _, model = build(family)
+    points = set(model.hook_dict)
+    for layer, mixers in enumerate(model.layer_mixers):
+        built = {hook_name(layer, kind) for kind in (*mixers, "mlp", *RESID_KINDS)}
+        assert built <= points
+        block_level = {name for name in points if name.startswith(f"blocks.{layer}.hook_")}
+        assert built == block_level
+        inner = {name for name in points if name.startswith(f"blocks.{layer}.") and name not in block_level}
+        assert inner == {hook_name(layer, *name.split(".")[2:]) for name in inner}
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="'mixer'.*choose one of"):
+        hook_name(0, "mixer")
+
+
+def test_component_and_target_name_the_same_point():
+    _, model = build("falcon_h1")
+    for kind in COMPONENT_KINDS:
+        for component in model.components(kind):
+            assert Target(component.layer, component.kind).hook_names == [component.hook_name]
+    targets = Selector("mixer").targets(model.layer_mixers)
+    assert {t.hook_names[0] for t in targets} == {c.hook_name for k in ("attn", "ssm") for c in model.components(k)}
+
+
+def test_labels_are_data_that_print_as_before(tokens):
+    _, model = build("qwen3_5")
+    _, cache = model.run_with_cache(tokens)
+    parts, labels = cache.decompose_resid(return_labels=True)
+    expected = ["embed"] + [f"{i}_{kind}" for i, mixers in enumerate(model.layer_mixers) for kind in (*mixers, "mlp")]
+    assert labels == expected and str(labels) == str(expected)
+    for label, part in zip(labels[1:], parts[1:]):
+        assert torch.equal(part, cache[hook_name(label.layer, label.kind)])
+    assert (labels[0].layer, labels[0].kind) == (None, "embed")
+    copy = pickle.loads(pickle.dumps(labels[1]))
+    assert (copy, copy.layer, copy.kind) == ("0_linear_attn", 0, "linear_attn")
+    with pytest.raises(AttributeError):
+        labels[1].layer = 5
+    assert ComponentLabel(3, "attn") != ComponentLabel(3, "mlp")
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            found |= {node.module or ""} | {f"{node.module or ''}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def test_core_does_not_import_the_zoo():
+    root = Path(hybrid_lens.__file__).parent
+    files = [p for entry in CORE for p in ([root / entry] if entry.endswith(".py") else (root / entry).rglob("*.py"))]
+    offending = [str(p.relative_to(root)) for p in files if any("zoo" in name.split(".") for name in _imports(p))]
+    assert not offending
