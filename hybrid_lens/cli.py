@@ -1,4 +1,5 @@
-"""The `hybrid-lens` command line: studies, reports, hook listings and the model zoo."""
+"""The `hybrid-lens` command line: the one parser, its `hooks` and `models` commands, and the error
+handling of every command; `study.commands` adds the `study` and `report` commands."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="List the bundled models and the supported architectures.")
     models.set_defaults(run=_models)
 
-    from .study.cli import add_study_commands
+    from .study.commands import add_study_commands
 
     add_study_commands(commands)
     return parser

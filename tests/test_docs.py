@@ -52,13 +52,14 @@ MODULES = [
     "hybrid_lens.evals.tasks.hellaswag",
     "hybrid_lens.evals.tasks.mmlu",
     "hybrid_lens.evals.tasks.truthfulqa",
-    "hybrid_lens.study.conditions",
+    "hybrid_lens.study.plan",
     "hybrid_lens.study.store",
     "hybrid_lens.study.stats",
     "hybrid_lens.study.published",
     "hybrid_lens.study.tasks",
-    "hybrid_lens.study.runner",  # run_study and hidden_metrics are +SKIP (minutes on a CPU)
-    "hybrid_lens.study.cli",
+    "hybrid_lens.study.runner",  # run_study is +SKIP (minutes on a CPU)
+    "hybrid_lens.study.diagnostics",  # hidden_metrics is +SKIP (minutes on a CPU)
+    "hybrid_lens.study.commands",
     "hybrid_lens.configs",
     "hybrid_lens.zoo",
     "hybrid_lens.cli",
@@ -93,7 +94,7 @@ DOCTESTED = [
 CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.resolver", "hybrid_lens.vocabulary", "hybrid_lens.zoo",
                    "hybrid_lens.interventions.selectors",
                    "hybrid_lens.analysis.correlation", "hybrid_lens.evals.data", "hybrid_lens.study.stats",
-                   "hybrid_lens.study.store", "hybrid_lens.study.cli",
+                   "hybrid_lens.study.store", "hybrid_lens.study.commands",
                    "hybrid_lens.study.published", "hybrid_lens.viz.static", "hybrid_lens.interventions.sweep",
                    "hybrid_lens.evals.scoring"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybrid_lens.study.conditions import (
+from hybrid_lens.study.plan import (
     group_ablations, layer_sweep, positional_thirds, random_controls, study_conditions, transformer_control,
 )
 from hybrid_lens.analysis import correlation

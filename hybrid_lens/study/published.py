@@ -74,3 +74,29 @@ def paper_model(model: str) -> tuple[str | None, bool]:
     if model in (QWEN35, FALCON, QWEN25):
         return model, True
     return ANALOGUES.get(model), False
+
+
+def score_change(paper: str | None, condition: str, task: str) -> float | None:
+    """The paper's score change (ablated - baseline) of `condition` on `task` (None: not published).
+
+    Examples:
+        >>> score_change(QWEN35, "attn_off", "arc"), score_change(QWEN25, "attn_off", "arc")
+        (-0.515, None)
+    """
+    scores = SCORES.get(paper, {})
+    if condition not in scores or "baseline" not in scores:
+        return None
+    return round(scores[condition][task] - scores["baseline"][task], 3)
+
+
+def removal_multiple(paper: str | None, removed: int, n_layers: int | None) -> float | None:
+    """The paper's perplexity multiple for the same fraction of layers removed (6 or 18 of 24;
+    None: not published).
+
+    Examples:
+        >>> removal_multiple(QWEN25, 2, 8), removal_multiple(QWEN25, 6, 8), removal_multiple(QWEN25, 1, 8)
+        (640763, 4700430, None)
+    """
+    if not n_layers or paper not in REMOVAL_MULTIPLES:
+        return None
+    return REMOVAL_MULTIPLES[paper].get(round(24 * removed / n_layers))

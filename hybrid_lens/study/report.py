@@ -21,7 +21,7 @@ import plotly.io as pio
 
 from .. import viz
 from . import published
-from .runner import CONTRIBUTIONS_FILE
+from .diagnostics import CONTRIBUTIONS_FILE
 from .store import StudyStore
 from .tables import StudyTables
 
@@ -33,6 +33,45 @@ METRIC_NAMES = {"norm_change": "norm change", "cosine": "cosine", "output_ratio"
 COMPONENT_NAMES = {"attn": "attention", "linear_attn": "Gated DeltaNet", "ssm": "SSM", "mlp": "MLP", "block": "block"}
 TASK_NAMES = {"ppl": "perplexity", "mmlu": "MMLU", "arc": "ARC-C", "hellaswag": "HellaSwag",
               "truthfulqa": "TruthfulQA MC1", "gsm8k": "GSM8K"}
+
+# Section key -> (title, how to read it), in report order.
+HEADINGS = {
+    "summary": ("Summary",
+        "What was run, the headline effects with their 95% CIs, and the paper's published values beside them (for a "
+        "bundled model, its full-size analogue's: other text, a far smaller model; compare directions, not "
+        "magnitudes)."),
+    "table1": ("Table 1 analogue: group ablation, absolute scores",
+        "Score per benchmark with all instances of one component kind removed; Δ = ablated - baseline score "
+        "(negative: worse) with its 95% CI. Radar (three or more benchmarks): one polygon per condition; the further "
+        "out, the higher the score."),
+    "table2": ("Table 2 analogue: perplexity under group ablation",
+        "Loss and perplexity with all instances of one component kind removed; x baseline is the perplexity ratio "
+        "with its 95% CI. Bars: log scale, baseline first; labels are multiples of the baseline."),
+    "table3": ("Table 3 analogue: mean benchmark score, targeted vs matched random",
+        "Mean score over the benchmarks run, targeted ablation vs the same number of randomly chosen layers; random /"
+        " targeted > 1 means the targeted components matter more (the random controls keep a higher score)."),
+    "table4": ("Table 4 analogue: perplexity, targeted vs matched random",
+        "Perplexity of the targeted ablation vs the mean of its matched random controls; random / targeted > 1 means "
+        "random layers hurt more than the targeted ones."),
+    "table5": ("Table 5 analogue: random layer removal, perplexity as a multiple of baseline",
+        "Whole layers skipped at random (sequential skip); mean and std of the perplexity multiple over trials."),
+    "table6": ("Table 6 analogue: positional thirds",
+        "One component kind removed in the early, middle or late third of the layers only; which third carries the "
+        "component's contribution."),
+    "layers": ("Layer-wise ablation",
+        "One component of one layer removed at a time (the method is in each row). Heatmap: layers left to right; "
+        "darker = larger effect; rows are component kinds."),
+    "hidden": ("Hidden-state metrics of the clean model",
+        "Per layer: norm change ||h_post - h_pre|| / ||h_pre||, cosine(h_pre, h_post), component output ratio "
+        "||f_c(h)|| / ||h||, ablation KL(p_clean || p_ablated) and the logit lens' KL to the final distribution; — = "
+        "the layer has no such component."),
+    "correlations": ("Hidden-state metric vs layer-ablation impact",
+        "Does a layer's metric predict what removing it costs? Pearson and Spearman correlation over layers (and "
+        "components); scatter: one point per layer component."),
+    "drops": ("Score drops with 95% bootstrap CIs (all conditions)",
+        "Every condition on every benchmark: score, Δ = ablated - baseline score (negative: worse) and its paired "
+        "bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline."),
+}
 
 
 @dataclass
@@ -56,6 +95,11 @@ class Section:
     title: str
     read: str
     parts: list[tuple[str, str, pd.DataFrame | None, object | None]] = field(default_factory=list)
+
+
+def _section(key: str) -> Section:
+    """An empty section with the heading and reading line of `HEADINGS[key]`."""
+    return Section(key, *HEADINGS[key])
 
 
 def load_studies(folder: str | Path) -> dict[str, StudyStore]:
@@ -127,9 +171,17 @@ class ReportBuilder:
             >>> [(s.key, len(s.parts)) for s in builder.sections()][:3]
             [('summary', 2), ('table2', 1), ('table5', 1)]
         """
-        found = [self._summary(), self._table1(), self._table2(), self._targeted_vs_random("score"), self._targeted_vs_random("perplexity"), self._table5(),
-                 self._table6(), self._layer_sweep(), self._hidden(), self._correlations(), self._drops()]
+        found = [self._summary(), self._table1(), self._table2(), self._targeted_vs_random("score"),
+                 self._targeted_vs_random("perplexity"), self._table5(), self._table6(), self._layer_sweep(),
+                 self._hidden(), self._correlations(), self._drops()]
         return [s for s in found if s.parts]
+
+    def _per_model(self, key: str, parts) -> Section:
+        """Section `key` with the parts `parts(model, tables)` gives for each model (none: no data there)."""
+        section = _section(key)
+        for model, t in self.tables.items():
+            section.parts.extend(parts(model, t))
+        return section
 
     # -- settings lines --------------------------------------------------------------------------
     def _ppl_setting(self, t: StudyTables) -> str:
@@ -139,19 +191,21 @@ class ReportBuilder:
                 f"windows, {N_RESAMPLES} resamples, seed 0")
 
     def _bench_setting(self, t: StudyTables) -> str:
-        tasks = ", ".join(f"{TASK_NAMES.get(task, task)} n={n}" for task, n in
-                          t.drops.groupby("task", sort=False).n.max().items()) if not t.drops.empty else ""
+        tasks = ", ".join(f"{TASK_NAMES.get(task, task)} n={n}" for task, n in t.benchmark_sizes().items())
         return (f"{tasks}; data: {t.meta.get('data', 'bundled')}; few-shot seed {t.meta.get('seed', 0)}; 95% CIs: "
                 f"paired bootstrap over examples, {N_RESAMPLES} resamples")
 
+    def _setting(self, t: StudyTables, task: str) -> str:
+        """The settings line of `task`'s numbers: perplexity windows or benchmark examples."""
+        return self._ppl_setting(t) if task == "ppl" else self._bench_setting(t)
+
     def _random_setting(self, t: StudyTables) -> str:
-        return f"{t.meta.get('trials', 3)} random trials per targeted condition, drawn with numpy default_rng(seed + 1), seed {t.meta.get('seed', 0)}"
+        return (f"{t.meta.get('trials', 3)} random trials per targeted condition, drawn with numpy "
+                f"default_rng(seed + 1), seed {t.meta.get('seed', 0)}")
 
     # -- sections --------------------------------------------------------------------------------
     def _summary(self) -> Section:
-        section = Section("summary", "Summary", "What was run, the headline effects with their 95% CIs, and the "
-                          "paper's published values beside them (for a bundled model, its full-size analogue's: "
-                          "other text, a far smaller model; compare directions, not magnitudes).")
+        section = _section("summary")
         runs, rows = [], []
         for model, t in self.tables.items():
             tasks = (["ppl"] if not t.ppl.empty else []) + sorted(set(t.drops.task) if not t.drops.empty else set())
@@ -162,14 +216,15 @@ class ReportBuilder:
                 rows.append({"model": model, "condition": r.condition, "removed": t.label(r.condition),
                              "measure": f"perplexity x baseline ({t.settings['ppl_text']})",
                              "ours [95% CI]": f"{number(r.ratio)} {interval(r.ratio_ci_low, r.ratio_ci_high)}",
-                             "paper": _paper_cell(value[2], paper, same) + where if value else ABSENT})
+                             "paper": _paper_cell(value[2], paper) + where if value else ABSENT})
             for r in t.in_groups(t.drops, "group").itertuples():
-                value = _paper_drop(paper, r.condition, r.task)
+                value = published.score_change(paper, r.condition, r.task)
                 rows.append({"model": model, "condition": r.condition, "removed": t.label(r.condition),
                              "measure": f"{TASK_NAMES.get(r.task, r.task)} score change (ablated - baseline)",
                              "ours [95% CI]": f"{number(r.delta)} {interval(r.ci_low, r.ci_high)}",
-                             "paper": _paper_cell(value, paper, same) + where if value is not None else ABSENT})
-            runs.append({"model": model, "conditions": f"{len(t.specs)}: {', '.join(_counts(t))}",
+                             "paper": _paper_cell(value, paper) + where if value is not None else ABSENT})
+            counts = [f"{n} {g}" for g, n in t.condition_counts().items()]
+            runs.append({"model": model, "conditions": f"{len(t.specs)}: {', '.join(counts)}",
                          "tasks": ", ".join(TASK_NAMES.get(x, x) for x in tasks),
                          "perplexity windows": self._ppl_setting(t).split(";")[0] if not t.ppl.empty else ABSENT,
                          "benchmarks": self._bench_setting(t).split(";")[0] if not t.drops.empty else ABSENT,
@@ -182,61 +237,37 @@ class ReportBuilder:
         return section
 
     def _table1(self) -> Section:
-        section = Section("table1", "Table 1 analogue: group ablation, absolute scores",
-                          "Score per benchmark with all instances of one component kind removed; Δ = ablated - "
-                          "baseline score (negative: worse) with its 95% CI. Radar (three or more benchmarks): one polygon per condition; "
-                          "the further out, the higher the score.")
-        for model, t in self.tables.items():
+        def parts(model: str, t: StudyTables) -> list:
             rows = t.in_groups(t.drops, "baseline", "group")
             if rows.empty:
-                continue
+                return []
             radar = viz.group_radar(rows, model, names=TASK_NAMES) if rows.task.nunique() >= 3 else None
-            section.parts.append((model, self._bench_setting(t), self._scores_display(t, rows), radar))
-        return section
+            return [(model, self._bench_setting(t), self._scores_display(t, rows), radar)]
+
+        return self._per_model("table1", parts)
 
     def _table2(self) -> Section:
-        section = Section("table2", "Table 2 analogue: perplexity under group ablation",
-                          "Loss and perplexity with all instances of one component kind removed; x baseline is "
-                          "the perplexity ratio with its 95% CI. Bars: log scale, baseline first; labels are "
-                          "multiples of the baseline.")
-        for model, t in self.tables.items():
-            rows = t.in_groups(t.ppl, "baseline", "group")
-            if rows.empty:
-                continue
-            section.parts.append((model, self._ppl_setting(t), self._ppl_display(t, rows, published.PERPLEXITY),
-                                  viz.perplexity_bars(rows, model, t.settings["ppl_text"], labels=t.label)))
-        return section
+        return self._per_model("table2", lambda model, t: self._ppl_parts(model, t, "group", published.PERPLEXITY))
 
     def _targeted_vs_random(self, value: str) -> Section:
         """Table 3 (`value="score"`) or Table 4 (`"perplexity"`)."""
-        if value == "score":
-            section = Section("table3", "Table 3 analogue: mean benchmark score, targeted vs matched random",
-                              "Mean score over the benchmarks run, targeted ablation vs the same number of randomly "
-                              "chosen layers; random / targeted > 1 means the targeted components matter more "
-                              "(the random controls keep a higher score).")
-        else:
-            section = Section("table4", "Table 4 analogue: perplexity, targeted vs matched random",
-                              "Perplexity of the targeted ablation vs the mean of its matched random controls; "
-                              "random / targeted > 1 means random layers hurt more than the targeted ones.")
         published_values = published.TARGETED_VS_RANDOM_SCORE if value == "score" else published.TARGETED_VS_RANDOM_PPL
-        for model, t in self.tables.items():
+
+        def parts(model: str, t: StudyTables) -> list:
             table = t.targeted_vs_random(value)
-            if not table.empty:
-                setting = self._bench_setting(t) if value == "score" else self._ppl_setting(t)
-                section.parts.append((model, f"{setting}; {self._random_setting(t)}",
-                                      self._random_display(t, table, published_values),
-                                      viz.targeted_vs_random_bars(table, model, "mean score" if value == "score"
-                                                                  else "perplexity")))
-        return section
+            if table.empty:
+                return []
+            setting = self._bench_setting(t) if value == "score" else self._ppl_setting(t)
+            return [(model, f"{setting}; {self._random_setting(t)}", self._random_display(t, table, published_values),
+                     viz.targeted_vs_random_bars(table, model, "mean score" if value == "score" else "perplexity"))]
+
+        return self._per_model("table3" if value == "score" else "table4", parts)
 
     def _table5(self) -> Section:
-        section = Section("table5", "Table 5 analogue: random layer removal, perplexity as a multiple of baseline",
-                          "Whole layers skipped at random (sequential skip); mean and std of the perplexity "
-                          "multiple over trials.")
-        for model, t in self.tables.items():
+        def parts(model: str, t: StudyTables) -> list:
             table = t.removal_multiples()
             if table.empty:
-                continue
+                return []
             paper, same = published.paper_model(model)
             n_layers = len(t.meta.get("layer_mixers", [])) or None
             display = pd.DataFrame({
@@ -244,28 +275,32 @@ class ReportBuilder:
                 "x baseline (mean)": table["mean"].map(number), "std": table["std"].map(number),
                 "trials": table["count"].map(number),
                 _paper_header("x baseline, 6 or 18 of 24 layers", paper, same) if paper else "paper": [
-                    _paper_cell(_paper_removal(paper, int(k), n_layers), paper, same) for k in table.removed]})
-            section.parts.append((model, f"{self._ppl_setting(t)}; {self._random_setting(t)}", display, None))
-        return section
+                    _paper_cell(published.removal_multiple(paper, int(k), n_layers), paper) for k in table.removed]})
+            return [(model, f"{self._ppl_setting(t)}; {self._random_setting(t)}", display, None)]
+
+        return self._per_model("table5", parts)
 
     def _table6(self) -> Section:
-        section = Section("table6", "Table 6 analogue: positional thirds",
-                          "One component kind removed in the early, middle or late third of the layers only; "
-                          "which third carries the component's contribution.")
-        for model, t in self.tables.items():
+        def parts(model: str, t: StudyTables) -> list:
             scores = t.in_groups(t.drops, "baseline", "positional")
+            found = []
             if t.in_groups(scores, "positional").shape[0]:
-                section.parts.append((f"{model}: scores", self._bench_setting(t), self._scores_display(t, scores), None))
-            ppl = t.in_groups(t.ppl, "baseline", "positional")
-            if t.in_groups(ppl, "positional").shape[0]:
-                section.parts.append((f"{model}: perplexity", self._ppl_setting(t), self._ppl_display(t, ppl, {}),
-                                      viz.perplexity_bars(ppl, model, t.settings["ppl_text"], labels=t.label)))
-        return section
+                found.append((f"{model}: scores", self._bench_setting(t), self._scores_display(t, scores), None))
+            return found + self._ppl_parts(model, t, "positional", {}, f"{model}: perplexity")
+
+        return self._per_model("table6", parts)
+
+    def _ppl_parts(self, model: str, t: StudyTables, group: str, paper_table: dict, heading: str | None = None) -> list:
+        """The perplexity table and bars of the baseline and the conditions of `group`: none without
+        perplexity, or (positional thirds) without a condition of `group`."""
+        rows = t.in_groups(t.ppl, "baseline", group)
+        if rows.empty or group == "positional" and t.in_groups(rows, group).empty:
+            return []
+        return [(heading or model, self._ppl_setting(t), self._ppl_display(t, rows, paper_table),
+                 viz.perplexity_bars(rows, model, t.settings["ppl_text"], labels=t.label))]
 
     def _layer_sweep(self) -> Section:
-        section = Section("layers", "Layer-wise ablation",
-                          "One component of one layer removed at a time (the method is in each row). Heatmap: "
-                          "layers left to right; darker = larger effect; rows are component kinds.")
+        section = _section("layers")
         tasks = sorted({task for t in self.tables.values() for task in (t.drops.task.unique() if not t.drops.empty else [])})
         tasks = (["ppl"] if any(not t.ppl.empty for t in self.tables.values()) else []) + tasks
         for task in tasks:
@@ -276,13 +311,12 @@ class ReportBuilder:
             what = "perplexity x baseline" if task == "ppl" else f"{TASK_NAMES.get(task, task)} score change"
             for model, sweep in sweeps.items():
                 t = self.tables[model]
-                grid = sweep.assign(value=np.exp(sweep.delta) if task == "ppl" else sweep.delta)
-                grid = grid.pivot_table(index="layer", columns="kind", values="value").sort_index()
+                grid = t.layer_grid(task)
                 grid.index = [f"L{i}" for i in grid.index]
                 grid.columns = [COMPONENT_NAMES.get(c, c) for c in grid.columns]
                 methods = sorted(set(sweep.method))
                 display = grid.map(number).reset_index(names="layer")
-                setting = (self._ppl_setting(t) if task == "ppl" else self._bench_setting(t)) + \
+                setting = self._setting(t, task) + \
                     f"; method: {', '.join(_METHODS.get(m, m) for m in methods)}; values: " + \
                     ("perplexity x baseline" if task == "ppl" else "score change vs baseline (ablated - baseline)")
                 section.parts.append((f"{model}: {what}", setting, display, None))
@@ -292,51 +326,45 @@ class ReportBuilder:
         return section
 
     def _hidden(self) -> Section:
-        section = Section("hidden", "Hidden-state metrics of the clean model",
-                          "Per layer: norm change ||h_post - h_pre|| / ||h_pre||, cosine(h_pre, h_post), "
-                          "component output ratio ||f_c(h)|| / ||h||, ablation KL(p_clean || p_ablated) and the "
-                          "logit lens' KL to the final distribution; — = the layer has no such component.")
-        for model, t in self.tables.items():
+        def parts(model: str, t: StudyTables) -> list:
             wide = t.hidden_wide()
             if wide.empty:
-                continue
+                return []
             display = wide.map(number)
             display.columns = [f"{METRIC_NAMES.get(m, m)} ({COMPONENT_NAMES.get(c, c)})" for m, c in wide.columns]
             display.index = [f"L{i}" for i in wide.index]
             setting = (f"the first {t.settings.get('diagnostic_tokens') or ABSENT} tokens of the {t.settings['ppl_text']} "
                        "text; ablation KL: zero the mixer or MLP, skip the block")
-            section.parts.append((model, setting, display.reset_index(names="layer"), None))
-        return section
+            return [(model, setting, display.reset_index(names="layer"), None)]
+
+        return self._per_model("hidden", parts)
 
     def _correlations(self) -> Section:
-        section = Section("correlations", "Hidden-state metric vs layer-ablation impact",
-                          "Does a layer's metric predict what removing it costs? Pearson and Spearman "
-                          "correlation over layers (and components); scatter: one point per layer component.")
-        for model, t in self.tables.items():
+        def impact(task: str) -> str:
+            return "log perplexity ratio" if task == "ppl" else f"{TASK_NAMES.get(task, task)} score change"
+
+        def parts(model: str, t: StudyTables) -> list:
             table, points = t.impact_correlations()
             if table.empty:
-                continue
+                return []
             display = pd.DataFrame({
-                "impact": table.task.map(lambda x: "log perplexity ratio" if x == "ppl" else f"{TASK_NAMES.get(x, x)} score change"),
+                "impact": table.task.map(impact),
                 "metric": table.metric.map(lambda m: METRIC_NAMES.get(m, m)), "points": table.n.map(number),
                 "Pearson r": table.pearson_r.map(number), "Pearson p": table.pearson_p.map(number),
                 "Spearman ρ": table.spearman_rho.map(number), "Spearman p": table.spearman_p.map(number)})
-            section.parts.append((model, "hidden-state metrics vs the layer-wise ablation table", display, None))
+            found = [(model, "hidden-state metrics vs the layer-wise ablation table", display, None)]
             for row in table.itertuples():
-                name = (METRIC_NAMES.get(row.metric, row.metric), "log perplexity ratio" if row.task == "ppl" else
-                        f"{TASK_NAMES.get(row.task, row.task)} score change")
-                section.parts.append((f"{model}: {name[0]} vs {name[1]}", "", None, viz.metric_vs_impact(
+                name = (METRIC_NAMES.get(row.metric, row.metric), impact(row.task))
+                found.append((f"{model}: {name[0]} vs {name[1]}", "", None, viz.metric_vs_impact(
                     points[f"{row.task}:{row.metric}"], "value", "impact", row._asdict(), model, names=name)))
-        return section
+            return found
+
+        return self._per_model("correlations", parts)
 
     def _drops(self) -> Section:
-        section = Section("drops", "Score drops with 95% bootstrap CIs (all conditions)",
-                          "Every condition on every benchmark: score, Δ = ablated - baseline score (negative: worse) and "
-                          "its paired bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline.")
-        every = []
-        for model, t in self.tables.items():
+        def parts(model: str, t: StudyTables) -> list:
             if t.drops.empty:
-                continue
+                return []
             d = t.drops
             display = pd.DataFrame({
                 "condition": d.condition, "removed": d.condition.map(t.label),
@@ -344,8 +372,10 @@ class ReportBuilder:
                 "baseline": d.baseline.map(number), "score": d.score.map(number), "Δ": d.delta.map(number),
                 "95% CI of Δ": [interval(a, b) for a, b in zip(d.ci_low, d.ci_high)],
                 "significant": d.significant.map(number)})
-            section.parts.append((model, self._bench_setting(t), display, None))
-            every.append(d.assign(model=model))
+            return [(model, self._bench_setting(t), display, None)]
+
+        section = self._per_model("drops", parts)
+        every = [t.drops.assign(model=model) for model, t in self.tables.items() if not t.drops.empty]
         if every:
             drops = pd.concat(every)
             section.parts.append(("All models", "score change (ablated - baseline) per model, condition and benchmark", None,
@@ -354,7 +384,6 @@ class ReportBuilder:
 
     # -- display helpers -------------------------------------------------------------------------
     def _scores_display(self, t: StudyTables, rows: pd.DataFrame) -> pd.DataFrame:
-        paper, same = published.paper_model(t.model)
         display = pd.DataFrame({"condition": list(dict.fromkeys(rows.condition))})
         display["removed"] = display.condition.map(t.label)
         for task, task_rows in rows.groupby("task", sort=False):
@@ -364,41 +393,33 @@ class ReportBuilder:
             display[f"{name} Δ [95% CI]"] = display.condition.map(
                 lambda c: ABSENT if c not in by.index or c == "baseline" else
                 f"{number(by.delta[c])} {interval(by.ci_low[c], by.ci_high[c])}")
-            if paper in published.SCORES:
-                display[_paper_header(name, paper, same)] = display.condition.map(lambda c: _paper_cell(
-                    published.SCORES[paper].get(c, {}).get(task), paper, same))
+            _add_paper_columns(display, t, display.condition, published.SCORES,
+                               {name: lambda entry, task=task: (entry or {}).get(task)})
         return display
 
     def _ppl_display(self, t: StudyTables, rows: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
-        paper, same = published.paper_model(t.model)
         display = pd.DataFrame({
             "condition": rows.condition, "removed": rows.condition.map(t.label), "loss": rows.loss.map(number),
             "perplexity": rows.ppl.map(number), "x baseline": rows.ratio.map(number),
             "95% CI of x baseline": [interval(a, b) for a, b in zip(rows.ratio_ci_low, rows.ratio_ci_high)]})
-        if paper in paper_table:
-            for i, what in enumerate(("loss", "PPL", "x baseline")):
-                display[_paper_header(what, paper, same)] = rows.condition.map(
-                    lambda c: _paper_cell((paper_table[paper].get(c) or (None,) * 3)[i], paper, same))
-        return display
+        return _add_paper_columns(display, t, rows.condition, paper_table, {
+            what: lambda entry, i=i: (entry or (None,) * 3)[i] for i, what in enumerate(("loss", "PPL", "x baseline"))})
 
     def _random_display(self, t: StudyTables, table: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
-        paper, same = published.paper_model(t.model)
         display = pd.DataFrame({
             "condition": table.condition, "removed": table.condition.map(t.label), "layers": table.layers.map(number),
             "targeted": table.targeted.map(number), "random mean": table.random_mean.map(number),
             "random std": table.random_std.map(number), "trials": table.trials.map(number),
             "random / targeted": table.ratio.map(number)})
-        if paper in paper_table:
-            display[_paper_header("targeted vs random mean ± std", paper, same)] = table.condition.map(
-                lambda c: _paper_cell(paper_table[paper].get(c), paper, same))
-        return display
+        return _add_paper_columns(display, t, table.condition, paper_table,
+                                  {"targeted vs random mean ± std": lambda entry: entry})
 
 
 _METHODS = {"skip": "sequential skip (whole layer)", "zero": "parallel zeroing (one path)",
             "mixer_off": "mixer-only zeroing (MLP kept)"}
 
 
-def _paper_cell(value, paper: str | None, same: bool) -> str:
+def _paper_cell(value, paper: str | None) -> str:
     """A published value (or a (targeted, mean, std) triple), formatted."""
     if value is None or paper is None:
         return ABSENT
@@ -407,28 +428,21 @@ def _paper_cell(value, paper: str | None, same: bool) -> str:
     return number(value)
 
 
+def _add_paper_columns(display: pd.DataFrame, t: StudyTables, conditions: pd.Series, paper_table: dict,
+                       columns: dict) -> pd.DataFrame:
+    """`display` with one column of published values per `columns` item (header -> the value picked
+    from the paper's entry of a condition), if `paper_table` has the paper's analogue of `t.model`."""
+    paper, same = published.paper_model(t.model)
+    if paper in paper_table:
+        for what, pick in columns.items():
+            display[_paper_header(what, paper, same)] = conditions.map(
+                lambda c, pick=pick: _paper_cell(pick(paper_table[paper].get(c)), paper))
+    return display
+
+
 def _paper_header(what: str, paper: str, same: bool) -> str:
     """Column header of published values: the paper's model, marked when ours is a bundled analogue."""
     return f"paper {what} ({paper.split('/')[-1]}{'' if same else ', full-size analogue'})"
-
-
-def _paper_drop(paper: str | None, condition: str, task: str) -> float | None:
-    scores = published.SCORES.get(paper, {})
-    if condition not in scores or "baseline" not in scores:
-        return None
-    return round(scores[condition][task] - scores["baseline"][task], 3)
-
-
-def _paper_removal(paper: str | None, k: int, n_layers: int | None) -> float | None:
-    """The paper's multiple for the same fraction of layers removed (6/24 or 18/24)."""
-    if not n_layers or paper not in published.REMOVAL_MULTIPLES:
-        return None
-    return published.REMOVAL_MULTIPLES[paper].get(round(24 * k / n_layers))
-
-
-def _counts(t: StudyTables) -> list[str]:
-    groups = pd.Series([s["group"] for s in t.specs]).value_counts(sort=False)
-    return [f"{n} {g}" for g, n in groups.items()]
 
 
 # -- rendering -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The study runner: every (condition, task) pair of a study, evaluated once, stored durably.
 
-Conditions come from the model's layer kinds (`study.conditions`); tasks from `study.tasks`.
+Conditions come from the model's layer kinds (`study.plan`); tasks from `study.tasks`; the
+clean model's diagnostics, computed once per study, from `study.diagnostics`.
 Finished pairs are skipped on a rerun, so an interrupted study resumes where it stopped; a
 folder holds one study: a rerun with settings that change a number is refused (`StudySpec.identity`).
 Conditions of a loglikelihood task are evaluated `SWEEP_GROUP` at a time as one `Sweep`: each
@@ -27,10 +28,12 @@ from pydantic.dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from .. import zoo
-from .conditions import GROUPS, METHODS, study_conditions
-from .store import StudyStore, clean_stale_temporaries, delete_store, new_owner
+from .plan import GROUPS, METHODS, study_conditions
 from ..interventions import Sweep
-from .tasks import SWEEPABLE, TASKS, check_tasks, evaluate
+from .diagnostics import (CONTRIBUTION_TOKENS, CONTRIBUTIONS_FILE, DIAGNOSTIC_TOKENS, HIDDEN_TASK, diagnostic_tokens,
+                          hidden_metrics, to_store, write_contributions)
+from .store import StudyStore, clean_stale_temporaries, delete_store, new_owner
+from .tasks import SWEEPABLE, TASKS, check_tasks, evaluate, ppl_text, ppl_text_label
 
 PPL_SOURCES = ("auto", "kjv-validation", "wikitext2")  # besides a .txt / .txt.gz file
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -48,7 +51,7 @@ class StudySpec:
     Attributes:
         model: hub name, local folder or bundled name of the model.
         tasks: study tasks (`study.tasks.TASKS`: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k).
-        groups: condition groups (`study.conditions.GROUPS`).
+        groups: condition groups (`study.plan.GROUPS`).
         n: examples per benchmark, windows for perplexity.
         method: ablation method (`auto`, `skip`, `zero`, `mixer_off`).
         trials: random-control draws per targeted condition.
@@ -197,8 +200,6 @@ def settings(spec: StudySpec) -> dict:
         >>> settings(StudySpec(model="hybrid-lens/tiny-qwen3.5", tasks=("ppl",), n=8))
         {'ppl_text': 'held-out KJV', 'ppl_context': 256, 'ppl_stride': 256, 'diagnostic_tokens': 256}
     """
-    from .tasks import ppl_text_label
-
     context, stride = ppl_windows(spec)
     return dict(ppl_text=ppl_text_label(spec.model, spec.ppl_source), ppl_context=context, ppl_stride=stride,
                 diagnostic_tokens=min(DIAGNOSTIC_TOKENS, context))
@@ -301,9 +302,11 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
                     bar.update(len(group))
             for _ in claimed_groups(store, HIDDEN_TASK, ["baseline"], 1, owner):
                 start = time.perf_counter()
-                tokens = diagnostic_tokens(model, spec)
+                text = ppl_text(spec.model, spec.ppl_source)
+                tokens = diagnostic_tokens(model, text, settings(spec)["diagnostic_tokens"])
                 write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder / CONTRIBUTIONS_FILE)
-                store.write("baseline", HIDDEN_TASK, hidden_metrics(model, tokens), time.perf_counter() - start)
+                store.write("baseline", HIDDEN_TASK, to_store(hidden_metrics(model, tokens)),
+                            time.perf_counter() - start)
     finally:
         bar.close()
         store.close()
@@ -378,65 +381,3 @@ def torch_threads(threads: int | None):
 
 
 SWEEP_GROUP = 16  # conditions per Sweep and per claim (results are stored after each group)
-HIDDEN_TASK = "hidden"
-DIAGNOSTIC_TOKENS = 512
-CONTRIBUTION_TOKENS = 64
-CONTRIBUTIONS_FILE = "contributions.html"
-
-
-def diagnostic_tokens(model, spec: StudySpec):
-    """The protocol's diagnostic text: the first 512 tokens of the perplexity text, or one
-    perplexity window if that is shorter (a bundled model's 256 trained positions), `[1, pos]`.
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> diagnostic_tokens(model, StudySpec(model="hybrid-lens/tiny-qwen3.5")).shape
-        torch.Size([1, 256])
-    """
-    from .tasks import ppl_text
-
-    tokens = model.to_tokens(ppl_text(spec.model, spec.ppl_source)[:20_000])
-    return tokens[:, : settings(spec)["diagnostic_tokens"]]
-
-
-def hidden_metrics(model, tokens) -> pd.DataFrame:
-    """Per-layer hidden-state metrics of the clean model, as rows example=layer, metric=`{metric}|{component}`.
-
-    `tokens`: `Int[Tensor, "batch pos"]`, usually `diagnostic_tokens`. See
-    `analysis.layer_metrics` for the metrics (the ablation KLs make it slow on a CPU).
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> tokens = model.to_tokens("In the beginning God created the heaven and the earth.")
-        >>> rows = hidden_metrics(model, tokens)                                 # doctest: +SKIP
-        >>> rows.head(3)                                                         # doctest: +SKIP
-           example                    metric     value
-        0        0         norm_change|block  ...
-        1        0              cosine|block  ...
-        2        0  output_ratio|linear_attn  ...
-    """
-    from ..analysis import layer_metrics
-
-    table = layer_metrics(model, tokens)
-    return pd.DataFrame(dict(example=table.layer, metric=table.metric + "|" + table.component, value=table.value))
-
-
-def write_contributions(model, tokens, path: Path) -> None:
-    """The per-token component-contribution view of the clean model, as an HTML fragment (atomic write).
-
-    `tokens`: `Int[Tensor, "1 pos"]` (the study uses the first 64 diagnostic tokens).
-
-    Examples:
-        >>> import tempfile
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> path = Path(tempfile.mkdtemp()) / CONTRIBUTIONS_FILE
-        >>> write_contributions(model, model.to_tokens("In the beginning God created"), path)
-        >>> path.read_text()[:33]
-        '<div class="hl-contributions" sty'
-    """
-    from ..analysis import contributions_html, token_contributions
-
-    _, cache = model.run_with_cache(tokens)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(contributions_html(token_contributions(model, cache, tokens)), encoding="utf-8")
-    temporary.replace(path)

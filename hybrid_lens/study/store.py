@@ -215,7 +215,7 @@ class StudyStore:
 
         Examples:
             >>> import tempfile
-            >>> from hybrid_lens.study.conditions import baseline
+            >>> from hybrid_lens.study.plan import baseline
             >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
             >>> store.save_conditions([baseline().to_dict(), {"name": "L3_off", "group": "layer"}])
             >>> [spec["name"] for spec in store.conditions()]
@@ -232,7 +232,7 @@ class StudyStore:
 
         Examples:
             >>> import tempfile
-            >>> from hybrid_lens.study.conditions import group_ablations
+            >>> from hybrid_lens.study.plan import group_ablations
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
             >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
             >>> store.save_conditions(c.to_dict() for c in group_ablations(model.layer_mixers))

@@ -5,10 +5,10 @@ Everything is computed from a `StudyStore`, so a finished study re-renders witho
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from . import stats
-from .runner import HIDDEN_TASK
+from . import diagnostics, stats
 from .store import StudyStore
 from .tasks import REPORTED_METRIC, ppl_text_label
 
@@ -58,10 +58,7 @@ class StudyTables:
         ppl_rows = results[(results.task == stats.PPL_TASK) & (results.condition == "baseline")]
         self.ppl_tokens = int(ppl_rows[ppl_rows.metric == "tokens"].value.sum())
         self.ppl_windows = int((ppl_rows.metric == "tokens").sum())
-        hidden = results[results.task == HIDDEN_TASK]
-        names = hidden.metric.str.split("|", expand=True) if not hidden.empty else pd.DataFrame(columns=[0, 1])
-        self.hidden = pd.DataFrame(dict(layer=hidden.example.to_numpy(), metric=names[0].to_numpy(),
-                                        component=names[1].to_numpy(), value=hidden.value.to_numpy()))
+        self.hidden = diagnostics.from_store(results)
 
     def group_of(self, condition: str) -> str:
         """The condition group of a condition name (`baseline`, `group`, `layer`, ...).
@@ -154,6 +151,42 @@ class StudyTables:
                                   delta=rows[column].to_numpy(),
                                   method=spec.map(lambda s: s.get("method") or "").to_numpy()))
         return table.sort_values(["layer", "kind"], kind="stable").reset_index(drop=True)
+
+    def layer_grid(self, task: str) -> pd.DataFrame:
+        """The layer sweep of `task` as layer x kind: the perplexity multiple of baseline for `ppl`,
+        the score change (ablated - baseline) otherwise; NaN where a layer has no such component.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.layer_grid("ppl").columns.tolist()
+            ['attn']
+        """
+        sweep = self.layer_sweep(task)
+        grid = sweep.assign(value=np.exp(sweep.delta) if task == stats.PPL_TASK else sweep.delta)
+        return grid.pivot_table(index="layer", columns="kind", values="value").sort_index()
+
+    def condition_counts(self) -> pd.Series:
+        """How many conditions each group has, groups in study order.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.condition_counts().to_dict()
+            {'baseline': 1, 'group': 1, 'layer': 8, 'transformer': 6}
+        """
+        return pd.Series([s["group"] for s in self.specs]).value_counts(sort=False)
+
+    def benchmark_sizes(self) -> pd.Series:
+        """Examples scored per benchmark (the most over its conditions), benchmarks in study order;
+        empty without benchmarks.
+
+        Examples:
+            >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
+            >>> tables.benchmark_sizes().empty                   # a perplexity-only study
+            True
+        """
+        if self.drops.empty:
+            return pd.Series(dtype=int)
+        return self.drops.groupby("task", sort=False).n.max()
 
     def hidden_wide(self) -> pd.DataFrame:
         """Per-layer hidden-state metrics of the clean model: layer x (metric, component), layers in

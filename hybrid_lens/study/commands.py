@@ -1,17 +1,22 @@
-"""`hybrid-lens study` and `hybrid-lens report`."""
+"""The `study` and `report` subcommands, added to the package's one command line, `hybrid_lens.cli`
+(which owns the parser, the `hooks` and `models` commands and the error handling). Formerly
+`study.cli`, a name that still imports.
+
+The `study` options that set a `StudySpec` field take their default, choices and lower bound from
+that field (`spec_option`), so each lives in one place: `StudySpec`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 
 from .. import zoo
-from .conditions import GROUPS, METHODS
-from .runner import DTYPES
+from .runner import StudySpec
 from .store import clean_stale_temporaries
-from .tasks import TASKS
 
-CONDITION_GROUPS = [g for g in GROUPS if g != "baseline"]
+SPEC_FIELDS = StudySpec.__pydantic_fields__
 
 
 def _csv(valid: list[str], what: str):
@@ -40,17 +45,48 @@ def _at_least(minimum: int):
     return parse
 
 
+def spec_option(field: str) -> dict:
+    """The `add_argument` keywords of an option setting `StudySpec.<field>`: its default, and
+    `choices` (a `Literal` field) or an integer `type` with the field's lower bound.
+
+    Examples:
+        >>> spec_option("dtype")
+        {'default': 'float32', 'choices': ('float32', 'bfloat16', 'float16', 'float64')}
+        >>> option = spec_option("n")
+        >>> option["default"], option["type"]("3")
+        (200, 3)
+        >>> option["type"]("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be at least 1, got 0
+    """
+    info = SPEC_FIELDS[field]
+    option = {"default": info.get_default()}
+    if typing.get_origin(info.annotation) is typing.Literal:
+        option["choices"] = typing.get_args(info.annotation)
+    for bound in info.metadata:  # pydantic's Ge / Gt constraints of an integer field
+        if getattr(bound, "ge", None) is not None:
+            option["type"] = _at_least(bound.ge)
+        elif getattr(bound, "gt", None) is not None:
+            option["type"] = _at_least(bound.gt + 1)
+    return option
+
+
+TASKS = spec_option("tasks")["default"]  # every study task
+CONDITION_GROUPS = tuple(g for g in spec_option("groups")["default"] if g != "baseline")  # --conditions
+SPEC_OPTIONS = ("tasks", "n", "method", "trials", "seed", "dtype", "ppl_source", "ppl_context", "data",
+                "condition_batch", "device_map")  # the StudySpec fields set by an option of the same name
+
+
 def _study(args) -> None:
     from .report import render_report
-    from .runner import StudySpec, check_out_folder, run_study, spec_error
+    from .runner import check_out_folder, run_study, spec_error
 
     check_out_folder(args.out)
     specs = []
     for name in args.model or list(zoo.ZOO_MODELS):  # every model and setting checked before any work
-        fields = dict(model=name, tasks=args.tasks, groups=("baseline", *args.conditions), n=args.n,
-                      method=args.method, trials=args.trials, seed=args.seed, dtype=args.dtype,
-                      ppl_source=args.ppl_text, ppl_context=args.ppl_context, data=args.data,
-                      condition_batch=args.condition_batch, device_map=args.device_map)
+        fields = dict(model=name, groups=("baseline", *args.conditions),
+                      **{field: getattr(args, field) for field in SPEC_OPTIONS})
         error = spec_error(StudySpec, **fields)
         if error:
             raise ValueError(f"invalid study settings: {error}")
@@ -95,34 +131,38 @@ def add_study_commands(commands) -> None:
                     "With no --model, runs the three bundled models offline.")
     study.add_argument("--model", action="append", help="Hub name, local folder or bundled name; repeat for several "
                        f"(default: {', '.join(zoo.ZOO_MODELS)}).")
-    study.add_argument("--tasks", type=_csv(list(TASKS), "task"), default=tuple(TASKS),
+    n, trials, ppl_source, data = (spec_option(f)["default"] for f in ("n", "trials", "ppl_source", "data"))
+    study.add_argument("--tasks", type=_csv(list(TASKS), "task"), default=TASKS,
                        help=f"Comma-separated tasks (default: all of {', '.join(TASKS)}).")
-    study.add_argument("--conditions", type=_csv(CONDITION_GROUPS, "condition group"),
-                       default=tuple(CONDITION_GROUPS),
+    study.add_argument("--conditions", type=_csv(list(CONDITION_GROUPS), "condition group"),
+                       default=CONDITION_GROUPS,
                        help="Condition groups besides the baseline: group (one component kind off everywhere), "
                             "layer (each component of each layer), positional (early/middle/late thirds, parallel "
                             "hybrids), random (matched random controls), transformer (random layer removal on a "
                             "pure transformer). Default: all.")
-    study.add_argument("--n", type=_at_least(1), default=200, help="Examples per benchmark; windows for perplexity (default 200).")
-    study.add_argument("--method", choices=METHODS, default="auto",
+    study.add_argument("--n", **spec_option("n"),
+                       help=f"Examples per benchmark; windows for perplexity (default {n}).")
+    study.add_argument("--method", **spec_option("method"),
                        help="Ablation method: auto = skip whole layers on one-mixer-per-layer models and zero the "
                             "path on parallel hybrids (the paper's choice); skip, zero, or mixer_off (zero every "
                             "mixer, keep the MLP).")
-    study.add_argument("--trials", type=_at_least(1), default=3, help="Random-control trials per targeted condition.")
-    study.add_argument("--seed", type=_at_least(0), default=0, help="Seed of random controls and bootstrap.")
-    study.add_argument("--dtype", default="float32", choices=DTYPES, help="torch dtype to load the model in.")
-    study.add_argument("--device-map", help="Passed to from_pretrained as device_map (e.g. auto: accelerate places "
-                                            "the model over the available GPUs, CPU and disk).")
-    study.add_argument("--ppl-text", default="auto",
-                       help="Perplexity text: auto (bundled models: their held-out split; others: WikiText-2), "
-                            "wikitext2 (bundled test split), kjv-validation, or a .txt/.txt.gz path.")
-    study.add_argument("--data", default="bundled",
-                       help="Benchmark data: bundled (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
+    study.add_argument("--trials", **spec_option("trials"),
+                       help=f"Random-control trials per targeted condition (default {trials}).")
+    study.add_argument("--seed", **spec_option("seed"), help="Seed of random controls and bootstrap.")
+    study.add_argument("--dtype", **spec_option("dtype"), help="torch dtype to load the model in.")
+    study.add_argument("--device-map", **spec_option("device_map"),
+                       help="Passed to from_pretrained as device_map (e.g. auto: accelerate places "
+                            "the model over the available GPUs, CPU and disk).")
+    study.add_argument("--ppl-text", dest="ppl_source", **spec_option("ppl_source"),
+                       help=f"Perplexity text: {ppl_source} (bundled models: their held-out split; others: "
+                            "WikiText-2), wikitext2 (bundled test split), kjv-validation, or a .txt/.txt.gz path.")
+    study.add_argument("--data", **spec_option("data"),
+                       help=f"Benchmark data: {data} (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
                             "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
-    study.add_argument("--ppl-context", type=_at_least(2), default=None,
+    study.add_argument("--ppl-context", **spec_option("ppl_context"),
                        help="Perplexity window length in tokens (default: bundled models use their model card's "
                             "disjoint windows of the trained length, 256; other models 512, stride 256).")
-    study.add_argument("--condition-batch", type=_at_least(1), default=None,
+    study.add_argument("--condition-batch", **spec_option("condition_batch"),
                        help="Most conditions per forward pass for loglikelihood tasks (condition batching; default: "
                             "the Sweep's, which plans the passes from a cost model measured on the device). "
                             "Results agree for any value (to float rounding); memory grows with it.")

@@ -1,4 +1,8 @@
-"""Condition generators of the component-ablation protocol, derived from the model's layer kinds.
+"""The study's plan: the named conditions of the component-ablation protocol, derived from the
+model's layer kinds (formerly `study.conditions`, a name that still imports).
+
+Each `StudyCondition` names, groups and describes one `interventions.Condition` (the general,
+composable intervention that does the ablating) for the store, the statistics and the report.
 
 Every generator reads `model.layer_mixers`; nothing is hard-coded per checkpoint. The default
 ablation method follows the paper: sequential skip for one-mixer-per-layer models (Qwen3.5,
