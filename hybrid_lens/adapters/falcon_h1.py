@@ -15,8 +15,8 @@ from ..hook_points import Tap
 from ..mixers import mamba2
 from ..mixers.state import split_scan
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
-from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, input_tap,
-                   mixer_output, single)
+from .taps import (add_attention_points, add_projection_point, input_tap, mixer_output,
+                   recurrent_eager_tap, refuse_cache, single)
 
 
 class FalconH1Adapter(Adapter):
@@ -87,10 +87,9 @@ def add_mamba2_points(hooks: MixerHooks, mamba, pattern_mode: Tap) -> list[Tap]:
         add_projection_point(hooks, mamba.in_proj, "hook_in_proj", None, "in_proj output"),
         input_tap(hooks, mamba.out_proj, split, join, ["hook_y"], "out_proj input"),
     ]
-    names = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_pattern"]
-    forward = _eager_mamba2(mamba, hooks, pattern_mode)
-    eager = eager_forward_tap(hooks, mamba, forward, names, "eager Mamba-2 forward")
-    add_state_point(hooks, eager)
+    eager = recurrent_eager_tap(hooks, mamba, _eager_mamba2(mamba, hooks, pattern_mode),
+                                ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_pattern"],
+                                "eager Mamba-2 forward")
     return [*taps, eager]
 
 
@@ -98,10 +97,7 @@ def _eager_mamba2(mamba, hooks: MixerHooks, pattern_mode: Tap):
     """The `transformers` Falcon-H1 Mamba-2 forward (no-cache path) with hook points on x/B/C/dt/z."""
 
     def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
-        if cache is not None:
-            raise NotImplementedError(
-                "Inner Mamba-2 hook points (hook_x/B/C/dt/z/conv) need a run without a cache: pass use_cache=False."
-            )
+        refuse_cache(cache, "Mamba-2 (hook_x/B/C/dt/z/conv, hook_state)")
         if mamba.training:
             warnings.warn("Inner Mamba-2 hook points run the unfused scan path; in training mode transformers would "
                           "otherwise use the fused mamba_split_conv1d_scan_combined kernel (when mamba-ssm is "

@@ -14,8 +14,8 @@ from ..mixers import gated_deltanet
 from ..mixers.state import split_scan
 from ..vocabulary import point_name
 from .base import Adapter, HookedBlock, MixerHooks, resid_in
-from .taps import (add_attention_points, add_projection_point, add_state_point, eager_forward_tap, output_tap,
-                   mixer_output)
+from .taps import (add_attention_points, add_projection_point, mixer_output, output_tap,
+                   recurrent_eager_tap, refuse_cache)
 
 KIND_OF_LAYER_TYPE = {"linear_attention": "linear_attn", "full_attention": "attn"}
 
@@ -95,20 +95,14 @@ def add_gated_deltanet_points(hooks: MixerHooks, gdn, pattern_mode: Tap) -> list
     ]
     names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
     forward = _eager_gated_deltanet(gdn, hooks, pattern_mode)
-    eager = eager_forward_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward")
-    add_state_point(hooks, eager)
-    return [*taps, eager]
+    return [*taps, recurrent_eager_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward")]
 
 
 def _eager_gated_deltanet(gdn, hooks: MixerHooks, pattern_mode: Tap):
     """The `transformers` Gated DeltaNet forward (no-cache path) with hook points on its intermediates."""
 
     def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
-        if cache is not None:
-            raise NotImplementedError(
-                "Inner Gated DeltaNet hook points (hook_q/k/v, hook_beta, hook_log_decay, "
-                "hook_recurrence_out) need a run without a cache: pass use_cache=False."
-            )
+        refuse_cache(cache, "Gated DeltaNet (hook_q/k/v, hook_beta, hook_log_decay, hook_recurrence_out, hook_state)")
         hidden_states = hf.apply_mask_to_padding_states(hidden_states, attention_mask)
         batch, seq, _ = hidden_states.shape
         mixed_qkv = gdn.in_proj_qkv(hidden_states).transpose(1, 2)

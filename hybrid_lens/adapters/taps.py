@@ -107,6 +107,19 @@ def add_state_point(hooks: MixerHooks, eager: Tap) -> StateHookPoint:
     return point
 
 
+def recurrent_eager_tap(hooks: MixerHooks, module: nn.Module, forward: Callable, names: list[str], where: str) -> Tap:
+    """`eager_forward_tap` of a recurrent mixer, with its `hook_state` point fed by the same forward."""
+    eager = eager_forward_tap(hooks, module, forward, names, where)
+    add_state_point(hooks, eager)
+    return eager
+
+
+def refuse_cache(cache, points: str) -> None:
+    """Inner points of a recurrent mixer's eager forward exist only for runs without a cache."""
+    if cache is not None:
+        raise NotImplementedError(f"Inner {points} hook points need a run without a cache: pass use_cache=False.")
+
+
 def mixer_output(hooks: MixerHooks, recurrence: Callable[[], torch.Tensor], pattern: Callable[[], torch.Tensor],
                  apply: Callable[[torch.Tensor], torch.Tensor], pattern_mode: Tap) -> torch.Tensor:
     """A linear mixer's scan output, with its `hook_pattern` (implicit attention) in the loop.

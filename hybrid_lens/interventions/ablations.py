@@ -451,8 +451,7 @@ class Patch(_FromReference):
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> source = Patch("And God said unto Moses")
             >>> source.prepare(model, Selector("attn", layers=2).targets(model.layer_mixers))
-            >>> hook = model.hook_dict["blocks.2.hook_attn_out"]
-            >>> source.replace(torch.zeros(1, 5, 128), hook).shape
+            >>> source.replace(torch.zeros(1, 5, 128), model.hook_dict["blocks.2.hook_attn_out"]).shape
             torch.Size([1, 5, 128])
         """
         source = self._values[hook.name]

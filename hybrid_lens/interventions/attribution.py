@@ -11,14 +11,8 @@ from .patching import Metric, kl_metric, patch_jobs, same_shape_tokens
 from .selectors import Selector
 
 
-def attribution_patch(
-    model,
-    clean,
-    corrupt,
-    where: Selector | Sequence[Selector] | None = None,
-    positions: Sequence[int] | str | None = None,
-    metric: Metric | None = None,
-) -> pd.DataFrame:
+def attribution_patch(model, clean, corrupt, where: Selector | Sequence[Selector] | None = None,
+                      positions: Sequence[int] | str | None = None, metric: Metric | None = None) -> pd.DataFrame:
     """Estimate `patch(...)` for every component at once: `metric(corrupt) + (a_clean - a_corrupt) . grad`.
 
     The gradient of the metric with respect to each hook point's activation `a` is taken on the

@@ -37,10 +37,8 @@ def decay_matrix(log_decay: Float[Tensor, "batch head pos"]) -> Float[Tensor, "b
 
 
 def implicit_attention(
-    query: Float[Tensor, "batch pos k_head d_k"],
-    key: Float[Tensor, "batch pos k_head d_k"],
-    log_decay: Float[Tensor, "batch pos v_head"],
-    beta: Float[Tensor, "batch pos v_head"],
+    query: Float[Tensor, "batch pos k_head d_k"], key: Float[Tensor, "batch pos k_head d_k"],
+    log_decay: Float[Tensor, "batch pos v_head"], beta: Float[Tensor, "batch pos v_head"],
 ) -> Float[Tensor, "batch v_head pos pos"]:
     """The matrix `P` with `recurrence_out[b, t, h] = sum_s P[b, h, t, s] * v[b, s, h]` (float32).
 

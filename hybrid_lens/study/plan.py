@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..interventions import Condition, Selector, SkipLayer, Zero, layer_thirds
-from ..interventions.selectors import THIRDS
+from ..interventions import THIRDS, Condition, ablation_of, layer_thirds
 
 METHODS = ("auto", "skip", "zero", "mixer_off")
 GROUPS = ("baseline", "group", "layer", "positional", "random", "transformer")
@@ -178,12 +177,7 @@ def ablate(kind: str, layers: Sequence[int], method: str, name: str) -> Conditio
         >>> ablate("ssm", [0], "zero", "L0_ssm_off").items
         ((Selector(kind='ssm', layers=(0,), positions=None, point=None), Zero()),)
     """
-    layers = tuple(layers)
-    if method == "skip":
-        return Condition.of(Selector("block", layers), SkipLayer(), name)
-    if method == "mixer_off":
-        return Condition.of(Selector("mixer", layers), Zero(), name)
-    return Condition.of(Selector(kind, layers), Zero(), name)
+    return ablation_of({"skip": "block", "mixer_off": "mixer"}.get(method, kind), tuple(layers), name)
 
 
 def mixer_kinds(layer_mixers) -> list[str]:

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..evals import exp_or_inf
+
 PPL_TASK = "ppl"
 
 
@@ -133,14 +135,9 @@ def perplexity_table(results: pd.DataFrame, n_resamples: int = 1000, seed: int =
             return np.sum(c, axis=axis) / tokens_c.sum() - np.sum(b, axis=axis) / tokens_b.sum()
 
         point, low, high = paired_bootstrap(group.nll_sum.to_numpy(), base.nll_sum.to_numpy(), log_ratio, n_resamples, seed)
-        rows.append(dict(condition=condition, loss=loss, ppl=_safe_exp(loss), log_ratio=point,
-                         ratio=_safe_exp(loss - base_loss), ratio_ci_low=_safe_exp(low), ratio_ci_high=_safe_exp(high)))
+        rows.append(dict(condition=condition, loss=loss, ppl=exp_or_inf(loss), log_ratio=point,
+                         ratio=exp_or_inf(loss - base_loss), ratio_ci_low=exp_or_inf(low), ratio_ci_high=exp_or_inf(high)))
     return pd.DataFrame(rows)
-
-
-def _safe_exp(x: float) -> float:
-    """exp(x), or inf beyond float range (the log value is kept alongside)."""
-    return float(np.exp(x)) if x < 709 else float("inf")
 
 
 def targeted_vs_random(values: pd.Series, conditions: list[dict]) -> pd.DataFrame:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 
 import pandas as pd
 
 from .. import zoo
 from ..evals import perplexity, wikitext2
-from ..evals.tasks import TASKS as BENCHMARK_FUNCTIONS
+from ..interventions import as_sweep
+from ..evals.tasks import TASKS as BENCHMARKS, Task, get_task
 
 Evaluator = Callable[..., pd.DataFrame]
 
@@ -82,7 +82,7 @@ def evaluate_ppl(model, condition, n: int, seed: int, model_name: str = "", ppl_
     """
     result = perplexity(model, ppl_text(model_name, ppl_source), context_length=ppl_context,
                         stride=ppl_stride or ppl_context // 2, condition=condition, max_windows=n, progress=False)
-    return [long_windows(r) for r in result] if isinstance(result, list) else long_windows(result)
+    return as_sweep(condition).map(lambda _, r: long_windows(r), result)
 
 
 def long_windows(result) -> pd.DataFrame:
@@ -101,48 +101,25 @@ def long_windows(result) -> pd.DataFrame:
     return result.windows.melt(id_vars="example", value_vars=["nll_sum", "tokens"], var_name="metric")
 
 
-# study task name -> (evals task, the metric the report shows)
-BENCHMARKS = {
-    "mmlu": ("mmlu", "acc"),
-    "arc": ("arc_challenge", "acc_norm"),
-    "hellaswag": ("hellaswag", "acc_norm"),
-    "truthfulqa": ("truthfulqa_mc", "mc1"),
-    "gsm8k": ("gsm8k_cot", "exact_match_flexible"),
-}
-
-
-def benchmark(task: str) -> Evaluator:
-    """The study evaluator of a benchmark: its per-example metrics as long rows.
-
-    `task` is a study task name (a key of `BENCHMARKS`: `mmlu`, `arc`, `hellaswag`, `truthfulqa`,
-    `gsm8k`). The evaluator takes `(model, condition, n, seed, data="bundled")`.
+def benchmark(task: Task) -> Evaluator:
+    """The study evaluator of a benchmark of `hybrid_lens.evals.TASKS`: its per-example metrics as
+    long rows. The evaluator takes `(model, condition, n, seed, data="bundled")`; `data`: `bundled`
+    (offline subsets shipped with hybrid-lens), `hub` (the usual hub datasets), or a local file.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-        >>> arc = benchmark("arc")
+        >>> arc = benchmark(get_task("arc"))
         >>> rows = arc(model, None, n=2, seed=0)       # bundled data, 25 shots
         >>> rows.metric.unique().tolist(), len(rows)
         (['acc', 'acc_norm'], 4)
     """
-    function = BENCHMARK_FUNCTIONS[BENCHMARKS[task][0]]
-    takes_seed = "seed" in inspect.signature(function).parameters
-
-    def evaluate_benchmark(model, condition, n: int, seed: int, data: str = "bundled",
-                           **_) -> pd.DataFrame | list[pd.DataFrame]:
-        """`data`: `bundled` (offline subsets shipped with hybrid-lens), `hub` (the usual hub datasets),
-        or a local file in the task's format."""
-        options = dict(n=n, condition=condition, progress=False, source=None if data == "hub" else data)
-        if takes_seed:
-            options["seed"] = seed
-        result = function(model, **options)
-        return [r.long() for r in result] if isinstance(result, list) else result.long()
-
-    return evaluate_benchmark
+    return lambda model, condition, n, seed, data="bundled", **_: task.long(
+        model, seed, n=n, condition=condition, progress=False, source=None if data == "hub" else data)
 
 
-TASKS: dict[str, Evaluator] = {"ppl": evaluate_ppl, **{task: benchmark(task) for task in BENCHMARKS}}
-SWEEPABLE = frozenset(TASKS) - {"gsm8k"}  # scored by loglikelihood: conditions can share forward passes
-REPORTED_METRIC: dict[str, str] = {task: metric for task, (_, metric) in BENCHMARKS.items()}
+TASKS: dict[str, Evaluator] = {"ppl": evaluate_ppl, **{t.alias: benchmark(t) for t in BENCHMARKS.values()}}
+SWEEPABLE = frozenset({"ppl"} | {t.alias for t in BENCHMARKS.values() if t.sweepable})
+REPORTED_METRIC: dict[str, str] = {t.alias: t.reported for t in BENCHMARKS.values()}
 
 
 def check_tasks(tasks: Sequence[str]) -> None:
