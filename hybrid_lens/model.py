@@ -112,6 +112,7 @@ class HookedHybrid(HookedRootModule):
             tokenizer.pad_token = tokenizer.eos_token
         self._cfg = LensConfig(self)
         self._real_positions: Tensor | None = None
+        self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
         self.layer_mixers: list[tuple[str, ...]] = self.adapter.layer_mixers(hf_model.config)
         layers = self.adapter.layers(hf_model)
         if len(layers) != len(self.layer_mixers):
@@ -562,10 +563,7 @@ class HookedHybrid(HookedRootModule):
             if prepend_bos or padding_side is not None:  # prepend_bos=False (SAE-Lens passes it) is a no-op
                 raise ValueError("prepend_bos=True and padding_side apply to text input only; these are token ids.")
             tokens = as_token_ids(input).to(self.device)
-            mask = None
-            if attention_mask is not None:
-                mask = check_mask(attention_mask, tokens) if context_length is None else torch.as_tensor(
-                    attention_mask, device=self.device)
+            mask = None if attention_mask is None else check_mask(attention_mask, tokens, context_length)
         check_ids(tokens, self.cfg.d_vocab)
         check_length(context_length or tokens.shape[1], self.cfg.n_ctx)
         return tokens, (None if mask is None or bool(mask.all()) else mask)
@@ -658,7 +656,7 @@ class HookedHybrid(HookedRootModule):
         return loss if return_type == "loss" else (logits, loss)
 
     def _check_hf_kwargs(self, hf_kwargs: dict) -> None:
-        valid = hf_forward_arguments(self.hf_model)
+        valid = self._hf_arguments
         unknown = [key for key in hf_kwargs if key not in valid]
         if unknown:
             close = {key: difflib.get_close_matches(key, [*valid, *FORWARD_ARGUMENTS], n=3) for key in unknown}

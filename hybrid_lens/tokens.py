@@ -151,9 +151,10 @@ def check_length(length: int, n_ctx: int | None) -> None:
                          "(max_position_embeddings): shorten it, or use to_tokens(..., truncate=True).")
 
 
-def check_mask(mask, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+def check_mask(mask, tokens: Int[Tensor, "batch pos"], length: int | None = None) -> Int[Tensor, "batch pos"]:
     """The attention mask as a tensor on `tokens`' device; raises `ValueError` unless it is 0/1,
-    shaped like `tokens`, with at least one real token per row.
+    shaped like `tokens` (`[batch, length]` when the run continues a cache of `length` positions
+    in all), with at least one real token per row.
 
     Examples:
         >>> check_mask(torch.tensor([[1, 1, 0]]), torch.tensor([[5, 6, 7]]))
@@ -166,8 +167,10 @@ def check_mask(mask, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos
     mask = torch.as_tensor(mask, device=tokens.device)
     if mask.ndim == 1:
         mask = mask[None]
-    if mask.shape != tokens.shape:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the token ids have shape {tuple(tokens.shape)}.")
+    if mask.shape != (tokens.shape[0], length or tokens.shape[1]):
+        expected = "" if length is None else f" and the run covers {length} positions"
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; the token ids have shape "
+                         f"{tuple(tokens.shape)}{expected}.")
     if mask.dtype == torch.bool:
         mask = mask.long()
     if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):

@@ -106,3 +106,17 @@ def test_bad_intervention_json_is_refused(intervention, message):
 def test_selector_matching_nothing_names_the_layer_kinds(model):
     with pytest.raises(ValueError, match="matches nothing"):
         Condition.of(Selector("ssm"), zero("mlp").items[0][1]).fwd_hooks(model)
+
+
+def test_a_mask_continuing_a_cache_must_cover_the_whole_run():
+    from transformers import DynamicCache
+
+    _, model = build("qwen2")
+    cache = DynamicCache(config=model.hf_model.config)
+    model([[5, 6, 7]], attention_mask=torch.ones(1, 3, dtype=torch.long), cache=cache, use_cache=True)
+    step = torch.tensor([[8]])
+    assert model(step, attention_mask=torch.ones(1, 4, dtype=torch.long), cache=cache, use_cache=True).shape[1] == 1
+    with pytest.raises(ValueError, match="the run covers 5 positions"):
+        model([[9]], attention_mask=torch.ones(2, 5, dtype=torch.long), cache=cache, use_cache=True)  # 2 rows, not 1
+    with pytest.raises(ValueError, match="0 .padding. and 1"):
+        model([[9]], attention_mask=torch.full((1, 5), 2), cache=cache, use_cache=True)

@@ -55,7 +55,7 @@ def row_positions(value: Tensor) -> Int[Tensor, "batch pos"]:
     """
     positions = _ROW_POSITIONS.get()
     if positions is None or positions.shape[0] != value.shape[0]:
-        return torch.arange(value.shape[1], device=value.device).expand(value.shape[0], -1)
+        positions = real_positions(None, *value.shape[:2])
     return positions.to(value.device)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..tokens import real_positions
 from .ablations import HookFn, Intervention, Mean, Noise, Patch, Resample, Scale, SkipLayer, Zero, reading_positions
 from .selectors import Layers, Positions, Selector
 
@@ -24,7 +25,7 @@ def _restrict(fn: HookFn, selector: Selector, rows: slice | None, model) -> Hook
         pos_dim = 2 if hook.name.endswith("hook_pattern") else 1
         positions = model.real_positions
         if positions is None or positions.shape[-1] != part.shape[pos_dim]:  # outside a forward of `model`
-            positions = torch.arange(part.shape[pos_dim], device=part.device).expand(value.shape[0], -1)
+            positions = real_positions(None, value.shape[0], part.shape[pos_dim]).to(part.device)
         positions = positions if rows is None else positions[rows]
         with reading_positions(positions):
             new = fn(part, hook)
