@@ -24,8 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils.generic import TransformersKwargs
 
 from .adapters import HookedBlock, adapter_for
-from .adapters.base import StopForward, is_hooked, replace_forward
-from .adapters.taps import pattern_mode_tap
+from .adapters.base import StopForward, is_hooked
+from .mixers.taps import pattern_mode_tap, replace_forward
 from .cache import ActivationCache
 from . import sae as sae_lib
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
@@ -113,7 +113,9 @@ class HookedHybrid(HookedRootModule):
         self._cfg = LensConfig(self)
         self._real_positions: Tensor | None = None
         self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
-        self.layer_mixers: list[tuple[str, ...]] = self.adapter.layer_mixers(hf_model.config)
+        spec_keys = self.adapter.spec_keys(hf_model.config)
+        self.layer_components: list[tuple[str, ...]] = self.adapter.layer_components(hf_model.config)
+        self.layer_mixers: list[tuple[str, ...]] = [tuple(k for k in c if k != "mlp") for c in self.layer_components]
         layers = self.adapter.layers(hf_model)
         if len(layers) != len(self.layer_mixers):
             raise ValueError(f"Config lists {len(self.layer_mixers)} layers but the model has {len(layers)}.")
@@ -121,7 +123,8 @@ class HookedHybrid(HookedRootModule):
             raise ValueError("This transformers model is already wrapped by a HookedHybrid; reuse that wrapper.")
 
         self.hook_embed = HookPoint()
-        self.blocks = nn.ModuleList(HookedBlock(i, mixers) for i, mixers in enumerate(self.layer_mixers))
+        self.blocks = nn.ModuleList(HookedBlock(i, components, key)
+                                    for i, (components, key) in enumerate(zip(self.layer_components, spec_keys)))
         self.ln_final = FinalNormHooks()
         self.hook_logits = HookPoint()
 

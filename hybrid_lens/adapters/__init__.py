@@ -1,14 +1,17 @@
-"""Architecture adapters, one per family, chosen from the model class or `config.model_type`."""
+"""Architecture adapters: one `Family` (data) per family, chosen from the model class or
+`config.model_type`; `spec.Family.block_forward` runs every family's blocks."""
 
 from __future__ import annotations
 
 from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS
-from .base import Adapter, HookedBlock
-from .falcon_h1 import FalconH1Adapter
-from .qwen2 import Qwen2Adapter
-from .qwen3_5 import Qwen3_5Adapter
+from .base import HookedBlock
+from .dense import LLAMA, QWEN2, QWEN3
+from .falcon_h1 import FALCON_H1
+from .qwen3_5 import QWEN3_5
+from .spec import Block, Family, Mixer, Mlp
 
-ADAPTERS: tuple[Adapter, ...] = (Qwen3_5Adapter(), FalconH1Adapter(), Qwen2Adapter())
+ADAPTERS: tuple[Family, ...] = (QWEN3_5, FALCON_H1, QWEN2, LLAMA, QWEN3)
+FAMILIES: dict[str, Family] = {adapter.family: adapter for adapter in ADAPTERS}
 
 
 def supported_architectures() -> list[str]:
@@ -16,13 +19,13 @@ def supported_architectures() -> list[str]:
 
     Examples:
         >>> from hybrid_lens import supported_architectures
-        >>> supported_architectures()
+        >>> supported_architectures()[:4]
         ['Qwen3_5ForCausalLM', 'FalconH1ForCausalLM', 'Qwen2ForCausalLM', 'LlamaForCausalLM']
     """
     return [arch for adapter in ADAPTERS for arch in adapter.architectures]
 
 
-def adapter_for(hf_model) -> Adapter:
+def adapter_for(hf_model) -> Family:
     """The adapter for a `transformers` causal LM, by class name, else by `config.model_type`."""
     name = type(hf_model).__name__
     model_type = getattr(hf_model.config, "model_type", None)
@@ -36,4 +39,5 @@ def adapter_for(hf_model) -> Adapter:
     )
 
 
-__all__ = ["ADAPTERS", "COMPONENT_KINDS", "MIXER_KINDS", "Adapter", "HookedBlock", "adapter_for", "supported_architectures"]
+__all__ = ["ADAPTERS", "COMPONENT_KINDS", "FAMILIES", "MIXER_KINDS", "Block", "Family", "HookedBlock", "Mixer", "Mlp",
+           "adapter_for", "supported_architectures"]

@@ -47,13 +47,15 @@ def reference_config(family: str) -> PretrainedConfig:
 
 
 def tiny_config(family: str, num_hidden_layers: int | None = None, **overrides) -> PretrainedConfig:
-    """A shrunken copy of the published config: same layer pattern and multipliers, tiny widths.
+    """A tiny config of a registered family (`hybrid_lens.adapters.FAMILIES`).
 
-    d_model 64, vocabulary 256 (ids 0 = pad, 1 = bos, 2 = eos), float32; the tests build their
-    random-init models from these.
+    For `qwen2`, `qwen3_5` and `falcon_h1`, a shrunken copy of the published config (same layer
+    pattern and multipliers); for every other family, the `transformers` config class's defaults
+    with the family's `tiny` fields (`Family.tiny`). d_model 64, vocabulary 256 (ids 0 = pad,
+    1 = bos, 2 = eos), float32; the tests build their random-init models from these.
 
     Args:
-        family: `qwen2`, `qwen3_5` or `falcon_h1`.
+        family: A registered family name (`hybrid-lens models` lists them).
         num_hidden_layers: Number of layers (default 4, or 8 for `qwen3_5`); Qwen3.5's layer
             pattern is repeated to that length.
         **overrides: Any other config field.
@@ -66,9 +68,16 @@ def tiny_config(family: str, num_hidden_layers: int | None = None, **overrides) 
         >>> model.layer_types
         ['linear_attn', 'linear_attn', 'linear_attn', 'attn']
     """
-    data = json.loads((HERE / REFERENCE_CONFIGS[family]).read_text())
-    data = data.get("text_config", data)
-    data.update(_TINY[family])
+    from ..adapters import FAMILIES
+
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; registered: {sorted(FAMILIES)}.")
+    if family in REFERENCE_CONFIGS:
+        data = json.loads((HERE / REFERENCE_CONFIGS[family]).read_text())
+        data = data.get("text_config", data)
+        data.update(_TINY[family])
+    else:
+        data = dict(FAMILIES[family].tiny, model_type=FAMILIES[family].model_types[0], vocab_size=256)
     data.update(dtype="float32", torch_dtype="float32", bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if num_hidden_layers is not None:
         data["num_hidden_layers"] = num_hidden_layers

@@ -435,7 +435,7 @@ def _entering_at(model, start: int, resid: Tensor | None) -> Iterator[None]:
     saved = [layers[i].forward for i in range(start)]
 
     def enter(*args, **kwargs):
-        return model.adapter.layer_output(resid)
+        return model.adapter.wrap_output(resid)
 
     try:
         for i in range(start):

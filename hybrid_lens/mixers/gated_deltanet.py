@@ -12,9 +12,16 @@ where `Gamma[t, s] = exp(sum_{r=s+1..t} g_r)`, and q, k are L2-normalised with q
 
 from __future__ import annotations
 
+import sys
+
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+
+from ..hook_points import Tap
+from .state import split_scan
+from .taps import MixerHooks, add_projection_point, mixer_output, output_tap, recurrent_eager_tap, refuse_cache
 
 
 def _l2norm(x: Tensor) -> Tensor:
@@ -78,3 +85,74 @@ def apply_pattern(
         torch.Size([1, 3, 2, 4])
     """
     return torch.einsum("bhts,bshd->bthd", pattern.float(), value.float())
+
+
+def add_points(hooks: MixerHooks, gdn, pattern_mode: Tap) -> list[Tap]:
+    """Inner points of a Gated DeltaNet mixer (TransformerLens `GatedDeltaNetBridge` names).
+
+    From projections (cheap): `hook_q_pre_conv`, `hook_k_pre_conv` `[batch, pos, k_head, d_k]`,
+    `hook_v_pre_conv`, `hook_gate_input` `[batch, pos, v_head, d_v]`, `hook_beta_logit`
+    `[batch, pos, v_head]`. From an eager forward that runs only while one of them is hooked:
+    `hook_q`, `hook_k`, `hook_v` (after the causal conv), `hook_beta` (sigmoid), `hook_log_decay`
+    (g, `[batch, pos, v_head]`, float32), `hook_recurrence_out` `[batch, pos, v_head, d_v]`
+    (delta-rule output before the gated norm), `hook_pattern` `[batch, v_head, query_pos, key_pos]`
+    (implicit attention, `recurrence_out = pattern @ v` per head; computed only while hooked, and a
+    replaced pattern is applied to the values instead of the recurrence), and `hook_state`
+    `[batch, v_head, d_k, d_v]` (the recurrent state after chosen positions, see `StateHookPoint`).
+    """
+    sizes = [gdn.key_dim, gdn.key_dim, gdn.value_dim]
+    heads = {"hook_q_pre_conv": gdn.num_k_heads, "hook_k_pre_conv": gdn.num_k_heads, "hook_v_pre_conv": gdn.num_v_heads}
+
+    def split(x):
+        return {name: part.unflatten(-1, (heads[name], -1)) for name, part in zip(heads, x.split(sizes, dim=-1))}
+
+    def join(parts, x):
+        return torch.cat([parts[name].flatten(-2) for name in heads], dim=-1)
+
+    taps = [
+        output_tap(hooks, gdn.in_proj_qkv, split, join, list(heads), "in_proj_qkv output"),
+        add_projection_point(hooks, gdn.in_proj_z, "hook_gate_input", gdn.num_v_heads, "in_proj_z output"),
+        add_projection_point(hooks, gdn.in_proj_b, "hook_beta_logit", None, "in_proj_b output"),
+    ]
+    names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
+    forward = _eager_forward(gdn, hooks, pattern_mode)
+    return [*taps, recurrent_eager_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward")]
+
+
+def _eager_forward(gdn, hooks: MixerHooks, pattern_mode: Tap):
+    """The `transformers` Gated DeltaNet forward (no-cache path) with hook points on its intermediates."""
+    hf = sys.modules[type(gdn).__module__]  # the modeling module of the family: its kernels and helpers
+
+    def forward(hidden_states, cache=None, attention_mask=None, **kwargs):
+        refuse_cache(cache, "Gated DeltaNet (hook_q/k/v, hook_beta, hook_log_decay, hook_recurrence_out, hook_state)")
+        hidden_states = hf.apply_mask_to_padding_states(hidden_states, attention_mask)
+        batch, seq, _ = hidden_states.shape
+        mixed_qkv = gdn.in_proj_qkv(hidden_states).transpose(1, 2)
+        z = gdn.in_proj_z(hidden_states).reshape(batch, seq, -1, gdn.head_v_dim)
+        b = gdn.in_proj_b(hidden_states)
+        a = gdn.in_proj_a(hidden_states)
+        mixed_qkv = hf.causal_conv1d_fn(
+            mixed_qkv, gdn.conv1d.weight.squeeze(1), gdn.conv1d.bias, activation=gdn.activation, **kwargs
+        ).transpose(1, 2)
+        query, key, value = torch.split(mixed_qkv, [gdn.key_dim, gdn.key_dim, gdn.value_dim], dim=-1)
+        query = hooks.hook_q(query.reshape(batch, seq, -1, gdn.head_k_dim))
+        key = hooks.hook_k(key.reshape(batch, seq, -1, gdn.head_k_dim))
+        value = hooks.hook_v(value.reshape(batch, seq, -1, gdn.head_v_dim))
+        beta = hooks.hook_beta(b.sigmoid())
+        g = hooks.hook_log_decay(-gdn.A_log.float().exp() * F.softplus(a.float() + gdn.dt_bias))
+        cu_seqlens = kwargs.pop("cu_seq_lens_q", None)
+
+        def scan(parts, initial_state, final):
+            return hf.torch_chunk_gated_delta_rule(
+                *parts[:3], g=parts[3], beta=parts[4], initial_state=initial_state, output_final_state=final,
+                use_qk_l2norm_in_kernel=True, cu_seqlens=cu_seqlens, **kwargs,
+            )
+
+        core = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [query, key, value, g, beta]),
+                            lambda: implicit_attention(query, key, g, beta),
+                            lambda edited: apply_pattern(edited, value).to(query.dtype), pattern_mode)
+        core = hooks.hook_recurrence_out(core)
+        core = gdn.norm(core.reshape(-1, gdn.head_v_dim), z.reshape(-1, gdn.head_v_dim))
+        return gdn.out_proj(core.reshape(batch, seq, -1))
+
+    return forward

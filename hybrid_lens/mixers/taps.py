@@ -25,9 +25,36 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from ..hook_points import HookPoint, Tap
-from ..mixers.state import StateHookPoint
-from .base import MixerHooks, replace_forward
+from ..hook_points import HookPoint, Tap, TappedHookPoint
+from .state import StateHookPoint
+
+class MixerHooks(nn.Module):
+    """Inner hook points of one mixer (e.g. `blocks.3.attn.hook_q`), all fed by taps."""
+
+    def add(self, name: str, tap: Tap) -> TappedHookPoint:
+        point = TappedHookPoint(tap)
+        self.add_module(name, point)
+        return point
+
+
+def replace_forward(module: nn.Module, forward: Callable) -> Callable[[], None]:
+    """Make `module` run `forward`; returns a function that restores the previous forward.
+
+    Under accelerate's dispatch hooks (`device_map=...`, offloading) the hook's inner forward is
+    replaced, so the hook still moves weights and inputs to the execution device around it.
+    """
+    attribute = "_old_forward" if hasattr(module, "_hf_hook") and "_old_forward" in vars(module) else "forward"
+    previous = vars(module).get(attribute)  # None: the class's own forward
+    setattr(module, attribute, forward)
+
+    def restore() -> None:
+        if previous is None:
+            delattr(module, attribute)
+        else:
+            setattr(module, attribute, previous)
+
+    return restore
+
 
 Split = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 Join = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -192,34 +219,3 @@ def pattern_mode_tap(config) -> Tap:
 def add_pattern_point(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> None:
     """`hook_pattern` of one attention module, fed by the model-wide eager pattern path."""
     _PATTERN_POINTS[attention] = hooks.add("hook_pattern", mode)
-
-
-def add_attention_points(hooks: MixerHooks, attention: nn.Module, mode: Tap, gated: bool = False) -> list[Tap]:
-    """TransformerLens-named inner points of a softmax-attention module.
-
-    `hook_q/k/v` `[batch, pos, head, d_head]` are the q/k/v projection outputs (before q/k norms,
-    rotary and any key multiplier), `hook_z` `[batch, pos, head, d_head]` is the input of `o_proj`
-    (after Qwen3.5's output gate), `hook_gate` (Qwen3.5 only) the output-gate logits, and
-    `hook_pattern` `[batch, head, query_pos, key_pos]` the softmax pattern.
-    """
-    n_heads = attention.o_proj.in_features // attention.head_dim
-    n_kv = attention.k_proj.out_features // attention.head_dim
-    taps = []
-    if gated:
-
-        def split(x):
-            q, gate = x.unflatten(-1, (n_heads, -1)).chunk(2, dim=-1)
-            return {"hook_q": q, "hook_gate": gate}
-
-        def join(parts, x):
-            return torch.cat([parts["hook_q"], parts["hook_gate"]], dim=-1).reshape(x.shape)
-
-        taps.append(output_tap(hooks, attention.q_proj, split, join, ["hook_q", "hook_gate"], "q_proj output"))
-    else:
-        taps.append(add_projection_point(hooks, attention.q_proj, "hook_q", n_heads, "q_proj output"))
-    taps.append(add_projection_point(hooks, attention.k_proj, "hook_k", n_kv, "k_proj output"))
-    taps.append(add_projection_point(hooks, attention.v_proj, "hook_v", n_kv, "v_proj output"))
-    split, join = single("hook_z", n_heads)
-    taps.append(input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input"))
-    add_pattern_point(hooks, attention, mode)
-    return taps

@@ -1,0 +1,245 @@
+"""Declarative adapters: a family is data (`Family`), one generic hooked block runs every family.
+
+A `Family` names, for each layer type of the config, the parts of its decoder layer: the token
+mixers (`Mixer`: attribute, kind, pre/post norm, input/output multipliers, which layer arguments
+it receives, its inner points), the MLP or MoE (`Mlp`), and whether the mixers run one after the
+other or side by side on one normed input. `block_forward` executes that recipe with the same
+`transformers` submodules and the same arithmetic as the original layer, passing every
+residual-stream quantity through a hook point, so with no hooks the logits are bit-identical.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from ..hook_points import Tap
+from ..mixers.taps import MixerHooks
+from ..vocabulary import point_name
+from .base import Entry, HookedBlock, resid_in
+
+AddPoints = Callable[[MixerHooks, nn.Module, Tap], list[Tap]]
+Scale = str | float | None
+
+
+@dataclass(frozen=True)
+class Mixer:
+    """One token mixer of a block.
+
+    Args:
+        kind: Component kind (`attn`, `linear_attn`, `ssm`, `conv`, ...): its output is `hook_{kind}_out`.
+        module: Attribute of the decoder layer holding the `transformers` mixer.
+        points: Its kind's inner hook points (`hybrid_lens.mixers.<kind>.add_points`), or None.
+        args: Layer arguments passed on by keyword (those the layer's forward has);
+            `"attention_mask=mamba_attention_mask"` passes the layer's `mamba_attention_mask` as the
+            mixer's `attention_mask`.
+        rest: Also pass the layer's remaining `**kwargs`.
+        norm: Pre-norm attribute of the layer (None: the mixer reads the residual stream).
+        post_norm: Norm applied to the mixer output before it joins the residual (OLMo-Hybrid).
+        in_scale: Layer attribute (or number) multiplied into the normed mixer input.
+        out_scale: Layer attribute (or number) multiplied into the mixer output.
+    """
+
+    kind: str
+    module: str
+    points: AddPoints | None = None
+    args: tuple[str, ...] = ("attention_mask", "position_ids", "cache", "use_cache", "position_embeddings")
+    rest: bool = True
+    norm: str | None = "input_layernorm"
+    post_norm: str | None = None
+    in_scale: Scale = None
+    out_scale: Scale = None
+
+
+@dataclass(frozen=True)
+class Mlp:
+    """The channel mixer of a block: one MLP or MoE, or several summed in order (Granite's MoE + shared
+    MLP; a module attribute that is None in a layer is skipped). A tuple output keeps its first item."""
+
+    modules: tuple[str, ...] = ("mlp",)
+    norm: str | None = "post_attention_layernorm"
+    post_norm: str | None = None
+    out_scale: Scale = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """The parts of one layer type: its mixers in execution order, its MLP (None: no MLP), and
+    whether the mixers run side by side on the same normed input (`parallel`, Falcon-H1)."""
+
+    mixers: tuple[Mixer, ...]
+    mlp: Mlp | None = Mlp()
+    parallel: bool = False
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return (*(m.kind for m in self.mixers), *(("mlp",) if self.mlp else ()))
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family's adapter as data.
+
+    Args:
+        family: Short name (`qwen3_5`).
+        architectures: `transformers` causal-LM class names served.
+        model_types: `config.model_type` values served.
+        blocks: Layer type (as `layer_types` returns it) -> its `Block`.
+        layer_types: The layer type of every decoder layer, read from the config.
+        tiny: Config fields of a tiny random model of this family (tests, `hybrid-lens models`).
+        decoder_attr: Attribute of the causal LM holding the decoder (`model`, `backbone`).
+        final_norm_attr: Attribute of the decoder holding the final norm.
+        wrap_output: What the decoder loop expects a layer to return, from its output tensor.
+        logit_scale: Factor the model applies to `lm_head` outputs, from the causal LM
+            (Falcon-H1's `lm_head_multiplier`).
+        norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
+        residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
+    """
+
+    family: str = ""
+    architectures: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()
+    blocks: Mapping[str, Block] = field(default_factory=dict)
+    layer_types: Callable[[object], list[str]] = lambda config: ["block"] * config.num_hidden_layers
+    tiny: Mapping[str, object] = field(default_factory=dict)
+    decoder_attr: str = "model"
+    final_norm_attr: str = "norm"
+    wrap_output: Callable[[Tensor], object] = lambda hidden: hidden
+    logit_scale: Callable[[nn.Module], float] = lambda hf_model: 1.0
+    norm_cast: bool = False
+    residual_fp32: bool = False
+
+    def block_of(self, layer_type: str) -> Block:
+        try:
+            return self.blocks[layer_type]
+        except KeyError:
+            raise ValueError(f"Unknown {self.family} layer type {layer_type!r}; known: {sorted(self.blocks)}") from None
+
+    def spec_keys(self, config) -> list[str]:
+        return list(self.layer_types(config))
+
+    def layer_components(self, config) -> list[tuple[str, ...]]:
+        """The components of every block, in execution order: mixer kinds, then `mlp` if present."""
+        return [self.block_of(t).components for t in self.layer_types(config)]
+
+    def decoder(self, hf_model: nn.Module) -> nn.Module:
+        return getattr(hf_model, self.decoder_attr)
+
+    def layers(self, hf_model: nn.Module) -> nn.ModuleList:
+        return self.decoder(hf_model).layers
+
+    def final_norm(self, hf_model: nn.Module) -> nn.Module:
+        return getattr(self.decoder(hf_model), self.final_norm_attr)
+
+    def block_forward(self, block: HookedBlock, layer: nn.Module, entry: Entry | None) -> Callable[..., object]:
+        """A replacement for `layer.forward` that runs `block`'s recipe through its hook points.
+
+        `entry` (block 0 only) calls `hook_embed`, before `hook_resid_pre`. Hook points are looked
+        up on `block` at call time, so a module put in a hook point's place (an SAE) takes effect.
+        """
+        spec = self.block_of(block.spec_key)
+        bind = argument_binder(type(layer).forward)
+        fp32 = self.residual_fp32 and getattr(layer, "residual_in_fp32", False)
+
+        def norm(attr: str | None, x: Tensor) -> Tensor:
+            if attr is None:
+                return x
+            module = getattr(layer, attr)
+            return module(x.to(module.weight.dtype) if self.norm_cast else x)
+
+        def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict) -> Tensor:
+            x = scaled(normed, layer, mixer.in_scale)
+            kwargs = {name: named[source] for name, source in map(renamed, mixer.args) if source in named}
+            out = first(getattr(layer, mixer.module)(x, **kwargs, **(rest if mixer.rest else {})))
+            out = scaled(norm(mixer.post_norm, out), layer, mixer.out_scale)
+            return getattr(block, point_name(mixer.kind))(out)  # looked up at call time (an SAE may replace it)
+
+        def forward(*args, **kwargs):
+            named, rest = bind(args, kwargs)
+            resid = resid_in(block, entry, named.pop("hidden_states"))
+            skip = resid.float() if fp32 else resid
+            if spec.parallel:
+                normed = norm(spec.mixers[0].norm, resid)
+                total = None
+                for mixer in spec.mixers:
+                    out = mixer_out(mixer, normed, named, rest)
+                    total = out if total is None else total + out
+                resid = skip + total
+            else:
+                for mixer in spec.mixers:
+                    resid = skip + mixer_out(mixer, norm(mixer.norm, resid), named, rest)
+                    skip = resid
+            if spec.mlp is not None:
+                if spec.mixers:
+                    resid = block.hook_resid_mid(resid)
+                normed = norm(spec.mlp.norm, resid)
+                total = None
+                for attr in spec.mlp.modules:
+                    module = getattr(layer, attr)
+                    if module is not None:
+                        out = first(module(normed))
+                        total = out if total is None else total + out
+                out = scaled(norm(spec.mlp.post_norm, total), layer, spec.mlp.out_scale)
+                resid = resid + block.hook_mlp_out(out)
+            return self.wrap_output(block.hook_resid_post(resid))
+
+        return forward
+
+    def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
+        """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
+        `hook_pattern`); return their taps."""
+        taps = []
+        for mixer in self.block_of(block.spec_key).mixers:
+            if mixer.points is not None:
+                taps += mixer.points(getattr(block, mixer.kind), getattr(layer, mixer.module), pattern_mode)
+        return taps
+
+
+def renamed(arg: str) -> tuple[str, str]:
+    """`"attention_mask=mamba_attention_mask"` -> (`attention_mask`, `mamba_attention_mask`)."""
+    name, _, source = arg.partition("=")
+    return name, source or name
+
+
+def first(output):
+    """A module's output tensor (attention modules return `(output, weights)`)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def scaled(x: Tensor, layer: nn.Module, scale: Scale) -> Tensor:
+    if scale is None:
+        return x
+    return x * (getattr(layer, scale) if isinstance(scale, str) else scale)
+
+
+def argument_binder(forward: Callable) -> Callable[[tuple, dict], tuple[dict, dict]]:
+    """Bind a call of the original layer `forward` (without `self`) to its named parameters (with
+    their defaults) and its remaining `**kwargs`, as Python would; computed once per layer class."""
+    parameters = list(inspect.signature(forward).parameters.values())[1:]
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named_only = {p.name for p in parameters if p.kind == p.KEYWORD_ONLY}
+    defaults = {p.name: p.default for p in parameters if p.default is not p.empty and p.kind != p.VAR_KEYWORD}
+    known = set(names) | named_only
+
+    def bind(args: tuple, kwargs: dict) -> tuple[dict, dict]:
+        named = dict(defaults)
+        named.update(zip(names, args))
+        rest = {}
+        for key, value in kwargs.items():
+            (named if key in known else rest)[key] = value
+        return named, rest
+
+    return bind
+
+
+def attention(module: str = "self_attn", points: AddPoints | None = None, **fields) -> Mixer:
+    """A softmax-attention `Mixer` (TransformerLens inner points by default)."""
+    from ..mixers import attention as softmax
+
+    return Mixer("attn", module, points or softmax.add_points, **fields)
+
+
+RECURRENT_ARGS = ("cache", "attention_mask")  # what a recurrent mixer receives besides **kwargs

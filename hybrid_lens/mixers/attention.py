@@ -1,0 +1,45 @@
+"""Softmax attention: TransformerLens-named inner points of a `transformers` attention module.
+
+Any attention module with `q_proj`/`k_proj`/`v_proj`/`o_proj` and `head_dim` (Llama, Qwen2/3,
+Qwen3.5's gated attention, Falcon-H1, Bamba, Jamba, ...) gets `hook_q/k/v/z` and `hook_pattern`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..hook_points import Tap
+from .taps import MixerHooks, add_pattern_point, add_projection_point, input_tap, output_tap, single
+
+
+def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
+    """TransformerLens-named inner points of a softmax-attention module.
+
+    `hook_q/k/v` `[batch, pos, head, d_head]` are the q/k/v projection outputs (before q/k norms,
+    rotary and any key multiplier), `hook_z` `[batch, pos, head, d_head]` is the input of `o_proj`
+    (after any output gate), `hook_gate` the output-gate logits of gated attention (Qwen3.5,
+    Qwen3-Next: a `q_proj` twice as wide as `o_proj`'s input), and
+    `hook_pattern` `[batch, head, query_pos, key_pos]` the softmax pattern.
+    """
+    n_heads = attention.o_proj.in_features // attention.head_dim
+    n_kv = attention.k_proj.out_features // attention.head_dim
+    taps = []
+    if attention.q_proj.out_features == 2 * attention.o_proj.in_features:  # Qwen3.5 / Qwen3-Next output gate
+
+        def split(x):
+            q, gate = x.unflatten(-1, (n_heads, -1)).chunk(2, dim=-1)
+            return {"hook_q": q, "hook_gate": gate}
+
+        def join(parts, x):
+            return torch.cat([parts["hook_q"], parts["hook_gate"]], dim=-1).reshape(x.shape)
+
+        taps.append(output_tap(hooks, attention.q_proj, split, join, ["hook_q", "hook_gate"], "q_proj output"))
+    else:
+        taps.append(add_projection_point(hooks, attention.q_proj, "hook_q", n_heads, "q_proj output"))
+    taps.append(add_projection_point(hooks, attention.k_proj, "hook_k", n_kv, "k_proj output"))
+    taps.append(add_projection_point(hooks, attention.v_proj, "hook_v", n_kv, "v_proj output"))
+    split, join = single("hook_z", n_heads)
+    taps.append(input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input"))
+    add_pattern_point(hooks, attention, mode)
+    return taps

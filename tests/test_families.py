@@ -1,0 +1,140 @@
+"""The guarantees every registered family keeps, checked on a tiny random model of each.
+
+Parameterized over `hybrid_lens.adapters.FAMILIES`: registering a family runs it through this
+suite with no test edits. The models are re-initialised so that every component contributes
+visibly (`visible_init`), and the fixture checks that zeroing each mixer kind moves the logits
+far above float noise: an ablation test on a component that barely contributes could not fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from hybrid_lens import HookedHybrid
+from hybrid_lens.adapters import FAMILIES
+from hybrid_lens.configs import tiny_config
+from hybrid_lens.interventions import Sweep, skip_layer, zero
+from hybrid_lens.vocabulary import hook_name
+
+from .conftest import char_tokenizer
+
+VISIBLE = 1e-3  # least change of the logits, relative to their largest value, that zeroing any component
+# kind must cause: float32 rounding is ~1e-7 of it, so an ablation that does nothing cannot pass
+
+
+@torch.no_grad()
+def visible_init(hf_model: nn.Module, seed: int) -> None:
+    """Linear and convolution weights N(0, 1/fan_in), embeddings N(0, 1): every component's output is
+    of the order of the residual (at the default init a Mamba-2 output is ~1e-4 of it)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in hf_model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            fan_in = module.weight[0].numel()
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in))
+        elif isinstance(module, nn.Embedding):
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def built(request):
+    """(family, plain reference, HookedHybrid) with identical weights."""
+    family = request.param
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+    visible_init(hf, seed=0)
+    reference = copy.deepcopy(hf)
+    model = HookedHybrid.from_hf(hf, tokenizer=char_tokenizer())
+    tokens = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        clean = reference(tokens).logits
+    for kind in {k for components in model.layer_components for k in components}:
+        ablated = model.run_with_hooks(tokens, fwd_hooks=[(lambda n, k=kind: n.endswith(f"hook_{k}_out"),
+                                                           lambda x, hook: torch.zeros_like(x))])
+        change = ((ablated - clean).abs().max() / clean.abs().max()).item()
+        assert change > VISIBLE, f"{family}: zeroing {kind} moves the logits by only {change:.1e} of their scale"
+    return family, reference, model
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def test_no_hooks_reproduces_transformers_logits_exactly(built, tokens):
+    _, reference, model = built
+    assert torch.equal(model(tokens), reference(tokens).logits)
+
+
+@torch.no_grad()
+def test_cache_equals_output_hidden_states(built, tokens):
+    _, reference, model = built
+    hidden = reference(tokens, output_hidden_states=True).hidden_states
+    _, cache = model.run_with_cache(tokens)
+    assert len(hidden) == model.n_layers + 1
+    for layer in range(model.n_layers):
+        assert torch.equal(cache[hook_name(layer, "resid_pre")], hidden[layer])
+    assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
+
+
+@torch.no_grad()
+def test_block_values_are_the_contributions_added_to_the_residual(built, tokens):
+    """resid_post = resid_pre + the block's component outputs (mixers then MLP), to float rounding."""
+    _, _, model = built
+    _, cache = model.run_with_cache(tokens)
+    for layer, components in enumerate(model.layer_components):
+        total = cache[hook_name(layer, "resid_pre")].double()
+        for kind in components:
+            total = total + cache[hook_name(layer, kind)].double()
+        post = cache[hook_name(layer, "resid_post")].double()
+        assert torch.allclose(total, post, atol=1e-5 * post.abs().max().item()), (layer, components)
+
+
+@torch.no_grad()
+def test_residual_and_mixer_points_are_writable(built, tokens):
+    """A write at each block point reaches the logits; writing back the same value changes nothing."""
+    _, reference, model = built
+    clean = reference(tokens).logits
+    names = [name for name in model.hook_dict if name.startswith("blocks.") and name.count(".") == 2]
+    for name in names:
+        same = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: x.clone())])
+        assert torch.equal(same, clean), name
+        moved = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: x + 1.0)])
+        assert (moved - clean).abs().max() > VISIBLE * clean.abs().max(), f"a write to {name} does not reach the logits"
+
+
+@torch.no_grad()
+def test_inner_points_cache_and_leave_the_logits_unchanged(built, tokens):
+    """Hooking every inner point (eager mixer paths included) keeps the logits to float rounding."""
+    _, reference, model = built
+    clean = reference(tokens).logits
+    inner = [name for name in model.hook_dict if name.count(".") == 3 and not name.endswith("hook_state")]
+    logits, cache = model.run_with_cache(tokens, names_filter=inner)
+    assert set(cache.keys()) >= set(inner) - {n for n in inner if n.endswith("hook_pattern") and "attn." not in n}
+    assert torch.allclose(logits, clean, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_interventions_and_sweeps_run_unchanged(built, tokens):
+    """Zeroing each component kind with a `Condition`, alone and in a `Sweep`, equals the same
+    ablation written as a plain hook; skipping each layer in a sweep equals its own run."""
+    _, _, model = built
+    kinds = sorted({k for components in model.layer_components for k in components})
+    conditions = [zero(kind) for kind in kinds]
+    expected = [model.run_with_hooks(tokens, fwd_hooks=[(lambda n, k=kind: n.endswith(f"hook_{k}_out"),
+                                                         lambda x, hook: torch.zeros_like(x))]) for kind in kinds]
+    for condition, logits in zip(conditions, expected):
+        with condition.apply(model):
+            assert torch.equal(model(tokens), logits), condition.name
+    for swept, logits in zip(Sweep(conditions, batch=1).logits(model, tokens), expected):
+        assert torch.equal(swept, logits)
+    skips = [skip_layer(i) for i in range(model.n_layers)]
+    for condition, swept in zip(skips, Sweep(skips, batch=1).logits(model, tokens)):
+        with condition.apply(model):
+            assert torch.equal(swept, model(tokens)), condition.name
