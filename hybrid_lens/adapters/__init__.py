@@ -1,16 +1,33 @@
 """Architecture adapters: one `Family` (data) per family, chosen from the model class or
-`config.model_type`; `spec.Family.block_forward` runs every family's blocks."""
+`config.model_type`; `spec.Family.block_forward` runs every family's blocks.
+
+The registry is this package: every `Family` defined at the top level of a module here is
+registered (the three reference families first, then by name), so adding a family is adding a file.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS
 from .base import HookedBlock
-from .dense import LLAMA, QWEN2, QWEN3
-from .falcon_h1 import FALCON_H1
-from .qwen3_5 import QWEN3_5
 from .spec import Block, Family, Mixer, Mlp
 
-ADAPTERS: tuple[Family, ...] = (QWEN3_5, FALCON_H1, QWEN2, LLAMA, QWEN3)
+REFERENCE_FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
+
+
+def _discover() -> tuple[Family, ...]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.update({value.family: value for value in vars(module).values() if isinstance(value, Family)})
+    return tuple(sorted(found.values(), key=lambda f: (f.family not in REFERENCE_FAMILIES,
+                                                      REFERENCE_FAMILIES.index(f.family)
+                                                      if f.family in REFERENCE_FAMILIES else 0, f.family)))
+
+
+ADAPTERS: tuple[Family, ...] = _discover()
 FAMILIES: dict[str, Family] = {adapter.family: adapter for adapter in ADAPTERS}
 
 
