@@ -279,8 +279,8 @@ class HookedHybrid(HookedRootModule):
             raise ValueError(f"Unknown component kind {kind!r}; choose one of {COMPONENT_KINDS}.")
         return [
             Component(i, kind, hook_name(i, kind))
-            for i, mixers in enumerate(self.layer_mixers)
-            if kind == "mlp" or kind in mixers
+            for i, components in enumerate(self.layer_components)
+            if kind in components
         ]
 
     def apply_final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
@@ -301,7 +301,7 @@ class HookedHybrid(HookedRootModule):
         return self.adapter.final_norm(self.hf_model).forward(resid)
 
     def unembed(self, normed: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Logits from final-normed residuals: `lm_head` times any logit multiplier (no hooks fire).
+        """Logits from final-normed residuals: `lm_head` with any logit multiplier or divisor (no hooks fire).
 
         Args:
             normed: `Float[Tensor, "... d_model"]`, the output of the final norm.
@@ -315,13 +315,13 @@ class HookedHybrid(HookedRootModule):
             >>> torch.allclose(model.unembed(cache["ln_final.hook_normalized"]), logits)
             True
         """
-        return self.hf_model.lm_head.forward(normed) * self.adapter.logit_scale(self.hf_model)
+        return self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.forward(normed))
 
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
-        """Unembedding matrix including any logit multiplier, TransformerLens layout:
+        """Unembedding matrix including any logit multiplier or divisor, TransformerLens layout:
         `Float[Tensor, "d_model vocab"]`."""
-        return self.hf_model.lm_head.weight.T * self.adapter.logit_scale(self.hf_model)
+        return self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.weight.T)
 
     def hook_names(self, inner: bool = True) -> list[str]:
         """All hook point names; with `inner=False` only the block-level and model-level ones.

@@ -95,8 +95,12 @@ class Family:
         wrap_output: What the decoder loop expects a layer to return, from its output tensor.
         logit_scale: Factor the model applies to `lm_head` outputs, from the causal LM
             (Falcon-H1's `lm_head_multiplier`).
+        logit_divisor: Number the model divides `lm_head` outputs by, from the causal LM
+            (Granite's `logits_scaling`).
         norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
+        hidden_states_point: The residual point of layer i that `output_hidden_states[i]` holds:
+            `resid_pre`, or `resid_post` where the model lists each block's output (Mamba, Mamba-2).
     """
 
     family: str = ""
@@ -109,8 +113,10 @@ class Family:
     final_norm_attr: str = "norm"
     wrap_output: Callable[[Tensor], object] = lambda hidden: hidden
     logit_scale: Callable[[nn.Module], float] = lambda hf_model: 1.0
+    logit_divisor: Callable[[nn.Module], float] = lambda hf_model: 1.0
     norm_cast: bool = False
     residual_fp32: bool = False
+    hidden_states_point: str = "resid_pre"
 
     def block_of(self, layer_type: str) -> Block:
         try:
@@ -133,6 +139,11 @@ class Family:
 
     def final_norm(self, hf_model: nn.Module) -> nn.Module:
         return getattr(self.decoder(hf_model), self.final_norm_attr)
+
+    def scale_logits(self, hf_model: nn.Module, logits: Tensor) -> Tensor:
+        """What the causal LM does to `lm_head` outputs (or to `W_U`): `logits * logit_scale / logit_divisor`,
+        bit-identical to `transformers` (a factor or divisor of 1 changes nothing)."""
+        return logits * self.logit_scale(hf_model) / self.logit_divisor(hf_model)
 
     def block_forward(self, block: HookedBlock, layer: nn.Module, entry: Entry | None) -> Callable[..., object]:
         """A replacement for `layer.forward` that runs `block`'s recipe through its hook points.

@@ -87,7 +87,7 @@ def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selec
         ['attn', 'linear_attn', 'mlp', 'resid_pre']
     """
     kinds = kinds or (*COMPONENT_KINDS, "resid_pre")
-    present = {kind for mixers in model.layer_mixers for kind in mixers} | {"mlp", *RESID_KINDS}
+    present = {kind for components in model.layer_components for kind in components} | set(RESID_KINDS)
     return [Selector(kind) for kind in kinds if kind in present]
 
 
@@ -126,7 +126,7 @@ def patch_jobs(model, where: Selector | Sequence[Selector] | None, positions: Se
     jobs = [
         (target, None if positions is None else p)
         for selector in selectors
-        for target in selector.targets(model.layer_mixers)
+        for target in selector.targets(model.layer_components)
         for p in ([None] if positions is None else positions)
     ]
     if any(t.kind not in KINDS or t.kind == "block" for t, _ in jobs):
