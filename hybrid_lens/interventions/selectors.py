@@ -152,8 +152,8 @@ class Selector:
         """The targets on a model with these per-layer components; raises if there are none.
 
         Layers without the selected kind are skipped (on Qwen3.5, `attn` selects only the
-        full-attention layers; on Nemotron-H, `mlp` only the MLP blocks); `mixer` gives one target
-        per mixer of each layer.
+        full-attention layers; on Nemotron-H, `mlp` only the MLP blocks); `mixer` gives one
+        target per mixer of each layer; `resid_mid` exists in blocks with mixers and an MLP.
 
         Args:
             layer_components: `HookedHybrid.layer_components` (mixer kinds, then `mlp` if present).
@@ -166,13 +166,15 @@ class Selector:
         found = []
         for layer in self.layer_indices(len(layer_components)):
             components = layer_components[layer]
+            mixers = [kind for kind in components if kind != "mlp"]
             if self.kind == "mixer":
-                found += [Target(layer, kind) for kind in components if kind != "mlp"]
-            elif self.kind in components or self.kind in ("block", *RESID_KINDS):
+                found += [Target(layer, kind) for kind in mixers]
+            elif self.kind in components or self.kind in ("block", "resid_pre", "resid_post") or (
+                    self.kind == "resid_mid" and mixers and "mlp" in components):
                 found.append(Target(layer, self.kind, self.point))
         if not found:
             raise ValueError(
-                f"{self} matches nothing on this model (layer kinds: "
+                f"{self} matches nothing on this model (layer components: "
                 f"{['+'.join(c) for c in layer_components]}). Pick a kind the selected layers have."
             )
         return found
