@@ -15,7 +15,8 @@ MAMBA_LAYOUT = dict(
     blocks={"block": Block((Mixer("ssm", "mixer", mamba1.add_points, RECURRENT_ARGS, rest=False, norm="norm"),),
                            mlp=None)},
     tiny=dict(hidden_size=64, state_size=16, expand=2, num_hidden_layers=2),
-    decoder_attr="backbone", final_norm_attr="norm_f", norm_cast=True, residual_fp32=True, hidden_states_skip_embed=True,
+    decoder_attr="backbone", final_norm_attr="norm_f", norm_cast=True, residual_fp32=True,
+    hidden_states_skip_embed=True,
 )
 
 MAMBA = Family(family="mamba", architectures=("MambaForCausalLM",), model_types=("mamba",), **MAMBA_LAYOUT)

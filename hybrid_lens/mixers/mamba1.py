@@ -32,7 +32,19 @@ def resumed_scan(
 ) -> tuple[Float[Tensor, "batch d_inner pos"], Float[Tensor, "batch d_inner d_state"]]:
     """The sequential `mamba_selective_scan` of `transformers` (its torch path, `delta_softplus=True`,
     `return_last_state=True`), continued from `state` instead of zeros: the same operations in the
-    same order, so a scan split at any position and resumed here equals the unsplit scan exactly."""
+    same order, so a scan split at any position and resumed here equals the unsplit scan exactly.
+
+    Examples:
+        >>> from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+        >>> x, dt, z = torch.randn(3, 1, 4, 6).unbind(0)              # [batch, d_inner, pos]
+        >>> A, D, B, C = -torch.rand(4, 2), torch.ones(4), torch.randn(1, 2, 6), torch.randn(1, 2, 6)
+        >>> whole = mamba_selective_scan(x, dt, A, B, C, D=D, z=z, delta_softplus=True)
+        >>> _, state = mamba_selective_scan(x[..., :2], dt[..., :2], A, B[..., :2], C[..., :2], D=D, z=z[..., :2],
+        ...                                 delta_softplus=True, return_last_state=True)
+        >>> rest, _ = resumed_scan(x[..., 2:], dt[..., 2:], A, B[..., 2:], C[..., 2:], D, z[..., 2:], None, state)
+        >>> torch.equal(rest, whole[..., 2:])
+        True
+    """
     dtype = x.dtype
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)[..., None]
