@@ -106,7 +106,7 @@ def _eager_forward(mamba, hooks: MixerHooks):
         time_step, B, C = torch.split(mamba.x_proj(x), [mamba.time_step_rank, size, size], dim=-1)
         if normed:
             time_step, B, C = mamba.dt_layernorm(time_step), mamba.b_layernorm(B), mamba.c_layernorm(C)
-        if hasattr(mamba.config, "_is_quantized"):
+        if normed and hasattr(mamba.config, "_is_quantized"):  # as FalconMamba / Jamba do with quantized weights
             time_step = (mamba.dt_proj(time_step) - mamba.dt_proj.bias).transpose(1, 2)
         else:
             time_step = mamba.dt_proj.weight @ time_step.transpose(1, 2)
