@@ -81,8 +81,9 @@ def test_cache_equals_output_hidden_states(built, tokens):
     hidden = reference(tokens, output_hidden_states=True).hidden_states
     _, cache = model.run_with_cache(tokens)
     assert len(hidden) == model.n_layers + 1
+    point = "resid_post" if FAMILIES[family].hidden_states_skip_embed else "resid_pre"  # Mamba omits the embeddings
     for layer in range(model.n_layers):
-        assert torch.equal(cache[hook_name(layer, FAMILIES[family].hidden_states_point)], hidden[layer])
+        assert torch.equal(cache[hook_name(layer, point)], hidden[layer])
     assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
 
 

@@ -99,8 +99,8 @@ class Family:
             (Granite's `logits_scaling`).
         norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
-        hidden_states_point: The residual point of layer i that `output_hidden_states[i]` holds:
-            `resid_pre`, or `resid_post` where the model lists each block's output (Mamba, Mamba-2).
+        hidden_states_skip_embed: The model's `output_hidden_states` omits the embeddings (Mamba):
+            its entry `i` is the output of block `i`, not its input.
     """
 
     family: str = ""
@@ -116,7 +116,7 @@ class Family:
     logit_divisor: Callable[[nn.Module], float] = lambda hf_model: 1.0
     norm_cast: bool = False
     residual_fp32: bool = False
-    hidden_states_point: str = "resid_pre"
+    hidden_states_skip_embed: bool = False
 
     def block_of(self, layer_type: str) -> Block:
         try:
