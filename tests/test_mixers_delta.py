@@ -12,13 +12,11 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers.models.kimi_linear import modeling_kimi_linear as kimi
 
-from hybrid_lens import HookedHybrid
-from hybrid_lens.configs import tiny_config
-from hybrid_lens.mixers import cache_states, state_positions
+from hybrid_lens.mixers import cache_states, kimi_delta, state_positions
 
-from .conftest import char_tokenizer
+from .conftest import build
 from .test_families import visible_init
 
 MIXER = {"qwen3_next": "linear_attn", "olmo_hybrid": "linear_attn", "kimi_linear": "self_attn"}
@@ -32,13 +30,11 @@ SCAN_INPUTS = ["hook_q", "hook_k", "hook_v", "hook_log_decay", "hook_beta"]
 @pytest.fixture(scope="module", params=sorted(MIXER))
 def built(request):
     """(family, plain reference, HookedHybrid, tokens): same weights, every component visible."""
-    family = request.param
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(tiny_config(family)).eval()
-    visible_init(hf, seed=0)
-    reference = copy.deepcopy(hf)
+    reference, model = build(request.param)
+    visible_init(reference, seed=0)
+    visible_init(model.hf_model, seed=0)
     tokens = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))  # 12 < d_v = 16
-    return family, reference, HookedHybrid.from_hf(hf, tokenizer=char_tokenizer()), tokens
+    return request.param, reference, model, tokens
 
 
 def linear_layers(model):
@@ -167,10 +163,10 @@ def test_state_patching_continues_the_transformers_recurrence(built):
     kernel = getattr(sys.modules[type(reference).__module__], RECURRENT[family])
     expected, _ = kernel(*later[:3], g=later[3], beta=later[4], initial_state=state, output_final_state=False,
                          use_qk_l2norm_in_kernel=True)
-    ours = patched[prefix + "hook_recurrence_out"]
+    ours, before = patched[prefix + "hook_recurrence_out"], clean[prefix + "hook_recurrence_out"]
     close(ours[:, t + 1 :], expected, tol=1e-4)
-    close(ours[:, : t + 1], clean[prefix + "hook_recurrence_out"][:, : t + 1])
-    assert (ours[:, t + 1 :] - clean[prefix + "hook_recurrence_out"][:, t + 1 :]).abs().max() > 1e-2 * expected.abs().max()
+    close(ours[:, : t + 1], before[:, : t + 1])
+    assert (ours[:, t + 1 :] - before[:, t + 1 :]).abs().max() > 1e-2 * expected.abs().max()  # the patch matters
 
 
 @torch.no_grad()
@@ -217,3 +213,35 @@ def test_attention_points_are_the_transformers_values(built):
         shared = out["latent"][..., None, attention.kv_lora_rank :].expand(-1, -1, attention.num_heads, -1)
         assert torch.equal(cache[f"blocks.{layer}.attn.hook_k"], torch.cat([k_nope, shared], dim=-1))
         assert torch.equal(cache[f"blocks.{layer}.attn.hook_v"], value)
+
+
+@torch.no_grad()
+def test_kda_implicit_attention_is_the_kernel_applied_to_one_hot_values():
+    """With values `v[s] = e_s` the plain recurrent KDA kernel outputs the matrix itself, over more
+    positions than one block of `decayed_products` and one chunk of the chunked kernel."""
+    length, heads, d_k = 80, 2, 8
+    generator = torch.Generator().manual_seed(0)
+    query, key = (torch.randn(1, length, heads, d_k, generator=generator) for _ in range(2))
+    log_decay = -0.1 * torch.rand(1, length, heads, d_k, generator=generator)
+    beta = torch.rand(1, length, heads, generator=generator)
+    values = torch.eye(length).expand(1, heads, length, length).transpose(1, 2)
+    for name in ("recurrent_kimi_delta_attention", "chunk_kimi_delta_attention"):
+        out, _ = getattr(kimi, name)(query, key, values, g=log_decay, beta=beta, initial_state=None,
+                                     output_final_state=False, use_qk_l2norm_in_kernel=True)
+        close(kimi_delta.implicit_attention(query, key, log_decay, beta), out.transpose(1, 2), tol=1e-4)
+
+
+@torch.no_grad()
+def test_mla_points_with_a_low_rank_query_and_writes():
+    """With `q_lora_rank`, hook_q is the `q_b_proj` output; writes to hook_v reach hook_z."""
+    _, model = build("kimi_linear", q_lora_rank=16)
+    visible_init(model.hf_model, seed=0)
+    tokens = torch.randint(3, 256, (1, 8), generator=torch.Generator().manual_seed(1))
+    attention = model.hf_model.model.layers[1].self_attn
+    with module_calls({"q": attention.q_b_proj}) as out:
+        _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.attn.hook_q", "blocks.1.attn.hook_z"])
+    assert torch.equal(cache["blocks.1.attn.hook_q"].flatten(-2), out["q"])
+    assert cache["blocks.1.attn.hook_z"].abs().max() > 0.1
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_v", lambda v, hook: torch.zeros_like(v))]):
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    assert bool(cache["blocks.1.attn.hook_z"].eq(0).all())

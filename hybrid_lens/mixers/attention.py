@@ -58,6 +58,7 @@ def add_mla_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[T
     """
     heads = attention.num_heads
     q_proj = attention.q_proj if attention.q_proj is not None else attention.q_b_proj
+    taps = [add_projection_point(hooks, q_proj, "hook_q", heads, "query projection output")]
     points: dict = {}
 
     def install():
@@ -70,10 +71,9 @@ def add_mla_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[T
         attention.expand_kv = expand_kv
         return lambda: delattr(attention, "expand_kv")
 
-    kv = Tap(install, "expand_kv output")
-    points.update({name: hooks.add(name, kv) for name in ("hook_k", "hook_v")})
+    taps.append(Tap(install, "expand_kv output"))
+    points.update({name: hooks.add(name, taps[-1]) for name in ("hook_k", "hook_v")})
     split, join = single("hook_z", heads)
-    taps = [add_projection_point(hooks, q_proj, "hook_q", heads, "query projection output"), kv,
-            input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input")]
+    taps.append(input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input"))
     add_pattern_point(hooks, attention, mode)
     return taps

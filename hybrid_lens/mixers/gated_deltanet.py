@@ -25,7 +25,7 @@ from ..hook_points import Tap
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, output_tap, recurrent_eager_tap, refuse_cache
 
-__all__ = ["apply_pattern", "decay_matrix", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
+__all__ = ["apply_pattern", "decay_matrix", "delta_rule_matrix", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
 
 
 def _l2norm(x: Tensor) -> Tensor:
@@ -72,8 +72,22 @@ def implicit_attention(
     q = q * q.shape[-1] ** -0.5
     beta = beta.float().transpose(1, 2)
     gamma = decay_matrix(log_decay.transpose(1, 2))
-    scores = (q @ k.transpose(-1, -2)) * gamma
-    correction = (beta[..., :, None] * (k @ k.transpose(-1, -2)) * gamma).tril(-1)
+    return delta_rule_matrix((q @ k.transpose(-1, -2)) * gamma, ((k @ k.transpose(-1, -2)) * gamma).tril(-1), beta)
+
+
+def delta_rule_matrix(
+    scores: Float[Tensor, "batch head pos pos"], gram: Float[Tensor, "batch head pos pos"],
+    beta: Float[Tensor, "batch head pos"],
+) -> Float[Tensor, "batch head pos pos"]:
+    """`scores (I + diag(beta) gram)^{-1} diag(beta)`: the implicit attention of a delta rule from its
+    decayed query-key `scores` (`s <= t`) and decayed key-key `gram` (`s < t`), as in the chunked kernels.
+
+    Examples:
+        >>> delta_rule_matrix(torch.ones(1, 1, 2, 2).tril(), torch.ones(1, 1, 2, 2).tril(-1), torch.ones(1, 1, 2))
+        tensor([[[[1., 0.],
+                  [0., 1.]]]])
+    """
+    correction = beta[..., :, None] * gram
     eye = torch.eye(correction.shape[-1], dtype=correction.dtype, device=correction.device)
     write = torch.linalg.solve_triangular(eye + correction, torch.diag_embed(beta), upper=False, unitriangular=True)
     return scores @ write

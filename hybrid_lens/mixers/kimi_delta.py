@@ -21,9 +21,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..hook_points import Tap
-from .gated_deltanet import apply_pattern
+from .gated_deltanet import apply_pattern, delta_rule_matrix
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, recurrent_eager_tap, refuse_cache
+
+__all__ = ["decayed_products", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
 
 ROWS = 64  # query positions per block of `decayed_products` (bounds its [.., rows, pos, d_k] temporary)
 
@@ -81,10 +83,8 @@ def implicit_attention(
     q = q * q.shape[-1] ** -0.5
     cumulative = log_decay.float().transpose(1, 2).cumsum(-2)
     beta = beta.float().transpose(1, 2)
-    correction = beta[..., :, None] * decayed_products(k, k, cumulative, strict=True)
-    eye = torch.eye(correction.shape[-1], dtype=correction.dtype, device=correction.device)
-    write = torch.linalg.solve_triangular(eye + correction, torch.diag_embed(beta), upper=False, unitriangular=True)
-    return decayed_products(q, k, cumulative, strict=False) @ write
+    return delta_rule_matrix(decayed_products(q, k, cumulative, strict=False),
+                             decayed_products(k, k, cumulative, strict=True), beta)
 
 
 def add_points(hooks: MixerHooks, kda, pattern_mode: Tap) -> list[Tap]:
