@@ -31,10 +31,23 @@ SCAN_INPUTS = ["hook_q", "hook_k", "hook_v", "hook_log_decay", "hook_beta"]
 def built(request):
     """(family, plain reference, HookedHybrid, tokens): same weights, every component visible."""
     reference, model = build(request.param)
-    visible_init(reference, seed=0)
-    visible_init(model.hf_model, seed=0)
+    for hf in (reference, model.hf_model):
+        visible_init(hf, seed=0)
+        visible_experts_and_states(hf, seed=0)
     tokens = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))  # 12 < d_v = 16
     return request.param, reference, model, tokens
+
+
+@torch.no_grad()
+def visible_experts_and_states(hf_model, seed: int) -> None:
+    """Routed experts' stacked weights `[expert, out, in]` N(0, 1/in), as `visible_init` does for
+    linears, and slow state decays (`A = exp(A_log) = e^-2`), so that experts and carried states matter."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, weight in hf_model.named_parameters():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            weight.copy_(torch.randn(weight.shape, generator=generator) / weight.shape[-1] ** 0.5)
+        elif name.endswith("A_log"):
+            weight.fill_(-2.0)
 
 
 def linear_layers(model):
@@ -166,7 +179,7 @@ def test_state_patching_continues_the_transformers_recurrence(built):
     ours, before = patched[prefix + "hook_recurrence_out"], clean[prefix + "hook_recurrence_out"]
     close(ours[:, t + 1 :], expected, tol=1e-4)
     close(ours[:, : t + 1], before[:, : t + 1])
-    assert (ours[:, t + 1 :] - before[:, t + 1 :]).abs().max() > 1e-2 * expected.abs().max()  # the patch matters
+    assert (ours[:, t + 1 :] - before[:, t + 1 :]).abs().max() > 0.1 * expected.abs().max()  # the patch matters
 
 
 @torch.no_grad()
@@ -245,3 +258,31 @@ def test_mla_points_with_a_low_rank_query_and_writes():
     with model.hooks(fwd_hooks=[("blocks.1.attn.hook_v", lambda v, hook: torch.zeros_like(v))]):
         _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
     assert bool(cache["blocks.1.attn.hook_z"].eq(0).all())
+
+
+@torch.no_grad()
+def test_router_points_are_the_router_outputs_and_weights_are_writable(built):
+    """The router points are the plain model's router outputs per token; zeroing the routed weights
+    leaves exactly the shared experts' output in hook_mlp_out; the logits are read-only."""
+    family, reference, model, tokens = built
+    moe = [i for i, layer in enumerate(reference.model.layers) if hasattr(layer.mlp, "gate")]
+    if family == "olmo_hybrid":
+        assert not moe and not any(".mlp." in name for name in model.hook_dict)
+        return
+    layer = moe[0]
+    mlp = reference.model.layers[layer].mlp
+    with module_calls({"router": mlp.gate}) as out, module_calls({"mlp": mlp}, pre=True) as into:
+        reference(tokens)
+    prefix, mlp_out = f"blocks.{layer}.mlp.", f"blocks.{layer}.hook_mlp_out"
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.startswith(prefix) or name == mlp_out)
+    for name, value in zip(["hook_router_logits", "hook_router_weights", "hook_router_indices"], out["router"]):
+        assert cache[prefix + name].shape[:2] == tokens.shape and torch.equal(cache[prefix + name].flatten(0, 1), value)
+    normed = into["mlp"][0]
+    shared = mlp.shared_experts(normed) if family == "kimi_linear" else \
+        torch.sigmoid(mlp.shared_expert_gate(normed)) * mlp.shared_expert(normed)
+    with model.hooks(fwd_hooks=[(prefix + "hook_router_weights", lambda w, hook: torch.zeros_like(w))]):
+        _, cut = model.run_with_cache(tokens, names_filter=mlp_out)
+    close(cut[mlp_out], shared)
+    assert (cache[mlp_out] - shared).abs().max() > 0.1 * shared.abs().max()  # the routed experts matter
+    with pytest.raises(ValueError, match="read-only"):
+        model.run_with_hooks(tokens, fwd_hooks=[(prefix + "hook_router_logits", lambda x, hook: x + 1)])

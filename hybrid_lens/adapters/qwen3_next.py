@@ -8,16 +8,19 @@ DeltaNet projections are fused per key head (`in_proj_qkvz`, `in_proj_ba`); its 
 Qwen3.5's (`mixers.gated_deltanet`), and the attention output gate is `hook_gate`.
 """
 
-from ..mixers import gated_deltanet
-from .spec import RECURRENT_ARGS, Block, Family, Mixer, attention
+from ..mixers import gated_deltanet, router
+from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention
+
+MOE = Mlp(points=router.add_points)  # router points on the MoE layers
 
 QWEN3_NEXT = Family(
     family="qwen3_next",
     architectures=("Qwen3NextForCausalLM",),
     model_types=("qwen3_next",),
     blocks={
-        "linear_attention": Block((Mixer("linear_attn", "linear_attn", gated_deltanet.add_points, RECURRENT_ARGS),)),
-        "full_attention": Block((attention(),)),
+        "linear_attention": Block((Mixer("linear_attn", "linear_attn", gated_deltanet.add_points, RECURRENT_ARGS),),
+                                  MOE),
+        "full_attention": Block((attention(),), MOE),
     },
     layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
