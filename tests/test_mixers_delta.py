@@ -286,3 +286,36 @@ def test_router_points_are_the_router_outputs_and_weights_are_writable(built):
     assert (cache[mlp_out] - shared).abs().max() > 0.1 * shared.abs().max()  # the routed experts matter
     with pytest.raises(ValueError, match="read-only"):
         model.run_with_hooks(tokens, fwd_hooks=[(prefix + "hook_router_logits", lambda x, hook: x + 1)])
+
+
+@torch.no_grad()
+def test_projection_writes_land_in_the_transformers_slots(built):
+    """Zeroing hook_v_pre_conv and hook_beta_logit equals zeroing those slots of the plain model's
+    projection outputs (Qwen3-Next: inside each key head's group of the fused projections)."""
+    family, reference, model, tokens = built
+    layer = linear_layers(model)[0]
+    mixer = getattr(reference.model.layers[layer], MIXER[family])
+
+    def zero_slots(start, stop, groups):
+        def hook(_module, _args, output):
+            output = output.clone()
+            output.unflatten(-1, (groups, -1))[..., start:stop] = 0
+            return output
+        return hook
+
+    if family == "qwen3_next":
+        per_k, d_k = mixer.num_v_heads // mixer.num_k_heads, mixer.head_k_dim
+        hooks = [(mixer.in_proj_qkvz, zero_slots(2 * d_k, 2 * d_k + per_k * mixer.head_v_dim, mixer.num_k_heads)),
+                 (mixer.in_proj_ba, zero_slots(0, per_k, mixer.num_k_heads))]
+    else:
+        hooks = [(mixer.v_proj, zero_slots(0, None, 1)), (mixer.b_proj, zero_slots(0, None, 1))]
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        expected = reference(tokens).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = [f"blocks.{layer}.linear_attn.{n}" for n in ("hook_v_pre_conv", "hook_beta_logit")]
+    ours = model.run_with_hooks(tokens, fwd_hooks=[(n, lambda x, hook: torch.zeros_like(x)) for n in names])
+    assert torch.equal(ours, expected)
+    assert (ours - reference(tokens).logits).abs().max() > 1e-2 * expected.abs().max()
