@@ -5,7 +5,8 @@ Both mixers sit at attribute `self_attn`; `config.layer_types` says which (`line
 `full_attention`), `config.mlp_layer_types` whether `mlp` is a `KimiLinearMoE` (`sparse`: routed
 experts plus shared experts) or a dense MLP; either output is `hook_mlp_out`. KDA is the gated delta
 rule with a per-channel decay (`mixers.kimi_delta`); MLA uses no rotary embedding, and its keys and
-values are expanded from a compressed latent (`mixers.attention.add_mla_points`).
+values are expanded from a compressed latent (`mixers.attention.add_mla_points`). MoE layers have
+router points `blocks.{i}.mlp.hook_router_*` (`mixers.router`).
 """
 
 from ..mixers import attention as softmax

@@ -5,7 +5,8 @@ The MLP of a layer is a `Qwen3NextSparseMoeBlock` (top-k routed experts plus a s
 by a sigmoid gate) unless the layer is in `mlp_only_layers` or off the `decoder_sparse_step` grid,
 where it is a dense MLP; either sits at attribute `mlp` and its output is `hook_mlp_out`. The Gated
 DeltaNet projections are fused per key head (`in_proj_qkvz`, `in_proj_ba`); its inner points are
-Qwen3.5's (`mixers.gated_deltanet`), and the attention output gate is `hook_gate`.
+Qwen3.5's (`mixers.gated_deltanet`), and the attention output gate is `hook_gate`. MoE layers have
+router points `blocks.{i}.mlp.hook_router_*` (`mixers.router`).
 """
 
 from ..mixers import gated_deltanet, router
