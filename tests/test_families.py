@@ -85,15 +85,19 @@ def test_cache_equals_output_hidden_states(built, tokens):
 
 @torch.no_grad()
 def test_block_values_are_the_contributions_added_to_the_residual(built, tokens):
-    """resid_post = resid_pre + the block's component outputs (mixers then MLP), to float rounding."""
+    """resid_post = resid_pre + the block's residual terms (mixers then MLP), to float rounding; each
+    term added to what the family's skip path carries (the stream itself, except e.g. MiniMax's
+    alpha * norm(stream))."""
     _, _, model = built
     _, cache = model.run_with_cache(tokens)
-    for layer, components in enumerate(model.layer_components):
-        total = cache[hook_name(layer, "resid_pre")].double()
-        for kind in components:
-            total = total + cache[hook_name(layer, kind)].double()
-        post = cache[hook_name(layer, "resid_post")].double()
-        assert torch.allclose(total, post, atol=1e-5 * post.abs().max().item()), (layer, components)
+    family = model.adapter
+    for block, layer in zip(model.blocks, family.layers(model.hf_model)):
+        terms = family.block_of(block.spec_key).residual_terms
+        total = cache[hook_name(block.index, "resid_pre")]
+        for kind in terms:
+            total = family.skip_path(block, layer, kind)(total).double() + cache[hook_name(block.index, kind)].double()
+        post = cache[hook_name(block.index, "resid_post")].double()
+        assert torch.allclose(total, post, atol=1e-5 * post.abs().max().item()), (block.index, terms)
 
 
 @torch.no_grad()

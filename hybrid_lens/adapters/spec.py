@@ -41,6 +41,8 @@ class Mixer:
         post_norm: Norm applied to the mixer output before it joins the residual (OLMo-Hybrid).
         in_scale: Layer attribute (or number) multiplied into the normed mixer input.
         out_scale: Layer attribute (or number) multiplied into the mixer output.
+        normed_skip: The skip path carries the normed mixer input times this layer attribute (or
+            number) instead of the residual stream (MiniMax's DeepNorm-style `alpha`); None: the stream.
     """
 
     kind: str
@@ -52,31 +54,42 @@ class Mixer:
     post_norm: str | None = None
     in_scale: Scale = None
     out_scale: Scale = None
+    normed_skip: Scale = None
 
 
 @dataclass(frozen=True)
 class Mlp:
     """The channel mixer of a block: one MLP or MoE, or several summed in order (Granite's MoE + shared
-    MLP; a module attribute that is None in a layer is skipped). A tuple output keeps its first item."""
+    MLP; a module attribute that is None in a layer is skipped). A tuple output keeps its first item.
+    `normed_skip` as in `Mixer`."""
 
     modules: tuple[str, ...] = ("mlp",)
     norm: str | None = "post_attention_layernorm"
     post_norm: str | None = None
     out_scale: Scale = None
+    normed_skip: Scale = None
 
 
 @dataclass(frozen=True)
 class Block:
-    """The parts of one layer type: its mixers in execution order, its MLP (None: no MLP), and
-    whether the mixers run side by side on the same normed input (`parallel`, Falcon-H1)."""
+    """The parts of one layer type: its mixers in execution order, its MLP (None: no MLP),
+    whether the mixers run side by side on the same normed input (`parallel`, Falcon-H1), and the
+    components whose output enters a mixer's input instead of the residual (`feeds_mixer`,
+    Zamba2's shared transformer)."""
 
     mixers: tuple[Mixer, ...]
     mlp: Mlp | None = Mlp()
     parallel: bool = False
+    feeds_mixer: tuple[str, ...] = ()
 
     @property
     def components(self) -> tuple[str, ...]:
         return (*(m.kind for m in self.mixers), *(("mlp",) if self.mlp else ()))
+
+    @property
+    def residual_terms(self) -> tuple[str, ...]:
+        """The components whose outputs are added to the residual stream, in execution order."""
+        return tuple(kind for kind in self.components if kind not in self.feeds_mixer)
 
 
 @dataclass(frozen=True)
@@ -145,10 +158,10 @@ class Family:
         fp32 = self.residual_fp32 and getattr(layer, "residual_in_fp32", False)
 
         def norm(attr: str | None, x: Tensor) -> Tensor:
-            if attr is None:
-                return x
-            module = getattr(layer, attr)
-            return module(x.to(module.weight.dtype) if self.norm_cast else x)
+            return self.norm(layer, attr, x)
+
+        def skip_of(part: Mixer | Mlp, normed: Tensor, stream: Tensor) -> Tensor:
+            return stream if part.normed_skip is None else scaled(normed, layer, part.normed_skip)
 
         def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict) -> Tensor:
             x = scaled(normed, layer, mixer.in_scale)
@@ -167,10 +180,11 @@ class Family:
                 for mixer in spec.mixers:
                     out = mixer_out(mixer, normed, named, rest)
                     total = out if total is None else total + out
-                resid = skip + total
+                resid = skip_of(spec.mixers[0], normed, skip) + total
             else:
                 for mixer in spec.mixers:
-                    resid = skip + mixer_out(mixer, norm(mixer.norm, resid), named, rest)
+                    normed = norm(mixer.norm, resid)
+                    resid = skip_of(mixer, normed, skip) + mixer_out(mixer, normed, named, rest)
                     skip = resid
             if spec.mlp is not None:
                 if spec.mixers:
@@ -183,10 +197,28 @@ class Family:
                         out = first(module(normed))
                         total = out if total is None else total + out
                 out = scaled(norm(spec.mlp.post_norm, total), layer, spec.mlp.out_scale)
-                resid = resid + block.hook_mlp_out(out)
+                resid = skip_of(spec.mlp, normed, resid) + block.hook_mlp_out(out)
             return self.wrap_output(block.hook_resid_post(resid))
 
         return forward
+
+    def norm(self, layer: nn.Module, attr: str | None, x: Tensor) -> Tensor:
+        """The norm `attr` of `layer` applied to `x` (None: `x`)."""
+        if attr is None:
+            return x
+        module = getattr(layer, attr)
+        return module(x.to(module.weight.dtype) if self.norm_cast else x)
+
+    def skip_path(self, block: HookedBlock, layer: nn.Module, kind: str) -> Callable[[Tensor], Tensor]:
+        """What the skip path around component `kind` of `block` carries, as a function of the residual
+        stream before it: the stream itself, or with `normed_skip` (MiniMax) its normed input times
+        that scale (in a parallel block, only the first mixer's may be set). `resid_post` is the skip
+        paths and the `Block.residual_terms` applied in turn."""
+        spec = self.block_of(block.spec_key)
+        part = spec.mlp if kind == "mlp" else next(m for m in spec.mixers if m.kind == kind)
+        if part.normed_skip is None:
+            return lambda stream: stream
+        return lambda stream: scaled(self.norm(layer, part.norm, stream), layer, part.normed_skip)
 
     def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
         """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
