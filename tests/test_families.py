@@ -18,8 +18,11 @@ from transformers import AutoModelForCausalLM
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.adapters import FAMILIES
+from hybrid_lens.analysis import hidden_state_metrics, logit_lens_kl
 from hybrid_lens.configs import tiny_config
+from hybrid_lens.evals import perplexity
 from hybrid_lens.interventions import Sweep, skip_layer, zero
+from hybrid_lens.study.plan import study_conditions
 from hybrid_lens.vocabulary import hook_name
 
 from .conftest import char_tokenizer
@@ -142,3 +145,20 @@ def test_interventions_and_sweeps_run_unchanged(built, tokens):
     for condition, swept in zip(skips, Sweep(skips, batch=1).logits(model, tokens)):
         with condition.apply(model):
             assert torch.equal(swept, model(tokens)), condition.name
+
+
+@torch.no_grad()
+def test_evals_analysis_and_the_study_plan_run_unchanged(built):
+    """Perplexity under every study condition (one Sweep) equals perplexity under each condition
+    alone; the hidden-state metrics and the logit lens cover every block of the family."""
+    _, _, model = built
+    text = torch.randint(3, 256, (40,), generator=torch.Generator().manual_seed(2))
+    conditions = [c.condition for c in study_conditions(model.layer_mixers, trials=1)][:6]
+    swept = perplexity(model, text, 16, condition=Sweep(conditions, batch=1), progress=False)
+    for condition, result in zip(conditions, swept):
+        alone = perplexity(model, text, 16, condition=condition, progress=False)
+        assert math.isfinite(result.ppl) and result.ppl == alone.ppl, condition.name
+    _, cache = model.run_with_cache(text[None, :12])
+    metrics = hidden_state_metrics(cache)
+    assert sorted(metrics.layer.unique()) == list(range(model.n_layers))
+    assert len(logit_lens_kl(model, cache)) > 0
