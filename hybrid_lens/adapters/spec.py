@@ -11,6 +11,7 @@ residual-stream quantity through a hook point, so with no hooks the logits are b
 from __future__ import annotations
 
 import inspect
+from operator import attrgetter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class Mixer:
 
     Args:
         kind: Component kind (`attn`, `linear_attn`, `ssm`, `conv`, ...): its output is `hook_{kind}_out`.
-        module: Attribute of the decoder layer holding the `transformers` mixer.
+        module: Attribute (or dotted path) of the decoder layer holding the `transformers` mixer.
         points: Its kind's inner hook points (`hybrid_lens.mixers.<kind>.add_points`), or None.
         args: Layer arguments passed on by keyword (those the layer's forward has);
             `"attention_mask=mamba_attention_mask"` passes the layer's `mamba_attention_mask` as the
@@ -166,7 +167,7 @@ class Family:
         def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict) -> Tensor:
             x = scaled(normed, layer, mixer.in_scale)
             kwargs = {name: named[source] for name, source in map(renamed, mixer.args) if source in named}
-            out = first(getattr(layer, mixer.module)(x, **kwargs, **(rest if mixer.rest else {})))
+            out = first(attrgetter(mixer.module)(layer)(x, **kwargs, **(rest if mixer.rest else {})))
             out = scaled(norm(mixer.post_norm, out), layer, mixer.out_scale)
             return getattr(block, point_name(mixer.kind))(out)  # looked up at call time (an SAE may replace it)
 
@@ -226,7 +227,7 @@ class Family:
         taps = []
         for mixer in self.block_of(block.spec_key).mixers:
             if mixer.points is not None:
-                taps += mixer.points(getattr(block, mixer.kind), getattr(layer, mixer.module), pattern_mode)
+                taps += mixer.points(getattr(block, mixer.kind), attrgetter(mixer.module)(layer), pattern_mode)
         return taps
 
 
