@@ -23,6 +23,8 @@ from .gated_deltanet import apply_pattern, decay_matrix
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, recurrent_eager_tap, refuse_cache
 
+__all__ = ["implicit_attention"]  # `add_points` and `block_scan` are the adapters' plumbing, not user API
+
 
 def implicit_attention(
     query: Float[Tensor, "batch pos head d_head"], key: Float[Tensor, "batch pos head d_head"],
