@@ -11,9 +11,9 @@ residual-stream quantity through a hook point, so with no hooks the logits are b
 from __future__ import annotations
 
 import inspect
-from operator import attrgetter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from torch import Tensor, nn
 
