@@ -12,10 +12,11 @@ from .adapters import ADAPTERS, Family
 
 VERIFIED = ("Verified for every family by `tests/test_families.py` on a tiny random model whose every component "
             "visibly moves the logits: (1) logits `torch.equal` to the plain transformers model; (2) cached "
-            "`hook_resid_pre` `torch.equal` to `output_hidden_states`; (3) `resid_post` = `resid_pre` + the block "
-            "outputs (MiniMax: each added to `alpha * norm(stream)`; Zamba2: the shared block's outputs feed the "
-            "Mamba input, `hook_ssm_out` is the residual term); (4) a write at every block point reaches the logits, writing the same value changes "
-            "nothing; (5) hooking every inner point keeps the logits; (6) zero ablations and skip-layer sweeps "
+            "`hook_resid_pre` `torch.equal` to `output_hidden_states` (`hook_resid_post` where those omit the "
+            "embeddings: Mamba, FalconMamba); (3) `resid_post` = `resid_pre` + the block outputs (MiniMax: each "
+            "added to `alpha * norm(stream)`; Zamba2: the shared block's outputs feed the Mamba input, "
+            "`hook_ssm_out` is the residual term); (4) a write at every block point reaches the logits, writing "
+            "the same value changes nothing; (5) hooking every inner point keeps the logits; (6) zero ablations and skip-layer sweeps "
             "equal plain-hook runs. Layer kinds: components per layer type (`+mlp`: the block has an MLP or "
             "MoE, output in `hook_mlp_out`); every block also has `hook_resid_pre` / `hook_resid_post`, and "
             "`hook_resid_mid` when it has mixers and an MLP.")

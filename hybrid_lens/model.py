@@ -81,15 +81,15 @@ class FinalNormHooks(nn.Module):
 
 
 class HookedHybrid(HookedRootModule):
-    """A hooked view of a `Qwen3_5ForCausalLM`, `FalconH1ForCausalLM` or `Qwen2ForCausalLM`.
+    """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
+    Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
     Build it with `from_pretrained`, `from_hf` or `from_config`. `from_hf` wraps the given model in
     place (its decoder layers' `forward` is replaced by an equivalent hooked one). With no hooks
     attached, the logits are bit-identical to the wrapped model's.
 
     Args:
-        hf_model: A `Qwen3_5ForCausalLM`, `FalconH1ForCausalLM`, `Qwen2ForCausalLM` or
-            `LlamaForCausalLM` (see `supported_architectures`).
+        hf_model: A causal LM of a registered family (see `supported_architectures`).
         tokenizer: Its tokenizer, needed for text input; a missing pad token is set to EOS.
 
     Examples:

@@ -111,6 +111,8 @@ class Family:
             (Falcon-H1's `lm_head_multiplier`).
         norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
+        hidden_states_skip_embed: The model's `output_hidden_states` omits the embeddings (Mamba):
+            its entry `i` is the output of block `i`, not its input.
     """
 
     family: str = ""
@@ -125,6 +127,7 @@ class Family:
     logit_scale: Callable[[nn.Module], float] = lambda hf_model: 1.0
     norm_cast: bool = False
     residual_fp32: bool = False
+    hidden_states_skip_embed: bool = False
 
     def block_of(self, layer_type: str) -> Block:
         try:
