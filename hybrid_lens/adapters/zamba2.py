@@ -12,15 +12,17 @@ to `hook_shared_out`, which is added to the Mamba input, not to the residual:
 `hook_ssm_out` is the only residual term (`Block.feeds_mixer`); `hook_resid_mid` equals
 `hook_resid_pre` (the shared block adds nothing to the stream) and is what the Mamba layer reads.
 The shared weights are tied parameters of one module per depth (`transformers` >= 5), so every
-depth's hook points are its own. `hook_q/k/v` are the `q/k/v_proj` outputs: with
-`use_shared_attention_adapter`, the depth's LoRA adapter output is added after them. The Mamba-2
-mixers have block-level points only.
+depth's hook points are its own. The embeddings the shared blocks read are the model's own copy
+(`original_hidden_states`): an edit at `hook_embed` reaches the residual stream, not that copy.
+`hook_q/k/v` are the `q/k/v_proj` outputs; with `use_shared_attention_adapter` the depth's LoRA
+adapters add `hook_q_lora` / `hook_k_lora` / `hook_v_lora` to them (`q = hook_q + hook_q_lora`).
+The Mamba-2 mixers have block-level points only.
 """
 
 import torch
 
 from ..hook_points import HookPoint
-from ..mixers.taps import replace_forward
+from ..mixers.taps import add_projection_point, replace_forward
 from .base import resid_in
 from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention, first
 
@@ -56,6 +58,17 @@ class SharedBlockFamily(Family):
                            position_embeddings=position_embeddings, **kwargs)
 
         return forward
+
+    def add_inner_points(self, block, layer, pattern_mode):
+        taps = super().add_inner_points(block, layer, pattern_mode)
+        attn = layer.shared_transformer.self_attn if block.spec_key == "hybrid" else None
+        if attn is not None and attn.config.use_shared_attention_adapter:
+            index = attn.layer_dic[block.index]  # the adapters of this depth
+            for name, proj in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj)):
+                adapter = getattr(attn, f"linear_{name}_adapter_list")[index]
+                taps.append(add_projection_point(block.attn, adapter, f"hook_{name}_lora",
+                                                 proj.out_features // attn.head_dim, f"linear_{name}_adapter output"))
+        return taps
 
 
 ZAMBA2 = SharedBlockFamily(
