@@ -24,6 +24,10 @@ class ActivationCache(Mapping[str, Tensor]):
         values: Hook name -> tensor.
         layer_components: Components of every block (mixer kinds, then `mlp` if present), as
             `HookedHybrid.layer_components`.
+        residual_terms: The components of every block whose outputs are added to the residual
+            stream (default: all; Zamba2's shared block feeds its Mamba input instead).
+        additive: Whether the residual stream is the sum of its terms (False for MiniMax, whose
+            blocks renormalise the stream).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -34,9 +38,12 @@ class ActivationCache(Mapping[str, Tensor]):
         torch.Size([1, 3, 128])
     """
 
-    def __init__(self, values: dict[str, Tensor], layer_components: list[tuple[str, ...]]):
+    def __init__(self, values: dict[str, Tensor], layer_components: list[tuple[str, ...]],
+                 residual_terms: list[tuple[str, ...]] | None = None, additive: bool = True):
         self._values = values
         self.layer_components = layer_components
+        self.residual_terms = layer_components if residual_terms is None else residual_terms
+        self.additive = additive
         self.layer_mixers = [tuple(kind for kind in c if kind != "mlp") for c in layer_components]
 
     # --- mapping ------------------------------------------------------------------------------
@@ -72,7 +79,8 @@ class ActivationCache(Mapping[str, Tensor]):
             >>> cache.to("cpu")["resid_pre", 0].device
             device(type='cpu')
         """
-        return ActivationCache({k: v.to(device) for k, v in self._values.items()}, self.layer_components)
+        return ActivationCache({k: v.to(device) for k, v in self._values.items()}, self.layer_components,
+                               self.residual_terms, self.additive)
 
     def cpu(self) -> ActivationCache:
         """A copy with every tensor on the CPU, `self.to("cpu")`.
@@ -174,9 +182,10 @@ class ActivationCache(Mapping[str, Tensor]):
     ) -> Float[Tensor, "component batch pos d_model"] | tuple[Tensor, list[str]]:
         """Per-component contributions whose sum is the residual stream entering `layer`.
 
-        Components are the embedding, then for every earlier block each mixer output and the MLP
-        output, labelled `embed`, `{i}_{kind}` (e.g. `3_ssm`, `3_attn`, `3_mlp`). With
-        `layer=None` they sum to the final `resid_post`.
+        Components are the embedding, then for every earlier block each output added to the
+        residual (mixers, then the MLP), labelled `embed`, `{i}_{kind}` (e.g. `3_ssm`, `3_attn`,
+        `3_mlp`). With `layer=None` they sum to the final `resid_post`. Raises `ValueError` for a
+        family whose blocks renormalise the stream (MiniMax), where no such sum exists.
 
         Args:
             layer: The block whose input is decomposed; None decomposes the final output.
@@ -195,10 +204,14 @@ class ActivationCache(Mapping[str, Tensor]):
             >>> torch.allclose(parts.sum(0), cache["resid_pre", 2], atol=1e-5)
             True
         """
+        if not self.additive:
+            raise ValueError("This model's blocks renormalise the residual stream (each skip path is "
+                             "alpha * norm(stream)), so the stream is not a sum of component outputs; "
+                             "use the per-block points instead.")
         stop = self.n_layers if layer is None else layer
         tensors, labels = [self["hook_embed"]], [ComponentLabel(None, "embed")]
         for i in range(stop):
-            for kind in self.layer_components[i]:
+            for kind in self.residual_terms[i]:
                 tensors.append(self[hook_name(i, kind)])
                 labels.append(ComponentLabel(i, kind))
         stacked = torch.stack(tensors)

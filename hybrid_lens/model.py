@@ -116,6 +116,7 @@ class HookedHybrid(HookedRootModule):
         spec_keys = self.adapter.spec_keys(hf_model.config)
         self.layer_components: list[tuple[str, ...]] = self.adapter.layer_components(hf_model.config)
         self.layer_mixers: list[tuple[str, ...]] = [tuple(k for k in c if k != "mlp") for c in self.layer_components]
+        self.residual_terms = [self.adapter.block_of(key).residual_terms for key in spec_keys]
         layers = self.adapter.layers(hf_model)
         if len(layers) != len(self.layer_mixers):
             raise ValueError(f"Config lists {len(self.layer_mixers)} layers but the model has {len(layers)}.")
@@ -746,7 +747,7 @@ class HookedHybrid(HookedRootModule):
             if batch != 1:
                 raise ValueError(f"remove_batch_dim=True needs a batch of 1; this batch has {batch} rows.")
             store = {name: value[0] for name, value in store.items()}
-        return output, ActivationCache(store, self.layer_components)
+        return output, ActivationCache(store, self.layer_components, self.residual_terms, self.adapter.additive)
 
     # --- nnsight ------------------------------------------------------------------------------
     def nnsight(self, inner_points: bool = False, patterns: bool = False):

@@ -42,6 +42,7 @@ MODULES = [
     "hybrid_lens.mixers.state",
     "hybrid_lens.mixers.gated_deltanet",
     "hybrid_lens.mixers.mamba2",
+    "hybrid_lens.mixers.lightning",
     "hybrid_lens.evals.scoring",
     "hybrid_lens.evals.perplexity",
     "hybrid_lens.evals.data",

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.adapters import FAMILIES
-from hybrid_lens.analysis import hidden_state_metrics, logit_lens_kl
+from hybrid_lens.analysis import hidden_state_metrics, logit_lens_kl, token_contributions
 from hybrid_lens.configs import tiny_config
 from hybrid_lens.evals import perplexity
 from hybrid_lens.interventions import Sweep, skip_layer, zero
@@ -105,15 +105,40 @@ def test_unembed_of_the_final_norm_reproduces_the_logits_exactly(built, tokens):
 
 @torch.no_grad()
 def test_block_values_are_the_contributions_added_to_the_residual(built, tokens):
-    """resid_post = resid_pre + the block's component outputs (mixers then MLP), to float rounding."""
+    """resid_post = resid_pre + the block's residual terms (mixers then MLP), to float rounding; each
+    term added to what the family's skip path carries (the stream itself, except e.g. MiniMax's
+    alpha * norm(stream))."""
     _, _, model = built
     _, cache = model.run_with_cache(tokens)
-    for layer, components in enumerate(model.layer_components):
-        total = cache[hook_name(layer, "resid_pre")].double()
-        for kind in components:
-            total = total + cache[hook_name(layer, kind)].double()
-        post = cache[hook_name(layer, "resid_post")].double()
-        assert torch.allclose(total, post, atol=1e-5 * post.abs().max().item()), (layer, components)
+    family = model.adapter
+    for block, layer in zip(model.blocks, family.layers(model.hf_model)):
+        terms = family.block_of(block.spec_key).residual_terms
+        total = cache[hook_name(block.index, "resid_pre")]
+        for kind in terms:
+            total = family.skip_path(block, layer, kind)(total).double() + cache[hook_name(block.index, kind)].double()
+        post = cache[hook_name(block.index, "resid_post")].double()
+        assert torch.allclose(total, post, atol=1e-5 * post.abs().max().item()), (block.index, terms)
+
+
+@torch.no_grad()
+def test_decompose_resid_sums_to_the_stream_or_refuses(built, tokens):
+    """The embedding plus every residual term sums to the final resid_post (and the direct logit
+    attribution is built on it); a family whose blocks renormalise the stream refuses instead."""
+    _, _, model = built
+    _, cache = model.run_with_cache(tokens)
+    final = cache[hook_name(model.n_layers - 1, "resid_post")].double()
+    if not model.adapter.additive:
+        with pytest.raises(ValueError, match="renormalise"):
+            cache.decompose_resid()
+        return
+    parts, labels = cache.decompose_resid(return_labels=True)
+    assert len(labels) == 1 + sum(len(terms) for terms in model.residual_terms)
+    assert torch.allclose(parts.double().sum(0), final, atol=1e-5 * final.abs().max().item())
+    if any(len(terms) > 1 for terms in model.residual_terms):
+        assert len(token_contributions(model, cache, tokens)) > 0
+    else:
+        with pytest.raises(ValueError, match="no two paths"):
+            token_contributions(model, cache, tokens)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ scan chunk in every tiny config but Falcon-H1's. Last, Granite-4.0-H's MLP when 
 from __future__ import annotations
 
 import copy
+from operator import attrgetter
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def built(request):
     plain = copy.deepcopy(hf)
     mixers = {}
     for i, (layer, kind) in enumerate(zip(family.layers(plain), family.layer_types(plain.config))):
-        mixers.update({i: getattr(layer, m.module) for m in family.block_of(kind).mixers if m.kind == "ssm"})
+        mixers.update({i: attrgetter(m.module)(layer) for m in family.block_of(kind).mixers if m.kind == "ssm"})
     assert mixers
     return request.param, plain, HookedHybrid.from_hf(hf, tokenizer=char_tokenizer()), mixers
 

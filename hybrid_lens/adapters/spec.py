@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from torch import Tensor, nn
 
@@ -31,7 +32,7 @@ class Mixer:
 
     Args:
         kind: Component kind (`attn`, `linear_attn`, `ssm`, `conv`, ...): its output is `hook_{kind}_out`.
-        module: Attribute of the decoder layer holding the `transformers` mixer.
+        module: Attribute (or dotted path) of the decoder layer holding the `transformers` mixer.
         points: Its kind's inner hook points (`hybrid_lens.mixers.<kind>.add_points`), or None.
         args: Layer arguments passed on by keyword (those the layer's forward has);
             `"attention_mask=mamba_attention_mask"` passes the layer's `mamba_attention_mask` as the
@@ -41,6 +42,8 @@ class Mixer:
         post_norm: Norm applied to the mixer output before it joins the residual (OLMo-Hybrid).
         in_scale: Layer attribute (or number) multiplied into the normed mixer input.
         out_scale: Layer attribute (or number) multiplied into the mixer output.
+        normed_skip: The skip path carries the normed mixer input times this layer attribute (or
+            number) instead of the residual stream (MiniMax's DeepNorm-style `alpha`); None: the stream.
     """
 
     kind: str
@@ -52,33 +55,44 @@ class Mixer:
     post_norm: str | None = None
     in_scale: Scale = None
     out_scale: Scale = None
+    normed_skip: Scale = None
 
 
 @dataclass(frozen=True)
 class Mlp:
     """The channel mixer of a block: one MLP or MoE, or several summed in order (Granite's MoE + shared
     MLP; a module attribute that is None in a layer is skipped). A tuple output keeps its first item.
-    `points` adds inner points of each module in `blocks.{i}.mlp.` (`hybrid_lens.mixers.router`)."""
+    `points` adds inner points of each module in `blocks.{i}.mlp.` (`hybrid_lens.mixers.router`);
+    `normed_skip` as in `Mixer`."""
 
     modules: tuple[str, ...] = ("mlp",)
     norm: str | None = "post_attention_layernorm"
     post_norm: str | None = None
     out_scale: Scale = None
     points: AddPoints | None = None
+    normed_skip: Scale = None
 
 
 @dataclass(frozen=True)
 class Block:
-    """The parts of one layer type: its mixers in execution order, its MLP (None: no MLP), and
-    whether the mixers run side by side on the same normed input (`parallel`, Falcon-H1)."""
+    """The parts of one layer type: its mixers in execution order, its MLP (None: no MLP),
+    whether the mixers run side by side on the same normed input (`parallel`, Falcon-H1), and the
+    components whose output enters a mixer's input instead of the residual (`feeds_mixer`,
+    Zamba2's shared transformer)."""
 
     mixers: tuple[Mixer, ...]
     mlp: Mlp | None = Mlp()
     parallel: bool = False
+    feeds_mixer: tuple[str, ...] = ()
 
     @property
     def components(self) -> tuple[str, ...]:
         return (*(m.kind for m in self.mixers), *(("mlp",) if self.mlp else ()))
+
+    @property
+    def residual_terms(self) -> tuple[str, ...]:
+        """The components whose outputs are added to the residual stream, in execution order."""
+        return tuple(kind for kind in self.components if kind not in self.feeds_mixer)
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,13 @@ class Family:
     def spec_keys(self, config) -> list[str]:
         return list(self.layer_types(config))
 
+    @property
+    def additive(self) -> bool:
+        """Whether the residual stream is the embedding plus the residual terms of every block (no
+        block renormalises it on the skip path, as MiniMax's do)."""
+        return all(part.normed_skip is None for block in self.blocks.values()
+                   for part in (*block.mixers, *((block.mlp,) if block.mlp else ())))
+
     def layer_components(self, config) -> list[tuple[str, ...]]:
         """The components of every block, in execution order: mixer kinds, then `mlp` if present."""
         return [self.block_of(t).components for t in self.layer_types(config)]
@@ -158,15 +179,15 @@ class Family:
         fp32 = self.residual_fp32 and getattr(layer, "residual_in_fp32", False)
 
         def norm(attr: str | None, x: Tensor) -> Tensor:
-            if attr is None:
-                return x
-            module = getattr(layer, attr)
-            return module(x.to(module.weight.dtype) if self.norm_cast else x)
+            return self.norm(layer, attr, x)
+
+        def skip_of(part: Mixer | Mlp, normed: Tensor, stream: Tensor) -> Tensor:
+            return stream if part.normed_skip is None else scaled(normed, layer, part.normed_skip)
 
         def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict) -> Tensor:
             x = scaled(normed, layer, mixer.in_scale)
             kwargs = {name: named[source] for name, source in map(renamed, mixer.args) if source in named}
-            out = first(getattr(layer, mixer.module)(x, **kwargs, **(rest if mixer.rest else {})))
+            out = first(attrgetter(mixer.module)(layer)(x, **kwargs, **(rest if mixer.rest else {})))
             out = scaled(norm(mixer.post_norm, out), layer, mixer.out_scale)
             return getattr(block, point_name(mixer.kind))(out)  # looked up at call time (an SAE may replace it)
 
@@ -180,10 +201,11 @@ class Family:
                 for mixer in spec.mixers:
                     out = mixer_out(mixer, normed, named, rest)
                     total = out if total is None else total + out
-                resid = skip + total
+                resid = skip_of(spec.mixers[0], normed, skip) + total
             else:
                 for mixer in spec.mixers:
-                    resid = skip + mixer_out(mixer, norm(mixer.norm, resid), named, rest)
+                    normed = norm(mixer.norm, resid)
+                    resid = skip_of(mixer, normed, skip) + mixer_out(mixer, normed, named, rest)
                     skip = resid
             if spec.mlp is not None:
                 if spec.mixers:
@@ -196,10 +218,28 @@ class Family:
                         out = first(module(normed))
                         total = out if total is None else total + out
                 out = scaled(norm(spec.mlp.post_norm, total), layer, spec.mlp.out_scale)
-                resid = resid + block.hook_mlp_out(out)
+                resid = skip_of(spec.mlp, normed, resid) + block.hook_mlp_out(out)
             return self.wrap_output(block.hook_resid_post(resid))
 
         return forward
+
+    def norm(self, layer: nn.Module, attr: str | None, x: Tensor) -> Tensor:
+        """The norm `attr` of `layer` applied to `x` (None: `x`)."""
+        if attr is None:
+            return x
+        module = getattr(layer, attr)
+        return module(x.to(module.weight.dtype) if self.norm_cast else x)
+
+    def skip_path(self, block: HookedBlock, layer: nn.Module, kind: str) -> Callable[[Tensor], Tensor]:
+        """What the skip path around component `kind` of `block` carries, as a function of the residual
+        stream before it: the stream itself, or with `normed_skip` (MiniMax) its normed input times
+        that scale (in a parallel block, only the first mixer's may be set). `resid_post` is the skip
+        paths and the `Block.residual_terms` applied in turn."""
+        spec = self.block_of(block.spec_key)
+        part = spec.mlp if kind == "mlp" else next(m for m in spec.mixers if m.kind == kind)
+        if part.normed_skip is None:
+            return lambda stream: stream
+        return lambda stream: scaled(self.norm(layer, part.norm, stream), layer, part.normed_skip)
 
     def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
         """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
@@ -207,7 +247,7 @@ class Family:
         taps, spec = [], self.block_of(block.spec_key)
         for mixer in spec.mixers:
             if mixer.points is not None:
-                taps += mixer.points(getattr(block, mixer.kind), getattr(layer, mixer.module), pattern_mode)
+                taps += mixer.points(getattr(block, mixer.kind), attrgetter(mixer.module)(layer), pattern_mode)
         if spec.mlp is not None and spec.mlp.points is not None:
             block.add_module("mlp", MixerHooks())
             for module in filter(None, (getattr(layer, attr) for attr in spec.mlp.modules)):

@@ -96,7 +96,7 @@ def token_contributions(
     dla, labels = logit_attribution(model, cache, target)
     dla = dla[:, batch].cpu()
     frames = []
-    for layer, components in enumerate(cache.layer_components):
+    for layer, components in enumerate(cache.residual_terms):
         if compared_paths(components) is None:
             continue
         path, other = compared_paths(components)
@@ -108,6 +108,10 @@ def token_contributions(
             norm_share=_share(*norms).numpy(), dla_path=direct[0].numpy(), dla_other=direct[1].numpy(),
             dla_share=_share(direct[0].abs(), direct[1].abs()).numpy(),
         )))
+    if not frames:
+        raise ValueError("No block of this model adds two components to the residual stream (e.g. a Mamba "
+                         "stack: one SSM per block), so there are no two paths to compare; use "
+                         "`logit_attribution` for per-component direct logit attribution.")
     return pd.concat(frames, ignore_index=True)
 
 
