@@ -21,7 +21,8 @@ from ..cache import ActivationCache
 from ..vocabulary import ComponentLabel
 from .attribution import logit_attribution
 
-PATH_COLORS = {"attn": (214, 39, 40), "linear_attn": (44, 160, 44), "ssm": (31, 119, 180), "mlp": (127, 127, 127)}
+PATH_COLORS = {"attn": (214, 39, 40), "linear_attn": (44, 160, 44), "ssm": (31, 119, 180), "conv": (148, 103, 189),
+               "mlp": (127, 127, 127)}
 
 
 def compared_paths(mixers: tuple[str, ...]) -> tuple[str, str]:
@@ -122,8 +123,8 @@ def contributions_html(table: pd.DataFrame, share: str = "norm_share") -> str:
     """Colored text of a `token_contributions` table: one row per layer, one span per token.
 
     A token's background has the color of the path with the larger share (attention red, SSM blue,
-    linear attention green, MLP grey) and opacity `|2 * share - 1|`: white where both paths
-    contribute equally, solid where one path does everything.
+    linear attention green, short convolution purple, MLP grey) and opacity `|2 * share - 1|`: white
+    where both paths contribute equally, solid where one path does everything.
 
     Args:
         table: A `token_contributions` table.
