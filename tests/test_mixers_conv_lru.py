@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.analysis import logit_attribution
@@ -171,3 +171,16 @@ def test_rg_lru_inner_points_refuse_the_stateful_cache(gemma, tokens):
     _, model = gemma
     with pytest.raises(NotImplementedError, match="use_cache=False"):
         model.run_with_hooks(tokens, use_cache=True, fwd_hooks=[("blocks.0.ssm.hook_conv", lambda x, hook: x)])
+
+
+@torch.no_grad()
+def test_recurrent_gemma_stateful_decoding_continues_the_prefill(gemma, tokens):
+    """With `use_cache=True` the recurrent blocks keep their conv and RG-LRU states on the modules:
+    a one-token step after a prefill gives the logits of the whole sequence."""
+    reference, model = gemma
+    cache = DynamicCache(config=reference.config)
+    prefill = model(tokens[:, :8], cache=cache, use_cache=True)
+    step = model(tokens[:, 8:9], cache=cache, use_cache=True, position_ids=torch.full((2, 1), 8))
+    whole = reference(tokens[:, :9], use_cache=False).logits
+    assert torch.equal(prefill, whole[:, :8])
+    torch.testing.assert_close(step[:, 0], whole[:, 8])
