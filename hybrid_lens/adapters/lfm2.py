@@ -9,13 +9,15 @@ The final norm is named `embedding_norm` although it closes the decoder. In LFM2
 `hook_mlp_out`).
 """
 
+from dataclasses import replace
+
 from ..mixers import short_conv
 from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention
 
+FFN = Mlp(("feed_forward",), norm="ffn_norm")
 BLOCKS = {
-    "conv": Block((Mixer("conv", "conv", short_conv.add_points, RECURRENT_ARGS, norm="operator_norm"),),
-                  Mlp(("feed_forward",), norm="ffn_norm")),
-    "full_attention": Block((attention(norm="operator_norm"),), Mlp(("feed_forward",), norm="ffn_norm")),
+    "conv": Block((Mixer("conv", "conv", short_conv.add_points, RECURRENT_ARGS, norm="operator_norm"),), FFN),
+    "full_attention": Block((attention(norm="operator_norm"),), FFN),
 }
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
             num_hidden_layers=3, layer_types=["conv", "full_attention", "conv"])
@@ -29,13 +31,11 @@ LFM2 = Family(
     tiny=dict(TINY, block_auto_adjust_ff_dim=False),
     final_norm_attr="embedding_norm",
 )
-LFM2_MOE = Family(
+LFM2_MOE = replace(
+    LFM2,
     family="lfm2_moe",
     architectures=("Lfm2MoeForCausalLM",),
     model_types=("lfm2_moe",),
-    blocks=BLOCKS,
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(TINY, num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
               initializer_range=0.125),  # experts are parameters, not Linear: their init must be visible too
-    final_norm_attr="embedding_norm",
 )

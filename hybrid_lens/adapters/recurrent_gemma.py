@@ -24,12 +24,13 @@ def soft_cap(hf_model, logits):
 
 
 CHANNEL = Mlp(("mlp_block",), norm="channel_pre_norm")
+RECURRENT = Mixer("ssm", "temporal_block", rg_lru.add_points, norm="temporal_pre_norm")
 RECURRENT_GEMMA = Family(
     family="recurrent_gemma",
     architectures=("RecurrentGemmaForCausalLM",),
     model_types=("recurrent_gemma",),
     blocks={
-        "linear_attention": Block((Mixer("ssm", "temporal_block", rg_lru.add_points, norm="temporal_pre_norm"),), CHANNEL),
+        "linear_attention": Block((RECURRENT,), CHANNEL),
         "sliding_attention": Block((attention("temporal_block", norm="temporal_pre_norm"),), CHANNEL),
     },
     layer_types=lambda config: config.layers_block_type[: config.num_hidden_layers],

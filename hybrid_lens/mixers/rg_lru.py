@@ -80,6 +80,7 @@ def _eager_forward(block: nn.Module, hooks: MixerHooks):
             return lru._rnn_scan(hidden_states=parts[0], recurrent_gate=parts[1], reset=parts[2],
                                  recurrent_states=initial_state)
 
-        return hooks.hook_recurrence_out(split_scan(hooks.hook_state, scan, [normalized_x, torch.exp(log_decay), reset]))
+        recurrence = split_scan(hooks.hook_state, scan, [normalized_x, torch.exp(log_decay), reset])
+        return hooks.hook_recurrence_out(recurrence)
 
     return forward
