@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from hybrid_lens import HookedHybrid
 from hybrid_lens.analysis import logit_attribution
 from hybrid_lens.configs import tiny_config
+from hybrid_lens.interventions import knockout
 from hybrid_lens.mixers.state import state_positions
 
 from .conftest import char_tokenizer
@@ -184,3 +185,24 @@ def test_recurrent_gemma_stateful_decoding_continues_the_prefill(gemma, tokens):
     whole = reference(tokens[:, :9], use_cache=False).logits
     assert torch.equal(prefill, whole[:, :8])
     torch.testing.assert_close(step[:, 0], whole[:, 8])
+
+
+@torch.no_grad()
+def test_rg_lru_pattern_reproduces_the_recurrence(gemma, tokens):
+    """`hook_pattern` applied to the normalized input (rebuilt from the gates) gives the RG-LRU output
+    transformers computes, and a knockout through it cuts one route only."""
+    reference, model = gemma
+    lru = reference.model.layers[0].temporal_block.rg_lru
+    seen = recorded(reference, tokens, {"lru": lru}, use_cache=False)
+    point = "blocks.0.ssm.hook_{}".format
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.startswith("blocks.0.ssm."))
+    reset = torch.arange(tokens.shape[1])[:, None] == 0
+    scale = torch.where(reset, 1.0, torch.sqrt(1 - torch.exp(2 * cache[point("log_decay")])))
+    normalized = cache[point("conv")] * cache[point("input_gate")] * scale
+    by_pattern = torch.einsum("bcts,bsc->btc", cache[point("pattern")], normalized)
+    torch.testing.assert_close(by_pattern, seen["lru"][1], rtol=1e-4, atol=1e-5)
+    clean = model(tokens)
+    with knockout("ssm", keys=[0], queries=[-1], layers=[0]).apply(model):
+        cut = model(tokens)
+    torch.testing.assert_close(cut[:, :-1], clean[:, :-1], rtol=1e-4, atol=1e-4)  # the matrix form, to rounding
+    assert (cut[:, -1] - clean[:, -1]).abs().max() > 1e-2

@@ -7,6 +7,9 @@ Recurrent Unit is diagonal, one scalar state per channel (`lru_width` channels):
 
 with input gate `i_t` and recurrence gate `r_t` (sigmoids of block-diagonal maps of `x_t`), and the
 state reset (`a_t` ignored, no sqrt factor) where `position_ids == 0` (De et al. 2024, "Griffin").
+From a zero state the recurrence is linear in its normalized input `u_s = sqrt(1 - a_s^2) i_s x_s`:
+`h_t = sum_s P[c, t, s] u_s` per channel c, with the implicit attention
+`P[c, t, s] = prod_{r=s+1..t} a_r[c]` (s <= t, no reset in (s, t]; else 0).
 """
 
 from __future__ import annotations
@@ -14,13 +17,50 @@ from __future__ import annotations
 import sys
 
 import torch
-from torch import nn
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
 
 from ..hook_points import Tap
+from .gated_deltanet import decay_matrix
 from .state import split_scan
-from .taps import MixerHooks, add_projection_point, recurrent_eager_tap
+from .taps import MixerHooks, add_projection_point, mixer_output, recurrent_eager_tap
 
-EAGER_POINTS = ["hook_conv", "hook_input_gate", "hook_recurrent_gate", "hook_log_decay", "hook_recurrence_out"]
+EAGER_POINTS = ["hook_conv", "hook_input_gate", "hook_recurrent_gate", "hook_log_decay", "hook_recurrence_out",
+                "hook_pattern"]
+
+
+def implicit_attention(log_decay: Float[Tensor, "batch pos channel"], reset: Bool[Tensor, "batch pos"]
+                       ) -> Float[Tensor, "batch channel pos pos"]:
+    """The matrix `P` (float32) with `h[b, t, c] = sum_s P[b, c, t, s] * u[b, s, c]` for the RG-LRU.
+
+    Args:
+        log_decay: `log a_t` (`hook_log_decay`).
+        reset: Where the state restarts (`position_ids == 0`).
+
+    Examples:
+        >>> log_decay = torch.log(torch.full((1, 3, 1), 0.5))
+        >>> implicit_attention(log_decay, torch.tensor([[True, False, False]]))[0, 0]
+        tensor([[1.0000, 0.0000, 0.0000],
+                [0.5000, 1.0000, 0.0000],
+                [0.2500, 0.5000, 1.0000]])
+        >>> implicit_attention(log_decay, torch.tensor([[True, False, True]]))[0, 0, 2]   # restarted at 2
+        tensor([0., 0., 1.])
+    """
+    segment = reset.cumsum(-1)
+    same = segment[:, None, :, None] == segment[:, None, None, :]
+    decay = decay_matrix(log_decay.masked_fill(reset[..., None], 0).transpose(1, 2))
+    return decay * same
+
+
+def apply_pattern(pattern: Float[Tensor, "batch channel pos pos"], normalized: Float[Tensor, "batch pos channel"]
+                  ) -> Float[Tensor, "batch pos channel"]:
+    """The RG-LRU output `P u` (float32) of a (possibly edited) implicit attention matrix.
+
+    Examples:
+        >>> apply_pattern(torch.eye(3).expand(1, 2, 3, 3), torch.ones(1, 3, 2)).shape
+        torch.Size([1, 3, 2])
+    """
+    return torch.einsum("bcts,bsc->btc", pattern.float(), normalized.float())
 
 
 def add_points(hooks: MixerHooks, block: nn.Module, pattern_mode: Tap) -> list[Tap]:
@@ -32,19 +72,21 @@ def add_points(hooks: MixerHooks, block: nn.Module, pattern_mode: Tap) -> list[T
     `use_cache=False` only): `hook_conv` (after the causal convolution, the RG-LRU input),
     `hook_input_gate` (`i_t`), `hook_recurrent_gate` (`r_t`), `hook_log_decay` (`log a_t`, the log
     of the per-step state decay), `hook_recurrence_out` (the RG-LRU output `h_t`, before the GeLU
-    gate), all `[batch, pos, lru_width]`, and `hook_state` `[batch, lru_width]` (float32, the
-    RG-LRU state after chosen positions, see `StateHookPoint`). `pattern_mode` is unused (no
-    `hook_pattern`).
+    gate), all `[batch, pos, lru_width]`, `hook_pattern` `[batch, lru_width, query_pos, key_pos]`
+    (the implicit attention of each channel, see `implicit_attention`; computed only while hooked or
+    while `pattern_mode` is on, and a replaced pattern is applied to the normalized input instead of
+    the recurrence), and `hook_state` `[batch, lru_width]` (float32, the RG-LRU state after chosen
+    positions, see `StateHookPoint`).
     """
     taps = [
         add_projection_point(hooks, block.linear_x, "hook_x", None, "linear_x output"),
         add_projection_point(hooks, block.linear_y, "hook_y", None, "linear_y output"),
     ]
-    return [*taps, recurrent_eager_tap(hooks, block, _eager_forward(block, hooks), EAGER_POINTS,
+    return [*taps, recurrent_eager_tap(hooks, block, _eager_forward(block, hooks, pattern_mode), EAGER_POINTS,
                                        "eager RG-LRU recurrent-block forward")]
 
 
-def _eager_forward(block: nn.Module, hooks: MixerHooks):
+def _eager_forward(block: nn.Module, hooks: MixerHooks, pattern_mode: Tap):
     """The `transformers` recurrent-block forward (`use_cache=False` path) with hook points on its intermediates."""
     hf = sys.modules[type(block).__module__]  # the modeling module of the family: its helpers
     lru = block.rg_lru
@@ -80,7 +122,10 @@ def _eager_forward(block: nn.Module, hooks: MixerHooks):
             return lru._rnn_scan(hidden_states=parts[0], recurrent_gate=parts[1], reset=parts[2],
                                  recurrent_states=initial_state)
 
-        recurrence = split_scan(hooks.hook_state, scan, [normalized_x, torch.exp(log_decay), reset])
+        recurrence = mixer_output(
+            hooks, lambda: split_scan(hooks.hook_state, scan, [normalized_x, torch.exp(log_decay), reset]),
+            lambda: implicit_attention(log_decay, reset[..., 0]),
+            lambda edited: apply_pattern(edited, normalized_x).to(normalized_x.dtype), pattern_mode)
         return hooks.hook_recurrence_out(recurrence)
 
     return forward
