@@ -206,3 +206,24 @@ def test_rg_lru_pattern_reproduces_the_recurrence(gemma, tokens):
         cut = model(tokens)
     torch.testing.assert_close(cut[:, :-1], clean[:, :-1], rtol=1e-4, atol=1e-4)  # the matrix form, to rounding
     assert (cut[:, -1] - clean[:, -1]).abs().max() > 1e-2
+
+
+@torch.no_grad()
+def test_short_conv_pattern_reproduces_the_mixer_and_knocks_out_one_route(tokens):
+    """`hook_pattern` applied to x (plus C times the conv bias) gives the transformers `out_proj`
+    input; cutting the route from token 10 to token 11 removes exactly that term."""
+    reference, model = pair("lfm2", conv_bias=True)
+    conv = reference.model.layers[0].conv
+    seen = recorded(reference, tokens, {"out_proj": conv.out_proj}, use_cache=False)
+    point = "blocks.0.conv.hook_{}".format
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.startswith("blocks.0.conv."))
+    bias_term = cache[point("C")] * conv.conv.bias
+    by_pattern = torch.einsum("bcts,bsc->btc", cache[point("pattern")], cache[point("x")]) + bias_term
+    torch.testing.assert_close(by_pattern, seen["out_proj"][0][0], rtol=1e-4, atol=1e-5)
+    with knockout("conv", keys=[10], queries=[11], layers=[0]).apply(model):
+        _, cut = model.run_with_cache(tokens, names_filter=point("y"))
+    B, C, x = (cache[point(name)] for name in "BCx")
+    route = C[:, 11] * conv.conv.weight[:, 0, -2] * B[:, 10] * x[:, 10]  # lag 1: the kernel's second-last tap
+    expected = cache[point("y")].clone()
+    expected[:, 11] -= route
+    torch.testing.assert_close(cut[point("y")], expected, rtol=1e-4, atol=1e-5)
