@@ -22,7 +22,8 @@ class ActivationCache(Mapping[str, Tensor]):
 
     Args:
         values: Hook name -> tensor.
-        layer_mixers: Mixer kinds of every block, as `HookedHybrid.layer_mixers`.
+        layer_components: Components of every block (mixer kinds, then `mlp` if present), as
+            `HookedHybrid.layer_components`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -33,9 +34,10 @@ class ActivationCache(Mapping[str, Tensor]):
         torch.Size([1, 3, 128])
     """
 
-    def __init__(self, values: dict[str, Tensor], layer_mixers: list[tuple[str, ...]]):
+    def __init__(self, values: dict[str, Tensor], layer_components: list[tuple[str, ...]]):
         self._values = values
-        self.layer_mixers = layer_mixers
+        self.layer_components = layer_components
+        self.layer_mixers = [tuple(kind for kind in c if kind != "mlp") for c in layer_components]
 
     # --- mapping ------------------------------------------------------------------------------
     def _key(self, key) -> str:
@@ -59,7 +61,7 @@ class ActivationCache(Mapping[str, Tensor]):
         return len(self._values)
 
     def __repr__(self) -> str:
-        return f"ActivationCache({len(self)} tensors, {len(self.layer_mixers)} layers)"
+        return f"ActivationCache({len(self)} tensors, {len(self.layer_components)} layers)"
 
     def to(self, device: str | torch.device) -> ActivationCache:
         """A copy with every tensor moved to `device`.
@@ -70,7 +72,7 @@ class ActivationCache(Mapping[str, Tensor]):
             >>> cache.to("cpu")["resid_pre", 0].device
             device(type='cpu')
         """
-        return ActivationCache({k: v.to(device) for k, v in self._values.items()}, self.layer_mixers)
+        return ActivationCache({k: v.to(device) for k, v in self._values.items()}, self.layer_components)
 
     def cpu(self) -> ActivationCache:
         """A copy with every tensor on the CPU, `self.to("cpu")`.
@@ -87,7 +89,7 @@ class ActivationCache(Mapping[str, Tensor]):
     @property
     def n_layers(self) -> int:
         """Number of blocks of the model the cache comes from."""
-        return len(self.layer_mixers)
+        return len(self.layer_components)
 
     def layers_with(self, kind: str) -> list[int]:
         """Layers whose block has component `kind` (attn / linear_attn / ssm / mlp / resid_*).
@@ -98,9 +100,11 @@ class ActivationCache(Mapping[str, Tensor]):
             >>> cache.layers_with("attn")
             [3, 7]
         """
-        if kind == "mlp" or kind in RESID_KINDS:
+        if kind == "resid_mid":  # only blocks with mixers and an MLP have a midpoint
+            return [i for i, (c, m) in enumerate(zip(self.layer_components, self.layer_mixers)) if m and "mlp" in c]
+        if kind in RESID_KINDS:
             return list(range(self.n_layers))
-        return [i for i, mixers in enumerate(self.layer_mixers) if kind in mixers]
+        return [i for i, components in enumerate(self.layer_components) if kind in components]
 
     def stack(self, kind: str, return_labels: bool = False):
         """Stack one kind over the layers that have it.
@@ -123,7 +127,7 @@ class ActivationCache(Mapping[str, Tensor]):
         """
         layers = self.layers_with(kind)
         if not layers:
-            raise ValueError(f"No layer of this model has a {kind!r} component (layer mixers: {self.layer_mixers}).")
+            raise ValueError(f"No layer of this model has a {kind!r} component (layer components: {self.layer_components}).")
         stacked = torch.stack([self[hook_name(i, kind)] for i in layers])
         return (stacked, layers) if return_labels else stacked
 
@@ -133,7 +137,7 @@ class ActivationCache(Mapping[str, Tensor]):
         """The residual stream before each block up to `layer` (exclusive), plus the final output.
 
         With `layer=None` the last entry is `blocks.{n-1}.hook_resid_post` (labelled `final_post`);
-        with `incl_mid` each block's `resid_mid` follows its `resid_pre`.
+        with `incl_mid` each block's `resid_mid` (where it has one) follows its `resid_pre`.
 
         Args:
             layer: Stop before this block; None covers every block and adds the final output.
@@ -152,11 +156,11 @@ class ActivationCache(Mapping[str, Tensor]):
             ['0_pre', '0_mid', '1_pre', '1_mid']
         """
         stop = self.n_layers if layer is None else layer
-        tensors, labels = [], []
+        tensors, labels, mids = [], [], set(self.layers_with("resid_mid"))
         for i in range(stop):
             tensors.append(self[hook_name(i, "resid_pre")])
             labels.append(f"{i}_pre")
-            if incl_mid:
+            if incl_mid and i in mids:
                 tensors.append(self[hook_name(i, "resid_mid")])
                 labels.append(f"{i}_mid")
         if layer is None:
@@ -194,7 +198,7 @@ class ActivationCache(Mapping[str, Tensor]):
         stop = self.n_layers if layer is None else layer
         tensors, labels = [self["hook_embed"]], [ComponentLabel(None, "embed")]
         for i in range(stop):
-            for kind in (*self.layer_mixers[i], "mlp"):
+            for kind in self.layer_components[i]:
                 tensors.append(self[hook_name(i, kind)])
                 labels.append(ComponentLabel(i, kind))
         stacked = torch.stack(tensors)

@@ -21,6 +21,11 @@ def _models(args) -> None:
     from . import zoo
     from .adapters import ADAPTERS
 
+    if args.coverage:
+        from .coverage import coverage_markdown
+
+        print(coverage_markdown())
+        return
     print("Bundled models (offline):")
     for name in zoo.ZOO_MODELS:
         print(f"  {name}")
@@ -28,9 +33,10 @@ def _models(args) -> None:
     for name, (description, is_installed, install) in zoo.REAL_MODELS.items():
         state = "installed" if is_installed() else f"not installed: {install}"
         print(f"  {name}: {description} [{state}]")
-    print("Supported architectures (any checkpoint of these loads with --model NAME_OR_PATH):")
+    print(f"Supported families ({len(ADAPTERS)}; any checkpoint of these loads with --model NAME_OR_PATH):")
     for adapter in ADAPTERS:
-        print(f"  {adapter.family}: {', '.join(adapter.architectures)}")
+        kinds = ", ".join(dict.fromkeys("+".join(block.components) for block in adapter.blocks.values()))
+        print(f"  {adapter.family}: {', '.join(adapter.architectures)} [{kinds}]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Include inner mixer points (q/k/v, x/B/C/dt, ...).")
     hooks.set_defaults(run=_hooks)
 
-    models = commands.add_parser("models", help="List the bundled models and the supported architectures.")
+    models = commands.add_parser("models", help="List the bundled models and the supported families.")
+    models.add_argument("--coverage", action="store_true",
+                        help="Print the coverage table (Markdown) instead: every family's layer kinds and hook points.")
     models.set_defaults(run=_models)
 
     from .study.commands import add_study_commands

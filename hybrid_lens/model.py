@@ -81,15 +81,15 @@ class FinalNormHooks(nn.Module):
 
 
 class HookedHybrid(HookedRootModule):
-    """A hooked view of a `Qwen3_5ForCausalLM`, `FalconH1ForCausalLM` or `Qwen2ForCausalLM`.
+    """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
+    Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
     Build it with `from_pretrained`, `from_hf` or `from_config`. `from_hf` wraps the given model in
     place (its decoder layers' `forward` is replaced by an equivalent hooked one). With no hooks
     attached, the logits are bit-identical to the wrapped model's.
 
     Args:
-        hf_model: A `Qwen3_5ForCausalLM`, `FalconH1ForCausalLM`, `Qwen2ForCausalLM` or
-            `LlamaForCausalLM` (see `supported_architectures`).
+        hf_model: A causal LM of a registered family (see `supported_architectures`).
         tokenizer: Its tokenizer, needed for text input; a missing pad token is set to EOS.
 
     Examples:
@@ -260,7 +260,8 @@ class HookedHybrid(HookedRootModule):
 
     @property
     def layer_types(self) -> list[str]:
-        """Per layer, its mixer kinds joined by `+`: `attn`, `linear_attn`, `ssm+attn`."""
+        """Per layer, its mixer kinds joined by `+`: `attn`, `linear_attn`, `ssm+attn` (`mlp` for a
+        block with an MLP only)."""
         return [layer_type(mixers) for mixers in self.layer_mixers]
 
     def components(self, kind: str) -> list[Component]:
@@ -279,8 +280,8 @@ class HookedHybrid(HookedRootModule):
             raise ValueError(f"Unknown component kind {kind!r}; choose one of {COMPONENT_KINDS}.")
         return [
             Component(i, kind, hook_name(i, kind))
-            for i, mixers in enumerate(self.layer_mixers)
-            if kind == "mlp" or kind in mixers
+            for i, components in enumerate(self.layer_components)
+            if kind in components
         ]
 
     def apply_final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
@@ -754,7 +755,7 @@ class HookedHybrid(HookedRootModule):
             if batch != 1:
                 raise ValueError(f"remove_batch_dim=True needs a batch of 1; this batch has {batch} rows.")
             store = {name: value[0] for name, value in store.items()}
-        return output, ActivationCache(store, self.layer_mixers)
+        return output, ActivationCache(store, self.layer_components)
 
     # --- nnsight ------------------------------------------------------------------------------
     def nnsight(self, inner_points: bool = False, patterns: bool = False):

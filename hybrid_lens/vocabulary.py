@@ -21,7 +21,7 @@ def layer_type(mixers: Sequence[str]) -> str:
         >>> layer_type(("ssm", "attn")), layer_type(("linear_attn",))
         ('ssm+attn', 'linear_attn')
     """
-    return "+".join(mixers)
+    return "+".join(mixers) or "mlp"  # a block with an MLP only (Nemotron-H)
 
 
 def point_name(kind: str) -> str:

@@ -61,6 +61,7 @@ MODULES = [
     "hybrid_lens.study.diagnostics",  # hidden_metrics is +SKIP (minutes on a CPU)
     "hybrid_lens.study.commands",
     "hybrid_lens.configs",
+    "hybrid_lens.coverage",
     "hybrid_lens.zoo",
     "hybrid_lens.cli",
 ]

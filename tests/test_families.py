@@ -18,8 +18,11 @@ from transformers import AutoModelForCausalLM
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.adapters import FAMILIES
+from hybrid_lens.analysis import hidden_state_metrics, logit_lens_kl
 from hybrid_lens.configs import tiny_config
+from hybrid_lens.evals import perplexity
 from hybrid_lens.interventions import Sweep, skip_layer, zero
+from hybrid_lens.study.plan import study_conditions
 from hybrid_lens.vocabulary import hook_name
 
 from .conftest import char_tokenizer
@@ -74,12 +77,13 @@ def test_no_hooks_reproduces_transformers_logits_exactly(built, tokens):
 
 @torch.no_grad()
 def test_cache_equals_output_hidden_states(built, tokens):
-    _, reference, model = built
+    family, reference, model = built
     hidden = reference(tokens, output_hidden_states=True).hidden_states
     _, cache = model.run_with_cache(tokens)
     assert len(hidden) == model.n_layers + 1
+    point = "resid_post" if FAMILIES[family].hidden_states_skip_embed else "resid_pre"  # Mamba omits the embeddings
     for layer in range(model.n_layers):
-        assert torch.equal(cache[hook_name(layer, "resid_pre")], hidden[layer])
+        assert torch.equal(cache[hook_name(layer, point)], hidden[layer])
     assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
 
 
@@ -138,3 +142,43 @@ def test_interventions_and_sweeps_run_unchanged(built, tokens):
     for condition, swept in zip(skips, Sweep(skips, batch=1).logits(model, tokens)):
         with condition.apply(model):
             assert torch.equal(swept, model(tokens)), condition.name
+
+
+@torch.no_grad()
+def test_evals_analysis_and_the_study_plan_run_unchanged(built):
+    """Perplexity under every study condition (one Sweep) equals perplexity under each condition
+    alone; the hidden-state metrics and the logit lens cover every block of the family."""
+    _, _, model = built
+    text = torch.randint(3, 256, (40,), generator=torch.Generator().manual_seed(2))
+    conditions = [c.condition for c in study_conditions(model.layer_mixers, trials=1)][:6]
+    swept = perplexity(model, text, 16, condition=Sweep(conditions, batch=1), progress=False)
+    for condition, result in zip(conditions, swept):
+        alone = perplexity(model, text, 16, condition=condition, progress=False)
+        assert math.isfinite(result.ppl) and result.ppl == alone.ppl, condition.name
+    _, cache = model.run_with_cache(text[None, :12])
+    metrics = hidden_state_metrics(cache)
+    assert sorted(metrics.layer.unique()) == list(range(model.n_layers))
+    assert len(logit_lens_kl(model, cache)) > 0
+
+
+def test_an_nnsight_trace_reads_and_writes_the_points(built, tokens):
+    """Inside an nnsight trace, every block output reads as the cache has it, and zeroing the last
+    block's first component gives the logits of the same edit made with a plain hook."""
+    _, _, model = built
+    last = model.n_layers - 1
+    name = hook_name(last, model.layer_components[last][0])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        edited = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: torch.zeros_like(x))])
+    view = model.nnsight()
+    read = {}
+    with torch.no_grad(), view.trace(tokens):
+        for i in range(model.n_layers):
+            read[i] = view.blocks[i].hook_resid_post.output.save()
+    for i, value in read.items():
+        assert torch.equal(value, cache[hook_name(i, "resid_post")]), i
+    with torch.no_grad(), view.trace(tokens):
+        point = getattr(view.blocks[last], name.split(".")[2])
+        point.output = torch.zeros_like(point.output)
+        logits = view.output.save()
+    assert torch.equal(logits, edited)

@@ -27,3 +27,12 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     script = tmp_path / f"readme_snippet_{index}.py"  # on disk: nnsight reads a trace's source back
     script.write_text(code)
     runpy.run_path(str(script), run_name="__main__")
+
+
+def test_the_coverage_table_is_the_registry():
+    """The README's coverage table is `hybrid-lens models --coverage` as it prints today."""
+    from hybrid_lens.coverage import coverage_markdown
+
+    text = README.read_text()
+    table = text.split("<!-- coverage:start -->\n")[1].split("\n<!-- coverage:end -->")[0]
+    assert table == coverage_markdown(), "regenerate the README table with `hybrid-lens models --coverage`"

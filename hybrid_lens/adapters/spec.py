@@ -100,6 +100,8 @@ class Family:
             linear in the final-normed residual (then, and only then, `W_U` exists).
         norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
+        hidden_states_skip_embed: The model's `output_hidden_states` omits the embeddings (Mamba):
+            its entry `i` is the output of block `i`, not its input.
     """
 
     family: str = ""
@@ -115,6 +117,7 @@ class Family:
     logit_transform: Callable[[nn.Module, Tensor], Tensor] | None = None
     norm_cast: bool = False
     residual_fp32: bool = False
+    hidden_states_skip_embed: bool = False
 
     def block_of(self, layer_type: str) -> Block:
         try:

@@ -25,24 +25,27 @@ PATH_COLORS = {"attn": (214, 39, 40), "linear_attn": (44, 160, 44), "ssm": (31, 
                "mlp": (127, 127, 127)}
 
 
-def compared_paths(mixers: tuple[str, ...]) -> tuple[str, str]:
+def compared_paths(components: tuple[str, ...]) -> tuple[str, str] | None:
     """`(path, other)` of one block: attention vs the other mixer when the block has two; the
-    mixer vs the MLP when it has one.
+    mixer vs the MLP when it has one; None for a block with a single component (nothing to compare).
 
     Args:
-        mixers: One entry of `HookedHybrid.layer_mixers`.
+        components: One entry of `HookedHybrid.layer_components`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> compared_paths(model.layer_mixers[0])
+        >>> compared_paths(model.layer_components[0])
         ('attn', 'ssm')
-        >>> compared_paths(("linear_attn",))
-        ('linear_attn', 'mlp')
+        >>> compared_paths(("linear_attn", "mlp")), compared_paths(("ssm",))
+        (('linear_attn', 'mlp'), None)
     """
+    mixers = [kind for kind in components if kind != "mlp"]
     if len(mixers) > 2:
         raise ValueError(f"A block with mixers {mixers} has no single pair of paths to compare.")
-    path = "attn" if "attn" in mixers else mixers[0]
-    return path, [kind for kind in (*mixers, "mlp") if kind != path][0]
+    if len(components) < 2:
+        return None
+    path = "attn" if "attn" in mixers else components[0]
+    return path, [kind for kind in components if kind != path][0]
 
 
 def _share(part: Tensor, rest: Tensor) -> Tensor:
@@ -93,8 +96,10 @@ def token_contributions(
     dla, labels = logit_attribution(model, cache, target)
     dla = dla[:, batch].cpu()
     frames = []
-    for layer, mixers in enumerate(cache.layer_mixers):
-        path, other = compared_paths(mixers)
+    for layer, components in enumerate(cache.layer_components):
+        if compared_paths(components) is None:
+            continue
+        path, other = compared_paths(components)
         norms = [cache[f"{kind}_out", layer][batch].float().norm(dim=-1).cpu() for kind in (path, other)]
         direct = [dla[labels.index(ComponentLabel(layer, kind))] for kind in (path, other)]
         frames.append(pd.DataFrame(dict(

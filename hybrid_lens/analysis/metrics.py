@@ -55,7 +55,7 @@ def hidden_state_metrics(cache: ActivationCache, reduction: Reduction = "mean") 
         60
     """
     entries = []
-    for layer, mixers in enumerate(cache.layer_mixers):
+    for layer, (components, mixers) in enumerate(zip(cache.layer_components, cache.layer_mixers)):
         pre = cache["resid_pre", layer].float()
         post = cache["resid_post", layer].float()
         pre_norm = pre.norm(dim=-1)
@@ -66,7 +66,7 @@ def hidden_state_metrics(cache: ActivationCache, reduction: Reduction = "mean") 
 
         entries.append((keys("block", "norm_change"), (post - pre).norm(dim=-1) / pre_norm))
         entries.append((keys("block", "cosine"), F.cosine_similarity(pre, post, dim=-1)))
-        for component in (*mixers, "mlp"):
+        for component in components:
             output = cache[f"{component}_out", layer].float()
             entries.append((keys(component, "output_ratio"), output.norm(dim=-1) / pre_norm))
     return tidy_table(entries, reduction)
@@ -130,8 +130,8 @@ def ablation_kl(
     check_reduction(reduction)
     jobs = [
         (layer, component)
-        for layer, mixers in enumerate(model.layer_mixers)
-        for component in (*mixers, "mlp", "block")
+        for layer, layer_components in enumerate(model.layer_components)
+        for component in (*layer_components, "block")
         if components is None or component in components
     ]
     if not jobs:

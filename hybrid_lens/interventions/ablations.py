@@ -90,7 +90,7 @@ class Intervention:
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-            >>> targets = Selector("ssm", layers=3).targets(model.layer_mixers)
+            >>> targets = Selector("ssm", layers=3).targets(model.layer_components)
             >>> Zero().prepare(model, targets)          # nothing to compute for Zero
         """
 
@@ -355,7 +355,7 @@ class Mean(_FromReference):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> mean = Mean("And God said unto Moses")
-            >>> mean.prepare(model, Selector("ssm", layers=3).targets(model.layer_mixers))
+            >>> mean.prepare(model, Selector("ssm", layers=3).targets(model.layer_components))
             >>> hook = model.hook_dict["blocks.3.hook_ssm_out"]
             >>> mean.replace(torch.zeros(2, 4, 128), hook).shape
             torch.Size([2, 4, 128])
@@ -400,7 +400,7 @@ class Resample(_FromReference):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> resample = Resample(["And God said unto Moses", "In the beginning God created"])
-            >>> resample.prepare(model, Selector("attn", layers=2).targets(model.layer_mixers))
+            >>> resample.prepare(model, Selector("attn", layers=2).targets(model.layer_components))
             >>> hook = model.hook_dict["blocks.2.hook_attn_out"]
             >>> resample.replace(torch.zeros(3, 4, 128), hook).shape
             torch.Size([3, 4, 128])
@@ -450,7 +450,7 @@ class Patch(_FromReference):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> source = Patch("And God said unto Moses")
-            >>> source.prepare(model, Selector("attn", layers=2).targets(model.layer_mixers))
+            >>> source.prepare(model, Selector("attn", layers=2).targets(model.layer_components))
             >>> source.replace(torch.zeros(1, 5, 128), model.hook_dict["blocks.2.hook_attn_out"]).shape
             torch.Size([1, 5, 128])
         """

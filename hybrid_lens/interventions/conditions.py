@@ -122,7 +122,7 @@ class Condition:
         """
         hooks = []
         for selector, intervention in self.items:
-            targets = selector.targets(model.layer_mixers)
+            targets = selector.targets(model.layer_components)
             for target in targets:
                 for name in target.hook_names:
                     if name not in model.hook_dict:

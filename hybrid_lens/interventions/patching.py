@@ -126,7 +126,7 @@ def patch_jobs(model, where: Selector | Sequence[Selector] | None, positions: Se
     jobs = [
         (target, None if positions is None else p)
         for selector in selectors
-        for target in selector.targets(model.layer_mixers)
+        for target in selector.targets(model.layer_components)
         for p in ([None] if positions is None else positions)
     ]
     if any(t.kind not in KINDS or t.kind == "block" for t, _ in jobs):

@@ -96,7 +96,7 @@ class Selector:
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> early_ssm = Selector("ssm", layers="early")      # every SSM output in the first third
-        >>> [target.layer for target in early_ssm.targets(model.layer_mixers)]
+        >>> [target.layer for target in early_ssm.targets(model.layer_components)]
         [0, 1, 2, 3]
         >>> late_attn = Selector("attn", layers=[-2, -1], positions=slice(1, 3))
         >>> with Condition.of(late_attn, Zero()).apply(model):
@@ -148,31 +148,34 @@ class Selector:
             raise ValueError(f"Layers {bad} out of range for a model with {n_layers} layers.")
         return [layer % n_layers for layer in layers]
 
-    def targets(self, layer_mixers: list[tuple[str, ...]]) -> list[Target]:
-        """The targets on a model with these per-layer mixers; raises if there are none.
+    def targets(self, layer_components: list[tuple[str, ...]]) -> list[Target]:
+        """The targets on a model with these per-layer components; raises if there are none.
 
         Layers without the selected kind are skipped (on Qwen3.5, `attn` selects only the
-        full-attention layers); `mixer` gives one target per mixer of each layer.
+        full-attention layers; on Nemotron-H, `mlp` only the MLP blocks); `mixer` gives one
+        target per mixer of each layer; `resid_mid` exists in blocks with mixers and an MLP.
 
         Args:
-            layer_mixers: `HookedHybrid.layer_mixers`.
+            layer_components: `HookedHybrid.layer_components` (mixer kinds, then `mlp` if present).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-            >>> Selector("attn").targets(model.layer_mixers)
+            >>> Selector("attn").targets(model.layer_components)
             [Target(layer=3, kind='attn', point=None), Target(layer=7, kind='attn', point=None)]
         """
         found = []
-        for layer in self.layer_indices(len(layer_mixers)):
-            mixers = layer_mixers[layer]
+        for layer in self.layer_indices(len(layer_components)):
+            components = layer_components[layer]
+            mixers = [kind for kind in components if kind != "mlp"]
             if self.kind == "mixer":
                 found += [Target(layer, kind) for kind in mixers]
-            elif self.kind in mixers or self.kind in ("mlp", "block", *RESID_KINDS):
+            elif self.kind in components or self.kind in ("block", "resid_pre", "resid_post") or (
+                    self.kind == "resid_mid" and mixers and "mlp" in components):
                 found.append(Target(layer, self.kind, self.point))
         if not found:
             raise ValueError(
-                f"{self} matches nothing on this model (layer kinds: "
-                f"{['+'.join(m) for m in layer_mixers]}). Pick a kind the selected layers have."
+                f"{self} matches nothing on this model (layer components: "
+                f"{['+'.join(c) for c in layer_components]}). Pick a kind the selected layers have."
             )
         return found
 

@@ -50,7 +50,7 @@ class PatchState(Intervention):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> source = PatchState("And God said", position=-1)
-            >>> source.prepare(model, Selector("ssm", layers=0, point="hook_state").targets(model.layer_mixers))
+            >>> source.prepare(model, Selector("ssm", layers=0, point="hook_state").targets(model.layer_components))
             >>> source._values["blocks.0.ssm.hook_state"].shape     # [batch, head, d_head, d_state]
             torch.Size([1, 4, 32, 32])
         """

@@ -53,7 +53,7 @@ def first_layer(condition: Condition, model) -> int:
         >>> first_layer(Condition(name="baseline"), model)
         12
     """
-    layers = [target.layer for selector, _ in condition.items for target in selector.targets(model.layer_mixers)]
+    layers = [target.layer for selector, _ in condition.items for target in selector.targets(model.layer_components)]
     return min(layers, default=model.n_layers)
 
 

@@ -1,8 +1,11 @@
-"""The math of linear mixers: implicit attention matrices and recurrent-state points.
+"""Mixer kinds: one module per kind with its inner hook points, eager path and math.
 
-`gated_deltanet` and `mamba2` compute the exact token-to-token matrix of each mixer (its
-"implicit attention"); `state` holds the writable recurrent-state hook point and the split
-recurrence that feeds it.
+Each kind's module (`attention`, `gated_deltanet`, `mamba2`, ...) has `add_points(hooks, module,
+pattern_mode)`, which the family adapters name in their `Mixer` specs: it creates the kind's inner
+hook points on a `transformers` mixer and returns the taps that feed them. `gated_deltanet` and
+`mamba2` also compute the exact token-to-token matrix of their mixer (its "implicit attention");
+`state` holds the writable recurrent-state hook point and the split recurrence that feeds it;
+`taps` the switchable plumbing shared by all kinds.
 """
 
 from . import gated_deltanet, mamba2

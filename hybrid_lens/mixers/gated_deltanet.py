@@ -23,6 +23,8 @@ from ..hook_points import Tap
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, output_tap, recurrent_eager_tap, refuse_cache
 
+__all__ = ["apply_pattern", "decay_matrix", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
+
 
 def _l2norm(x: Tensor) -> Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)

@@ -24,6 +24,8 @@ from .taps import MixerHooks, add_projection_point, input_tap, mixer_output, rec
 
 from .gated_deltanet import decay_matrix
 
+__all__ = ["apply_pattern", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
+
 
 def implicit_attention(
     dt: Float[Tensor, "batch pos head"],

@@ -1,0 +1,67 @@
+"""The coverage table: every registered family, its `transformers` class, layer kinds and hook points.
+
+Generated from the adapter registry (`hybrid_lens.adapters.FAMILIES`) and a tiny random model of each
+family, so it lists what the code provides; the README's table is this output
+(`hybrid-lens models --coverage`), and `tests/test_readme.py` checks that they agree. Every family in
+it runs through `tests/test_families.py`, which is parameterized over the same registry.
+"""
+
+from __future__ import annotations
+
+from .adapters import ADAPTERS, Family
+
+VERIFIED = ("Verified for every family by `tests/test_families.py` on a tiny random model whose every component "
+            "visibly moves the logits: (1) logits `torch.equal` to the plain transformers model; (2) cached "
+            "`hook_resid_pre` `torch.equal` to `output_hidden_states` (`hook_resid_post` where those omit the "
+            "embeddings: Mamba, FalconMamba); (3) `resid_post` = `resid_pre` + the block "
+            "outputs; (4) a write at every block point reaches the logits, writing the same value changes "
+            "nothing; (5) hooking every inner point keeps the logits; (6) zero ablations and skip-layer sweeps "
+            "equal plain-hook runs. Layer kinds: components per layer type (`+mlp`: the block has an MLP or "
+            "MoE, output in `hook_mlp_out`); every block also has `hook_resid_pre` / `hook_resid_post`, and "
+            "`hook_resid_mid` when it has mixers and an MLP.")
+
+
+def family_points(family: Family) -> tuple[list[str], dict[str, list[str]]]:
+    """The block-level point names (`hook_ssm_out`, ...) and, per mixer kind, the inner point names
+    of a tiny random model of `family`.
+
+    Examples:
+        >>> from hybrid_lens.adapters import FAMILIES
+        >>> block, inner = family_points(FAMILIES["falcon_h1"])
+        >>> block[:3], inner["attn"][:3]
+        (['hook_resid_pre', 'hook_ssm_out', 'hook_attn_out'], ['hook_q', 'hook_k', 'hook_v'])
+    """
+    from .configs import tiny_config
+    from .model import HookedHybrid
+
+    model = HookedHybrid.from_config(tiny_config(family.family), seed=0)
+    block: dict[str, None] = {}
+    inner: dict[str, dict[str, None]] = {}
+    for name in model.hook_dict:
+        parts = name.split(".")
+        if parts[0] != "blocks":
+            continue
+        if len(parts) == 3:
+            block[parts[2]] = None
+        else:
+            inner.setdefault(parts[2], {})[parts[3]] = None
+    return list(block), {kind: list(names) for kind, names in inner.items()}
+
+
+def coverage_markdown() -> str:
+    """The coverage table in Markdown, one row per registered family, then what was verified.
+
+    Examples:
+        >>> print(coverage_markdown().splitlines()[0])
+        | family | `transformers` class | layer kinds | block outputs | inner points (`blocks.{i}.{kind}.`) |
+    """
+    rows = ["| family | `transformers` class | layer kinds | block outputs | inner points (`blocks.{i}.{kind}.`) |",
+            "|---|---|---|---|---|"]
+    for family in ADAPTERS:
+        kinds = dict.fromkeys("+".join(block.components) for block in family.blocks.values())
+        block, inner = family_points(family)
+        outputs = [f"`{name}`" for name in block if name.endswith("_out")]
+        inner_text = "; ".join(f"`{kind}`: {', '.join(names)}" for kind, names in inner.items()) or "–"
+        rows.append(f"| {family.family} | {', '.join(f'`{a}`' for a in family.architectures)} | "
+                    f"{', '.join(kinds)} | {', '.join(outputs)} | {inner_text} |")
+    return "\n".join(rows) + "\n\n" + VERIFIED
