@@ -72,7 +72,7 @@ def test_short_conv_points_match_the_transformers_submodules(lfm2, tokens):
     assert torch.equal(cache["blocks.0.conv.hook_C"], C)
     assert torch.equal(cache["blocks.0.conv.hook_x"], x)
     by_module = conv.conv((B * x).transpose(1, 2))[..., : tokens.shape[1]].transpose(1, 2)  # the Conv1d itself
-    torch.testing.assert_close(cache["blocks.0.conv.hook_conv"], by_module)
+    assert torch.equal(cache["blocks.0.conv.hook_conv"], by_module)
     assert torch.equal(cache["blocks.0.conv.hook_y"], seen["out_proj"][0][0])
     torch.testing.assert_close(cache["blocks.0.conv.hook_y"], C * by_module)
 
