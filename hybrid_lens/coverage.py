@@ -11,9 +11,10 @@ from __future__ import annotations
 from .adapters import ADAPTERS, Family
 
 VERIFIED = ("Verified for every family by `tests/test_families.py` on a tiny random model whose every component "
-            "visibly moves the logits: (1) logits `torch.equal` to the plain transformers model; (2) cached "
+            "visibly moves the logits: (1) logits `torch.equal` to the plain transformers model, and so is `unembed` "
+            "of the final-normed residual (logit multipliers and divisors included); (2) cached "
             "`hook_resid_pre` `torch.equal` to `output_hidden_states` (`hook_resid_post` where those omit the "
-            "embeddings: Mamba, FalconMamba); (3) `resid_post` = `resid_pre` + the block "
+            "embeddings: Mamba, FalconMamba, Mamba-2); (3) `resid_post` = `resid_pre` + the block "
             "outputs; (4) a write at every block point reaches the logits, writing the same value changes "
             "nothing; (5) hooking every inner point keeps the logits; (6) zero ablations and skip-layer sweeps "
             "equal plain-hook runs. Layer kinds: components per layer type (`+mlp`: the block has an MLP or "

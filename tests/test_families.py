@@ -88,6 +88,14 @@ def test_cache_equals_output_hidden_states(built, tokens):
 
 
 @torch.no_grad()
+def test_unembed_of_the_final_norm_reproduces_the_logits_exactly(built, tokens):
+    """`unembed` applies the family's logit multiplier or divisor as `transformers` does, bit for bit."""
+    _, reference, model = built
+    _, cache = model.run_with_cache(tokens)
+    assert torch.equal(model.unembed(cache["ln_final.hook_normalized"]), reference(tokens).logits)
+
+
+@torch.no_grad()
 def test_block_values_are_the_contributions_added_to_the_residual(built, tokens):
     """resid_post = resid_pre + the block's component outputs (mixers then MLP), to float rounding."""
     _, _, model = built

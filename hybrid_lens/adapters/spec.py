@@ -95,6 +95,8 @@ class Family:
         wrap_output: What the decoder loop expects a layer to return, from its output tensor.
         logit_scale: Factor the model applies to `lm_head` outputs, from the causal LM
             (Falcon-H1's `lm_head_multiplier`).
+        logit_divisor: Number the model divides `lm_head` outputs by, from the causal LM
+            (Granite's `logits_scaling`).
         logit_transform: A nonlinear map the causal LM applies to the scaled `lm_head` output,
             `(hf_model, logits) -> logits` (RecurrentGemma's soft cap); None: the logits are
             linear in the final-normed residual (then, and only then, `W_U` exists).
@@ -114,6 +116,7 @@ class Family:
     final_norm_attr: str = "norm"
     wrap_output: Callable[[Tensor], object] = lambda hidden: hidden
     logit_scale: Callable[[nn.Module], float] = lambda hf_model: 1.0
+    logit_divisor: Callable[[nn.Module], float] = lambda hf_model: 1.0
     logit_transform: Callable[[nn.Module, Tensor], Tensor] | None = None
     norm_cast: bool = False
     residual_fp32: bool = False
@@ -140,6 +143,11 @@ class Family:
 
     def final_norm(self, hf_model: nn.Module) -> nn.Module:
         return getattr(self.decoder(hf_model), self.final_norm_attr)
+
+    def scale_logits(self, hf_model: nn.Module, logits: Tensor) -> Tensor:
+        """What the causal LM does to `lm_head` outputs (or to `W_U`): `logits * logit_scale / logit_divisor`,
+        bit-identical to `transformers` (a factor or divisor of 1 changes nothing)."""
+        return logits * self.logit_scale(hf_model) / self.logit_divisor(hf_model)
 
     def block_forward(self, block: HookedBlock, layer: nn.Module, entry: Entry | None) -> Callable[..., object]:
         """A replacement for `layer.forward` that runs `block`'s recipe through its hook points.

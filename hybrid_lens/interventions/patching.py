@@ -87,7 +87,7 @@ def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selec
         ['attn', 'linear_attn', 'mlp', 'resid_pre']
     """
     kinds = kinds or (*COMPONENT_KINDS, "resid_pre")
-    present = {kind for mixers in model.layer_mixers for kind in mixers} | {"mlp", *RESID_KINDS}
+    present = {kind for components in model.layer_components for kind in components} | set(RESID_KINDS)
     return [Selector(kind) for kind in kinds if kind in present]
 
 

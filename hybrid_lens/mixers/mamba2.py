@@ -70,12 +70,15 @@ def apply_pattern(
 def add_points(hooks: MixerHooks, mamba, pattern_mode: Tap) -> list[Tap]:
     """Inner points of a Mamba-2 mixer (TransformerLens `SSM2MixerBridge` names, x/B/C/dt/z/y split out).
 
-    From projections (cheap): `hook_in_proj` `[batch, pos, d_in_proj]` (raw `in_proj` output, before
-    the muP vector), `hook_y` `[batch, pos, head, d_head]` (gated scan output entering `out_proj`).
+    Serves the Mamba-2 mixers of Falcon-H1, Bamba, Granite-4.0-H, Nemotron-H and Mamba-2 (the same
+    `transformers` forward; Falcon-H1 adds `ssm_in_multiplier`, a muP vector on the `in_proj`
+    output and an optional gated norm). From projections (cheap): `hook_in_proj`
+    `[batch, pos, d_in_proj]` (raw `in_proj` output, before any muP vector), `hook_y`
+    `[batch, pos, head, d_head]` (gated, normed scan output entering `out_proj`).
     From an eager forward that runs only while one of them is hooked: `hook_conv`
     `[batch, pos, conv_dim]` (after conv + activation), `hook_x` `[batch, pos, head, d_head]`,
     `hook_B`, `hook_C` `[batch, pos, group, d_state]`, `hook_dt` `[batch, pos, head]` (before bias
-    and softplus), `hook_z` `[batch, pos, d_ssm]` (gate, after the muP vector), `hook_pattern`
+    and softplus), `hook_z` `[batch, pos, d_ssm]` (gate, after any muP vector), `hook_pattern`
     `[batch, head, query_pos, key_pos]` (the semiseparable matrix M, scan output `M x + D x`;
     computed only while hooked, and a replaced M is applied to x instead of the scan), and
     `hook_state` `[batch, head, d_head, d_state]` (the SSM state after chosen positions, see
@@ -105,7 +108,11 @@ def _eager_forward(mamba, hooks: MixerHooks, pattern_mode: Tap):
         batch, seq, _ = hidden_states.shape
         dtype = hidden_states.dtype
         hidden_states = hf.apply_mask_to_padding_states(hidden_states, attention_mask)
-        projected = mamba.in_proj(hidden_states * mamba.ssm_in_multiplier) * mamba.mup_vector
+        if hasattr(mamba, "ssm_in_multiplier"):  # Falcon-H1's muP multipliers (the other families have none)
+            hidden_states = hidden_states * mamba.ssm_in_multiplier
+        projected = mamba.in_proj(hidden_states)
+        if hasattr(mamba, "mup_vector"):
+            projected = projected * mamba.mup_vector
         A = -torch.exp(mamba.A_log.float())
         gate, xbc, dt = projected.split([mamba.intermediate_size, mamba.conv_dim, mamba.num_heads], dim=-1)
         gate = hooks.hook_z(gate)
@@ -135,7 +142,7 @@ def _eager_forward(mamba, hooks: MixerHooks, pattern_mode: Tap):
         y = mixer_output(hooks, lambda: split_scan(hooks.hook_state, scan, [x, dt, B, C]), pattern,
                          lambda edited: apply_pattern(edited, x, mamba.D), pattern_mode)
         y = y.reshape(batch, seq, -1)
-        y = mamba.norm(y, gate) if mamba.mamba_rms_norm else y * torch.nn.functional.silu(gate)
+        y = mamba.norm(y, gate) if getattr(mamba, "mamba_rms_norm", True) else y * torch.nn.functional.silu(gate)
         return mamba.out_proj(y.to(dtype))
 
     return forward
