@@ -57,12 +57,14 @@ class Mixer:
 @dataclass(frozen=True)
 class Mlp:
     """The channel mixer of a block: one MLP or MoE, or several summed in order (Granite's MoE + shared
-    MLP; a module attribute that is None in a layer is skipped). A tuple output keeps its first item."""
+    MLP; a module attribute that is None in a layer is skipped). A tuple output keeps its first item.
+    `points` adds inner points of each module in `blocks.{i}.mlp.` (`hybrid_lens.mixers.router`)."""
 
     modules: tuple[str, ...] = ("mlp",)
     norm: str | None = "post_attention_layernorm"
     post_norm: str | None = None
     out_scale: Scale = None
+    points: AddPoints | None = None
 
 
 @dataclass(frozen=True)
@@ -205,11 +207,15 @@ class Family:
 
     def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
         """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
-        `hook_pattern`); return their taps."""
-        taps = []
-        for mixer in self.block_of(block.spec_key).mixers:
+        `hook_pattern`) and of its MLP (`Mlp.points`); return their taps."""
+        taps, spec = [], self.block_of(block.spec_key)
+        for mixer in spec.mixers:
             if mixer.points is not None:
                 taps += mixer.points(getattr(block, mixer.kind), getattr(layer, mixer.module), pattern_mode)
+        if spec.mlp is not None and spec.mlp.points is not None:
+            block.add_module("mlp", MixerHooks())
+            for module in filter(None, (getattr(layer, attr) for attr in spec.mlp.modules)):
+                taps += spec.mlp.points(block.mlp, module, pattern_mode)
         return taps
 
 

@@ -2,7 +2,7 @@
 
 Any attention module with `q_proj`/`k_proj`/`v_proj`/`o_proj` (or `out_proj`, LFM2) and `head_dim`
 (Llama, Qwen2/3, Qwen3.5's gated attention, Falcon-H1, Bamba, Jamba, ...) gets `hook_q/k/v/z` and
-`hook_pattern`.
+`hook_pattern`. Multi-head latent attention (Kimi-Linear) gets its own `add_mla_points`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..hook_points import Tap
-from .taps import MixerHooks, add_pattern_point, add_projection_point, input_tap, output_tap, single
+from .taps import MixerHooks, _route, add_pattern_point, add_projection_point, input_tap, output_tap, single
 
 
 def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
@@ -43,5 +43,38 @@ def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
     taps.append(add_projection_point(hooks, attention.v_proj, "hook_v", n_kv, "v_proj output"))
     split, join = single("hook_z", n_heads)
     taps.append(input_tap(hooks, o_proj, split, join, ["hook_z"], "o_proj input"))
+    add_pattern_point(hooks, attention, mode)
+    return taps
+
+
+def add_mla_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
+    """Inner points of multi-head latent attention (MLA without RoPE: Kimi-Linear's full attention).
+
+    `hook_q` `[batch, pos, head, qk_head_dim]` is the query projection output (`q_proj`, or `q_b_proj`
+    with a low-rank query); `hook_k` `[batch, key_pos, head, qk_head_dim]` and `hook_v`
+    `[batch, key_pos, head, v_head_dim]` are the keys and values `expand_kv` builds from the cached
+    latent (per-head keys from `kv_b_proj` followed by the key part shared by all heads; with a cache,
+    `key_pos` spans every cached position); `hook_z` `[batch, pos, head, v_head_dim]` is the input of
+    `o_proj`, and `hook_pattern` `[batch, head, query_pos, key_pos]` the softmax pattern.
+    """
+    heads = attention.num_heads
+    q_proj = attention.q_proj if attention.q_proj is not None else attention.q_b_proj
+    taps = [add_projection_point(hooks, q_proj, "hook_q", heads, "query projection output")]
+    points: dict = {}
+
+    def install():
+        def expand_kv(kv_nope, k_rot):
+            key, value = type(attention).expand_kv(attention, kv_nope, k_rot)
+            parts = {"hook_k": key.transpose(1, 2), "hook_v": value.transpose(1, 2)}
+            return (parts["hook_k"].transpose(1, 2), parts["hook_v"].transpose(1, 2)) if _route(points, parts) \
+                else (key, value)
+
+        attention.expand_kv = expand_kv
+        return lambda: delattr(attention, "expand_kv")
+
+    taps.append(Tap(install, "expand_kv output"))
+    points.update({name: hooks.add(name, taps[-1]) for name in ("hook_k", "hook_v")})
+    split, join = single("hook_z", heads)
+    taps.append(input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input"))
     add_pattern_point(hooks, attention, mode)
     return taps
