@@ -227,3 +227,19 @@ def test_short_conv_pattern_reproduces_the_mixer_and_knocks_out_one_route(tokens
     expected = cache[point("y")].clone()
     expected[:, 11] -= route
     torch.testing.assert_close(cut[point("y")], expected, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_lfm2_moe_router_points_are_the_router_outputs(tokens):
+    """`hook_router_*` of an LFM2-MoE layer are its sigmoid router's outputs (with expert bias), and
+    zeroing the routing weights silences the MoE; the dense first layer has no router points."""
+    reference, model = pair("lfm2_moe")
+    seen = recorded(reference, tokens, {"gate": reference.model.layers[1].feed_forward.gate}, use_cache=False)
+    names = [f"blocks.1.mlp.hook_router_{part}" for part in ("logits", "weights", "indices")]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    for name, value in zip(names, seen["gate"][1]):
+        assert torch.equal(cache[name], value.reshape(*tokens.shape, -1)), name
+    assert not any(name.startswith("blocks.0.mlp.") for name in model.hook_dict)
+    with model.hooks(fwd_hooks=[(names[1], lambda weights, hook: torch.zeros_like(weights))]):
+        _, cut = model.run_with_cache(tokens, names_filter="blocks.1.hook_mlp_out")
+    assert not cut["blocks.1.hook_mlp_out"].any()
