@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from hybrid_lens import HookedHybrid
@@ -33,15 +33,23 @@ VISIBLE = 1e-3  # least change of the logits, relative to their largest value, t
 
 @torch.no_grad()
 def visible_init(hf_model: nn.Module, seed: int) -> None:
-    """Linear and convolution weights N(0, 1/fan_in), embeddings N(0, 1): every component's output is
-    of the order of the residual (at the default init a Mamba-2 output is ~1e-4 of it)."""
+    """Linear, convolution and stacked-expert weights N(0, 1/fan_in), embeddings N(0, 1): every
+    component's output is of the order of the residual (at the default init a Mamba-2 output is ~1e-4
+    of it, and routed experts add ~0.4% of a MoE's output)."""
     generator = torch.Generator().manual_seed(seed)
+
+    def fill(weight: Tensor, fan_in: int) -> None:
+        weight.copy_(torch.randn(weight.shape, generator=generator) / math.sqrt(fan_in))
+
     for module in hf_model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d)):
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in))
+            fill(module.weight, module.weight[0].numel())
         elif isinstance(module, nn.Embedding):
             module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
+        else:  # experts stored as [expert, out, in] parameters (`gate_up_proj`, `down_proj`)
+            for name, weight in module.named_parameters(recurse=False):
+                if weight.ndim == 3 and name.endswith("_proj"):
+                    fill(weight, weight.shape[-1])
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
