@@ -40,6 +40,5 @@ LFM2_MOE = replace(
     architectures=("Lfm2MoeForCausalLM",),
     model_types=("lfm2_moe",),
     blocks=blocks(replace(FFN, points=router.add_points)),  # router points on the MoE layers
-    tiny=dict(TINY, num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-              initializer_range=0.125),  # experts are parameters, not Linear: their init must be visible too
+    tiny=dict(TINY, num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
 )
