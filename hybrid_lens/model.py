@@ -303,7 +303,8 @@ class HookedHybrid(HookedRootModule):
         return self.adapter.final_norm(self.hf_model).forward(resid)
 
     def unembed(self, normed: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Logits from final-normed residuals: `lm_head` with any logit multiplier or divisor (no hooks fire).
+        """Logits from final-normed residuals: `lm_head` with any logit multiplier or divisor, through
+        any logit soft cap (RecurrentGemma); no hooks fire.
 
         Args:
             normed: `Float[Tensor, "... d_model"]`, the output of the final norm.
@@ -317,12 +318,20 @@ class HookedHybrid(HookedRootModule):
             >>> torch.allclose(model.unembed(cache["ln_final.hook_normalized"]), logits)
             True
         """
-        return self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.forward(normed))
+        logits = self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.forward(normed))
+        transform = self.adapter.logit_transform
+        return logits if transform is None else transform(self.hf_model, logits)
 
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
         """Unembedding matrix including any logit multiplier or divisor, TransformerLens layout:
-        `Float[Tensor, "d_model vocab"]`."""
+        `Float[Tensor, "d_model vocab"]`. Raises `NotImplementedError` for a model whose logits are
+        not linear in the final-normed residual (a soft cap): `unembed` gives its logits."""
+        if self.adapter.logit_transform is not None:
+            raise NotImplementedError(
+                f"{self.adapter.family} soft-caps its logits, so they are not linear in the final-normed residual and "
+                "there is no W_U (direct logit attribution would not sum to the logits). Use model.unembed for the "
+                "logits, or hf_model.lm_head.weight for the pre-cap unembedding.")
         return self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.weight.T)
 
     def hook_names(self, inner: bool = True) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-MIXER_KINDS = ("attn", "linear_attn", "ssm")
+MIXER_KINDS = ("attn", "linear_attn", "ssm", "conv")
 COMPONENT_KINDS = (*MIXER_KINDS, "mlp")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 
@@ -84,7 +84,7 @@ class ComponentLabel(str):
 
     Attributes:
         layer: Block index, or None for a component outside the blocks (the embedding).
-        kind: `attn`, `linear_attn`, `ssm`, `mlp` or `embed`.
+        kind: `attn`, `linear_attn`, `ssm`, `conv`, `mlp` or `embed`.
 
     Examples:
         >>> label = ComponentLabel(3, "ssm")

@@ -113,6 +113,9 @@ class Family:
             (Falcon-H1's `lm_head_multiplier`).
         logit_divisor: Number the model divides `lm_head` outputs by, from the causal LM
             (Granite's `logits_scaling`).
+        logit_transform: A nonlinear map the causal LM applies to the scaled `lm_head` output,
+            `(hf_model, logits) -> logits` (RecurrentGemma's soft cap); None: the logits are
+            linear in the final-normed residual (then, and only then, `W_U` exists).
         norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
         hidden_states_skip_embed: The model's `output_hidden_states` omits the embeddings (Mamba):
@@ -130,6 +133,7 @@ class Family:
     wrap_output: Callable[[Tensor], object] = lambda hidden: hidden
     logit_scale: Callable[[nn.Module], float] = lambda hf_model: 1.0
     logit_divisor: Callable[[nn.Module], float] = lambda hf_model: 1.0
+    logit_transform: Callable[[nn.Module, Tensor], Tensor] | None = None
     norm_cast: bool = False
     residual_fp32: bool = False
     hidden_states_skip_embed: bool = False
@@ -274,9 +278,13 @@ def scaled(x: Tensor, layer: nn.Module, scale: Scale) -> Tensor:
 
 def argument_binder(forward: Callable) -> Callable[[tuple, dict], tuple[dict, dict]]:
     """Bind a call of the original layer `forward` (without `self`) to its named parameters (with
-    their defaults) and its remaining `**kwargs`, as Python would; computed once per layer class."""
+    their defaults) and its remaining `**kwargs`, as Python would; computed once per layer class.
+    The first parameter, the residual stream, is bound as `hidden_states` whatever its name
+    (RecurrentGemma's `activations`)."""
     parameters = list(inspect.signature(forward).parameters.values())[1:]
     names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = ["hidden_states", *names[1:]]
+    alias = parameters[0].name
     named_only = {p.name for p in parameters if p.kind == p.KEYWORD_ONLY}
     defaults = {p.name: p.default for p in parameters if p.default is not p.empty and p.kind != p.VAR_KEYWORD}
     known = set(names) | named_only
@@ -286,6 +294,7 @@ def argument_binder(forward: Callable) -> Callable[[tuple, dict], tuple[dict, di
         named.update(zip(names, args))
         rest = {}
         for key, value in kwargs.items():
+            key = "hidden_states" if key == alias else key
             (named if key in known else rest)[key] = value
         return named, rest
 

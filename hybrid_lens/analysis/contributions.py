@@ -132,8 +132,8 @@ def contributions_html(table: pd.DataFrame, share: str = "norm_share") -> str:
     """Colored text of a `token_contributions` table: one row per layer, one span per token.
 
     A token's background has the color of the path with the larger share (attention red, SSM blue,
-    linear attention green, MLP grey) and opacity `|2 * share - 1|`: white where both paths
-    contribute equally, solid where one path does everything.
+    linear attention green, short convolution purple, MLP grey) and opacity `|2 * share - 1|`: white
+    where both paths contribute equally, solid where one path does everything.
 
     Args:
         table: A `token_contributions` table.

@@ -1,8 +1,8 @@
 """Softmax attention: TransformerLens-named inner points of a `transformers` attention module.
 
-Any attention module with `q_proj`/`k_proj`/`v_proj`/`o_proj` and `head_dim` (Llama, Qwen2/3,
-Qwen3.5's gated attention, Falcon-H1, Bamba, Jamba, ...) gets `hook_q/k/v/z` and `hook_pattern`.
-Multi-head latent attention (Kimi-Linear) gets its own `add_mla_points`.
+Any attention module with `q_proj`/`k_proj`/`v_proj`/`o_proj` (or `out_proj`, LFM2) and `head_dim`
+(Llama, Qwen2/3, Qwen3.5's gated attention, Falcon-H1, Bamba, Jamba, ...) gets `hook_q/k/v/z` and
+`hook_pattern`. Multi-head latent attention (Kimi-Linear) gets its own `add_mla_points`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
     Qwen3-Next: a `q_proj` twice as wide as `o_proj`'s input), and
     `hook_pattern` `[batch, head, query_pos, key_pos]` the softmax pattern.
     """
-    n_heads = attention.o_proj.in_features // attention.head_dim
+    o_proj = attention.o_proj if hasattr(attention, "o_proj") else attention.out_proj
+    n_heads = o_proj.in_features // attention.head_dim
     n_kv = attention.k_proj.out_features // attention.head_dim
     taps = []
-    if attention.q_proj.out_features == 2 * attention.o_proj.in_features:  # Qwen3.5 / Qwen3-Next output gate
+    if attention.q_proj.out_features == 2 * o_proj.in_features:  # Qwen3.5 / Qwen3-Next output gate
 
         def split(x):
             q, gate = x.unflatten(-1, (n_heads, -1)).chunk(2, dim=-1)
@@ -41,7 +42,7 @@ def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
     taps.append(add_projection_point(hooks, attention.k_proj, "hook_k", n_kv, "k_proj output"))
     taps.append(add_projection_point(hooks, attention.v_proj, "hook_v", n_kv, "v_proj output"))
     split, join = single("hook_z", n_heads)
-    taps.append(input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input"))
+    taps.append(input_tap(hooks, o_proj, split, join, ["hook_z"], "o_proj input"))
     add_pattern_point(hooks, attention, mode)
     return taps
 

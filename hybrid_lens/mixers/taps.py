@@ -167,11 +167,12 @@ def mixer_output(hooks: MixerHooks, recurrence: Callable[[], torch.Tensor], patt
         return recurrence()
     edited = (new != value).flatten(1).any(1)
     output = apply(new)
-    state = hooks.hook_state
-    if bool(edited.all()) and not state.wanted():
+    state = getattr(hooks, "hook_state", None)  # None: a mixer without a recurrent state (short convolution)
+    if bool(edited.all()) and (state is None or not state.wanted()):
         return output
     plain = recurrence()
-    if state.changed_rows is not None and bool((edited & state.changed_rows.to(edited.device)).any()):
+    changed = None if state is None else state.changed_rows
+    if changed is not None and bool((edited & changed.to(edited.device)).any()):
         raise ValueError(f"{point.name} and {state.name} were both edited in the same batch rows; the implicit "
                          "attention form starts from a zero state, so edit one of them per row.")
     return torch.where(edited.view(-1, *[1] * (output.ndim - 1)), output, plain.to(output.dtype)).to(plain.dtype)

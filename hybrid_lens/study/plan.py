@@ -71,8 +71,8 @@ class StudyCondition:
                 "label": self.label, "condition": self.condition.to_dict()}
 
 
-KIND_NAMES = {"attn": "attention", "linear_attn": "Gated DeltaNet", "ssm": "Mamba-2 SSM", "block": "block",
-              None: "block"}
+KIND_NAMES = {"attn": "attention", "linear_attn": "Gated DeltaNet", "ssm": "Mamba-2 SSM", "conv": "short convolution",
+              "block": "block", None: "block"}
 METHOD_NAMES = {"skip": "sequential skip", "zero": "parallel zeroing", "mixer_off": "mixer-only zeroing"}
 
 
