@@ -11,6 +11,10 @@ from collections.abc import Sequence
 MIXER_KINDS = ("attn", "linear_attn", "ssm", "conv")
 COMPONENT_KINDS = (*MIXER_KINDS, "mlp")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+# What reports and condition labels call each kind (the same words for every family: `linear_attn` is
+# Gated DeltaNet, KDA or lightning attention, `ssm` Mamba-1, Mamba-2 or RG-LRU, by family).
+KIND_NAMES = {"attn": "attention", "linear_attn": "linear attention", "ssm": "SSM", "conv": "short convolution",
+              "mlp": "MLP", "block": "block"}
 
 
 def layer_type(mixers: Sequence[str]) -> str:

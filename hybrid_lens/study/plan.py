@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..interventions import THIRDS, Condition, ablation_of, layer_thirds
+from ..vocabulary import KIND_NAMES as VOCABULARY_NAMES
 
 METHODS = ("auto", "skip", "zero", "mixer_off")
 GROUPS = ("baseline", "group", "layer", "positional", "random", "transformer")
@@ -71,8 +72,7 @@ class StudyCondition:
                 "label": self.label, "condition": self.condition.to_dict()}
 
 
-KIND_NAMES = {"attn": "attention", "linear_attn": "Gated DeltaNet", "ssm": "Mamba-2 SSM", "conv": "short convolution",
-              "block": "block", None: "block"}
+KIND_NAMES = {**VOCABULARY_NAMES, None: "block"}
 METHOD_NAMES = {"skip": "sequential skip", "zero": "parallel zeroing", "mixer_off": "mixer-only zeroing"}
 
 
@@ -104,7 +104,7 @@ def describe(method: str | None, kind: str | None, layers: Sequence[int]) -> str
         >>> describe("skip", "attn", [0])
         'sequential skip: whole layer 0 removed (attention and MLP)'
         >>> describe("zero", "ssm", range(12))
-        'parallel zeroing: Mamba-2 SSM path of layers 0-11 zeroed (other path and MLP kept)'
+        'parallel zeroing: SSM path of layers 0-11 zeroed (other path and MLP kept)'
         >>> describe("mixer_off", "attn", [3, 7])
         'mixer-only zeroing: attention output of layers 3, 7 zeroed (MLP kept)'
     """

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import plotly.io as pio
 
+from ..vocabulary import KIND_NAMES
 from .. import viz
 from . import published
 from .diagnostics import CONTRIBUTIONS_FILE
@@ -30,8 +31,7 @@ ABSENT = "—"
 N_RESAMPLES = 1000
 METRIC_NAMES = {"norm_change": "norm change", "cosine": "cosine", "output_ratio": "output ratio",
                 "ablation_kl": "ablation KL", "kl_to_final": "logit-lens KL to final"}
-COMPONENT_NAMES = {"attn": "attention", "linear_attn": "Gated DeltaNet", "ssm": "SSM", "conv": "short convolution",
-                   "mlp": "MLP", "block": "block"}
+COMPONENT_NAMES = KIND_NAMES
 TASK_NAMES = {"ppl": "perplexity", "mmlu": "MMLU", "arc": "ARC-C", "hellaswag": "HellaSwag",
               "truthfulqa": "TruthfulQA MC1", "gsm8k": "GSM8K"}
 
