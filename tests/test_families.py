@@ -25,7 +25,11 @@ from hybrid_lens.interventions import Sweep, skip_layer, zero
 from hybrid_lens.study.plan import study_conditions
 from hybrid_lens.vocabulary import hook_name
 
-from .conftest import char_tokenizer
+from hybrid_lens.study import runner
+from hybrid_lens.study.diagnostics import CONTRIBUTIONS_FILE
+from hybrid_lens.study.runner import StudySpec, run_study
+
+from .conftest import char_tokenizer, stored
 
 VISIBLE = 1e-3  # least change of the logits, relative to their largest value, that zeroing any component
 # kind must cause: float32 rounding is ~1e-7 of it, so an ablation that does nothing cannot pass
@@ -226,3 +230,23 @@ def test_an_nnsight_trace_reads_and_writes_the_points(built, tokens):
         point.output = torch.zeros_like(point.output)
         logits = view.output.save()
     assert torch.equal(logits, edited)
+
+
+def test_the_study_runner_runs_unchanged(built, tmp_path):
+    """The study runner (perplexity under the baseline, group and layer-wise conditions) on a saved
+    checkpoint of the family: every planned condition has a finite perplexity, and the per-token view
+    is written (or says why it does not apply)."""
+    family, reference, model = built
+    folder = tmp_path / family
+    reference.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("In the beginning God created the heaven and the earth. " * 6)
+    spec = StudySpec(model=str(folder), tasks=("ppl",), groups=("baseline", "group", "layer"), n=2,
+                     ppl_source=str(text), ppl_context=32)
+    folder = run_study(spec, tmp_path / "study", progress=False).parent
+    results = stored(folder, spec)
+    assert (runner.model_folder(folder, spec.model) / CONTRIBUTIONS_FILE).read_text().startswith("<div")
+    planned = {c.name for c in study_conditions(model.layer_mixers, spec.groups, spec.method)}
+    assert set(results.condition) == planned
+    assert results.value.map(math.isfinite).all()

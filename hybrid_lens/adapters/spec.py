@@ -38,7 +38,7 @@ class Mixer:
             `"attention_mask=mamba_attention_mask"` passes the layer's `mamba_attention_mask` as the
             mixer's `attention_mask`.
         rest: Also pass the layer's remaining `**kwargs`.
-        norm: Pre-norm attribute of the layer (None: the mixer reads the residual stream).
+        norm: Pre-norm attribute (or dotted path) of the layer (None: the mixer reads the residual stream).
         post_norm: Norm applied to the mixer output before it joins the residual (OLMo-Hybrid).
         in_scale: Layer attribute (or number) multiplied into the normed mixer input.
         out_scale: Layer attribute (or number) multiplied into the mixer output.
@@ -217,7 +217,7 @@ class Family:
                 normed = norm(spec.mlp.norm, resid)
                 total = None
                 for attr in spec.mlp.modules:
-                    module = getattr(layer, attr)
+                    module = attrgetter(attr)(layer)
                     if module is not None:
                         out = first(module(normed))
                         total = out if total is None else total + out
@@ -231,7 +231,7 @@ class Family:
         """The norm `attr` of `layer` applied to `x` (None: `x`)."""
         if attr is None:
             return x
-        module = getattr(layer, attr)
+        module = attrgetter(attr)(layer)
         return module(x.to(module.weight.dtype) if self.norm_cast else x)
 
     def skip_path(self, block: HookedBlock, layer: nn.Module, kind: str) -> Callable[[Tensor], Tensor]:
@@ -254,7 +254,7 @@ class Family:
                 taps += mixer.points(getattr(block, mixer.kind), attrgetter(mixer.module)(layer), pattern_mode)
         if spec.mlp is not None and spec.mlp.points is not None:
             block.add_module("mlp", MixerHooks())
-            for module in filter(None, (getattr(layer, attr) for attr in spec.mlp.modules)):
+            for module in filter(None, (attrgetter(attr)(layer) for attr in spec.mlp.modules)):
                 taps += spec.mlp.points(block.mlp, module, pattern_mode)
         return taps
 

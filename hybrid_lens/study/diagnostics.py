@@ -8,6 +8,8 @@ rows have one `metric` column: `to_store` and `from_store` are the one place tha
 
 from __future__ import annotations
 
+import html
+
 from pathlib import Path
 
 import pandas as pd
@@ -86,7 +88,9 @@ def from_store(results: pd.DataFrame) -> pd.DataFrame:
 def write_contributions(model, tokens, path: Path) -> None:
     """The per-token component-contribution view of the clean model, as an HTML fragment (atomic write).
 
-    `tokens`: `Int[Tensor, "1 pos"]` (the study uses the first 64 diagnostic tokens).
+    `tokens`: `Int[Tensor, "1 pos"]` (the study uses the first 64 diagnostic tokens). For a model
+    the view does not apply to (one path per block, a soft-capped or renormalising model), the
+    fragment says why instead.
 
     Examples:
         >>> import tempfile
@@ -99,6 +103,10 @@ def write_contributions(model, tokens, path: Path) -> None:
     from ..analysis import contributions_html, token_contributions
 
     _, cache = model.run_with_cache(tokens)
+    try:
+        fragment = contributions_html(token_contributions(model, cache, tokens))
+    except (ValueError, NotImplementedError) as err:
+        fragment = f'<div class="hl-contributions"><p>Not available for this model: {html.escape(str(err))}</p></div>'
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(contributions_html(token_contributions(model, cache, tokens)), encoding="utf-8")
+    temporary.write_text(fragment, encoding="utf-8")
     temporary.replace(path)
