@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..hook_points import Tap
-from .taps import MixerHooks, _route, add_pattern_point, add_projection_point, input_tap, output_tap, single
+from .taps import MixerHooks, route, add_pattern_point, add_projection_point, input_tap, output_tap, single
 
 
 def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
@@ -66,7 +66,7 @@ def add_mla_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[T
         def expand_kv(kv_nope, k_rot):
             key, value = type(attention).expand_kv(attention, kv_nope, k_rot)
             parts = {"hook_k": key.transpose(1, 2), "hook_v": value.transpose(1, 2)}
-            return (parts["hook_k"].transpose(1, 2), parts["hook_v"].transpose(1, 2)) if _route(points, parts) \
+            return (parts["hook_k"].transpose(1, 2), parts["hook_v"].transpose(1, 2)) if route(points, parts) \
                 else (key, value)
 
         attention.expand_kv = expand_kv

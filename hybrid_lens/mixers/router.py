@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..hook_points import Tap
-from .taps import MixerHooks, _route
+from .taps import MixerHooks, route
 
 NAMES = ("hook_router_logits", "hook_router_weights", "hook_router_indices")
 
@@ -35,7 +35,7 @@ def add_points(hooks: MixerHooks, moe: nn.Module, pattern_mode: Tap) -> list[Tap
     def on_output(_module, _args, output):
         parts = {name: value.reshape(*lead[0], -1) for name, value in zip(NAMES, output)}
         logits = parts[NAMES[0]]
-        if not _route(points, parts):
+        if not route(points, parts):
             return None
         if parts[NAMES[0]] is not logits:
             raise ValueError(f"{points[NAMES[0]].name} is read-only (the router chooses experts from the logits "

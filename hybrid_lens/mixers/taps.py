@@ -60,7 +60,7 @@ Split = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 Join = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 
-def _route(points: dict[str, HookPoint], parts: dict[str, torch.Tensor]) -> bool:
+def route(points: dict[str, HookPoint], parts: dict[str, torch.Tensor]) -> bool:
     """Pass each part through its hook point in place; return whether any part was replaced."""
     changed = False
     for name, point in points.items():
@@ -77,7 +77,7 @@ def output_tap(hooks: MixerHooks, module: nn.Module, split: Split, join: Join, n
 
     def on_output(_module, _args, output):
         parts = split(output)
-        return join(parts, output) if _route(points, parts) else None
+        return join(parts, output) if route(points, parts) else None
 
     tap = Tap(lambda: module.register_forward_hook(on_output).remove, where)
     points.update({name: hooks.add(name, tap) for name in names})
@@ -90,7 +90,7 @@ def input_tap(hooks: MixerHooks, module: nn.Module, split: Split, join: Join, na
 
     def on_input(_module, args):
         parts = split(args[0])
-        return (join(parts, args[0]), *args[1:]) if _route(points, parts) else None
+        return (join(parts, args[0]), *args[1:]) if route(points, parts) else None
 
     tap = Tap(lambda: module.register_forward_pre_hook(on_input).remove, where)
     points.update({name: hooks.add(name, tap) for name in names})
