@@ -11,17 +11,19 @@ from __future__ import annotations
 from .adapters import ADAPTERS, Family
 
 VERIFIED = ("Verified for every family by `tests/test_families.py` on a tiny random model whose every component "
-            "visibly moves the logits: (1) logits `torch.equal` to the plain transformers model, and so is `unembed` "
-            "of the final-normed residual (logit multipliers and divisors included); (2) cached "
-            "`hook_resid_pre` `torch.equal` to `output_hidden_states` (`hook_resid_post` where those omit the "
-            "embeddings: Mamba, FalconMamba, Mamba-2); (3) `resid_post` = `resid_pre` + the block outputs (MiniMax: "
-            "each added to `alpha * norm(stream)`; Zamba2: the shared block's outputs feed the Mamba input, "
-            "`hook_ssm_out` is the residual term); (4) a write at every block point reaches the logits, writing "
-            "the same value changes nothing; (5) hooking every inner point keeps the logits; (6) zero ablations "
-            "and skip-layer sweeps "
-            "equal plain-hook runs. Layer kinds: components per layer type (`+mlp`: the block has an MLP or "
-            "MoE, output in `hook_mlp_out`); every block also has `hook_resid_pre` / `hook_resid_post`, and "
-            "`hook_resid_mid` when it has mixers and an MLP.")
+            "visibly moves the logits (zeroing any kind changes them by > 1e-3 of their scale): (1) logits "
+            "`torch.equal` to the plain transformers model, and so is `unembed` of the final-normed residual "
+            "(logit multipliers, divisors and soft caps included); (2) cached `hook_resid_pre` `torch.equal` to "
+            "`output_hidden_states` (`hook_resid_post` where those omit the embeddings: Mamba, FalconMamba, "
+            "Mamba-2); (3) `resid_post` = `resid_pre` + the block outputs (MiniMax: each added to "
+            "`alpha * norm(stream)`; Zamba2: the shared block's outputs feed the Mamba input, `hook_ssm_out` is "
+            "the residual term), and `decompose_resid` sums to the stream (MiniMax: refused); (4) a write at every "
+            "block point reaches the logits, writing the same value changes nothing; (5) hooking every inner "
+            "point keeps the logits; (6) zero ablations and skip-layer sweeps equal plain-hook runs; (7) an "
+            "nnsight trace reads and writes the points; (8) perplexity under the study's conditions in one Sweep "
+            "equals each condition alone, and the analyses and the study runner run. Layer kinds: components per "
+            "layer type (`+mlp`: the block has an MLP or MoE, output in `hook_mlp_out`); every block also has "
+            "`hook_resid_pre` / `hook_resid_post`, and `hook_resid_mid` when it has mixers and an MLP.")
 
 
 def family_points(family: Family) -> tuple[list[str], dict[str, list[str]]]:
