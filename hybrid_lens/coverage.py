@@ -21,7 +21,9 @@ VERIFIED = ("Verified for every family by `tests/test_families.py` on a tiny ran
             "block point reaches the logits, writing the same value changes nothing; (5) hooking every inner "
             "point keeps the logits; (6) zero ablations and skip-layer sweeps equal plain-hook runs; (7) an "
             "nnsight trace reads and writes the points; (8) perplexity under the study's conditions in one Sweep "
-            "equals each condition alone, and the analyses and the study runner run. Layer kinds: components per "
+            "equals each condition alone, and the analyses and the study runner run; (9) texts of unequal "
+            "length batched with right or left padding get their own values (RecurrentGemma refuses left padding, "
+            "which its convolution does not mask). Layer kinds: components per "
             "layer type (`+mlp`: the block has an MLP or MoE, output in `hook_mlp_out`); every block also has "
             "`hook_resid_pre` / `hook_resid_post`, and `hook_resid_mid` when it has mixers and an MLP.")
 

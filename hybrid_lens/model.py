@@ -580,6 +580,10 @@ class HookedHybrid(HookedRootModule):
             mask = None if attention_mask is None else check_mask(attention_mask, tokens, context_length)
         check_ids(tokens, self.cfg.d_vocab)
         check_length(context_length or tokens.shape[1], self.cfg.n_ctx)
+        if mask is not None and not self.adapter.left_padding and bool((mask[:, 1:] > mask[:, :-1]).any()):
+            raise ValueError(f"{type(self.hf_model).__name__} does not mask padding everywhere (its convolution reads "
+                             "the positions before a row's first token), so padding before a row's tokens changes "
+                             "its values: pad on the right (padding_side='right', the default for text).")
         return tokens, (None if mask is None or bool(mask.all()) else mask)
 
     @property

@@ -250,3 +250,27 @@ def test_the_study_runner_runs_unchanged(built, tmp_path):
     planned = {c.name for c in study_conditions(model.layer_mixers, spec.groups, spec.method)}
     assert set(results.condition) == planned
     assert results.value.map(math.isfinite).all()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batches_give_each_text_its_own_values(built, side):
+    """A batch of texts of unequal length, padded on either side with its attention mask, gives every
+    text the logits and block outputs of its own unbatched run at its real positions; a family whose
+    `transformers` model leaks left padding into the next tokens refuses it."""
+    _, _, model = built
+    texts = ["In the beginning God created", "And the earth was without form, and void"]
+    tokens, mask = model.to_tokens_and_mask(texts, padding_side=side)
+    if side == "left" and not model.adapter.left_padding:
+        with pytest.raises(ValueError, match="pad on the right"):
+            model(tokens, attention_mask=mask)
+        return
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    for row, text in enumerate(texts):
+        solo_logits, solo = model.run_with_cache(text)
+        real = mask[row].bool()
+        scale = solo_logits.abs().max().item()
+        torch.testing.assert_close(logits[row, real], solo_logits[0], atol=1e-4 * scale, rtol=1e-4)
+        last = hook_name(model.n_layers - 1, model.layer_components[-1][0])
+        torch.testing.assert_close(cache[last][row, real], solo[last][0], atol=1e-4 * solo[last].abs().max().item(),
+                                   rtol=1e-4)

@@ -8,7 +8,9 @@ input `activations` and receives every argument positionally. The decoder multip
 embeddings by sqrt(hidden_size) (rounded to bfloat16) before block 0, so `hook_embed` holds the
 scaled embeddings. The logits are soft-capped, `tanh(logits / c) * c` with `c = logits_soft_cap`:
 `unembed` applies the cap; `W_U` refuses, since the logits are not linear in the residual.
-The recurrent block keeps its conv and RG-LRU states on the module when `use_cache=True`.
+The recurrent block keeps its conv and RG-LRU states on the module when `use_cache=True`. Its
+convolution ignores the attention mask, so the positions before a left-padded row's first token
+leak into it: left padding is refused (`left_padding=False`); right padding is exact.
 """
 
 import torch
@@ -38,4 +40,5 @@ RECURRENT_GEMMA = Family(
               num_hidden_layers=3, attention_window_size=8),
     final_norm_attr="final_norm",
     logit_transform=soft_cap,
+    left_padding=False,
 )

@@ -120,6 +120,8 @@ class Family:
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
         hidden_states_skip_embed: The model's `output_hidden_states` omits the embeddings (Mamba):
             its entry `i` is the output of block `i`, not its input.
+        left_padding: Padding before a row's tokens leaves its values unchanged (False for
+            RecurrentGemma, whose convolution ignores the mask: `HookedHybrid` then refuses it).
     """
 
     family: str = ""
@@ -137,6 +139,7 @@ class Family:
     norm_cast: bool = False
     residual_fp32: bool = False
     hidden_states_skip_embed: bool = False
+    left_padding: bool = True
 
     def block_of(self, layer_type: str) -> Block:
         try:
