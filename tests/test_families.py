@@ -274,3 +274,20 @@ def test_padded_batches_give_each_text_its_own_values(built, side):
         last = hook_name(model.n_layers - 1, model.layer_components[-1][0])
         torch.testing.assert_close(cache[last][row, real], solo[last][0], atol=1e-4 * solo[last].abs().max().item(),
                                    rtol=1e-4)
+
+
+@torch.no_grad()
+def test_bfloat16_logits_and_cache_are_exact(built, tokens):
+    """In bfloat16 too (where a norm's input cast or a float32 residual matters), the logits and the
+    cached residuals equal the plain model's exactly."""
+    family, _, _ = built
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.bfloat16).eval()
+    reference = copy.deepcopy(hf)
+    model = HookedHybrid.from_hf(hf)
+    plain = reference(tokens, output_hidden_states=True)
+    logits, cache = model.run_with_cache(tokens)
+    assert torch.equal(logits, plain.logits)
+    point = "resid_post" if model.adapter.hidden_states_skip_embed else "resid_pre"
+    for layer in range(model.n_layers):
+        assert torch.equal(cache[hook_name(layer, point)], plain.hidden_states[layer]), layer
