@@ -291,3 +291,16 @@ def test_bfloat16_logits_and_cache_are_exact(built, tokens):
     point = "resid_post" if model.adapter.hidden_states_skip_embed else "resid_pre"
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], plain.hidden_states[layer]), layer
+
+
+def test_hybrid_lens_models_lists_every_family(capsys):
+    """`hybrid-lens models` names every registered family with its transformers classes and layer kinds."""
+    from hybrid_lens.cli import main
+
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert f"Supported families ({len(FAMILIES)};" in listed
+    for name, family in FAMILIES.items():
+        line = next(line for line in listed.splitlines() if line.strip().startswith(f"{name}:"))
+        assert all(arch in line for arch in family.architectures), line
+        assert all("+".join(block.components) in line for block in family.blocks.values()), line
