@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..hook_points import Tap
-from .taps import MixerHooks, route, add_pattern_point, add_projection_point, input_tap, output_tap, single
+from .taps import MixerHooks, add_pattern_point, add_projection_point, input_tap, output_tap, route, single
 
 
 def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
