@@ -300,8 +300,9 @@ def _environment() -> dict:
 
 
 def _done_pairs(progress: str) -> int:
-    """Pairs a process computed, from its progress bar's last `done/total` count."""
-    counts = re.findall(r"(\d+)/(\d+) \[", progress)
+    """Pairs a process computed, from its study progress bar's last `done/total` count (the bar whose
+    unit is `pair`; transformers' own `Loading weights` bar also prints counts)."""
+    counts = re.findall(r"(\d+)/(\d+) \[[^\]]*pair", progress)
     return int(counts[-1][0]) if counts else 0
 
 
