@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .vocabulary import RESID_KINDS, ComponentLabel, cache_key, hook_name
+from .vocabulary import RESID_KINDS, ComponentLabel, cache_key, has_resid_mid, hook_name, mixers_of
 
 
 class ActivationCache(Mapping[str, Tensor]):
@@ -44,7 +44,7 @@ class ActivationCache(Mapping[str, Tensor]):
         self.layer_components = layer_components
         self.residual_terms = layer_components if residual_terms is None else residual_terms
         self.additive = additive
-        self.layer_mixers = [tuple(kind for kind in c if kind != "mlp") for c in layer_components]
+        self.layer_mixers = [mixers_of(components) for components in layer_components]
 
     # --- mapping ------------------------------------------------------------------------------
     def _key(self, key) -> str:
@@ -108,8 +108,8 @@ class ActivationCache(Mapping[str, Tensor]):
             >>> cache.layers_with("attn")
             [3, 7]
         """
-        if kind == "resid_mid":  # only blocks with mixers and an MLP have a midpoint
-            return [i for i, (c, m) in enumerate(zip(self.layer_components, self.layer_mixers)) if m and "mlp" in c]
+        if kind == "resid_mid":
+            return [i for i, components in enumerate(self.layer_components) if has_resid_mid(components)]
         if kind in RESID_KINDS:
             return list(range(self.n_layers))
         return [i for i, components in enumerate(self.layer_components) if kind in components]

@@ -35,8 +35,7 @@ def _models(args) -> None:
         print(f"  {name}: {description} [{state}]")
     print(f"Supported families ({len(ADAPTERS)}; any checkpoint of these loads with --model NAME_OR_PATH):")
     for adapter in ADAPTERS:
-        kinds = ", ".join(dict.fromkeys("+".join(block.components) for block in adapter.blocks.values()))
-        print(f"  {adapter.family}: {', '.join(adapter.architectures)} [{kinds}]")
+        print(f"  {adapter.family}: {', '.join(adapter.architectures)} [{', '.join(adapter.layer_kinds)}]")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,10 +65,9 @@ def coverage_markdown() -> str:
     rows = ["| family | `transformers` class | layer kinds | block outputs | inner points (`blocks.{i}.{kind}.`) |",
             "|---|---|---|---|---|"]
     for family in ADAPTERS:
-        kinds = dict.fromkeys("+".join(block.components) for block in family.blocks.values())
         block, inner = family_points(family)
         outputs = [f"`{name}`" for name in block if name.endswith("_out")]
         inner_text = "; ".join(f"`{kind}`: {', '.join(names)}" for kind, names in inner.items()) or "–"
         rows.append(f"| {family.family} | {', '.join(f'`{a}`' for a in family.architectures)} | "
-                    f"{', '.join(kinds)} | {', '.join(outputs)} | {inner_text} |")
+                    f"{', '.join(family.layer_kinds)} | {', '.join(outputs)} | {inner_text} |")
     return "\n".join(rows) + "\n\n" + VERIFIED

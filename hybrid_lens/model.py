@@ -31,7 +31,7 @@ from . import sae as sae_lib
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .lens_config import LensConfig
 from .resolver import resolve
-from .vocabulary import COMPONENT_KINDS, hook_name, layer_type
+from .vocabulary import COMPONENT_KINDS, hook_name, layer_type, mixers_of
 from .tokens import PaddingSide, as_token_ids, check_ids, check_length, check_mask, real_positions, tokenize
 
 ModelInput = str | Sequence[str] | Tensor | Sequence[int] | Sequence[Sequence[int]]
@@ -113,10 +113,11 @@ class HookedHybrid(HookedRootModule):
         self._cfg = LensConfig(self)
         self._real_positions: Tensor | None = None
         self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
-        spec_keys = self.adapter.spec_keys(hf_model.config)
-        self.layer_components: list[tuple[str, ...]] = self.adapter.layer_components(hf_model.config)
-        self.layer_mixers: list[tuple[str, ...]] = [tuple(k for k in c if k != "mlp") for c in self.layer_components]
-        self.residual_terms = [self.adapter.block_of(key).residual_terms for key in spec_keys]
+        spec_keys = list(self.adapter.layer_types(hf_model.config))
+        specs = [self.adapter.block_of(key) for key in spec_keys]
+        self.layer_components: list[tuple[str, ...]] = [spec.components for spec in specs]
+        self.layer_mixers: list[tuple[str, ...]] = [mixers_of(components) for components in self.layer_components]
+        self.residual_terms = [spec.residual_terms for spec in specs]
         layers = self.adapter.layers(hf_model)
         if len(layers) != len(self.layer_mixers):
             raise ValueError(f"Config lists {len(self.layer_mixers)} layers but the model has {len(layers)}.")

@@ -17,6 +17,26 @@ KIND_NAMES = {"attn": "attention", "linear_attn": "linear attention", "ssm": "SS
               "mlp": "MLP", "block": "block"}
 
 
+def mixers_of(components: Sequence[str]) -> tuple[str, ...]:
+    """A block's mixer kinds: its components without the MLP.
+
+    Examples:
+        >>> mixers_of(("ssm", "attn", "mlp")), mixers_of(("mlp",))
+        (('ssm', 'attn'), ())
+    """
+    return tuple(kind for kind in components if kind != "mlp")
+
+
+def has_resid_mid(components: Sequence[str]) -> bool:
+    """Whether a block has `hook_resid_mid`: only one with both mixers and an MLP has a midpoint.
+
+    Examples:
+        >>> has_resid_mid(("linear_attn", "mlp")), has_resid_mid(("ssm",)), has_resid_mid(("mlp",))
+        (True, False, False)
+    """
+    return bool(mixers_of(components)) and "mlp" in components
+
+
 def layer_type(mixers: Sequence[str]) -> str:
     """A block's type: its mixer kinds joined by `+` (`attn`, `linear_attn`, `ssm+attn`), as
     `HookedHybrid.layer_types` and the `layer_kind` column of the analyses name it.

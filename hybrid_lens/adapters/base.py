@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..hook_points import HookPoint
 from ..mixers.taps import MixerHooks
-from ..vocabulary import point_name
+from ..vocabulary import has_resid_mid, mixers_of, point_name
 
 
 class HookedBlock(nn.Module):
@@ -27,15 +27,15 @@ class HookedBlock(nn.Module):
         super().__init__()
         self.index = index
         self.components = components
-        self.mixers = tuple(kind for kind in components if kind != "mlp")
+        self.mixers = mixers_of(components)
         self.spec_key = spec_key  # the family's layer type this block follows
         self.hook_resid_pre = HookPoint()
         for kind in self.mixers:
             self.add_module(point_name(kind), HookPoint())
             self.add_module(kind, MixerHooks())
+        if has_resid_mid(components):
+            self.hook_resid_mid = HookPoint()
         if "mlp" in components:
-            if self.mixers:
-                self.hook_resid_mid = HookPoint()
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
         self.stop_here = False  # set by `HookedHybrid.forward(stop_at_layer=index)`

@@ -147,8 +147,11 @@ class Family:
         except KeyError:
             raise ValueError(f"Unknown {self.family} layer type {layer_type!r}; known: {sorted(self.blocks)}") from None
 
-    def spec_keys(self, config) -> list[str]:
-        return list(self.layer_types(config))
+    @property
+    def layer_kinds(self) -> list[str]:
+        """The distinct block kinds, components joined by `+` (`linear_attn+mlp`, `ssm`), as
+        `hybrid-lens models` and the coverage table list them."""
+        return list(dict.fromkeys("+".join(block.components) for block in self.blocks.values()))
 
     @property
     def additive(self) -> bool:
@@ -156,10 +159,6 @@ class Family:
         block renormalises it on the skip path, as MiniMax's do)."""
         return all(part.normed_skip is None for block in self.blocks.values()
                    for part in (*block.mixers, *((block.mlp,) if block.mlp else ())))
-
-    def layer_components(self, config) -> list[tuple[str, ...]]:
-        """The components of every block, in execution order: mixer kinds, then `mlp` if present."""
-        return [self.block_of(t).components for t in self.layer_types(config)]
 
     def decoder(self, hf_model: nn.Module) -> nn.Module:
         return getattr(hf_model, self.decoder_attr)

@@ -18,7 +18,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..cache import ActivationCache
-from ..vocabulary import ComponentLabel
+from ..vocabulary import ComponentLabel, mixers_of
 from .attribution import logit_attribution
 
 PATH_COLORS = {"attn": (214, 39, 40), "linear_attn": (44, 160, 44), "ssm": (31, 119, 180), "conv": (148, 103, 189),
@@ -39,7 +39,7 @@ def compared_paths(components: tuple[str, ...]) -> tuple[str, str] | None:
         >>> compared_paths(("linear_attn", "mlp")), compared_paths(("ssm",))
         (('linear_attn', 'mlp'), None)
     """
-    mixers = [kind for kind in components if kind != "mlp"]
+    mixers = mixers_of(components)
     if len(mixers) > 2:
         raise ValueError(f"A block with mixers {mixers} has no single pair of paths to compare.")
     if len(components) < 2:

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS, RESID_KINDS, hook_name
+from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS, RESID_KINDS, has_resid_mid, hook_name, mixers_of
 
 THIRDS = ("early", "middle", "late")
 KINDS = (*COMPONENT_KINDS, "mixer", "block", *RESID_KINDS)
@@ -166,11 +166,10 @@ class Selector:
         found = []
         for layer in self.layer_indices(len(layer_components)):
             components = layer_components[layer]
-            mixers = [kind for kind in components if kind != "mlp"]
             if self.kind == "mixer":
-                found += [Target(layer, kind) for kind in mixers]
+                found += [Target(layer, kind) for kind in mixers_of(components)]
             elif self.kind in components or self.kind in ("block", "resid_pre", "resid_post") or (
-                    self.kind == "resid_mid" and mixers and "mlp" in components):
+                    self.kind == "resid_mid" and has_resid_mid(components)):
                 found.append(Target(layer, self.kind, self.point))
         if not found:
             raise ValueError(

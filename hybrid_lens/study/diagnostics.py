@@ -9,7 +9,6 @@ rows have one `metric` column: `to_store` and `from_store` are the one place tha
 from __future__ import annotations
 
 import html
-
 from pathlib import Path
 
 import pandas as pd

@@ -31,7 +31,6 @@ ABSENT = "—"
 N_RESAMPLES = 1000
 METRIC_NAMES = {"norm_change": "norm change", "cosine": "cosine", "output_ratio": "output ratio",
                 "ablation_kl": "ablation KL", "kl_to_final": "logit-lens KL to final"}
-COMPONENT_NAMES = KIND_NAMES
 TASK_NAMES = {"ppl": "perplexity", "mmlu": "MMLU", "arc": "ARC-C", "hellaswag": "HellaSwag",
               "truthfulqa": "TruthfulQA MC1", "gsm8k": "GSM8K"}
 
@@ -314,7 +313,7 @@ class ReportBuilder:
                 t = self.tables[model]
                 grid = t.layer_grid(task)
                 grid.index = [f"L{i}" for i in grid.index]
-                grid.columns = [COMPONENT_NAMES.get(c, c) for c in grid.columns]
+                grid.columns = [KIND_NAMES.get(c, c) for c in grid.columns]
                 methods = sorted(set(sweep.method))
                 display = grid.map(number).reset_index(names="layer")
                 setting = self._setting(t, task) + \
@@ -332,7 +331,7 @@ class ReportBuilder:
             if wide.empty:
                 return []
             display = wide.map(number)
-            display.columns = [f"{METRIC_NAMES.get(m, m)} ({COMPONENT_NAMES.get(c, c)})" for m, c in wide.columns]
+            display.columns = [f"{METRIC_NAMES.get(m, m)} ({KIND_NAMES.get(c, c)})" for m, c in wide.columns]
             display.index = [f"L{i}" for i in wide.index]
             setting = (f"the first {t.settings.get('diagnostic_tokens') or ABSENT} tokens of the {t.settings['ppl_text']} "
                        "text; ablation KL: zero the mixer or MLP, skip the block")
