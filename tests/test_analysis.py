@@ -26,7 +26,7 @@ from hybrid_lens.analysis import (
     metric_impact_correlation,
     token_contributions,
 )
-from hybrid_lens.analysis.contributions import PATH_COLORS
+from hybrid_lens.vocabulary import KINDS
 from hybrid_lens.interventions import scale, zero
 
 from .conftest import FAMILIES, build
@@ -260,7 +260,7 @@ def test_contributions_html_has_one_colored_span_per_token_per_layer(setup):
             assert len(row) == tokens.shape[1]
             assert all(color.startswith("rgba(") for color, _ in row)
             assert "".join(t for _, t in row) == text
-        red, green, blue = PATH_COLORS[other]
+        red, green, blue = KINDS[other].colour
         assert {color for color, _ in parser.rows[1]} == {f"rgba({red}, {green}, {blue}, 1.000)"}
 
 

@@ -48,7 +48,7 @@ def layers_of(model, kind):
 
 def nothing_left(model):
     return (all(not p.fwd_hooks and not p.bwd_hooks for p in model.hook_dict.values())
-            and not any(tap.active for tap in model._taps)
+            and not any(tap.active for tap in model._wrapping.taps)
             and all(getattr(p, "positions", None) is None for p in model.hook_dict.values()))
 
 

@@ -116,7 +116,7 @@ def test_block_values_are_the_contributions_added_to_the_residual(built, tokens)
     _, cache = model.run_with_cache(tokens)
     family = model.adapter
     for block, layer in zip(model.blocks, family.layers(model.hf_model)):
-        terms = family.block_of(block.spec_key).residual_terms
+        terms = family.block_of(block.layer.block_key).residual_terms
         total = cache[hook_name(block.index, "resid_pre")]
         for kind in terms:
             total = family.skip_path(block, layer, kind)(total).double() + cache[hook_name(block.index, kind)].double()
@@ -136,12 +136,12 @@ def test_decompose_resid_sums_to_the_stream_or_refuses(built, tokens):
             cache.decompose_resid()
         return
     parts, labels = cache.decompose_resid(return_labels=True)
-    assert len(labels) == 1 + sum(len(terms) for terms in model.residual_terms)
+    assert len(labels) == 1 + sum(len(terms) for terms in (layer.residual_terms for layer in model.layout))
     assert torch.allclose(parts.double().sum(0), final, atol=1e-5 * final.abs().max().item())
     if model.adapter.logit_transform is not None:  # soft-capped logits: no linear attribution
         with pytest.raises(NotImplementedError, match="soft-caps"):
             token_contributions(model, cache, tokens)
-    elif any(len(terms) > 1 for terms in model.residual_terms):
+    elif any(len(terms) > 1 for terms in (layer.residual_terms for layer in model.layout)):
         assert len(token_contributions(model, cache, tokens)) > 0
     else:
         with pytest.raises(ValueError, match="no two paths"):
@@ -198,7 +198,7 @@ def test_evals_analysis_and_the_study_plan_run_unchanged(built):
     alone; the hidden-state metrics and the logit lens cover every block of the family."""
     _, _, model = built
     text = torch.randint(3, 256, (40,), generator=torch.Generator().manual_seed(2))
-    conditions = [c.condition for c in study_conditions(model.layer_mixers, trials=1)][:6]
+    conditions = [c.condition for c in study_conditions(model.layout, trials=1)][:6]
     swept = perplexity(model, text, 16, condition=Sweep(conditions, batch=1), progress=False)
     for condition, result in zip(conditions, swept):
         alone = perplexity(model, text, 16, condition=condition, progress=False)
@@ -247,7 +247,7 @@ def test_the_study_runner_runs_unchanged(built, tmp_path):
     folder = run_study(spec, tmp_path / "study", progress=False).parent
     results = stored(folder, spec)
     assert (runner.model_folder(folder, spec.model) / CONTRIBUTIONS_FILE).read_text().startswith("<div")
-    planned = {c.name for c in study_conditions(model.layer_mixers, spec.groups, spec.method)}
+    planned = {c.name for c in study_conditions(model.layout, spec.groups, spec.method)}
     assert set(results.condition) == planned
     assert results.value.map(math.isfinite).all()
 

@@ -199,15 +199,15 @@ def test_every_ablation_is_reversible_also_when_a_hook_raises(family, tokens):
 def test_selectors_resolve_the_same_way_on_every_family():
     _, falcon = build("falcon_h1", num_hidden_layers=6)
     _, qwen = build("qwen3_5")
-    assert [t.layer for t in Selector("ssm").targets(falcon.layer_mixers)] == list(range(6))
-    assert [t.layer for t in Selector("attn", layers="early").targets(falcon.layer_mixers)] == [0, 1]
+    assert [t.layer for t in Selector("ssm").targets(falcon.layout)] == list(range(6))
+    assert [t.layer for t in Selector("attn", layers="early").targets(falcon.layout)] == [0, 1]
     assert layer_thirds(8) == {"early": [0, 1, 2], "middle": [3, 4, 5], "late": [6, 7]}
-    assert [t.layer for t in Selector("attn").targets(qwen.layer_mixers)] == [3, 7]
-    assert [(t.layer, t.kind) for t in Selector("mixer", [2, 3]).targets(qwen.layer_mixers)] == [(2, "linear_attn"), (3, "attn")]
+    assert [t.layer for t in Selector("attn").targets(qwen.layout)] == [3, 7]
+    assert [(t.layer, t.kind) for t in Selector("mixer", [2, 3]).targets(qwen.layout)] == [(2, "linear_attn"), (3, "attn")]
     with pytest.raises(ValueError, match="matches nothing"):
-        Selector("ssm").targets(qwen.layer_mixers)
+        Selector("ssm").targets(qwen.layout)
     with pytest.raises(ValueError, match="matches nothing"):
-        Selector("linear_attn", layers=3).targets(qwen.layer_mixers)
+        Selector("linear_attn", layers=3).targets(qwen.layout)
     with pytest.raises(ValueError, match="choose one of"):
         Selector("mamba")
 

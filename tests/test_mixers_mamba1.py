@@ -48,7 +48,7 @@ def ssm_layers(model) -> list[int]:
 
 def plain_mixer(model, plain, layer: int):
     """The plain model's Mamba-1 mixer of `layer` (`mixer` in Mamba / FalconMamba, `mamba` in Jamba)."""
-    attribute = model.adapter.block_of(model.blocks[layer].spec_key).mixers[0].module
+    attribute = model.adapter.block_of(model.blocks[layer].layer.block_key).mixers[0].module
     return getattr(model.adapter.layers(plain)[layer], attribute)
 
 

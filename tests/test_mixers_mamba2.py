@@ -40,7 +40,7 @@ def built(request):
     visible_init(hf, seed=0)
     plain = copy.deepcopy(hf)
     mixers = {}
-    for i, (layer, kind) in enumerate(zip(family.layers(plain), family.layer_types(plain.config))):
+    for i, (layer, kind) in enumerate(zip(family.layers(plain), family.block_keys(plain.config))):
         mixers.update({i: attrgetter(m.module)(layer) for m in family.block_of(kind).mixers if m.kind == "ssm"})
     assert mixers
     return request.param, plain, HookedHybrid.from_hf(hf, tokenizer=char_tokenizer()), mixers

@@ -15,7 +15,8 @@ from hybrid_lens.vocabulary import COMPONENT_KINDS, RESID_KINDS, ComponentLabel,
 
 from .conftest import build
 
-CORE = ("model.py", "cache.py", "hook_points.py", "vocabulary.py", "resolver.py", "adapters", "interventions")
+CORE = ("model.py", "cache", "hook_points.py", "vocabulary.py", "resolver.py", "layout.py", "forward_state.py", "loading.py",
+        "tokenizing.py", "readout.py", "nnsight_view.py", "registry.py", "adapters", "interventions", "mixers")
 
 
 def test_hook_names_are_the_model_hook_points(family):
@@ -42,7 +43,7 @@ def test_component_and_target_name_the_same_point():
     for kind in COMPONENT_KINDS:
         for component in model.components(kind):
             assert Target(component.layer, component.kind).hook_names == [component.hook_name]
-    targets = Selector("mixer").targets(model.layer_mixers)
+    targets = Selector("mixer").targets(model.layout)
     assert {t.hook_names[0] for t in targets} == {c.hook_name for k in ("attn", "ssm") for c in model.components(k)}
 
 

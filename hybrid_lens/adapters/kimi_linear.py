@@ -23,7 +23,7 @@ KIMI_LINEAR = Family(
         "linear_attention": Block((Mixer("linear_attn", "self_attn", kimi_delta.add_points, RECURRENT_ARGS),), MOE),
         "full_attention": Block((attention(points=softmax.add_mla_points),), MOE),
     },
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=4, kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16,
               v_head_dim=16, linear_num_heads=4, linear_head_dim=16, num_local_experts=4, num_experts_per_tok=2,

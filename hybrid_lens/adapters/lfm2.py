@@ -30,7 +30,7 @@ LFM2 = Family(
     architectures=("Lfm2ForCausalLM",),
     model_types=("lfm2",),
     blocks=blocks(FFN),
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(TINY, block_auto_adjust_ff_dim=False),
     final_norm_attr="embedding_norm",
 )

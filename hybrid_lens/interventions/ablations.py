@@ -5,14 +5,17 @@ maps the activation to its replacement. Position masks and batch rows are applie
 the `Condition` that holds it, so every intervention works on any positions and inside batched
 conditions. Interventions that need reference activations (mean, resample, patch) compute them in
 `prepare`, before any hook is attached.
+
+Each intervention class declares its traits (`cache_safe`, `needs_reference`, `on_patterns`) and an
+`example`, and registers itself by its `type` (a second class with a taken `type` is refused), so
+adding an intervention is adding one class: `from_dict`, the package's exports and the registry-wide
+test (`tests/test_intervention_registry.py`) find it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -20,50 +23,45 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from ..forward_state import current_state
+from ..registry import register
 from ..tokens import real_positions
-from .selectors import Target
+from .selectors import Selector, Target
 
 HookFn = Callable[[Tensor, Any], Tensor]
 REGISTRY: dict[str, type[Intervention]] = {}
-_ROW_POSITIONS: ContextVar[Tensor | None] = ContextVar("row_positions", default=None)
-
-
-@contextmanager
-def reading_positions(positions: Int[Tensor, "batch pos"]) -> Iterator[None]:
-    """Make `row_positions` return `positions` while a hook function runs (set by `Condition`).
-
-    Examples:
-        >>> with reading_positions(torch.tensor([[0, 1, -1]])):
-        ...     row_positions(torch.zeros(1, 3, 8))
-        tensor([[ 0,  1, -1]])
-    """
-    token = _ROW_POSITIONS.set(positions)
-    try:
-        yield
-    finally:
-        _ROW_POSITIONS.reset(token)
 
 
 def row_positions(value: Tensor) -> Int[Tensor, "batch pos"]:
-    """Per row of the activation being replaced, each column's index among the row's real tokens
-    (-1 on padding); all columns real when called outside a `Condition`'s hook.
+    """Per row of the activation being replaced (`[batch, pos, ...]`), each column's index among the
+    row's real tokens (-1 on padding), as the running forward pass counts them (inside a `Condition`'s
+    hook: the rows it acts on); all columns real outside a forward pass.
 
     Examples:
         >>> row_positions(torch.zeros(2, 3, 8))
         tensor([[0, 1, 2],
                 [0, 1, 2]])
     """
-    positions = _ROW_POSITIONS.get()
-    if positions is None or positions.shape[0] != value.shape[0]:
+    state = current_state()
+    positions = state.positions if state is not None and state.running else None
+    if positions is None or positions.shape != value.shape[:2]:
         positions = real_positions(None, *value.shape[:2])
     return positions.to(value.device)
 
 
 class Intervention:
-    """Base class: subclasses are dataclasses with a `type` tag and implement `hook_fns`.
+    """Base class: subclasses are dataclasses with a `type` tag that implement `hook_fns` and `example`
+    and declare their traits.
 
-    Subclasses register themselves by `type`, so `Intervention.from_dict` rebuilds any of them.
-    An intervention does nothing alone: pair it with a `Selector` in a `Condition`.
+    Subclasses register themselves by `type` (a taken `type` is refused), so `Intervention.from_dict`
+    rebuilds any of them. An intervention does nothing alone: pair it with a `Selector` in a `Condition`.
+
+    Attributes:
+        cache_safe: It acts on each token alone, so a run with a KV/state cache equals recomputing the
+            whole sequence at every step (at all positions, on block-level points; see
+            `Condition.cache_safe`).
+        needs_reference: `prepare` runs the model on a reference input before any hook is attached.
+        on_patterns: It may act on attention patterns (`hook_pattern`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -75,11 +73,26 @@ class Intervention:
     """
 
     type: ClassVar[str]
+    cache_safe: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False
+    on_patterns: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "type" in cls.__dict__:
-            REGISTRY[cls.type] = cls
+            register(REGISTRY, cls.type, cls, "intervention type")
+
+    @classmethod
+    def example(cls, tokens: Int[Tensor, "batch pos"]) -> tuple[Selector, Intervention]:
+        """A selector and an instance of this intervention that change the logits of `tokens` (at
+        least 4 per row) on a model with an SSM, attention and an MLP in every block, as Falcon-H1:
+        what the registry-wide test runs every intervention on.
+
+        Examples:
+            >>> Scale.example(torch.tensor([[5, 6, 7, 8]]))
+            (Selector(kind='attn', layers=1, positions=None, point=None), Scale(alpha=0.5))
+        """
+        raise NotImplementedError(f"{cls.__name__} defines no example(tokens); every intervention needs one.")
 
     def prepare(self, model, targets: list[Target]) -> None:
         """Compute reference activations needed by `hook_fns` (default: nothing).
@@ -90,7 +103,7 @@ class Intervention:
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-            >>> targets = Selector("ssm", layers=3).targets(model.layer_components)
+            >>> targets = Selector("ssm", layers=3).targets(model.layout)
             >>> Zero().prepare(model, targets)          # nothing to compute for Zero
         """
 
@@ -159,6 +172,12 @@ class Zero(_Elementwise):
     """
 
     type: ClassVar[str] = "zero"
+    cache_safe: ClassVar[bool] = True
+
+    @classmethod
+    def example(cls, tokens):
+        """Zero the SSM path of block 1."""
+        return Selector("ssm", layers=1), cls()
 
     def replace(self, value, hook):
         """Zeros shaped like `value`.
@@ -183,6 +202,12 @@ class Scale(_Elementwise):
 
     alpha: float
     type: ClassVar[str] = "scale"
+    cache_safe: ClassVar[bool] = True
+
+    @classmethod
+    def example(cls, tokens):
+        """Halve the attention outputs of block 1."""
+        return Selector("attn", layers=1), cls(0.5)
 
     def __post_init__(self):
         _check_number("Scale alpha", self.alpha)
@@ -210,6 +235,11 @@ class Noise(_Elementwise):
     sigma: float
     seed: int = 0
     type: ClassVar[str] = "noise"
+
+    @classmethod
+    def example(cls, tokens):
+        """Noise on the residual stream entering block 1."""
+        return Selector("resid_pre", layers=1), cls(1.0, seed=3)
 
     def __post_init__(self):
         _check_number("Noise sigma", self.sigma, minimum=0.0)
@@ -243,6 +273,12 @@ class SkipLayer(Intervention):
     """
 
     type: ClassVar[str] = "skip_layer"
+    cache_safe: ClassVar[bool] = True
+
+    @classmethod
+    def example(cls, tokens):
+        """Skip block 1."""
+        return Selector("block", layers=1), cls()
 
     def hook_fns(self, target):
         """Save `resid_pre` and return it again at `resid_post`; raises unless `target.kind == "block"`.
@@ -284,7 +320,7 @@ class _FromReference(Intervention):
             positions = real_positions(mask, *tokens.shape).to(tokens.device)
             self._lengths = (positions >= 0).sum(1)
             for name, value in cache.items():
-                if name.endswith("hook_pattern") and not isinstance(self, Patch):
+                if name.endswith("hook_pattern") and not self.on_patterns:
                     raise ValueError(f"{type(self).__name__} does not apply to attention patterns ({name}); "
                                      "patch them from a source run of the same shape instead.")
                 self._values[name] = value if name.endswith("hook_pattern") else self.summarise(value, positions)
@@ -322,7 +358,18 @@ class Mean(_FromReference):
     reference: Any
     per_position: bool = False
     type: ClassVar[str] = "mean"
+    needs_reference: ClassVar[bool] = True
     _values: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def cache_safe(self) -> bool:
+        """A global mean acts on each token alone; a per-position mean depends on the position."""
+        return not self.per_position
+
+    @classmethod
+    def example(cls, tokens):
+        """Mean-ablate the MLP of block 1 over the rows of `tokens` in reverse order, per position."""
+        return Selector("mlp", layers=1), cls(tokens.flip(0), per_position=True)
 
     def summarise(self, values, positions):
         """Mean over the real tokens of every example, `Float[Tensor, "d_model"]` (per position:
@@ -355,7 +402,7 @@ class Mean(_FromReference):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> mean = Mean("And God said unto Moses")
-            >>> mean.prepare(model, Selector("ssm", layers=3).targets(model.layer_components))
+            >>> mean.prepare(model, Selector("ssm", layers=3).targets(model.layout))
             >>> hook = model.hook_dict["blocks.3.hook_ssm_out"]
             >>> mean.replace(torch.zeros(2, 4, 128), hook).shape
             torch.Size([2, 4, 128])
@@ -388,7 +435,13 @@ class Resample(_FromReference):
     reference: Any
     seed: int = 0
     type: ClassVar[str] = "resample"
+    needs_reference: ClassVar[bool] = True
     _values: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def example(cls, tokens):
+        """Resample the attention output of block 1 from `tokens` reversed along positions."""
+        return Selector("attn", layers=1), cls(tokens.flip(1), seed=1)
 
     def __post_init__(self):
         _check_seed(self.seed)
@@ -400,7 +453,7 @@ class Resample(_FromReference):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> resample = Resample(["And God said unto Moses", "In the beginning God created"])
-            >>> resample.prepare(model, Selector("attn", layers=2).targets(model.layer_components))
+            >>> resample.prepare(model, Selector("attn", layers=2).targets(model.layout))
             >>> hook = model.hook_dict["blocks.2.hook_attn_out"]
             >>> resample.replace(torch.zeros(3, 4, 128), hook).shape
             torch.Size([3, 4, 128])
@@ -442,7 +495,14 @@ class Patch(_FromReference):
 
     reference: Any
     type: ClassVar[str] = "patch"
+    needs_reference: ClassVar[bool] = True
+    on_patterns: ClassVar[bool] = True
     _values: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def example(cls, tokens):
+        """Patch the residual stream entering block 1 from `tokens` reversed along positions."""
+        return Selector("resid_pre", layers=1), cls(tokens.flip(1))
 
     def replace(self, value, hook):
         """The prepared source activation of `hook`'s point; raises `ValueError` on a shape mismatch.
@@ -450,7 +510,7 @@ class Patch(_FromReference):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> source = Patch("And God said unto Moses")
-            >>> source.prepare(model, Selector("attn", layers=2).targets(model.layer_components))
+            >>> source.prepare(model, Selector("attn", layers=2).targets(model.layout))
             >>> source.replace(torch.zeros(1, 5, 128), model.hook_dict["blocks.2.hook_attn_out"]).shape
             torch.Size([1, 5, 128])
         """

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..vocabulary import MIXER_KINDS, hook_name
+from ..vocabulary import KINDS, hook_name
 from .ablations import Intervention, row_positions
 from .conditions import Condition
 from .selectors import Layers, Selector, Target
@@ -69,6 +69,12 @@ class EdgeKnockout(Intervention):
     heads: Sequence[int] | None = None
     renormalize: bool = True
     type: ClassVar[str] = "knockout"
+    on_patterns: ClassVar[bool] = True
+
+    @classmethod
+    def example(cls, tokens):
+        """Cut the routes from the first two tokens to the last one in every mixer of block 1."""
+        return Selector("mixer", layers=1), cls(keys=[0, 1], queries=[-1])
 
     def __post_init__(self):
         self.keys = _indices("keys", self.keys, allow_empty=True)
@@ -84,9 +90,10 @@ class EdgeKnockout(Intervention):
             >>> [name for name, fn in EdgeKnockout(keys=[0]).hook_fns(Target(2, "ssm"))]
             ['blocks.2.ssm.hook_pattern']
         """
-        if target.kind not in MIXER_KINDS or target.point not in (None, "hook_pattern"):
-            raise ValueError(f"knockout acts on mixers {MIXER_KINDS} (their hook_pattern), not {target}.")
-        renormalize = self.renormalize and target.kind == "attn"
+        with_pattern = [name for name, kind in KINDS.items() if kind.pattern is not None]
+        if target.kind not in with_pattern or target.point not in (None, "hook_pattern"):
+            raise ValueError(f"knockout acts on mixers {tuple(with_pattern)} (their hook_pattern), not {target}.")
+        renormalize = self.renormalize and KINDS[target.kind].pattern == "softmax"
         return [(hook_name(target.layer, target.kind, "hook_pattern"),
                  lambda value, hook: self.cut(value, renormalize))]
 
