@@ -38,7 +38,12 @@ _STATE: ContextVar[ForwardState | None] = ContextVar("hybrid_lens_forward_state"
 
 
 class StopForward(Exception):  # noqa: N818 (a control-flow signal, not an error)
-    """Raised where a forward pass ends early (`ForwardState.stop`); carries the residual stream there."""
+    """Raised where a forward pass ends early (`ForwardState.stop`); carries the residual stream there.
+
+    Examples:
+        >>> StopForward(torch.zeros(1, 3, 8)).resid.shape
+        torch.Size([1, 3, 8])
+    """
 
     def __init__(self, resid: Tensor):
         super().__init__("stop reached")
@@ -85,25 +90,52 @@ class ForwardState:
         return None if self.positions is None else self.positions.max(1).values + 1
 
     def skips(self, block: int) -> bool:
-        """Whether block `block` is before `start` (returns `resid` without computing)."""
+        """Whether block `block` is before `start` (returns `resid` without computing).
+
+        Examples:
+            >>> ForwardState(None, start=3, resid=torch.zeros(1, 2, 8)).skips(2)
+            True
+        """
         return block < self.start
 
     def enter(self, block: int, resid: Tensor) -> None:
-        """Block `block` receives `resid`: record it if kept; end the pass here if it is the stop."""
+        """Block `block` receives `resid`: record it if kept; end the pass here if it is the stop.
+
+        Examples:
+            >>> state = ForwardState(None, keep=(1,), stop=2)
+            >>> state.enter(1, torch.ones(1))
+            >>> state.kept
+            {1: tensor([1.])}
+            >>> state.enter(2, torch.ones(1))
+            Traceback (most recent call last):
+            ...
+            hybrid_lens.forward_state.StopForward: stop reached
+        """
         if block in self.keep:
             self.kept[block] = resid
         if block == self.stop:
             raise StopForward(resid)
 
     def restricted(self, rows: slice | None) -> ForwardState:
-        """This state as seen by an intervention acting on batch `rows` only (their positions)."""
+        """This state as seen by an intervention acting on batch `rows` only (their positions).
+
+        Examples:
+            >>> ForwardState(None, positions=torch.tensor([[0, 1], [-1, 0]])).restricted(slice(1, 2)).positions
+            tensor([[-1,  0]])
+        """
         if rows is None or self.positions is None:
             return self
         return replace(self, positions=self.positions[rows])
 
     @contextmanager
     def active(self) -> Iterator[ForwardState]:
-        """Make this the current state inside (restored on exit, also after errors)."""
+        """Make this the current state inside (restored on exit, also after errors).
+
+        Examples:
+            >>> with ForwardState(None, hooks=False).active():
+            ...     hooks_enabled()
+            False
+        """
         token = _STATE.set(self)
         try:
             yield self
@@ -172,6 +204,35 @@ def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None) -> Forwa
     length = tokens.shape[1] if mask is None else mask.shape[1]
     positions = real_positions(mask, tokens.shape[0], length)[:, -tokens.shape[1]:].to(tokens.device)
     return replace(base, running=True, positions=positions, stop=base.stop if stop is None else stop)
+
+
+def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:
+    """The state a call `model(*args, **kwargs)` runs in (its real-token positions), for code that acts on
+    the pass from outside it (an nnsight trace's edits).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> state_of_call(model, (["In the beginning", "And"],), {}).positions
+        tensor([[ 0,  1,  2],
+                [ 0, -1, -1]])
+    """
+    call = inspect.signature(type(model).forward).bind(model, *args, **kwargs).arguments
+    attention_mask, hf_kwargs = call.get("attention_mask"), call.get("hf_kwargs", {})
+    tokens, mask = model.encode(call["input"], attention_mask, call.get("prepend_bos"), call.get("padding_side"),
+                                context_length(attention_mask, hf_kwargs))
+    return begin(model, tokens, mask, None)
+
+
+def context_length(attention_mask: Tensor | None, hf_kwargs: dict) -> int | None:
+    """The positions a pass covers when it continues a cache (`past_key_values` / `cache` given): its
+    mask's length; None otherwise (the ids' own length).
+
+    Examples:
+        >>> context_length(torch.ones(1, 9), {"cache": object()}), context_length(torch.ones(1, 9), {})
+        (9, None)
+    """
+    continues = hf_kwargs.get("past_key_values", hf_kwargs.get("cache")) is not None
+    return attention_mask.shape[-1] if continues and attention_mask is not None else None
 
 
 def stop_block(stop_at_layer: int | None, n_layers: int) -> int | None:

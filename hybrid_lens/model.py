@@ -24,7 +24,8 @@ from transformers import PreTrainedModel
 from .adapters import HookedBlock, Wrapping, adapter_for
 from .adapters.base import is_hooked
 from .cache import ActivationCache
-from .forward_state import StopForward, begin, check_hf_kwargs, current_state, hf_forward_arguments, stop_block
+from .forward_state import (StopForward, begin, check_hf_kwargs, context_length, current_state, hf_forward_arguments,
+                            stop_block)
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .layout import Component, Layout
 from .lens_config import LensConfig
@@ -109,6 +110,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
     def unwrap(self) -> PreTrainedModel:
         """Undo the wrapping: remove every hook (permanent ones too) and give the `transformers` model back
         its own forwards. Returns that model, plain again; this `HookedHybrid` refuses to run afterwards.
+        (An nnsight view, `nnsight()`, instruments the modules itself; unwrapping leaves that to nnsight.)
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
@@ -303,8 +305,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         if self._wrapping is None:
             raise RuntimeError("This HookedHybrid was unwrapped; wrap its model again with HookedHybrid.from_hf.")
         check_hf_kwargs(hf_kwargs, self._hf_arguments, type(self.hf_model).__name__)
-        continues = hf_kwargs.get("past_key_values", hf_kwargs.get("cache")) is not None
-        context = attention_mask.shape[-1] if continues and attention_mask is not None else None
+        context = context_length(attention_mask, hf_kwargs)
         tokens, mask = self.encode(input, attention_mask, prepend_bos, padding_side, context)
         stop = stop_block(stop_at_layer, self.n_layers)
         if return_type in ("loss", "both") and stop is None and tokens.shape[1] < 2:

@@ -11,7 +11,7 @@ class NNsightView:
         >>> with model.trace("In the beginning"):
         ...     resid = model.nnsight().blocks[2].hook_resid_pre.output.save()
         >>> resid.shape
-        torch.Size([1, 3, 64])
+        torch.Size([1, 3, 128])
     """
 
     def nnsight(self, inner_points: bool = False, patterns: bool = False):

@@ -22,19 +22,19 @@ def register(registry: dict[str, T], name: str, entry: T, what: str) -> None:
         registry: Name -> entry.
         name: The new entry's name.
         entry: The entry (registering the same object twice is a no-op).
-        what: What an entry is, for the error (`intervention type`).
+        what: What the entries are, for the error (`intervention types`).
 
     Examples:
         >>> names = {}
-        >>> register(names, "zero", int, "intervention type")
-        >>> register(names, "zero", float, "intervention type")
+        >>> register(names, "zero", int, "intervention types")
+        >>> register(names, "zero", float, "intervention types")
         Traceback (most recent call last):
         ...
         ValueError: Two intervention types are named 'zero': int and float; rename one.
     """
     taken = registry.get(name)
     if taken is not None and taken is not entry:
-        raise ValueError(f"Two {what}s are named {name!r}: {_describe(taken)} and {_describe(entry)}; rename one.")
+        raise ValueError(f"Two {what} are named {name!r}: {_describe(taken)} and {_describe(entry)}; rename one.")
     registry[name] = entry
 
 
@@ -47,8 +47,8 @@ def discover(package: str, cls: type[T], name: Callable[[T], str], what: str) ->
 
     Examples:
         >>> from hybrid_lens.adapters import Family
-        >>> list(discover("hybrid_lens.adapters", Family, lambda family: family.family, "family"))[:3]
-        ['bamba', 'falcon_h1', 'falcon_mamba']
+        >>> list(discover("hybrid_lens.adapters", Family, lambda family: family.family, "families"))[:3]
+        ['bamba', 'qwen2', 'llama']
     """
     found: dict[str, T] = {}
     where: dict[str, str] = {}
@@ -60,7 +60,7 @@ def discover(package: str, cls: type[T], name: Callable[[T], str], what: str) ->
                 continue
             key = name(value)
             if key in found and found[key] is not value:
-                raise ValueError(f"Two {what}s are named {key!r}: {where[key]} and {module.__name__}.{attribute}; "
+                raise ValueError(f"Two {what} are named {key!r}: {where[key]} and {module.__name__}.{attribute}; "
                                  "rename one.")
             found.setdefault(key, value)
             where.setdefault(key, f"{module.__name__}.{attribute}")

@@ -29,7 +29,7 @@ from hybrid_lens.analysis import (
 from hybrid_lens.vocabulary import KINDS
 from hybrid_lens.interventions import scale, zero
 
-from .conftest import FAMILIES, build
+from .fixtures import FAMILIES, build
 
 # A component zeroed in layer 1 of each family, and the path it is compared with there.
 ZEROED = {"qwen3_5": ("linear_attn", "mlp"), "falcon_h1": ("ssm", "attn"), "qwen2": ("attn", "mlp")}

@@ -22,7 +22,7 @@ from hybrid_lens.interventions import (
 from hybrid_lens.mixers import cache_states, state_positions
 from hybrid_lens.zoo import checkpoint_path
 
-from .conftest import build
+from .fixtures import build
 
 BUNDLED = {"linear_attn": "hybrid-lens/tiny-qwen3.5", "ssm": "hybrid-lens/tiny-falcon-h1"}
 MODULE = {"linear_attn": "linear_attn", "ssm": "mamba", "attn": "self_attn"}

@@ -7,7 +7,7 @@ import torch
 
 from hybrid_lens import HookedHybrid
 
-from .conftest import assert_cache_matches_hidden_states, build
+from .fixtures import assert_cache_matches_hidden_states, build
 
 
 def block_input_norm(reference, layer: int, family: str):

@@ -41,9 +41,7 @@ from hybrid_lens.evals.tasks.gsm8k import UNTIL, exact_match
 from hybrid_lens.evals.tasks.hellaswag import preprocess
 from hybrid_lens.interventions import Sweep, mean, noise, scale, skip_layer, zero
 
-from .conftest import build
-
-MODULE_OF_KIND = {"attn": "self_attn", "linear_attn": "linear_attn", "ssm": "mamba"}
+from .fixtures import MODULE_OF_KIND, build
 # one ablation per family with the matching plain-torch hooks: (kind, layers)
 ABLATION = {"qwen2": ("attn", [1]), "qwen3_5": ("linear_attn", [0, 1]), "falcon_h1": ("ssm", [0, 2])}
 # at the default init scale tiny random models repeat one token whatever the prompt; larger weights

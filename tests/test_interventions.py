@@ -12,26 +12,7 @@ from hybrid_lens.interventions import (
     scale, skip_layer, zero,
 )
 
-from .conftest import build
-
-MODULE_OF_KIND = {"attn": "self_attn", "linear_attn": "linear_attn", "ssm": "mamba"}
-
-
-def hf_run(reference, tokens, hooks):
-    """Logits of the plain model with `(module, forward_hook)` pairs attached."""
-    handles = [module.register_forward_hook(fn) for module, fn in hooks]
-    try:
-        return reference(tokens).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def on_output(fn):
-    """A forward hook applying `fn` to a module's output tensor (first element of a tuple)."""
-    def hook(_module, _args, output):
-        return (fn(output[0]), *output[1:]) if isinstance(output, tuple) else fn(output)
-    return hook
+from .fixtures import MODULE_OF_KIND, build, hf_run, on_output
 
 
 def mixers(reference, kind, layers):

@@ -16,8 +16,7 @@ from transformers.models.kimi_linear import modeling_kimi_linear as kimi
 
 from hybrid_lens.mixers import cache_states, kimi_delta, state_positions
 
-from .conftest import build
-from .test_families import visible_init
+from .fixtures import build, random_tokens, visible_init
 
 MIXER = {"qwen3_next": "linear_attn", "olmo_hybrid": "linear_attn", "kimi_linear": "self_attn"}
 SCAN = {"qwen3_next": "torch_chunk_gated_delta_rule", "olmo_hybrid": "torch_chunk_gated_delta_rule",
@@ -30,11 +29,10 @@ SCAN_INPUTS = ["hook_q", "hook_k", "hook_v", "hook_log_decay", "hook_beta"]
 @pytest.fixture(scope="module", params=sorted(MIXER))
 def built(request):
     """(family, plain reference, HookedHybrid, tokens): same weights, every component visible."""
-    reference, model = build(request.param)
+    reference, model = build(request.param, visible=True)
     for hf in (reference, model.hf_model):
-        visible_init(hf, seed=0)
         visible_experts_and_states(hf, seed=0)
-    tokens = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))  # 12 < d_v = 16
+    tokens = random_tokens(2, 12)  # 12 < d_v = 16
     return request.param, reference, model, tokens
 
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from .conftest import build
+from .fixtures import build
 
 try:  # TransformerLens >= 3.4 (3.9 and 4.x in CI)
     from transformer_lens.model_bridge.sources import build_bridge_from_module

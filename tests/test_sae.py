@@ -15,7 +15,7 @@ from torch import nn
 
 from hybrid_lens.sae import SAESplice, attached_saes
 
-from .conftest import build
+from .fixtures import build
 
 D_MODEL = 64  # tiny_config width
 

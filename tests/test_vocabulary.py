@@ -13,7 +13,7 @@ import hybrid_lens
 from hybrid_lens.interventions import Selector, Target
 from hybrid_lens.vocabulary import COMPONENT_KINDS, RESID_KINDS, ComponentLabel, hook_name
 
-from .conftest import build
+from .fixtures import build
 
 CORE = ("model.py", "cache", "hook_points.py", "vocabulary.py", "resolver.py", "layout.py", "forward_state.py", "loading.py",
         "tokenizing.py", "readout.py", "nnsight_view.py", "registry.py", "adapters", "interventions", "mixers")

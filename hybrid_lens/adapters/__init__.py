@@ -21,7 +21,7 @@ def _order(family: Family) -> tuple:
     return (not reference, REFERENCE_FAMILIES.index(family.family) if reference else 0, family.family)
 
 
-ADAPTERS: tuple[Family, ...] = tuple(sorted(discover(__name__, Family, lambda f: f.family, "family").values(),
+ADAPTERS: tuple[Family, ...] = tuple(sorted(discover(__name__, Family, lambda f: f.family, "families").values(),
                                             key=_order))
 FAMILIES: dict[str, Family] = {adapter.family: adapter for adapter in ADAPTERS}
 

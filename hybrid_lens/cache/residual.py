@@ -10,7 +10,14 @@ from ..vocabulary import ComponentLabel, hook_name
 
 
 class ResidualStream:
-    """`ActivationCache` methods over the residual stream and the components that write to it."""
+    """`ActivationCache` methods over the residual stream and the components that write to it.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> _, cache = model.run_with_cache("In the beginning")
+        >>> isinstance(cache, ResidualStream), cache.accumulated_resid().shape
+        (True, torch.Size([9, 1, 3, 128]))
+    """
 
     def stack(self, kind: str, return_labels: bool = False):
         """Stack one kind over the layers that have it.

@@ -7,7 +7,7 @@ Every module of this package is imported here, so every `Intervention` subclass 
 import importlib
 import pkgutil
 
-from .ablations import REGISTRY, Intervention
+from .base import REGISTRY, Intervention
 from .attribution import attribution_patch
 from .conditions import (
     Condition,

@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..forward_state import ForwardState, current_state
+from ..forward_state import ForwardState, current_state, state_of_call
 from ..tokens import real_positions
-from .ablations import HookFn, Intervention, Mean, Noise, Patch, Resample, Scale, SkipLayer, Zero
+from .ablations import Noise, Scale, SkipLayer, Zero
+from .base import HookFn, Intervention
+from .reference import Mean, Patch, Resample
 from .selectors import Layers, Positions, Selector
 
 
@@ -150,7 +152,9 @@ class Condition:
     def nnsight_editor(self, model):
         """A function to call inside an nnsight trace of `model.nnsight()` that applies this condition.
 
-        Reference passes run now, outside the trace. Edits are applied in execution order.
+        Reference passes run now, outside the trace. Edits are applied in execution order, in the
+        forward state of the traced call (read from the trace's inputs: nnsight runs the edits apart
+        from the model's own pass), so positions count real tokens per row as in a hooked run.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -165,11 +169,13 @@ class Condition:
         hooks = sorted(self.fwd_hooks(model), key=lambda pair: model.hook_order[pair[0]])
 
         def edit(view) -> None:
-            for name, fn in hooks:
-                envoy = view
-                for part in name.split("."):
-                    envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-                envoy.output = fn(envoy.output, model.hook_dict[name])
+            args, kwargs = view.inputs
+            with state_of_call(model, args, kwargs).active():
+                for name, fn in hooks:
+                    envoy = view
+                    for part in name.split("."):
+                        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+                    envoy.output = fn(envoy.output, model.hook_dict[name])
 
         return edit
 

@@ -11,7 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..vocabulary import KINDS, hook_name
-from .ablations import Intervention, row_positions
+from .base import Intervention, row_positions
 from .conditions import Condition
 from .selectors import Layers, Selector, Target
 
@@ -73,7 +73,12 @@ class EdgeKnockout(Intervention):
 
     @classmethod
     def example(cls, tokens):
-        """Cut the routes from the first two tokens to the last one in every mixer of block 1."""
+        """Cut the routes from the first two tokens to the last one in every mixer of block 1.
+
+        Examples:
+            >>> EdgeKnockout.example(torch.tensor([[5, 6, 7, 8]]))
+            (Selector(kind='mixer', layers=1, positions=None, point=None), EdgeKnockout(keys=(0, 1), queries=(-1,), heads=None, renormalize=True))
+        """
         return Selector("mixer", layers=1), cls(keys=[0, 1], queries=[-1])
 
     def __post_init__(self):

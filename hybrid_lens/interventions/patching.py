@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..vocabulary import COMPONENT_KINDS
-from .ablations import Patch
+from .reference import Patch
 from .conditions import Condition
 from .sweep import run_conditions
 from .selectors import KINDS, Selector, Target

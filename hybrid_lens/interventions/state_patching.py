@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from ..mixers.state import cache_states
 from ..vocabulary import KINDS
-from .ablations import Intervention
+from .base import Intervention
 from .conditions import Condition
 from .selectors import Layers, Selector, Target
 
@@ -48,8 +48,13 @@ class PatchState(Intervention):
 
     @classmethod
     def example(cls, tokens):
-        """Continue the SSM recurrence of block 1 after the second-to-last token from `tokens` reversed."""
-        return Selector("ssm", layers=1, point="hook_state"), cls(tokens.flip(1), position=-2)
+        """Continue the SSM recurrence of block 0 after the second token from `tokens` reversed.
+
+        Examples:
+            >>> PatchState.example(torch.tensor([[5, 6, 7, 8]]))
+            (Selector(kind='ssm', layers=0, positions=None, point='hook_state'), PatchState(reference=tensor([[8, 7, 6, 5]]), position=1))
+        """
+        return Selector("ssm", layers=0, point="hook_state"), cls(tokens.flip(1), position=1)
 
     def prepare(self, model, targets: list[Target]) -> None:
         """Read the source states at `position` for every target (one run).

@@ -62,6 +62,6 @@ def mixer_kinds() -> dict[str, ComponentKind]:
         >>> list(mixer_kinds())
         ['attn', 'linear_attn', 'ssm', 'conv']
     """
-    kinds = discover(__package__, ComponentKind, lambda kind: kind.name, "component kind")
+    kinds = discover(__package__, ComponentKind, lambda kind: kind.name, "component kinds")
     kinds.pop(MLP.name, None)
     return kinds
