@@ -5,9 +5,9 @@ the same submodules with the same arithmetic, routing the residual stream and ev
 contribution through TransformerLens `HookPoint`s. With no hooks, logits are bit-identical.
 
 This module holds construction, the structure and hook names, `forward` and `run_with_cache`; the
-other methods come from mixins named for what they do: `tokenizing.Tokenizing`, `readout.Readout`,
-`nnsight_view.NNsightView`, `sae.SAESplicing` and `loading.Loading` (`from_pretrained`, ...). The state of one forward pass is a
-`forward_state.ForwardState`.
+other methods come from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...),
+`tokenizing.Tokenizing`, `readout.Readout`, `nnsight_view.NNsightView` and `sae.SAESplicing`. The
+state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformer_lens.hook_points import HookPoint as TLHookPoint
 from transformers import PreTrainedModel
 
 from .adapters import HookedBlock, Wrapping, adapter_for
-from .adapters.base import is_hooked
+from .adapters.base import FinalNormHooks
 from .cache import ActivationCache
 from .forward_state import (StopForward, begin, check_hf_kwargs, context_length, current_state, hf_forward_arguments,
                             stop_block)
@@ -42,21 +42,6 @@ __all__ = ["Component", "FinalNormHooks", "HookedHybrid", "next_token_loss"]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 ReturnType = Literal["logits", "loss", "both"] | None
 RETURN_TYPES = ("logits", "loss", "both", None)
-
-
-class FinalNormHooks(nn.Module):
-    """Holds `ln_final.hook_normalized`: the final norm's output, `Float[Tensor, "batch pos d_model"]`.
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> _, cache = model.run_with_cache("In the beginning", names_filter="ln_final.hook_normalized")
-        >>> cache["ln_final.hook_normalized"].shape
-        torch.Size([1, 3, 128])
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.hook_normalized = HookPoint()
 
 
 class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, HookedRootModule):
@@ -92,25 +77,19 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         self._cfg = LensConfig(self)
         self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
         self.layout: Layout = self.adapter.layout(hf_model.config)
-        layers = self.adapter.layers(hf_model)
-        if len(layers) != len(self.layout):
-            raise ValueError(f"Config lists {len(self.layout)} layers but the model has {len(layers)}.")
-        if any(is_hooked(layer) for layer in layers):
-            raise ValueError("This transformers model is already wrapped by a HookedHybrid; reuse that wrapper.")
-        self.adapter.validate(hf_model)
-
+        Wrapping.check(hf_model, self.adapter, self.layout)  # before anything is installed
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList(HookedBlock(layer) for layer in self.layout)
         self.ln_final = FinalNormHooks()
         self.hook_logits = HookPoint()
         self._pattern_mode = pattern_mode_tap(hf_model.config)
-        self._wrapping: Wrapping | None = Wrapping.install(self, layers)
+        self._wrapping: Wrapping | None = Wrapping.install(self, self.adapter.layers(hf_model))
         self.setup()
 
     def unwrap(self) -> PreTrainedModel:
         """Undo the wrapping: remove every hook (permanent ones too) and give the `transformers` model back
-        its own forwards. Returns that model, plain again; this `HookedHybrid` refuses to run afterwards.
-        (An nnsight view, `nnsight()`, instruments the modules itself; unwrapping leaves that to nnsight.)
+        its own forwards (an nnsight view instruments modules itself: nnsight's to undo). Returns that
+        model, plain again; this `HookedHybrid` refuses to run afterwards.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
@@ -125,7 +104,6 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             self._wrapping = None
         return self.hf_model
 
-    # --- structure ----------------------------------------------------------------------------
     def setup(self) -> None:
         """Index the hook points (only ours: the wrapped model's modules are left untouched).
 
@@ -238,12 +216,11 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
 
     @property
     def real_positions(self) -> Int[Tensor, "batch pos"] | None:
-        """During a forward pass: per row, the index of each column among the row's real tokens
-        (-1 on padding), which is how interventions count positions; None between passes.
+        """During a forward pass: per row, each column's index among the row's real tokens (-1 on
+        padding; offset by a cache's tokens), as interventions count positions; None between passes.
 
         Examples:
-            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-            >>> seen = []
+            >>> model, seen = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1"), []
             >>> _ = model.run_with_hooks(["In the beginning", "And God said unto Moses"], fwd_hooks=[
             ...     ("hook_embed", lambda value, hook: seen.append(model.real_positions))])
             >>> seen[0]
@@ -253,7 +230,6 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         state = current_state()
         return state.positions if state is not None and state.running and state.model is self else None
 
-    # --- running ------------------------------------------------------------------------------
     def forward(
         self,
         input: ModelInput,

@@ -43,7 +43,7 @@ def models(kind):
 
 
 def layers_of(model, kind):
-    return [i for i, mixers in enumerate(model.layer_mixers) if kind in mixers]
+    return model.layout.layers_with(kind)
 
 
 def nothing_left(model):

@@ -95,7 +95,7 @@ def test_every_component_output_write_matches_scaling_the_hf_module(pair, tokens
 
 
 def first_layer_with(model, kind):
-    return next(i for i, mixers in enumerate(model.layer_mixers) if kind in mixers)
+    return model.layout.layers_with(kind)[0]
 
 
 @torch.no_grad()

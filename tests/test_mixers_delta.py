@@ -49,7 +49,7 @@ def visible_experts_and_states(hf_model, seed: int) -> None:
 
 
 def linear_layers(model):
-    return [i for i, mixers in enumerate(model.layer_mixers) if "linear_attn" in mixers]
+    return model.layout.layers_with("linear_attn")
 
 
 def close(actual, expected, tol=1e-5):
@@ -199,7 +199,7 @@ def test_attention_points_are_the_transformers_values(built):
     """hook_q / hook_z equal forward hooks on the plain model's query projection and `o_proj` input;
     hook_pattern its eager attention weights; MLA's hook_k / hook_v the latent expanded per head."""
     family, reference, model, tokens = built
-    layer = next(i for i, mixers in enumerate(model.layer_mixers) if "attn" in mixers)
+    layer = model.layout.layers_with("attn")[0]
     attention = reference.model.layers[layer].self_attn
     with module_calls({"q": attention.q_proj}) as out, module_calls({"o": attention.o_proj}, pre=True) as into:
         reference(tokens)

@@ -35,7 +35,7 @@ def tokens():
 
 
 def ssm_layers(model) -> list[int]:
-    return [i for i, mixers in enumerate(model.layer_mixers) if "ssm" in mixers]
+    return model.layout.layers_with("ssm")
 
 
 def plain_mixer(model, plain, layer: int):

@@ -1,4 +1,5 @@
-"""The hooked block: the block-level hook points of one decoder layer, and the plumbing around it.
+"""The hooked block: the block-level hook points of one decoder layer (and of the final norm), and the
+plumbing around it.
 
 `adapters.spec.Family` describes what a family's blocks contain; its generic block forward feeds
 these points. `Wrapping` installs the block forwards on a `transformers` model and remembers how to
@@ -51,6 +52,21 @@ class HookedBlock(nn.Module):
         return f"index={self.index}, components={self.layer.components}"
 
 
+class FinalNormHooks(nn.Module):
+    """Holds `ln_final.hook_normalized`: the final norm's output, `Float[Tensor, "batch pos d_model"]`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning", names_filter="ln_final.hook_normalized")
+        >>> cache["ln_final.hook_normalized"].shape
+        torch.Size([1, 3, 128])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.hook_normalized = HookPoint()
+
+
 Entry = Callable[[Tensor], Tensor]
 
 
@@ -85,6 +101,17 @@ class Wrapping:
     def __init__(self):
         self._undo: list[Callable[[], None]] = []
         self._taps: list[Tap] = []
+
+    @staticmethod
+    def check(hf_model: nn.Module, family, layout) -> None:
+        """Refuse a model that is already wrapped, whose layers are not those of its config, or that
+        `family` does not fit (`Family.validate`)."""
+        layers = family.layers(hf_model)
+        if len(layers) != len(layout):
+            raise ValueError(f"Config lists {len(layout)} layers but the model has {len(layers)}.")
+        if any(is_hooked(layer) for layer in layers):
+            raise ValueError("This transformers model is already wrapped by a HookedHybrid; reuse that wrapper.")
+        family.validate(hf_model)
 
     @classmethod
     def install(cls, model, layers: nn.ModuleList) -> Wrapping:

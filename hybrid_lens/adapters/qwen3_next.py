@@ -9,10 +9,10 @@ Qwen3.5's (`mixers.gated_deltanet`), and the attention output gate is `hook_gate
 router points `blocks.{i}.mlp.hook_router_*` (`mixers.router`).
 """
 
-from ..mixers import gated_deltanet, router
-from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention
+from ..mixers import gated_deltanet
+from .spec import RECURRENT_ARGS, Block, Family, Mixer, attention, routed
 
-MOE = Mlp(points=router.add_points)  # router points on the MoE layers
+MOE = routed()  # an MoE in most layers, a dense MLP in `mlp_only_layers`
 
 QWEN3_NEXT = Family(
     family="qwen3_next",

@@ -380,6 +380,14 @@ def attention(module: str = "self_attn", points: AddPoints | None = None, **fiel
     return Mixer("attn", module, points or softmax.add_points, **fields)
 
 
+def routed(modules: tuple[str, ...] = ("mlp",), **fields) -> Mlp:
+    """An `Mlp` that is a mixture of experts in some layers: those get the router's inner points
+    (`blocks.{i}.mlp.hook_router_*`, `hybrid_lens.mixers.router`)."""
+    from ..mixers import router
+
+    return Mlp(modules, points=router.add_points, **fields)
+
+
 RECURRENT_ARGS = ("cache", "attention_mask")  # what a recurrent mixer receives besides **kwargs
 STANDARD_ARGS = ("attention_mask", "position_ids", "cache", "use_cache", "position_embeddings")
 

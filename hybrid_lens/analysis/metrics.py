@@ -87,8 +87,9 @@ def ablation_kl(
         input: one text or unpadded token ids `[batch, pos]`.
         ablate: `(component, layer) -> Condition`; default zeroes mixers and MLPs and skips blocks.
             E.g. `lambda c, l: mean(c, reference, layers=l)` for mean ablation.
-        components: which of `attn`, `linear_attn`, `ssm`, `mlp`, `block` to ablate (default all
-            present; the paper used `("ssm", "attn")` on Falcon-H1 and `("block",)` on Qwen3.5).
+        components: which component kinds (`attn`, `linear_attn`, `ssm`, `conv`, `mlp`) or `block` to
+            ablate (default all present; the paper used `("ssm", "attn")` on Falcon-H1 and `("block",)`
+            on Qwen3.5).
         batch_size: ablated runs per forward pass (their logits, `batch_size x batch x pos x vocab`,
             are held at once).
         reduction: mean over tokens, or per token (`"none"`).

@@ -23,7 +23,7 @@ class ResidualStream:
         """Stack one kind over the layers that have it.
 
         Args:
-            kind: `attn`, `linear_attn`, `ssm`, `mlp` (block-level outputs) or `resid_pre`,
+            kind: A component kind (`attn`, `linear_attn`, `ssm`, `conv`, `mlp`: block-level outputs) or `resid_pre`,
                 `resid_mid`, `resid_post`.
             return_labels: Also return the layer indices.
 

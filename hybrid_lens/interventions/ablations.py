@@ -35,15 +35,6 @@ class Zero(_Elementwise):
     type: ClassVar[str] = "zero"
     cache_safe: ClassVar[bool] = True
 
-    @classmethod
-    def example(cls, tokens):
-        """Zero the SSM path of block 1.
-
-        Examples:
-            >>> Zero.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='ssm', layers=1, positions=None, point=None), Zero())
-        """
-        return Selector("ssm", layers=1), cls()
 
     def replace(self, value, hook):
         """Zeros shaped like `value`.
@@ -54,6 +45,11 @@ class Zero(_Elementwise):
                     [0., 0., 0.]])
         """
         return torch.zeros_like(value)
+
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): zero the SSM path of block 1."""
+        return Selector("ssm", layers=1), cls()
 
 
 @dataclass
@@ -70,15 +66,6 @@ class Scale(_Elementwise):
     type: ClassVar[str] = "scale"
     cache_safe: ClassVar[bool] = True
 
-    @classmethod
-    def example(cls, tokens):
-        """Halve the attention outputs of block 1.
-
-        Examples:
-            >>> Scale.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='attn', layers=1, positions=None, point=None), Scale(alpha=0.5))
-        """
-        return Selector("attn", layers=1), cls(0.5)
 
     def __post_init__(self):
         check_number("Scale alpha", self.alpha)
@@ -91,6 +78,11 @@ class Scale(_Elementwise):
             tensor([0.5000, 0.5000])
         """
         return self.alpha * value
+
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): halve the attention outputs of block 1."""
+        return Selector("attn", layers=1), cls(0.5)
 
 
 @dataclass
@@ -107,15 +99,6 @@ class Noise(_Elementwise):
     seed: int = 0
     type: ClassVar[str] = "noise"
 
-    @classmethod
-    def example(cls, tokens):
-        """Noise on the residual stream entering block 1.
-
-        Examples:
-            >>> Noise.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='resid_pre', layers=1, positions=None, point=None), Noise(sigma=1.0, seed=3))
-        """
-        return Selector("resid_pre", layers=1), cls(1.0, seed=3)
 
     def __post_init__(self):
         check_number("Noise sigma", self.sigma, minimum=0.0)
@@ -132,6 +115,11 @@ class Noise(_Elementwise):
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(value.shape, generator=generator, dtype=torch.float32)
         return value + self.sigma * noise.to(device=value.device, dtype=value.dtype)
+
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): noise on the residual stream entering block 1."""
+        return Selector("resid_pre", layers=1), cls(1.0, seed=3)
 
 
 @dataclass
@@ -151,15 +139,6 @@ class SkipLayer(Intervention):
     type: ClassVar[str] = "skip_layer"
     cache_safe: ClassVar[bool] = True
 
-    @classmethod
-    def example(cls, tokens):
-        """Skip block 1.
-
-        Examples:
-            >>> SkipLayer.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='block', layers=1, positions=None, point=None), SkipLayer())
-        """
-        return Selector("block", layers=1), cls()
 
     def hook_fns(self, target):
         """Save `resid_pre` and return it again at `resid_post`; raises unless `target.kind == "block"`.
@@ -181,3 +160,8 @@ class SkipLayer(Intervention):
             return saved.pop("input")
 
         return [(pre, keep_input), (post, output_is_input)]
+
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): skip block 1."""
+        return Selector("block", layers=1), cls()

@@ -1,4 +1,5 @@
-"""Edge knockout: cut token-to-token routes inside attention, Gated DeltaNet and Mamba-2 mixers."""
+"""Edge knockout: cut token-to-token routes inside every mixer with a `hook_pattern`: softmax attention and the
+implicit attention of the linear mixers (the kinds whose declaration has a `pattern`)."""
 
 from __future__ import annotations
 
@@ -71,15 +72,6 @@ class EdgeKnockout(Intervention):
     type: ClassVar[str] = "knockout"
     on_patterns: ClassVar[bool] = True
 
-    @classmethod
-    def example(cls, tokens):
-        """Cut the routes from the first two tokens to the last one in every mixer of block 1.
-
-        Examples:
-            >>> EdgeKnockout.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='mixer', layers=1, positions=None, point=None), EdgeKnockout(keys=(0, 1), queries=(-1,), heads=None, renormalize=True))
-        """
-        return Selector("mixer", layers=1), cls(keys=[0, 1], queries=[-1])
 
     def __post_init__(self):
         self.keys = _indices("keys", self.keys, allow_empty=True)
@@ -131,10 +123,15 @@ class EdgeKnockout(Intervention):
             edited = torch.where(cut.any(-1, keepdim=True).to(pattern.device), renormalized, edited)
         return edited
 
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): cut the routes from the first two tokens to the last one in every mixer of block 1."""
+        return Selector("mixer", layers=1), cls(keys=[0, 1], queries=[-1])
+
 
 def knockout(kind: str, keys: int | Sequence[int], queries: int | Sequence[int] | None = None, layers: Layers = None,
              heads: int | Sequence[int] | None = None, renormalize: bool = True, name: str = "") -> Condition:
-    """Cut the routes from `keys` to `queries` in `kind` mixers (`attn`, `linear_attn`, `ssm` or `mixer`).
+    """Cut the routes from `keys` to `queries` in `kind` mixers (a mixer kind with a pattern, or `mixer`).
 
     See `EdgeKnockout`. `name` defaults to `{kind}_knockout`.
 

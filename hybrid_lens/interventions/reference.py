@@ -79,15 +79,6 @@ class Mean(_FromReference):
         """A global mean acts on each token alone; a per-position mean depends on the position."""
         return not self.per_position
 
-    @classmethod
-    def example(cls, tokens):
-        """Mean-ablate the MLP of block 1 over the rows of `tokens` in reverse order, per position.
-
-        Examples:
-            >>> Mean.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='mlp', layers=1, positions=None, point=None), Mean(reference=tensor([[5, 6, 7, 8]]), per_position=True))
-        """
-        return Selector("mlp", layers=1), cls(tokens.flip(0), per_position=True)
 
     def summarise(self, values, positions):
         """Mean over the real tokens of every example, `Float[Tensor, "d_model"]` (per position:
@@ -130,6 +121,11 @@ class Mean(_FromReference):
             return mean.expand_as(value).clone()
         return _gather_positions(mean.expand(value.shape[0], *mean.shape), row_positions(value), value, hook.name)
 
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): mean-ablate the MLP of block 1 over the rows of `tokens` in reverse order, per position."""
+        return Selector("mlp", layers=1), cls(tokens.flip(0), per_position=True)
+
 
 @dataclass
 class Resample(_FromReference):
@@ -156,15 +152,6 @@ class Resample(_FromReference):
     needs_reference: ClassVar[bool] = True
     _values: dict = field(default_factory=dict, repr=False, compare=False)
 
-    @classmethod
-    def example(cls, tokens):
-        """Resample the attention output of block 1 from `tokens` reversed along positions.
-
-        Examples:
-            >>> Resample.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='attn', layers=1, positions=None, point=None), Resample(reference=tensor([[8, 7, 6, 5]]), seed=1))
-        """
-        return Selector("attn", layers=1), cls(tokens.flip(1), seed=1)
 
     def __post_init__(self):
         check_seed(self.seed)
@@ -194,6 +181,11 @@ class Resample(_FromReference):
         drawn = source[torch.cat(rows).to(source.device)]
         return _gather_positions(drawn, positions, value, hook.name)
 
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): resample the attention output of block 1 from `tokens` reversed along positions."""
+        return Selector("attn", layers=1), cls(tokens.flip(1), seed=1)
+
 
 @dataclass
 class Patch(_FromReference):
@@ -222,15 +214,6 @@ class Patch(_FromReference):
     on_patterns: ClassVar[bool] = True
     _values: dict = field(default_factory=dict, repr=False, compare=False)
 
-    @classmethod
-    def example(cls, tokens):
-        """Patch the residual stream entering block 1 from `tokens` reversed along positions.
-
-        Examples:
-            >>> Patch.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='resid_pre', layers=1, positions=None, point=None), Patch(reference=tensor([[8, 7, 6, 5]])))
-        """
-        return Selector("resid_pre", layers=1), cls(tokens.flip(1))
 
     def replace(self, value, hook):
         """The prepared source activation of `hook`'s point; raises `ValueError` on a shape mismatch.
@@ -255,6 +238,11 @@ class Patch(_FromReference):
                              f"{self._lengths.tolist()} real tokens; the patched run has {value.shape[0]} rows of "
                              f"{needed.tolist()}. Give one source row per row, at least as long.")
         return _gather_positions(source, positions, value, hook.name)
+
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): patch the residual stream entering block 1 from `tokens` reversed along positions."""
+        return Selector("resid_pre", layers=1), cls(tokens.flip(1))
 
 
 def _real_tokens_first(values: Tensor, positions: Tensor) -> Tensor:

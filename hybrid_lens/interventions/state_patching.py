@@ -46,15 +46,6 @@ class PatchState(Intervention):
         if isinstance(self.position, bool) or not isinstance(self.position, int):
             raise ValueError(f"PatchState position must be an int, not {self.position!r}.")
 
-    @classmethod
-    def example(cls, tokens):
-        """Continue the SSM recurrence of block 0 after the second token from `tokens` reversed.
-
-        Examples:
-            >>> PatchState.example(torch.tensor([[5, 6, 7, 8]]))
-            (Selector(kind='ssm', layers=0, positions=None, point='hook_state'), PatchState(reference=tensor([[8, 7, 6, 5]]), position=1))
-        """
-        return Selector("ssm", layers=0, point="hook_state"), cls(tokens.flip(1), position=1)
 
     def prepare(self, model, targets: list[Target]) -> None:
         """Read the source states at `position` for every target (one run).
@@ -96,6 +87,11 @@ class PatchState(Intervention):
 
         replace.state_positions = (self.position,)
         return [(name, replace)]
+
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): continue the SSM recurrence of block 0 after the second token from `tokens` reversed."""
+        return Selector("ssm", layers=0, point="hook_state"), cls(tokens.flip(1), position=1)
 
 
 def patch_state(source, kind: str, position: int = -1, layers: Layers = None, name: str = "") -> Condition:

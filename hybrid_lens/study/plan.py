@@ -1,5 +1,5 @@
 """The study's plan: the named conditions of the component-ablation protocol, derived from the
-model's layer kinds (formerly `study.conditions`, a name that still imports).
+model's layout.
 
 Each `StudyCondition` names, groups and describes one `interventions.Condition` (the general,
 composable intervention that does the ablating) for the store, the statistics and the report.
