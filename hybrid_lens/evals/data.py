@@ -129,10 +129,21 @@ def read_records(path: str | Path) -> list[Record]:
         >>> records = read_records(DATA / "arc_challenge" / "test.jsonl")   # the bundled ARC subset
         >>> len(records), records[0].row, sorted(records[0].data)
         (100, 1, ['answer', 'id', 'index', 'options', 'question'])
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        TaskDataError: a row that is not an object, or no row at all.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No task file at {path}.")
+    records = _file_records(path)
+    if not records:
+        raise TaskDataError(f"{path} holds no examples: the task file is empty.")
+    return records
+
+
+def _file_records(path: Path) -> list[Record]:
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return [Record(row, str(path), i) for i, row in enumerate(csv.DictReader(f), start=1)]
