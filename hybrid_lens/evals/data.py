@@ -155,7 +155,10 @@ def _file_records(path: Path) -> list[Record]:
                     records.append(Record(_json_object(line, path, i), str(path), i))
         return records
     if path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise TaskDataError(f"{path}: not valid JSON ({error.msg}).") from None
         if not isinstance(rows, list):
             raise TaskDataError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}.")
         return [Record(_checked_object(row, path, i), str(path), i) for i, row in enumerate(rows, start=1)]
