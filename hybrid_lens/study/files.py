@@ -196,7 +196,7 @@ def clean_stale_temporaries(folder: str | Path, older_than: float = 60.0) -> lis
                 if path.is_file() and not path.is_symlink() and now - path.stat().st_mtime > older_than:
                     path.unlink()
                     removed.append(path)
-            except FileNotFoundError:  # another process cleaned it
+            except OSError:  # another process cleaned it, or a read-only folder: leave it
                 continue
     return removed
 
