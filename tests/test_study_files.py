@@ -39,6 +39,7 @@ from hybrid_lens.study.runner import run_study
 from hybrid_lens.study.store import StudyStore
 
 from .conftest import build, spec_for, stored
+from .test_faults import finished  # noqa: F401  (a finished study: spec, folder)
 
 OLD = 1_000_000_000.0  # mtime of the user's files: older than any age-based cleanup spares
 DECOYS = ["notes.tmp", "drafts/chapter.tmp", "tmpab12cd.tmp", "report.tmp", "figures/my-plot.png",
@@ -78,15 +79,6 @@ def one_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("hybrid-lens:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def finished(checkpoint, tmp_path_factory):
-    """A finished study with its report: (spec, folder)."""
-    out = tmp_path_factory.mktemp("finished")
-    spec = spec_for(checkpoint, groups=("baseline", "group"), n=2)
-    run_study(spec, out, progress=False)
-    return spec, out
 
 
 def copy_of(finished, tmp_path: Path) -> Path:

@@ -573,6 +573,8 @@ def render_report(folder: str | Path, png: bool = True, out: str | Path | None =
     out = folder if out is None else Path(out)
     stores = load_studies(folder)
     try:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out} is a file, not a folder: pass a folder to write the report into.")
         if not writable(out):
             raise PermissionError(f"{out} is read-only, so the report cannot be written there; render it into "
                                   f"another folder: `hybrid-lens report {folder} --out OTHER_FOLDER`.")
