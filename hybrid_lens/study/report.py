@@ -571,31 +571,28 @@ def render_report(folder: str | Path, png: bool = True, out: str | Path | None =
     """
     folder = Path(folder)
     out = folder if out is None else Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a folder: pass a folder to write the report into.")
+    if not writable(out):
+        raise PermissionError(f"{out} is read-only, so the report cannot be written there; render it into another "
+                              f"folder: `hybrid-lens report {folder} --out OTHER_FOLDER`.")
     stores = load_studies(folder)
-    try:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"{out} is a file, not a folder: pass a folder to write the report into.")
-        if not writable(out):
-            raise PermissionError(f"{out} is read-only, so the report cannot be written there; render it into "
-                                  f"another folder: `hybrid-lens report {folder} --out OTHER_FOLDER`.")
-        out.mkdir(parents=True, exist_ok=True)
-        tables = {model: StudyTables(store, N_RESAMPLES) for model, store in stores.items()}
-        sections = ReportBuilder(tables).sections()
-        figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts)
-                   if fig is not None}
-        written = {} if png else None
-        if png:
-            (out / "figures").mkdir(exist_ok=True)
-            for stale in (out / "figures").glob("*.png"):  # our figures of an earlier rendering
-                if stale.stem.split("_", 1)[0] in HEADINGS and stale.is_file():
-                    stale.unlink()
-            for name, fig in figures.items():
-                viz.write_png(fig, out / "figures" / f"{name}.png")
-                written[name] = f"figures/{name}.png"
-        contributions = {m: view for m, s in stores.items() if (view := contributions_view(s.path.parent, out))}
-        atomic_write(out / "report.md", markdown(sections, written))
-        atomic_write(out / "report.html", html_page(sections, contributions))
-    finally:
-        for store in stores.values():
-            store.close()
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {model: StudyTables(store, N_RESAMPLES) for model, store in stores.items()}
+    sections = ReportBuilder(tables).sections()
+    figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts) if fig is not None}
+    written = {} if png else None
+    if png:
+        (out / "figures").mkdir(exist_ok=True)
+        for stale in (out / "figures").glob("*.png"):  # our figures of an earlier rendering
+            if stale.stem.split("_", 1)[0] in HEADINGS and stale.is_file():
+                stale.unlink()
+        for name, fig in figures.items():
+            viz.write_png(fig, out / "figures" / f"{name}.png")
+            written[name] = f"figures/{name}.png"
+    contributions = {m: view for m, s in stores.items() if (view := contributions_view(s.path.parent, out))}
+    atomic_write(out / "report.md", markdown(sections, written))
+    atomic_write(out / "report.html", html_page(sections, contributions))
+    for store in stores.values():
+        store.close()
     return out / "report.html"
