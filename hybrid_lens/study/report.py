@@ -579,6 +579,8 @@ def render_report(folder: str | Path, png: bool = True, out: str | Path | None =
     stores = load_studies(folder)
     out.mkdir(parents=True, exist_ok=True)
     tables = {model: StudyTables(store, N_RESAMPLES) for model, store in stores.items()}
+    for store in stores.values():  # all read: nothing stays open while the report is written
+        store.close()
     sections = ReportBuilder(tables).sections()
     figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts) if fig is not None}
     written = {} if png else None
@@ -593,6 +595,4 @@ def render_report(folder: str | Path, png: bool = True, out: str | Path | None =
     contributions = {m: view for m, s in stores.items() if (view := contributions_view(s.path.parent, out))}
     atomic_write(out / "report.md", markdown(sections, written))
     atomic_write(out / "report.html", html_page(sections, contributions))
-    for store in stores.values():
-        store.close()
     return out / "report.html"
