@@ -55,6 +55,7 @@ MODULES = [
     "hybrid_lens.evals.tasks.truthfulqa",
     "hybrid_lens.study.plan",
     "hybrid_lens.study.store",
+    "hybrid_lens.study.files",
     "hybrid_lens.study.stats",
     "hybrid_lens.study.published",
     "hybrid_lens.study.tasks",
@@ -96,7 +97,7 @@ DOCTESTED = [
 CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.resolver", "hybrid_lens.vocabulary", "hybrid_lens.zoo",
                    "hybrid_lens.interventions.selectors",
                    "hybrid_lens.analysis.correlation", "hybrid_lens.evals.data", "hybrid_lens.study.stats",
-                   "hybrid_lens.study.store", "hybrid_lens.study.commands",
+                   "hybrid_lens.study.store", "hybrid_lens.study.files", "hybrid_lens.study.commands",
                    "hybrid_lens.study.published", "hybrid_lens.viz.static", "hybrid_lens.interventions.sweep",
                    "hybrid_lens.evals.scoring"]
 

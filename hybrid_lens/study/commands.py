@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import zoo
 from .runner import StudySpec
-from .store import clean_stale_temporaries
+from .files import clean_stale_temporaries
 
 SPEC_FIELDS = StudySpec.__pydantic_fields__
 
@@ -105,7 +105,7 @@ def _report(args) -> None:
     if not args.folder.is_dir():
         raise FileNotFoundError(f"No study folder {str(args.folder)!r} (run `hybrid-lens study --out FOLDER` first).")
     clean_stale_temporaries(args.folder)
-    print(f"report: {render_report(args.folder, png=args.png)}")
+    print(f"report: {render_report(args.folder, png=args.png, out=args.out)}")
 
 
 def add_study_commands(commands) -> None:
@@ -180,5 +180,7 @@ def add_study_commands(commands) -> None:
 
     report = commands.add_parser("report", help="Re-render the report of a finished (or partial) study.")
     report.add_argument("folder", type=Path, help="The study's output folder.")
+    report.add_argument("--out", type=Path, help="Folder to write the report into (default: the study's folder; "
+                        "use another one for a study in a read-only folder).")
     report.add_argument("--png", action=argparse.BooleanOptionalAction, default=True, help="Also write PNG figures.")
     report.set_defaults(run=_report)
