@@ -376,17 +376,20 @@ def caches(pair, tokens):
     return ours, theirs
 
 
-@pytest.mark.parametrize("key", [("resid_pre", 1), ("attn_out", 0), ("resid_post", 2),
-                                 pytest.param(("embed",), marks=xfail("TransformerLens short keys ('embed', "
-                                                                       "('embed',)) are not understood")),
-                                 pytest.param("embed", marks=xfail("TransformerLens short keys ('embed', "
-                                                                    "('embed',)) are not understood")),
-                                 pytest.param(("pattern", 1), marks=xfail("cache['pattern', L] resolves to "
-                                                                          "blocks.L.hook_pattern, not attn.hook_pattern")),
-                                 pytest.param(("q", 1), marks=xfail("cache['q', L] resolves outside attn.")),
-                                 pytest.param(("resid_pre", -1), marks=xfail("negative layers in cache keys")),
-                                 pytest.param("k1a", marks=xfail("TransformerLens shorthand keys ('k1a')")),
-                                 pytest.param(("scale", 1, "ln1"), marks=NO_POINT)])
+SHORT_KEY = xfail("TransformerLens short keys ('embed', ('embed',)) are not understood")
+CACHE_KEYS = [
+    ("resid_pre", 1), ("attn_out", 0), ("resid_post", 2),
+    pytest.param(("embed",), marks=SHORT_KEY),
+    pytest.param("embed", marks=SHORT_KEY),
+    pytest.param(("pattern", 1), marks=xfail("cache['pattern', L] resolves to blocks.L.hook_pattern, not attn.")),
+    pytest.param(("q", 1), marks=xfail("cache['q', L] resolves to blocks.L.hook_q, not attn.")),
+    pytest.param(("resid_pre", -1), marks=xfail("negative layers in cache keys")),
+    pytest.param("k1a", marks=xfail("TransformerLens shorthand keys ('k1a')")),
+    pytest.param(("scale", 1, "ln1"), marks=NO_POINT),
+]
+
+
+@pytest.mark.parametrize("key", CACHE_KEYS)
 def test_cache_key(caches, key):
     ours, theirs = caches
     assert_same(ours[key], theirs[key], str(key))
@@ -400,92 +403,74 @@ def test_get_act_name_keys_of_a_default_cache(pair, tokens):
 
 
 # --- ActivationCache methods -------------------------------------------------------------------------------
+def assert_same_call(caches, method: str, *args, labelled: bool = False, **kwargs) -> None:
+    """`cache.method(*args, **kwargs)` gives the same values (and, if `labelled`, labels) on both caches."""
+    ours, theirs = (getattr(cache, method)(*args, **kwargs, **({"return_labels": True} if labelled else {}))
+                    for cache in caches)
+    if labelled:
+        (ours, labels), (theirs, tl_labels) = ours, theirs
+        assert list(labels) == tl_labels, method
+    assert_same(ours, theirs, method)
+
+
 @pytest.mark.parametrize("layer", [None, pytest.param(2, marks=xfail(
     "accumulated_resid(layer) stops before blocks.{layer}.hook_resid_pre (TransformerLens includes it)"))])
 @pytest.mark.parametrize("incl_mid", [False, True])
 def test_accumulated_resid(caches, layer, incl_mid):
-    ours, theirs = caches
-    resid, labels = ours.accumulated_resid(layer, incl_mid=incl_mid, return_labels=True)
-    tl_resid, tl_labels = theirs.accumulated_resid(layer, incl_mid=incl_mid, return_labels=True)
-    assert list(labels) == tl_labels
-    assert_same(resid, tl_resid, "accumulated_resid")
+    assert_same_call(caches, "accumulated_resid", layer, incl_mid=incl_mid, labelled=True)
 
 
 @NO_POS_SLICE
 def test_accumulated_resid_negative_layer_and_pos_slice(caches):
-    ours, theirs = caches
-    assert_same(ours.accumulated_resid(-1, incl_mid=True, pos_slice=-1),
-                theirs.accumulated_resid(-1, incl_mid=True, pos_slice=-1), "accumulated_resid")
+    assert_same_call(caches, "accumulated_resid", -1, incl_mid=True, pos_slice=-1)
 
 
 @pytest.mark.parametrize("layer", [None, 2])
 def test_decompose_resid_values(caches, layer):
-    ours, theirs = caches
-    assert_same(ours.decompose_resid(layer), theirs.decompose_resid(layer), "decompose_resid")
+    assert_same_call(caches, "decompose_resid", layer)
 
 
 @xfail("decompose_resid labels are '0_attn', '0_mlp' (TransformerLens: '0_attn_out', '0_mlp_out')")
 def test_decompose_resid_labels(caches):
-    ours, theirs = caches
-    assert list(ours.decompose_resid(return_labels=True)[1]) == theirs.decompose_resid(return_labels=True)[1]
+    assert_same_call(caches, "decompose_resid", labelled=True)
 
 
 @NO_POS_SLICE
 @pytest.mark.parametrize("mode", ["all", "attn", "mlp"])
 def test_decompose_resid_mode_and_pos_slice(caches, mode):
-    ours, theirs = caches
-    kwargs = dict(layer=2, mode=mode, incl_embeds=False, pos_slice=-1)
-    assert_same(ours.decompose_resid(**kwargs), theirs.decompose_resid(**kwargs), "decompose_resid")
+    assert_same_call(caches, "decompose_resid", layer=2, mode=mode, incl_embeds=False, pos_slice=-1)
 
 
 @NO_CACHE_METHOD
 @pytest.mark.parametrize("layer", [-1, 1])
 def test_stack_head_results(caches, layer):
-    ours, theirs = caches
-    heads, labels = ours.stack_head_results(layer, return_labels=True, incl_remainder=True)
-    tl_heads, tl_labels = theirs.stack_head_results(layer, return_labels=True, incl_remainder=True)
-    assert list(labels) == tl_labels
-    assert_same(heads, tl_heads, "stack_head_results")
+    assert_same_call(caches, "stack_head_results", layer, incl_remainder=True, labelled=True)
 
 
 @NO_CACHE_METHOD
 def test_stack_activation(caches):
-    ours, theirs = caches
-    assert_same(ours.stack_activation("pattern"), theirs.stack_activation("pattern"), "stack_activation")
+    assert_same_call(caches, "stack_activation", "pattern")
 
 
 @NO_CACHE_METHOD
 def test_get_neuron_results(caches):
-    ours, theirs = caches
-    assert_same(ours.get_neuron_results(1, neuron_slice=[0, 3, 5], pos_slice=-1),
-                theirs.get_neuron_results(1, neuron_slice=[0, 3, 5], pos_slice=-1), "get_neuron_results")
+    assert_same_call(caches, "get_neuron_results", 1, neuron_slice=[0, 3, 5], pos_slice=-1)
 
 
 @NO_CACHE_METHOD
 def test_stack_neuron_results(caches):
-    ours, theirs = caches
-    stack, labels = ours.stack_neuron_results(2, pos_slice=-1, return_labels=True)
-    tl_stack, tl_labels = theirs.stack_neuron_results(2, pos_slice=-1, return_labels=True)
-    assert list(labels) == tl_labels
-    assert_same(stack, tl_stack, "stack_neuron_results")
+    assert_same_call(caches, "stack_neuron_results", 2, pos_slice=-1, labelled=True)
 
 
 @NO_CACHE_METHOD
 def test_get_full_resid_decomposition(caches):
-    ours, theirs = caches
-    stack, labels = ours.get_full_resid_decomposition(expand_neurons=False, return_labels=True)
-    tl_stack, tl_labels = theirs.get_full_resid_decomposition(expand_neurons=False, return_labels=True)
-    assert list(labels) == tl_labels
-    assert_same(stack, tl_stack, "get_full_resid_decomposition")
+    assert_same_call(caches, "get_full_resid_decomposition", expand_neurons=False, labelled=True)
 
 
 @NO_CACHE_METHOD
 def test_logit_attrs(caches, tokens):
-    ours, theirs = caches
-    stack = theirs.decompose_resid(pos_slice=-1)
-    answer, wrong = tokens[:, 1], tokens[:, 2]
-    assert_same(ours.logit_attrs(stack, tokens=answer, incorrect_tokens=wrong, pos_slice=-1),
-                theirs.logit_attrs(stack, tokens=answer, incorrect_tokens=wrong, pos_slice=-1), "logit_attrs")
+    stack = caches[1].decompose_resid(pos_slice=-1)
+    assert_same_call(caches, "logit_attrs", stack, tokens=tokens[:, 1], incorrect_tokens=tokens[:, 2], pos_slice=-1)
 
 
 @NO_CACHE_METHOD
