@@ -1,6 +1,5 @@
 """The `study` and `report` subcommands, added to the package's one command line, `hybrid_lens.cli`
-(which owns the parser, the `hooks` and `models` commands and the error handling). Formerly
-`study.cli`, a name that still imports.
+(which owns the parser, the `hooks` and `models` commands and the error handling).
 
 The `study` options that set a `StudySpec` field take their default, choices and lower bound from
 that field (`spec_option`), so each lives in one place: `StudySpec`.
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from .. import zoo
 from .runner import StudySpec
-from .store import clean_stale_temporaries
+from .files import clean_stale_temporaries
 
 SPEC_FIELDS = StudySpec.__pydantic_fields__
 
@@ -105,7 +104,7 @@ def _report(args) -> None:
     if not args.folder.is_dir():
         raise FileNotFoundError(f"No study folder {str(args.folder)!r} (run `hybrid-lens study --out FOLDER` first).")
     clean_stale_temporaries(args.folder)
-    print(f"report: {render_report(args.folder, png=args.png)}")
+    print(f"report: {render_report(args.folder, png=args.png, out=args.out)}")
 
 
 def add_study_commands(commands) -> None:
@@ -180,5 +179,7 @@ def add_study_commands(commands) -> None:
 
     report = commands.add_parser("report", help="Re-render the report of a finished (or partial) study.")
     report.add_argument("folder", type=Path, help="The study's output folder.")
+    report.add_argument("--out", type=Path, help="Folder to write the report into (default: the study's folder; "
+                        "use another one for a study in a read-only folder).")
     report.add_argument("--png", action=argparse.BooleanOptionalAction, default=True, help="Also write PNG figures.")
     report.set_defaults(run=_report)

@@ -15,7 +15,6 @@ processes, `torchrun` / `accelerate launch` ranks alike), and all write to the s
 from __future__ import annotations
 
 import os
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -30,9 +29,10 @@ from tqdm.auto import tqdm
 from .. import zoo
 from .plan import GROUPS, METHODS, study_conditions
 from ..interventions import Sweep
-from .diagnostics import (CONTRIBUTION_TOKENS, CONTRIBUTIONS_FILE, DIAGNOSTIC_TOKENS, HIDDEN_TASK, diagnostic_tokens,
+from .diagnostics import (CONTRIBUTION_TOKENS, DIAGNOSTIC_TOKENS, HIDDEN_TASK, diagnostic_tokens,
                           hidden_metrics, to_store, write_contributions)
-from .store import StudyStore, clean_stale_temporaries, delete_store, new_owner
+from .files import clean_stale_temporaries, safe_folder_name, study_folders, writable
+from .store import StudyStore, delete_store, new_owner
 from .tasks import SWEEPABLE, TASKS, check_tasks, evaluate, ppl_text, ppl_text_label
 
 PPL_SOURCES = ("auto", "kjv-validation", "wikitext2")  # besides a .txt / .txt.gz file
@@ -177,6 +177,23 @@ def ppl_windows(spec: StudySpec) -> tuple[int, int]:
 DEFAULT_PPL_CONTEXT = 512
 
 
+def check_context(spec: StudySpec, n_ctx: int | None) -> None:
+    """Raise `ValueError` if the perplexity windows of `spec` are longer than the model's `n_ctx`
+    positions (None: no limit), naming `--ppl-context` and the longest it can be.
+
+    Examples:
+        >>> check_context(StudySpec(model="hybrid-lens/tiny-qwen2.5", ppl_context=100_000), n_ctx=2048)
+        Traceback (most recent call last):
+        ...
+        ValueError: --ppl-context 100000 is longer than hybrid-lens/tiny-qwen2.5 can read: at most 2048 positions (max_position_embeddings); pass --ppl-context 2048 or less.
+    """
+    context, _ = ppl_windows(spec)
+    if "ppl" in spec.tasks and n_ctx is not None and context > n_ctx:
+        given = f"--ppl-context {context}" if spec.ppl_context else f"The default perplexity window of {context} tokens"
+        raise ValueError(f"{given} is longer than {spec.model} can read: at most {n_ctx} positions "
+                         f"(max_position_embeddings); pass --ppl-context {n_ctx} or less.")
+
+
 def task_options(spec: StudySpec, task: str) -> dict:
     """The options `study.tasks.evaluate` gets for `task` from `spec`.
 
@@ -206,13 +223,15 @@ def settings(spec: StudySpec) -> dict:
 
 
 def model_folder(out: Path, model: str) -> Path:
-    """`out/<model name made filesystem-safe>`.
+    """`out/<model name as one safe folder name>` (`files.safe_folder_name`: no separators, `.` or `..`).
 
     Examples:
         >>> model_folder(Path("hybrid-lens-study"), "hybrid-lens/tiny-qwen3.5").as_posix()
         'hybrid-lens-study/hybrid-lens_tiny-qwen3.5'
+        >>> model_folder(Path("hybrid-lens-study"), "..").as_posix()          # a local model one folder up
+        'hybrid-lens-study/__'
     """
-    return Path(out) / re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+    return Path(out) / safe_folder_name(model)
 
 
 def shard() -> tuple[int, int]:
@@ -252,7 +271,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
         >>> folder.as_posix()                                                    # doctest: +SKIP
         'hybrid-lens-study/hybrid-lens_tiny-qwen3.5'
         >>> sorted(p.name for p in folder.iterdir())                             # doctest: +SKIP
-        ['contributions.html', 'results.sqlite']
+        ['contributions.html', 'contributions.json', 'results.sqlite']
     """
     import torch
 
@@ -271,6 +290,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     if model is None:
         options = {"device_map": spec.device_map} if spec.device_map else {}
         model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype), **options)
+    check_context(spec, model.cfg.n_ctx)
     specs = study_conditions(model.layout, spec.groups, spec.method, spec.trials, spec.seed)
     store = StudyStore(path, meta={**meta, "layer_mixers": model.layer_mixers, "settings": settings(spec)},
                        extend_n=extend_n)
@@ -304,7 +324,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
                 start = time.perf_counter()
                 text = ppl_text(spec.model, spec.ppl_source)
                 tokens = diagnostic_tokens(model, text, settings(spec)["diagnostic_tokens"])
-                write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder / CONTRIBUTIONS_FILE)
+                write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder)
                 store.write("baseline", HIDDEN_TASK, to_store(hidden_metrics(model, tokens)),
                             time.perf_counter() - start)
     finally:
@@ -339,8 +359,8 @@ def claimed_groups(store: StudyStore, task: str, conditions: list[str], size: in
 
 
 def check_out_folder(out: Path) -> None:
-    """Raise `NotADirectoryError` if `out` or a folder above it is a regular file (before
-    anything is written).
+    """Raise `NotADirectoryError` if `out` or a folder above it is a regular file, `PermissionError`
+    if it is read-only (before anything is written).
 
     Examples:
         >>> import tempfile
@@ -354,6 +374,10 @@ def check_out_folder(out: Path) -> None:
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             raise NotADirectoryError(f"--out {out}: {parent} is a file, not a folder.")
+    if not writable(out):
+        raise PermissionError(f"--out {out} is read-only: no study can run or resume there"
+                              + ("; the study it holds can still be rendered elsewhere: `hybrid-lens report "
+                                 f"{out} --out OTHER_FOLDER`." if out.is_dir() and study_folders(out) else "."))
 
 
 @contextmanager
