@@ -78,11 +78,16 @@ def is_hooked(layer: nn.Module) -> bool:
 
 def resid_in(block: HookedBlock, entry: Entry | None, hidden_states):
     """Pass the block input through `hook_embed` (block 0) and `hook_resid_pre`, telling the running
-    forward's state that the block is entered (it may record the input or stop the pass here)."""
-    if entry is not None:
-        hidden_states = entry(hidden_states)
+    forward's state that the block is entered (it may record the input or stop the pass here). The
+    block where a pass enters (`ForwardState.start`) reads the given residual stream instead, and
+    `hook_embed` does not fire."""
     state = current_state()
-    if state is not None and state.running:
+    running = state is not None and state.running
+    if running and state.resid is not None and block.index == state.start:
+        hidden_states = state.resid
+    elif entry is not None:
+        hidden_states = entry(hidden_states)
+    if running:
         state.enter(block.index, hidden_states)
     return block.hook_resid_pre(hidden_states)
 

@@ -123,6 +123,14 @@ class Family:
             its entry `i` is the output of block `i`, not its input.
         left_padding: Padding before a row's tokens leaves its values unchanged (False for
             RecurrentGemma, whose convolution ignores the mask: `HookedHybrid` then refuses it).
+        prepend_bos: TransformerLens's `default_prepend_bos` for this architecture, as its loading
+            code and architecture adapter decide it (False for the Qwen families, Granite and
+            RecurrentGemma; True, its default, elsewhere): `cfg.default_prepend_bos`.
+        embed_scale: Factor the decoder applies to the token embeddings before block 0, from the
+            causal LM (Falcon-H1's `embedding_multiplier`): `hook_embed` is `W_E[tokens]` with `W_E`
+            the embedding matrix times it.
+        blocks_read_embeddings: Blocks read the token embeddings besides the residual stream (Zamba2's
+            shared blocks): a pass entering after block 0 needs the token ids.
     """
 
     family: str = ""
@@ -141,6 +149,9 @@ class Family:
     residual_fp32: bool = False
     hidden_states_skip_embed: bool = False
     left_padding: bool = True
+    prepend_bos: bool = True
+    embed_scale: Callable[[nn.Module], float | Tensor] = lambda hf_model: 1.0
+    blocks_read_embeddings: bool = False
 
     def block_of(self, key: str) -> Block:
         """The `Block` of block key `key`; `ValueError` naming the known keys otherwise."""
