@@ -185,7 +185,7 @@ def forward_settings(model, *, start: int = 0, resid: Tensor | None = None, stop
         True
     """
     if start > 0 and resid is None:
-        raise ValueError("Entering at a later block needs the residual stream entering it.")
+        raise ValueError("Entering at a later block needs both start > 0 and the residual stream entering it.")
     with ForwardState(model, start=start, resid=resid, stop=stop, keep=tuple(keep), hooks=hooks).active() as state:
         yield state
 

@@ -76,7 +76,14 @@ class LoadOptions:
     @classmethod
     def take(cls, kwargs: dict) -> LoadOptions:
         """Remove TransformerLens's keywords from `kwargs` (in place) and return them; `ValueError` for a
-        processing flag that asks for processing, `n_devices > 1` or a keyword that cannot apply."""
+        processing flag that asks for processing, `n_devices > 1` or a keyword that cannot apply.
+
+        Examples:
+            >>> LoadOptions.take({"n_devices": 2})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: n_devices > 1 splits TransformerLens's blocks over GPUs; ... pass device_map='auto' ...
+        """
         for flag, how in PROCESSING.items():
             if kwargs.pop(flag, None):
                 raise ValueError(f"{flag}=True: hybrid-lens keeps the transformers weights unprocessed, so it cannot "
@@ -105,7 +112,15 @@ class LoadOptions:
                    move_to_device=kwargs.pop("move_to_device", True), hf_model=kwargs.pop("hf_model", None))
 
     def place(self, hf_model: torch.nn.Module) -> torch.nn.Module:
-        """Put `hf_model` on `device` (unless `move_to_device` is False) and in `dtype`; returns it."""
+        """Put `hf_model` on `device` (unless `move_to_device` is False) and in `dtype`; returns it.
+
+        Examples:
+            >>> from hybrid_lens.configs import tiny_config
+            >>> from transformers import AutoModelForCausalLM
+            >>> hf_model = AutoModelForCausalLM.from_config(tiny_config("qwen3_5"))
+            >>> LoadOptions(device="cpu", dtype=torch.bfloat16).place(hf_model).dtype
+            torch.bfloat16
+        """
         if self.device is not None and self.move_to_device:
             hf_model.to(self.device)
         if self.dtype is not None:
@@ -113,7 +128,14 @@ class LoadOptions:
         return hf_model
 
     def configure(self, model):
-        """Set `model`'s tokenization defaults from these options; returns `model`."""
+        """Set `model`'s tokenization defaults from these options; returns `model`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+            >>> model = LoadOptions(default_prepend_bos=True, default_padding_side="left").configure(model)
+            >>> model.cfg.default_prepend_bos, model.tokenizer.padding_side
+            (True, 'left')
+        """
         if self.default_prepend_bos is not None:
             model.cfg.default_prepend_bos = self.default_prepend_bos
         if self.default_padding_side is not None:

@@ -61,9 +61,9 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         ['ssm+attn', 'ssm+attn']
         >>> logits, cache = model.run_with_cache("In the beginning")
         >>> logits.shape                              # [batch, pos, vocab]
-        torch.Size([1, 3, 4096])
+        torch.Size([1, 4, 4096])
         >>> cache["blocks.3.hook_ssm_out"].shape      # [batch, pos, d_model]
-        torch.Size([1, 3, 128])
+        torch.Size([1, 4, 128])
     """
 
     def __init__(self, hf_model: PreTrainedModel, tokenizer=None):
@@ -221,8 +221,8 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             >>> _ = model.run_with_hooks(["In the beginning", "And God said unto Moses"], fwd_hooks=[
             ...     ("hook_embed", lambda value, hook: seen.append(model.real_positions))])
             >>> seen[0]
-            tensor([[ 0,  1,  2, -1, -1],
-                    [ 0,  1,  2,  3,  4]])
+            tensor([[ 0,  1,  2,  3, -1, -1],
+                    [ 0,  1,  2,  3,  4,  5]])
         """
         state = current_state()
         return state.positions if state is not None and state.running and state.model is self else None
@@ -335,7 +335,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> logits, cache = model.run_with_cache("In the beginning")
             >>> cache["blocks.0.hook_resid_post"].shape
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
             >>> _, cache = model.run_with_cache("In the beginning", names_filter="blocks.0.ssm.hook_B")
             >>> list(cache)
             ['blocks.0.ssm.hook_B']

@@ -38,7 +38,7 @@ class Readout:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> _, cache = model.run_with_cache("In the beginning")
             >>> model.apply_final_norm(cache["resid_post", 5]).shape
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
         """
         return self.adapter.final_norm(self.hf_model).forward(resid)
 
@@ -159,7 +159,7 @@ def next_token_loss(
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> tokens = model.to_tokens("In the beginning God created the heaven")
         >>> next_token_loss(model(tokens), tokens, per_token=True).shape
-        torch.Size([1, 6])
+        torch.Size([1, 7])
     """
     log_probs = logits[:, :-1].float().log_softmax(-1)
     nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]

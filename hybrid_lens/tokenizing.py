@@ -23,7 +23,7 @@ class Tokenizing:
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> model.to_str_tokens(model.to_tokens("In the beginning"))
-        ['In', ' the', ' beginning']
+        ['<s>', 'In', ' the', ' beginning']
     """
 
     def set_tokenizer(self, tokenizer, default_padding_side: PaddingSide | None = None) -> None:
@@ -58,9 +58,9 @@ class Tokenizing:
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.to_tokens("In the beginning").shape
-            torch.Size([1, 3])
+            torch.Size([1, 4])
             >>> model.to_tokens(["In the beginning", "And God said unto Moses"]).shape
-            torch.Size([2, 5])
+            torch.Size([2, 6])
             >>> model.to_tokens("In the beginning", prepend_bos=True)[0, 0] == model.tokenizer.bos_token_id
             tensor(True)
         """
@@ -92,8 +92,8 @@ class Tokenizing:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> tokens, mask = model.to_tokens_and_mask(["In the beginning", "And God said unto Moses"])
             >>> mask
-            tensor([[1, 1, 1, 0, 0],
-                    [1, 1, 1, 1, 1]])
+            tensor([[1, 1, 1, 1, 0, 0],
+                    [1, 1, 1, 1, 1, 1]])
         """
         texts = [input] if isinstance(input, str) else input
         if not isinstance(texts, Sequence) or isinstance(texts, Tensor):
@@ -116,9 +116,9 @@ class Tokenizing:
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.to_string(model.to_tokens("In the beginning")[0])
-            'In the beginning'
+            '<s>In the beginning'
             >>> model.to_string(model.to_tokens(["In the beginning", "And God said"]))
-            ['In the beginning', 'And God said']
+            ['<s>In the beginning', '<s>And God said']
         """
         tokenizer = self._require_tokenizer()
         tokens = torch.as_tensor(tokens)
@@ -136,9 +136,9 @@ class Tokenizing:
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.to_str_tokens("In the beginning")
-            ['In', ' the', ' beginning']
+            ['<s>', 'In', ' the', ' beginning']
             >>> model.to_str_tokens(["Let there", "be light"])
-            [['Let', ' there'], ['be', ' light']]
+            [['<s>', 'Let', ' there'], ['<s>', 'be', ' light']]
         """
         tokenizer = self._require_tokenizer()
         if isinstance(input, str):
@@ -192,7 +192,7 @@ class Tokenizing:
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.get_token_position(" the", "In the beginning the earth", mode="last")
-            3
+            4
         """
         if mode not in ("first", "last"):
             raise ValueError(f"mode must be 'first' or 'last', not {mode!r}.")
@@ -238,7 +238,7 @@ class Tokenizing:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> tokens, mask = model.encode(["In the beginning", "And God said unto Moses"])
             >>> tokens.shape, mask.shape
-            (torch.Size([2, 5]), torch.Size([2, 5]))
+            (torch.Size([2, 6]), torch.Size([2, 6]))
             >>> model.encode([[5, 6, 7]])
             (tensor([[5, 6, 7]]), None)
         """

@@ -22,7 +22,16 @@ PADDING_SIDES = ("right", "left")
 
 class TokenNotFoundError(ValueError, AssertionError):
     """A token that does not occur where `get_token_position` looks for it. A `ValueError`, and an
-    `AssertionError` with TransformerLens's message, so code written for TransformerLens catches it."""
+    `AssertionError` with TransformerLens's message, so code written for TransformerLens catches it.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> try:
+        ...     model.get_token_position(" Moses", "In the beginning")
+        ... except AssertionError as error:                # TransformerLens's exception type and message
+        ...     print(type(error).__name__, isinstance(error, ValueError), error)
+        TokenNotFoundError True The token does not occur in the prompt
+    """
 
 
 def is_integer(value) -> bool:

@@ -59,7 +59,7 @@ class FinalNormHooks(nn.Module):
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> _, cache = model.run_with_cache("In the beginning", names_filter="ln_final.hook_normalized")
         >>> cache["ln_final.hook_normalized"].shape
-        torch.Size([1, 3, 128])
+        torch.Size([1, 4, 128])
     """
 
     def __init__(self):

@@ -64,7 +64,7 @@ class ResidualStream:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> _, cache = model.run_with_cache("In the beginning")
             >>> cache.accumulated_resid().shape               # 12 resid_pre + final resid_post
-            torch.Size([13, 1, 3, 128])
+            torch.Size([13, 1, 4, 128])
             >>> cache.accumulated_resid(layer=2, incl_mid=True, return_labels=True)[1]
             ['0_pre', '0_mid', '1_pre', '1_mid']
         """
@@ -105,7 +105,7 @@ class ResidualStream:
             >>> _, cache = model.run_with_cache("In the beginning")
             >>> parts, labels = cache.decompose_resid(layer=2, return_labels=True)
             >>> parts.shape, labels
-            (torch.Size([7, 1, 3, 128]), ['embed', '0_ssm', '0_attn', '0_mlp', '1_ssm', '1_attn', '1_mlp'])
+            (torch.Size([7, 1, 4, 128]), ['embed', '0_ssm', '0_attn', '0_mlp', '1_ssm', '1_attn', '1_mlp'])
             >>> torch.allclose(parts.sum(0), cache["resid_pre", 2], atol=1e-5)
             True
         """
