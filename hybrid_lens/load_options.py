@@ -112,7 +112,8 @@ class LoadOptions:
                    move_to_device=kwargs.pop("move_to_device", True), hf_model=kwargs.pop("hf_model", None))
 
     def place(self, hf_model: torch.nn.Module) -> torch.nn.Module:
-        """Put `hf_model` on `device` (unless `move_to_device` is False) and in `dtype`; returns it.
+        """Put `hf_model` on `device` (unless `move_to_device` is False) and in `dtype` (a model already in
+        it, e.g. dispatched by `device_map`, is not moved); returns it.
 
         Examples:
             >>> from hybrid_lens.configs import tiny_config
@@ -123,7 +124,7 @@ class LoadOptions:
         """
         if self.device is not None and self.move_to_device:
             hf_model.to(self.device)
-        if self.dtype is not None:
+        if self.dtype is not None and next(hf_model.parameters()).dtype != self.dtype:
             hf_model.to(self.dtype)
         return hf_model
 
