@@ -93,7 +93,7 @@ def test_cache_equals_output_hidden_states(built, tokens):
     hidden = reference(tokens, output_hidden_states=True).hidden_states
     _, cache = model.run_with_cache(tokens)
     assert len(hidden) == model.n_layers + 1
-    point = "resid_post" if FAMILIES[family].hidden_states_skip_embed else "resid_pre"  # Mamba omits the embeddings
+    point = FAMILIES[family].hidden_states_point  # read from the installed release: Mamba omits the embeddings
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], hidden[layer])
     assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
@@ -288,7 +288,7 @@ def test_bfloat16_logits_and_cache_are_exact(built, tokens):
     plain = reference(tokens, output_hidden_states=True)
     logits, cache = model.run_with_cache(tokens)
     assert torch.equal(logits, plain.logits)
-    point = "resid_post" if model.adapter.hidden_states_skip_embed else "resid_pre"
+    point = model.adapter.hidden_states_point
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], plain.hidden_states[layer]), layer
 
@@ -304,3 +304,14 @@ def test_hybrid_lens_models_lists_every_family(capsys):
         line = next(line for line in listed.splitlines() if line.strip().startswith(f"{name}:"))
         assert all(arch in line for arch in family.architectures), line
         assert all("+".join(block.components) in line for block in family.blocks.values()), line
+
+
+def test_hidden_states_convention_is_probed_without_touching_the_callers_random_state():
+    """`Family.hidden_states_point` runs a tiny model of the family under the installed `transformers`
+    (Mamba-2 changed convention in 5.25); the probe leaves torch's global random state as it was."""
+    from hybrid_lens.adapters import conventions
+
+    conventions.hidden_states_point.cache_clear()
+    state = torch.random.get_rng_state()
+    assert {FAMILIES[name].hidden_states_point for name in ("mamba", "mamba2", "qwen2")} <= {"resid_pre", "resid_post"}
+    assert torch.equal(torch.random.get_rng_state(), state)

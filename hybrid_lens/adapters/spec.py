@@ -118,8 +118,6 @@ class Family:
             linear in the final-normed residual (then, and only then, `W_U` exists).
         norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
-        hidden_states_skip_embed: The model's `output_hidden_states` omits the embeddings (Mamba):
-            its entry `i` is the output of block `i`, not its input.
         left_padding: Padding before a row's tokens leaves its values unchanged (False for
             RecurrentGemma, whose convolution ignores the mask: `HookedHybrid` then refuses it).
     """
@@ -138,7 +136,6 @@ class Family:
     logit_transform: Callable[[nn.Module, Tensor], Tensor] | None = None
     norm_cast: bool = False
     residual_fp32: bool = False
-    hidden_states_skip_embed: bool = False
     left_padding: bool = True
 
     def block_of(self, layer_type: str) -> Block:
@@ -152,6 +149,14 @@ class Family:
         """The distinct block kinds, components joined by `+` (`linear_attn+mlp`, `ssm`), as
         `hybrid-lens models` and the coverage table list them."""
         return list(dict.fromkeys("+".join(block.components) for block in self.blocks.values()))
+
+    @property
+    def hidden_states_point(self) -> str:
+        """`resid_pre` or `resid_post`: the point `output_hidden_states[i]` equals under the installed
+        `transformers`, read from its behaviour (`conventions.hidden_states_point`), not assumed."""
+        from .conventions import hidden_states_point
+
+        return hidden_states_point(self.family)
 
     @property
     def additive(self) -> bool:
