@@ -4,11 +4,20 @@ Generated from the adapter registry (`hybrid_lens.adapters.FAMILIES`) and a tiny
 family, so it lists what the code provides; the README's table is this output
 (`hybrid-lens models --coverage`), and `tests/test_readme.py` checks that they agree. Every family in
 it runs through `tests/test_families.py`, which is parameterized over the same registry.
+
+`families.json` holds `family_index()` (names, classes, layer kinds), so that `hybrid-lens models`
+answers without importing torch; `python -m hybrid_lens.coverage` rewrites it after a family changes
+(`tests/test_readme.py` checks that it is current).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .adapters import ADAPTERS, Family
+
+INDEX = Path(__file__).with_name("families.json")  # `family_index()`, read by `hybrid-lens models` without torch
 
 VERIFIED = ("Verified for every family by `tests/test_families.py` on a tiny random model whose every component "
             "visibly moves the logits (zeroing any kind changes them by > 1e-3 of their scale): (1) logits "
@@ -72,3 +81,19 @@ def coverage_markdown() -> str:
         rows.append(f"| {family.family} | {', '.join(f'`{a}`' for a in family.architectures)} | "
                     f"{', '.join(family.layer_kinds)} | {', '.join(outputs)} | {inner_text} |")
     return "\n".join(rows) + "\n\n" + VERIFIED
+
+
+def family_index() -> list[dict]:
+    """Every registered family's name, `transformers` classes and layer kinds, in registry order:
+    what `hybrid-lens models` lists (from its copy in `families.json`).
+
+    Examples:
+        >>> family_index()[1]
+        {'family': 'falcon_h1', 'architectures': ['FalconH1ForCausalLM'], 'layer_kinds': ['ssm+attn+mlp']}
+    """
+    return [dict(family=f.family, architectures=list(f.architectures), layer_kinds=f.layer_kinds) for f in ADAPTERS]
+
+
+if __name__ == "__main__":
+    INDEX.write_text("[\n" + ",\n".join(json.dumps(family) for family in family_index()) + "\n]\n")
+    print(f"wrote {INDEX}")
