@@ -111,6 +111,8 @@ def test_one_line_of_ours_replaces_every_kernel_fallback_warning(capsys):
     records = []
     handler = _Collect(records)
     kernels.addHandler(handler)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # as a fresh process has it (other tests may have lowered it)
     try:
         for quiet, expected in ((False, KERNEL_NOTICE + "\n"), (True, "")):
             with transformers_output(quiet=quiet):
@@ -123,6 +125,7 @@ def test_one_line_of_ours_replaces_every_kernel_fallback_warning(capsys):
             records.clear()
     finally:
         kernels.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
     assert hf_logging.is_progress_bar_enabled()
 
 
@@ -138,6 +141,8 @@ def test_the_long_text_warning_stays_out_only_while_the_windows_fit():
     handler = _Collect(records)
     logger = hf_logging.get_logger("transformers.tokenization_utils_base")
     logger.addHandler(handler)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # as a fresh process has it (other tests may have lowered it)
     try:
         for longest, warns in ((256, False), (10**6, True)):
             tokenizer = AutoTokenizer.from_pretrained(checkpoint_path("tiny-qwen2.5"))
@@ -147,6 +152,7 @@ def test_the_long_text_warning_stays_out_only_while_the_windows_fit():
             records.clear()
     finally:
         logger.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
 
 
 class _Collect(logging.Handler):

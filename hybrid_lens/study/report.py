@@ -317,11 +317,9 @@ class ReportBuilder:
                 return []
             setting = (self._bench_setting(t, None) if value == "score" else
                        self._ppl_setting(t, " (targeted ablation's multiple of baseline)"))
-            if value == "perplexity":  # the targeted ablation's multiple of baseline, with its CI
-                ratios = t.ppl.set_index("condition")
-                table = table.assign(ratio_cell=[f"{number(ratios.ratio[c])} {interval(ratios.ratio_ci_low[c], ratios.ratio_ci_high[c])}"
-                                                 for c in table.condition])
-            return [(model, f"{setting}; {self._random_setting(t)}", self._random_display(t, table, published_values),
+            ratios = t.ppl.set_index("condition") if value == "perplexity" else None
+            return [(model, f"{setting}; {self._random_setting(t)}",
+                     self._random_display(t, table, published_values, ratios),
                      viz.targeted_vs_random_bars(table, model, "mean score" if value == "score" else "perplexity"))]
 
         return self._per_model("table3" if value == "score" else "table4", parts)
@@ -442,8 +440,9 @@ class ReportBuilder:
             found = [(model, "Computed from: the hidden-state metrics and the layer-wise ablation tables above, one "
                              "point per removal.", display, None)]
             for row, x_name, y_name in zip(table.itertuples(), metric, what):
+                shown = points[row.key].assign(kind=lambda p: p.kind.map(lambda k: KIND_NAMES.get(k, k)))  # legend
                 found.append((f"{model}: {x_name} vs {y_name}", "", None, viz.metric_vs_impact(
-                    points[row.key], "value", "impact", row._asdict(), model, names=(x_name, y_name))))
+                    shown, "value", "impact", row._asdict(), model, names=(x_name, y_name))))
             return found
 
         return self._per_model("correlations", parts)
@@ -492,15 +491,20 @@ class ReportBuilder:
         return _add_paper_columns(display, t, rows.condition, paper_table, {
             what: lambda entry, i=i: (entry or (None,) * 3)[i] for i, what in enumerate(("loss", "PPL", "x baseline"))})
 
-    def _random_display(self, t: StudyTables, table: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
+    def _random_display(self, t: StudyTables, table: pd.DataFrame, paper_table: dict,
+                        ratios: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Table 3 or 4; `ratios` (the perplexity table by condition) adds the targeted ablation's
+        multiple of baseline with its CI."""
         display = pd.DataFrame({
             "condition": table.condition, "removed": table.condition.map(t.label), "layers": table.layers.map(number),
             "targeted": table.targeted.map(number), "random mean": table.random_mean.map(number),
             "random std": table.random_std.map(number),
             "random range (min to max)": [f"{number(a)} to {number(b)}" for a, b in zip(table.random_min, table.random_max)],
             "trials": table.trials.map(number), "random / targeted": table.ratio.map(number)})
-        if "ratio_cell" in table:
-            display.insert(4, "targeted x baseline [95% CI]", table.ratio_cell.to_numpy())
+        if ratios is not None:
+            display.insert(4, "targeted x baseline [95% CI]", [
+                f"{number(ratios.ratio[c])} {interval(ratios.ratio_ci_low[c], ratios.ratio_ci_high[c])}"
+                for c in table.condition])
         return _add_paper_columns(display, t, table.condition, paper_table,
                                   {"targeted vs random mean ± std": lambda entry: entry})
 
