@@ -56,6 +56,7 @@ MODULES = [
     "hybrid_lens.study.spec",
     "hybrid_lens.study.plan",
     "hybrid_lens.study.store",
+    "hybrid_lens.study.files",
     "hybrid_lens.study.stats",
     "hybrid_lens.study.published",
     "hybrid_lens.study.tasks",
@@ -98,8 +99,8 @@ DOCTESTED = [
 CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.resolver", "hybrid_lens.vocabulary", "hybrid_lens.zoo",
                    "hybrid_lens.interventions.selectors",
                    "hybrid_lens.analysis.correlation", "hybrid_lens.evals.data", "hybrid_lens.study.stats",
-                   "hybrid_lens.study.store", "hybrid_lens.study.commands", "hybrid_lens.study.spec",
-                   "hybrid_lens.console", "hybrid_lens.adapters.conventions",
+                   "hybrid_lens.study.store", "hybrid_lens.study.files", "hybrid_lens.study.commands",
+                   "hybrid_lens.study.spec", "hybrid_lens.console", "hybrid_lens.adapters.conventions",
                    "hybrid_lens.study.published", "hybrid_lens.viz.static", "hybrid_lens.interventions.sweep",
                    "hybrid_lens.evals.scoring"]
 

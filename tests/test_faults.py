@@ -277,13 +277,17 @@ def test_a_corrupt_store_is_named_before_the_model_loads(finished, tmp_path, mon
 
 
 def test_stale_temporary_files_are_removed(finished, tmp_path):
+    """Only our own temporaries (`.<name>.<random>.hybrid-lens.tmp`) are removed: a `*.tmp` of
+    any other name may be the user's, however old."""
     spec, out = finished
-    stale, fresh = out / "tmpk3j9x.tmp", out / "tmpwriting.tmp"
-    stale.touch()
-    fresh.touch()
+    stale, fresh = out / ".report.html.k3j9x1a2.hybrid-lens.tmp", out / ".report.md.0wr1t1ng.hybrid-lens.tmp"
+    users = out / "tmpk3j9x.tmp"
+    for path in (stale, fresh, users):
+        path.touch()
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    os.utime(users, (time.time() - 3600, time.time() - 3600))
     run_study(spec, out, progress=False)  # nothing left to compute
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists() and fresh.exists() and users.exists()
 
 
 # --- processes: kill -9, Ctrl-C, two at once ----------------------------------------------------------

@@ -140,10 +140,16 @@ def md_tables(markdown: str) -> list[tuple[str, str, list[dict[str, str]]]]:
         lines = [line for line in body.splitlines() if line.startswith("|")]
         if len(lines) < 2:
             continue
-        header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-        rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+        header, *rows = [[_rendered(cell) for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+                         for line in lines[:1] + lines[2:]]
+        rows = [dict(zip(header, row)) for row in rows]
         found.append((heading.strip(), body.strip().split("\n", 1)[0], rows))
     return found
+
+
+def _rendered(cell: str) -> str:
+    """A Markdown table cell as a reader sees it: backslash escapes and HTML entities resolved."""
+    return html.unescape(re.sub(r"\\(.)", r"\1", cell.strip()))
 
 
 def _array(value):

@@ -129,10 +129,21 @@ def read_records(path: str | Path) -> list[Record]:
         >>> records = read_records(DATA / "arc_challenge" / "test.jsonl")   # the bundled ARC subset
         >>> len(records), records[0].row, sorted(records[0].data)
         (100, 1, ['answer', 'id', 'index', 'options', 'question'])
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        TaskDataError: a row that is not an object, or no row at all.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No task file at {path}.")
+    records = _file_records(path)
+    if not records:
+        raise TaskDataError(f"{path} holds no examples: the task file is empty.")
+    return records
+
+
+def _file_records(path: Path) -> list[Record]:
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return [Record(row, str(path), i) for i, row in enumerate(csv.DictReader(f), start=1)]
@@ -144,7 +155,10 @@ def read_records(path: str | Path) -> list[Record]:
                     records.append(Record(_json_object(line, path, i), str(path), i))
         return records
     if path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise TaskDataError(f"{path}: not valid JSON ({error.msg}).") from None
         if not isinstance(rows, list):
             raise TaskDataError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}.")
         return [Record(_checked_object(row, path, i), str(path), i) for i, row in enumerate(rows, start=1)]

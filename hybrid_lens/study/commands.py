@@ -10,7 +10,6 @@ torch nor `transformers`: every argument is parsed and checked before a model lo
 from __future__ import annotations
 
 import argparse
-import os
 import typing
 from pathlib import Path
 
@@ -106,7 +105,8 @@ def _study(args) -> None:
 
 def make_out_folder(out: Path) -> None:
     """Create the study folder `out` (and the folders above it) if missing, or raise an `OSError`
-    saying why it cannot be written, before any model loads.
+    saying why it cannot be written (`spec.check_out_folder`, then the creation itself), before any
+    model loads.
 
     Examples:
         >>> make_out_folder(Path("/proc/hybrid-lens-study"))
@@ -119,18 +119,16 @@ def make_out_folder(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(f"--out {out}: cannot create this folder ({err.strerror}); pass another --out.") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {out}: this folder is not writable; pass another --out.")
 
 
 def _report(args) -> None:
     from .report import render_report
-    from .store import clean_stale_temporaries
+    from .files import clean_stale_temporaries
 
     if not args.folder.is_dir():
         raise FileNotFoundError(f"No study folder {str(args.folder)!r} (run `hybrid-lens study --out FOLDER` first).")
     clean_stale_temporaries(args.folder)
-    print(f"report: {render_report(args.folder, png=args.png)}")
+    print(f"report: {render_report(args.folder, png=args.png, out=args.out)}")
 
 
 def add_study_commands(commands) -> None:
@@ -208,6 +206,8 @@ def add_study_commands(commands) -> None:
 
     report = commands.add_parser("report", help="Re-render the report of a finished (or partial) study.")
     report.add_argument("folder", type=Path, help="The study's output folder (its --out).")
+    report.add_argument("--out", type=Path, help="Folder to write the report into (default: the study's folder; "
+                        "use another one for a study in a read-only folder).")
     report.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
                         help="Also write PNG figures (default: on).")
     report.set_defaults(run=_report)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import plotly.io as pio
 from ..vocabulary import KIND_NAMES
 from .. import viz
 from . import published
-from .diagnostics import CONTRIBUTION_TOKENS, CONTRIBUTIONS_FILE
+from .diagnostics import CONTRIBUTION_TOKENS, CONTRIBUTIONS_FILE, contributions_view
+from .files import atomic_write, writable
 from .store import StudyStore
 from .tables import StudyTables
 
@@ -566,23 +566,40 @@ def markdown(sections: list[Section], figures: dict[str, str] | None) -> str:
         | baseline    |            1 |
         <BLANKLINE>
     """
-    out = ["# Component-ablation study", "", "Contents: " + " · ".join(f"[{s.title}](#{s.key})" for s in sections), ""]
+    out = ["# Component-ablation study", "",
+           "Contents: " + " · ".join(f"[{markdown_text(s.title)}](#{s.key})" for s in sections), ""]
     if figures is None:
         out += ["PNG copies of the figures were not written (`--no-png`); every figure is in report.html.", ""]
     figures = figures or {}
     for section in sections:
-        out += [f"## {section.title}", "", f"*How to read this:* {section.read}", ""]
+        out += [f"## {markdown_text(section.title)}", "", f"*How to read this:* {markdown_text(section.read)}", ""]
         for i, (heading, setting, table, figure) in enumerate(section.parts):
-            out += [f"### {heading}", ""]
+            out += [f"### {markdown_text(heading)}", ""]
             if setting:
-                out += [setting, ""]
+                out += [markdown_text(setting), ""]
             if table is not None:
-                out += [table.to_markdown(index=False), ""]
+                cells = table.map(markdown_text).rename(columns=markdown_text)
+                out += [cells.to_markdown(index=False), ""]
             if isinstance(figure, Fragment):
-                out += [f"An HTML view, inlined in report.html: [{figure.path}]({figure.path})", ""]
+                out += [f"An HTML view, inlined in report.html: [{markdown_text(figure.path)}]({figure.path})", ""]
             elif figure is not None and _figure_id(section, i) in figures:
-                out += [f"![{heading}]({figures[_figure_id(section, i)]})", ""]
+                out += [f"![{markdown_text(heading)}]({figures[_figure_id(section, i)]})", ""]
     return "\n".join(out)
+
+
+def markdown_text(text) -> str:
+    """`text` (a heading, setting or table cell, often from data: condition and model names,
+    labels) as literal Markdown: one line; `&`, `<`, `>` as HTML entities; Markdown's own
+    characters backslash-escaped (an underscore inside a word is literal already).
+
+    Examples:
+        >>> print(markdown_text("<script>x</script> [a](javascript:b) **c** | attn_off_early"))
+        &lt;script&gt;x&lt;/script&gt; \\[a\\](javascript:b) \\*\\*c\\*\\* \\| attn_off_early
+    """
+    text = re.sub(r"\s*[\r\n]+\s*", " ", str(text))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = re.sub(r"([\\`*\[\]|#~])", r"\\\1", text)
+    return re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)
 
 
 STYLE = """
@@ -636,27 +653,35 @@ def _figure_id(section: Section, index: int) -> str:
     return f"{section.key}_" + re.sub(r"[^A-Za-z0-9.-]+", "_", section.parts[index][0]).strip("_")
 
 
-def contributions_section(folder: Path, stores: dict[str, StudyStore]) -> Section:
-    """The per-token contribution views of the models whose study folder has one, as `Fragment`s.
+def contributions_section(folders: dict[str, Path], tables: dict[str, StudyTables], out: Path) -> Section:
+    """The per-token contribution views of the models whose study folder has one (`folders`: model ->
+    its study folder), as `Fragment`s rendered from the stored data (`diagnostics.contributions_view`),
+    each linked to its `contributions.html` relative to the report folder `out`.
 
     Examples:
-        >>> section = contributions_section(Path("hybrid-lens-study"), load_studies("hybrid-lens-study"))
+        >>> stores = load_studies("hybrid-lens-study")
+        >>> section = contributions_section({m: s.path.parent for m, s in stores.items()},
+        ...                                 {m: StudyTables(s, 10) for m, s in stores.items()}, Path("hybrid-lens-study"))
         >>> [(heading, figure.path) for heading, _, _, figure in section.parts]
         [('hybrid-lens/tiny-qwen2.5', 'hybrid-lens_tiny-qwen2.5/contributions.html')]
     """
     section = _section("contributions")
-    for model, store in stores.items():
-        path = store.path.parent / CONTRIBUTIONS_FILE
-        if path.exists():
-            settings = store.meta.get("settings") or {}
+    for model, folder in folders.items():
+        view = contributions_view(folder, out)
+        if view:
             what = measured(f"the clean model on the first {CONTRIBUTION_TOKENS} tokens of the "
-                            f"{settings.get('ppl_text', 'perplexity')} text")
-            section.parts.append((model, what, None, Fragment(path.relative_to(folder).as_posix(), path.read_text())))
+                            f"{tables[model].settings.get('ppl_text', 'perplexity')} text")
+            path = Path(os.path.relpath(folder / CONTRIBUTIONS_FILE, out)).as_posix()
+            section.parts.append((model, what, None, Fragment(path, view)))
     return section
 
 
-def render_report(folder: str | Path, png: bool = True) -> Path:
-    """Write `report.html`, `report.md` and (unless `png=False`) `figures/*.png` into `folder`; return the HTML path.
+def render_report(folder: str | Path, png: bool = True, out: str | Path | None = None) -> Path:
+    """Write `report.html`, `report.md` and (unless `png=False`) `figures/*.png` of the study in
+    `folder` into `out` (default: `folder`, which may then be read-only); return the HTML path.
+
+    Every file is written atomically; figures of an earlier rendering are replaced, no other file
+    is touched.
 
     Examples:
         >>> render_report("hybrid-lens-study").name
@@ -665,31 +690,32 @@ def render_report(folder: str | Path, png: bool = True) -> Path:
         ['layers_All_models_log_perplexity_ratio.png', 'table2_hybrid-lens_tiny-qwen2.5.png']
     """
     folder = Path(folder)
+    out = folder if out is None else Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a folder: pass a folder to write the report into.")
+    if not writable(out):
+        raise PermissionError(f"{out} is read-only, so the report cannot be written there; render it into another "
+                              f"folder: `hybrid-lens report {folder} --out OTHER_FOLDER`.")
     stores = load_studies(folder)
+    out.mkdir(parents=True, exist_ok=True)
     tables = {model: StudyTables(store, N_RESAMPLES) for model, store in stores.items()}
+    folders = {model: store.path.parent for model, store in stores.items()}
+    for store in stores.values():  # all read: nothing stays open while the report is written
+        store.close()
     sections = ReportBuilder(tables).sections()
-    contributions = contributions_section(folder, stores)
+    contributions = contributions_section(folders, tables, out)
     sections += [contributions] if contributions.parts else []
     figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts)
                if fig is not None and not isinstance(fig, Fragment)}
     written = {} if png else None
     if png:
-        (folder / "figures").mkdir(exist_ok=True)
-        for stale in (folder / "figures").glob("*.png"):  # figures of an earlier rendering
-            stale.unlink()
+        (out / "figures").mkdir(exist_ok=True)
+        for stale in (out / "figures").glob("*.png"):  # our figures of an earlier rendering
+            if stale.stem.split("_", 1)[0] in HEADINGS and stale.is_file():
+                stale.unlink()
         for name, fig in figures.items():
-            viz.write_png(fig, folder / "figures" / f"{name}.png")
+            viz.write_png(fig, out / "figures" / f"{name}.png")
             written[name] = f"figures/{name}.png"
-    _atomic_write(folder / "report.md", markdown(sections, written))
-    _atomic_write(folder / "report.html", html_page(sections))
-    for store in stores.values():
-        store.close()
-    return folder / "report.html"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a report (mode 0644)."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
+    atomic_write(out / "report.md", markdown(sections, written))
+    atomic_write(out / "report.html", html_page(sections))
+    return out / "report.html"

@@ -15,7 +15,6 @@ processes, `torchrun` / `accelerate launch` ranks alike), and all write to the s
 from __future__ import annotations
 
 import os
-import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +26,10 @@ from .. import zoo
 from ..console import long_texts_fit
 from .plan import study_conditions
 from ..interventions import Sweep
-from .diagnostics import (CONTRIBUTION_TOKENS, CONTRIBUTIONS_FILE, DIAGNOSTIC_TOKENS, HIDDEN_TASK, diagnostic_tokens,
+from .diagnostics import (CONTRIBUTION_TOKENS, DIAGNOSTIC_TOKENS, HIDDEN_TASK, diagnostic_tokens,
                           hidden_metrics, to_store, write_contributions)
-from .store import StudyStore, clean_stale_temporaries, delete_store, new_owner
+from .files import clean_stale_temporaries, safe_folder_name
+from .store import StudyStore, delete_store, new_owner
 from .spec import StudySpec, check_out_folder, spec_error  # the last two: also importable from here
 from .tasks import SWEEPABLE, evaluate, ppl_text, ppl_text_label
 
@@ -55,6 +55,23 @@ def ppl_windows(spec: StudySpec) -> tuple[int, int]:
 
 
 DEFAULT_PPL_CONTEXT = 512
+
+
+def check_context(spec: StudySpec, n_ctx: int | None) -> None:
+    """Raise `ValueError` if the perplexity windows of `spec` are longer than the model's `n_ctx`
+    positions (None: no limit), naming `--ppl-context` and the longest it can be.
+
+    Examples:
+        >>> check_context(StudySpec(model="hybrid-lens/tiny-qwen2.5", ppl_context=100_000), n_ctx=2048)
+        Traceback (most recent call last):
+        ...
+        ValueError: --ppl-context 100000 is longer than hybrid-lens/tiny-qwen2.5 can read: at most 2048 positions (max_position_embeddings); pass --ppl-context 2048 or less.
+    """
+    context, _ = ppl_windows(spec)
+    if "ppl" in spec.tasks and n_ctx is not None and context > n_ctx:
+        given = f"--ppl-context {context}" if spec.ppl_context else f"The default perplexity window of {context} tokens"
+        raise ValueError(f"{given} is longer than {spec.model} can read: at most {n_ctx} positions "
+                         f"(max_position_embeddings); pass --ppl-context {n_ctx} or less.")
 
 
 def task_options(spec: StudySpec, task: str) -> dict:
@@ -86,13 +103,15 @@ def settings(spec: StudySpec) -> dict:
 
 
 def model_folder(out: Path, model: str) -> Path:
-    """`out/<model name made filesystem-safe>`.
+    """`out/<model name as one safe folder name>` (`files.safe_folder_name`: no separators, `.` or `..`).
 
     Examples:
         >>> model_folder(Path("hybrid-lens-study"), "hybrid-lens/tiny-qwen3.5").as_posix()
         'hybrid-lens-study/hybrid-lens_tiny-qwen3.5'
+        >>> model_folder(Path("hybrid-lens-study"), "..").as_posix()          # a local model one folder up
+        'hybrid-lens-study/__'
     """
-    return Path(out) / re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+    return Path(out) / safe_folder_name(model)
 
 
 def shard() -> tuple[int, int]:
@@ -132,7 +151,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
         >>> folder.as_posix()                                                    # doctest: +SKIP
         'hybrid-lens-study/hybrid-lens_tiny-qwen3.5'
         >>> sorted(p.name for p in folder.iterdir())                             # doctest: +SKIP
-        ['contributions.html', 'results.sqlite']
+        ['contributions.html', 'contributions.json', 'results.sqlite']
     """
     import torch
 
@@ -151,6 +170,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
     if model is None:
         options = {"device_map": spec.device_map} if spec.device_map else {}
         model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype), **options)
+    check_context(spec, model.cfg.n_ctx)
     specs = study_conditions(model.layer_mixers, spec.groups, spec.method, spec.trials, spec.seed)
     store = StudyStore(path, meta={**meta, "layer_mixers": model.layer_mixers, "settings": settings(spec)},
                        extend_n=extend_n)
@@ -185,7 +205,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
                 start = time.perf_counter()
                 text = ppl_text(spec.model, spec.ppl_source)
                 tokens = diagnostic_tokens(model, text, settings(spec)["diagnostic_tokens"])
-                write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder / CONTRIBUTIONS_FILE)
+                write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder)
                 store.write("baseline", HIDDEN_TASK, to_store(hidden_metrics(model, tokens)),
                             time.perf_counter() - start)
     finally:

@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
+from .files import study_folders, writable
+
 TASKS = ("ppl", "mmlu", "arc", "hellaswag", "truthfulqa", "gsm8k")  # `study.tasks.TASKS` has one evaluator each
 GROUPS = ("baseline", "group", "layer", "positional", "random", "transformer")
 METHODS = ("auto", "skip", "zero", "mixer_off")
@@ -155,8 +157,8 @@ def check_tasks(tasks: Sequence[str]) -> None:
 
 
 def check_out_folder(out: Path) -> None:
-    """Raise `NotADirectoryError` if `out` or a folder above it is a regular file (before
-    anything is written).
+    """Raise `NotADirectoryError` if `out` or a folder above it is a regular file, `PermissionError`
+    if it is read-only (before anything is written).
 
     Examples:
         >>> import tempfile
@@ -170,3 +172,7 @@ def check_out_folder(out: Path) -> None:
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             raise NotADirectoryError(f"--out {out}: {parent} is a file, not a folder.")
+    if not writable(out):
+        raise PermissionError(f"--out {out} is read-only: no study can run or resume there"
+                              + ("; the study it holds can still be rendered elsewhere: `hybrid-lens report "
+                                 f"{out} --out OTHER_FOLDER`." if out.is_dir() and study_folders(out) else "."))

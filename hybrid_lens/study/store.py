@@ -17,11 +17,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .files import DiskFullError, is_disk_full, writable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +37,17 @@ CREATE TABLE IF NOT EXISTS claims (condition TEXT NOT NULL, task TEXT NOT NULL, 
     expires REAL NOT NULL, PRIMARY KEY (condition, task));
 """
 LEASE_SECONDS = 60.0  # a claim not renewed for this long is retaken by another process
+
+
+class ReadOnlyStoreError(PermissionError):
+    """A store in a read-only folder (or a read-only file) opened to run, resume or change a study;
+    the message says that `hybrid-lens report` can still render it into another folder. Reading it
+    (`StudyStore(path)`, as the report does) works.
+
+    Examples:
+        >>> str(ReadOnlyStoreError("out/m/results.sqlite is read-only ..."))
+        'out/m/results.sqlite is read-only ...'
+    """
 
 
 class CorruptStoreError(ValueError):
@@ -91,34 +104,6 @@ def delete_store(path: str | Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def clean_stale_temporaries(folder: str | Path, older_than: float = 60.0) -> list[Path]:
-    """Delete the `*.tmp` files an interrupted atomic write left in `folder` and its subfolders
-    (only those untouched for `older_than` seconds, so a write in progress is kept).
-
-    Returns:
-        The deleted paths.
-
-    Examples:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> (folder / "tmpab12.tmp").touch()
-        >>> os.utime(folder / "tmpab12.tmp", (0, 0))               # written long ago
-        >>> [path.name for path in clean_stale_temporaries(folder)]
-        ['tmpab12.tmp']
-    """
-    folder, now, removed = Path(folder), time.time(), []
-    if not folder.is_dir():
-        return removed
-    for path in [*folder.glob("*.tmp"), *folder.glob("*/*.tmp")]:
-        try:
-            if path.is_file() and now - path.stat().st_mtime > older_than:
-                path.unlink()
-                removed.append(path)
-        except FileNotFoundError:  # another process cleaned it
-            continue
-    return removed
-
-
 class StudyStore:
     """Per-example results of one study of one model.
 
@@ -154,51 +139,87 @@ class StudyStore:
         self.path = Path(path)
         if self.path.is_dir():
             raise CorruptStoreError(f"{self.path} is a folder, not a study store.")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        read_only = self.path.exists() and not (os.access(self.path, os.W_OK) and writable(self.path.parent))
+        if read_only and (meta is not None or overwrite):
+            raise ReadOnlyStoreError(self._read_only())
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         if overwrite:
             delete_store(self.path)
         deadline = time.monotonic() + 60
         while True:
             try:
-                stored = self._open()
+                self._open(read_only)
                 break
-            except sqlite3.OperationalError as err:  # another process holds the file: wait, it is not corrupt
-                if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
-                    raise CorruptStoreError(f"{self.path} is not a readable study store ({err}). Move it away to "
-                                            "keep it, or pass --overwrite to start this study again.") from None
+            except sqlite3.DatabaseError as err:
                 if getattr(self, "_db", None) is not None:
                     self._db.close()
+                if is_disk_full(err, self.path.parent):
+                    raise DiskFullError(self.path) from None
+                busy = isinstance(err, sqlite3.OperationalError) and ("locked" in str(err) or "busy" in str(err))
+                if not busy or time.monotonic() > deadline:  # another process holds the file: wait, it is not corrupt
+                    raise CorruptStoreError(f"{self.path} is not a readable study store ({err}). Move it away to "
+                                            "keep it, or pass --overwrite to start this study again.") from None
                 time.sleep(0.2)
-            except sqlite3.DatabaseError as err:
-                raise CorruptStoreError(f"{self.path} is not a readable study store ({err}). Move it away to keep it, "
-                                        "or pass --overwrite to start this study again.") from None
         if meta is not None:
-            self._check_meta(stored, meta, extend_n)
+            self._check_meta(meta, extend_n)
 
-    def _open(self) -> dict:
-        """Connect, check the file and create missing tables; returns the stored meta."""
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+    def _open(self, read_only: bool) -> None:
+        """Connect, check the file and create missing tables (a read-only store: read it as it is)."""
+        if read_only:
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise ReadOnlyStoreError(f"{self.path} is read-only and has writes not yet folded into it ({wal.name})"
+                                         ", which SQLite cannot read there: copy the study folder somewhere writable "
+                                         "and read it there.")
+            self._db = sqlite3.connect(f"{self.path.absolute().as_uri()}?immutable=1", uri=True, isolation_level=None)
+        else:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
         (status,) = self._db.execute("PRAGMA quick_check").fetchone()
         if status != "ok":
             raise sqlite3.DatabaseError(status)
-        self._db.executescript(SCHEMA)
-        return self.meta
+        if not read_only:
+            self._db.executescript(SCHEMA)
+        self._db.execute("SELECT key FROM meta LIMIT 1")  # a file without the study's tables is not a study store
 
-    def _check_meta(self, stored: dict, meta: dict, extend_n: bool) -> None:
+    def _read_only(self) -> str:
+        """The message of a read-only store opened to run or change a study."""
+        return (f"{self.path} is read-only (a read-only folder or file): the study there can be read but not resumed "
+                f"or changed. `hybrid-lens report {self.path.parent.parent} --out OTHER_FOLDER` still renders its "
+                "report into a writable folder; copy the study folder somewhere writable to resume it.")
+
+    @contextmanager
+    def _transaction(self):
+        """Context manager: one write transaction (`BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any
+        error); a full disk raises `DiskFullError`, a read-only store `ReadOnlyStoreError`."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield
+        except sqlite3.OperationalError as err:
+            if is_disk_full(err, self.path.parent):
+                raise DiskFullError(self.path) from None
+            if getattr(err, "sqlite_errorname", "") == "SQLITE_READONLY" or "readonly database" in str(err):
+                raise ReadOnlyStoreError(self._read_only()) from None
+            raise
+
+    def _check_meta(self, meta: dict, extend_n: bool) -> None:
+        """Compare `meta` with the stored settings and store it, in one transaction (so two processes
+        opening a new store with other settings at once cannot both be accepted)."""
         meta = json.loads(json.dumps(meta))  # as stored: tuples become lists
-        differ = {key: (stored[key], value) for key, value in meta.items() if key in stored and stored[key] != value}
-        extending = extend_n and set(differ) == {"n"} and differ["n"][1] > differ["n"][0]
-        if differ and not extending:
-            changes = "; ".join(f"{key}: {old!r} stored, {new!r} now" for key, (old, new) in differ.items())
-            raise FileExistsError(
-                f"{self.path} holds a study with other settings: {changes}. Results of different settings are never "
-                "mixed: choose another --out folder for these settings, pass --overwrite to replace this study"
-                + (", or --extend-n to grow n keeping everything else." if "n" in differ and differ["n"][1] > differ["n"][0]
-                   else ".")
-            )
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
+            stored = self.meta
+            differ = {key: (stored[key], value) for key, value in meta.items() if key in stored and stored[key] != value}
+            extending = extend_n and set(differ) == {"n"} and differ["n"][1] > differ["n"][0]
+            if differ and not extending:
+                changes = "; ".join(f"{key}: {old!r} stored, {new!r} now" for key, (old, new) in differ.items())
+                raise FileExistsError(
+                    f"{self.path} holds a study with other settings: {changes}. Results of different settings are "
+                    "never mixed: choose another --out folder for these settings, pass --overwrite to replace this "
+                    "study" + (", or --extend-n to grow n keeping everything else."
+                               if "n" in differ and differ["n"][1] > differ["n"][0] else ".")
+                )
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                  [(k, json.dumps(v)) for k, v in meta.items()])
             if extending:  # every pair is computed again at the new n (a sample of n rows is not a prefix)
@@ -222,8 +243,7 @@ class StudyStore:
             ['baseline', 'L3_off']
             >>> store.close()
         """
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO conditions VALUES (?, ?, ?)",
                                  [(s["name"], i, json.dumps(s)) for i, s in enumerate(specs)])
 
@@ -281,8 +301,7 @@ class StudyStore:
             raise ValueError(f"Not storing ({condition}, {task}): non-finite values at {bad}; a study stores no "
                              "result computed from inf/NaN.")
         records = [(condition, task, int(e), str(m), float(v)) for e, m, v in rows[["example", "metric", "value"]].itertuples(index=False)]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             self._db.execute("DELETE FROM claims WHERE condition = ? AND task = ?", (condition, task))
             if self.is_done(condition, task):
                 return
@@ -307,8 +326,7 @@ class StudyStore:
             ['baseline', 'ssm_off', 'attn_off']
             >>> store.close()
         """
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             now = time.time()
             claims = self._db.execute("SELECT condition, owner, expires FROM claims WHERE task = ?", (task,)).fetchall()
             stale = [(c, task) for c, o, expires in claims if expires < now or _owner_is_dead(o)]
@@ -347,8 +365,7 @@ class StudyStore:
             ['baseline']
             >>> store.close()
         """
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
 
     @contextmanager
@@ -372,17 +389,25 @@ class StudyStore:
         def renew() -> None:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             while not stop.wait(every):
-                db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + LEASE_SECONDS, owner))
+                try:
+                    db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + LEASE_SECONDS, owner))
+                except sqlite3.OperationalError:  # a full disk, say: the work's own writes report it
+                    continue
             db.close()
 
         thread = threading.Thread(target=renew, name="claim-heartbeat", daemon=True)
         thread.start()
         try:
             yield
-        finally:
+        except BaseException:
             stop.set()
             thread.join()
-            self.release(owner)
+            with suppress(OSError, sqlite3.Error):  # a full disk, say; the claims of an ended process lapse anyway
+                self.release(owner)
+            raise
+        stop.set()
+        thread.join()
+        self.release(owner)
 
     def results(self) -> pd.DataFrame:
         """Every stored value: columns condition, task, example, metric, value.

@@ -6,9 +6,8 @@ polygons, heatmaps, one panel per subplot), so the PNG shows the same numbers as
 
 from __future__ import annotations
 
-import os
+import io
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,13 +61,12 @@ def write_png(fig, path: str | Path, width: float = 10, height: float | None = N
     title = _plain(fig.layout.title.text or "")
     figure.suptitle(title, fontsize=10, wrap=True)
     figure.tight_layout()
-    path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as f:
-        figure.savefig(f, format="png", dpi=100)
+    from ..study.files import atomic_write
+
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
     plt.close(figure)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
-    return path
+    return atomic_write(path, png.getvalue())
 
 
 def _draw(ax, trace, fig, figure) -> None:
