@@ -109,10 +109,10 @@ def make_out_folder(out: Path) -> None:
     model loads.
 
     Examples:
-        >>> make_out_folder(Path("/proc/hybrid-lens-study"))
+        >>> make_out_folder(Path("/proc/hybrid-lens-study"))   # read-only, or (as root) no folder can be made there
         Traceback (most recent call last):
         ...
-        OSError: --out /proc/hybrid-lens-study: cannot create this folder (No such file or directory); pass another --out.
+        ...Error: --out /proc/hybrid-lens-study...
     """
     check_out_folder(out)
     try:
