@@ -109,10 +109,16 @@ def make_out_folder(out: Path) -> None:
     model loads.
 
     Examples:
-        >>> make_out_folder(Path("/proc/hybrid-lens-study"))   # read-only, or (as root) no folder can be made there
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "new" / "study"
+        >>> make_out_folder(folder)
+        >>> folder.is_dir()
+        True
+        >>> _ = (folder / "notes.txt").write_text("x")
+        >>> make_out_folder(folder / "notes.txt" / "study")
         Traceback (most recent call last):
         ...
-        ...Error: --out /proc/hybrid-lens-study...
+        NotADirectoryError: --out .../notes.txt/study: .../notes.txt is a file, not a folder.
     """
     check_out_folder(out)
     try:
