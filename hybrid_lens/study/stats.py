@@ -181,7 +181,8 @@ def leave_one_out(x, y, alpha: float = 0.05) -> dict:
     without that point, loses its significance or changes sign.
 
     Args:
-        x, y: paired values `[n]`, n >= 4 (three points left after removing one).
+        x: values `[n]`, n >= 4 (three points left after removing one).
+        y: the values paired with `x`, `[n]`.
 
     Returns:
         `loo_low`, `loo_high` (the range of r over the n leave-one-out subsets), `driver` (the index of
