@@ -24,7 +24,7 @@ VERIFIED = ("Verified for every family by `tests/test_families.py` on a tiny ran
             "`torch.equal` to the plain transformers model, and so is `unembed` of the final-normed residual "
             "(logit multipliers, divisors and soft caps included); (2) cached `hook_resid_pre` `torch.equal` to "
             "`output_hidden_states` (`hook_resid_post` where the installed `transformers` omits the embeddings there: "
-            "Mamba and FalconMamba, and Mamba-2 before 5.25; `Family.hidden_states_point` reads it from the "
+            "Mamba and FalconMamba, and Mamba-2 before 5.25; `conventions.hidden_states_point` reads it from the "
             "release, and CI runs both ends of the supported range); (3) `resid_post` = `resid_pre` + the block outputs (MiniMax: each added to "
             "`alpha * norm(stream)`; Zamba2: the shared block's outputs feed the Mamba input, `hook_ssm_out` is "
             "the residual term), and `decompose_resid` sums to the stream (MiniMax: refused); (4) a write at every "

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 import torch
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
+from .forward_state import hooks_enabled
+
 try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
     from transformer_lens import HookedRootModule
 except ImportError:  # TransformerLens 3.0 - 3.2
@@ -60,9 +62,12 @@ class HookPoint(_TLHookPoint):
 
 
 def checked_hook(fn: Callable) -> Callable:
-    """`fn` with its return value checked against the activation it replaces (see `HookPoint`)."""
+    """`fn` with its return value checked against the activation it replaces (see `HookPoint`); it does
+    nothing while the forward state switches hooks off (`forward_settings(model, hooks=False)`)."""
 
     def hook(value, hook):
+        if not hooks_enabled():
+            return None
         new = fn(value, hook=hook)
         if new is None or new is value:
             return new

@@ -7,7 +7,10 @@ the `transformers` config (`cfg.hidden_size`, `cfg.layer_types`, ...).
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import torch
+from torch import nn
 
 from .tokens import tokenizer_prepends_bos
 
@@ -67,25 +70,40 @@ class LensConfig:
         """Number of blocks."""
         return self._model.n_layers
 
-    @property
-    def n_heads(self) -> int:
-        """Query heads of the softmax-attention layers (`num_attention_heads`)."""
-        return self.hf_config.num_attention_heads
+    def _attention(self) -> nn.Module | None:
+        """The softmax-attention module of the first layer that has one (None: no attention)."""
+        model = self._model
+        layers = model.layout.layers_with("attn")
+        if not layers:
+            return None
+        block = model.adapter.block_of(model.layout[layers[0]].block_key)
+        path = next(mixer.module for mixer in block.mixers if mixer.kind == "attn")
+        return attrgetter(path)(model.adapter.layers(model.hf_model)[layers[0]])
 
     @property
-    def n_key_value_heads(self) -> int:
-        """Key/value heads of the softmax-attention layers."""
+    def n_heads(self) -> int | None:
+        """Query heads of the softmax-attention layers (`num_attention_heads`); None without attention
+        (Mamba, Mamba-2, FalconMamba, whose configs have no attention heads)."""
+        return None if self._attention() is None else self.hf_config.num_attention_heads
+
+    @property
+    def n_key_value_heads(self) -> int | None:
+        """Key/value heads of the softmax-attention layers; None without attention."""
         return getattr(self.hf_config, "num_key_value_heads", None) or self.n_heads
 
     @property
-    def d_head(self) -> int:
-        """Width of one attention head."""
-        return getattr(self.hf_config, "head_dim", None) or self.d_model // self.n_heads
+    def d_head(self) -> int | None:
+        """Width of one attention head's queries and keys (`hook_q` / `hook_k`; multi-head latent
+        attention's values are `v_head_dim` wide); None without attention."""
+        attention = self._attention()
+        if attention is None:
+            return None
+        return getattr(attention, "head_dim", None) or attention.qk_head_dim
 
     @property
-    def d_mlp(self) -> int:
-        """Hidden width of the MLP (`intermediate_size`)."""
-        return self.hf_config.intermediate_size
+    def d_mlp(self) -> int | None:
+        """Hidden width of the MLP (`intermediate_size`); None for a model whose blocks have no MLP."""
+        return self.hf_config.intermediate_size if self._model.layout.layers_with("mlp") else None
 
     @property
     def d_vocab(self) -> int:
@@ -109,13 +127,20 @@ class LensConfig:
 
     @property
     def normalization_type(self) -> str:
-        """`"RMS"`: every supported family uses RMSNorm."""
-        return "RMS"
+        """`"RMS"` for an RMSNorm final norm, `"LN"` for a LayerNorm, read from the model (every
+        registered family uses RMSNorm; OLMo-Hybrid applies it to each mixer's and MLP's output)."""
+        norm = self._model.adapter.final_norm(self._model.hf_model)
+        return "LN" if isinstance(norm, nn.LayerNorm) or "LayerNorm" in type(norm).__name__ else "RMS"
 
     @property
-    def positional_embedding_type(self) -> str:
-        """`"rotary"`: every supported family uses rotary position embeddings."""
-        return "rotary"
+    def positional_embedding_type(self) -> str | None:
+        """`"rotary"` when attention applies rotary position embeddings (the model holds a rotary
+        embedding module); None when nothing but the causal mask and the recurrent mixers encodes
+        positions: Mamba, Mamba-2, FalconMamba, Jamba, Nemotron-H, Kimi-Linear's MLA, and configs
+        without RoPE (OLMo-Hybrid or Granite-4.0-H without `rope_parameters`, Zamba2 without
+        `use_mem_rope`)."""
+        rotary = any(type(module).__name__.endswith("RotaryEmbedding") for module in self._model.hf_model.modules())
+        return "rotary" if rotary else None
 
     @property
     def tokenizer_prepends_bos(self) -> bool:

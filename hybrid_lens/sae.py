@@ -33,7 +33,7 @@ from transformer_lens.hook_points import HookPoint as TLHookPoint
 
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 
-__all__ = ["SAESplice", "add_sae", "attached_saes", "reset_saes", "saes", "sae_hook_name"]
+__all__ = ["SAESplice", "SAESplicing", "add_sae", "attached_saes", "reset_saes", "saes", "sae_hook_name"]
 
 
 class SAESplice(nn.Module):
@@ -260,6 +260,106 @@ def saes(
                 before = previous[name]
                 if before is not None:
                     add_sae(model, before.sae, name, before.use_error_term)
+
+
+_saes = saes  # the module function, under a name that the methods' `saes` arguments do not hide
+
+
+class SAESplicing:
+    """`HookedHybrid`'s SAE methods, those of SAE-Lens's `HookedSAETransformer`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> with model.saes(torch.nn.Identity(), hook_names="blocks.0.hook_attn_out"):
+        ...     sorted(model.acts_to_saes)
+        ['blocks.0.hook_attn_out']
+    """
+
+    @property
+    def acts_to_saes(self) -> dict[str, nn.Module]:
+        """The spliced SAEs by hook name (as SAE-Lens's `HookedSAETransformer.acts_to_saes`)."""
+        return {name: splice.sae for name, splice in attached_saes(self).items()}
+
+    def add_sae(self, sae: nn.Module, use_error_term: bool | None = None, hook_name: str | None = None):
+        """Splice an SAE in at its hook point until `reset_saes`; see `hybrid_lens.sae.add_sae`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _ = model.add_sae(torch.nn.Identity(), hook_name="blocks.3.hook_ssm_out")
+            >>> list(model.acts_to_saes)
+            ['blocks.3.hook_ssm_out']
+            >>> model.reset_saes()
+        """
+        return add_sae(self, sae, hook_name, use_error_term)
+
+    def reset_saes(self, act_names: str | Sequence[str] | None = None) -> None:
+        """Remove spliced SAEs (all, or those at `act_names`); see `hybrid_lens.sae.reset_saes`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _ = model.add_sae(torch.nn.Identity(), hook_name="blocks.3.hook_ssm_out")
+            >>> model.reset_saes()
+            >>> model.acts_to_saes
+            {}
+        """
+        reset_saes(self, act_names)
+
+    def saes(self, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None, hook_names=None):
+        """Context manager splicing SAEs in for a `with` block; see `hybrid_lens.sae.saes`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> with model.saes(torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out"):
+            ...     list(model.acts_to_saes)
+            ['blocks.3.hook_ssm_out']
+        """
+        return _saes(self, saes, hook_names, reset_saes_end, use_error_term)
+
+    def run_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None,
+                      hook_names=None, **model_kwargs):
+        """`forward` with SAEs spliced in for this one run.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> logits = model.run_with_saes("In the beginning", saes=torch.nn.Identity(),
+            ...                              hook_names="blocks.3.hook_ssm_out")
+            >>> torch.allclose(logits, model("In the beginning"))
+            True
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self(*model_args, **model_kwargs)
+
+    def run_with_cache_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True,
+                                 use_error_term: bool | None = None, hook_names=None, **kwargs):
+        """`run_with_cache` with SAEs spliced in; their hook points (`{hook}.hook_sae_acts_post`, ...)
+        are cached like any other.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache_with_saes(
+            ...     "In the beginning", saes=torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out",
+            ...     names_filter="blocks.3.hook_ssm_out.hook_sae_output")
+            >>> cache["blocks.3.hook_ssm_out.hook_sae_output"].shape
+            torch.Size([1, 3, 128])
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self.run_with_cache(*model_args, **kwargs)
+
+    def run_with_hooks_with_saes(self, *model_args, saes=(), reset_saes_end: bool = True,
+                                 use_error_term: bool | None = None, hook_names=None, **kwargs):
+        """`run_with_hooks` with SAEs spliced in.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> zero = lambda value, hook: torch.zeros_like(value)
+            >>> logits = model.run_with_hooks_with_saes(
+            ...     "In the beginning", saes=torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out",
+            ...     fwd_hooks=[("blocks.3.hook_ssm_out.hook_sae_output", zero)])
+            >>> torch.allclose(logits, model("In the beginning"))
+            False
+        """
+        with self.saes(saes, reset_saes_end, use_error_term, hook_names):
+            return self.run_with_hooks(*model_args, **kwargs)
 
 
 def _sae_hook_points(sae: nn.Module) -> dict[str, TLHookPoint]:

@@ -1,20 +1,24 @@
 """The vocabulary: component kinds, hook-point names and component labels, each defined once here.
 
 Every other module builds hook names with `hook_name` (or `point_name` inside a block) and labels
-components with `ComponentLabel`, so the naming scheme lives in this one place.
+components with `ComponentLabel`, so the naming scheme lives in this one place. The kinds themselves
+are declared by the mixer modules that implement them (`hybrid_lens.mixers.kinds`); the constants
+below are read from those declarations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-MIXER_KINDS = ("attn", "linear_attn", "ssm", "conv")
-COMPONENT_KINDS = (*MIXER_KINDS, "mlp")
+from .mixers.kinds import MLP, ComponentKind, mixer_kinds
+
+KINDS: dict[str, ComponentKind] = {**mixer_kinds(), MLP.name: MLP}
+MIXER_KINDS = tuple(mixer_kinds())
+COMPONENT_KINDS = tuple(KINDS)
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 # What reports and condition labels call each kind (the same words for every family: `linear_attn` is
 # Gated DeltaNet, KDA or lightning attention, `ssm` Mamba-1, Mamba-2 or RG-LRU, by family).
-KIND_NAMES = {"attn": "attention", "linear_attn": "linear attention", "ssm": "SSM", "conv": "short convolution",
-              "mlp": "MLP", "block": "block"}
+KIND_NAMES = {**{name: kind.label for name, kind in KINDS.items()}, "block": "block"}
 
 
 def mixers_of(components: Sequence[str]) -> tuple[str, ...]:
@@ -24,17 +28,7 @@ def mixers_of(components: Sequence[str]) -> tuple[str, ...]:
         >>> mixers_of(("ssm", "attn", "mlp")), mixers_of(("mlp",))
         (('ssm', 'attn'), ())
     """
-    return tuple(kind for kind in components if kind != "mlp")
-
-
-def has_resid_mid(components: Sequence[str]) -> bool:
-    """Whether a block has `hook_resid_mid`: only one with both mixers and an MLP has a midpoint.
-
-    Examples:
-        >>> has_resid_mid(("linear_attn", "mlp")), has_resid_mid(("ssm",)), has_resid_mid(("mlp",))
-        (True, False, False)
-    """
-    return bool(mixers_of(components)) and "mlp" in components
+    return tuple(kind for kind in components if kind != MLP.name)
 
 
 def layer_type(mixers: Sequence[str]) -> str:

@@ -26,10 +26,10 @@ from hybrid_lens.analysis import (
     metric_impact_correlation,
     token_contributions,
 )
-from hybrid_lens.analysis.contributions import PATH_COLORS
+from hybrid_lens.vocabulary import KINDS
 from hybrid_lens.interventions import scale, zero
 
-from .conftest import FAMILIES, build
+from .fixtures import FAMILIES, build
 
 # A component zeroed in layer 1 of each family, and the path it is compared with there.
 ZEROED = {"qwen3_5": ("linear_attn", "mlp"), "falcon_h1": ("ssm", "attn"), "qwen2": ("attn", "mlp")}
@@ -260,7 +260,7 @@ def test_contributions_html_has_one_colored_span_per_token_per_layer(setup):
             assert len(row) == tokens.shape[1]
             assert all(color.startswith("rgba(") for color, _ in row)
             assert "".join(t for _, t in row) == text
-        red, green, blue = PATH_COLORS[other]
+        red, green, blue = KINDS[other].colour
         assert {color for color, _ in parser.rows[1]} == {f"rgba({red}, {green}, {blue}, 1.000)"}
 
 

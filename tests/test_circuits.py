@@ -22,7 +22,7 @@ from hybrid_lens.interventions import (
 from hybrid_lens.mixers import cache_states, state_positions
 from hybrid_lens.zoo import checkpoint_path
 
-from .conftest import build
+from .fixtures import build
 
 BUNDLED = {"linear_attn": "hybrid-lens/tiny-qwen3.5", "ssm": "hybrid-lens/tiny-falcon-h1"}
 MODULE = {"linear_attn": "linear_attn", "ssm": "mamba", "attn": "self_attn"}
@@ -43,12 +43,12 @@ def models(kind):
 
 
 def layers_of(model, kind):
-    return [i for i, mixers in enumerate(model.layer_mixers) if kind in mixers]
+    return model.layout.layers_with(kind)
 
 
 def nothing_left(model):
     return (all(not p.fwd_hooks and not p.bwd_hooks for p in model.hook_dict.values())
-            and not any(tap.active for tap in model._taps)
+            and not any(tap.active for tap in model._wrapping.taps)
             and all(getattr(p, "positions", None) is None for p in model.hook_dict.values()))
 
 

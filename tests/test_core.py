@@ -7,7 +7,7 @@ import torch
 
 from hybrid_lens import HookedHybrid
 
-from .conftest import assert_cache_matches_hidden_states, build
+from .fixtures import assert_cache_matches_hidden_states, build
 
 
 def block_input_norm(reference, layer: int, family: str):
@@ -95,7 +95,7 @@ def test_every_component_output_write_matches_scaling_the_hf_module(pair, tokens
 
 
 def first_layer_with(model, kind):
-    return next(i for i, mixers in enumerate(model.layer_mixers) if kind in mixers)
+    return model.layout.layers_with(kind)[0]
 
 
 @torch.no_grad()
@@ -151,7 +151,7 @@ def test_recurrent_inner_points(family, tokens):
     finally:
         handle.remove()
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
-    assert not any(tap.active for tap in model._taps)
+    assert not any(tap.active for tap in model._wrapping.taps)
 
 
 @torch.no_grad()
@@ -169,7 +169,7 @@ def test_hooks_removed_and_weights_untouched_also_after_an_exception(pair, token
         model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", explode), ("blocks.0.attn.hook_pattern" if
                                                   "attn" in model.layer_mixers[0] else "blocks.0.hook_mlp_out", explode)])
     assert all(not p.fwd_hooks and not p._forward_hooks for p in model.hook_dict.values())
-    assert not any(tap.active for tap in model._taps) and not model._pattern_mode.active
+    assert not any(tap.active for tap in model._wrapping.taps) and not model._pattern_mode.active
     assert model.cfg._attn_implementation != "hybrid_lens_eager"
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

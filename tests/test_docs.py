@@ -1,108 +1,52 @@
-"""Documentation checks: the public API is documented with examples, and the examples run.
+"""Documentation checks: the public API is documented with examples, and every example in the package runs.
 
 `DOCUMENTED` lists the modules whose public API must be fully documented: every public function,
 class and method has a docstring with an `Examples:` section (properties need a docstring). A module
 with `__all__` is checked on the names it exports, a module without one on the public names it
 defines itself; objects from other libraries (e.g. TransformerLens' `HookPoint`) are skipped.
 
-`DOCTESTED` lists the modules whose examples run as doctests. They run with `torch`,
-`HookedHybrid`, `next_token_loss` and the public names of `hybrid_lens.analysis` and
-`hybrid_lens.interventions` in scope, besides the module's own names (the convention stated in
-docs/index.md). `test_cheap_examples_run` runs a fast, offline subset on every run; the `slow` test
-runs them all on the bundled models.
+Every module of the package runs its examples as doctests (found by walking the package, so a new
+module's examples run with no test edit). They run with `torch`, `HookedHybrid`, `next_token_loss`
+and the public names of `hybrid_lens.analysis` and `hybrid_lens.interventions` in scope, besides the
+module's own names (the convention stated in docs/index.md). `HookedHybrid.from_pretrained` of a
+bundled model gives, as it does for a user, a freshly wrapped model with the checkpoint's weights;
+here each wraps a copy of the one model loaded per name (loading once is the speed-up). The
+examples of `study.report` and `study.tables` read a finished study: they run in a folder where the
+study their docstrings name has been run (`STUDY_COMMAND`).
 """
 
 from __future__ import annotations
 
+import copy
 import doctest
 import importlib
 import inspect
 import io
+import os
+import pkgutil
 
 import pytest
 
-# Modules whose public API must be documented and whose examples run as doctests.
-MODULES = [
-    "hybrid_lens.model",
-    "hybrid_lens.tokens",
-    "hybrid_lens.lens_config",
-    "hybrid_lens.hook_points",
-    "hybrid_lens.vocabulary",
-    "hybrid_lens.resolver",
-    "hybrid_lens.sae",
-    "hybrid_lens.cache",
-    "hybrid_lens.interventions.selectors",
-    "hybrid_lens.interventions.ablations",
-    "hybrid_lens.interventions.conditions",
-    "hybrid_lens.interventions.patching",
-    "hybrid_lens.interventions.sweep",
-    "hybrid_lens.interventions.state_patching",
-    "hybrid_lens.interventions.knockout",
-    "hybrid_lens.interventions.attribution",
-    "hybrid_lens.mixers.state",
-    "hybrid_lens.mixers.gated_deltanet",
-    "hybrid_lens.mixers.mamba2",
-    "hybrid_lens.mixers.lightning",
-    "hybrid_lens.evals.scoring",
-    "hybrid_lens.evals.perplexity",
-    "hybrid_lens.evals.data",
-    "hybrid_lens.evals.tasks",
-    "hybrid_lens.evals.tasks.base",
-    "hybrid_lens.evals.tasks.arc",
-    "hybrid_lens.evals.tasks.gsm8k",
-    "hybrid_lens.evals.tasks.hellaswag",
-    "hybrid_lens.evals.tasks.mmlu",
-    "hybrid_lens.evals.tasks.truthfulqa",
-    "hybrid_lens.study.spec",
-    "hybrid_lens.study.plan",
-    "hybrid_lens.study.store",
-    "hybrid_lens.study.files",
-    "hybrid_lens.study.stats",
-    "hybrid_lens.study.published",
-    "hybrid_lens.study.tasks",
-    "hybrid_lens.study.runner",  # run_study is +SKIP (minutes on a CPU)
-    "hybrid_lens.study.diagnostics",  # hidden_metrics is +SKIP (minutes on a CPU)
-    "hybrid_lens.study.commands",
-    "hybrid_lens.configs",
-    "hybrid_lens.coverage",
-    "hybrid_lens.zoo",
-    "hybrid_lens.cli",
+import hybrid_lens
+
+MODULES = sorted(name for _, name, _ in pkgutil.walk_packages(hybrid_lens.__path__, "hybrid_lens."))
+DOCUMENTED = [  # the public API: every function, class and method with a docstring and an example
+    "hybrid_lens", "hybrid_lens.analysis", "hybrid_lens.interventions", "hybrid_lens.mixers", "hybrid_lens.evals",
+    "hybrid_lens.viz", "hybrid_lens.model", "hybrid_lens.loading", "hybrid_lens.tokenizing", "hybrid_lens.readout",
+    "hybrid_lens.nnsight_view", "hybrid_lens.forward_state", "hybrid_lens.layout", "hybrid_lens.registry",
+    "hybrid_lens.tokens", "hybrid_lens.lens_config", "hybrid_lens.hook_points", "hybrid_lens.vocabulary",
+    "hybrid_lens.resolver", "hybrid_lens.sae", "hybrid_lens.cache", "hybrid_lens.cache.mapping",
+    "hybrid_lens.cache.residual", "hybrid_lens.configs", "hybrid_lens.coverage", "hybrid_lens.zoo", "hybrid_lens.cli",
     "hybrid_lens.console",
+    "hybrid_lens.mixers.kinds", "hybrid_lens.mixers.state", "hybrid_lens.mixers.gated_deltanet",
+    "hybrid_lens.mixers.mamba2", "hybrid_lens.mixers.lightning",
+    *(name for name in MODULES if name.startswith(("hybrid_lens.interventions.", "hybrid_lens.evals.",
+                                                   "hybrid_lens.study."))),
 ]
-
-DOCUMENTED = [
-    "hybrid_lens",
-    "hybrid_lens.analysis",
-    "hybrid_lens.interventions",
-    "hybrid_lens.mixers",
-    "hybrid_lens.evals",
-    "hybrid_lens.study.report",
-    "hybrid_lens.study.tables",
-    "hybrid_lens.viz",
-    *MODULES,
-]
-
-DOCTESTED = [
-    *MODULES,
-    "hybrid_lens.adapters",
-    "hybrid_lens.analysis.metrics",
-    "hybrid_lens.analysis.logit_lens",
-    "hybrid_lens.analysis.attribution",
-    "hybrid_lens.analysis.contributions",
-    "hybrid_lens.analysis.correlation",
-    "hybrid_lens.viz.figures",
-    "hybrid_lens.viz.static",
-]
-# hybrid_lens.study.report and .tables are documented but not doctested: their examples read the
-# folder of a finished study (checked by hand against `hybrid-lens study --model
-# hybrid-lens/tiny-qwen2.5 --tasks ppl --conditions group,layer,transformer --n 2 --out hybrid-lens-study`).
-CHEAP_DOCTESTED = ["hybrid_lens.configs", "hybrid_lens.resolver", "hybrid_lens.vocabulary", "hybrid_lens.zoo",
-                   "hybrid_lens.interventions.selectors",
-                   "hybrid_lens.analysis.correlation", "hybrid_lens.evals.data", "hybrid_lens.study.stats",
-                   "hybrid_lens.study.store", "hybrid_lens.study.files", "hybrid_lens.study.commands",
-                   "hybrid_lens.study.spec", "hybrid_lens.console", "hybrid_lens.adapters.conventions",
-                   "hybrid_lens.study.published", "hybrid_lens.viz.static", "hybrid_lens.interventions.sweep",
-                   "hybrid_lens.evals.scoring"]
+# what the examples of study.report and study.tables read (run once, in the folder they run in)
+STUDY_COMMAND = ["study", "--model", "hybrid-lens/tiny-qwen2.5", "--tasks", "ppl", "--conditions",
+                 "group,layer,transformer", "--n", "2", "--out", "hybrid-lens-study", "--no-png"]
+READS_A_STUDY = ("hybrid_lens.study.report", "hybrid_lens.study.tables")
 
 
 def _own(obj, module) -> bool:
@@ -155,12 +99,35 @@ def _doctest_globals() -> dict:
 
     import hybrid_lens.analysis
     import hybrid_lens.interventions
-    from hybrid_lens import HookedHybrid, next_token_loss
+    from hybrid_lens import next_token_loss
 
-    names = {"torch": torch, "HookedHybrid": HookedHybrid, "next_token_loss": next_token_loss}
+    names = {"torch": torch, "HookedHybrid": _loaded_once(), "next_token_loss": next_token_loss}
     for package in (hybrid_lens.analysis, hybrid_lens.interventions):
         names.update({name: getattr(package, name) for name in package.__all__})
     return names
+
+
+_LOADED: dict = {}  # bundled name -> (plain transformers model, tokenizer), loaded once per test session
+
+
+def _loaded_once() -> type:
+    """`HookedHybrid` whose `from_pretrained` of a bundled model (no other arguments) wraps a fresh copy
+    of that model, loaded once."""
+    from hybrid_lens import HookedHybrid
+
+    class Loaded(HookedHybrid):
+        @classmethod
+        def from_pretrained(cls, name_or_path, tokenizer=None, **hf_kwargs):
+            if tokenizer is not None or hf_kwargs or not str(name_or_path).startswith("hybrid-lens/tiny-"):
+                return super().from_pretrained(name_or_path, tokenizer, **hf_kwargs)
+            if name_or_path not in _LOADED:
+                model = HookedHybrid.from_pretrained(name_or_path)
+                _LOADED[name_or_path] = (model.unwrap(), model.tokenizer)
+            hf_model, loaded_tokenizer = _LOADED[name_or_path]
+            return cls(copy.deepcopy(hf_model), copy.deepcopy(loaded_tokenizer))
+
+    Loaded.__name__ = Loaded.__qualname__ = "HookedHybrid"
+    return Loaded
 
 
 def run_examples(module_name: str) -> None:
@@ -171,16 +138,31 @@ def run_examples(module_name: str) -> None:
     for test in sorted(tests, key=lambda t: t.name):
         runner.run(test, out=report.write)
     result = runner.summarize(verbose=False)
-    assert result.attempted, f"{module_name} has no examples to run"
     assert not result.failed, f"{result.failed} failing example(s) in {module_name}:\n{report.getvalue()}"
 
 
-@pytest.mark.parametrize("module_name", CHEAP_DOCTESTED)
-def test_cheap_examples_run(module_name):
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """A folder holding the study that the examples of `READS_A_STUDY` read."""
+    from hybrid_lens.cli import main
+
+    folder = tmp_path_factory.mktemp("docs")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(STUDY_COMMAND) in (0, None)
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+@pytest.mark.parametrize("module_name", [name for name in MODULES if name not in READS_A_STUDY])
+def test_examples_run(module_name):
     run_examples(module_name)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module_name", sorted(set(DOCTESTED) - set(CHEAP_DOCTESTED)))
-def test_examples_run(module_name):
+@pytest.mark.parametrize("module_name", READS_A_STUDY)
+def test_examples_reading_a_study_run(module_name, finished_study, monkeypatch):
+    monkeypatch.chdir(finished_study)
     run_examples(module_name)

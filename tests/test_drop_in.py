@@ -13,8 +13,7 @@ from torch import nn
 
 from hybrid_lens.interventions import mean, patch_from, resample, zero
 
-from .conftest import build
-from .test_interventions import MODULE_OF_KIND, hf_run, on_output
+from .fixtures import MODULE_OF_KIND, build, hf_run, on_output
 
 PROMPTS = ["In the beginning God created", "And God said", "Let there be light, and"]
 KIND = {"qwen3_5": "linear_attn", "falcon_h1": "attn", "qwen2": "attn"}  # a mixer at layer 0 of each family

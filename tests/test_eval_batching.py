@@ -8,7 +8,7 @@ import torch
 from hybrid_lens.evals import loglikelihoods
 from hybrid_lens.evals.scoring import CPU_BATCH_TOKENS, encode_pair, length_batches
 
-from .conftest import build
+from .fixtures import build
 
 REQUESTS = [
     ("And God said", " Let there be light"),

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from hybrid_lens.evals import (
-    cache_safe,
     choice_metrics,
     encode_pair,
     evaluate,
@@ -39,11 +38,9 @@ from hybrid_lens.evals.tasks import (
 )
 from hybrid_lens.evals.tasks.gsm8k import UNTIL, exact_match
 from hybrid_lens.evals.tasks.hellaswag import preprocess
-from hybrid_lens.interventions import Sweep, mean, noise, scale, skip_layer, zero
+from hybrid_lens.interventions import Condition, Sweep, mean, noise, scale, skip_layer, zero
 
-from .conftest import build
-
-MODULE_OF_KIND = {"attn": "self_attn", "linear_attn": "linear_attn", "ssm": "mamba"}
+from .fixtures import MODULE_OF_KIND, build
 # one ablation per family with the matching plain-torch hooks: (kind, layers)
 ABLATION = {"qwen2": ("attn", [1]), "qwen3_5": ("linear_attn", [0, 1]), "falcon_h1": ("ssm", [0, 2])}
 # at the default init scale tiny random models repeat one token whatever the prompt; larger weights
@@ -273,7 +270,7 @@ def test_positional_conditions_generate_without_cache_and_match_hand_hooks():
     reference, model = build("qwen2", **SENSITIVE)
     prompts = [p for _, p in gsm8k_prompts(2, 1, "bundled")]
     condition = zero("attn", layers=[0], positions=slice(0, 40))
-    assert not cache_safe(condition)
+    assert not condition.cache_safe
     with pytest.raises(ValueError, match="use_cache=False"):
         greedy_until(model, prompts, max_new_tokens=2, condition=condition, use_cache=True, progress=False)
     ours = greedy_until(model, prompts, UNTIL, max_new_tokens=10, condition=condition, progress=False)
@@ -283,10 +280,10 @@ def test_positional_conditions_generate_without_cache_and_match_hand_hooks():
 
 
 def test_cache_safe_conditions():
-    assert cache_safe(None) and cache_safe(zero("attn") + skip_layer(1) + scale("mlp", 0.5))
-    assert cache_safe(mean("attn", ["some text"]))
-    assert not cache_safe(mean("attn", ["some text"], per_position=True))
-    assert not cache_safe(noise("mlp", 0.1))
+    assert Condition().cache_safe and (zero("attn") + skip_layer(1) + scale("mlp", 0.5)).cache_safe
+    assert mean("attn", ["some text"]).cache_safe
+    assert not mean("attn", ["some text"], per_position=True).cache_safe
+    assert not noise("mlp", 0.1).cache_safe
 
 
 @torch.no_grad()

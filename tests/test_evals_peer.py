@@ -17,7 +17,7 @@ from hybrid_lens.evals import perplexity
 from hybrid_lens.evals.tasks import arc_challenge, arc_prompts, gsm8k_cot, hellaswag, mmlu, truthfulqa_mc
 from hybrid_lens.interventions import zero
 
-from .conftest import build
+from .fixtures import build
 
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("lm_eval.models.huggingface")

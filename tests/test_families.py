@@ -9,17 +9,18 @@ far above float noise: an ablation test on a component that barely contributes c
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
 import torch
-from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.adapters import FAMILIES
 from hybrid_lens.analysis import hidden_state_metrics, logit_lens_kl, token_contributions
 from hybrid_lens.configs import tiny_config
+from hybrid_lens.conventions import hidden_states_point
 from hybrid_lens.evals import perplexity
 from hybrid_lens.interventions import Sweep, skip_layer, zero
 from hybrid_lens.study.plan import study_conditions
@@ -29,43 +30,18 @@ from hybrid_lens.study import runner
 from hybrid_lens.study.diagnostics import CONTRIBUTIONS_FILE
 from hybrid_lens.study.runner import StudySpec, run_study
 
-from .conftest import char_tokenizer, stored
+from .fixtures import build, random_tokens, stored
 
 VISIBLE = 1e-3  # least change of the logits, relative to their largest value, that zeroing any component
 # kind must cause: float32 rounding is ~1e-7 of it, so an ablation that does nothing cannot pass
-
-
-@torch.no_grad()
-def visible_init(hf_model: nn.Module, seed: int) -> None:
-    """Linear, convolution and stacked-expert weights N(0, 1/fan_in), embeddings N(0, 1): every
-    component's output is of the order of the residual (at the default init a Mamba-2 output is ~1e-4
-    of it, and routed experts add ~0.4% of a MoE's output)."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def fill(weight: Tensor, fan_in: int) -> None:
-        weight.copy_(torch.randn(weight.shape, generator=generator) / math.sqrt(fan_in))
-
-    for module in hf_model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
-            fill(module.weight, module.weight[0].numel())
-        elif isinstance(module, nn.Embedding):
-            module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
-        else:  # experts stored as [expert, out, in] parameters (`gate_up_proj`, `down_proj`)
-            for name, weight in module.named_parameters(recurse=False):
-                if weight.ndim == 3 and name.endswith("_proj"):
-                    fill(weight, weight.shape[-1])
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def built(request):
     """(family, plain reference, HookedHybrid) with identical weights."""
     family = request.param
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(tiny_config(family)).eval()
-    visible_init(hf, seed=0)
-    reference = copy.deepcopy(hf)
-    model = HookedHybrid.from_hf(hf, tokenizer=char_tokenizer())
-    tokens = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    reference, model = build(family, visible=True)
+    tokens = random_tokens(2, 12)
     with torch.no_grad():
         clean = reference(tokens).logits
     for kind in {k for components in model.layer_components for k in components}:
@@ -78,7 +54,7 @@ def built(request):
 
 @pytest.fixture(scope="module")
 def tokens():
-    return torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    return random_tokens(2, 12)
 
 
 @torch.no_grad()
@@ -93,7 +69,7 @@ def test_cache_equals_output_hidden_states(built, tokens):
     hidden = reference(tokens, output_hidden_states=True).hidden_states
     _, cache = model.run_with_cache(tokens)
     assert len(hidden) == model.n_layers + 1
-    point = FAMILIES[family].hidden_states_point  # read from the installed release: Mamba omits the embeddings
+    point = hidden_states_point(family)  # read from the installed release: Mamba omits the embeddings
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], hidden[layer])
     assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
@@ -116,7 +92,7 @@ def test_block_values_are_the_contributions_added_to_the_residual(built, tokens)
     _, cache = model.run_with_cache(tokens)
     family = model.adapter
     for block, layer in zip(model.blocks, family.layers(model.hf_model)):
-        terms = family.block_of(block.spec_key).residual_terms
+        terms = family.block_of(block.layer.block_key).residual_terms
         total = cache[hook_name(block.index, "resid_pre")]
         for kind in terms:
             total = family.skip_path(block, layer, kind)(total).double() + cache[hook_name(block.index, kind)].double()
@@ -136,12 +112,12 @@ def test_decompose_resid_sums_to_the_stream_or_refuses(built, tokens):
             cache.decompose_resid()
         return
     parts, labels = cache.decompose_resid(return_labels=True)
-    assert len(labels) == 1 + sum(len(terms) for terms in model.residual_terms)
+    assert len(labels) == 1 + sum(len(terms) for terms in (layer.residual_terms for layer in model.layout))
     assert torch.allclose(parts.double().sum(0), final, atol=1e-5 * final.abs().max().item())
     if model.adapter.logit_transform is not None:  # soft-capped logits: no linear attribution
         with pytest.raises(NotImplementedError, match="soft-caps"):
             token_contributions(model, cache, tokens)
-    elif any(len(terms) > 1 for terms in model.residual_terms):
+    elif any(len(terms) > 1 for terms in (layer.residual_terms for layer in model.layout)):
         assert len(token_contributions(model, cache, tokens)) > 0
     else:
         with pytest.raises(ValueError, match="no two paths"):
@@ -198,7 +174,7 @@ def test_evals_analysis_and_the_study_plan_run_unchanged(built):
     alone; the hidden-state metrics and the logit lens cover every block of the family."""
     _, _, model = built
     text = torch.randint(3, 256, (40,), generator=torch.Generator().manual_seed(2))
-    conditions = [c.condition for c in study_conditions(model.layer_mixers, trials=1)][:6]
+    conditions = [c.condition for c in study_conditions(model.layout, trials=1)][:6]
     swept = perplexity(model, text, 16, condition=Sweep(conditions, batch=1), progress=False)
     for condition, result in zip(conditions, swept):
         alone = perplexity(model, text, 16, condition=condition, progress=False)
@@ -247,7 +223,7 @@ def test_the_study_runner_runs_unchanged(built, tmp_path):
     folder = run_study(spec, tmp_path / "study", progress=False).parent
     results = stored(folder, spec)
     assert (runner.model_folder(folder, spec.model) / CONTRIBUTIONS_FILE).read_text().startswith("<div")
-    planned = {c.name for c in study_conditions(model.layer_mixers, spec.groups, spec.method)}
+    planned = {c.name for c in study_conditions(model.layout, spec.groups, spec.method)}
     assert set(results.condition) == planned
     assert results.value.map(math.isfinite).all()
 
@@ -288,7 +264,7 @@ def test_bfloat16_logits_and_cache_are_exact(built, tokens):
     plain = reference(tokens, output_hidden_states=True)
     logits, cache = model.run_with_cache(tokens)
     assert torch.equal(logits, plain.logits)
-    point = model.adapter.hidden_states_point
+    point = hidden_states_point(family)
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], plain.hidden_states[layer]), layer
 
@@ -306,12 +282,81 @@ def test_hybrid_lens_models_lists_every_family(capsys):
         assert all("+".join(block.components) in line for block in family.blocks.values()), line
 
 
-def test_hidden_states_convention_is_probed_without_touching_the_callers_random_state():
-    """`Family.hidden_states_point` runs a tiny model of the family under the installed `transformers`
-    (Mamba-2 changed convention in 5.25); the probe leaves torch's global random state as it was."""
-    from hybrid_lens.adapters import conventions
+def test_the_layout_is_the_hook_points_and_the_config(built):
+    """Every layer's layout (block key, components, MLP, midpoint) is what the config and the module
+    tree say: the block key read from the config, and exactly the block-level hook points it implies."""
+    _, _, model = built
+    assert [layer.block_key for layer in model.layout] == list(model.adapter.block_keys(model.hf_model.config))
+    for layer in model.layout:
+        points = {name.split(".")[2] for name in model.hook_dict
+                  if name.startswith(f"blocks.{layer.index}.hook_") and name.count(".") == 2}
+        expected = {f"hook_{kind}_out" for kind in layer.components} | {"hook_resid_pre", "hook_resid_post"}
+        expected |= {"hook_resid_mid"} if layer.has_resid_mid else set()
+        expected |= {"hook_shared_out"} if layer.components != layer.residual_terms else set()  # Zamba2's shared block
+        assert points == expected, layer
+        assert layer.has_mlp == ("mlp" in layer.components) and layer.index in model.layout.layers_with("block")
 
-    conventions.hidden_states_point.cache_clear()
+
+@torch.no_grad()
+def test_cfg_tells_the_truth(built, tokens):
+    """`model.cfg` against the model itself: heads and head width as the attention hook points are
+    shaped (None without attention), rotary iff the logits depend on the position ids, RMS iff the
+    final norm is not shift-invariant (a LayerNorm subtracts the mean), no `d_mlp` without an MLP."""
+    _, reference, model = built
+    cfg = model.cfg
+    attention = model.layout.layers_with("attn")
+    if attention:
+        name = hook_name(attention[0], "attn", "hook_q")
+        _, cache = model.run_with_cache(tokens, names_filter=name)
+        assert cache[name].shape[-2:] == (cfg.n_heads, cfg.d_head)
+        assert cfg.n_heads == model.hf_model.config.num_attention_heads
+    else:
+        assert cfg.n_heads is None and cfg.d_head is None and not hasattr(model.hf_model.config, "num_attention_heads")
+    assert (cfg.d_mlp is None) == (not model.layout.layers_with("mlp"))
+    assert repr(cfg).startswith("LensConfig(")
+    stretched = torch.arange(tokens.shape[1]).expand_as(tokens) * 3
+    if "position_ids" in inspect.signature(type(reference).forward).parameters:
+        moved = not torch.equal(reference(tokens, position_ids=stretched).logits, reference(tokens).logits)
+    else:
+        moved = False
+    assert (cfg.positional_embedding_type == "rotary") == moved, cfg.positional_embedding_type
+    assert cfg.positional_embedding_type in ("rotary", None)
+    norm = model.adapter.final_norm(reference)
+    x = torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    shift_invariant = torch.allclose(norm(x + 5.0), norm(x), atol=1e-4)
+    assert cfg.normalization_type == ("LN" if shift_invariant else "RMS")
+
+
+@torch.no_grad()
+def test_unwrap_gives_back_the_plain_model(built, tokens):
+    """Unwrapping a hooked copy (even with hooks attached and every tap on) restores the plain model:
+    its own forwards, no torch hooks, logits bit-identical; it wraps again, and the unwrapped view refuses
+    to run."""
+    _, reference, _ = built
+    hf = copy.deepcopy(reference)
+    def own_state():  # replaced forwards and torch hooks (transformers may keep its own output-recording hooks)
+        return {name: ("forward" in vars(module), len(module._forward_hooks), len(module._forward_pre_hooks))
+                for name, module in hf.named_modules()}
+
+    before = own_state()
+    model = HookedHybrid.from_hf(hf)
+    model.add_hook("hook_embed", lambda value, hook: value, is_permanent=True)
+    model.add_hook(lambda name: name.endswith("hook_pattern"), lambda value, hook: value)
+    for tap in model._wrapping.taps:
+        tap.set_always_on(True)
+    model(tokens)
+    assert model.unwrap() is hf
+    assert own_state() == before
+    assert torch.equal(hf(tokens).logits, reference(tokens).logits)
+    with pytest.raises(RuntimeError, match="unwrapped"):
+        model(tokens)
+    assert torch.equal(HookedHybrid.from_hf(hf)(tokens), reference(tokens).logits)
+
+
+def test_hidden_states_convention_is_probed_without_touching_the_callers_random_state():
+    """`conventions.hidden_states_point` runs a tiny model of the family under the installed `transformers`
+    (Mamba-2 changed convention in 5.25); the probe leaves torch's global random state as it was."""
+    hidden_states_point.cache_clear()
     state = torch.random.get_rng_state()
-    assert {FAMILIES[name].hidden_states_point for name in ("mamba", "mamba2", "qwen2")} <= {"resid_pre", "resid_post"}
+    assert {hidden_states_point(name) for name in ("mamba", "mamba2", "qwen2")} <= {"resid_pre", "resid_post"}
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -29,7 +29,7 @@ from hybrid_lens.study.runner import StudySpec, run_study
 from hybrid_lens.study.store import CorruptStoreError, StudyStore
 from hybrid_lens.study.stats import perplexity_table, score_drops
 
-from .conftest import build, spec_for, stored
+from .fixtures import build, spec_for, stored
 
 TEXT = "In the beginning God created the heaven and the earth. " * 4
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import FAMILIES, build
+from .fixtures import FAMILIES, build
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

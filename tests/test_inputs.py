@@ -7,7 +7,7 @@ import torch
 
 from hybrid_lens.interventions import Condition, Selector, mean, zero
 
-from .conftest import build
+from .fixtures import build
 
 
 @pytest.fixture(scope="module")

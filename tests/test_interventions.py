@@ -12,26 +12,7 @@ from hybrid_lens.interventions import (
     scale, skip_layer, zero,
 )
 
-from .conftest import build
-
-MODULE_OF_KIND = {"attn": "self_attn", "linear_attn": "linear_attn", "ssm": "mamba"}
-
-
-def hf_run(reference, tokens, hooks):
-    """Logits of the plain model with `(module, forward_hook)` pairs attached."""
-    handles = [module.register_forward_hook(fn) for module, fn in hooks]
-    try:
-        return reference(tokens).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def on_output(fn):
-    """A forward hook applying `fn` to a module's output tensor (first element of a tuple)."""
-    def hook(_module, _args, output):
-        return (fn(output[0]), *output[1:]) if isinstance(output, tuple) else fn(output)
-    return hook
+from .fixtures import MODULE_OF_KIND, build, hf_run, on_output
 
 
 def mixers(reference, kind, layers):
@@ -199,15 +180,15 @@ def test_every_ablation_is_reversible_also_when_a_hook_raises(family, tokens):
 def test_selectors_resolve_the_same_way_on_every_family():
     _, falcon = build("falcon_h1", num_hidden_layers=6)
     _, qwen = build("qwen3_5")
-    assert [t.layer for t in Selector("ssm").targets(falcon.layer_mixers)] == list(range(6))
-    assert [t.layer for t in Selector("attn", layers="early").targets(falcon.layer_mixers)] == [0, 1]
+    assert [t.layer for t in Selector("ssm").targets(falcon.layout)] == list(range(6))
+    assert [t.layer for t in Selector("attn", layers="early").targets(falcon.layout)] == [0, 1]
     assert layer_thirds(8) == {"early": [0, 1, 2], "middle": [3, 4, 5], "late": [6, 7]}
-    assert [t.layer for t in Selector("attn").targets(qwen.layer_mixers)] == [3, 7]
-    assert [(t.layer, t.kind) for t in Selector("mixer", [2, 3]).targets(qwen.layer_mixers)] == [(2, "linear_attn"), (3, "attn")]
+    assert [t.layer for t in Selector("attn").targets(qwen.layout)] == [3, 7]
+    assert [(t.layer, t.kind) for t in Selector("mixer", [2, 3]).targets(qwen.layout)] == [(2, "linear_attn"), (3, "attn")]
     with pytest.raises(ValueError, match="matches nothing"):
-        Selector("ssm").targets(qwen.layer_mixers)
+        Selector("ssm").targets(qwen.layout)
     with pytest.raises(ValueError, match="matches nothing"):
-        Selector("linear_attn", layers=3).targets(qwen.layer_mixers)
+        Selector("linear_attn", layers=3).targets(qwen.layout)
     with pytest.raises(ValueError, match="choose one of"):
         Selector("mamba")
 

@@ -9,7 +9,7 @@ from transformers import AutoConfig, Qwen3_5ForConditionalGeneration
 from hybrid_lens import HookedHybrid
 from hybrid_lens.configs import reference_config, tiny_config
 
-from .conftest import build
+from .fixtures import build
 
 
 @torch.no_grad()

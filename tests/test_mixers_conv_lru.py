@@ -6,34 +6,26 @@ recomputed with einsum, and the recurrent state the plain model keeps with `use_
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
-from hybrid_lens import HookedHybrid
 from hybrid_lens.analysis import logit_attribution
-from hybrid_lens.configs import tiny_config
 from hybrid_lens.interventions import knockout
 from hybrid_lens.mixers.state import state_positions
 
-from .conftest import char_tokenizer
-from .test_families import visible_init
+from .fixtures import build, random_tokens
 
 
 def pair(family: str, **overrides):
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(tiny_config(family, **overrides)).eval()
-    visible_init(hf, seed=0)
-    reference = copy.deepcopy(hf)
-    return reference, HookedHybrid.from_hf(hf, tokenizer=char_tokenizer())
+    return build(family, visible=True, **overrides)
 
 
 @pytest.fixture(scope="module")
 def tokens():
-    return torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    return random_tokens(2, 12)
 
 
 @torch.no_grad()

@@ -16,8 +16,7 @@ from transformers.models.kimi_linear import modeling_kimi_linear as kimi
 
 from hybrid_lens.mixers import cache_states, kimi_delta, state_positions
 
-from .conftest import build
-from .test_families import visible_init
+from .fixtures import build, random_tokens, visible_init
 
 MIXER = {"qwen3_next": "linear_attn", "olmo_hybrid": "linear_attn", "kimi_linear": "self_attn"}
 SCAN = {"qwen3_next": "torch_chunk_gated_delta_rule", "olmo_hybrid": "torch_chunk_gated_delta_rule",
@@ -30,11 +29,10 @@ SCAN_INPUTS = ["hook_q", "hook_k", "hook_v", "hook_log_decay", "hook_beta"]
 @pytest.fixture(scope="module", params=sorted(MIXER))
 def built(request):
     """(family, plain reference, HookedHybrid, tokens): same weights, every component visible."""
-    reference, model = build(request.param)
+    reference, model = build(request.param, visible=True)
     for hf in (reference, model.hf_model):
-        visible_init(hf, seed=0)
         visible_experts_and_states(hf, seed=0)
-    tokens = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))  # 12 < d_v = 16
+    tokens = random_tokens(2, 12)  # 12 < d_v = 16
     return request.param, reference, model, tokens
 
 
@@ -51,7 +49,7 @@ def visible_experts_and_states(hf_model, seed: int) -> None:
 
 
 def linear_layers(model):
-    return [i for i, mixers in enumerate(model.layer_mixers) if "linear_attn" in mixers]
+    return model.layout.layers_with("linear_attn")
 
 
 def close(actual, expected, tol=1e-5):
@@ -201,7 +199,7 @@ def test_attention_points_are_the_transformers_values(built):
     """hook_q / hook_z equal forward hooks on the plain model's query projection and `o_proj` input;
     hook_pattern its eager attention weights; MLA's hook_k / hook_v the latent expanded per head."""
     family, reference, model, tokens = built
-    layer = next(i for i, mixers in enumerate(model.layer_mixers) if "attn" in mixers)
+    layer = model.layout.layers_with("attn")[0]
     attention = reference.model.layers[layer].self_attn
     with module_calls({"q": attention.q_proj}) as out, module_calls({"o": attention.o_proj}, pre=True) as into:
         reference(tokens)

@@ -7,48 +7,40 @@ Tiny random models with the visible init of `test_families`, so every mixer move
 
 from __future__ import annotations
 
-import copy
 import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from hybrid_lens import HookedHybrid
-from hybrid_lens.configs import tiny_config
 from hybrid_lens.interventions import patch_state
 from hybrid_lens.mixers import cache_states, state_positions
 
-from .conftest import char_tokenizer
-from .test_families import visible_init
+from .fixtures import build, random_tokens
 
 
 @pytest.fixture(scope="module", params=["mamba", "falcon_mamba", "jamba"])
 def models(request):
     """(HookedHybrid, plain transformers model with the same weights) of a tiny Mamba-1 family."""
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(tiny_config(request.param)).eval()
-    visible_init(hf, seed=0)
+    plain, model = build(request.param, visible=True)
     with torch.no_grad():
-        for module in hf.modules():
+        for module in (*plain.modules(), *model.hf_model.modules()):
             if isinstance(module, torch.nn.Conv1d):  # nonzero conv output at padded positions (left padding)
                 module.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
-    plain = copy.deepcopy(hf)
-    return HookedHybrid.from_hf(hf, tokenizer=char_tokenizer()), plain
+    return model, plain
 
 
 @pytest.fixture(scope="module")
 def tokens():
-    return torch.randint(3, 256, (2, 10), generator=torch.Generator().manual_seed(1))
+    return random_tokens(2, 10)
 
 
 def ssm_layers(model) -> list[int]:
-    return [i for i, mixers in enumerate(model.layer_mixers) if "ssm" in mixers]
+    return model.layout.layers_with("ssm")
 
 
 def plain_mixer(model, plain, layer: int):
     """The plain model's Mamba-1 mixer of `layer` (`mixer` in Mamba / FalconMamba, `mamba` in Jamba)."""
-    attribute = model.adapter.block_of(model.blocks[layer].spec_key).mixers[0].module
+    attribute = model.adapter.block_of(model.blocks[layer].layer.block_key).mixers[0].module
     return getattr(model.adapter.layers(plain)[layer], attribute)
 
 

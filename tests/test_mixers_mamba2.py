@@ -23,8 +23,7 @@ from hybrid_lens.adapters import FAMILIES
 from hybrid_lens.configs import tiny_config
 from hybrid_lens.mixers import cache_states, mamba2
 
-from .conftest import char_tokenizer
-from .test_families import visible_init
+from .fixtures import build, random_tokens, visible_init
 
 MAMBA2_FAMILIES = sorted(name for name, family in FAMILIES.items()
                          if any(m.points is mamba2.add_points for b in family.blocks.values() for m in b.mixers))
@@ -35,20 +34,17 @@ EAGER = ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_p
 def built(request):
     """(family, plain transformers model, HookedHybrid with the same weights, {layer: plain Mamba-2 mixer})."""
     family = FAMILIES[request.param]
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(tiny_config(request.param)).eval()
-    visible_init(hf, seed=0)
-    plain = copy.deepcopy(hf)
+    plain, model = build(request.param, visible=True)
     mixers = {}
-    for i, (layer, kind) in enumerate(zip(family.layers(plain), family.layer_types(plain.config))):
+    for i, (layer, kind) in enumerate(zip(family.layers(plain), family.block_keys(plain.config))):
         mixers.update({i: attrgetter(m.module)(layer) for m in family.block_of(kind).mixers if m.kind == "ssm"})
     assert mixers
-    return request.param, plain, HookedHybrid.from_hf(hf, tokenizer=char_tokenizer()), mixers
+    return request.param, plain, model, mixers
 
 
 @pytest.fixture(scope="module")
 def tokens():
-    return torch.randint(3, 256, (2, 20), generator=torch.Generator().manual_seed(1))
+    return random_tokens(2, 20)
 
 
 @torch.no_grad()

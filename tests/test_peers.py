@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from .conftest import build
+from .fixtures import build
 
 try:  # TransformerLens >= 3.4 (3.9 and 4.x in CI)
     from transformer_lens.model_bridge.sources import build_bridge_from_module
@@ -65,7 +65,7 @@ def test_nnsight_inner_points_on_request(tokens):
     finally:
         model.nnsight(inner_points=False)
     assert torch.equal(x, cache["blocks.2.ssm.hook_x"]) and torch.equal(q, cache["blocks.2.attn.hook_q"])
-    assert not any(tap.active for tap in model._taps)
+    assert not any(tap.active for tap in model._wrapping.taps)
 
 
 @pytest.mark.skipif(

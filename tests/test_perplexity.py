@@ -11,7 +11,7 @@ import torch
 from hybrid_lens.evals import perplexity, wikitext2, window_spans
 from hybrid_lens.interventions import zero
 
-from .conftest import build
+from .fixtures import build
 
 
 def reference_nll(reference, ids, context_length, stride, hooks=()):

@@ -26,7 +26,7 @@ from hybrid_lens.study.runner import StudySpec, run_study
 from hybrid_lens.study.store import StudyStore
 from hybrid_lens.study.tables import StudyTables
 
-from .conftest import spec_for
+from .fixtures import spec_for
 
 ROOT = Path(__file__).parents[1]
 QWEN2 = "hybrid-lens/tiny-qwen2.5"

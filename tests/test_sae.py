@@ -15,7 +15,7 @@ from torch import nn
 
 from hybrid_lens.sae import SAESplice, attached_saes
 
-from .conftest import build
+from .fixtures import build
 
 D_MODEL = 64  # tiny_config width
 
@@ -100,7 +100,7 @@ def test_error_term_gives_clean_logits_and_reset_leaves_nothing(family, name, mo
     assert model.hook_dict == names and list(model.modules()) == points
     assert torch_hook_counts(model) == hooks and not attached_saes(model)
     assert not any(point.fwd_hooks or point.bwd_hooks for point in model.hook_dict.values())
-    assert not any(tap.active for tap in model._taps)
+    assert not any(tap.active for tap in model._wrapping.taps)
     assert sae.hook_sae_acts_post.name == "hook_sae_acts_post"  # the SAE's own names are back
 
 
@@ -183,4 +183,4 @@ def test_inner_points_are_refused():
     _, model = build("qwen2")
     with pytest.raises(NotImplementedError, match="blocks.1.attn.hook_z is an inner mixer point"):
         model.add_sae(nn.Linear(16, 16), hook_name="blocks.1.attn.hook_z")
-    assert not attached_saes(model) and not any(tap.active for tap in model._taps)
+    assert not attached_saes(model) and not any(tap.active for tap in model._wrapping.taps)

@@ -14,7 +14,7 @@ from hybrid_lens.cli import main as cli_main
 from hybrid_lens.evals import perplexity, wikitext2
 from hybrid_lens.zoo import smollm2
 
-from .conftest import assert_cache_matches_hidden_states
+from .fixtures import assert_cache_matches_hidden_states
 
 PROMPT = "The capital of France is"
 

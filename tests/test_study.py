@@ -16,7 +16,7 @@ from hybrid_lens.study.report import render_report
 from hybrid_lens.study.runner import StudySpec, run_study
 from hybrid_lens.study.store import StudyStore
 
-from .conftest import spec_for, stored
+from .fixtures import spec_for, stored
 
 
 def test_interrupted_study_resumes_with_every_example_once(checkpoint, tmp_path, monkeypatch):

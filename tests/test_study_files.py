@@ -38,7 +38,7 @@ from hybrid_lens.study.report import HEADINGS
 from hybrid_lens.study.runner import run_study
 from hybrid_lens.study.store import StudyStore
 
-from .conftest import build, spec_for, stored
+from .fixtures import build, spec_for, stored
 from .test_faults import finished  # noqa: F401  (a finished study: spec, folder)
 
 OLD = 1_000_000_000.0  # mtime of the user's files: older than any age-based cleanup spares

@@ -10,12 +10,13 @@ from hybrid_lens.study.plan import (
     group_ablations, layer_sweep, positional_thirds, random_controls, study_conditions, transformer_control,
 )
 from hybrid_lens.analysis import correlation
+from hybrid_lens.layout import Layout
 from hybrid_lens.study.stats import paired_bootstrap, perplexity_table, score_drops, targeted_vs_random
 from hybrid_lens.study.store import StudyStore
 
-QWEN35 = [("linear_attn",), ("linear_attn",), ("linear_attn",), ("attn",)] * 6
-FALCON = [("ssm", "attn")] * 12
-QWEN2 = [("attn",)] * 24
+QWEN35 = Layout.of([("linear_attn",), ("linear_attn",), ("linear_attn",), ("attn",)] * 6)
+FALCON = Layout.of([("ssm", "attn")] * 12)
+QWEN2 = Layout.of([("attn",)] * 24)
 
 
 def test_falcon_like_model_gets_two_conditions_per_layer_and_thirds_partition_the_layers():

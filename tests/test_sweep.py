@@ -27,7 +27,7 @@ from hybrid_lens.interventions.sweep import PassCost, plan_passes
 from hybrid_lens.study import runner
 from hybrid_lens.study.runner import run_study
 
-from .conftest import build, spec_for, stored
+from .fixtures import build, spec_for, stored
 
 
 def conditions_for(model, tokens) -> list[Condition]:

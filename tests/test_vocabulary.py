@@ -13,9 +13,10 @@ import hybrid_lens
 from hybrid_lens.interventions import Selector, Target
 from hybrid_lens.vocabulary import COMPONENT_KINDS, RESID_KINDS, ComponentLabel, hook_name
 
-from .conftest import build
+from .fixtures import build
 
-CORE = ("model.py", "cache.py", "hook_points.py", "vocabulary.py", "resolver.py", "adapters", "interventions")
+CORE = ("model.py", "cache", "hook_points.py", "vocabulary.py", "resolver.py", "layout.py", "forward_state.py", "loading.py",
+        "tokenizing.py", "readout.py", "nnsight_view.py", "registry.py", "adapters", "interventions", "mixers")
 
 
 def test_hook_names_are_the_model_hook_points(family):
@@ -42,7 +43,7 @@ def test_component_and_target_name_the_same_point():
     for kind in COMPONENT_KINDS:
         for component in model.components(kind):
             assert Target(component.layer, component.kind).hook_names == [component.hook_name]
-    targets = Selector("mixer").targets(model.layer_mixers)
+    targets = Selector("mixer").targets(model.layout)
     assert {t.hook_names[0] for t in targets} == {c.hook_name for k in ("attn", "ssm") for c in model.components(k)}
 
 
@@ -77,3 +78,44 @@ def test_core_does_not_import_the_zoo():
     files = [p for entry in CORE for p in ([root / entry] if entry.endswith(".py") else (root / entry).rglob("*.py"))]
     offending = [str(p.relative_to(root)) for p in files if any("zoo" in name.split(".") for name in _imports(p))]
     assert not offending
+
+
+# The rooms of ARCHITECTURE.md, in import order: a module imports only its own room and the rooms above.
+ROOMS = [("registry", "tokens", "forward_state"), ("hook_points", "mixers"), ("vocabulary", "layout"), ("adapters",),
+         ("cache",), ("model", "loading", "tokenizing", "readout", "nnsight_view", "sae", "lens_config", "resolver"),
+         ("zoo", "configs"), ("interventions",), ("analysis", "evals", "study", "viz", "cli", "coverage", "console",
+                                                                      "conventions")]
+
+
+def _room(module: str) -> int:
+    """The row of ROOMS holding `module` (`hybrid_lens.x.y`), by its longest listed prefix."""
+    matches = [(len(name), row) for row, names in enumerate(ROOMS) for name in names
+               if module == f"hybrid_lens.{name}" or module.startswith(f"hybrid_lens.{name}.")]
+    assert matches, f"{module} is in no room of ARCHITECTURE.md"
+    return max(matches)[1]
+
+
+def _resolved_imports(path: Path, module: str) -> set[str]:
+    """The `hybrid_lens` modules (or names in them) that the file of `module` imports, relative ones resolved."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            found |= {f"{target}.{alias.name}" if node.module is None else target for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name.startswith("hybrid_lens.")}
+
+
+def test_imports_run_down_the_architecture():
+    root = Path(hybrid_lens.__file__).parent
+    upward = []
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module == "hybrid_lens":
+            continue
+        upward += [f"{module} -> {target}" for target in _resolved_imports(path, module) if _room(target) > _room(module)]
+    assert not upward, upward

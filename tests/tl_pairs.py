@@ -24,8 +24,7 @@ from hybrid_lens import HookedHybrid
 from hybrid_lens.configs import tiny_config
 from hybrid_lens.zoo import smollm2
 
-from .conftest import char_tokenizer
-from .test_families import visible_init
+from .fixtures import char_tokenizer, visible_init
 
 NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False,
                      refactor_factored_attn_matrices=False)

@@ -33,5 +33,5 @@ for name, model in models.items():
 # %% Compare mixer kinds side by side: mean output norm per component kind
 for name, model in models.items():
     _, cache = model.run_with_cache(text)
-    kinds = {kind for mixers in model.layer_mixers for kind in (*mixers, "mlp")}
+    kinds = model.layout.kinds()  # the component kinds of the model's layers, e.g. ['ssm', 'attn', 'mlp']
     print(name, {kind: round(cache.stack(kind).norm(dim=-1).mean().item(), 3) for kind in sorted(kinds)})

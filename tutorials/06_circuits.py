@@ -76,7 +76,7 @@ for name, model in models.items():
     kind = "linear_attn" if name == "tiny-qwen3.5" else "ssm"
     T = model.to_tokens(clean).shape[1]
     _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith(f"{kind}.hook_pattern"))
-    for layer in (i for i, mixers in enumerate(model.layer_mixers) if kind in mixers):
+    for layer in model.layout.layers_with(kind):
         pattern = cache[f"blocks.{layer}.{kind}.hook_pattern"][0]          # [head, query, key]
         share = pattern[:, -1, T - 2].abs() / pattern[:, -1].abs().sum(-1)   # |weight on "land"| / total
         print(f"{name} {kind} layer {layer}: share of the last position's |weights| on 'land', per head "
@@ -114,7 +114,7 @@ for name, model in models.items():
 for name, model in models.items():
     kind = "linear_attn" if name == "tiny-qwen3.5" else "ssm"
     metric = logit_diff_metric(model.to_single_token(" Egypt"), model.to_single_token(" the"))
-    layers = [i for i, mixers in enumerate(model.layer_mixers) if kind in mixers]
+    layers = model.layout.layers_with(kind)
     conditions = [patch_state(clean, kind, position=-2, layers=tuple(layers), name="every layer")]
     conditions += [patch_state(clean, kind, position=-2, layers=layer, name=f"layer {layer}") for layer in layers[:3]]
     logits = run_conditions(model, corrupt, conditions)

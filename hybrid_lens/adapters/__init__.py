@@ -2,32 +2,27 @@
 `config.model_type`; `spec.Family.block_forward` runs every family's blocks.
 
 The registry is this package: every `Family` defined at the top level of a module here is
-registered (the three reference families first, then by name), so adding a family is adding a file.
+registered (the three reference families first, then by name), so adding a family is adding a file;
+two families with one name are refused.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from ..registry import discover
 from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS
-from .base import HookedBlock
+from .base import HookedBlock, Wrapping
 from .spec import Block, Family, Mixer, Mlp
 
 REFERENCE_FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
 
 
-def _discover() -> tuple[Family, ...]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        found.update({value.family: value for value in vars(module).values() if isinstance(value, Family)})
-    return tuple(sorted(found.values(), key=lambda f: (f.family not in REFERENCE_FAMILIES,
-                                                      REFERENCE_FAMILIES.index(f.family)
-                                                      if f.family in REFERENCE_FAMILIES else 0, f.family)))
+def _order(family: Family) -> tuple:
+    reference = family.family in REFERENCE_FAMILIES
+    return (not reference, REFERENCE_FAMILIES.index(family.family) if reference else 0, family.family)
 
 
-ADAPTERS: tuple[Family, ...] = _discover()
+ADAPTERS: tuple[Family, ...] = tuple(sorted(discover(__name__, Family, lambda f: f.family, "families").values(),
+                                            key=_order))
 FAMILIES: dict[str, Family] = {adapter.family: adapter for adapter in ADAPTERS}
 
 
@@ -57,4 +52,4 @@ def adapter_for(hf_model) -> Family:
 
 
 __all__ = ["ADAPTERS", "COMPONENT_KINDS", "FAMILIES", "MIXER_KINDS", "Block", "Family", "HookedBlock", "Mixer", "Mlp",
-           "adapter_for", "supported_architectures"]
+           "Wrapping", "adapter_for", "supported_architectures"]

@@ -15,14 +15,14 @@ BAMBA = Family(
     family="bamba",
     architectures=("BambaForCausalLM",),
     model_types=("bamba",),
+    final_norm_attr="final_layernorm",
+    wrap_output=lambda hidden: (hidden, None),
     blocks={
         "linear_attention": Block((Mixer("ssm", "mamba", mamba2.add_points, RECURRENT_ARGS),), BAMBA_MLP),
         "full_attention": Block((attention(),), BAMBA_MLP),
     },
-    layer_types=lambda config: config.layers_block_type,
+    block_keys=lambda config: config.layers_block_type,
     tiny=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
               num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2,
               mamba_d_state=16, mamba_chunk_size=8),
-    final_norm_attr="final_layernorm",
-    wrap_output=lambda hidden: (hidden, None),
 )

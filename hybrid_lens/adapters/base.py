@@ -1,7 +1,9 @@
-"""The hooked block: the block-level hook points of one decoder layer, and the plumbing around it.
+"""The hooked block: the block-level hook points of one decoder layer (and of the final norm), and the
+plumbing around it.
 
 `adapters.spec.Family` describes what a family's blocks contain; its generic block forward feeds
-these points.
+these points. `Wrapping` installs the block forwards on a `transformers` model and remembers how to
+undo every change (`HookedHybrid.unwrap`).
 """
 
 from __future__ import annotations
@@ -10,50 +12,62 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from ..hook_points import HookPoint
-from ..mixers.taps import MixerHooks
-from ..vocabulary import has_resid_mid, mixers_of, point_name
+from ..forward_state import current_state
+from ..hook_points import HookPoint, Tap
+from ..layout import Layer
+from ..mixers.taps import MixerHooks, replace_forward
+from ..vocabulary import point_name
 
 
 class HookedBlock(nn.Module):
-    """Block-level hook points of decoder layer `index`.
+    """Block-level hook points of decoder layer `layer.index`.
 
     Holds `hook_resid_pre`, one `hook_{kind}_out` and one `MixerHooks` container per mixer in the
     block, `hook_resid_mid` (only in a block with both mixers and an MLP), `hook_mlp_out` (only
     with an MLP) and `hook_resid_post`.
+
+    Args:
+        layer: The block's entry of the model's `Layout`.
     """
 
-    def __init__(self, index: int, components: tuple[str, ...], spec_key: str = "block"):
+    def __init__(self, layer: Layer):
         super().__init__()
-        self.index = index
-        self.components = components
-        self.mixers = mixers_of(components)
-        self.spec_key = spec_key  # the family's layer type this block follows
+        self.layer = layer
         self.hook_resid_pre = HookPoint()
-        for kind in self.mixers:
+        for kind in layer.mixers:
             self.add_module(point_name(kind), HookPoint())
             self.add_module(kind, MixerHooks())
-        if has_resid_mid(components):
+        if layer.has_resid_mid:
             self.hook_resid_mid = HookPoint()
-        if "mlp" in components:
+        if layer.has_mlp:
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
-        self.stop_here = False  # set by `HookedHybrid.forward(stop_at_layer=index)`
+
+    @property
+    def index(self) -> int:
+        """Block index."""
+        return self.layer.index
 
     def extra_repr(self) -> str:
-        return f"index={self.index}, components={self.components}"
+        return f"index={self.index}, components={self.layer.components}"
 
 
-BlockForward = Callable[..., object]
+class FinalNormHooks(nn.Module):
+    """Holds `ln_final.hook_normalized`: the final norm's output, `Float[Tensor, "batch pos d_model"]`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> _, cache = model.run_with_cache("In the beginning", names_filter="ln_final.hook_normalized")
+        >>> cache["ln_final.hook_normalized"].shape
+        torch.Size([1, 3, 128])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.hook_normalized = HookPoint()
+
+
 Entry = Callable[[Tensor], Tensor]
-
-
-class StopForward(Exception):  # noqa: N818 (a control-flow signal, not an error)
-    """Raised where `HookedHybrid.forward(stop_at_layer=...)` ends; carries the residual stream."""
-
-    def __init__(self, resid: Tensor):
-        super().__init__("stop_at_layer reached")
-        self.resid = resid
 
 
 def is_hooked(layer: nn.Module) -> bool:
@@ -63,10 +77,99 @@ def is_hooked(layer: nn.Module) -> bool:
 
 
 def resid_in(block: HookedBlock, entry: Entry | None, hidden_states):
-    """Pass the block input through `hook_embed` (block 0) and `hook_resid_pre`; stop the forward
-    pass here (`StopForward`) when the block is where `stop_at_layer` ends."""
+    """Pass the block input through `hook_embed` (block 0) and `hook_resid_pre`, telling the running
+    forward's state that the block is entered (it may record the input or stop the pass here)."""
     if entry is not None:
         hidden_states = entry(hidden_states)
-    if block.stop_here:
-        raise StopForward(hidden_states)
+    state = current_state()
+    if state is not None and state.running:
+        state.enter(block.index, hidden_states)
     return block.hook_resid_pre(hidden_states)
+
+
+class Wrapping:
+    """The changes that wrapping made to a `transformers` model: replaced forwards and added torch
+    hooks, each with the function that undoes it.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> hf_model = model.unwrap()                     # the plain transformers model again
+        >>> HookedHybrid.from_hf(hf_model).n_layers      # and it can be wrapped anew
+        8
+    """
+
+    def __init__(self):
+        self._undo: list[Callable[[], None]] = []
+        self._taps: list[Tap] = []
+
+    @staticmethod
+    def check(hf_model: nn.Module, family, layout) -> None:
+        """Refuse a model that is already wrapped, whose layers are not those of its config, or that
+        `family` does not fit (`Family.validate`)."""
+        layers = family.layers(hf_model)
+        if len(layers) != len(layout):
+            raise ValueError(f"Config lists {len(layout)} layers but the model has {len(layers)}.")
+        if any(is_hooked(layer) for layer in layers):
+            raise ValueError("This transformers model is already wrapped by a HookedHybrid; reuse that wrapper.")
+        family.validate(hf_model)
+
+    @classmethod
+    def install(cls, model, layers: nn.ModuleList) -> Wrapping:
+        """Wrap `model.hf_model`: each decoder layer of `layers` runs its `model.blocks` block forward
+        (the inner points of its mixers added), and the final norm feeds `ln_final.hook_normalized`."""
+        wrapping, adapter = cls(), model.adapter
+
+        def entry(hidden_states: Tensor) -> Tensor:  # looked up at call time, like every hook point
+            return model.hook_embed(hidden_states)
+
+        def enter_final_norm(_module, args) -> None:  # the final norm's input is "block n_layers"'s
+            state = current_state()
+            if state is not None and state.running:
+                state.enter(len(layers), args[0])
+
+        for block, layer in zip(model.blocks, layers):
+            forward = adapter.block_forward(block, layer, entry if block.index == 0 else None, wrapping)
+            wrapping.install_block(layer, block, forward, adapter.wrap_output)
+            for tap in adapter.add_inner_points(block, layer, model._pattern_mode):
+                wrapping.add_tap(tap)
+        norm = adapter.final_norm(model.hf_model)
+        wrapping.add_hook(norm.register_forward_pre_hook(enter_final_norm))
+        wrapping.add_hook(norm.register_forward_hook(lambda _module, _args, out: model.ln_final.hook_normalized(out)))
+        wrapping._undo.append(lambda: model._pattern_mode.set_always_on(False))
+        return wrapping
+
+    @property
+    def taps(self) -> list[Tap]:
+        """The taps feeding the inner hook points, switched off by `unwrap`."""
+        return list(self._taps)
+
+    def add_tap(self, tap: Tap) -> None:
+        """Keep a tap, switched off (`always_on` cleared) by `unwrap`."""
+        self._taps.append(tap)
+        self._undo.append(lambda: tap.set_always_on(False))
+
+    def replace_forward(self, module: nn.Module, forward: Callable) -> None:
+        """Make `module` run `forward` until `unwrap`."""
+        self._undo.append(replace_forward(module, forward))
+
+    def add_hook(self, handle) -> None:
+        """Keep a torch hook handle, removed by `unwrap`."""
+        self._undo.append(handle.remove)
+
+    def install_block(self, layer: nn.Module, block: HookedBlock, forward: Callable, wrap_output: Callable) -> None:
+        """Make decoder layer `layer` run `forward`, the hooked block forward of `block`; in a pass
+        entering at a later block it returns the residual stream given for that block instead."""
+
+        def hooked(*args, **kwargs):
+            state = current_state()
+            if state is not None and state.running and state.skips(block.index):
+                return wrap_output(state.resid)
+            return forward(*args, **kwargs)
+
+        hooked.hybrid_lens_block = True
+        self.replace_forward(layer, hooked)
+
+    def unwrap(self) -> None:
+        """Undo every change, last first."""
+        while self._undo:
+            self._undo.pop()()

@@ -24,7 +24,7 @@ GRANITE_MOE_HYBRID = Family(
                                          out_scale="residual_multiplier"),), GRANITE_MLP),
         "full_attention": Block((attention(out_scale="residual_multiplier"),), GRANITE_MLP),
     },
-    layer_types=lambda config: config.layer_types,
+    block_keys=lambda config: config.layer_types,
     tiny=dict(hidden_size=64, intermediate_size=32, shared_intermediate_size=128, num_local_experts=4,
               num_experts_per_tok=2, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
               layer_types=["linear_attention", "full_attention", "linear_attention"], mamba_n_heads=8,

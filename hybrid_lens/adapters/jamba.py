@@ -20,7 +20,7 @@ JAMBA = Family(
         "mamba": Block((Mixer("ssm", "mamba", mamba1.add_points, RECURRENT_ARGS, rest=False),), FEED_FORWARD),
         "attention": Block((attention(),), FEED_FORWARD),
     },
-    layer_types=lambda config: config.layers_block_type,
+    block_keys=lambda config: config.layers_block_type,
     final_norm_attr="final_layernorm",
     # layers: mamba + MoE, attention + MLP, mamba + MLP, attention + MoE
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

@@ -10,20 +10,18 @@ router points `blocks.{i}.mlp.hook_router_*` (`mixers.router`).
 """
 
 from ..mixers import attention as softmax
-from ..mixers import kimi_delta, router
-from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention
-
-MOE = Mlp(points=router.add_points)  # router points on the MoE layers
+from ..mixers import kimi_delta
+from .spec import RECURRENT_ARGS, Block, Family, Mixer, attention, routed
 
 KIMI_LINEAR = Family(
     family="kimi_linear",
     architectures=("KimiLinearForCausalLM",),
     model_types=("kimi_linear",),
     blocks={
-        "linear_attention": Block((Mixer("linear_attn", "self_attn", kimi_delta.add_points, RECURRENT_ARGS),), MOE),
-        "full_attention": Block((attention(points=softmax.add_mla_points),), MOE),
+        "linear_attention": Block((Mixer("linear_attn", "self_attn", kimi_delta.add_points, RECURRENT_ARGS),), routed()),
+        "full_attention": Block((attention(points=softmax.add_mla_points),), routed()),
     },
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=4, kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16,
               v_head_dim=16, linear_num_heads=4, linear_head_dim=16, num_local_experts=4, num_experts_per_tok=2,

@@ -11,8 +11,8 @@ The final norm is named `embedding_norm` although it closes the decoder. In LFM2
 
 from dataclasses import replace
 
-from ..mixers import router, short_conv
-from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention
+from ..mixers import short_conv
+from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention, routed
 
 FFN = Mlp(("feed_forward",), norm="ffn_norm")
 
@@ -30,7 +30,7 @@ LFM2 = Family(
     architectures=("Lfm2ForCausalLM",),
     model_types=("lfm2",),
     blocks=blocks(FFN),
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(TINY, block_auto_adjust_ff_dim=False),
     final_norm_attr="embedding_norm",
 )
@@ -39,6 +39,6 @@ LFM2_MOE = replace(
     family="lfm2_moe",
     architectures=("Lfm2MoeForCausalLM",),
     model_types=("lfm2_moe",),
-    blocks=blocks(replace(FFN, points=router.add_points)),  # router points on the MoE layers
+    blocks=blocks(routed(FFN.modules, norm=FFN.norm)),  # the MoE layers get router points
     tiny=dict(TINY, num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
 )

@@ -5,7 +5,7 @@ to the norm's weight dtype before `norm` and, with `residual_in_fp32` (the defau
 residual in float32, so `hook_resid_*` are float32 in a half-precision model. FalconMamba adds
 weightless RMS norms on dt, B and C inside the mixer (`hook_B` / `hook_C` are after them).
 `output_hidden_states` of these models omits the embeddings in the supported `transformers` releases
-(its entry `i` is the output of block `i`, `hook_resid_post`); `Family.hidden_states_point` reads the
+(its entry `i` is the output of block `i`, `hook_resid_post`); `hybrid_lens.conventions.hidden_states_point` reads the
 convention from the installed release rather than assuming it.
 """
 

@@ -4,7 +4,7 @@ The decoder is `backbone` with final norm `norm_f`; each block holds one Mamba-2
 RMSNorm, no multipliers), so there is no `hook_resid_mid` / `hook_mlp_out`. The norm's input is
 cast to the norm's dtype first, and with `config.residual_in_fp32` (the default) the residual is
 kept in float32. Whether `output_hidden_states` starts with the embeddings depends on the `transformers`
-release (from 5.25 it does; before, its entry `i` is the output of block `i`): `Family.hidden_states_point`
+release (from 5.25 it does; before, its entry `i` is the output of block `i`): `hybrid_lens.conventions.hidden_states_point`
 reads it from the installed one.
 """
 

@@ -27,7 +27,7 @@ MINIMAX = Family(
         "linear_attention": Block((Mixer("linear_attn", "self_attn", lightning.add_points, **SCALES),), MOE),
         "full_attention": Block((attention(**SCALES),), MOE),
     },
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(hidden_size=64, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, block_size=5,
               layer_types=["linear_attention", "linear_attention", "full_attention"],

@@ -22,7 +22,7 @@ NEMOTRON_H = Family(
         "mlp": NEMOTRON_MLP,
         "moe": NEMOTRON_MLP,
     },
-    layer_types=lambda config: config.layers_block_type,
+    block_keys=lambda config: config.layers_block_type,
     tiny=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
               layers_block_type=["linear_attention", "moe", "full_attention", "mlp"], mamba_num_heads=8,
               mamba_head_dim=16, n_groups=2, ssm_state_size=16, chunk_size=8, n_routed_experts=4,

@@ -22,7 +22,7 @@ OLMO_HYBRID = Family(
         "full_attention": Block((attention(norm=None, post_norm="post_attention_layernorm"),),
                                 Mlp(norm=None, post_norm="post_feedforward_layernorm")),
     },
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
               linear_value_head_dim=16),

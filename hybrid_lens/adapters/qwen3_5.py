@@ -15,5 +15,5 @@ QWEN3_5 = Family(
         "linear_attention": Block((Mixer("linear_attn", "linear_attn", gated_deltanet.add_points, RECURRENT_ARGS),)),
         "full_attention": Block((attention(),)),
     },
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
 )

@@ -9,10 +9,10 @@ Qwen3.5's (`mixers.gated_deltanet`), and the attention output gate is `hook_gate
 router points `blocks.{i}.mlp.hook_router_*` (`mixers.router`).
 """
 
-from ..mixers import gated_deltanet, router
-from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention
+from ..mixers import gated_deltanet
+from .spec import RECURRENT_ARGS, Block, Family, Mixer, attention, routed
 
-MOE = Mlp(points=router.add_points)  # router points on the MoE layers
+MOE = routed()  # an MoE in most layers, a dense MLP in `mlp_only_layers`
 
 QWEN3_NEXT = Family(
     family="qwen3_next",
@@ -23,7 +23,7 @@ QWEN3_NEXT = Family(
                                   MOE),
         "full_attention": Block((attention(),), MOE),
     },
-    layer_types=lambda config: config.layer_types[: config.num_hidden_layers],
+    block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
               linear_key_head_dim=16, linear_value_head_dim=16, num_experts=4, num_experts_per_tok=2,

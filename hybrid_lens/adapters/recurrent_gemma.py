@@ -35,7 +35,7 @@ RECURRENT_GEMMA = Family(
         "linear_attention": Block((RECURRENT,), CHANNEL),
         "sliding_attention": Block((attention("temporal_block", norm="temporal_pre_norm"),), CHANNEL),
     },
-    layer_types=lambda config: config.layers_block_type[: config.num_hidden_layers],
+    block_keys=lambda config: config.layers_block_type[: config.num_hidden_layers],
     tiny=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1,
               num_hidden_layers=3, attention_window_size=8),
     final_norm_attr="final_norm",

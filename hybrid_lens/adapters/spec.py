@@ -18,9 +18,10 @@ from operator import attrgetter
 from torch import Tensor, nn
 
 from ..hook_points import Tap
+from ..layout import Layout
 from ..mixers.taps import MixerHooks
 from ..vocabulary import point_name
-from .base import Entry, HookedBlock, resid_in
+from .base import Entry, HookedBlock, Wrapping, resid_in
 
 AddPoints = Callable[[MixerHooks, nn.Module, Tap], list[Tap]]
 Scale = str | float | None
@@ -34,9 +35,9 @@ class Mixer:
         kind: Component kind (`attn`, `linear_attn`, `ssm`, `conv`, ...): its output is `hook_{kind}_out`.
         module: Attribute (or dotted path) of the decoder layer holding the `transformers` mixer.
         points: Its kind's inner hook points (`hybrid_lens.mixers.<kind>.add_points`), or None.
-        args: Layer arguments passed on by keyword (those the layer's forward has);
+        args: Layer arguments passed on by keyword, each an argument of the layer's forward;
             `"attention_mask=mamba_attention_mask"` passes the layer's `mamba_attention_mask` as the
-            mixer's `attention_mask`.
+            mixer's `attention_mask`. None: those of `STANDARD_ARGS` that the layer's forward has.
         rest: Also pass the layer's remaining `**kwargs`.
         norm: Pre-norm attribute (or dotted path) of the layer (None: the mixer reads the residual stream).
         post_norm: Norm applied to the mixer output before it joins the residual (OLMo-Hybrid).
@@ -49,7 +50,7 @@ class Mixer:
     kind: str
     module: str
     points: AddPoints | None = None
-    args: tuple[str, ...] = ("attention_mask", "position_ids", "cache", "use_cache", "position_embeddings")
+    args: tuple[str, ...] | None = None
     rest: bool = True
     norm: str | None = "input_layernorm"
     post_norm: str | None = None
@@ -103,8 +104,8 @@ class Family:
         family: Short name (`qwen3_5`).
         architectures: `transformers` causal-LM class names served.
         model_types: `config.model_type` values served.
-        blocks: Layer type (as `layer_types` returns it) -> its `Block`.
-        layer_types: The layer type of every decoder layer, read from the config.
+        blocks: Block key (as `block_keys` returns it) -> its `Block`.
+        block_keys: The block key of every decoder layer, read from the config.
         tiny: Config fields of a tiny random model of this family (tests, `hybrid-lens models`).
         decoder_attr: Attribute of the causal LM holding the decoder (`model`, `backbone`).
         final_norm_attr: Attribute of the decoder holding the final norm.
@@ -126,7 +127,7 @@ class Family:
     architectures: tuple[str, ...] = ()
     model_types: tuple[str, ...] = ()
     blocks: Mapping[str, Block] = field(default_factory=dict)
-    layer_types: Callable[[object], list[str]] = lambda config: ["block"] * config.num_hidden_layers
+    block_keys: Callable[[object], list[str]] = lambda config: ["block"] * config.num_hidden_layers
     tiny: Mapping[str, object] = field(default_factory=dict)
     decoder_attr: str = "model"
     final_norm_attr: str = "norm"
@@ -138,25 +139,26 @@ class Family:
     residual_fp32: bool = False
     left_padding: bool = True
 
-    def block_of(self, layer_type: str) -> Block:
+    def block_of(self, key: str) -> Block:
+        """The `Block` of block key `key`; `ValueError` naming the known keys otherwise."""
         try:
-            return self.blocks[layer_type]
+            return self.blocks[key]
         except KeyError:
-            raise ValueError(f"Unknown {self.family} layer type {layer_type!r}; known: {sorted(self.blocks)}") from None
+            raise ValueError(f"Unknown {self.family} block key {key!r}; known: {sorted(self.blocks)}") from None
+
+    def layout(self, config) -> Layout:
+        """The `Layout` of a model of this family with `config`: per layer, its block key and what
+        that block holds."""
+        keys = list(self.block_keys(config))
+        blocks = [self.block_of(key) for key in keys]
+        return Layout.of([block.components for block in blocks], [block.residual_terms for block in blocks], keys,
+                         self.additive)
 
     @property
     def layer_kinds(self) -> list[str]:
         """The distinct block kinds, components joined by `+` (`linear_attn+mlp`, `ssm`), as
         `hybrid-lens models` and the coverage table list them."""
         return list(dict.fromkeys("+".join(block.components) for block in self.blocks.values()))
-
-    @property
-    def hidden_states_point(self) -> str:
-        """`resid_pre` or `resid_post`: the point `output_hidden_states[i]` equals under the installed
-        `transformers`, read from its behaviour (`conventions.hidden_states_point`), not assumed."""
-        from .conventions import hidden_states_point
-
-        return hidden_states_point(self.family)
 
     @property
     def additive(self) -> bool:
@@ -179,14 +181,17 @@ class Family:
         bit-identical to `transformers` (a factor or divisor of 1 changes nothing)."""
         return logits * self.logit_scale(hf_model) / self.logit_divisor(hf_model)
 
-    def block_forward(self, block: HookedBlock, layer: nn.Module, entry: Entry | None) -> Callable[..., object]:
+    def block_forward(self, block: HookedBlock, layer: nn.Module, entry: Entry | None,
+                      wrapping: Wrapping) -> Callable[..., object]:
         """A replacement for `layer.forward` that runs `block`'s recipe through its hook points.
 
         `entry` (block 0 only) calls `hook_embed`, before `hook_resid_pre`. Hook points are looked
         up on `block` at call time, so a module put in a hook point's place (an SAE) takes effect.
+        A family whose block forward changes other modules too does so through `wrapping`.
         """
-        spec = self.block_of(block.spec_key)
+        spec = self.block_of(block.layer.block_key)
         bind = argument_binder(type(layer).forward)
+        arguments = {mixer.kind: layer_arguments(mixer, layer) for mixer in spec.mixers}
         fp32 = self.residual_fp32 and getattr(layer, "residual_in_fp32", False)
 
         def norm(attr: str | None, x: Tensor) -> Tensor:
@@ -197,7 +202,7 @@ class Family:
 
         def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict) -> Tensor:
             x = scaled(normed, layer, mixer.in_scale)
-            kwargs = {name: named[source] for name, source in map(renamed, mixer.args) if source in named}
+            kwargs = {name: named[source] for name, source in arguments[mixer.kind] if source in named}
             out = first(attrgetter(mixer.module)(layer)(x, **kwargs, **(rest if mixer.rest else {})))
             out = scaled(norm(mixer.post_norm, out), layer, mixer.out_scale)
             return getattr(block, point_name(mixer.kind))(out)  # looked up at call time (an SAE may replace it)
@@ -234,6 +239,49 @@ class Family:
 
         return forward
 
+    def validate(self, hf_model: nn.Module) -> None:
+        """Check that this adapter fits `hf_model`: the decoder, its layers and final norm, and in every
+        layer each module, norm and scale path of its block and each argument its mixers read.
+
+        Raises `ValueError` naming the family, the block key, the field and what is missing.
+
+        Examples:
+            >>> from dataclasses import replace
+            >>> from hybrid_lens.adapters import FAMILIES
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> broken = replace(FAMILIES["qwen2"], blocks={"block": Block((attention(norm="ln_1"),))})
+            >>> broken.validate(model.hf_model)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: qwen2 adapter, block 'block', mixers[0] (attn).norm: 'ln_1' is not an attribute of layer 0 (Qwen2DecoderLayer)...
+        """
+        for attr in (self.decoder_attr, f"{self.decoder_attr}.layers", f"{self.decoder_attr}.{self.final_norm_attr}"):
+            _resolve(hf_model, attr, f"{self.family} adapter, field decoder_attr/final_norm_attr", "the model")
+        for index, (key, layer) in enumerate(zip(self.block_keys(hf_model.config), self.layers(hf_model))):
+            block = self.block_of(key)
+            where = f"layer {index} ({type(layer).__name__})"
+            for i, mixer in enumerate(block.mixers):
+                field_of = f"{self.family} adapter, block {key!r}, mixers[{i}] ({mixer.kind})"
+                for name in ("module", "norm", "post_norm"):
+                    _resolve(layer, getattr(mixer, name), f"{field_of}.{name}", where)
+                for name in ("in_scale", "out_scale", "normed_skip"):
+                    _resolve(layer, getattr(mixer, name), f"{field_of}.{name}", where, module=False)
+                parameters = forward_parameters(layer)
+                missing = [source for _, source in layer_arguments(mixer, layer) if source not in parameters]
+                if missing:
+                    raise ValueError(f"{field_of}.args: {missing} are not arguments of the forward of {where}; "
+                                     f"it takes {parameters}.")
+            if block.mlp is not None:
+                field_of = f"{self.family} adapter, block {key!r}, mlp"
+                modules = [_resolve(layer, attr, f"{field_of}.modules", where, optional=True)
+                           for attr in block.mlp.modules]
+                if not any(module is not None for module in modules):
+                    raise ValueError(f"{field_of}.modules: none of {block.mlp.modules} is a module of {where}.")
+                for name in ("norm", "post_norm"):
+                    _resolve(layer, getattr(block.mlp, name), f"{field_of}.{name}", where)
+                for name in ("out_scale", "normed_skip"):
+                    _resolve(layer, getattr(block.mlp, name), f"{field_of}.{name}", where, module=False)
+
     def norm(self, layer: nn.Module, attr: str | None, x: Tensor) -> Tensor:
         """The norm `attr` of `layer` applied to `x` (None: `x`)."""
         if attr is None:
@@ -246,7 +294,7 @@ class Family:
         stream before it: the stream itself, or with `normed_skip` (MiniMax) its normed input times
         that scale (in a parallel block, only the first mixer's may be set). `resid_post` is the skip
         paths and the `Block.residual_terms` applied in turn."""
-        spec = self.block_of(block.spec_key)
+        spec = self.block_of(block.layer.block_key)
         part = spec.mlp if kind == "mlp" else next(m for m in spec.mixers if m.kind == kind)
         if part.normed_skip is None:
             return lambda stream: stream
@@ -255,7 +303,7 @@ class Family:
     def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
         """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
         `hook_pattern`) and of its MLP (`Mlp.points`); return their taps."""
-        taps, spec = [], self.block_of(block.spec_key)
+        taps, spec = [], self.block_of(block.layer.block_key)
         for mixer in spec.mixers:
             if mixer.points is not None:
                 taps += mixer.points(getattr(block, mixer.kind), attrgetter(mixer.module)(layer), pattern_mode)
@@ -264,6 +312,20 @@ class Family:
             for module in filter(None, (attrgetter(attr)(layer) for attr in spec.mlp.modules)):
                 taps += spec.mlp.points(block.mlp, module, pattern_mode)
         return taps
+
+
+def _resolve(owner: nn.Module, path: Scale, field: str, where: str, module: bool = True, optional: bool = False):
+    """`owner`'s attribute at dotted `path` (a number or None: nothing to resolve); `ValueError` naming
+    `field` unless it exists (and, with `module`, is a module, or None when `optional`)."""
+    if not isinstance(path, str):
+        return None
+    try:
+        value = attrgetter(path)(owner)
+    except AttributeError:
+        raise ValueError(f"{field}: {path!r} is not an attribute of {where}.") from None
+    if module and not (value is None and optional) and not isinstance(value, nn.Module):
+        raise ValueError(f"{field}: {path!r} of {where} is {type(value).__name__}, not a module.")
+    return value
 
 
 def renamed(arg: str) -> tuple[str, str]:
@@ -315,4 +377,26 @@ def attention(module: str = "self_attn", points: AddPoints | None = None, **fiel
     return Mixer("attn", module, points or softmax.add_points, **fields)
 
 
+def routed(modules: tuple[str, ...] = ("mlp",), **fields) -> Mlp:
+    """An `Mlp` that is a mixture of experts in some layers: those get the router's inner points
+    (`blocks.{i}.mlp.hook_router_*`, `hybrid_lens.mixers.router`)."""
+    from ..mixers import router
+
+    return Mlp(modules, points=router.add_points, **fields)
+
+
 RECURRENT_ARGS = ("cache", "attention_mask")  # what a recurrent mixer receives besides **kwargs
+STANDARD_ARGS = ("attention_mask", "position_ids", "cache", "use_cache", "position_embeddings")
+
+
+def forward_parameters(layer: nn.Module) -> list[str]:
+    """The named parameters of `layer`'s forward (without `self`; the first is the residual stream)."""
+    parameters = list(inspect.signature(type(layer).forward).parameters.values())[1:]
+    return [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def layer_arguments(mixer: Mixer, layer: nn.Module) -> list[tuple[str, str]]:
+    """`(mixer argument, layer argument)` pairs that `mixer` receives in `layer` (see `Mixer.args`)."""
+    if mixer.args is None:
+        return [(name, name) for name in STANDARD_ARGS if name in forward_parameters(layer)]
+    return [renamed(arg) for arg in mixer.args]

@@ -23,7 +23,7 @@ import torch
 
 from ..hook_points import HookPoint
 from ..mixers import mamba2
-from ..mixers.taps import add_projection_point, replace_forward
+from ..mixers.taps import add_projection_point
 from .base import resid_in
 from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention, first
 
@@ -31,9 +31,9 @@ from .spec import RECURRENT_ARGS, Block, Family, Mixer, Mlp, attention, first
 class SharedBlockFamily(Family):
     """A `Family` whose `hybrid` layers run Zamba2's shared transformer before the layer's Mamba decoder."""
 
-    def block_forward(self, block, layer, entry):
-        if block.spec_key != "hybrid":
-            return super().block_forward(block, layer, entry)
+    def block_forward(self, block, layer, entry, wrapping):
+        if block.layer.block_key != "hybrid":
+            return super().block_forward(block, layer, entry, wrapping)
         block.add_module("hook_shared_out", HookPoint())
         shared, decoder = layer.shared_transformer, layer.mamba_decoder
 
@@ -44,7 +44,7 @@ class SharedBlockFamily(Family):
             out = decoder.mamba(hidden_states=normed, cache=cache, attention_mask=attention_mask, **kwargs)
             return block.hook_resid_post(resid + block.hook_ssm_out(out))
 
-        replace_forward(decoder, mamba_forward)
+        wrapping.replace_forward(decoder, mamba_forward)
 
         def forward(hidden_states, original_hidden_states, layer_idx, attention_mask=None, causal_mask=None,
                     cache=None, use_cache=False, position_embeddings=None, position_ids=None, **kwargs):
@@ -62,7 +62,7 @@ class SharedBlockFamily(Family):
 
     def add_inner_points(self, block, layer, pattern_mode):
         taps = super().add_inner_points(block, layer, pattern_mode)
-        attn = layer.shared_transformer.self_attn if block.spec_key == "hybrid" else None
+        attn = layer.shared_transformer.self_attn if block.layer.block_key == "hybrid" else None
         if attn is not None and attn.config.use_shared_attention_adapter:
             index = attn.layer_dic[block.index]  # the adapters of this depth
             for name, proj in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj)):
@@ -78,11 +78,12 @@ ZAMBA2 = SharedBlockFamily(
     model_types=("zamba2",),
     blocks={
         "linear_attention": Block((Mixer("ssm", "mamba", mamba2.add_points, RECURRENT_ARGS),), mlp=None),
-        "hybrid": Block((attention("shared_transformer.self_attn"), Mixer("ssm", "mamba_decoder.mamba", mamba2.add_points)),
+        "hybrid": Block((attention("shared_transformer.self_attn", norm="shared_transformer.input_layernorm"),
+                         Mixer("ssm", "mamba_decoder.mamba", mamba2.add_points, norm="mamba_decoder.input_layernorm")),
                         Mlp(("shared_transformer.feed_forward",), norm="shared_transformer.pre_ff_layernorm"),
                         feeds_mixer=("attn", "mlp")),
     },
-    layer_types=lambda config: config.layers_block_type[: config.num_hidden_layers],
+    block_keys=lambda config: config.layers_block_type[: config.num_hidden_layers],
     final_norm_attr="final_layernorm",
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, n_mamba_heads=4,
               mamba_d_state=16, chunk_size=8, num_mem_blocks=1, use_shared_attention_adapter=True, adapter_rank=8,

@@ -5,10 +5,10 @@ from .attribution import direct_logit_attribution, frozen_final_norm, logit_attr
 from .contributions import compared_paths, contributions_html, token_contributions
 from .correlation import correlation, metric_impact_correlation
 from .logit_lens import decode_resid, logit_lens_kl, logit_lens_logits, logit_lens_top_k
-from .metrics import ablation_kl, default_ablation, hidden_state_metrics, layer_metrics
+from .metrics import ablation_kl, hidden_state_metrics, layer_metrics
 
 __all__ = [
-    "ablation_kl", "compared_paths", "contributions_html", "correlation", "decode_resid", "default_ablation",
+    "ablation_kl", "compared_paths", "contributions_html", "correlation", "decode_resid",
     "direct_logit_attribution", "frozen_final_norm", "hidden_state_metrics", "layer_metrics", "logit_attribution",
     "logit_direction", "logit_lens_kl", "logit_lens_logits", "logit_lens_top_k", "metric_impact_correlation",
     "token_contributions",

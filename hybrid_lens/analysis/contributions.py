@@ -18,11 +18,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..cache import ActivationCache
-from ..vocabulary import ComponentLabel, mixers_of
+from ..vocabulary import KINDS, ComponentLabel, mixers_of
 from .attribution import logit_attribution
-
-PATH_COLORS = {"attn": (214, 39, 40), "linear_attn": (44, 160, 44), "ssm": (31, 119, 180), "conv": (148, 103, 189),
-               "mlp": (127, 127, 127)}
 
 
 def compared_paths(components: tuple[str, ...]) -> tuple[str, str] | None:
@@ -30,11 +27,11 @@ def compared_paths(components: tuple[str, ...]) -> tuple[str, str] | None:
     mixer vs the MLP when it has one; None for a block with a single component (nothing to compare).
 
     Args:
-        components: One entry of `HookedHybrid.layer_components`.
+        components: A block's components (`model.layout[i].components`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> compared_paths(model.layer_components[0])
+        >>> compared_paths(model.layout[0].components)
         ('attn', 'ssm')
         >>> compared_paths(("linear_attn", "mlp")), compared_paths(("ssm",))
         (('linear_attn', 'mlp'), None)
@@ -96,10 +93,11 @@ def token_contributions(
     dla, labels = logit_attribution(model, cache, target)
     dla = dla[:, batch].cpu()
     frames = []
-    for layer, components in enumerate(cache.residual_terms):
-        if compared_paths(components) is None:
+    for layer in cache.layout:
+        if compared_paths(layer.residual_terms) is None:
             continue
-        path, other = compared_paths(components)
+        path, other = compared_paths(layer.residual_terms)
+        layer = layer.index
         norms = [cache[f"{kind}_out", layer][batch].float().norm(dim=-1).cpu() for kind in (path, other)]
         direct = [dla[labels.index(ComponentLabel(layer, kind))] for kind in (path, other)]
         frames.append(pd.DataFrame(dict(
@@ -116,7 +114,7 @@ def token_contributions(
 
 
 def _token_span(token: str, share: float, path: str, other: str) -> str:
-    red, green, blue = PATH_COLORS[path if share >= 0.5 else other]
+    red, green, blue = KINDS[path if share >= 0.5 else other].colour
     alpha = abs(2 * share - 1)
     text = html.escape(token.replace("\n", "\u21b5").replace("\t", "\u21e5"))
     return (f'<span class="hl-tok" style="background-color: rgba({red}, {green}, {blue}, {alpha:.3f}); '
@@ -124,15 +122,16 @@ def _token_span(token: str, share: float, path: str, other: str) -> str:
 
 
 def _kind_label(kind: str) -> str:
-    red, green, blue = PATH_COLORS[kind]
+    red, green, blue = KINDS[kind].colour
     return f'<b style="color: rgb({red}, {green}, {blue})">{html.escape(kind)}</b>'
 
 
 def contributions_html(table: pd.DataFrame, share: str = "norm_share") -> str:
     """Colored text of a `token_contributions` table: one row per layer, one span per token.
 
-    A token's background has the color of the path with the larger share (attention red, SSM blue,
-    linear attention green, short convolution purple, MLP grey) and opacity `|2 * share - 1|`: white
+    A token's background has the color of the path with the larger share (each kind's declared
+    colour: attention red, SSM blue, linear attention green, short convolution purple, MLP grey) and
+    opacity `|2 * share - 1|`: white
     where both paths contribute equally, solid where one path does everything.
 
     Args:

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from ..cache import ActivationCache
 from ..interventions import Condition, ablation_of, kl_divergence, run_conditions
-from ..vocabulary import layer_type
 from ._shared import Reduction, check_reduction, tidy_table
 from .logit_lens import logit_lens_kl
 
@@ -55,47 +54,28 @@ def hidden_state_metrics(cache: ActivationCache, reduction: Reduction = "mean") 
         60
     """
     entries = []
-    for layer, (components, mixers) in enumerate(zip(cache.layer_components, cache.layer_mixers)):
+    for block in cache.layout:
+        layer, kind = block.index, block.type
         pre = cache["resid_pre", layer].float()
         post = cache["resid_post", layer].float()
         pre_norm = pre.norm(dim=-1)
-        kind = layer_type(mixers)
 
         def keys(component: str, metric: str) -> dict:
             return dict(layer=layer, layer_kind=kind, component=component, metric=metric)
 
         entries.append((keys("block", "norm_change"), (post - pre).norm(dim=-1) / pre_norm))
         entries.append((keys("block", "cosine"), F.cosine_similarity(pre, post, dim=-1)))
-        for component in components:
+        for component in block.components:
             output = cache[f"{component}_out", layer].float()
             entries.append((keys(component, "output_ratio"), output.norm(dim=-1) / pre_norm))
     return tidy_table(entries, reduction)
-
-
-def default_ablation(component: str, layer: int) -> Condition:
-    """Zero the component's output (parallel zeroing); `block` skips the whole layer (sequential skip).
-
-    The default `ablate` of `ablation_kl` and `layer_metrics`.
-
-    Args:
-        component: `attn`, `linear_attn`, `ssm`, `mlp` or `block`.
-        layer: Block index.
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> default_ablation("ssm", 3).name, default_ablation("block", 3).name
-        ('ssm_zero', 'skip_layer')
-        >>> with default_ablation("ssm", 3).apply(model):
-        ...     logits = model("In the beginning")
-    """
-    return ablation_of(component, layer)
 
 
 @torch.no_grad()
 def ablation_kl(
     model,
     input,
-    ablate: Ablation = default_ablation,
+    ablate: Ablation = ablation_of,
     components: Sequence[str] | None = None,
     batch_size: int = 8,
     reduction: Reduction = "mean",
@@ -107,8 +87,9 @@ def ablation_kl(
         input: one text or unpadded token ids `[batch, pos]`.
         ablate: `(component, layer) -> Condition`; default zeroes mixers and MLPs and skips blocks.
             E.g. `lambda c, l: mean(c, reference, layers=l)` for mean ablation.
-        components: which of `attn`, `linear_attn`, `ssm`, `mlp`, `block` to ablate (default all
-            present; the paper used `("ssm", "attn")` on Falcon-H1 and `("block",)` on Qwen3.5).
+        components: which component kinds (`attn`, `linear_attn`, `ssm`, `conv`, `mlp`) or `block` to
+            ablate (default all present; the paper used `("ssm", "attn")` on Falcon-H1 and `("block",)`
+            on Qwen3.5).
         batch_size: ablated runs per forward pass (their logits, `batch_size x batch x pos x vocab`,
             are held at once).
         reduction: mean over tokens, or per token (`"none"`).
@@ -130,8 +111,8 @@ def ablation_kl(
     check_reduction(reduction)
     jobs = [
         (layer, component)
-        for layer, layer_components in enumerate(model.layer_components)
-        for component in (*layer_components, "block")
+        for layer in range(model.n_layers)
+        for component in (*model.layout[layer].components, "block")
         if components is None or component in components
     ]
     if not jobs:
@@ -152,7 +133,7 @@ def layer_metrics(
     model,
     input,
     reduction: Reduction = "mean",
-    ablate: Ablation = default_ablation,
+    ablate: Ablation = ablation_of,
     components: Sequence[str] | None = None,
     batch_size: int = 8,
 ) -> pd.DataFrame:

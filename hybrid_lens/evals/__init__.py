@@ -3,7 +3,7 @@ benchmarks scored as lm-evaluation-harness scores them."""
 
 from .data import TaskDataError, wikitext2
 from .perplexity import PaperPerplexity, PerplexityResult, exp_or_inf, paper_perplexity, perplexity, window_spans
-from .scoring import cache_safe, choice_metrics, encode_pair, greedy_until, loglikelihoods
+from .scoring import choice_metrics, encode_pair, greedy_until, loglikelihoods
 from .tasks import (
     TASKS,
     Task,
@@ -19,7 +19,7 @@ from .tasks import (
 
 __all__ = [
     "TASKS", "PaperPerplexity", "PerplexityResult", "Task", "TaskDataError", "TaskResult", "arc_challenge",
-    "cache_safe", "choice_metrics", "encode_pair", "evaluate", "exp_or_inf", "get_task", "greedy_until", "gsm8k_cot",
+    "choice_metrics", "encode_pair", "evaluate", "exp_or_inf", "get_task", "greedy_until", "gsm8k_cot",
     "hellaswag", "loglikelihoods", "mmlu", "paper_perplexity", "perplexity", "truthfulqa_mc", "wikitext2",
     "window_spans",
 ]

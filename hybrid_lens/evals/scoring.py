@@ -13,7 +13,6 @@ tests).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -303,18 +302,6 @@ def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold
 
 
 # --- generation --------------------------------------------------------------------------------
-def cache_safe(condition: Condition | None) -> bool:
-    """Deprecated: use `Condition.cache_safe` (None, the clean model, is cache-safe).
-
-    Examples:
-        >>> cache_safe(zero("ssm")), cache_safe(None), cache_safe(noise("ssm", 0.1))
-        (True, True, False)
-    """
-    warnings.warn("hybrid_lens.evals.cache_safe is deprecated; use Condition.cache_safe.", DeprecationWarning,
-                  stacklevel=2)
-    return condition is None or condition.cache_safe
-
-
 @torch.no_grad()
 def greedy_until(
     model,

@@ -1,6 +1,14 @@
-"""Interventions: selectors, ablations as hook functions, composable conditions, batching, patching."""
+"""Interventions: selectors, interventions as hook functions, composable conditions, sweeps, patching.
 
-from .ablations import Intervention, Mean, Noise, Patch, Resample, Scale, SkipLayer, Zero
+Every module of this package is imported here, so every `Intervention` subclass registers (by its
+`type`, for `Intervention.from_dict`) and is exported by its class name, wherever it is defined.
+"""
+
+import importlib
+import pkgutil
+
+from .base import REGISTRY, Intervention
+from .attribution import attribution_patch
 from .conditions import (
     Condition,
     ablation_of,
@@ -13,17 +21,19 @@ from .conditions import (
     skip_layer,
     zero,
 )
-from .attribution import attribution_patch
-from .knockout import EdgeKnockout, knockout
+from .knockout import knockout
 from .patching import component_selectors, kl_divergence, kl_metric, logit_diff_metric, patch
 from .selectors import THIRDS, Selector, Target, layer_thirds
-from .state_patching import PatchState, patch_state
+from .state_patching import patch_state
 from .sweep import Sweep, as_sweep, first_layer, run_conditions
 
-__all__ = [
-    "Condition", "EdgeKnockout", "Intervention", "Mean", "Noise", "Patch", "PatchState", "Resample", "Scale",
-    "Selector", "SkipLayer", "Sweep", "THIRDS", "Target", "Zero", "ablation_of", "as_sweep", "attribution_patch",
-    "component_selectors", "first_layer", "kl_divergence", "kl_metric", "knockout", "layer_thirds",
-    "logit_diff_metric", "mean", "mixer_off", "noise", "patch", "patch_from", "patch_state", "resample",
-    "run_conditions", "scale", "skip_layer", "zero",
-]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+globals().update({cls.__name__: cls for cls in REGISTRY.values()})
+
+__all__ = sorted([
+    "Condition", "Intervention", "Selector", "Sweep", "THIRDS", "Target", "ablation_of", "as_sweep",
+    "attribution_patch", "component_selectors", "first_layer", "kl_divergence", "kl_metric", "knockout",
+    "layer_thirds", "logit_diff_metric", "mean", "mixer_off", "noise", "patch", "patch_from", "patch_state",
+    "resample", "run_conditions", "scale", "skip_layer", "zero", *(cls.__name__ for cls in REGISTRY.values()),
+])

@@ -4,30 +4,36 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..forward_state import ForwardState, current_state, state_of_call
 from ..tokens import real_positions
-from .ablations import HookFn, Intervention, Mean, Noise, Patch, Resample, Scale, SkipLayer, Zero, reading_positions
+from .ablations import Noise, Scale, SkipLayer, Zero
+from .base import HookFn, Intervention
+from .reference import Mean, Patch, Resample
 from .selectors import Layers, Positions, Selector
 
 
 def _restrict(fn: HookFn, selector: Selector, rows: slice | None, model) -> HookFn:
     """Apply `fn` only to batch `rows` and the selector's positions (counted in real tokens per row,
-    see `Selector.position_mask`); leave the rest untouched. `fn` sees those rows' real-token
-    positions through `row_positions()`."""
+    see `Selector.position_mask`); leave the rest untouched. `fn` runs in the forward state of those
+    rows, so `row_positions()` gives their real-token positions."""
 
     def hook(value: Tensor, hook) -> Tensor:
         part = value if rows is None else value[rows]
         pos_dim = 2 if hook.name.endswith("hook_pattern") else 1
-        positions = model.real_positions
-        if positions is None or positions.shape[-1] != part.shape[pos_dim]:  # outside a forward of `model`
+        state = current_state()
+        if state is None or not state.running or state.model is not model:  # outside a forward of `model`
+            state = ForwardState(model, running=True)
+        positions = state.positions
+        if positions is None or positions.shape[-1] != part.shape[pos_dim]:
             positions = real_positions(None, value.shape[0], part.shape[pos_dim]).to(part.device)
         positions = positions if rows is None else positions[rows]
-        with reading_positions(positions):
+        with replace(state, positions=positions).active():
             new = fn(part, hook)
         if new is part:
             return value
@@ -90,9 +96,9 @@ class Condition:
     @property
     def cache_safe(self) -> bool:
         """Whether the condition acts on each token alone, so a KV/state cache gives the same result
-        as recomputing the whole sequence at every step: zero, scale, skip_layer and global mean
-        ablations at all positions qualify; positional selectors, inner points, noise, resample and
-        patch do not.
+        as recomputing the whole sequence at every step: every intervention is `cache_safe` (zero,
+        scale, skip_layer, a global mean) and acts at all positions of block-level points
+        (positional selectors and inner points are not).
 
         Examples:
             >>> zero("ssm").cache_safe, skip_layer([2, 3]).cache_safe, Condition().cache_safe
@@ -100,12 +106,8 @@ class Condition:
             >>> zero("attn", positions=slice(0, 4)).cache_safe, noise("ssm", 0.1).cache_safe
             (False, False)
         """
-        return all(
-            selector.positions is None and selector.point is None
-            and (isinstance(intervention, (Zero, Scale, SkipLayer))
-                 or (isinstance(intervention, Mean) and not intervention.per_position))
-            for selector, intervention in self.items
-        )
+        return all(selector.positions is None and selector.point is None and intervention.cache_safe
+                   for selector, intervention in self.items)
 
     def fwd_hooks(self, model, rows: slice | None = None) -> list[tuple[str, HookFn]]:
         """`(hook_name, fn)` pairs for `model` (runs any reference passes first).
@@ -122,12 +124,13 @@ class Condition:
         """
         hooks = []
         for selector, intervention in self.items:
-            targets = selector.targets(model.layer_components)
+            targets = selector.targets(model.layout)
             for target in targets:
                 for name in target.hook_names:
                     if name not in model.hook_dict:
                         model.resolve_hook_names(name)  # raises with the closest valid names
-            intervention.prepare(model, targets)
+            if intervention.needs_reference:
+                intervention.prepare(model, targets)
             for target in targets:
                 hooks += [(name, _restrict(fn, selector, rows, model)) for name, fn in intervention.hook_fns(target)]
         return hooks
@@ -149,7 +152,9 @@ class Condition:
     def nnsight_editor(self, model):
         """A function to call inside an nnsight trace of `model.nnsight()` that applies this condition.
 
-        Reference passes run now, outside the trace. Edits are applied in execution order.
+        Reference passes run now, outside the trace. Edits are applied in execution order, in the
+        forward state of the traced call (read from the trace's inputs: nnsight runs the edits apart
+        from the model's own pass), so positions count real tokens per row as in a hooked run.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -164,11 +169,13 @@ class Condition:
         hooks = sorted(self.fwd_hooks(model), key=lambda pair: model.hook_order[pair[0]])
 
         def edit(view) -> None:
-            for name, fn in hooks:
-                envoy = view
-                for part in name.split("."):
-                    envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-                envoy.output = fn(envoy.output, model.hook_dict[name])
+            args, kwargs = view.inputs
+            with state_of_call(model, args, kwargs).active():
+                for name, fn in hooks:
+                    envoy = view
+                    for part in name.split("."):
+                        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+                    envoy.output = fn(envoy.output, model.hook_dict[name])
 
         return edit
 

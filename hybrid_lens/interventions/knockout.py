@@ -1,4 +1,5 @@
-"""Edge knockout: cut token-to-token routes inside attention, Gated DeltaNet and Mamba-2 mixers."""
+"""Edge knockout: cut token-to-token routes inside every mixer with a `hook_pattern`: softmax attention and the
+implicit attention of the linear mixers (the kinds whose declaration has a `pattern`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..vocabulary import MIXER_KINDS, hook_name
-from .ablations import Intervention, row_positions
+from ..vocabulary import KINDS, hook_name
+from .base import Intervention, row_positions
 from .conditions import Condition
 from .selectors import Layers, Selector, Target
 
@@ -69,6 +70,8 @@ class EdgeKnockout(Intervention):
     heads: Sequence[int] | None = None
     renormalize: bool = True
     type: ClassVar[str] = "knockout"
+    on_patterns: ClassVar[bool] = True
+
 
     def __post_init__(self):
         self.keys = _indices("keys", self.keys, allow_empty=True)
@@ -84,9 +87,10 @@ class EdgeKnockout(Intervention):
             >>> [name for name, fn in EdgeKnockout(keys=[0]).hook_fns(Target(2, "ssm"))]
             ['blocks.2.ssm.hook_pattern']
         """
-        if target.kind not in MIXER_KINDS or target.point not in (None, "hook_pattern"):
-            raise ValueError(f"knockout acts on mixers {MIXER_KINDS} (their hook_pattern), not {target}.")
-        renormalize = self.renormalize and target.kind == "attn"
+        with_pattern = [name for name, kind in KINDS.items() if kind.pattern is not None]
+        if target.kind not in with_pattern or target.point not in (None, "hook_pattern"):
+            raise ValueError(f"knockout acts on mixers {tuple(with_pattern)} (their hook_pattern), not {target}.")
+        renormalize = self.renormalize and KINDS[target.kind].pattern == "softmax"
         return [(hook_name(target.layer, target.kind, "hook_pattern"),
                  lambda value, hook: self.cut(value, renormalize))]
 
@@ -119,10 +123,15 @@ class EdgeKnockout(Intervention):
             edited = torch.where(cut.any(-1, keepdim=True).to(pattern.device), renormalized, edited)
         return edited
 
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): cut the routes from the first two tokens to the last one in every mixer of block 1."""
+        return Selector("mixer", layers=1), cls(keys=[0, 1], queries=[-1])
+
 
 def knockout(kind: str, keys: int | Sequence[int], queries: int | Sequence[int] | None = None, layers: Layers = None,
              heads: int | Sequence[int] | None = None, renormalize: bool = True, name: str = "") -> Condition:
-    """Cut the routes from `keys` to `queries` in `kind` mixers (`attn`, `linear_attn`, `ssm` or `mixer`).
+    """Cut the routes from `keys` to `queries` in `kind` mixers (a mixer kind with a pattern, or `mixer`).
 
     See `EdgeKnockout`. `name` defaults to `{kind}_knockout`.
 

@@ -10,8 +10,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..vocabulary import COMPONENT_KINDS, RESID_KINDS
-from .ablations import Patch
+from ..vocabulary import COMPONENT_KINDS
+from .reference import Patch
 from .conditions import Condition
 from .sweep import run_conditions
 from .selectors import KINDS, Selector, Target
@@ -87,8 +87,7 @@ def component_selectors(model, kinds: Sequence[str] | None = None) -> list[Selec
         ['attn', 'linear_attn', 'mlp', 'resid_pre']
     """
     kinds = kinds or (*COMPONENT_KINDS, "resid_pre")
-    present = {kind for components in model.layer_components for kind in components} | set(RESID_KINDS)
-    return [Selector(kind) for kind in kinds if kind in present]
+    return [Selector(kind) for kind in kinds if model.layout.layers_with(kind)]
 
 
 def same_shape_tokens(model, clean, corrupt) -> tuple[Tensor, Tensor]:
@@ -126,7 +125,7 @@ def patch_jobs(model, where: Selector | Sequence[Selector] | None, positions: Se
     jobs = [
         (target, None if positions is None else p)
         for selector in selectors
-        for target in selector.targets(model.layer_components)
+        for target in selector.targets(model.layout)
         for p in ([None] if positions is None else positions)
     ]
     if any(t.kind not in KINDS or t.kind == "block" for t, _ in jobs):

@@ -11,10 +11,11 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..vocabulary import COMPONENT_KINDS, MIXER_KINDS, RESID_KINDS, has_resid_mid, hook_name, mixers_of
+from ..layout import Layout, selector_kinds
+from ..vocabulary import MIXER_KINDS, hook_name
 
 THIRDS = ("early", "middle", "late")
-KINDS = (*COMPONENT_KINDS, "mixer", "block", *RESID_KINDS)
+KINDS = selector_kinds()
 SELECTOR_KEYS = {"kind", "layers", "positions", "point"}
 Layers = None | int | str | Sequence[int]
 Positions = None | int | slice | Sequence[int]
@@ -87,8 +88,9 @@ class Selector:
     """Where an intervention applies.
 
     Args:
-        kind: `attn`, `linear_attn`, `ssm`, `mlp`, `mixer` (every mixer of the layer), `block`
-            (the whole layer), or a residual point `resid_pre` / `resid_mid` / `resid_post`.
+        kind: A component kind (`attn`, `linear_attn`, `ssm`, `conv`, `mlp`), `mixer` (every mixer
+            of the layer), `block` (the whole layer), or a residual point `resid_pre` / `resid_mid` /
+            `resid_post`.
         layers: None (all), an index, a list of indices, or `early` / `middle` / `late` (thirds).
         positions: None (all tokens), an index, a slice, or a list of token positions.
         point: an inner hook point of the mixer `kind` (e.g. `hook_v`), instead of its output.
@@ -96,7 +98,7 @@ class Selector:
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> early_ssm = Selector("ssm", layers="early")      # every SSM output in the first third
-        >>> [target.layer for target in early_ssm.targets(model.layer_components)]
+        >>> [target.layer for target in early_ssm.targets(model.layout)]
         [0, 1, 2, 3]
         >>> late_attn = Selector("attn", layers=[-2, -1], positions=slice(1, 3))
         >>> with Condition.of(late_attn, Zero()).apply(model):
@@ -148,33 +150,31 @@ class Selector:
             raise ValueError(f"Layers {bad} out of range for a model with {n_layers} layers.")
         return [layer % n_layers for layer in layers]
 
-    def targets(self, layer_components: list[tuple[str, ...]]) -> list[Target]:
-        """The targets on a model with these per-layer components; raises if there are none.
+    def targets(self, layout: Layout) -> list[Target]:
+        """The targets on a model with this `Layout`; raises if there are none.
 
         Layers without the selected kind are skipped (on Qwen3.5, `attn` selects only the
         full-attention layers; on Nemotron-H, `mlp` only the MLP blocks); `mixer` gives one
         target per mixer of each layer; `resid_mid` exists in blocks with mixers and an MLP.
 
         Args:
-            layer_components: `HookedHybrid.layer_components` (mixer kinds, then `mlp` if present).
+            layout: The model's `Layout` (`model.layout`).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-            >>> Selector("attn").targets(model.layer_components)
+            >>> Selector("attn").targets(model.layout)
             [Target(layer=3, kind='attn', point=None), Target(layer=7, kind='attn', point=None)]
         """
         found = []
-        for layer in self.layer_indices(len(layer_components)):
-            components = layer_components[layer]
+        for layer in (layout[i] for i in self.layer_indices(len(layout))):
             if self.kind == "mixer":
-                found += [Target(layer, kind) for kind in mixers_of(components)]
-            elif self.kind in components or self.kind in ("block", "resid_pre", "resid_post") or (
-                    self.kind == "resid_mid" and has_resid_mid(components)):
-                found.append(Target(layer, self.kind, self.point))
+                found += [Target(layer.index, kind) for kind in layer.mixers]
+            elif layer.has(self.kind):
+                found.append(Target(layer.index, self.kind, self.point))
         if not found:
             raise ValueError(
                 f"{self} matches nothing on this model (layer components: "
-                f"{['+'.join(c) for c in layer_components]}). Pick a kind the selected layers have."
+                f"{['+'.join(layer.components) for layer in layout]}). Pick a kind the selected layers have."
             )
         return found
 
@@ -204,7 +204,8 @@ class Selector:
 
         Args:
             positions: Per row, each column's index among the row's real tokens, -1 on padding
-                (`HookedHybrid.real_positions`).
+                (`HookedHybrid.real_positions`; offset by the tokens before them when the run
+                continues a cache, so a row's length is its largest position plus one).
 
         Returns:
             `Bool[Tensor, "batch pos"]`, or None for all positions. Position `0` is each row's
@@ -219,7 +220,7 @@ class Selector:
         """
         if self.positions is None:
             return None
-        lengths = (positions >= 0).sum(1)
+        lengths = positions.max(1).values + 1  # real tokens so far (a continuation's positions are offset)
         picked = torch.zeros_like(positions, dtype=torch.bool)
         for row, length in enumerate(lengths.tolist()):
             wanted = self.position_index(length)

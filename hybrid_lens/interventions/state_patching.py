@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..mixers.state import cache_states
-from .ablations import Intervention
+from ..vocabulary import KINDS
+from .base import Intervention
 from .conditions import Condition
 from .selectors import Layers, Selector, Target
 
-RECURRENT_KINDS = ("linear_attn", "ssm")
+RECURRENT_KINDS = tuple(name for name, kind in KINDS.items() if kind.recurrent)  # as the kinds declare
 
 
 @dataclass
@@ -38,11 +39,13 @@ class PatchState(Intervention):
     reference: Any
     position: int = -1
     type: ClassVar[str] = "patch_state"
+    needs_reference: ClassVar[bool] = True
     _values: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if isinstance(self.position, bool) or not isinstance(self.position, int):
             raise ValueError(f"PatchState position must be an int, not {self.position!r}.")
+
 
     def prepare(self, model, targets: list[Target]) -> None:
         """Read the source states at `position` for every target (one run).
@@ -50,7 +53,7 @@ class PatchState(Intervention):
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> source = PatchState("And God said", position=-1)
-            >>> source.prepare(model, Selector("ssm", layers=0, point="hook_state").targets(model.layer_components))
+            >>> source.prepare(model, Selector("ssm", layers=0, point="hook_state").targets(model.layout))
             >>> source._values["blocks.0.ssm.hook_state"].shape     # [batch, head, d_head, d_state]
             torch.Size([1, 4, 32, 32])
         """
@@ -84,6 +87,11 @@ class PatchState(Intervention):
 
         replace.state_positions = (self.position,)
         return [(name, replace)]
+
+    @classmethod
+    def example(cls, tokens):
+        """Example (see `Intervention.example`): continue the SSM recurrence of block 0 after the second token from `tokens` reversed."""
+        return Selector("ssm", layers=0, point="hook_state"), cls(tokens.flip(1), position=1)
 
 
 def patch_state(source, kind: str, position: int = -1, layers: Layers = None, name: str = "") -> Condition:

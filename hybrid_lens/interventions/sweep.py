@@ -20,18 +20,16 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..vocabulary import hook_name
+from ..forward_state import forward_settings
 from .conditions import Condition
 
 STACKED_KWARGS = ("logits_to_keep", "position_ids")  # batch-first tensors that are stacked with the input
@@ -53,7 +51,7 @@ def first_layer(condition: Condition, model) -> int:
         >>> first_layer(Condition(name="baseline"), model)
         12
     """
-    layers = [target.layer for selector, _ in condition.items for target in selector.targets(model.layer_components)]
+    layers = [target.layer for selector, _ in condition.items for target in selector.targets(model.layout)]
     return min(layers, default=model.n_layers)
 
 
@@ -164,11 +162,11 @@ def measured_cost(model, tokens: Tensor, attention_mask: Tensor | None = None, c
         seconds = {1: math.inf, copies: math.inf}
         resid = torch.randn(*tokens.shape, model.cfg.hidden_size, generator=torch.Generator().manual_seed(0))
         resid = resid.to(device=tokens.device, dtype=model.hf_model.dtype)
-        with _hooks_suspended(model), torch.no_grad():
+        with torch.no_grad():
             for _ in range(COST_REPEATS):
                 for k in seconds:
                     mask = None if attention_mask is None else _stack(attention_mask, k)
-                    with _entering_at(model, start, _stack(resid, k) if start else None):
+                    with forward_settings(model, start=start, resid=_stack(resid, k) if start else None, hooks=False):
                         _synchronize(tokens.device)
                         begin = time.perf_counter()
                         model(_stack(tokens, k), attention_mask=mask, logits_to_keep=1)
@@ -339,30 +337,16 @@ def as_sweep(condition: Condition | Sweep | None) -> Sweep:
     return Sweep((Condition() if condition is None else condition,), batch=1, reuse_prefix=False, single=True)
 
 
-class _Stop(Exception):
-    """Ends the clean pass once it has reached the deepest block a pass starts at."""
-
-
 def _clean_pass(model, tokens, attention_mask, entries: list[int], logits: bool,
                 forward_kwargs: dict) -> tuple[Tensor | None, dict[int, Tensor]]:
     """The clean model's logits (None unless `logits`) and the residual stream entering each block
-    of `entries`; blocks after the deepest entry run only for the logits."""
+    of `entries`; without `logits` the pass stops at the deepest entry."""
     if not entries and not logits:
         return None, {}
-    resid: dict[int, Tensor] = {}
-    deepest = max(entries, default=-1)
-
-    def keep(start: int, value: Tensor, hook) -> None:
-        resid[start] = value
-        if start == deepest and not logits:
-            raise _Stop
-
-    hooks = [(hook_name(start, "resid_pre"), partial(keep, start)) for start in entries]
-    try:
-        with model.hooks(fwd_hooks=hooks):
-            return model(tokens, attention_mask=attention_mask, **forward_kwargs), resid
-    except _Stop:
-        return None, resid
+    stop = None if logits else max(entries)
+    with forward_settings(model, keep=tuple(entries), stop=stop) as settings:
+        output = model(tokens, attention_mask=attention_mask, **forward_kwargs)
+    return (output if logits else None), dict(settings.kept)
 
 
 @torch.no_grad()
@@ -397,22 +381,9 @@ def _stacked_run(model, tokens, attention_mask, conditions: list[Condition], sta
         hooks += condition.fwd_hooks(model, rows=slice(i * batch, (i + 1) * batch) if k > 1 else None)
     kwargs = {key: _stack(value, k) if key in STACKED_KWARGS else value for key, value in forward_kwargs.items()}
     mask = None if attention_mask is None else _stack(attention_mask, k)
-    with model.hooks(fwd_hooks=hooks), _entering_at(model, start, None if resid is None else _stack(resid, k)):
+    entering = nullcontext() if resid is None else forward_settings(model, start=start, resid=_stack(resid, k))
+    with model.hooks(fwd_hooks=hooks), entering:
         return model(_stack(tokens, k), attention_mask=mask, **kwargs)
-
-
-@contextmanager
-def _hooks_suspended(model) -> Iterator[None]:
-    """No hook point runs its hooks inside (restored on exit, also after errors)."""
-    points = list(model.hook_dict.values())
-    saved = [point._forward_hooks for point in points]
-    try:
-        for point in points:
-            point._forward_hooks = OrderedDict()
-        yield
-    finally:
-        for point, hooks in zip(points, saved):
-            point._forward_hooks = hooks
 
 
 def _synchronize(device: torch.device) -> None:
@@ -422,26 +393,3 @@ def _synchronize(device: torch.device) -> None:
 
 def _stack(value, k: int):
     return value.repeat(k, *([1] * (value.ndim - 1))) if k > 1 and isinstance(value, Tensor) and value.ndim else value
-
-
-@contextmanager
-def _entering_at(model, start: int, resid: Tensor | None) -> Iterator[None]:
-    """Blocks before `start` are not computed: each returns `resid`, the residual stream entering
-    block `start` (restored on exit, also after errors)."""
-    if resid is None:
-        yield
-        return
-    layers = model.adapter.layers(model.hf_model)
-    saved = [layers[i].forward for i in range(start)]
-
-    def enter(*args, **kwargs):
-        return model.adapter.wrap_output(resid)
-
-    try:
-        for i in range(start):
-            layers[i].forward = enter
-        yield
-    finally:
-        for i, forward in enumerate(saved):
-            layers[i].forward = forward
-

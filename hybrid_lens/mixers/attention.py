@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from ..hook_points import Tap
+from .kinds import ComponentKind
 from .taps import MixerHooks, add_pattern_point, add_projection_point, input_tap, output_tap, route, single
+
+ATTN = ComponentKind("attn", "attention", (214, 39, 40), pattern="softmax")
 
 
 def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:

@@ -22,8 +22,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hook_points import Tap
+from .kinds import ComponentKind
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, output_tap, recurrent_eager_tap, refuse_cache
+
+LINEAR_ATTN = ComponentKind("linear_attn", "linear attention", (44, 160, 44), recurrent=True,
+                            state="[batch, head, d_k, d_v]", pattern="implicit")
 
 __all__ = ["apply_pattern", "decay_matrix", "delta_rule_matrix", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
 

@@ -63,13 +63,9 @@ def implicit_attention(
     query: Float[Tensor, "batch pos head d_k"], key: Float[Tensor, "batch pos head d_k"],
     log_decay: Float[Tensor, "batch pos head d_k"], beta: Float[Tensor, "batch pos head"],
 ) -> Float[Tensor, "batch head pos pos"]:
-    """The matrix `P` with `recurrence_out[b, t, h] = sum_s P[b, h, t, s] * v[b, s, h]` (float32).
-
-    Args:
-        query: Post-conv queries (`hook_q`), before the kernel's L2 norm.
-        key: Post-conv keys (`hook_k`).
-        log_decay: `g` (`hook_log_decay`), the log of the per-step, per-key-channel state decay.
-        beta: The delta-rule write strength (`hook_beta`).
+    """KDA's matrix `P` with `recurrence_out[b, t, h] = sum_s P[b, h, t, s] * v[b, s, h]` (float32): the
+    arguments of `gated_deltanet.implicit_attention` (post-conv `hook_q` / `hook_k` before the kernel's
+    L2 norm, `hook_beta`), except that `log_decay` (`hook_log_decay`) decays every key channel apart.
 
     Examples:
         >>> q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)

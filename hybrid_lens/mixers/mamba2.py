@@ -19,10 +19,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..hook_points import Tap
+from .kinds import ComponentKind
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, input_tap, mixer_output, recurrent_eager_tap, refuse_cache, single
 
 from .gated_deltanet import decay_matrix
+
+SSM = ComponentKind("ssm", "SSM", (31, 119, 180), recurrent=True, pattern="implicit",
+                    state="[batch, head, d_head, d_state] (Mamba-2), [batch, d_inner, d_state] (Mamba-1), "
+                          "[batch, lru_width] (RG-LRU)")
 
 __all__ = ["apply_pattern", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
 

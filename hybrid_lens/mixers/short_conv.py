@@ -17,8 +17,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hook_points import Tap
+from .kinds import ComponentKind
 from .taps import MixerHooks, eager_forward_tap, input_tap, mixer_output, output_tap, refuse_cache, single
 
+CONV = ComponentKind("conv", "short convolution", (148, 103, 189), pattern="implicit")
 PIECES = ("hook_B", "hook_C", "hook_x")  # the order of in_proj's output chunks
 
 

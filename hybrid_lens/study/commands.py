@@ -1,6 +1,5 @@
 """The `study` and `report` subcommands, added to the package's one command line, `hybrid_lens.cli`
-(which owns the parser, the `hooks` and `models` commands and the error handling). Formerly
-`study.cli`, a name that still imports.
+(which owns the parser, the `hooks` and `models` commands and the error handling).
 
 The `study` options that set a `StudySpec` field take their default, choices and lower bound from
 that field (`spec_option`), so each lives in one place: `StudySpec`. This module imports neither

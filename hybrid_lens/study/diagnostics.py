@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..vocabulary import KINDS
 from .files import atomic_write
 
 HIDDEN_TASK = "hidden"  # the store's task name of the hidden-state metrics
@@ -144,8 +145,6 @@ def read_contributions(folder: Path) -> pd.DataFrame | str:
         ...
         ValueError: .../contributions.json: row 0 lacks position, token, path, other, norm_share.
     """
-    from ..analysis.contributions import PATH_COLORS
-
     path = Path(folder) / CONTRIBUTIONS_DATA
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -163,7 +162,7 @@ def read_contributions(folder: Path) -> pd.DataFrame | str:
         if missing:
             raise ValueError(f"{path}: row {i} lacks {', '.join(missing)}.")
         wrong = [field for field, kind in _FIELDS.items() if not _is(row[field], kind)]
-        wrong += [field for field in ("path", "other") if row[field] not in PATH_COLORS]
+        wrong += [field for field in ("path", "other") if row[field] not in KINDS]
         if wrong or not 0 <= row["norm_share"] <= 1:
             raise ValueError(f"{path}: row {i} has invalid {', '.join(wrong) or 'norm_share'}.")
     return pd.DataFrame(rows, columns=list(_FIELDS))

@@ -1,10 +1,10 @@
 """The study's plan: the named conditions of the component-ablation protocol, derived from the
-model's layer kinds (formerly `study.conditions`, a name that still imports).
+model's layout.
 
 Each `StudyCondition` names, groups and describes one `interventions.Condition` (the general,
 composable intervention that does the ablating) for the store, the statistics and the report.
 
-Every generator reads `model.layer_mixers`; nothing is hard-coded per checkpoint. The default
+Every generator reads the model's `Layout` (`model.layout`); nothing is hard-coded per checkpoint. The default
 ablation method follows the paper: sequential skip for one-mixer-per-layer models (Qwen3.5,
 Qwen2.5) and parallel zeroing for models with several mixers per block (Falcon-H1).
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..interventions import THIRDS, Condition, ablation_of, layer_thirds
+from ..layout import Layout
 from ..vocabulary import KIND_NAMES as VOCABULARY_NAMES
 from .spec import GROUPS, METHODS
 
@@ -39,7 +40,7 @@ class StudyCondition:
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> ssm_off = group_ablations(model.layer_mixers)[0]
+        >>> ssm_off = group_ablations(model.layout)[0]
         >>> ssm_off.name, ssm_off.group, ssm_off.kind, ssm_off.layers[:3]
         ('ssm_off', 'group', 'ssm', (0, 1, 2))
         >>> with ssm_off.condition.apply(model):
@@ -71,7 +72,6 @@ class StudyCondition:
 
 
 KIND_NAMES = {**VOCABULARY_NAMES, None: "block"}
-METHOD_NAMES = {"skip": "sequential skip", "zero": "parallel zeroing", "mixer_off": "mixer-only zeroing"}
 
 
 def layer_list(layers: Sequence[int]) -> str:
@@ -117,33 +117,21 @@ def describe(method: str | None, kind: str | None, layers: Sequence[int]) -> str
     return f"parallel zeroing: {KIND_NAMES.get(kind, kind)} path of {layer_list(layers)} zeroed (other path and MLP kept)"
 
 
-def is_parallel(layer_mixers: list[tuple[str, ...]]) -> bool:
-    """Whether some block runs several mixers side by side (Falcon-H1: attention and SSM).
-
-    Examples:
-        >>> is_parallel(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1").layer_mixers)
-        True
-        >>> is_parallel(HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5").layer_mixers)
-        False
-    """
-    return any(len(mixers) > 1 for mixers in layer_mixers)
-
-
-def resolve_method(layer_mixers, method: str) -> str:
+def resolve_method(layout: Layout, method: str) -> str:
     """The ablation method to use: `auto` becomes `zero` on parallel models and `skip` otherwise.
 
     Raises `ValueError` for a method not in `METHODS`.
 
     Examples:
-        >>> resolve_method([("ssm", "attn")] * 4, "auto"), resolve_method([("attn",)] * 4, "auto")
+        >>> resolve_method(Layout.of([("ssm", "attn")] * 4), "auto"), resolve_method(Layout.of([("attn",)] * 4), "auto")
         ('zero', 'skip')
-        >>> resolve_method([("attn",)] * 4, "mixer_off")
+        >>> resolve_method(Layout.of([("attn",)] * 4), "mixer_off")
         'mixer_off'
     """
     if method not in METHODS:
         raise ValueError(f"Unknown ablation method {method!r}; choose one of {METHODS}.")
     if method == "auto":
-        return "zero" if is_parallel(layer_mixers) else "skip"
+        return "zero" if layout.parallel else "skip"
     return method
 
 
@@ -178,28 +166,6 @@ def ablate(kind: str, layers: Sequence[int], method: str, name: str) -> Conditio
     return ablation_of({"skip": "block", "mixer_off": "mixer"}.get(method, kind), tuple(layers), name)
 
 
-def mixer_kinds(layer_mixers) -> list[str]:
-    """Mixer kinds present, in first-appearance order.
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> mixer_kinds(model.layer_mixers)
-        ['linear_attn', 'attn']
-    """
-    return list(dict.fromkeys(kind for mixers in layer_mixers for kind in mixers))
-
-
-def layers_of(layer_mixers, kind: str) -> list[int]:
-    """The layers that have a `kind` mixer.
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> layers_of(model.layer_mixers, "attn")
-        [3, 7]
-    """
-    return [i for i, mixers in enumerate(layer_mixers) if kind in mixers]
-
-
 def baseline() -> StudyCondition:
     """The clean model: the condition every score drop is measured against.
 
@@ -210,25 +176,25 @@ def baseline() -> StudyCondition:
     return StudyCondition("baseline", "baseline", Condition(name="baseline"))
 
 
-def group_ablations(layer_mixers, method: str = "auto") -> list[StudyCondition]:
+def group_ablations(layout: Layout, method: str = "auto") -> list[StudyCondition]:
     """All instances of one mixer kind off at once (`linear_attn_off`, `attn_off`, `ssm_off`).
 
     Empty for a model with a single mixer kind (a pure transformer).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> [(c.name, c.layers) for c in group_ablations(model.layer_mixers)]
+        >>> [(c.name, c.layers) for c in group_ablations(model.layout)]
         [('linear_attn_off', (0, 1, 2, 4, 5, 6)), ('attn_off', (3, 7))]
     """
-    method = resolve_method(layer_mixers, method)
-    kinds = mixer_kinds(layer_mixers)
+    method = resolve_method(layout, method)
+    kinds = layout.kinds(mixers_only=True)
     if len(kinds) < 2:
         return []  # a pure transformer has no component groups; see transformer_control
-    parallel = is_parallel(layer_mixers)
-    return [ablation(f"{kind}_off", "group", kind, layers_of(layer_mixers, kind), method, parallel) for kind in kinds]
+    parallel = layout.parallel
+    return [ablation(f"{kind}_off", "group", kind, layout.layers_with(kind), method, parallel) for kind in kinds]
 
 
-def mixer_only_groups(layer_mixers) -> list[StudyCondition]:
+def mixer_only_groups(layout: Layout) -> list[StudyCondition]:
     """Every mixer of one kind zeroed, MLPs kept (`attn_mixer_off`, ...): the finer group ablation
     the paper lacks, for models whose default group ablation skips whole layers (sequential hybrids),
     and the group ablation of a pure transformer (which has one mixer kind).
@@ -236,53 +202,53 @@ def mixer_only_groups(layer_mixers) -> list[StudyCondition]:
     Empty for parallel hybrids, whose default group ablation already zeroes one path.
 
     Examples:
-        >>> [(c.name, c.label) for c in mixer_only_groups(HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5").layer_mixers)]
+        >>> [(c.name, c.label) for c in mixer_only_groups(HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5").layout)]
         [('attn_mixer_off', 'mixer-only zeroing: attention output of layers 0-7 zeroed (MLP kept)')]
     """
-    if is_parallel(layer_mixers):
+    if layout.parallel:
         return []
-    return [ablation(f"{kind}_mixer_off", "group", kind, layers_of(layer_mixers, kind), "mixer_off", False)
-            for kind in mixer_kinds(layer_mixers)]
+    return [ablation(f"{kind}_mixer_off", "group", kind, layout.layers_with(kind), "mixer_off", False)
+            for kind in layout.kinds(mixers_only=True)]
 
 
-def layer_sweep(layer_mixers, method: str = "auto") -> list[StudyCondition]:
+def layer_sweep(layout: Layout, method: str = "auto") -> list[StudyCondition]:
     """One component of one layer, for every component of every layer (`L3_ssm_off`, ...).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> sweep = layer_sweep(model.layer_mixers)
+        >>> sweep = layer_sweep(model.layout)
         >>> len(sweep), [c.name for c in sweep[:3]]
         (24, ['L0_ssm_off', 'L0_attn_off', 'L1_ssm_off'])
     """
-    method = resolve_method(layer_mixers, method)
-    parallel = is_parallel(layer_mixers)
-    return [ablation(f"L{layer}_{kind}_off", "layer", kind, [layer], method, parallel)
-            for layer, mixers in enumerate(layer_mixers) for kind in mixers]
+    method = resolve_method(layout, method)
+    parallel = layout.parallel
+    return [ablation(f"L{layer.index}_{kind}_off", "layer", kind, [layer.index], method, parallel)
+            for layer in layout for kind in layer.mixers]
 
 
-def positional_thirds(layer_mixers, method: str = "auto") -> list[StudyCondition]:
+def positional_thirds(layout: Layout, method: str = "auto") -> list[StudyCondition]:
     """One mixer kind off in the early / middle / late third of the layers.
 
     Thirds without that kind are left out.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> [(c.name, c.layers) for c in positional_thirds(model.layer_mixers)][:3]
+        >>> [(c.name, c.layers) for c in positional_thirds(model.layout)][:3]
         [('ssm_off_early', (0, 1, 2, 3)), ('ssm_off_middle', (4, 5, 6, 7)), ('ssm_off_late', (8, 9, 10, 11))]
     """
-    method = resolve_method(layer_mixers, method)
-    thirds = layer_thirds(len(layer_mixers))
+    method = resolve_method(layout, method)
+    thirds = layer_thirds(len(layout))
     found = []
-    for kind in mixer_kinds(layer_mixers):
+    for kind in layout.kinds(mixers_only=True):
         for third in THIRDS:
-            layers = [i for i in thirds[third] if kind in layer_mixers[i]]
+            layers = [i for i in thirds[third] if kind in layout[i].mixers]
             if layers:
                 found.append(ablation(f"{kind}_off_{third}", "positional", kind, layers, method,
-                                      is_parallel(layer_mixers), third=third))
+                                      layout.parallel, third=third))
     return found
 
 
-def random_controls(layer_mixers, targeted: Sequence[StudyCondition], trials: int = 3, seed: int = 0,
+def random_controls(layout: Layout, targeted: Sequence[StudyCondition], trials: int = 3, seed: int = 0,
                     method: str = "auto") -> list[StudyCondition]:
     """Matched random controls: for each targeted condition that covers fewer than all layers, `trials`
     draws of the same number of layers (without replacement, seeded with `default_rng(seed + 1)` as
@@ -291,39 +257,39 @@ def random_controls(layer_mixers, targeted: Sequence[StudyCondition], trials: in
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> targeted = group_ablations(model.layer_mixers)
-        >>> controls = random_controls(model.layer_mixers, targeted, trials=2, seed=0)
+        >>> targeted = group_ablations(model.layout)
+        >>> controls = random_controls(model.layout, targeted, trials=2, seed=0)
         >>> [(c.name, c.layers, c.matches) for c in controls][2:]
         [('random_attn_off_t0', (4, 5), 'attn_off'), ('random_attn_off_t1', (2, 3), 'attn_off')]
     """
-    method = resolve_method(layer_mixers, method)
+    method = resolve_method(layout, method)
     rng = np.random.default_rng(seed + 1)
-    n_layers = len(layer_mixers)
+    n_layers = len(layout)
     found = []
     for target in targeted:
         if not target.layers or len(target.layers) >= n_layers or target.kind is None:
             continue
-        candidates = layers_of(layer_mixers, target.kind) if method == "zero" else list(range(n_layers))
+        candidates = layout.layers_with(target.kind) if method == "zero" else list(range(n_layers))
         for trial in range(trials):
             layers = tuple(sorted(int(i) for i in rng.choice(candidates, size=len(target.layers), replace=False)))
             found.append(ablation(f"random_{target.name}_t{trial}", "random",
                                   target.kind if method != "skip" else None, layers, method,
-                                  is_parallel(layer_mixers), trial=trial, matches=target.name))
+                                  layout.parallel, trial=trial, matches=target.name))
     return found
 
 
-def transformer_control(layer_mixers, fractions: Sequence[float] = (0.25, 0.75), trials: int = 3,
+def transformer_control(layout: Layout, fractions: Sequence[float] = (0.25, 0.75), trials: int = 3,
                         seed: int = 0) -> list[StudyCondition]:
     """Random layer removal (sequential skip) at the given fractions of the layers (the paper's
     6/24 and 18/24), for any model; the paper runs it on the pure transformer.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-        >>> [(c.name, c.layers) for c in transformer_control(model.layer_mixers, trials=2)][:2]
+        >>> [(c.name, c.layers) for c in transformer_control(model.layout, trials=2)][:2]
         [('remove2of8_t0', (3, 4)), ('remove2of8_t1', (0, 6))]
     """
     rng = np.random.default_rng(seed + 1)
-    n_layers = len(layer_mixers)
+    n_layers = len(layout)
     found = []
     for fraction in fractions:
         count = max(1, round(fraction * n_layers))
@@ -334,7 +300,7 @@ def transformer_control(layer_mixers, fractions: Sequence[float] = (0.25, 0.75),
     return found
 
 
-def study_conditions(layer_mixers, groups: Sequence[str] = GROUPS, method: str = "auto", trials: int = 3,
+def study_conditions(layout: Layout, groups: Sequence[str] = GROUPS, method: str = "auto", trials: int = 3,
                      seed: int = 0) -> list[StudyCondition]:
     """All conditions of the requested groups for a model with these layer kinds (baseline first).
 
@@ -344,26 +310,26 @@ def study_conditions(layer_mixers, groups: Sequence[str] = GROUPS, method: str =
     Examples:
         >>> from collections import Counter
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> conditions = study_conditions(model.layer_mixers)
+        >>> conditions = study_conditions(model.layout)
         >>> conditions[0].name, Counter(c.group for c in conditions)
         ('baseline', Counter({'layer': 24, 'random': 18, 'positional': 6, 'group': 2, 'baseline': 1}))
-        >>> [c.name for c in study_conditions(model.layer_mixers, groups=("group",))]
+        >>> [c.name for c in study_conditions(model.layout, groups=("group",))]
         ['baseline', 'ssm_off', 'attn_off']
     """
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"Unknown condition group(s) {sorted(unknown)}; choose from {GROUPS}.")
     found = [baseline()]
-    group = group_ablations(layer_mixers, method)
-    positional = positional_thirds(layer_mixers, method) if is_parallel(layer_mixers) else []
+    group = group_ablations(layout, method)
+    positional = positional_thirds(layout, method) if layout.parallel else []
     if "group" in groups:
-        found += group + mixer_only_groups(layer_mixers)
+        found += group + mixer_only_groups(layout)
     if "layer" in groups:
-        found += layer_sweep(layer_mixers, method)
+        found += layer_sweep(layout, method)
     if "positional" in groups:
         found += positional
     if "random" in groups:
-        found += random_controls(layer_mixers, group + positional, trials, seed, method)
-    if "transformer" in groups and not is_parallel(layer_mixers) and len(mixer_kinds(layer_mixers)) == 1:
-        found += transformer_control(layer_mixers, trials=trials, seed=seed)
+        found += random_controls(layout, group + positional, trials, seed, method)
+    if "transformer" in groups and not layout.parallel and len(layout.kinds(mixers_only=True)) == 1:
+        found += transformer_control(layout, trials=trials, seed=seed)
     return found

@@ -171,7 +171,7 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
         options = {"device_map": spec.device_map} if spec.device_map else {}
         model = HookedHybrid.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype), **options)
     check_context(spec, model.cfg.n_ctx)
-    specs = study_conditions(model.layer_mixers, spec.groups, spec.method, spec.trials, spec.seed)
+    specs = study_conditions(model.layout, spec.groups, spec.method, spec.trials, spec.seed)
     store = StudyStore(path, meta={**meta, "layer_mixers": model.layer_mixers, "settings": settings(spec)},
                        extend_n=extend_n)
     store.save_conditions([s.to_dict() for s in specs])

@@ -255,7 +255,7 @@ class StudyStore:
             >>> from hybrid_lens.study.plan import group_ablations
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
             >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
-            >>> store.save_conditions(c.to_dict() for c in group_ablations(model.layer_mixers))
+            >>> store.save_conditions(c.to_dict() for c in group_ablations(model.layout))
             >>> [(spec["name"], spec["layers"]) for spec in store.conditions()]
             [('linear_attn_off', [0, 1, 2, 4, 5, 6]), ('attn_off', [3, 7])]
             >>> store.close()

@@ -1,5 +1,6 @@
 """Conventions of `transformers` that differ between its releases, read from the installed release's
-behaviour at run time instead of assumed from one release.
+behaviour at run time instead of assumed from one release (a tiny model of the family is run, so
+this module sits with the tools above the core: it needs the configs).
 
 `hidden_states_point`: which residual point `output_hidden_states[i]` is. Most families return the
 embeddings first (entry `i` is the input of block `i`, `hook_resid_pre`); Mamba and FalconMamba, and
@@ -35,8 +36,8 @@ def hidden_states_point(family: str) -> Point:
     """
     from transformers import AutoModelForCausalLM
 
-    from ..configs import tiny_config
-    from . import FAMILIES
+    from .adapters import FAMILIES
+    from .configs import tiny_config
 
     seen: dict[str, torch.Tensor] = {}
 

@@ -1,0 +1,286 @@
+"""The per-forward state: what one forward pass of a `HookedHybrid` runs, where it stops, which columns
+are real tokens, and whether hook functions act.
+
+`HookedHybrid.forward` builds one `ForwardState` per pass and holds it in one `ContextVar` while the
+`transformers` model runs. The hooked blocks read it: a block before `start` returns the given
+residual stream without computing (prefix reuse), the block at `stop` ends the pass by raising
+`StopForward` with its input (`stop_at_layer`), blocks in `keep` record their input. Interventions
+read `positions` to count positions in real tokens per row. Code that drives the model (a `Sweep`,
+cost measurements) asks for these with `forward_settings`, which applies to the forward passes of
+that model started inside it (not to passes nested in a running one).
+
+Positions are per row: `positions[b, j]` is column `j`'s index among row `b`'s real tokens, -1 on
+padding. When a pass continues a cache (its attention mask is longer than its ids), they are offset
+by the real tokens already in the cache, so position `5` names the same token in every chunk and
+`lengths` counts every real token so far.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+
+from jaxtyping import Int
+from torch import Tensor, nn
+from transformers.utils.generic import TransformersKwargs
+
+from .tokens import real_positions
+
+# HookedHybrid.forward's own arguments (anything else must be an argument of the transformers forward)
+FORWARD_ARGUMENTS = ("input", "return_type", "loss_per_token", "prepend_bos", "padding_side", "stop_at_layer",
+                     "attention_mask")
+
+_STATE: ContextVar[ForwardState | None] = ContextVar("hybrid_lens_forward_state", default=None)
+
+
+class StopForward(Exception):  # noqa: N818 (a control-flow signal, not an error)
+    """Raised where a forward pass ends early (`ForwardState.stop`); carries the residual stream there.
+
+    Examples:
+        >>> StopForward(torch.zeros(1, 3, 8)).resid.shape
+        torch.Size([1, 3, 8])
+    """
+
+    def __init__(self, resid: Tensor):
+        super().__init__("stop reached")
+        self.resid = resid
+
+
+@dataclass(frozen=True)
+class ForwardState:
+    """One forward pass: its model, real-token positions, the blocks it computes, and its hook switch.
+
+    Attributes:
+        model: The `HookedHybrid` this state belongs to.
+        running: Whether the pass is running (False: settings waiting for the next pass, see
+            `forward_settings`).
+        positions: `Int[Tensor, "batch pos"]`, each column's index among its row's real tokens (-1 on
+            padding), offset by the tokens already in a cache; None before the pass starts.
+        start: The first block computed; the blocks before it return `resid`.
+        resid: `Float[Tensor, "batch pos d_model"]`, the residual stream entering block `start`.
+        stop: The block whose input ends the pass (`n_layers`: the final norm's); None: run to the logits.
+        keep: Blocks whose input is recorded into `kept` (block index -> tensor).
+        hooks: Whether hook functions run (False: every hook point passes its value through).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> with forward_settings(model, keep=(2, 5), stop=5) as settings:
+        ...     resid = model("In the beginning")
+        >>> sorted(settings.kept), torch.equal(settings.kept[5], resid)
+        ([2, 5], True)
+    """
+
+    model: object
+    running: bool = False
+    positions: Int[Tensor, "batch pos"] | None = None
+    start: int = 0
+    resid: Tensor | None = None
+    stop: int | None = None
+    keep: tuple[int, ...] = ()
+    kept: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    hooks: bool = True
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"] | None:
+        """Per row, its real tokens so far (those of this pass and any cache before it)."""
+        return None if self.positions is None else self.positions.max(1).values + 1
+
+    def skips(self, block: int) -> bool:
+        """Whether block `block` is before `start` (returns `resid` without computing).
+
+        Examples:
+            >>> ForwardState(None, start=3, resid=torch.zeros(1, 2, 8)).skips(2)
+            True
+        """
+        return block < self.start
+
+    def enter(self, block: int, resid: Tensor) -> None:
+        """Block `block` receives `resid`: record it if kept; end the pass here if it is the stop.
+
+        Examples:
+            >>> state = ForwardState(None, keep=(1,), stop=2)
+            >>> state.enter(1, torch.ones(1))
+            >>> state.kept
+            {1: tensor([1.])}
+            >>> state.enter(2, torch.ones(1))
+            Traceback (most recent call last):
+            ...
+            hybrid_lens.forward_state.StopForward: stop reached
+        """
+        if block in self.keep:
+            self.kept[block] = resid
+        if block == self.stop:
+            raise StopForward(resid)
+
+    def restricted(self, rows: slice | None) -> ForwardState:
+        """This state as seen by an intervention acting on batch `rows` only (their positions).
+
+        Examples:
+            >>> ForwardState(None, positions=torch.tensor([[0, 1], [-1, 0]])).restricted(slice(1, 2)).positions
+            tensor([[-1,  0]])
+        """
+        if rows is None or self.positions is None:
+            return self
+        return replace(self, positions=self.positions[rows])
+
+    @contextmanager
+    def active(self) -> Iterator[ForwardState]:
+        """Make this the current state inside (restored on exit, also after errors).
+
+        Examples:
+            >>> with ForwardState(None, hooks=False).active():
+            ...     hooks_enabled()
+            False
+        """
+        token = _STATE.set(self)
+        try:
+            yield self
+        finally:
+            _STATE.reset(token)
+
+
+def current_state() -> ForwardState | None:
+    """The state of the forward pass running now (None outside one).
+
+    Examples:
+        >>> current_state() is None
+        True
+    """
+    return _STATE.get()
+
+
+def hooks_enabled() -> bool:
+    """Whether hook functions act now (False inside `forward_settings(model, hooks=False)`).
+
+    Examples:
+        >>> hooks_enabled()
+        True
+    """
+    state = _STATE.get()
+    return state is None or state.hooks
+
+
+@contextmanager
+def forward_settings(model, *, start: int = 0, resid: Tensor | None = None, stop: int | None = None,
+                     keep: tuple[int, ...] = (), hooks: bool = True) -> Iterator[ForwardState]:
+    """Settings of the forward passes of `model` started inside (see `ForwardState` for the fields).
+
+    Passes nested in a running pass (a hook that runs the model) are not affected. Yields the
+    settings, whose `kept` dict fills as the passes record block inputs.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> tokens = model.to_tokens("In the beginning")
+        >>> with forward_settings(model, stop=3) as settings:
+        ...     resid = model(tokens)
+        >>> with forward_settings(model, start=3, resid=resid):      # blocks 0-2 are not computed
+        ...     torch.equal(model(tokens), model.hf_model(tokens).logits)
+        True
+    """
+    if (start > 0) != (resid is not None):
+        raise ValueError("Entering at a later block needs both start > 0 and the residual stream entering it.")
+    with ForwardState(model, start=start, resid=resid, stop=stop, keep=tuple(keep), hooks=hooks).active() as state:
+        yield state
+
+
+def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None) -> ForwardState:
+    """The state of a pass of `model` over `tokens` with attention mask `mask` (longer than `tokens`
+    when the pass continues a cache), taking the waiting `forward_settings` of `model`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> state = begin(model, torch.tensor([[7, 8]]), torch.tensor([[0, 1, 1, 1]]), stop=None)
+        >>> state.positions, state.lengths                  # 2 new tokens after 1 real cached one
+        (tensor([[1, 2]]), tensor([3]))
+    """
+    waiting = _STATE.get()
+    base = waiting if waiting is not None and waiting.model is model and not waiting.running else ForwardState(model)
+    if stop is not None and base.stop is not None and stop != base.stop:
+        raise ValueError(f"stop_at_layer={stop} conflicts with the stop {base.stop} already set for this pass.")
+    length = tokens.shape[1] if mask is None else mask.shape[1]
+    positions = real_positions(mask, tokens.shape[0], length)[:, -tokens.shape[1]:].to(tokens.device)
+    return replace(base, running=True, positions=positions, stop=base.stop if stop is None else stop)
+
+
+def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:
+    """The state a call `model(*args, **kwargs)` runs in (its real-token positions), for code that acts on
+    the pass from outside it (an nnsight trace's edits).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> state_of_call(model, (["In the beginning", "And"],), {}).positions
+        tensor([[ 0,  1,  2],
+                [ 0, -1, -1]])
+    """
+    call = inspect.signature(type(model).forward).bind(model, *args, **kwargs).arguments
+    attention_mask, hf_kwargs = call.get("attention_mask"), call.get("hf_kwargs", {})
+    tokens, mask = model.encode(call["input"], attention_mask, call.get("prepend_bos"), call.get("padding_side"),
+                                context_length(attention_mask, hf_kwargs))
+    return begin(model, tokens, mask, None)
+
+
+def context_length(attention_mask: Tensor | None, hf_kwargs: dict) -> int | None:
+    """The positions a pass covers when it continues a cache (`past_key_values` / `cache` given): its
+    mask's length; None otherwise (the ids' own length).
+
+    Examples:
+        >>> context_length(torch.ones(1, 9), {"cache": object()}), context_length(torch.ones(1, 9), {})
+        (9, None)
+    """
+    continues = hf_kwargs.get("past_key_values", hf_kwargs.get("cache")) is not None
+    return attention_mask.shape[-1] if continues and attention_mask is not None else None
+
+
+def stop_block(stop_at_layer: int | None, n_layers: int) -> int | None:
+    """The block whose input `forward(stop_at_layer=...)` returns (`n_layers`: the final norm's input);
+    `ValueError` for a value out of `[-n_layers, n_layers]`.
+
+    Examples:
+        >>> stop_block(-1, 8), stop_block(8, 8), stop_block(None, 8)
+        (7, 8, None)
+    """
+    if stop_at_layer is None:
+        return None
+    if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int) \
+            or not -n_layers <= stop_at_layer <= n_layers:
+        raise ValueError(f"stop_at_layer must be an int in [{-n_layers}, {n_layers}], not {stop_at_layer!r}.")
+    return stop_at_layer % n_layers if stop_at_layer < n_layers else n_layers
+
+
+def hf_forward_arguments(hf_model: nn.Module) -> set[str]:
+    """Keyword arguments the `transformers` forward of `hf_model` takes (named, or typed `**kwargs`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> {"use_cache", "position_ids", "output_hidden_states"} <= hf_forward_arguments(model.hf_model)
+        True
+    """
+    found = {"past_key_values", *TransformersKwargs.__annotations__}  # the deprecated name of `cache`
+    for name, parameter in inspect.signature(type(hf_model).forward).parameters.items():
+        if parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            found.add(name)
+    return found - {"self", "input_ids"}
+
+
+def check_hf_kwargs(hf_kwargs: dict, valid: set[str], model_name: str) -> None:
+    """`TypeError` naming the closest valid names for a keyword neither hybrid-lens nor the
+    `transformers` forward (`valid`, see `hf_forward_arguments`) takes.
+
+    Examples:
+        >>> check_hf_kwargs({"use_cashe": True}, {"use_cache"}, "Qwen2ForCausalLM")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: forward() got keyword arguments that neither hybrid-lens nor Qwen2ForCausalLM takes: 'use_cashe' (closest: use_cache)...
+    """
+    unknown = [key for key in hf_kwargs if key not in valid]
+    if unknown:
+        close = {key: difflib.get_close_matches(key, [*valid, *FORWARD_ARGUMENTS], n=3) for key in unknown}
+        hints = "; ".join(f"{key!r} (closest: {', '.join(c) or 'none'})" for key, c in close.items())
+        raise TypeError(
+            f"forward() got keyword arguments that neither hybrid-lens nor {model_name} takes: {hints}. "
+            f"hybrid-lens takes {', '.join(FORWARD_ARGUMENTS)}; transformers takes {', '.join(sorted(valid))}."
+        )

@@ -1,0 +1,96 @@
+"""Readout: from the residual stream to logits and loss, outside the forward pass (no hook points fire)."""
+
+from __future__ import annotations
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+class Readout:
+    """`HookedHybrid`'s readout methods: the final norm, the unembedding and `W_U` of any residual.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> logits, cache = model.run_with_cache("In the beginning")
+        >>> torch.equal(model.unembed(model.apply_final_norm(cache["resid_post", 7])), logits)
+        True
+    """
+
+    def apply_final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The model's final norm applied to any residual-stream tensor (no hook points fire).
+
+        Args:
+            resid: `Float[Tensor, "... d_model"]`, e.g. a cached `resid_post`.
+
+        Returns:
+            `Float[Tensor, "... d_model"]`, the normed residual.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> _, cache = model.run_with_cache("In the beginning")
+            >>> model.apply_final_norm(cache["resid_post", 5]).shape
+            torch.Size([1, 3, 128])
+        """
+        return self.adapter.final_norm(self.hf_model).forward(resid)
+
+    def unembed(self, normed: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logits from final-normed residuals: `lm_head` with any logit multiplier or divisor, through
+        any logit soft cap (RecurrentGemma); no hooks fire.
+
+        Args:
+            normed: `Float[Tensor, "... d_model"]`, the output of the final norm.
+
+        Returns:
+            `Float[Tensor, "... vocab"]` logits.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> logits, cache = model.run_with_cache("In the beginning")
+            >>> torch.allclose(model.unembed(cache["ln_final.hook_normalized"]), logits)
+            True
+        """
+        logits = self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.forward(normed))
+        transform = self.adapter.logit_transform
+        return logits if transform is None else transform(self.hf_model, logits)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        """Unembedding matrix including any logit multiplier or divisor, TransformerLens layout:
+        `Float[Tensor, "d_model vocab"]`. Raises `NotImplementedError` for a model whose logits are
+        not linear in the final-normed residual (a soft cap): `unembed` gives its logits."""
+        if self.adapter.logit_transform is not None:
+            raise NotImplementedError(
+                f"{self.adapter.family} soft-caps its logits, so they are not linear in the final-normed residual and "
+                "there is no W_U (direct logit attribution would not sum to the logits). Use model.unembed for the "
+                "logits, or hf_model.lm_head.weight for the pre-cap unembedding.")
+        return self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.weight.T)
+
+
+def next_token_loss(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], mask: Tensor | None = None,
+    per_token: bool = False,
+) -> Tensor:
+    """Cross-entropy of predicting token t+1 from position t (computed in float32).
+
+    Args:
+        logits: `Float[Tensor, "batch pos vocab"]`.
+        tokens: `Int[Tensor, "batch pos"]`, the input ids (targets are `tokens[:, 1:]`).
+        mask: `Int[Tensor, "batch pos"]` attention mask; masked targets are left out of the mean
+            (and are 0 with `per_token`).
+        per_token: Return every loss instead of the mean.
+
+    Returns:
+        The mean loss `Float[Tensor, ""]`, or `Float[Tensor, "batch pos-1"]` with `per_token=True`.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> tokens = model.to_tokens("In the beginning God created the heaven")
+        >>> next_token_loss(model(tokens), tokens, per_token=True).shape
+        torch.Size([1, 6])
+    """
+    log_probs = logits[:, :-1].float().log_softmax(-1)
+    nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+    if mask is None:
+        return nll if per_token else nll.mean()
+    target_mask = mask[:, 1:].to(nll.dtype)
+    return nll * target_mask if per_token else (nll * target_mask).sum() / target_mask.sum()
