@@ -2,8 +2,8 @@
 
 A `HookedHybrid` wraps its `transformers` model in place (its decoder layers run forwards that close
 over this wrapper's hook points), so a plain copy of the module tree would run the original's hook
-points. A copy therefore takes the `transformers` model while the wrapping is suspended (plain), wraps
-that copy anew, and then puts back what the user attached: spliced SAEs (copied), hooks (the same
+points. A copy therefore takes the `transformers` model without what wrapping and nnsight added
+(`adapters.copies.plain_copy`; the original is not touched), wraps that copy anew, and then puts back what the user attached: spliced SAEs (copied), hooks (the same
 functions, with their direction, permanence and context level), the taps switched on for nnsight, and
 any other attribute set on the model (copied). Hooks added to either model afterwards fire on that
 model only.
@@ -15,8 +15,8 @@ pickle cannot store, so a model with hooks attached is refused (remove them firs
 
 from __future__ import annotations
 
-import copy
 
+from .adapters.copies import is_added, plain_copy
 from .hook_points import attached_hooks
 from .sae import add_sae, attached_saes
 
@@ -40,9 +40,8 @@ class Copying:
 
     def __deepcopy__(self, memo: dict):
         hooks = attached_hooks(self.hook_dict)
-        with self._copyable().suspended():
-            hf_model = copy.deepcopy(self.hf_model, memo)
-        new = _rebuild(type(self), hf_model, copy.deepcopy(self._copy_parts(), memo))
+        hf_model, parts = self._plain_parts(memo)
+        new = _rebuild(type(self), hf_model, parts)
         for name, fn, dir, permanent, level in hooks:
             new.hook_dict[name].add_hook(fn, dir=dir, is_permanent=permanent, level=level)
         return new
@@ -54,18 +53,17 @@ class Copying:
             raise TypeError(f"Cannot pickle a HookedHybrid with hooks attached ({len(hooks)} on {names[:5]}): hook "
                             "functions are not stored. Remove them first (model.reset_hooks(including_permanent=True)) "
                             "and add them again after loading, or use copy.deepcopy(model), which keeps them.")
-        with self._copyable().suspended():
-            hf_model = copy.deepcopy(self.hf_model)  # the plain model, pickled after the wrapping is back
-        return _rebuild, (type(self), hf_model, self._copy_parts())
+        return _rebuild, (type(self), *self._plain_parts({}))
+
+    def _plain_parts(self, memo: dict) -> tuple:
+        """Copies of the `transformers` model and of `_copy_parts`, without the wrapper's or nnsight's additions."""
+        if self._wrapping is None:
+            raise RuntimeError("This HookedHybrid was unwrapped; copy its transformers model (model.hf_model) instead.")
+        return plain_copy((self.hf_model, self._copy_parts()), memo, (self._pattern_mode,), self.modules())
 
     def __copy__(self):
         raise TypeError("A HookedHybrid cannot be copied shallowly: its transformers model is wrapped in place and "
                         "cannot be shared by two wrappers. Use copy.deepcopy(model) for an independent copy.")
-
-    def _copyable(self):
-        if self._wrapping is None:
-            raise RuntimeError("This HookedHybrid was unwrapped; copy its transformers model (model.hf_model) instead.")
-        return self._wrapping
 
     def _copy_parts(self) -> dict:
         """What a copy takes besides the `transformers` model and the hooks (before being copied)."""
@@ -77,7 +75,8 @@ class Copying:
             "state_positions": {name: point.positions for name, point in self.hook_dict.items()
                                 if getattr(point, "positions", None) is not None},
             "training": self.training,
-            "attributes": {key: value for key, value in vars(self).items() if key not in attributes and key not in OWN},
+            "attributes": {key: value for key, value in vars(self).items()
+                           if key not in attributes and key not in OWN and not is_added(value)},
             "modules": {key: module for key, module in self._modules.items() if key not in modules},
         }
 
@@ -104,5 +103,5 @@ def _rebuild(cls, hf_model, parts: dict):
         tap.set_always_on(on)
     for name, positions in parts["state_positions"].items():
         model.hook_dict[name].positions = positions
-    model.train(parts["training"])
+    model.training = parts["training"]  # the wrapper's own flag; the transformers model's modes were copied
     return model

@@ -175,7 +175,7 @@ class Tap:
     @contextmanager
     def paused(self) -> Iterator[None]:
         """The plumbing removed inside (put back on exit if it was installed), users and `always_on`
-        kept: how `Wrapping.suspended` gives a plain `transformers` model for a moment.
+        kept: how a copy of the wrapped model leaves out the attention pattern mode (`adapters.copies`).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")

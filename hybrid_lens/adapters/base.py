@@ -3,14 +3,12 @@ plumbing around it.
 
 `adapters.spec.Family` describes what a family's blocks contain; its generic block forward feeds
 these points. `Wrapping` installs the block forwards on a `transformers` model and remembers how to
-undo every change (`HookedHybrid.unwrap`).
+undo every change (`HookedHybrid.unwrap`); a copy of the wrapped model is the plain one (`copies`).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -18,6 +16,7 @@ from ..forward_state import current_state
 from ..hook_points import HookPoint, Tap
 from ..layout import Layer
 from ..mixers.taps import MixerHooks, replace_forward
+from .copies import copy_plainly
 from ..vocabulary import point_name
 
 
@@ -89,30 +88,9 @@ def resid_in(block: HookedBlock, entry: Entry | None, hidden_states):
     return block.hook_resid_pre(hidden_states)
 
 
-def plain_copies(hf_model: nn.Module, wrapping: Wrapping) -> Callable[[], None]:
-    """Make `copy.deepcopy(hf_model)` and `pickle` of the wrapped model give the plain `transformers` model
-    (a copy of the wrapped one would run this wrapper's hook points); returns the undo."""
-
-    def deepcopy(memo=None):
-        with wrapping.suspended():  # removes these attributes too, so the copy is the ordinary one
-            return copy.deepcopy(hf_model, memo)
-
-    def reduce_ex(protocol):
-        return deepcopy().__reduce_ex__(protocol)
-
-    vars(hf_model).update(__deepcopy__=deepcopy, __reduce_ex__=reduce_ex)
-
-    def undo() -> None:
-        vars(hf_model).pop("__deepcopy__", None)
-        vars(hf_model).pop("__reduce_ex__", None)
-
-    return undo
-
-
 class Wrapping:
     """The changes that wrapping made to a `transformers` model: replaced forwards and added torch
-    hooks, each one a function that makes it and returns the function that undoes it, and the taps
-    that feed the inner points.
+    hooks, each with the function that undoes it.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
@@ -122,10 +100,8 @@ class Wrapping:
     """
 
     def __init__(self):
-        self._changes: list[Callable[[], Callable[[], None]]] = []
         self._undo: list[Callable[[], None]] = []
         self._taps: list[Tap] = []
-        self._switches: list[Tap] = []  # model-wide taps (the attention pattern mode)
 
     @staticmethod
     def check(hf_model: nn.Module, family, layout) -> None:
@@ -158,11 +134,10 @@ class Wrapping:
             for tap in adapter.add_inner_points(block, layer, model._pattern_mode):
                 wrapping.add_tap(tap)
         norm = adapter.final_norm(model.hf_model)
-        wrapping.add_hook(lambda: norm.register_forward_pre_hook(enter_final_norm))
-        wrapping.add_hook(lambda: norm.register_forward_hook(
-            lambda _module, _args, out: model.ln_final.hook_normalized(out)))
-        wrapping._switches.append(model._pattern_mode)
-        wrapping._apply(lambda: plain_copies(model.hf_model, wrapping))
+        wrapping.add_hook(norm.register_forward_pre_hook(enter_final_norm))
+        wrapping.add_hook(norm.register_forward_hook(lambda _module, _args, out: model.ln_final.hook_normalized(out)))
+        wrapping._undo.append(lambda: model._pattern_mode.set_always_on(False))
+        wrapping._undo.append(copy_plainly(model.hf_model, model._pattern_mode))
         return wrapping
 
     @property
@@ -171,20 +146,17 @@ class Wrapping:
         return list(self._taps)
 
     def add_tap(self, tap: Tap) -> None:
-        """Keep a tap, switched off (`always_on` cleared) by `unwrap` and paused by `suspended`."""
+        """Keep a tap, switched off (`always_on` cleared) by `unwrap`."""
         self._taps.append(tap)
-
-    def _apply(self, change: Callable[[], Callable[[], None]]) -> None:
-        self._changes.append(change)
-        self._undo.append(change())
+        self._undo.append(lambda: tap.set_always_on(False))
 
     def replace_forward(self, module: nn.Module, forward: Callable) -> None:
         """Make `module` run `forward` until `unwrap`."""
-        self._apply(lambda: replace_forward(module, forward))
+        self._undo.append(replace_forward(module, forward))
 
-    def add_hook(self, register: Callable) -> None:
-        """Register a torch hook (`register()` returns its handle) until `unwrap`."""
-        self._apply(lambda: register().remove)
+    def add_hook(self, handle) -> None:
+        """Keep a torch hook handle, removed by `unwrap`."""
+        self._undo.append(handle.remove)
 
     def install_block(self, layer: nn.Module, block: HookedBlock, forward: Callable, wrap_output: Callable) -> None:
         """Make decoder layer `layer` run `forward`, the hooked block forward of `block`; in a pass
@@ -199,34 +171,7 @@ class Wrapping:
         hooked.hybrid_lens_block = True
         self.replace_forward(layer, hooked)
 
-    @contextmanager
-    def suspended(self) -> Iterator[None]:
-        """The `transformers` model plain inside (every change undone, every tap's plumbing removed),
-        everything made again on exit, hooks and taps as they were: how a copy of the model is taken.
-
-        Examples:
-            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-            >>> with model._wrapping.suspended():
-            ...     is_hooked(model.hf_model.model.layers[0])
-            False
-            >>> is_hooked(model.hf_model.model.layers[0])
-            True
-        """
-        with ExitStack() as paused:
-            for tap in (*self._taps, *self._switches):
-                paused.enter_context(tap.paused())
-            undo, self._undo = self._undo, []
-            for fn in reversed(undo):
-                fn()
-            try:
-                yield
-            finally:
-                self._undo = [change() for change in self._changes]
-
     def unwrap(self) -> None:
-        """Undo every change, last first, and switch the taps off."""
-        for tap in (*self._switches, *reversed(self._taps)):
-            tap.set_always_on(False)
+        """Undo every change, last first."""
         while self._undo:
             self._undo.pop()()
-        self._changes.clear()
