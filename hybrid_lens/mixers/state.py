@@ -133,7 +133,7 @@ class StateHookPoint(TappedHookPoint):
         found, bad = {}, {}
         for position in asked:
             index = lengths + position if position < 0 else torch.full_like(lengths, position)
-            match = positions == index[:, None]
+            match = (positions == index[:, None]) & (index[:, None] >= 0)  # -1 marks padding, not a token
             short = (~match.any(1)).nonzero().flatten().tolist()
             if short:
                 bad[position] = short
