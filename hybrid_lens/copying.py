@@ -3,10 +3,10 @@
 A `HookedHybrid` wraps its `transformers` model in place (its decoder layers run forwards that close
 over this wrapper's hook points), so a plain copy of the module tree would run the original's hook
 points. A copy therefore takes the `transformers` model without what wrapping and nnsight added
-(`adapters.copies.plain_copy`; the original is not touched), wraps that copy anew, and then puts back what the user attached: spliced SAEs (copied), hooks (the same
-functions, with their direction, permanence and context level), the taps switched on for nnsight, and
-any other attribute set on the model (copied). Hooks added to either model afterwards fire on that
-model only.
+(`adapters.copies.plain_copy`; the original is not touched), wraps that copy anew, and puts back what
+the user attached: spliced SAEs (copied), hooks (the same functions, with their direction, permanence
+and context level), the taps switched on for nnsight, `state_positions`, and any other attribute set on
+the model (copied). Hooks added to either model afterwards fire on that model only.
 
 `pickle` (and `torch.save`) carry the same, except hooks: hook functions are usually closures that
 pickle cannot store, so a model with hooks attached is refused (remove them first). A shallow
@@ -14,7 +14,6 @@ pickle cannot store, so a model with hooks attached is refused (remove them firs
 """
 
 from __future__ import annotations
-
 
 from .adapters.copies import is_added, plain_copy
 from .hook_points import attached_hooks

@@ -96,6 +96,8 @@ class Condition:
         return cls(((selector, intervention),), name)
 
     def __add__(self, other: Condition) -> Condition:
+        if not isinstance(other, Condition):
+            return NotImplemented  # Python's TypeError names both types
         name = "+".join(n for n in (self.name, other.name) if n)
         return Condition(self.items + other.items, name)
 

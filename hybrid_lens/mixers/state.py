@@ -13,14 +13,13 @@ import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from ..checks import int_list
 from ..forward_state import current_state
 from ..hook_points import TappedHookPoint
-from ..checks import int_list
 from ..tokens import real_positions
 
 Scan = Callable[[list[Tensor], Tensor | None, bool], tuple[Tensor, Tensor | None]]
@@ -324,7 +323,7 @@ def check_state_positions(positions) -> tuple[int, ...]:
     `ValueError` naming the accepted forms otherwise.
 
     Examples:
-        >>> check_state_positions(np.int64(2)), check_state_positions([0, -1])
+        >>> check_state_positions(2), check_state_positions([0, -1])
         ((2,), (0, -1))
         >>> check_state_positions([1.5])
         Traceback (most recent call last):
