@@ -39,13 +39,12 @@ def is_added(value) -> bool:
     return type(value).__module__.startswith("nnsight")
 
 
-def plain_copy(model: nn.Module, memo: dict | None = None, switches: Iterable[Tap] = (),
-               scanned: Iterable[nn.Module] = ()):
+def plain_copy(model, memo: dict | None = None, switches: Iterable[Tap] = (), scanned: Iterable[nn.Module] = ()):
     """A deep copy of `model` (any object holding wrapped modules) without what `is_added` names, with the
     model-wide `switches` (the attention pattern mode, a config setting) off during the copy.
 
     Args:
-        model: What to copy (a `transformers` model, or a dict of parts holding modules).
+        model: What to copy: a `transformers` model, or a tuple or dict of parts holding modules.
         memo: `copy.deepcopy`'s memo.
         switches: Taps whose plumbing is a setting of the copied objects (paused while copying).
         scanned: The modules whose added objects to leave out (default: `model`'s own).
@@ -95,7 +94,12 @@ def copy_plainly(hf_model: nn.Module, pattern_mode: Tap) -> Callable[[], None]:
         return deepcopy().__reduce_ex__(protocol)
 
     vars(hf_model).update(__deepcopy__=deepcopy, __reduce_ex__=reduce_ex)
-    return lambda: [vars(hf_model).pop(name, None) for name in OWN_COPIERS] and None
+
+    def undo() -> None:
+        for name in OWN_COPIERS:
+            vars(hf_model).pop(name, None)
+
+    return undo
 
 
 def _modules_in(obj) -> list[nn.Module]:
