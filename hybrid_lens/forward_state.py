@@ -28,6 +28,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from transformers.utils.generic import TransformersKwargs
 
+from .checks import is_int
 from .tokens import real_positions
 
 # HookedHybrid.forward's own arguments (anything else must be an argument of the transformers forward)
@@ -245,10 +246,9 @@ def stop_block(stop_at_layer: int | None, n_layers: int) -> int | None:
     """
     if stop_at_layer is None:
         return None
-    if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int) \
-            or not -n_layers <= stop_at_layer <= n_layers:
+    if not is_int(stop_at_layer) or not -n_layers <= stop_at_layer <= n_layers:
         raise ValueError(f"stop_at_layer must be an int in [{-n_layers}, {n_layers}], not {stop_at_layer!r}.")
-    return stop_at_layer % n_layers if stop_at_layer < n_layers else n_layers
+    return int(stop_at_layer) % n_layers if stop_at_layer < n_layers else n_layers
 
 
 def hf_forward_arguments(hf_model: nn.Module) -> set[str]:

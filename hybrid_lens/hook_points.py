@@ -10,7 +10,8 @@ unused inner points cost nothing.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
@@ -22,7 +23,7 @@ try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
 except ImportError:  # TransformerLens 3.0 - 3.2
     from transformer_lens.hook_points import HookedRootModule
 
-__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "unknown_hook_error"]
+__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "attached_hooks", "unknown_hook_error"]
 
 
 class HookPoint(_TLHookPoint):
@@ -58,7 +59,13 @@ class HookPoint(_TLHookPoint):
             >>> _ = point.add_hook(lambda value, hook: 2 * value)
             >>> point.remove_hooks()
         """
-        return super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
+        handles = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        before = {id(handle) for handle in handles}
+        result = super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
+        for handle in self.fwd_hooks if dir == "fwd" else self.bwd_hooks:
+            if id(handle) not in before:
+                handle.hybrid_lens_hook = hook  # what a copy of the model adds again (`attached_hooks`)
+        return result
 
 
 def checked_hook(fn: Callable) -> Callable:
@@ -165,6 +172,31 @@ class Tap:
         self.always_on = on
         self._sync()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The plumbing removed inside (put back on exit if it was installed), users and `always_on`
+        kept: how a copy of the wrapped model leaves out the attention pattern mode (`adapters.copies`).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> tap = model.hook_dict["blocks.0.ssm.hook_B"].tap
+            >>> tap.set_always_on(True)
+            >>> with tap.paused():
+            ...     tap.active
+            False
+            >>> tap.active
+            True
+            >>> tap.set_always_on(False)
+        """
+        remove, self._remove = self._remove, None
+        if remove is not None:
+            remove()
+        try:
+            yield
+        finally:
+            if remove is not None and self._remove is None:
+                self._remove = self._install()
+
     def _sync(self) -> None:
         wanted = self.always_on or self._users > 0
         if wanted and self._remove is None:
@@ -258,3 +290,34 @@ def unknown_hook_error(name: str, valid: Iterable[str]) -> KeyError:
     return KeyError(
         f"Unknown hook point {name!r}.{hint} Call model.hook_names() for all {len(valid)} names."
     )
+
+
+HookRecord = tuple[str, Callable, str, bool, "int | None"]  # (point name, function, dir, is_permanent, level)
+
+
+def attached_hooks(points: dict) -> list[HookRecord]:
+    """Every hook attached to `points` (name -> hook point), in order, as `add_hook` was given it:
+    what a copy of a model attaches again to its own points.
+
+    Raises `TypeError` for a hook whose function cannot be recovered (one added to a plain torch
+    module, or by a TransformerLens too old to keep it): remove it before copying.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> def double(value, hook):
+        ...     return 2 * value
+        >>> model.add_hook("blocks.0.hook_ssm_out", double)
+        >>> [(name, fn.__name__, dir) for name, fn, dir, permanent, level in attached_hooks(model.hook_dict)]
+        [('blocks.0.hook_ssm_out', 'double', 'fwd')]
+        >>> model.reset_hooks()
+    """
+    records = []
+    for name, point in points.items():
+        for dir, handles in (("fwd", point.fwd_hooks), ("bwd", point.bwd_hooks)):
+            for handle in handles:
+                fn = getattr(handle, "hybrid_lens_hook", None) or getattr(handle, "user_hook", None)
+                if fn is None:
+                    raise TypeError(f"A {dir} hook on {name} was added in a way whose function cannot be read back, "
+                                    "so it cannot be copied; remove it first (model.reset_hooks(including_permanent=True)).")
+                records.append((name, fn, dir, bool(handle.is_permanent), handle.context_level))
+    return records

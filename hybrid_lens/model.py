@@ -6,8 +6,8 @@ contribution through TransformerLens `HookPoint`s. With no hooks, logits are bit
 
 This module holds construction, the structure and hook names, `forward` and `run_with_cache`; the
 other methods come from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...),
-`tokenizing.Tokenizing`, `readout.Readout`, `nnsight_view.NNsightView` and `sae.SAESplicing`. The
-state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
+`tokenizing.Tokenizing`, `readout.Readout`, `nnsight_view.NNsightView`, `sae.SAESplicing`, `copying.Copying`.
+The state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from transformers import PreTrainedModel
 
 from .adapters import HookedBlock, Wrapping, adapter_for
 from .adapters.base import FinalNormHooks
-from .cache import ActivationCache
+from .cache import ActivationCache, not_cached
+from .copying import Copying
 from .forward_state import (StopForward, begin, check_hf_kwargs, context_length, current_state, hf_forward_arguments,
                             stop_block)
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
@@ -44,7 +45,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, HookedRootModule):
+class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Copying, HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
@@ -85,6 +86,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         self._pattern_mode = pattern_mode_tap(hf_model.config)
         self._wrapping: Wrapping | None = Wrapping.install(self, self.adapter.layers(hf_model))
         self.setup()
+        self._mark_own()
 
     def unwrap(self) -> PreTrainedModel:
         """Undo the wrapping: remove every hook (permanent ones too) and give the `transformers` model back
@@ -351,4 +353,5 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             if batch != 1:
                 raise ValueError(f"remove_batch_dim=True needs a batch of 1; this batch has {batch} rows.")
             store = {name: value[0] for name, value in store.items()}
-        return output, ActivationCache(store, self.layout)
+        why = not_cached(model_kwargs.get("stop_at_layer"), self.n_layers)
+        return output, ActivationCache(store, self.layout, {name: why for name in names if name not in store})

@@ -27,7 +27,9 @@ class Tokenizing:
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError("This model has no tokenizer: pass token ids, or give one to from_hf/from_pretrained.")
+            raise ValueError("This model has no tokenizer (none was given, and its checkpoint has no tokenizer files): "
+                             "pass token ids, or give one: HookedHybrid.from_pretrained(name, "
+                             "tokenizer=AutoTokenizer.from_pretrained(...)) or HookedHybrid.from_hf(hf_model, tokenizer).")
         return self.tokenizer
 
     def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None,

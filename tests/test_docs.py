@@ -35,7 +35,7 @@ DOCUMENTED = [  # the public API: every function, class and method with a docstr
     "hybrid_lens.viz", "hybrid_lens.model", "hybrid_lens.loading", "hybrid_lens.tokenizing", "hybrid_lens.readout",
     "hybrid_lens.nnsight_view", "hybrid_lens.forward_state", "hybrid_lens.layout", "hybrid_lens.registry",
     "hybrid_lens.tokens", "hybrid_lens.lens_config", "hybrid_lens.hook_points", "hybrid_lens.vocabulary",
-    "hybrid_lens.resolver", "hybrid_lens.sae", "hybrid_lens.cache", "hybrid_lens.cache.mapping",
+    "hybrid_lens.resolver", "hybrid_lens.sae", "hybrid_lens.checks", "hybrid_lens.copying", "hybrid_lens.cache", "hybrid_lens.cache.mapping",
     "hybrid_lens.cache.residual", "hybrid_lens.configs", "hybrid_lens.coverage", "hybrid_lens.zoo", "hybrid_lens.cli",
     "hybrid_lens.console",
     "hybrid_lens.mixers.kinds", "hybrid_lens.mixers.state", "hybrid_lens.mixers.gated_deltanet",

@@ -81,10 +81,11 @@ def test_core_does_not_import_the_zoo():
 
 
 # The rooms of ARCHITECTURE.md, in import order: a module imports only its own room and the rooms above.
-ROOMS = [("registry", "tokens", "forward_state"), ("hook_points", "mixers"), ("vocabulary", "layout"), ("adapters",),
-         ("cache",), ("model", "loading", "tokenizing", "readout", "nnsight_view", "sae", "lens_config", "resolver"),
-         ("zoo", "configs"), ("interventions",), ("analysis", "evals", "study", "viz", "cli", "coverage", "console",
-                                                                      "conventions")]
+ROOMS = [("registry", "checks", "tokens", "forward_state"), ("hook_points", "mixers"), ("vocabulary", "layout"),
+         ("adapters",), ("cache",),
+         ("model", "loading", "tokenizing", "readout", "nnsight_view", "sae", "copying", "lens_config", "resolver"),
+         ("zoo", "configs"), ("interventions",),
+         ("analysis", "evals", "study", "viz", "cli", "coverage", "console", "conventions")]
 
 
 def _room(module: str) -> int:

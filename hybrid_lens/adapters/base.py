@@ -3,7 +3,7 @@ plumbing around it.
 
 `adapters.spec.Family` describes what a family's blocks contain; its generic block forward feeds
 these points. `Wrapping` installs the block forwards on a `transformers` model and remembers how to
-undo every change (`HookedHybrid.unwrap`).
+undo every change (`HookedHybrid.unwrap`); a copy of the wrapped model is the plain one (`copies`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..forward_state import current_state
 from ..hook_points import HookPoint, Tap
 from ..layout import Layer
 from ..mixers.taps import MixerHooks, replace_forward
+from .copies import copy_plainly
 from ..vocabulary import point_name
 
 
@@ -136,6 +137,7 @@ class Wrapping:
         wrapping.add_hook(norm.register_forward_pre_hook(enter_final_norm))
         wrapping.add_hook(norm.register_forward_hook(lambda _module, _args, out: model.ln_final.hook_normalized(out)))
         wrapping._undo.append(lambda: model._pattern_mode.set_always_on(False))
+        wrapping._undo.append(copy_plainly(model.hf_model, model._pattern_mode))
         return wrapping
 
     @property

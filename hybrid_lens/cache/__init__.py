@@ -9,10 +9,10 @@ module added to the class below.
 
 from __future__ import annotations
 
-from .mapping import CacheMapping
+from .mapping import CacheMapping, not_cached
 from .residual import ResidualStream
 
-__all__ = ["ActivationCache"]
+__all__ = ["ActivationCache", "not_cached"]
 
 
 class ActivationCache(ResidualStream, CacheMapping):
@@ -27,6 +27,8 @@ class ActivationCache(ResidualStream, CacheMapping):
     Args:
         values: Hook name -> tensor.
         layout: The `Layout` of the model the values come from (`model.layout`).
+        missing: Hook names asked for but not cached, and why (a run stopped early): looking one up
+            says so instead of calling it unknown.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor
 
+from ..forward_state import stop_block
 from ..hook_points import unknown_hook_error
 from ..layout import Layout
 from ..vocabulary import cache_key
@@ -22,15 +23,19 @@ class CacheMapping(Mapping[str, Tensor]):
         ([3, 7], 8)
     """
 
-    def __init__(self, values: dict[str, Tensor], layout: Layout):
+    def __init__(self, values: dict[str, Tensor], layout: Layout, missing: dict[str, str] | None = None):
         self._values = values
         self.layout = layout
+        self._missing = missing or {}  # hook name asked for but not cached -> why
 
     def __getitem__(self, key) -> Tensor:
         name = key if isinstance(key, str) else cache_key(*key)
         try:
             return self._values[name]
         except KeyError:
+            if name in self._missing:
+                raise KeyError(f"{name} is a hook point of this model but was not cached: {self._missing[name]}. "
+                               f"Cached: {len(self._values)} points.") from None
             raise unknown_hook_error(name, self._values) from None
 
     def __iter__(self) -> Iterator[str]:
@@ -56,7 +61,7 @@ class CacheMapping(Mapping[str, Tensor]):
             >>> cache.to("cpu")["resid_pre", 0].device
             device(type='cpu')
         """
-        return type(self)({name: value.to(device) for name, value in self._values.items()}, self.layout)
+        return type(self)({name: value.to(device) for name, value in self._values.items()}, self.layout, self._missing)
 
     def cpu(self):
         """A copy with every tensor on the CPU, `self.to("cpu")`.
@@ -80,3 +85,23 @@ class CacheMapping(Mapping[str, Tensor]):
             [3, 7]
         """
         return self.layout.layers_with(kind)
+
+
+def not_cached(stop_at_layer: int | None, n_layers: int) -> str:
+    """Why a hook point asked for was not cached, in a run with `stop_at_layer` (or without).
+
+    Examples:
+        >>> not_cached(2, 8)
+        'the run stopped at the input of block 2 (stop_at_layer=2), before it'
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> _, cache = model.run_with_cache("In the beginning", stop_at_layer=2)
+        >>> cache["blocks.5.hook_resid_pre"]
+        Traceback (most recent call last):
+        ...
+        KeyError: 'blocks.5.hook_resid_pre is a hook point of this model but was not cached: the run stopped at the input of block 2 (stop_at_layer=2), before it. Cached: 11 points.'
+    """
+    if stop_at_layer is None:
+        return "no value passed through it in this run"
+    stop = stop_block(stop_at_layer, n_layers)
+    where = "the final norm's input" if stop == n_layers else f"the input of block {stop}"
+    return f"the run stopped at {where} (stop_at_layer={stop_at_layer}), before it"

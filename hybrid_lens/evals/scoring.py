@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from ..checks import is_int
 from ..interventions import Condition, Sweep, as_sweep
 
 
@@ -81,7 +82,7 @@ def check_positive(**values: int | None) -> None:
         ValueError: batch_size must be a positive integer, got 0.
     """
     for name, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (not is_int(value) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 

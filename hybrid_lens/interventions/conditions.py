@@ -16,6 +16,7 @@ from .ablations import Noise, Scale, SkipLayer, Zero
 from .base import HookFn, Intervention
 from .reference import Mean, Patch, Resample
 from .selectors import Layers, Positions, Selector
+from .validation import check_items
 
 
 def _restrict(fn: HookFn, selector: Selector, rows: slice | None, model) -> HookFn:
@@ -78,6 +79,11 @@ class Condition:
     items: tuple[tuple[Selector, Intervention], ...] = ()
     name: str = ""
 
+    def __post_init__(self):
+        object.__setattr__(self, "items", check_items(self.items))
+        if not isinstance(self.name, str):
+            raise ValueError(f"A condition's name must be a string (a label for results tables), not {self.name!r}.")
+
     @classmethod
     def of(cls, selector: Selector, intervention: Intervention, name: str = "") -> Condition:
         """A condition of one intervention at one selection.
@@ -90,6 +96,8 @@ class Condition:
         return cls(((selector, intervention),), name)
 
     def __add__(self, other: Condition) -> Condition:
+        if not isinstance(other, Condition):
+            return NotImplemented  # Python's TypeError names both types
         name = "+".join(n for n in (self.name, other.name) if n)
         return Condition(self.items + other.items, name)
 
