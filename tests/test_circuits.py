@@ -258,8 +258,9 @@ def rendered_props(html) -> dict:
 
 @torch.no_grad()
 def test_signed_patterns_render_scaled_per_head_with_their_sign(models, kind):
-    """`SignedPattern.html` puts each head's pattern divided by its largest |entry| off the diagonal into
-    circuitsvis's props, on a [-1, 1] scale: off the diagonal the values times the divisor are the pattern,
+    """`SignedPattern.html` puts each head's pattern divided by its largest |entry| off the diagonal (at least
+    1/100 of its largest entry) into circuitsvis's props, on a [-1, 1] scale: off the diagonal the values
+    times the divisor are the pattern,
     signs kept; the diagonal is clipped to [-1, 1]; `split` carries each sign as its own [0, 1] head."""
     pytest.importorskip("circuitsvis")
     model, _ = models
@@ -272,7 +273,9 @@ def test_signed_patterns_render_scaled_per_head_with_their_sign(models, kind):
     assert (props["minValue"], props["maxValue"], props["attentionHeadNames"]) == (-1, 1, signed.names)
     off = ~torch.eye(pattern.shape[-1], dtype=torch.bool)
     close(shown[:, off] * signed.scales[:, None], pattern[:, off], tol=1e-6)
-    assert (shown[:, off].abs().amax(1) == 1).all()                          # every head fills the scale
+    everything, routes = pattern.abs().amax(dim=(1, 2)), pattern[:, off].abs().amax(1)
+    assert torch.equal(signed.scales, torch.maximum(routes, everything / 100))  # the documented divisor
+    assert (shown[:, off].abs().amax(1) == 1).sum() >= len(pattern) // 2     # most heads fill the scale
     assert torch.equal(shown[:, ~off], (pattern[:, ~off] / signed.scales[:, None]).clamp(-1, 1))
     assert torch.equal(shown < 0, pattern < 0) and (pattern < 0).any()    # the sign is shown
     assert pattern.abs().max() > 1 or pattern.abs().max() < 0.1           # unscaled, circuitsvis saturates or fades

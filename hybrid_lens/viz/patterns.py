@@ -5,10 +5,11 @@ but unlike a softmax pattern it is signed and unnormalised (a Mamba-2 head of a 
 -7.4 to 7.9, a Gated DeltaNet head within +-0.07), so circuitsvis, which colours values in [0, 1], shows
 saturated or blank blocks. `SignedPattern` divides each head by its own largest |entry| off the diagonal
 (its `scales`): every head then spans [-1, 1] with its sign kept, and its name carries the divisor. The
-diagonal (each token reading itself) is left out of the scale by default because in Mamba-2 it is
-5x to 100x larger than every route between tokens (`C_t . B_t dt_t`; measured on tiny-falcon-h1, the
-largest off-diagonal entry is 0-21% of the diagonal's), which would leave those routes invisible; it is
-clipped to [-1, 1] then (`scale_diagonal=True` scales by every entry, clipping nothing).
+diagonal (each token reading itself) is left out of the scale by default because in Mamba-2 it can be
+far larger than every route between tokens (`C_t . B_t dt_t`; in the first four layers of tiny-falcon-h1
+on the circuits tutorial's prompt, the largest off-diagonal entry of a head is at most 21% of its
+largest entry), which would leave those routes invisible; it is clipped to [-1, 1] then, by at most 100x
+(`scale_diagonal=True` scales by every entry, clipping nothing).
 
 `html` renders the heads with `circuitsvis.attention.attention_heads` on a diverging scale (blue
 positive, red negative); `split` holds each head's positive part and negative magnitude as two [0, 1]
@@ -27,6 +28,7 @@ from torch import Tensor
 __all__ = ["SignedPattern"]
 
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # a diverging pair that stays distinct for colour-blind readers
+DIAGONAL_CLIP = 100  # at most this factor of a head's largest entry is clipped off its diagonal
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class SignedPattern:
             head_names: One name per head (default `L{layer}H{head}`, or `H{head}` without `layer`).
             layer: The pattern's layer, for the default names.
             scale_diagonal: Let the diagonal set the scale too (default: only the entries off it, the
-                diagonal clipped to [-1, 1]; a head with nothing off the diagonal is scaled by its diagonal).
+                diagonal clipped to [-1, 1]; the divisor is at least 1/100 of the head's largest entry,
+                so a head that reads almost only its own token shows its other routes faintly, not at
+                full contrast).
 
         Raises `ValueError` for another shape (a whole batch: pick a row) or a wrong number of names.
 
@@ -86,7 +90,7 @@ class SignedPattern:
         everything = pattern.abs().amax(dim=(1, 2))
         diagonal = torch.eye(pattern.shape[-1], dtype=torch.bool)
         scales = everything if scale_diagonal else pattern.abs().masked_fill(diagonal, 0).amax(dim=(1, 2))
-        scales = torch.where(scales > 0, scales, everything)
+        scales = torch.maximum(scales, everything / DIAGONAL_CLIP)
         scales = torch.where(scales > 0, scales, torch.ones_like(scales))
         prefix = "H" if layer is None else f"L{layer}H"
         heads = list(head_names) if head_names is not None else [f"{prefix}{head}" for head in range(len(pattern))]
