@@ -31,7 +31,8 @@ class HookPoint(_TLHookPoint):
     in for the activation: a tensor of the same shape, dtype and device (None keeps the value).
 
     A hook returning `[batch, 1, d]` for a `[batch, pos, d]` activation would otherwise broadcast
-    silently downstream, and a float64 one would change the dtype of everything after it.
+    silently downstream, and a float64 one would change the dtype of everything after it. A module put
+    in its place (an SAE splice) is its `stand_in`: calls of the point go there.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")

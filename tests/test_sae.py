@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from hybrid_lens.forward_state import forward_settings
 from hybrid_lens.hook_points import TappedHookPoint
 from hybrid_lens.sae import SAESplice, attached_saes, point_samples
 
@@ -306,3 +307,29 @@ def test_exclude_special_tokens_passes_special_positions_through():
                                                   use_error_term=True, names_filter=lambda n: n.startswith(name))
         assert torch.equal(cache[f"{name}.hook_sae_error"] == 0, excluded.expand_as(clean[name]))
         torch.testing.assert_close(cache[f"{name}.hook_sae_output"], clean[name], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_unwrap_removes_spliced_saes_and_their_taps(tokens):
+    """An SAE at an inner point keeps its tap installed on the `transformers` module; `unwrap` resets it, so
+    the plain model runs its own forward again (bit for bit the reference's logits)."""
+    reference, model = build("falcon_h1", visible=True)
+    model.add_sae(Affine((4, 16)), hook_name="blocks.1.ssm.hook_x")
+    model.add_sae(nn.Flatten(-2), hook_name="blocks.2.attn.hook_z", hook_name_out="blocks.2.hook_attn_out")
+    plain = model.unwrap()
+    assert not attached_saes(model) and model._wrapping is None
+    assert torch.equal(plain(tokens).logits, reference(tokens).logits)
+
+
+@torch.no_grad()
+def test_a_transcoder_never_reads_an_input_of_another_pass(tokens):
+    """A pass that stops after the transcoder's input point leaves its value behind; a later pass entering
+    at a block after that point must not encode it (it raises instead)."""
+    _, model = build("qwen2")
+    model.add_sae(nn.Identity(), hook_name="blocks.0.hook_resid_post", hook_name_out="blocks.2.hook_mlp_out")
+    with forward_settings(model, stop=1):
+        resid = model(tokens)                                  # block 0 ran: its output was captured
+    with pytest.raises(RuntimeError, match="read nothing at its input point blocks.0.hook_resid_post in this pass"):
+        with forward_settings(model, start=1, resid=resid):
+            model(tokens)
+    model.reset_saes()

@@ -22,11 +22,11 @@ from torch import Tensor, nn
 
 from ..forward_state import current_state, forward_settings
 from ..hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
-from .splice import SAESplice, hooks_disabled
+from .splice import SAESplice, hooks_disabled, reconstruction
 
 __all__ = ["PointSample", "check_exclusion", "check_module", "check_sae_fits", "point_samples"]
 
-_SAMPLES: weakref.WeakKeyDictionary[nn.Module, dict[str, PointSample]] = weakref.WeakKeyDictionary()
+_SAMPLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, PointSample]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,11 @@ def point_samples(model: HookedRootModule, names: Sequence[str]) -> dict[str, Po
         if not isinstance(point, HookPoint) or name.rpartition(".")[0] in spliced:
             raise ValueError(f"{name} is a hook point of a spliced SAE; SAEs splice into the model's own points.")
     known = _SAMPLES.setdefault(model, {})
-    missing = list(names) if len(names) > 1 else [name for name in names if name not in known]
+    setting = (str(model.device), model.cfg.dtype)  # a model moved or cast is probed again
+    missing = list(names) if len(names) > 1 else [name for name in names if (name, *setting) not in known]
     if missing:  # several points are probed together, so that their order is known
-        known.update(_probe(model, missing, spliced))
-    return {name: known[name] for name in names}
+        known.update({(name, *setting): sample for name, sample in _probe(model, missing, spliced).items()})
+    return {name: known[(name, *setting)] for name in names}
 
 
 def check_sae_fits(sae: nn.Module, point: PointSample, out_point: PointSample) -> None:
@@ -155,7 +156,7 @@ def check_sae_fits(sae: nn.Module, point: PointSample, out_point: PointSample) -
     description = _short(sae)
     try:
         with torch.no_grad(), hooks_disabled(sae):
-            out = _reconstruction(sae, point.value)
+            out = reconstruction(sae, point.value)
     except (RuntimeError, ValueError, IndexError) as error:
         raise ValueError(f"The SAE {description} fails on an activation of {name} {point.describe()}: "
                          f"{type(error).__name__}: {error}") from error
@@ -171,10 +172,6 @@ def check_sae_fits(sae: nn.Module, point: PointSample, out_point: PointSample) -
     if point.order >= out_point.order and out_point is not point:
         raise ValueError(f"A transcoder reads {name} and writes {out_point.name}, but {name} runs after "
                          f"{out_point.name} in the forward pass.")
-
-
-def _reconstruction(sae: nn.Module, x: Tensor):
-    return sae.decode(sae.encode(x)) if hasattr(sae, "encode") and hasattr(sae, "decode") else sae(x)
 
 
 def _short(module: nn.Module) -> str:

@@ -72,7 +72,7 @@ class SAESplice(nn.Module):
         self.use_error_term = use_error_term
         self.exclude_special_tokens = exclude_special_tokens
         self.hook_name = hook_name or hook_point.name
-        self._captured: Tensor | None = None
+        self._captured: tuple[object, Tensor] | None = None  # (the pass it was captured in, the value)
         self.input_handle = None  # a transcoder's: the torch hook capturing its input point's value
 
     @property
@@ -89,7 +89,7 @@ class SAESplice(nn.Module):
             >>> splice(torch.zeros(1, 2, 4)).sum().item()          # the captured input, reconstructed
             8.0
         """
-        self._captured = x
+        self._captured = (current_state(), x)
 
     def reconstruct(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
         """The SAE's reconstruction of `x` (`decode(encode(x))` for SAE-Lens SAEs), in `x`'s dtype.
@@ -98,8 +98,7 @@ class SAESplice(nn.Module):
             >>> SAESplice(torch.nn.Identity(), HookPoint()).reconstruct(torch.ones(2)).tolist()
             [1.0, 1.0]
         """
-        sae = self.sae
-        out = sae.decode(sae.encode(x)) if hasattr(sae, "encode") and hasattr(sae, "decode") else sae(x)
+        out = reconstruction(self.sae, x)
         if not isinstance(out, Tensor):
             raise TypeError(f"The SAE at {self.hook_point.name} returned {type(out).__name__}; an SAE spliced into the "
                             "model must return one tensor (wrap a module that returns more so it returns its output).")
@@ -115,10 +114,14 @@ class SAESplice(nn.Module):
             >>> torch.allclose(splice(x), x, atol=1e-6)
             True
         """
-        sae_input, self._captured = (x if self._captured is None else self._captured), None
-        if self.is_transcoder and sae_input is x:
-            raise RuntimeError(f"The transcoder at {self.hook_point.name} read nothing at its input point "
-                               f"{self.hook_name} in this pass: that point must run before {self.hook_point.name}.")
+        sae_input = x
+        if self.is_transcoder:
+            captured, self._captured = self._captured, None
+            if captured is None or captured[0] is not current_state():
+                raise RuntimeError(f"The transcoder at {self.hook_point.name} read nothing at its input point "
+                                   f"{self.hook_name} in this pass: that point must run before {self.hook_point.name} "
+                                   "(a pass entering at a later block skips it).")
+            sae_input = captured[1]
         out = self.reconstruct(sae_input).to(x.dtype)
         if out.shape != x.shape:
             raise ValueError(f"The SAE at {self.hook_point.name} returned shape {tuple(out.shape)} for an activation "
@@ -162,6 +165,16 @@ class SAESplice(nn.Module):
                else list(self.exclude_special_tokens))
         excluded = torch.isin(tokens, torch.tensor(ids, dtype=tokens.dtype, device=tokens.device))
         return excluded.view(*excluded.shape, *[1] * (x.ndim - 2)).to(x.device)
+
+
+def reconstruction(sae: nn.Module, x: Float[Tensor, "... d_in"]):
+    """What `sae` returns for `x`: `decode(encode(x))` for SAE-Lens SAEs, `sae(x)` for other modules.
+
+    Examples:
+        >>> reconstruction(torch.nn.Identity(), torch.ones(2)).tolist()
+        [1.0, 1.0]
+    """
+    return sae.decode(sae.encode(x)) if hasattr(sae, "encode") and hasattr(sae, "decode") else sae(x)
 
 
 def sae_hook_points(sae: nn.Module) -> dict[str, TLHookPoint]:

@@ -224,7 +224,7 @@ def _check_no_conflict(model: HookedRootModule, name: str, name_out: str) -> Non
     for key, splice in attached_saes(model).items():
         if key == name:
             continue  # replaced by the new SAE
-        if splice.is_transcoder and key != name and name_out == key:
+        if splice.is_transcoder and name_out == key:
             raise ValueError(f"{name_out} is the input of the transcoder read from {key} and written to "
                              f"{splice.hook_point.name}; reset_saes({key!r}) first.")
         if splice.hook_point.name == name_out:
