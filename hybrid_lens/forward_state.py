@@ -61,6 +61,8 @@ class ForwardState:
             `forward_settings`).
         positions: `Int[Tensor, "batch pos"]`, each column's index among its row's real tokens (-1 on
             padding), offset by the tokens already in a cache; None before the pass starts.
+        tokens: `Int[Tensor, "batch pos"]`, the ids of this pass (those `positions` index); None before
+            the pass starts.
         start: The first block computed; the blocks before it return `resid`.
         resid: `Float[Tensor, "batch pos d_model"]`, the residual stream entering block `start`.
         stop: The block whose input ends the pass (`n_layers`: the final norm's); None: run to the logits.
@@ -78,6 +80,7 @@ class ForwardState:
     model: object
     running: bool = False
     positions: Int[Tensor, "batch pos"] | None = None
+    tokens: Int[Tensor, "batch pos"] | None = None
     start: int = 0
     resid: Tensor | None = None
     stop: int | None = None
@@ -126,7 +129,7 @@ class ForwardState:
         """
         if rows is None or self.positions is None:
             return self
-        return replace(self, positions=self.positions[rows])
+        return replace(self, positions=self.positions[rows], tokens=None if self.tokens is None else self.tokens[rows])
 
     @contextmanager
     def active(self) -> Iterator[ForwardState]:
@@ -204,7 +207,7 @@ def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None) -> Forwa
         raise ValueError(f"stop_at_layer={stop} conflicts with the stop {base.stop} already set for this pass.")
     length = tokens.shape[1] if mask is None else mask.shape[1]
     positions = real_positions(mask, tokens.shape[0], length)[:, -tokens.shape[1]:].to(tokens.device)
-    return replace(base, running=True, positions=positions, stop=base.stop if stop is None else stop)
+    return replace(base, running=True, positions=positions, tokens=tokens, stop=base.stop if stop is None else stop)
 
 
 def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:

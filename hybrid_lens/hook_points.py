@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
+from torch import nn
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
 from .forward_state import hooks_enabled
@@ -31,7 +32,8 @@ class HookPoint(_TLHookPoint):
     in for the activation: a tensor of the same shape, dtype and device (None keeps the value).
 
     A hook returning `[batch, 1, d]` for a `[batch, pos, d]` activation would otherwise broadcast
-    silently downstream, and a float64 one would change the dtype of everything after it.
+    silently downstream, and a float64 one would change the dtype of everything after it. A module put
+    in its place (an SAE splice) is its `stand_in`: calls of the point go there.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -66,6 +68,31 @@ class HookPoint(_TLHookPoint):
             if id(handle) not in before:
                 handle.hybrid_lens_hook = hook  # what a copy of the model adds again (`attached_hooks`)
         return result
+
+    def __call__(self, *args, **kwargs):
+        stand_in = self.__dict__.get("_stand_in")
+        return super().__call__(*args, **kwargs) if stand_in is None else stand_in(*args, **kwargs)
+
+    @property
+    def stand_in(self) -> nn.Module | None:
+        """The module standing in for this point (an `SAESplice`), or None; see `set_stand_in`."""
+        return self.__dict__.get("_stand_in")
+
+    def set_stand_in(self, module: nn.Module | None) -> None:
+        """Make calls of this point call `module` instead (its own hooks do not run then); None undoes it.
+
+        Code that holds the point object, such as an inner point's tap, then calls whatever was put
+        in its place in the module tree, as block-level points are looked up by name when they run.
+        `hybrid_lens.sae` sets it while an SAE is spliced in here. `module` is not made a submodule.
+
+        Examples:
+            >>> point = HookPoint()
+            >>> point.set_stand_in(torch.nn.Identity())
+            >>> point(torch.ones(2)).tolist(), point.stand_in
+            ([1.0, 1.0], Identity())
+            >>> point.set_stand_in(None)
+        """
+        self.__dict__["_stand_in"] = module
 
 
 def checked_hook(fn: Callable) -> Callable:

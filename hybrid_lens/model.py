@@ -89,8 +89,8 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Copyi
         self._mark_own()
 
     def unwrap(self) -> PreTrainedModel:
-        """Undo the wrapping: remove every hook (permanent ones too) and give the `transformers` model back
-        its own forwards (an nnsight view instruments modules itself: nnsight's to undo). Returns that
+        """Undo the wrapping: remove spliced SAEs and every hook (permanent ones too) and give the `transformers`
+        model back its own forwards (an nnsight view's instrumentation is nnsight's to undo). Returns that
         model, plain again; this `HookedHybrid` refuses to run afterwards.
 
         Examples:
@@ -101,6 +101,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Copyi
             True
         """
         if self._wrapping is not None:
+            self.reset_saes()  # an SAE at an inner point keeps its tap installed
             self.reset_hooks(including_permanent=True)
             self._wrapping.unwrap()
             self._wrapping = None
