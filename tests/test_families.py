@@ -31,6 +31,9 @@ from hybrid_lens.study.runner import StudySpec, run_study
 
 from .fixtures import build, random_tokens, stored
 
+# The block- and model-level points: what the bit-exactness tests cache (a cache of every point switches the
+# mixers to their eager paths, which round differently; tests/test_cache.py checks that one within rounding)
+BLOCK_POINTS = lambda model: model.hook_names(inner=False)  # noqa: E731
 VISIBLE = 1e-3  # least change of the logits, relative to their largest value, that zeroing any component
 # kind must cause: float32 rounding is ~1e-7 of it, so an ablation that does nothing cannot pass
 
@@ -66,7 +69,7 @@ def test_no_hooks_reproduces_transformers_logits_exactly(built, tokens):
 def test_cache_equals_output_hidden_states(built, tokens):
     family, reference, model = built
     hidden = reference(tokens, output_hidden_states=True).hidden_states
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert len(hidden) == model.n_layers + 1
     point = "resid_post" if FAMILIES[family].hidden_states_skip_embed else "resid_pre"  # Mamba omits the embeddings
     for layer in range(model.n_layers):
@@ -78,7 +81,7 @@ def test_cache_equals_output_hidden_states(built, tokens):
 def test_unembed_of_the_final_norm_reproduces_the_logits_exactly(built, tokens):
     """`unembed` applies the family's logit multiplier or divisor as `transformers` does, bit for bit."""
     _, reference, model = built
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert torch.equal(model.unembed(cache["ln_final.hook_normalized"]), reference(tokens).logits)
 
 
@@ -191,7 +194,7 @@ def test_an_nnsight_trace_reads_and_writes_the_points(built, tokens):
     last = model.n_layers - 1
     name = hook_name(last, model.layer_components[last][0])
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
+        _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
         edited = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: torch.zeros_like(x))])
     view = model.nnsight()
     read = {}
@@ -261,7 +264,7 @@ def test_bfloat16_logits_and_cache_are_exact(built, tokens):
     reference = copy.deepcopy(hf)
     model = HookedHybrid.from_hf(hf)
     plain = reference(tokens, output_hidden_states=True)
-    logits, cache = model.run_with_cache(tokens)
+    logits, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert torch.equal(logits, plain.logits)
     point = "resid_post" if model.adapter.hidden_states_skip_embed else "resid_pre"
     for layer in range(model.n_layers):
