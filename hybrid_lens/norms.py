@@ -111,6 +111,9 @@ class NormForm:
             >>> norm = torch.nn.LayerNorm(4)
             >>> NormForm.of(norm).check(norm, torch.randn(2, 4), "a test")
         """
+        if x.shape[-1] != self.gain.shape[-1]:
+            raise ValueError(f"The norm of {where} ({type(norm).__name__}) has width {self.gain.shape[-1]}, "
+                             f"not the residual stream's {x.shape[-1]}.")
         with torch.no_grad():
             expected = norm(x.to(self.gain.device)).float()
         ours = self.apply(x, self.scale(x)).float() + (0 if self.bias is None else self.bias.to(x.device))

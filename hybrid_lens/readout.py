@@ -39,7 +39,8 @@ class Readout:
         """The norm that reads the residual stream entering block `layer`: TransformerLens's `ln1` (the norm of
         the block's first mixer; of its MLP in a block with an MLP only), with `mlp_input` its `ln2` (the MLP's
         norm, reading `resid_mid`); the final norm for `layer == n_layers`. None where that input is not normed
-        (OLMo-Hybrid's attention blocks); `ValueError` for `mlp_input` in a block without an MLP.
+        (OLMo-Hybrid's attention blocks); `ValueError` for `mlp_input` in a block without an MLP, and for a block
+        whose components feed a mixer's input (Zamba2's hybrid blocks), where no norm reads the stream alone.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -52,6 +53,10 @@ class Readout:
         if layer == self.n_layers:
             return self.adapter.final_norm(self.hf_model)
         block = self.adapter.block_of(self.layout[layer].block_key)
+        if block.feeds_mixer:
+            raise ValueError(f"No norm of block {layer} reads the residual stream alone: its {block.feeds_mixer} "
+                             f"outputs feed its {block.mixers[-1].kind} input ({self.adapter.family}'s adapter says "
+                             "how), so there is no norm to apply to parts of the stream there.")
         if mlp_input or not block.mixers:
             if block.mlp is None:
                 raise ValueError(f"Block {layer} ({self.layout[layer].type}) has no MLP, so there is no MLP input.")

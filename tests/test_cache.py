@@ -227,6 +227,10 @@ def test_a_norm_of_another_form_is_refused(tokens):
     _, cache = model.run_with_cache(tokens, names_filter=model.hook_names(inner=False))
     with pytest.raises(ValueError, match=r"The norm of the final norm \(Doubling\) is neither gain \* x / rms\(x\)"):
         cache.apply_ln_to_stack(cache.decompose_resid())
+    _, zamba = build("zamba2")
+    _, zamba_cache = zamba.run_with_cache(tokens, names_filter=zamba.hook_names(inner=False))
+    with pytest.raises(ValueError, match="No norm of block 1 reads the residual stream alone"):
+        zamba_cache.accumulated_resid(1, apply_ln=True)
     layout_only = ActivationCache(dict(cache), model.layout)
     with pytest.raises(ValueError, match="apply_ln_to_stack needs the model"):
         layout_only.apply_ln_to_stack(cache.decompose_resid())

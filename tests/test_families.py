@@ -103,6 +103,40 @@ def test_block_values_are_the_contributions_added_to_the_residual(built, tokens)
 
 
 @torch.no_grad()
+def test_a_norm_applied_to_parts_of_the_stream_sums_to_its_output(built, tokens):
+    """At every block input (mixers' and MLP's) and the final norm, `apply_ln_to_stack` of the parts of the stream
+    (`decompose_resid`; MiniMax, whose stream is no sum: the stream itself) sums to what that norm output in the
+    forward pass (read with plain torch hooks); refused where no norm reads the stream alone (Zamba2's hybrid
+    blocks: their components feed the Mamba input)."""
+    _, _, model = built
+    inputs, handles = [], []
+    for layer in range(model.n_layers + 1):
+        for mlp_input in (False, True):
+            try:
+                norm = model.block_norm(layer, mlp_input)
+            except ValueError as error:
+                assert "has no MLP" in str(error) or "reads the residual stream alone" in str(error)
+                continue
+            if norm is not None and norm not in [entry[2] for entry in inputs]:
+                inputs.append((layer, mlp_input, norm, []))
+                handles.append(norm.register_forward_hook(lambda _m, _a, out, seen=inputs[-1][3]: seen.append(out)))
+    try:
+        _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert inputs
+    for layer, mlp_input, norm, outputs in inputs:
+        if model.adapter.additive:
+            parts = cache.decompose_resid(layer, mlp_input=mlp_input and layer < model.n_layers)
+        else:
+            parts = cache.accumulated_resid(layer, mlp_input=mlp_input and layer < model.n_layers)[-1:]
+        normed = cache.apply_ln_to_stack(parts, layer, mlp_input=mlp_input).sum(0)
+        expected = outputs[-1] if layer < model.n_layers else cache["ln_final.hook_normalized"]
+        assert torch.allclose(normed, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item()), (layer, mlp_input)
+
+
+@torch.no_grad()
 def test_decompose_resid_sums_to_the_stream_or_refuses(built, tokens):
     """The embedding plus every residual term sums to the final resid_post (and the direct logit
     attribution is built on it); a family whose blocks renormalise the stream refuses instead."""
