@@ -239,6 +239,18 @@ def context_length(attention_mask: Tensor | None, hf_kwargs: dict) -> int | None
     return attention_mask.shape[-1] if continues and attention_mask is not None else None
 
 
+def uses_a_cache(hf_kwargs: dict) -> bool:
+    """Whether a pass with these `transformers` arguments builds or continues a cache (`use_cache=True`,
+    `past_key_values`, `cache`, `cache_params`).
+
+    Examples:
+        >>> uses_a_cache({"use_cache": True}), uses_a_cache({"past_key_values": None}), uses_a_cache({})
+        (True, False, False)
+    """
+    return bool(hf_kwargs.get("use_cache")) or any(hf_kwargs.get(name) is not None
+                                                   for name in ("past_key_values", "cache", "cache_params"))
+
+
 def stop_block(stop_at_layer: int | None, n_layers: int) -> int | None:
     """The block whose input `forward(stop_at_layer=...)` returns (`n_layers`: the final norm's input);
     `ValueError` for a value out of `[-n_layers, n_layers]`.

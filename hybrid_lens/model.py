@@ -4,10 +4,11 @@ The wrapped model is the real `transformers` object; its decoder layers get a fo
 the same submodules with the same arithmetic, routing the residual stream and every mixer/MLP
 contribution through TransformerLens `HookPoint`s. With no hooks, logits are bit-identical.
 
-This module holds construction, the structure and hook names, `forward` and `run_with_cache`; the
-other methods come from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...),
-`tokenizing.Tokenizing`, `readout.Readout`, `nnsight_view.NNsightView`, `sae.SAESplicing`, `copying.Copying`.
-The state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
+This module holds construction, the structure and hook names and `forward`; the other methods come
+from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...), `tokenizing.Tokenizing`,
+`caching.Caching` (`run_with_cache`), `readout.Readout`, `nnsight_view.NNsightView`, `sae.SAESplicing` and
+`copying.Copying` (deepcopy, pickle). The state of one forward pass is a `forward_state.ForwardState`; the layers'
+structure a `layout.Layout`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from transformers import PreTrainedModel
 
 from .adapters import HookedBlock, Wrapping, adapter_for
 from .adapters.base import FinalNormHooks
-from .cache import ActivationCache, not_cached
+from .caching import Caching
 from .copying import Copying
 from .forward_state import (StopForward, begin, check_hf_kwargs, context_length, current_state, hf_forward_arguments,
                             stop_block)
@@ -45,7 +46,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Copying, HookedRootModule):
+class HookedHybrid(Loading, Tokenizing, Caching, Readout, SAESplicing, NNsightView, Copying, HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
@@ -186,7 +187,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Copyi
         return [n for n, p in self.hook_dict.items() if inner or not isinstance(p, TappedHookPoint)]
 
     def resolve_hook_names(self, names: NameFilter) -> list[str]:
-        """Hook names matching a name, a list of names, or a predicate (None: block-level names).
+        """Hook names matching a name, a list of names, or a predicate (None: every hook name).
 
         Raises `KeyError` listing the closest valid names for an unknown name, and `ValueError`
         when a predicate matches nothing.
@@ -200,7 +201,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Copyi
             ['blocks.0.hook_ssm_out', 'blocks.1.hook_ssm_out']
         """
         if names is None:
-            return self.hook_names(inner=False)
+            return self.hook_names()
         if isinstance(names, str):
             names = [names]
         if callable(names):
@@ -305,54 +306,3 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Copyi
             return None
         loss = next_token_loss(logits, tokens, mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
-
-    def run_with_cache(
-        self,
-        *model_args,
-        names_filter: NameFilter = None,
-        device: str | torch.device | None = None,
-        remove_batch_dim: bool = False,
-        **model_kwargs,
-    ) -> tuple[Tensor, ActivationCache]:
-        """Run the model and cache activations.
-
-        Args:
-            *model_args: Passed to `forward` (the input: text, texts or token ids).
-            names_filter: A name, names, or a predicate on names. None caches the block- and
-                model-level points (inner mixer points only when named, since they switch on
-                eager paths).
-            device: Move cached tensors there (e.g. "cpu").
-            remove_batch_dim: Drop the batch axis (batch size 1 only; a larger batch is an error).
-            **model_kwargs: Passed to `forward` (`attention_mask=`, `return_type=`,
-                `stop_at_layer=`, ...).
-
-        Returns:
-            The model output (logits `Float[Tensor, "batch pos vocab"]` by default) and an
-            `ActivationCache` of detached tensors, e.g. `Float[Tensor, "batch pos d_model"]` for
-            block-level points. With `stop_at_layer`, only points before the stop are cached.
-
-        Examples:
-            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-            >>> logits, cache = model.run_with_cache("In the beginning")
-            >>> cache["blocks.0.hook_resid_post"].shape
-            torch.Size([1, 3, 128])
-            >>> _, cache = model.run_with_cache("In the beginning", names_filter="blocks.0.ssm.hook_B")
-            >>> list(cache)
-            ['blocks.0.ssm.hook_B']
-        """
-        store: dict[str, Tensor] = {}
-
-        def save(value: Tensor, hook) -> None:
-            value = value.detach()
-            store[hook.name] = value if device is None else value.to(device)
-
-        names = self.resolve_hook_names(names_filter)
-        with self.hooks(fwd_hooks=[(name, save) for name in names]):
-            output = self(*model_args, **model_kwargs)
-        if remove_batch_dim:
-            batch = next(iter(store.values())).shape[0] if store else 1
-            if batch != 1:
-                raise ValueError(f"remove_batch_dim=True needs a batch of 1; this batch has {batch} rows.")
-            store = {name: value[0] for name, value in store.items()}
-        why = not_cached(model_kwargs.get("stop_at_layer"), self.n_layers)
-        return output, ActivationCache(store, self.layout, {name: why for name in names if name not in store})

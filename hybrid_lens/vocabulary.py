@@ -97,8 +97,9 @@ def cache_key(kind: str, layer: int, mixer: str | None = None) -> str:
 class ComponentLabel(str):
     """A component's label as data (`layer`, `kind`) that is also its printed text.
 
-    The text is `{layer}_{kind}` (`3_ssm`), or the kind alone without a layer (`embed`), so a
-    label compares equal to, prints and serialises as that string.
+    The text is TransformerLens's label of the output's hook point, `{layer}_{kind}_out` (`3_ssm_out`,
+    `3_attn_out`, `3_mlp_out`, as `decompose_resid` labels them), or the kind alone without a layer
+    (`embed`), so a label compares equal to, prints and serialises as that string.
 
     Attributes:
         layer: Block index, or None for a component outside the blocks (the embedding).
@@ -106,8 +107,8 @@ class ComponentLabel(str):
 
     Examples:
         >>> label = ComponentLabel(3, "ssm")
-        >>> label, label.layer, label.kind, label == "3_ssm"
-        ('3_ssm', 3, 'ssm', True)
+        >>> label, label.layer, label.kind, label == "3_ssm_out"
+        ('3_ssm_out', 3, 'ssm', True)
         >>> print(ComponentLabel(None, "embed"))
         embed
     """
@@ -116,7 +117,7 @@ class ComponentLabel(str):
     kind: str
 
     def __new__(cls, layer: int | None, kind: str) -> ComponentLabel:
-        label = super().__new__(cls, kind if layer is None else f"{layer}_{kind}")
+        label = super().__new__(cls, kind if layer is None else f"{layer}_{point_name(kind).removeprefix('hook_')}")
         object.__setattr__(label, "layer", layer)
         object.__setattr__(label, "kind", kind)
         return label

@@ -32,6 +32,9 @@ from hybrid_lens.study.runner import StudySpec, run_study
 
 from .fixtures import build, random_tokens, stored
 
+# The block- and model-level points: what the bit-exactness tests cache (a cache of every point switches the
+# mixers to their eager paths, which round differently; tests/test_cache.py checks that one within rounding)
+BLOCK_POINTS = lambda model: model.hook_names(inner=False)  # noqa: E731
 VISIBLE = 1e-3  # least change of the logits, relative to their largest value, that zeroing any component
 # kind must cause: float32 rounding is ~1e-7 of it, so an ablation that does nothing cannot pass
 
@@ -67,7 +70,7 @@ def test_no_hooks_reproduces_transformers_logits_exactly(built, tokens):
 def test_cache_equals_output_hidden_states(built, tokens):
     family, reference, model = built
     hidden = reference(tokens, output_hidden_states=True).hidden_states
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert len(hidden) == model.n_layers + 1
     point = hidden_states_point(family)  # read from the installed release: Mamba omits the embeddings
     for layer in range(model.n_layers):
@@ -79,7 +82,7 @@ def test_cache_equals_output_hidden_states(built, tokens):
 def test_unembed_of_the_final_norm_reproduces_the_logits_exactly(built, tokens):
     """`unembed` applies the family's logit multiplier or divisor as `transformers` does, bit for bit."""
     _, reference, model = built
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert torch.equal(model.unembed(cache["ln_final.hook_normalized"]), reference(tokens).logits)
 
 
@@ -98,6 +101,40 @@ def test_block_values_are_the_contributions_added_to_the_residual(built, tokens)
             total = family.skip_path(block, layer, kind)(total).double() + cache[hook_name(block.index, kind)].double()
         post = cache[hook_name(block.index, "resid_post")].double()
         assert torch.allclose(total, post, atol=1e-5 * post.abs().max().item()), (block.index, terms)
+
+
+@torch.no_grad()
+def test_a_norm_applied_to_parts_of_the_stream_sums_to_its_output(built, tokens):
+    """At every block input (mixers' and MLP's) and the final norm, `apply_ln_to_stack` of the parts of the stream
+    (`decompose_resid`; MiniMax, whose stream is no sum: the stream itself) sums to what that norm output in the
+    forward pass (read with plain torch hooks); refused where no norm reads the stream alone (Zamba2's hybrid
+    blocks: their components feed the Mamba input)."""
+    _, _, model = built
+    inputs, handles = [], []
+    for layer in range(model.n_layers + 1):
+        for mlp_input in (False, True):
+            try:
+                norm = model.block_norm(layer, mlp_input)
+            except ValueError as error:
+                assert "has no MLP" in str(error) or "reads the residual stream alone" in str(error)
+                continue
+            if norm is not None and norm not in [entry[2] for entry in inputs]:
+                inputs.append((layer, mlp_input, norm, []))
+                handles.append(norm.register_forward_hook(lambda _m, _a, out, seen=inputs[-1][3]: seen.append(out)))
+    try:
+        _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert inputs
+    for layer, mlp_input, norm, outputs in inputs:
+        if model.adapter.additive:
+            parts = cache.decompose_resid(layer, mlp_input=mlp_input and layer < model.n_layers)
+        else:
+            parts = cache.accumulated_resid(layer, mlp_input=mlp_input and layer < model.n_layers)[-1:]
+        normed = cache.apply_ln_to_stack(parts, layer, mlp_input=mlp_input).sum(0)
+        expected = outputs[-1] if layer < model.n_layers else cache["ln_final.hook_normalized"]
+        assert torch.allclose(normed, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item()), (layer, mlp_input)
 
 
 @torch.no_grad()
@@ -192,7 +229,7 @@ def test_an_nnsight_trace_reads_and_writes_the_points(built, tokens):
     last = model.n_layers - 1
     name = hook_name(last, model.layer_components[last][0])
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
+        _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
         edited = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: torch.zeros_like(x))])
     view = model.nnsight()
     read = {}
@@ -262,7 +299,7 @@ def test_bfloat16_logits_and_cache_are_exact(built, tokens):
     reference = copy.deepcopy(hf)
     model = HookedHybrid.from_hf(hf)
     plain = reference(tokens, output_hidden_states=True)
-    logits, cache = model.run_with_cache(tokens)
+    logits, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert torch.equal(logits, plain.logits)
     point = hidden_states_point(family)
     for layer in range(model.n_layers):

@@ -18,7 +18,12 @@ purpose the test asserts the difference and says why:
   `model.unembed` (TransformerLens's is `x / hook_scale`, before the gain);
 - `return_type="loss"` never scores a pad position, while TransformerLens scores the padding of a
   right-padded batch of texts (it builds no attention mask for right padding);
-- the logits point is `hook_logits` (TransformerLens: `unembed.hook_out`).
+- the logits point is `hook_logits` (TransformerLens: `unembed.hook_out`);
+- for the same reason `apply_ln_to_stack` applies the norm's gain too, so its parts sum to
+  `hook_normalized` and `logit_attrs` with the unfolded `W_U` equal TransformerLens's with `fold_ln=True`:
+  the cache methods that apply a norm are compared with a `HookedTransformer` whose norms are folded
+  (`folded`), where TransformerLens's arithmetic is the one a user gets from `from_pretrained`;
+- `decompose_resid(mode="attn")` means softmax attention (`"mixer"`: every mixer), the same on these models.
 """
 
 from __future__ import annotations
@@ -49,8 +54,7 @@ def xfail(cause: str):
 
 NO_BOS_DEFAULT = xfail("cfg.default_prepend_bos is False where TransformerLens prepends BOS (Llama)")
 NO_PADDING_SIDE = xfail("tokenizer.padding_side is ignored (TransformerLens honours it)")
-NO_POS_SLICE = xfail("ActivationCache methods take no pos_slice / apply_ln")
-NO_CACHE_METHOD = xfail("TransformerLens ActivationCache method missing")
+NO_CACHE_METHOD = xfail("TransformerLens ActivationCache method missing (heads and neurons)")
 NO_POINT = xfail("TransformerLens hook point missing")
 NO_GENERATE = xfail("no HookedHybrid.generate (issue #27)")
 NO_WEIGHTS = xfail("no weight views (W_E, W_Q, ..., blocks[i].attn / .mlp)")
@@ -321,13 +325,27 @@ def test_logits_point_is_hook_logits(pair, tokens):
     assert_same(ours["hook_logits"], tl_cache(pair.tl, tokens, ["unembed.hook_out"])["unembed.hook_out"], "logits")
 
 
-@xfail("run_with_cache() with no filter caches only block-level points")
+@NO_POINT
 @torch.no_grad()
 def test_run_with_cache_caches_every_transformer_lens_point(pair, tokens):
     _, ours = pair.hybrid.run_with_cache(tokens)
     _, theirs = pair.tl.run_with_cache(tokens)
     missing = sorted(set(theirs) - set(ours) - {"unembed.hook_in", "unembed.hook_out"})
     assert not missing, f"not cached: {missing[:8]} ... ({len(missing)})"
+
+
+@torch.no_grad()
+def test_run_with_cache_caches_every_point_in_transformer_lens_order(pair, tokens):
+    """With no filter every hook point is cached, the points TransformerLens has too in its order, with its values
+    (within float rounding: the inner points run the eager attention path)."""
+    _, ours = pair.hybrid.run_with_cache(tokens)
+    _, theirs = pair.tl.run_with_cache(tokens)
+    assert set(ours) == set(pair.hybrid.hook_dict)
+    shared = [name for name in theirs if name in ours]
+    assert [name for name in ours if name in theirs] == shared and len(shared) > 10 * pair.tl.cfg.n_layers
+    for name in shared:  # ln_final.hook_normalized includes the gain: test_final_normalized_includes_the_gain
+        if name != "ln_final.hook_normalized":
+            assert_same(ours[name], theirs[name], name)
 
 
 @torch.no_grad()
@@ -347,22 +365,32 @@ def test_run_with_cache_return_type_none(pair, tokens):
     assert_same(ours["blocks.0.hook_resid_post"], theirs["blocks.0.hook_resid_post"])
 
 
-@NO_POS_SLICE
 @torch.no_grad()
-def test_run_with_cache_pos_slice(pair, tokens):
-    names = ["blocks.1.hook_resid_post", "blocks.1.attn.hook_q"]
-    _, ours = pair.hybrid.run_with_cache(tokens, names_filter=names, pos_slice=-1)
-    theirs = tl_cache(pair.tl, tokens, names, pos_slice=-1)
+@pytest.mark.parametrize("pos_slice", [-1, 0, (1, 4), [0, 2, 3]])
+@pytest.mark.parametrize("remove_batch_dim", [False, True])
+def test_run_with_cache_pos_slice(pair, tokens, pos_slice, remove_batch_dim):
+    names = ["hook_embed", "blocks.1.hook_resid_post", "blocks.1.attn.hook_q", "blocks.1.attn.hook_z",
+             "blocks.1.attn.hook_pattern"]
+    rows = tokens[:1] if remove_batch_dim else tokens
+    _, ours = pair.hybrid.run_with_cache(rows, names_filter=names, pos_slice=pos_slice,
+                                         remove_batch_dim=remove_batch_dim)
+    theirs = tl_cache(pair.tl, rows, names, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim)
     for name in names:
         assert_same(ours[name], theirs[name], name)
 
 
-@xfail("run_with_cache(incl_bwd=True) is not supported")
 def test_run_with_cache_backward(pair, tokens):
-    names = ["blocks.1.hook_resid_post"]
-    _, ours = pair.hybrid.run_with_cache(tokens, names_filter=names, incl_bwd=True, return_type="loss")
-    _, theirs = pair.tl.run_with_cache(tokens, names_filter=names, incl_bwd=True, return_type="loss")
-    assert_same(ours["blocks.1.hook_resid_post_grad"], theirs["blocks.1.hook_resid_post_grad"])
+    names = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out", "blocks.1.attn.hook_q", "blocks.1.attn.hook_pattern"]
+    for pos_slice in (None, -1):
+        loss, ours = pair.hybrid.run_with_cache(tokens, names_filter=names, incl_bwd=True, return_type="loss",
+                                                pos_slice=pos_slice)
+        tl_loss, theirs = pair.tl.run_with_cache(tokens, names_filter=names, incl_bwd=True, return_type="loss",
+                                                 pos_slice=pos_slice)
+        pair.hybrid.zero_grad(set_to_none=True)
+        pair.tl.zero_grad(set_to_none=True)
+        assert set(ours) == set(theirs) == set(names) | {f"{name}_grad" for name in names}
+        for name in theirs:
+            assert_same(ours[name], theirs[name], name, rel=1e-4)
 
 
 # --- cache keys --------------------------------------------------------------------------------------------
@@ -376,16 +404,10 @@ def caches(pair, tokens):
     return ours, theirs
 
 
-SHORT_KEY = xfail("TransformerLens short keys ('embed', ('embed',)) are not understood")
 CACHE_KEYS = [
-    ("resid_pre", 1), ("attn_out", 0), ("resid_post", 2),
-    pytest.param(("embed",), marks=SHORT_KEY),
-    pytest.param("embed", marks=SHORT_KEY),
-    pytest.param(("pattern", 1), marks=xfail("cache['pattern', L] resolves to blocks.L.hook_pattern, not attn.")),
-    pytest.param(("q", 1), marks=xfail("cache['q', L] resolves to blocks.L.hook_q, not attn.")),
-    pytest.param(("resid_pre", -1), marks=xfail("negative layers in cache keys")),
-    pytest.param("k1a", marks=xfail("TransformerLens shorthand keys ('k1a')")),
-    pytest.param(("scale", 1, "ln1"), marks=NO_POINT),
+    ("resid_pre", 1), ("attn_out", 0), ("resid_post", 2), ("embed",), "embed", ("embed", None), ("pattern", 1),
+    ("q", 1), ("k", -1, None), ("resid_pre", -1), ("z", 1, "attn"), ("attn", 1), ("value", 0, "a"), "k1a", "pattern0",
+    "v1attn", pytest.param(("scale", 1, "ln1"), marks=NO_POINT), pytest.param("scale1ln1", marks=NO_POINT),
 ]
 
 
@@ -395,11 +417,27 @@ def test_cache_key(caches, key):
     assert_same(ours[key], theirs[key], str(key))
 
 
-@xfail("get_act_name names of inner points are not cached by default (KeyError)")
-def test_get_act_name_keys_of_a_default_cache(pair, tokens):
-    _, ours = pair.hybrid.run_with_cache(tokens)
-    for name in (utils.get_act_name("q", 1), utils.get_act_name("pattern", 1), utils.get_act_name("scale", 1, "ln1")):
-        assert name in ours, name
+@pytest.fixture(scope="module")
+def default_cache(pair, tokens):
+    with torch.no_grad():
+        return pair.hybrid.run_with_cache(tokens)[1]
+
+
+@pytest.mark.parametrize("key", [("q", 1), ("pattern", 1), ("z", 0), ("resid_mid", 1),
+                                 pytest.param(("scale", 1, "ln1"), marks=NO_POINT)])
+def test_get_act_name_keys_of_a_default_cache(default_cache, key):
+    assert utils.get_act_name(*key) in default_cache, key
+
+
+def test_a_point_that_was_not_cached_is_named_as_such(pair, tokens):
+    with torch.no_grad():
+        _, ours = pair.hybrid.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post")
+    with pytest.raises(KeyError, match=r"blocks\.1\.attn\.hook_q, a hook point of this model that was not cached: "
+                                       r"run run_with_cache with names_filter including it"):
+        ours["q", 1]
+    with pytest.raises(KeyError, match="Unknown hook point 'blocks.1.attn.hook_qq'. Closest valid names: "
+                                       "blocks.1.attn.hook_q"):
+        ours["blocks.1.attn.hook_qq"]
 
 
 # --- ActivationCache methods -------------------------------------------------------------------------------
@@ -413,16 +451,22 @@ def assert_same_call(caches, method: str, *args, labelled: bool = False, **kwarg
     assert_same(ours, theirs, method)
 
 
-@pytest.mark.parametrize("layer", [None, pytest.param(2, marks=xfail(
-    "accumulated_resid(layer) stops before blocks.{layer}.hook_resid_pre (TransformerLens includes it)"))])
+@pytest.mark.parametrize("layer", [None, 0, 2, -1])
 @pytest.mark.parametrize("incl_mid", [False, True])
-def test_accumulated_resid(caches, layer, incl_mid):
-    assert_same_call(caches, "accumulated_resid", layer, incl_mid=incl_mid, labelled=True)
+@pytest.mark.parametrize("mlp_input", [False, True])
+def test_accumulated_resid(caches, layer, incl_mid, mlp_input):
+    assert_same_call(caches, "accumulated_resid", layer, incl_mid=incl_mid, mlp_input=mlp_input, labelled=True)
 
 
-@NO_POS_SLICE
-def test_accumulated_resid_negative_layer_and_pos_slice(caches):
-    assert_same_call(caches, "accumulated_resid", -1, incl_mid=True, pos_slice=-1)
+@pytest.mark.parametrize("pos_slice", [-1, (1, 3), [0, 2]])
+def test_accumulated_resid_negative_layer_and_pos_slice(caches, pos_slice):
+    assert_same_call(caches, "accumulated_resid", -1, incl_mid=True, pos_slice=pos_slice)
+
+
+def test_accumulated_resid_apply_ln_at_the_final_norm(caches):
+    """At the final norm each entry is normalised with its own scale by the model's final norm (the logit lens):
+    TransformerLens's unfolded `ln_final` includes the gain there too, so the values are the same."""
+    assert_same_call(caches, "accumulated_resid", None, incl_mid=True, apply_ln=True, pos_slice=-1, labelled=True)
 
 
 @pytest.mark.parametrize("layer", [None, 2])
@@ -430,15 +474,16 @@ def test_decompose_resid_values(caches, layer):
     assert_same_call(caches, "decompose_resid", layer)
 
 
-@xfail("decompose_resid labels are '0_attn', '0_mlp' (TransformerLens: '0_attn_out', '0_mlp_out')")
-def test_decompose_resid_labels(caches):
-    assert_same_call(caches, "decompose_resid", labelled=True)
+@pytest.mark.parametrize("layer", [None, 0, 2])
+def test_decompose_resid_labels(caches, layer):
+    assert_same_call(caches, "decompose_resid", layer, labelled=True)
 
 
-@NO_POS_SLICE
 @pytest.mark.parametrize("mode", ["all", "attn", "mlp"])
-def test_decompose_resid_mode_and_pos_slice(caches, mode):
-    assert_same_call(caches, "decompose_resid", layer=2, mode=mode, incl_embeds=False, pos_slice=-1)
+@pytest.mark.parametrize("mlp_input", [False, True])
+def test_decompose_resid_mode_and_pos_slice(caches, mode, mlp_input):
+    assert_same_call(caches, "decompose_resid", layer=2, mode=mode, mlp_input=mlp_input, incl_embeds=False,
+                     pos_slice=-1, labelled=True)
 
 
 @NO_CACHE_METHOD
@@ -447,9 +492,9 @@ def test_stack_head_results(caches, layer):
     assert_same_call(caches, "stack_head_results", layer, incl_remainder=True, labelled=True)
 
 
-@NO_CACHE_METHOD
-def test_stack_activation(caches):
-    assert_same_call(caches, "stack_activation", "pattern")
+@pytest.mark.parametrize("args", [("pattern",), ("resid_pre", 2), ("z", -1, "attn"), ("v", None)])
+def test_stack_activation(caches, args):
+    assert_same_call(caches, "stack_activation", *args)
 
 
 @NO_CACHE_METHOD
@@ -467,31 +512,153 @@ def test_get_full_resid_decomposition(caches):
     assert_same_call(caches, "get_full_resid_decomposition", expand_neurons=False, labelled=True)
 
 
-@NO_CACHE_METHOD
-def test_logit_attrs(caches, tokens):
-    stack = caches[1].decompose_resid(pos_slice=-1)
-    assert_same_call(caches, "logit_attrs", stack, tokens=tokens[:, 1], incorrect_tokens=tokens[:, 2], pos_slice=-1)
+# --- the cache methods that apply a norm, against TransformerLens with folded norms ---------------------------
+@pytest.fixture(scope="module")
+def folded(pair, tokens, tmp_path_factory):
+    """(TransformerLens's `HookedTransformer` of the same weights with the norm gains folded in, its cache on
+    `tokens`): the arithmetic `apply_ln_to_stack` and `logit_attrs` have in TransformerLens by default."""
+    model = tl_pairs.hooked_transformer(pair.hybrid.hf_model, pair.hybrid.tokenizer,
+                                        tmp_path_factory.mktemp("tl-folded"), fold_ln=True)
+    with torch.no_grad():
+        return model, model.run_with_cache(tokens)[1]
 
 
-@NO_CACHE_METHOD
-@pytest.mark.parametrize("stack", ["accumulated_resid", "decompose_resid", "stack_head_results"])
-def test_direct_logit_attribution_with_apply_ln(pair, caches, tokens, stack):
-    """What a DLA notebook computes: per-component logit differences at the last position, after the final
-    norm. The factorisation between `apply_ln` and the token directions is free (TransformerLens folds the
-    norm gain into `W_U`); the attributions are not, and they sum to the logit difference."""
+def gain(tl, layer: int | None, mlp_input: bool = False) -> torch.Tensor:
+    """The RMSNorm gain at the input of `layer` (None: the final norm) in the unfolded `HookedTransformer`."""
+    return tl.ln_final.w if layer is None else getattr(tl.blocks[layer], "ln2" if mlp_input else "ln1").w
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layer,mlp_input", [(None, False), (1, False), (1, True), (0, True)])
+@pytest.mark.parametrize("pos_slice", [None, -1])
+def test_apply_ln_to_stack_includes_the_gain(pair, caches, folded, layer, mlp_input, pos_slice):
+    """Deliberate difference: our parts are TransformerLens's (folded or not: the same scale) times the norm's
+    gain, so they sum to the norm's output, what the next weights read (`hook_normalized`)."""
     ours, theirs = caches
-    answer, wrong = tokens[:, 1], tokens[:, 2]
-    parts = getattr(ours, stack)(-1, apply_ln=True, pos_slice=-1)
-    tl_parts = getattr(theirs, stack)(-1, apply_ln=True, pos_slice=-1) * pair.tl.ln_final.w
+    stack = ours.decompose_resid(layer=2, pos_slice=pos_slice)
+    normed = ours.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+    for cache in (theirs, folded[1]):
+        expected = cache.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+        assert_same(normed, expected * gain(pair.tl, layer, mlp_input), "apply_ln_to_stack")
+
+
+@torch.no_grad()
+def test_apply_ln_to_stack_recompute_ln(pair, caches):
+    ours, theirs = caches
+    stack = ours.accumulated_resid(pos_slice=-1)
+    assert_same(ours.apply_ln_to_stack(stack, pos_slice=-1, recompute_ln=True),
+                theirs.apply_ln_to_stack(stack, pos_slice=-1, recompute_ln=True), "recompute_ln")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("stack", ["accumulated_resid", "decompose_resid"])
+@pytest.mark.parametrize("layer,mlp_input", [(-1, False), (2, False), (1, True)])
+def test_stacks_with_apply_ln(pair, caches, folded, stack, layer, mlp_input):
+    """`apply_ln=True`: what the next weights read is the same (ours x gain = TransformerLens folded, whose weights
+    hold the gain; at the final norm `accumulated_resid` normalises each entry by the model's own final norm)."""
+    ours = getattr(caches[0], stack)(layer, mlp_input=mlp_input, apply_ln=True, pos_slice=-1)
+    theirs = getattr(folded[1], stack)(layer, mlp_input=mlp_input, apply_ln=True, pos_slice=-1)
+    assert_same(ours, theirs * gain(pair.tl, None if layer == -1 else layer, mlp_input), stack)
+
+
+def answers(tokens):
+    return tokens[:, 1], tokens[:, 2]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("stack", ["accumulated_resid", "decompose_resid"])
+def test_logit_attrs(caches, folded, tokens, stack):
+    """`logit_attrs` of the parts of the stream: TransformerLens's with folded norms (its default); TransformerLens
+    without folding leaves the final norm's gain out (`test_logit_attrs_unfolded_leave_the_gain_out`)."""
+    answer, wrong = answers(tokens)
+    parts = getattr(caches[0], stack)(-1, pos_slice=-1)
+    ours = caches[0].logit_attrs(parts, tokens=answer, incorrect_tokens=wrong, pos_slice=-1)
+    assert_same(ours, folded[1].logit_attrs(parts, tokens=answer, incorrect_tokens=wrong, pos_slice=-1), "attributions")
+
+
+@torch.no_grad()
+def test_logit_attrs_unfolded_leave_the_gain_out(pair, caches, tokens):
+    ours, theirs = caches
+    answer, wrong = answers(tokens)
+    parts = ours.decompose_resid(pos_slice=-1)
     assert_same(ours.logit_attrs(parts, tokens=answer, incorrect_tokens=wrong, pos_slice=-1),
-                theirs.logit_attrs(tl_parts, tokens=answer, incorrect_tokens=wrong, pos_slice=-1), "attributions")
+                theirs.logit_attrs(parts * pair.tl.ln_final.w, tokens=answer, incorrect_tokens=wrong, pos_slice=-1))
 
 
-@NO_CACHE_METHOD
+@torch.no_grad()
+def test_logit_attrs_sum_to_the_logit_difference(pair, caches, tokens):
+    answer, wrong = answers(tokens)
+    logits = pair.tl(tokens)[:, -1]
+    attrs = caches[0].logit_attrs(caches[0].decompose_resid(pos_slice=-1), tokens=answer, incorrect_tokens=wrong,
+                                  pos_slice=-1)
+    assert_same(attrs.sum(0), logits.gather(-1, answer[:, None])[:, 0] - logits.gather(-1, wrong[:, None])[:, 0])
+
+
+@torch.no_grad()
+def test_logit_attrs_token_forms_and_slices(pair, caches, folded, tokens):
+    """Tokens as a string, an int and per row; a batch slice, and a stack without its batch axis."""
+    parts = caches[0].accumulated_resid(incl_mid=True, pos_slice=-1)
+    answer, wrong = answers(tokens)
+    word, other = pair.tl.to_single_str_token(int(answer[-1])), pair.tl.to_single_str_token(int(wrong[-1]))
+    calls = [
+        (parts, dict(tokens=word, incorrect_tokens=other, batch_slice=-1, pos_slice=-1)),
+        (parts, dict(tokens=int(answer[-1]), incorrect_tokens=int(wrong[-1]), batch_slice=[1], pos_slice=-1)),
+        (parts[:, -1], dict(tokens=answer[-1], incorrect_tokens=wrong[-1], has_batch_dim=False, batch_slice=-1,
+                            pos_slice=-1)),
+        (parts, dict(tokens=answer, pos_slice=-1)),
+    ]
+    for stack, kwargs in calls:
+        assert_same(caches[0].logit_attrs(stack, **kwargs), folded[1].logit_attrs(stack, **kwargs), str(kwargs))
+    with pytest.raises(ValueError, match="same shape"):
+        caches[0].logit_attrs(parts, tokens=answer, incorrect_tokens=wrong[:1], pos_slice=-1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("stack", ["accumulated_resid", "decompose_resid",
+                                   pytest.param("stack_head_results", marks=NO_CACHE_METHOD)])
+def test_direct_logit_attribution_with_apply_ln(pair, caches, folded, tokens, stack):
+    """What a DLA notebook computes: each component through the final norm (`apply_ln=True`), dotted with the
+    logit-difference direction. The factorisation between `apply_ln` and the token directions is free
+    (TransformerLens folds the norm gain into `W_U`, we apply it with the norm); the attributions are not. (Before:
+    `logit_attrs` of the normed parts against the unfolded model, which applies the final norm's scale twice.)"""
+    answer, wrong = answers(tokens)
+    ours = getattr(caches[0], stack)(-1, apply_ln=True, pos_slice=-1)
+    theirs = getattr(folded[1], stack)(-1, apply_ln=True, pos_slice=-1)
+    directions = {name: model.tokens_to_residual_directions(answer) - model.tokens_to_residual_directions(wrong)
+                  for name, model in (("ours", pair.tl), ("folded", folded[0]))}  # unfolded W_U is ours
+    assert_same((ours * directions["ours"]).sum(-1), (theirs * directions["folded"]).sum(-1), "attributions")
+
+
+# --- the cache's own interface ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["has_batch_dim", "cache_dict", "remove_batch_dim", "apply_slice_to_batch_dim",
-                                    "toggle_autodiff", "compute_head_results", "apply_ln_to_stack"])
+                                    "toggle_autodiff", pytest.param("compute_head_results", marks=NO_CACHE_METHOD),
+                                    "apply_ln_to_stack", "logit_attrs", "stack_activation", "to", "keys", "items"])
 def test_cache_has_method(caches, method):
     assert hasattr(caches[0], method), method
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("batch_slice", [1, (0, 1), [1, 0], None])
+def test_apply_slice_to_batch_dim(caches, batch_slice):
+    ours, theirs = (cache.apply_slice_to_batch_dim(batch_slice) for cache in caches)
+    assert ours.has_batch_dim == theirs.has_batch_dim
+    for name in ("blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "hook_embed"):
+        assert_same(ours[name], theirs[name], name)
+
+
+@torch.no_grad()
+def test_remove_batch_dim(pair, tokens):
+    names = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_q"]
+    ours, theirs = pair.hybrid.run_with_cache(tokens[:1], names_filter=names)[1], tl_cache(pair.tl, tokens[:1], names)
+    for cache in (ours, theirs):
+        assert cache.has_batch_dim and cache.remove_batch_dim() is cache and not cache.has_batch_dim
+        cache.remove_batch_dim()  # again: a warning, nothing removed
+    assert list(ours.cache_dict) == list(theirs.cache_dict)
+    for name in names:
+        assert_same(ours.cache_dict[name], theirs.cache_dict[name], name)
+    two_rows = pair.hybrid.run_with_cache(tokens, names_filter=names)[1]
+    with pytest.raises(AssertionError):  # as TransformerLens (ours is also a ValueError)
+        two_rows.remove_batch_dim()
 
 
 # --- hooks -------------------------------------------------------------------------------------------------
@@ -617,7 +784,6 @@ def test_activation_patching_of_the_residual_stream(pair, tokens):
                 patching.get_act_patch_resid_pre(pair.tl, corrupted[:1], tl_clean, metric), "patching")
 
 
-@xfail("TransformerLens's head patching reads attn.hook_z from a default cache")
 def test_activation_patching_of_heads(pair, tokens):
     if pair.name != "tiny-llama":
         pytest.skip("one forward per layer and head: the tiny model only")
