@@ -36,6 +36,7 @@ from .readout import Readout, next_token_loss
 from .sae import SAESplicing
 from .tokenizing import ModelInput, Tokenizing
 from .tokens import PaddingSide
+from .weights import Weights
 
 __all__ = ["Component", "FinalNormHooks", "HookedHybrid", "next_token_loss"]
 
@@ -44,7 +45,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, HookedRootModule):
+class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Weights, HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
@@ -78,6 +79,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
         self.layout: Layout = self.adapter.layout(hf_model.config)
         Wrapping.check(hf_model, self.adapter, self.layout)  # before anything is installed
+        self.hook_tokens = HookPoint()  # [batch, pos] token ids, as TransformerLens's (use_hook_tokens)
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList(HookedBlock(layer) for layer in self.layout)
         self.ln_final = FinalNormHooks()
@@ -171,7 +173,8 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         return self.layout.components(kind)
 
     def hook_names(self, inner: bool = True) -> list[str]:
-        """All hook point names; with `inner=False` only the block-level and model-level ones.
+        """All hook point names; with `inner=False` only the block-level and model-level activations
+        (no inner mixer, MLP or norm points, and not `hook_tokens`, the input ids).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -180,7 +183,8 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             >>> "blocks.0.ssm.hook_B" in model.hook_names()
             True
         """
-        return [n for n, p in self.hook_dict.items() if inner or not isinstance(p, TappedHookPoint)]
+        return [n for n, p in self.hook_dict.items()
+                if inner or not (isinstance(p, TappedHookPoint) or n == "hook_tokens")]
 
     def resolve_hook_names(self, names: NameFilter) -> list[str]:
         """Hook names matching a name, a list of names, or a predicate (None: block-level names).
@@ -289,6 +293,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         hf_kwargs.setdefault("use_cache", False)
         state = begin(self, tokens, mask, stop)
         with state.active():
+            tokens = self.hook_tokens(tokens)  # a hook may change the ids (not their shape): the run and loss use them
             try:
                 output = self.hf_model(input_ids=tokens, attention_mask=mask, **hf_kwargs)
             except StopForward as stopped:
@@ -351,4 +356,4 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             if batch != 1:
                 raise ValueError(f"remove_batch_dim=True needs a batch of 1; this batch has {batch} rows.")
             store = {name: value[0] for name, value in store.items()}
-        return output, ActivationCache(store, self.layout)
+        return output, ActivationCache(store, self.layout, self)

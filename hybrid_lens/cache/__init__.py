@@ -1,9 +1,10 @@
 """ActivationCache: the activations of one run by hook name, with TransformerLens's analysis methods.
 
 `ActivationCache` is assembled from one mixin per concern, each in its own module: `mapping`
-(lookup by hook name or `(kind, layer)` key, device moves, the model's `Layout`) and `residual`
-(stacks, the accumulated residual stream and its decomposition into component outputs). A new
-family of methods (per-head results, logit attributions, norms applied to stacks) is a new mixin
+(lookup by hook name or `(kind, layer)` key, device moves, the model's `Layout`), `residual`
+(stacks, the accumulated residual stream and its decomposition into component outputs) and `units`
+(per-head and per-neuron results and the full residual decomposition). A new
+family of methods (logit attributions, norms applied to stacks) is a new mixin
 module added to the class below.
 """
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from .mapping import CacheMapping
 from .residual import ResidualStream
+from .units import HeadsAndNeurons
 
 __all__ = ["ActivationCache"]
 
 
-class ActivationCache(ResidualStream, CacheMapping):
+class ActivationCache(HeadsAndNeurons, ResidualStream, CacheMapping):
     """Cached activations keyed by canonical hook name (e.g. `blocks.3.hook_ssm_out`).
 
     Also indexable TransformerLens-style by `(kind, layer)`: `cache["ssm_out", 3]`,
@@ -27,6 +29,7 @@ class ActivationCache(ResidualStream, CacheMapping):
     Args:
         values: Hook name -> tensor.
         layout: The `Layout` of the model the values come from (`model.layout`).
+        model: That model (`run_with_cache` passes it): the per-head and per-neuron methods read its weights.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")

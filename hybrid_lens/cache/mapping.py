@@ -13,7 +13,8 @@ from ..vocabulary import cache_key
 
 
 class CacheMapping(Mapping[str, Tensor]):
-    """Hook name -> tensor, also indexable by `(kind, layer[, mixer])`; knows the model's `Layout`.
+    """Hook name -> tensor, also indexable by `(kind, layer[, mixer])`; knows the model's `Layout` and
+    (as `model`, made by `run_with_cache`) the model itself.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
@@ -22,9 +23,10 @@ class CacheMapping(Mapping[str, Tensor]):
         ([3, 7], 8)
     """
 
-    def __init__(self, values: dict[str, Tensor], layout: Layout):
+    def __init__(self, values: dict[str, Tensor], layout: Layout, model=None):
         self._values = values
         self.layout = layout
+        self.model = model  # the HookedHybrid the values come from (its weights give head and neuron results)
 
     def __getitem__(self, key) -> Tensor:
         name = key if isinstance(key, str) else cache_key(*key)
@@ -56,7 +58,7 @@ class CacheMapping(Mapping[str, Tensor]):
             >>> cache.to("cpu")["resid_pre", 0].device
             device(type='cpu')
         """
-        return type(self)({name: value.to(device) for name, value in self._values.items()}, self.layout)
+        return type(self)({name: value.to(device) for name, value in self._values.items()}, self.layout, self.model)
 
     def cpu(self):
         """A copy with every tensor on the CPU, `self.to("cpu")`.
