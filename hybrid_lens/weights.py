@@ -134,7 +134,7 @@ class Weights:
             for kind in block.layer.residual_terms:
                 hooks = getattr(block, kind)
                 if kind != "mlp" and hooks.heads is not None and hooks.heads.exact:
-                    factor = hooks.heads.multiplier()
+                    factor = hooks.heads.factor()
                     total = total + hooks.heads.b_O * (1.0 if factor is None else factor)
                 elif kind == "mlp" and include_mlp_biases and index < layer and hooks.neurons is not None \
                         and hooks.neurons.exact:

@@ -90,7 +90,7 @@ def test_head_results_sum_to_the_mixer_output(built, tokens):
              if getattr(block, kind).heads is not None}
     raw = projection_outputs(model, tokens, {key: value.projection for key, value in heads.items() if not value.exact})
     for (layer, kind), value in heads.items():
-        factor = value.multiplier() if value.exact else None
+        factor = value.factor() if value.exact else None
         total = cache[hook_name(layer, kind, "hook_result")].sum(-2) + value.b_O * (1.0 if factor is None else factor)
         close(total, cache[hook_name(layer, kind)] if value.exact else raw[layer, kind], f"{family} {layer} {kind}")
     assert no_hooks_left(model)
@@ -133,7 +133,7 @@ def test_neuron_results_sum_to_the_mlp_output(built, tokens):
     for layer in NEURON_LAYERS[family]:
         mlp = model.blocks[layer].mlp
         post, exact = cache[hook_name(layer, "mlp", "hook_post")], mlp.neurons.exact
-        factor = mlp.neurons.multiplier() if exact else None
+        factor = mlp.neurons.factor() if exact else None
         output = cache[hook_name(layer, "mlp")] if exact else raw[layer]
         close((post @ mlp.W_out) * (1.0 if factor is None else factor) + mlp.neurons.b_out, output, f"{family} {layer}")
         results = cache.get_neuron_results(layer, pos_slice=-1)

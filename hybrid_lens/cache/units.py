@@ -163,7 +163,7 @@ class HeadsAndNeurons:
         post, rows = self._neuron_inputs(layer, neurons, as_slice(neuron_slice), as_slice(pos_slice))
         if project_output_onto is None:
             return neurons.results(post, rows)
-        factor = neurons.multiplier()
+        factor = neurons.factor()
         projected = rows @ project_output_onto.to(rows.dtype)
         projected = projected if factor is None else projected * factor
         return post * projected if projected.ndim == 1 else post[..., None] * projected
@@ -315,7 +315,7 @@ class HeadsAndNeurons:
             scale, gain, centered = self._ln_parts(*ln, pos)
             rows = (rows - rows.mean(-1, keepdim=True) if centered else rows) * gain.to(rows.dtype)
             post = post / scale
-        factor = neurons.multiplier()
+        factor = neurons.factor()
         projected = rows @ project.to(rows.dtype)
         return post[..., None] * (projected if factor is None else projected * factor)
 

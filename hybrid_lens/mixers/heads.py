@@ -22,7 +22,7 @@ the exact split of the projection.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float
@@ -61,8 +61,17 @@ class Heads:
     projection: nn.Linear
     n_heads: int
     source: str
-    multiplier: Multiplier = field(default=lambda: None, compare=False)
+    multiplier: Multiplier | None = None
     exact: bool = True
+
+    def factor(self) -> float | Tensor | None:
+        """The multiplier's value now (None: no multiplier).
+
+        Examples:
+            >>> Heads(torch.nn.Linear(4, 2), 2, "hook_z", multiplier=lambda: 0.5).factor()
+            0.5
+        """
+        return None if self.multiplier is None else self.multiplier()
 
     @property
     def d_head(self) -> int:
@@ -88,7 +97,7 @@ class Heads:
             torch.Size([1, 2, 3])
         """
         results = torch.einsum("...hd,hdm->...hm", z, self.W_O.to(z.dtype))
-        factor = self.multiplier()
+        factor = self.factor()
         return results if factor is None else results * factor
 
     def output(self, results: Float[Tensor, "... head d_model"]) -> Float[Tensor, "... d_model"]:
@@ -102,7 +111,7 @@ class Heads:
             True
         """
         total = results.sum(-2)
-        factor = self.multiplier()
+        factor = self.factor()
         if factor is not None:
             total = total / factor
         return total + self.b_O.to(total.dtype) if self.projection.bias is not None else total

@@ -24,7 +24,7 @@ it has `hook_post` and `W_out` / `b_out` only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
@@ -49,6 +49,10 @@ class DenseLayout:
         up: The linear input projection (TransformerLens's `W_in`), None when fused.
         fused: One projection holding `[gate | up]` (Granite's `input_linear`), None otherwise.
         inputs: Whether its input projections are exact (False: Zamba2's adapters add to them).
+
+    Examples:
+        >>> DenseLayout("w2", "w1", "w3").gate
+        'w1'
     """
 
     down: str
@@ -101,8 +105,17 @@ class Neurons:
     """
 
     down: nn.Linear
-    multiplier: Multiplier = field(default=lambda: None, compare=False)
+    multiplier: Multiplier | None = None
     exact: bool = True
+
+    def factor(self) -> float | Tensor | None:
+        """The multiplier's value now (None: no multiplier).
+
+        Examples:
+            >>> Neurons(torch.nn.Linear(4, 2)).factor() is None
+            True
+        """
+        return None if self.multiplier is None else self.multiplier()
 
     @property
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
@@ -112,15 +125,20 @@ class Neurons:
     @property
     def b_out(self) -> Float[Tensor, " d_model"]:
         """The down projection's bias, times the multiplier (zeros without one): the constant term."""
-        factor = self.multiplier()
+        factor = self.factor()
         bias = bias_or_zeros(self.down)
         return bias if factor is None else bias * factor
 
     def results(self, post: Float[Tensor, "... d_mlp"], W_out: Tensor | None = None) -> Float[Tensor, "... d_mlp d_model"]:
         """Each neuron's contribution `post[..., n] * W_out[n]` (times the multiplier); `W_out`: a slice
-        of the rows to use (default: all)."""
+        of the rows to use (default: all).
+
+        Examples:
+            >>> Neurons(torch.nn.Linear(6, 4)).results(torch.ones(2, 6)).shape   # [pos, d_mlp, d_model]
+            torch.Size([2, 6, 4])
+        """
         results = post[..., None] * (self.W_out if W_out is None else W_out)
-        factor = self.multiplier()
+        factor = self.factor()
         return results if factor is None else results * factor
 
 

@@ -53,7 +53,12 @@ class NormForm:
     centered: bool = False
 
     def scale(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... 1"]:
-        """The scale the norm divides its input by (float32)."""
+        """The scale the norm divides its input by (float32).
+
+        Examples:
+            >>> NormForm(eps=0.0, centered=True).scale(torch.tensor([[1.0, 3.0]]))
+            tensor([[1.]])
+        """
         x = x.float()
         if self.centered:
             return (x.var(-1, keepdim=True, unbiased=False) + self.eps).sqrt()
@@ -111,9 +116,6 @@ class NormHooks(MixerHooks):
         """The norm's bias (zeros for an RMSNorm, as TransformerLens's)."""
         bias = getattr(self.norm, "bias", None)
         return bias if isinstance(bias, Tensor) else torch.zeros_like(self.norm.weight)
-
-    def extra_repr(self) -> str:
-        return "" if self.norm is None else f"norm={type(self.norm).__name__}"
 
 
 def add_points(hooks: NormHooks, norm: nn.Module, normalized: bool = True) -> Tap | None:
