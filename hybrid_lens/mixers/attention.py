@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..hook_points import Tap
-from .heads import declare_heads
+from .heads import add_head_input
 from .kinds import ComponentKind
-from .taps import MixerHooks, add_pattern_points, add_projection_point, input_tap, output_tap, route, single
+from .taps import MixerHooks, add_pattern_points, add_projection_point, output_tap, route
 from .weights import bias_or_zeros, head_inputs
 
 ATTN = ComponentKind("attn", "attention", (214, 39, 40), pattern="softmax")
@@ -54,10 +54,7 @@ def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
     taps.append(add_projection_point(hooks, attention.k_proj, "hook_k", n_kv, "k_proj output"))
     taps.append(add_projection_point(hooks, attention.v_proj, "hook_v", n_kv, "v_proj output"))
     add_pattern_points(hooks, attention, mode)
-    split, join = single("hook_z", n_heads)
-    taps.append(input_tap(hooks, o_proj, split, join, ["hook_z"], "o_proj input"))
-    declare_heads(hooks, attention, o_proj, n_heads, "hook_z", _attention_views(n_heads, n_kv))
-    return taps
+    return [*taps, add_head_input(hooks, attention, o_proj, n_heads, "o_proj input", _attention_views(n_heads, n_kv))]
 
 
 def _attention_views(n_heads: int, n_kv: int) -> dict:
@@ -113,13 +110,10 @@ def add_mla_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[T
     taps.append(Tap(install, "expand_kv output"))
     points.update({name: hooks.add(name, taps[-1]) for name in ("hook_k", "hook_v")})
     add_pattern_points(hooks, attention, mode)
-    split, join = single("hook_z", heads)
-    taps.append(input_tap(hooks, attention.o_proj, split, join, ["hook_z"], "o_proj input"))
     views = {} if attention.q_proj is None else {"W_Q": lambda a: head_inputs(a.q_proj.weight, heads),
                                                  "b_Q": lambda a: bias_or_zeros(a.q_proj, heads, a.qk_head_dim)}
     latent = "multi-head latent attention expands keys and values from a shared latent (kv_b_proj), not per head"
     absent = {name: latent for name in ("W_K", "W_V", "_W_K", "_W_V", "b_K", "b_V")}
     if attention.q_proj is None:
         absent.update({name: "the query is low-rank (q_a_proj, q_b_proj), not one projection" for name in ("W_Q", "b_Q")})
-    declare_heads(hooks, attention, attention.o_proj, heads, "hook_z", views, absent)
-    return taps
+    return [*taps, add_head_input(hooks, attention, attention.o_proj, heads, "o_proj input", views, absent)]

@@ -22,11 +22,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hook_points import Tap
-from .heads import declare_heads
+from .heads import add_head_input
 from .kinds import ComponentKind
 from .state import split_scan
-from .taps import (MixerHooks, add_projection_point, input_tap, mixer_output, output_tap, recurrent_eager_tap,
-                   refuse_cache, single)
+from .taps import MixerHooks, add_projection_point, mixer_output, output_tap, recurrent_eager_tap, refuse_cache
 
 LINEAR_ATTN = ComponentKind("linear_attn", "linear attention", (44, 160, 44), recurrent=True,
                             state="[batch, head, d_k, d_v]", pattern="implicit")
@@ -246,12 +245,8 @@ def add_points(hooks: MixerHooks, gdn, pattern_mode: Tap) -> list[Tap]:
     layout = layout_of(gdn)
     names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
     forward = _eager_forward(gdn, layout, hooks, pattern_mode)
-    out = getattr(gdn, layout.out)
-    split, join = single("hook_z", gdn.num_v_heads)
-    taps = [*layout.taps(hooks, gdn), recurrent_eager_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward"),
-            input_tap(hooks, out, split, join, ["hook_z"], f"{layout.out} input")]
-    declare_heads(hooks, gdn, out, gdn.num_v_heads, "hook_z")
-    return taps
+    return [*layout.taps(hooks, gdn), recurrent_eager_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward"),
+            add_head_input(hooks, gdn, getattr(gdn, layout.out), gdn.num_v_heads, f"{layout.out} input")]
 
 
 def _eager_forward(gdn, layout: Layout, hooks: MixerHooks, pattern_mode: Tap):

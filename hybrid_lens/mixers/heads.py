@@ -29,10 +29,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hook_points import Tap
-from .taps import MixerHooks
+from .taps import MixerHooks, input_tap, single
 from .weights import WeightViews, bias_or_zeros, head_outputs
 
-__all__ = ["Heads", "add_result_point", "declare_heads"]
+__all__ = ["Heads", "add_head_input", "add_result_point", "declare_heads"]
 
 Multiplier = Callable[[], float | Tensor | None]
 
@@ -133,6 +133,23 @@ def declare_heads(hooks: MixerHooks, module: nn.Module, projection: nn.Linear, n
     hooks.heads = Heads(projection, n_heads, source)
     own = {"W_O": lambda _: head_outputs(projection.weight, n_heads), "b_O": lambda _: bias_or_zeros(projection)}
     hooks.weights = WeightViews(module, {**(views or {}), **own}, absent)
+
+
+def add_head_input(hooks: MixerHooks, module: nn.Module, projection: nn.Linear, n_heads: int, where: str,
+                   views: dict | None = None, absent: dict | None = None) -> Tap:
+    """`hook_z` `[batch, pos, head, d_head]`, the input of the output `projection` per head (a cheap tap on it),
+    with the heads declared (`declare_heads`, same arguments); returns its tap.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> _, cache = model.run_with_cache("In the beginning", names_filter="blocks.0.linear_attn.hook_z")
+        >>> cache["blocks.0.linear_attn.hook_z"].shape          # [batch, pos, v_head, d_v]
+        torch.Size([1, 3, 4, 32])
+    """
+    split, join = single("hook_z", n_heads)
+    tap = input_tap(hooks, projection, split, join, ["hook_z"], where)
+    declare_heads(hooks, module, projection, n_heads, "hook_z", views, absent)
+    return tap
 
 
 def add_result_point(hooks: MixerHooks, multiplier: Multiplier, exact: bool) -> Tap:

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from ..hook_points import Tap
 from .gated_deltanet import apply_pattern, delta_rule_matrix
-from .heads import declare_heads
+from .heads import add_head_input
 from .state import split_scan
-from .taps import MixerHooks, add_projection_point, input_tap, mixer_output, recurrent_eager_tap, refuse_cache, single
+from .taps import MixerHooks, add_projection_point, mixer_output, recurrent_eager_tap, refuse_cache
 
 __all__ = ["decayed_products", "implicit_attention"]  # `add_points` is the adapters' plumbing, not user API
 
@@ -112,11 +112,8 @@ def add_points(hooks: MixerHooks, kda, pattern_mode: Tap) -> list[Tap]:
     ]
     names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_recurrence_out", "hook_pattern"]
     forward = _eager_forward(kda, hooks, pattern_mode)
-    split, join = single("hook_z", heads)
-    taps += [recurrent_eager_tap(hooks, kda, forward, names, "eager Kimi Delta Attention forward"),
-             input_tap(hooks, kda.o_proj, split, join, ["hook_z"], "o_proj input")]
-    declare_heads(hooks, kda, kda.o_proj, heads, "hook_z")
-    return taps
+    return [*taps, recurrent_eager_tap(hooks, kda, forward, names, "eager Kimi Delta Attention forward"),
+            add_head_input(hooks, kda, kda.o_proj, heads, "o_proj input")]
 
 
 def _eager_forward(kda, hooks: MixerHooks, pattern_mode: Tap):

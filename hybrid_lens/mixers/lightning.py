@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from ..hook_points import Tap
 from .gated_deltanet import apply_pattern, decay_matrix
-from .heads import declare_heads
+from .heads import add_head_input
 from .state import split_scan
-from .taps import MixerHooks, add_projection_point, input_tap, mixer_output, recurrent_eager_tap, refuse_cache, single
+from .taps import MixerHooks, add_projection_point, mixer_output, recurrent_eager_tap, refuse_cache
 
 __all__ = ["implicit_attention"]  # `add_points` and `block_scan` are the adapters' plumbing, not user API
 
@@ -91,11 +91,8 @@ def add_points(hooks: MixerHooks, attention: nn.Module, pattern_mode: Tap) -> li
     taps = [add_projection_point(hooks, attention.output_gate, "hook_gate", heads, "output_gate output")]
     names = ["hook_q", "hook_k", "hook_v", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
     forward = _eager_forward(attention, hooks, pattern_mode)
-    split, join = single("hook_z", heads)
-    taps += [recurrent_eager_tap(hooks, attention, forward, names, "eager lightning attention forward"),
-             input_tap(hooks, attention.out_proj, split, join, ["hook_z"], "out_proj input")]
-    declare_heads(hooks, attention, attention.out_proj, heads, "hook_z")
-    return taps
+    return [*taps, recurrent_eager_tap(hooks, attention, forward, names, "eager lightning attention forward"),
+            add_head_input(hooks, attention, attention.out_proj, heads, "out_proj input")]
 
 
 def _eager_forward(attention: nn.Module, hooks: MixerHooks, pattern_mode: Tap):
