@@ -40,7 +40,9 @@ DOCUMENTED = [  # the public API: every function, class and method with a docstr
     "hybrid_lens.cache.keys", "hybrid_lens.cache.positions", "hybrid_lens.caching", "hybrid_lens.norms",
     "hybrid_lens.configs", "hybrid_lens.coverage", "hybrid_lens.zoo", "hybrid_lens.cli", "hybrid_lens.console",
     "hybrid_lens.mixers.kinds", "hybrid_lens.mixers.state", "hybrid_lens.mixers.gated_deltanet",
-    "hybrid_lens.mixers.mamba2", "hybrid_lens.mixers.lightning",
+    "hybrid_lens.mixers.mamba2", "hybrid_lens.mixers.lightning", "hybrid_lens.mixers.heads", "hybrid_lens.mixers.norm",
+    "hybrid_lens.mixers.mlp", "hybrid_lens.mixers.weights", "hybrid_lens.weights", "hybrid_lens.cache.units",
+    "hybrid_lens.cache.slicing",
     *(name for name in MODULES if name.startswith(("hybrid_lens.interventions.", "hybrid_lens.evals.",
                                                    "hybrid_lens.study."))),
 ]

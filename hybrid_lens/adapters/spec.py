@@ -22,6 +22,7 @@ from ..layout import Layout
 from ..mixers.taps import MixerHooks
 from ..vocabulary import point_name
 from .base import Entry, HookedBlock, Wrapping, resid_in
+from .points import add_block_points
 
 AddPoints = Callable[[MixerHooks, nn.Module, Tap], list[Tap]]
 Scale = str | float | None
@@ -302,16 +303,16 @@ class Family:
 
     def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
         """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
-        `hook_pattern`) and of its MLP (`Mlp.points`); return their taps."""
+        `hook_pattern`) and of its MLP (`Mlp.points`), then its norm points, neuron points and per-head
+        results (`adapters.points`); return their taps."""
         taps, spec = [], self.block_of(block.layer.block_key)
         for mixer in spec.mixers:
             if mixer.points is not None:
                 taps += mixer.points(getattr(block, mixer.kind), attrgetter(mixer.module)(layer), pattern_mode)
         if spec.mlp is not None and spec.mlp.points is not None:
-            block.add_module("mlp", MixerHooks())
             for module in filter(None, (attrgetter(attr)(layer) for attr in spec.mlp.modules)):
                 taps += spec.mlp.points(block.mlp, module, pattern_mode)
-        return taps
+        return taps + add_block_points(block, layer, spec)
 
 
 def _resolve(owner: nn.Module, path: Scale, field: str, where: str, module: bool = True, optional: bool = False):
