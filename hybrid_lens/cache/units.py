@@ -49,6 +49,9 @@ class HeadsAndNeurons:
         (torch.Size([16, 1, 3, 128]), ['L0H0_ssm', 'L0H1_ssm'], ['L0H0', 'L0H1'])
     """
 
+    def _model(self):
+        return self.needs_model("head and neuron results")
+
     def _stop(self, layer: int | None) -> int:
         return self.n_layers if layer is None or layer == -1 else layer
 
@@ -60,7 +63,7 @@ class HeadsAndNeurons:
             for kind in layer.residual_terms:
                 if (kind == "mlp") != mlp or (kinds is not None and kind not in kinds):
                     continue
-                hooks = getattr(self.needs_model("head and neuron results").blocks[layer.index], kind)
+                hooks = getattr(self._model().blocks[layer.index], kind)
                 unit = hooks.neurons if mlp else hooks.heads
                 if unit is not None and unit.exact:
                     yield layer.index, kind, hooks
@@ -87,7 +90,7 @@ class HeadsAndNeurons:
             >>> cache["blocks.3.attn.hook_result"].shape, cache["blocks.0.linear_attn.hook_result"].shape
             (torch.Size([1, 3, 4, 128]), torch.Size([1, 3, 4, 128]))
         """
-        for block in self.needs_model("head and neuron results").blocks:
+        for block in self._model().blocks:
             for kind in block.layer.mixers:
                 heads = getattr(block, kind).heads
                 if heads is not None and hook_name(block.index, kind, heads.source) in self.cache_dict:
@@ -252,7 +255,7 @@ class HeadsAndNeurons:
         groups, labels = [], []
         for block in self.layout[: stop + 1 if mlp_input else stop]:
             for kind in (kind for kind in block.residual_terms if kind != "mlp"):
-                heads = getattr(self.needs_model("head and neuron results").blocks[block.index], kind).heads
+                heads = getattr(self._model().blocks[block.index], kind).heads
                 if heads is not None and heads.exact:
                     groups.append(pos.apply(self._result(block.index, kind, heads), dim=-3).movedim(-2, 0))
                     labels += [UnitLabel(block.index, kind, head) for head in range(heads.n_heads)]
@@ -263,7 +266,7 @@ class HeadsAndNeurons:
         for block in self.layout[:stop]:
             if "mlp" not in block.residual_terms:
                 continue
-            neurons = self.needs_model("head and neuron results").blocks[block.index].mlp.neurons
+            neurons = self._model().blocks[block.index].mlp.neurons
             if expand_neurons and neurons is not None and neurons.exact:
                 rows = self._neuron_rows(block.index, neurons, as_slice(None), pos, project, ln)
                 groups.append(rows.movedim(-2, 0))
@@ -273,7 +276,7 @@ class HeadsAndNeurons:
                                            project))
                 labels.append(f"{block.index}_mlp_out")
         embed = pos.apply(self["hook_embed"], dim=-2)
-        bias = self.needs_model("head and neuron results").accumulated_bias(stop, mlp_input, include_mlp_biases=expand_neurons)
+        bias = self._model().accumulated_bias(stop, mlp_input, include_mlp_biases=expand_neurons)
         groups.append(self._finish(torch.stack([embed, bias.to(embed.dtype).expand_as(embed)]), ln, pos, project))
         stack = torch.cat(groups)
         stack = stack.squeeze(-1) if squeeze else stack
@@ -283,12 +286,12 @@ class HeadsAndNeurons:
     # --- helpers -------------------------------------------------------------------------------------
 
     def _neurons(self, layer: int):
-        block = self.needs_model("head and neuron results").blocks[layer]
+        block = self._model().blocks[layer]
         neurons = block.mlp.neurons if block.layer.has_mlp else None
         if neurons is None:
             raise ValueError(f"Block {layer} ({block.layer.type} block) has no dense MLP with neuron points "
                              f"({'a mixture of experts' if block.layer.has_mlp else 'no MLP'}); blocks with one: "
-                             f"{[b.index for b in self.needs_model("head and neuron results").blocks if b.layer.has_mlp and b.mlp.neurons]}.")
+                             f"{[b.index for b in self._model().blocks if b.layer.has_mlp and b.mlp.neurons]}.")
         return neurons
 
     def _neuron_inputs(self, layer: int, neurons, kept, pos) -> tuple[Tensor, Tensor]:
@@ -333,7 +336,7 @@ class HeadsAndNeurons:
     def _ln_parts(self, layer: int, mlp_input: bool, pos) -> tuple[Tensor, Tensor, bool]:
         """The cached scale (`[..., pos, 1]`, positions kept), gain and centring of the norm that reads
         block `layer`'s input (`ln1`, `ln2` with `mlp_input`; `ln_final` at `n_layers`)."""
-        model = self.needs_model("head and neuron results")
+        model = self._model()
         if layer >= self.n_layers:
             name, norm = "ln_final", model.ln_final
         else:
