@@ -22,7 +22,7 @@ try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
 except ImportError:  # TransformerLens 3.0 - 3.2
     from transformer_lens.hook_points import HookedRootModule
 
-__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "unknown_hook_error"]
+__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "cache_safe", "unknown_hook_error"]
 
 
 class HookPoint(_TLHookPoint):
@@ -47,6 +47,9 @@ class HookPoint(_TLHookPoint):
     def add_hook(self, hook, dir="fwd", **kwargs):
         """`transformer_lens` `HookPoint.add_hook`, with forward hooks' return values checked.
 
+        A forward hook whose function (or a function it wraps, `__wrapped__`) has `cache_safe = False`
+        is remembered as one a cache would change (see `cache_safe`).
+
         Args:
             hook: `fn(value, hook) -> value | None`.
             dir: `"fwd"` or `"bwd"` (backward hooks are passed through unchecked).
@@ -58,7 +61,40 @@ class HookPoint(_TLHookPoint):
             >>> _ = point.add_hook(lambda value, hook: 2 * value)
             >>> point.remove_hooks()
         """
-        return super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
+        before = {id(handle) for handle in self.fwd_hooks}
+        handle = super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
+        if dir == "fwd":
+            uncached = vars(self).setdefault("_not_cache_safe", set())
+            uncached |= {id(h) for h in self.fwd_hooks if id(h) not in before and not _declared_cache_safe(hook)}
+        return handle
+
+
+def _declared_cache_safe(fn: Callable) -> bool:
+    """The first `cache_safe` attribute along `fn` and the functions it wraps (`__wrapped__`); True if none."""
+    while fn is not None:
+        if hasattr(fn, "cache_safe"):
+            return bool(fn.cache_safe)
+        fn = getattr(fn, "__wrapped__", None)
+    return True
+
+
+def cache_safe(point: torch.nn.Module) -> bool:
+    """Whether every forward hook on `point` acts on each token alone, so that a pass continuing a
+    KV/state cache gets what recomputing the whole sequence would give: a hook is, unless its function
+    says `cache_safe = False` (a `Condition`'s hooks carry their intervention's trait). `generate`
+    recomputes the sequence at every step when some hook is not.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> with noise("ssm", 0.1, layers=2).apply(model):
+        ...     cache_safe(model.hook_dict["blocks.2.hook_ssm_out"])
+        False
+        >>> with zero("ssm", layers=2).apply(model):
+        ...     cache_safe(model.hook_dict["blocks.2.hook_ssm_out"])
+        True
+    """
+    uncached = vars(point).get("_not_cache_safe", set())
+    return not any(id(handle) in uncached for handle in getattr(point, "fwd_hooks", ()))
 
 
 def checked_hook(fn: Callable) -> Callable:
@@ -97,6 +133,8 @@ class Tap:
         install: Installs the plumbing on the wrapped `transformers` module and returns a
             function that removes it again.
         description: Human-readable origin of the values (for errors and docs).
+        with_cache: The plumbing also runs in a pass that continues a KV/state cache (False for an
+            eager mixer forward written for whole sequences: `generate` then recomputes).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -110,9 +148,10 @@ class Tap:
         False
     """
 
-    def __init__(self, install: Callable[[], Callable[[], None]], description: str):
+    def __init__(self, install: Callable[[], Callable[[], None]], description: str, with_cache: bool = True):
         self._install = install
         self.description = description
+        self.with_cache = with_cache
         self._remove: Callable[[], None] | None = None
         self._users = 0
         self.always_on = False

@@ -6,7 +6,8 @@ contribution through TransformerLens `HookPoint`s. With no hooks, logits are bit
 
 This module holds construction, the structure and hook names, `forward` and `run_with_cache`; the
 other methods come from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...),
-`tokenizing.Tokenizing`, `readout.Readout`, `nnsight_view.NNsightView` and `sae.SAESplicing`. The
+`tokenizing.Tokenizing`, `readout.Readout`, `generation.Generation`, `nnsight_view.NNsightView` and
+`sae.SAESplicing`. The
 state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
 """
 
@@ -29,6 +30,7 @@ from .forward_state import (StopForward, begin, check_hf_kwargs, context_length,
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .layout import Component, Layout
 from .lens_config import LensConfig
+from .generation import Generation
 from .loading import Loading
 from .mixers.taps import pattern_mode_tap
 from .nnsight_view import NNsightView
@@ -44,7 +46,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, HookedRootModule):
+class HookedHybrid(Loading, Tokenizing, Readout, Generation, SAESplicing, NNsightView, HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 

@@ -52,7 +52,6 @@ NO_PADDING_SIDE = xfail("tokenizer.padding_side is ignored (TransformerLens hono
 NO_POS_SLICE = xfail("ActivationCache methods take no pos_slice / apply_ln")
 NO_CACHE_METHOD = xfail("TransformerLens ActivationCache method missing")
 NO_POINT = xfail("TransformerLens hook point missing")
-NO_GENERATE = xfail("no HookedHybrid.generate (issue #27)")
 NO_WEIGHTS = xfail("no weight views (W_E, W_Q, ..., blocks[i].attn / .mlp)")
 NO_START = xfail("no start_at_layer / tokens= in forward")
 
@@ -633,7 +632,6 @@ def test_activation_patching_of_heads(pair, tokens):
 
 
 # --- generate ----------------------------------------------------------------------------------------------
-@NO_GENERATE
 @torch.no_grad()
 @pytest.mark.parametrize("use_past_kv_cache", [False, True])
 def test_generate_greedy_tokens(pair, tokens, use_past_kv_cache):
@@ -642,7 +640,6 @@ def test_generate_greedy_tokens(pair, tokens, use_past_kv_cache):
     assert torch.equal(pair.hybrid.generate(tokens, **kwargs), pair.tl.generate(tokens, **kwargs))
 
 
-@NO_GENERATE
 @torch.no_grad()
 def test_generate_greedy_text(pair):
     kwargs = dict(max_new_tokens=6, do_sample=False, verbose=False, prepend_bos=True, stop_at_eos=False)

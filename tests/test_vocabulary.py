@@ -82,7 +82,8 @@ def test_core_does_not_import_the_zoo():
 
 # The rooms of ARCHITECTURE.md, in import order: a module imports only its own room and the rooms above.
 ROOMS = [("registry", "tokens", "forward_state"), ("hook_points", "mixers"), ("vocabulary", "layout"), ("adapters",),
-         ("cache",), ("model", "loading", "tokenizing", "readout", "nnsight_view", "sae", "lens_config", "resolver"),
+         ("cache",), ("model", "loading", "tokenizing", "readout", "generation", "decoding", "nnsight_view",
+                      "nnsight_envoy", "sae", "lens_config", "resolver"),
          ("zoo", "configs"), ("interventions",), ("analysis", "evals", "study", "viz", "cli", "coverage")]
 
 
