@@ -32,6 +32,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from .forward_state import begin, current_state
 from .hook_points import cache_safe
 from .mixers.taps import forward_of, replace_forward
+from .tokens import real_positions
 
 EMBEDS_LEVEL = -271_828  # the TransformerLens hook level of the prompt-embeddings hook (removed by level)
 
@@ -185,14 +186,22 @@ class _Passes:
 
     def __init__(self, model, mask: Int[Tensor, "batch pos"], cached: bool, embeds: Tensor | None):
         self.model, self.mask, self.cached, self.embeds = model, mask, cached, embeds
+        self.prompt_lengths = mask.sum(1)
         self.columns = 0  # columns of the sequence computed so far (in the cache)
 
     def state(self, ids: Tensor):
+        """The state of a pass over `ids` (the whole sequence so far, or the columns after the cache)."""
         new = ids.shape[1]
         total = self.columns + new if self.cached else new
         self.columns = total
-        mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), total - self.mask.shape[1])], 1)
-        return replace(begin(self.model, ids, mask, None), prompt_lengths=self.mask.sum(1))
+        if total == new:  # the whole sequence: its padding is the prompt's
+            mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), total - self.mask.shape[1])], 1)
+            positions = real_positions(mask, *mask.shape)
+        else:  # new tokens after the cache (all real): counted on from the real tokens before them
+            before = self.prompt_lengths + (total - new - self.mask.shape[1])
+            positions = before[:, None] + torch.arange(new, device=before.device)
+        state = begin(self.model, ids, None, None)
+        return replace(state, positions=positions[:, -new:], prompt_lengths=self.prompt_lengths)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
