@@ -6,9 +6,9 @@ contribution through TransformerLens `HookPoint`s. With no hooks, logits are bit
 
 This module holds construction, the structure and hook names and `forward`; the other methods come
 from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...), `tokenizing.Tokenizing`,
-`caching.Caching` (`run_with_cache`), `readout.Readout`, `nnsight_view.NNsightView`, `sae.SAESplicing` and
-`copying.Copying` (deepcopy, pickle). The state of one forward pass is a `forward_state.ForwardState`; the layers'
-structure a `layout.Layout`.
+`caching.Caching` (`run_with_cache`), `readout.Readout`, `generation.Generation` (`generate`),
+`nnsight_view.NNsightView`, `sae.SAESplicing`, `weights.Weights` and `copying.Copying` (deepcopy, pickle). The
+state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .forward_state import (StopForward, begin, check_hf_kwargs, context_length,
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .layout import Component, Layout
 from .lens_config import LensConfig
+from .generation import Generation
 from .loading import Loading
 from .mixers.taps import pattern_mode_tap
 from .nnsight_view import NNsightView
@@ -47,7 +48,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedHybrid(Loading, Tokenizing, Caching, Readout, SAESplicing, NNsightView, Weights, Copying,
+class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicing, NNsightView, Weights, Copying,
                    HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.

@@ -33,7 +33,8 @@ MODULES = sorted(name for _, name, _ in pkgutil.walk_packages(hybrid_lens.__path
 DOCUMENTED = [  # the public API: every function, class and method with a docstring and an example
     "hybrid_lens", "hybrid_lens.analysis", "hybrid_lens.interventions", "hybrid_lens.mixers", "hybrid_lens.evals",
     "hybrid_lens.viz", "hybrid_lens.model", "hybrid_lens.loading", "hybrid_lens.tokenizing", "hybrid_lens.readout",
-    "hybrid_lens.nnsight_view", "hybrid_lens.forward_state", "hybrid_lens.layout", "hybrid_lens.registry",
+    "hybrid_lens.nnsight_view", "hybrid_lens.nnsight_envoy", "hybrid_lens.generation", "hybrid_lens.decoding",
+    "hybrid_lens.forward_state", "hybrid_lens.layout", "hybrid_lens.registry",
     "hybrid_lens.tokens", "hybrid_lens.lens_config", "hybrid_lens.hook_points", "hybrid_lens.vocabulary",
     "hybrid_lens.resolver", "hybrid_lens.sae", "hybrid_lens.checks", "hybrid_lens.copying", "hybrid_lens.cache",
     "hybrid_lens.cache.mapping", "hybrid_lens.cache.residual", "hybrid_lens.cache.readout", "hybrid_lens.cache.batch",

@@ -54,7 +54,6 @@ def xfail(cause: str):
 
 NO_BOS_DEFAULT = xfail("cfg.default_prepend_bos is False where TransformerLens prepends BOS (Llama)")
 NO_PADDING_SIDE = xfail("tokenizer.padding_side is ignored (TransformerLens honours it)")
-NO_GENERATE = xfail("no HookedHybrid.generate (issue #27)")
 NO_WEIGHTS = xfail("no model-level W_E")
 NO_START = xfail("no start_at_layer / tokens= in forward")
 
@@ -870,7 +869,6 @@ def test_activation_patching_of_heads(pair, tokens):
 
 
 # --- generate ----------------------------------------------------------------------------------------------
-@NO_GENERATE
 @torch.no_grad()
 @pytest.mark.parametrize("use_past_kv_cache", [False, True])
 def test_generate_greedy_tokens(pair, tokens, use_past_kv_cache):
@@ -879,7 +877,6 @@ def test_generate_greedy_tokens(pair, tokens, use_past_kv_cache):
     assert torch.equal(pair.hybrid.generate(tokens, **kwargs), pair.tl.generate(tokens, **kwargs))
 
 
-@NO_GENERATE
 @torch.no_grad()
 def test_generate_greedy_text(pair):
     kwargs = dict(max_new_tokens=6, do_sample=False, verbose=False, prepend_bos=True, stop_at_eos=False)

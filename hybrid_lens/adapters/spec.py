@@ -122,6 +122,9 @@ class Family:
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
         left_padding: Padding before a row's tokens leaves its values unchanged (False for
             RecurrentGemma, whose convolution ignores the mask: `HookedHybrid` then refuses it).
+        left_padded_cache: Decoding with the `transformers` cache of a left-padded batch gives each
+            row its own continuation (False for MiniMax, whose cached lightning attention lets the
+            padding leak into the tokens after the prompt: `generate` then runs each prompt length apart).
     """
 
     family: str = ""
@@ -139,6 +142,7 @@ class Family:
     norm_cast: bool = False
     residual_fp32: bool = False
     left_padding: bool = True
+    left_padded_cache: bool = True
 
     def block_of(self, key: str) -> Block:
         """The `Block` of block key `key`; `ValueError` naming the known keys otherwise."""

@@ -62,13 +62,23 @@ class MixerHooks(nn.Module):
             raise AttributeError(error.args[0]) from None
 
 
+def _forward_attribute(module: nn.Module) -> str:
+    """The attribute holding what `module` runs: accelerate's inner forward under its dispatch hooks."""
+    return "_old_forward" if hasattr(module, "_hf_hook") and "_old_forward" in vars(module) else "forward"
+
+
+def forward_of(module: nn.Module) -> Callable:
+    """The forward `module` runs now (what `replace_forward` replaces), e.g. to call it from a new one."""
+    return getattr(module, _forward_attribute(module))
+
+
 def replace_forward(module: nn.Module, forward: Callable) -> Callable[[], None]:
     """Make `module` run `forward`; returns a function that restores the previous forward.
 
     Under accelerate's dispatch hooks (`device_map=...`, offloading) the hook's inner forward is
     replaced, so the hook still moves weights and inputs to the execution device around it.
     """
-    attribute = "_old_forward" if hasattr(module, "_hf_hook") and "_old_forward" in vars(module) else "forward"
+    attribute = _forward_attribute(module)
     previous = vars(module).get(attribute)  # None: the class's own forward
     setattr(module, attribute, forward)
 
@@ -146,7 +156,7 @@ def eager_forward_tap(hooks: MixerHooks, module: nn.Module, forward: Callable, n
     def install():
         return replace_forward(module, forward)
 
-    tap = Tap(install, where)
+    tap = Tap(install, where, with_cache=False)  # the eager forwards are written for whole sequences
     for name in names:
         hooks.add(name, tap)
     return tap
