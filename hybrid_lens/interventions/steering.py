@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .base import Intervention, check_number
+from ..checks import check_number
+from .base import Intervention
 from .conditions import Condition
 from .selectors import Layers, Positions, Selector, Target
 
@@ -48,7 +49,7 @@ class Add(Intervention):
     _vector: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        check_number("Add coeff", self.coeff)
+        self.coeff = check_number("Add coeff", self.coeff)
         try:
             vector = torch.as_tensor(self.direction.tolist() if isinstance(self.direction, Tensor) else self.direction,
                                      dtype=torch.float64)
