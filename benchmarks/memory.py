@@ -1,7 +1,8 @@
 """Peak memory of `run_with_cache`: a full cache vs names-filtered caches vs a plain forward.
 
-Cases, per model and input shape: the plain `transformers` forward, `run_with_cache(tokens)` (every
-block- and model-level point, `hook_logits` included: it holds the returned logits), a cache of
+Cases, per model and input shape: the plain `transformers` forward, a "full cache" of every block- and
+model-level point (`names_filter=model.hook_names(inner=False)`, `hook_logits` included: it holds the
+returned logits; with no filter `run_with_cache` also caches the inner points, `cache_cost.py`), a cache of
 `hook_resid_post` of every layer, and a cache of one hook (the middle layer's `hook_resid_post`).
 Each case runs in a fresh subprocess: the model is loaded, warmed up on 8 tokens, then the case
 runs once and keeps its outputs.
@@ -49,7 +50,7 @@ def run_case(model: HookedHybrid, case: str, tokens: torch.Tensor):
     """The case's (logits, cache); the plain forward has an empty cache."""
     if case == "plain forward":
         return model.hf_model(input_ids=tokens, use_cache=False).logits, {}
-    names = {"full cache": None,
+    names = {"full cache": model.hook_names(inner=False),  # every block- and model-level point (cache_cost.py: all)
              "resid_post every layer": [f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)],
              "one hook": f"blocks.{model.n_layers // 2}.hook_resid_post"}[case]
     return model.run_with_cache(tokens, names_filter=names)

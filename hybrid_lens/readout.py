@@ -3,10 +3,12 @@ the model-level weight views `W_U` / `W_E`."""
 
 from __future__ import annotations
 
-from jaxtyping import Float, Int
-from torch import Tensor
+from operator import attrgetter
 
-from .tokens import is_integer
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from .checks import is_int
 
 NO_POSITIONS = ("hybrid-lens models have no learned positional embedding (TransformerLens's W_pos / pos_embed): "
                 "attention applies rotary positions inside (cfg.positional_embedding_type 'rotary') or none, and the "
@@ -41,6 +43,36 @@ class Readout:
             torch.Size([1, 4, 128])
         """
         return self.adapter.final_norm(self.hf_model).forward(resid)
+
+    def block_norm(self, layer: int, mlp_input: bool = False) -> nn.Module | None:
+        """The norm that reads the residual stream entering block `layer`: TransformerLens's `ln1` (the norm of
+        the block's first mixer; of its MLP in a block with an MLP only), with `mlp_input` its `ln2` (the MLP's
+        norm, reading `resid_mid`); the final norm for `layer == n_layers`. None where that input is not normed
+        (OLMo-Hybrid's attention blocks); `ValueError` for `mlp_input` in a block without an MLP, and for a block
+        whose components feed a mixer's input (Zamba2's hybrid blocks), where no norm reads the stream alone.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> type(model.block_norm(0)).__name__, model.block_norm(12) is model.adapter.final_norm(model.hf_model)
+            ('FalconH1RMSNorm', True)
+        """
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.n_layers:
+            raise ValueError(f"layer must be an int in [0, {self.n_layers}] ({self.n_layers}: the final norm), "
+                             f"not {layer!r}.")
+        if layer == self.n_layers:
+            return self.adapter.final_norm(self.hf_model)
+        block = self.adapter.block_of(self.layout[layer].block_key)
+        if block.feeds_mixer:
+            raise ValueError(f"No norm of block {layer} reads the residual stream alone: its {block.feeds_mixer} "
+                             f"outputs feed its {block.mixers[-1].kind} input ({self.adapter.family}'s adapter says "
+                             "how), so there is no norm to apply to parts of the stream there.")
+        if mlp_input or not block.mixers:
+            if block.mlp is None:
+                raise ValueError(f"Block {layer} ({self.layout[layer].type}) has no MLP, so there is no MLP input.")
+            path = block.mlp.norm
+        else:
+            path = block.mixers[0].norm
+        return None if path is None else attrgetter(path)(self.adapter.layers(self.hf_model)[layer])
 
     def unembed(self, normed: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         """Logits from final-normed residuals: `lm_head` with any logit multiplier or divisor, through
@@ -125,7 +157,7 @@ class Readout:
             return self.W_U[:, self.to_single_token(tokens)]
         if isinstance(tokens, Tensor) and not tokens.is_floating_point():
             return self.W_U[:, int(tokens.item())]
-        if not is_integer(tokens):
+        if not is_int(tokens):
             raise TypeError(f"tokens must be a one-token string, a token id or a tensor of ids, not {tokens!r}.")
         return self.W_U[:, int(tokens)]
 

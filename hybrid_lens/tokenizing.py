@@ -10,8 +10,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .checks import is_int
 from .tokens import (PaddingSide, TokenNotFoundError, as_token_ids, check_ids, check_length, check_mask,
-                     check_not_mixed, check_residual, is_integer, prepare_tokenizer, tokenize)
+                     check_not_mixed, check_residual, prepare_tokenizer, tokenize)
 
 ModelInput = str | Sequence[str] | Tensor | Sequence[int] | Sequence[Sequence[int]]
 
@@ -44,7 +45,9 @@ class Tokenizing:
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError("This model has no tokenizer: pass token ids, or give one to from_hf/from_pretrained.")
+            raise ValueError("This model has no tokenizer (none was given, and its checkpoint has no tokenizer files): "
+                             "pass token ids, or give one: HookedHybrid.from_pretrained(name, "
+                             "tokenizer=AutoTokenizer.from_pretrained(...)) or HookedHybrid.from_hf(hf_model, tokenizer).")
         return self.tokenizer
 
     def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None,
@@ -319,6 +322,6 @@ def _token_id(token) -> int:
     """One token id from an int, a numpy integer or a 1-element tensor; `TypeError` otherwise."""
     if isinstance(token, Tensor) and token.numel() == 1 and not token.is_floating_point():
         return int(token.item())
-    if not is_integer(token):
+    if not is_int(token):
         raise TypeError(f"A token id must be an integer, not {token!r}.")
     return int(token)

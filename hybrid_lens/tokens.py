@@ -8,7 +8,6 @@ at the model's boundary, with messages that name the bad value.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral
 from typing import Literal
 
 import torch
@@ -32,17 +31,6 @@ class TokenNotFoundError(ValueError, AssertionError):
         ...     print(type(error).__name__, isinstance(error, ValueError), error)
         TokenNotFoundError True The token does not occur in the prompt
     """
-
-
-def is_integer(value) -> bool:
-    """Whether `value` is an integer (Python's or numpy's; not a bool).
-
-    Examples:
-        >>> import numpy as np
-        >>> is_integer(3), is_integer(np.int64(3)), is_integer(True), is_integer(3.0)
-        (True, True, False, False)
-    """
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def check_padding_side(side) -> None:

@@ -26,7 +26,7 @@ from hybrid_lens.analysis import (
     metric_impact_correlation,
     token_contributions,
 )
-from hybrid_lens.vocabulary import KINDS
+from hybrid_lens.vocabulary import KINDS, ComponentLabel
 from hybrid_lens.interventions import scale, zero
 
 from .fixtures import FAMILIES, build
@@ -96,7 +96,7 @@ def test_zeroed_component_has_zero_output_ratio_attribution_and_share(setup, tok
     assert (table[(table.layer != 1) & (table.metric == "output_ratio")].value > 0).all()
 
     values, labels = logit_attribution(model, cache, 7)
-    assert values[labels.index(f"1_{kind}")].abs().max() == 0
+    assert values[labels.index(ComponentLabel(1, kind))].abs().max() == 0
 
     per_token = token_contributions(model, cache, tokens)
     layer1 = per_token[per_token.layer == 1]
@@ -213,8 +213,8 @@ def test_token_contributions_shares(setup, tokens):
         a = cache[f"blocks.{layer}.hook_{path}_out"][1].norm(dim=-1)
         b = cache[f"blocks.{layer}.hook_{other}_out"][1].norm(dim=-1)
         np.testing.assert_allclose(rows.norm_share, (a / (a + b)).numpy(), rtol=1e-5)
-        da = values[labels.index(f"{layer}_{path}"), 1].abs()
-        db = values[labels.index(f"{layer}_{other}"), 1].abs()
+        da = values[labels.index(ComponentLabel(layer, path)), 1].abs()
+        db = values[labels.index(ComponentLabel(layer, other)), 1].abs()
         np.testing.assert_allclose(rows.dla_share, (da / (da + db)).numpy(), rtol=1e-4)
     assert table[["norm_share", "dla_share"]].stack().between(0, 1).all()
 

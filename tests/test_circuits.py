@@ -9,6 +9,9 @@ order 1e-3 to 1, and each test asserts that the effect it checks is far above th
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -20,6 +23,7 @@ from hybrid_lens.interventions import (
     Condition, EdgeKnockout, Selector, Sweep, attribution_patch, knockout, patch_state, run_conditions,
 )
 from hybrid_lens.mixers import cache_states, state_positions
+from hybrid_lens.viz import SignedPattern
 from hybrid_lens.zoo import checkpoint_path
 
 from .fixtures import build
@@ -245,6 +249,48 @@ def test_implicit_attention_renders_with_circuitsvis(models, kind):
     _, cache = model.run_with_cache(CLEAN, names_filter=name)
     html = circuitsvis.attention.attention_patterns(tokens=model.to_str_tokens(CLEAN), attention=cache[name][0])
     assert "attention" in str(html).lower()
+
+
+def rendered_props(html) -> dict:
+    """The props circuitsvis passes to its component (`render(id, Component, {props})` in the HTML)."""
+    return json.loads(re.search(r"AttentionHeads,\s*(\{.*\})\s*\)", str(html), re.DOTALL).group(1))
+
+
+@torch.no_grad()
+def test_signed_patterns_render_scaled_per_head_with_their_sign(models, kind):
+    """`SignedPattern.html` puts each head's pattern divided by its largest |entry| off the diagonal (at least
+    1/100 of its largest entry) into circuitsvis's props, on a [-1, 1] scale: off the diagonal the values
+    times the divisor are the pattern,
+    signs kept; the diagonal is clipped to [-1, 1]; `split` carries each sign as its own [0, 1] head."""
+    pytest.importorskip("circuitsvis")
+    model, _ = models
+    layer = layers_of(model, kind)[0]
+    _, cache = model.run_with_cache(CLEAN, names_filter=f"blocks.{layer}.{kind}.hook_pattern")
+    pattern = cache[f"blocks.{layer}.{kind}.hook_pattern"][0]                # [head, query, key]
+    signed = SignedPattern.of(pattern, layer=layer)
+    props = rendered_props(signed.html(model.to_str_tokens(CLEAN)))
+    shown = torch.tensor(props["attention"])
+    assert (props["minValue"], props["maxValue"], props["attentionHeadNames"]) == (-1, 1, signed.names)
+    off = ~torch.eye(pattern.shape[-1], dtype=torch.bool)
+    close(shown[:, off] * signed.scales[:, None], pattern[:, off], tol=1e-6)
+    everything, routes = pattern.abs().amax(dim=(1, 2)), pattern[:, off].abs().amax(1)
+    assert torch.equal(signed.scales, torch.maximum(routes, everything / 100))  # the documented divisor
+    assert (shown[:, off].abs().amax(1) == 1).sum() >= len(pattern) // 2     # most heads fill the scale
+    assert torch.equal(shown[:, ~off], (pattern[:, ~off] / signed.scales[:, None]).clamp(-1, 1))
+    assert torch.equal(shown < 0, pattern < 0) and (pattern < 0).any()    # the sign is shown
+    assert pattern.abs().max() > 1 or pattern.abs().max() < 0.1           # unscaled, circuitsvis saturates or fades
+    split = rendered_props(signed.html(model.to_str_tokens(CLEAN), split=True))
+    parts = torch.tensor(split["attention"]).unflatten(0, (-1, 2))
+    assert torch.equal(parts[:, 0] - parts[:, 1], shown) and split["minValue"] == 0
+    assert split["attentionHeadNames"] == signed.split_names
+
+
+def test_signed_patterns_refuse_a_batch_and_a_wrong_token_count():
+    pytest.importorskip("circuitsvis")
+    with pytest.raises(ValueError, match=r"one batch row \[head, query, key\] is needed; got shape \(2, 4, 3, 3\)"):
+        SignedPattern.of(torch.zeros(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="Got 2 tokens for a pattern of 3 positions"):
+        SignedPattern.of(torch.ones(4, 3, 3)).html(["a", "b"])
 
 
 # --- edge knockout -----------------------------------------------------------------------------

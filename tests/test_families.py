@@ -20,6 +20,7 @@ from hybrid_lens import HookedHybrid
 from hybrid_lens.adapters import FAMILIES
 from hybrid_lens.analysis import hidden_state_metrics, logit_lens_kl, token_contributions
 from hybrid_lens.configs import tiny_config
+from hybrid_lens.conventions import hidden_states_point
 from hybrid_lens.evals import perplexity
 from hybrid_lens.interventions import Sweep, skip_layer, zero
 from hybrid_lens.study.plan import study_conditions
@@ -31,6 +32,9 @@ from hybrid_lens.study.runner import StudySpec, run_study
 
 from .fixtures import build, random_tokens, stored
 
+# The block- and model-level points: what the bit-exactness tests cache (a cache of every point switches the
+# mixers to their eager paths, which round differently; tests/test_cache.py checks that one within rounding)
+BLOCK_POINTS = lambda model: model.hook_names(inner=False)  # noqa: E731
 VISIBLE = 1e-3  # least change of the logits, relative to their largest value, that zeroing any component
 # kind must cause: float32 rounding is ~1e-7 of it, so an ablation that does nothing cannot pass
 
@@ -66,9 +70,9 @@ def test_no_hooks_reproduces_transformers_logits_exactly(built, tokens):
 def test_cache_equals_output_hidden_states(built, tokens):
     family, reference, model = built
     hidden = reference(tokens, output_hidden_states=True).hidden_states
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert len(hidden) == model.n_layers + 1
-    point = "resid_post" if FAMILIES[family].hidden_states_skip_embed else "resid_pre"  # Mamba omits the embeddings
+    point = hidden_states_point(family)  # read from the installed release: Mamba omits the embeddings
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], hidden[layer])
     assert torch.equal(cache["ln_final.hook_normalized"], hidden[-1])
@@ -78,7 +82,7 @@ def test_cache_equals_output_hidden_states(built, tokens):
 def test_unembed_of_the_final_norm_reproduces_the_logits_exactly(built, tokens):
     """`unembed` applies the family's logit multiplier or divisor as `transformers` does, bit for bit."""
     _, reference, model = built
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert torch.equal(model.unembed(cache["ln_final.hook_normalized"]), reference(tokens).logits)
 
 
@@ -137,6 +141,40 @@ def test_block_values_are_the_contributions_added_to_the_residual(built, tokens)
 
 
 @torch.no_grad()
+def test_a_norm_applied_to_parts_of_the_stream_sums_to_its_output(built, tokens):
+    """At every block input (mixers' and MLP's) and the final norm, `apply_ln_to_stack` of the parts of the stream
+    (`decompose_resid`; MiniMax, whose stream is no sum: the stream itself) sums to what that norm output in the
+    forward pass (read with plain torch hooks); refused where no norm reads the stream alone (Zamba2's hybrid
+    blocks: their components feed the Mamba input)."""
+    _, _, model = built
+    inputs, handles = [], []
+    for layer in range(model.n_layers + 1):
+        for mlp_input in (False, True):
+            try:
+                norm = model.block_norm(layer, mlp_input)
+            except ValueError as error:
+                assert "has no MLP" in str(error) or "reads the residual stream alone" in str(error)
+                continue
+            if norm is not None and norm not in [entry[2] for entry in inputs]:
+                inputs.append((layer, mlp_input, norm, []))
+                handles.append(norm.register_forward_hook(lambda _m, _a, out, seen=inputs[-1][3]: seen.append(out)))
+    try:
+        _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert inputs
+    for layer, mlp_input, norm, outputs in inputs:
+        if model.adapter.additive:
+            parts = cache.decompose_resid(layer, mlp_input=mlp_input and layer < model.n_layers)
+        else:
+            parts = cache.accumulated_resid(layer, mlp_input=mlp_input and layer < model.n_layers)[-1:]
+        normed = cache.apply_ln_to_stack(parts, layer, mlp_input=mlp_input).sum(0)
+        expected = outputs[-1] if layer < model.n_layers else cache["ln_final.hook_normalized"]
+        assert torch.allclose(normed, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item()), (layer, mlp_input)
+
+
+@torch.no_grad()
 def test_decompose_resid_sums_to_the_stream_or_refuses(built, tokens):
     """The embedding plus every residual term sums to the final resid_post (and the direct logit
     attribution is built on it); a family whose blocks renormalise the stream refuses instead."""
@@ -175,10 +213,12 @@ def test_residual_and_mixer_points_are_writable(built, tokens):
 
 @torch.no_grad()
 def test_inner_points_cache_and_leave_the_logits_unchanged(built, tokens):
-    """Hooking every inner point (eager mixer paths included) keeps the logits to float rounding."""
+    """Hooking every inner point (eager mixer paths included; TransformerLens's norm, MLP, score and per-head result
+    points too) keeps the logits to float rounding."""
     _, reference, model = built
     clean = reference(tokens).logits
-    inner = [name for name in model.hook_dict if name.count(".") == 3 and not name.endswith("hook_state")]
+    inner = [name for name in model.hook_dict if (name.count(".") == 3 or name == "ln_final.hook_scale")
+             and not name.endswith("hook_state")]
     logits, cache = model.run_with_cache(tokens, names_filter=inner)
     assert set(cache.keys()) >= set(inner) - {n for n in inner if n.endswith("hook_pattern") and "attn." not in n}
     assert torch.allclose(logits, clean, atol=1e-4, rtol=1e-4)
@@ -228,7 +268,7 @@ def test_an_nnsight_trace_reads_and_writes_the_points(built, tokens):
     last = model.n_layers - 1
     name = hook_name(last, model.layer_components[last][0])
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
+        _, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
         edited = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: torch.zeros_like(x))])
     view = model.nnsight()
     read = {}
@@ -298,9 +338,9 @@ def test_bfloat16_logits_and_cache_are_exact(built, tokens):
     reference = copy.deepcopy(hf)
     model = HookedHybrid.from_hf(hf)
     plain = reference(tokens, output_hidden_states=True)
-    logits, cache = model.run_with_cache(tokens)
+    logits, cache = model.run_with_cache(tokens, names_filter=BLOCK_POINTS(model))
     assert torch.equal(logits, plain.logits)
-    point = "resid_post" if model.adapter.hidden_states_skip_embed else "resid_pre"
+    point = hidden_states_point(family)
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], plain.hidden_states[layer]), layer
 
@@ -404,3 +444,12 @@ def test_unwrap_gives_back_the_plain_model(built, tokens):
     with pytest.raises(RuntimeError, match="unwrapped"):
         model(tokens)
     assert torch.equal(HookedHybrid.from_hf(hf)(tokens), reference(tokens).logits)
+
+
+def test_hidden_states_convention_is_probed_without_touching_the_callers_random_state():
+    """`conventions.hidden_states_point` runs a tiny model of the family under the installed `transformers`
+    (Mamba-2 changed convention in 5.25); the probe leaves torch's global random state as it was."""
+    hidden_states_point.cache_clear()
+    state = torch.random.get_rng_state()
+    assert {hidden_states_point(name) for name in ("mamba", "mamba2", "qwen2")} <= {"resid_pre", "resid_post"}
+    assert torch.equal(torch.random.get_rng_state(), state)

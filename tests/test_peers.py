@@ -18,7 +18,7 @@ except ImportError:
 @torch.no_grad()
 def test_nnsight_trace_values_equal_run_with_cache_for_every_canonical_name(pair, tokens):
     _, model = pair
-    logits, cache = model.run_with_cache(tokens)
+    logits, cache = model.run_with_cache(tokens, names_filter=model.hook_names(inner=False))  # the canonical names
     view = model.nnsight()
     saved = {}
     with view.trace(tokens):

@@ -84,8 +84,11 @@ def test_report_renders_from_the_store_with_data_in_every_figure(checkpoint, tmp
     parser.feed(html)
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", spec.model).strip("_")
     assert {f"table2_{slug}", f"table4_{slug}", "layers_All_models_log_perplexity_ratio",
-            f"correlations_{slug}_norm_change_vs_log_perplexity_ratio",
-            f"correlations_{slug}_output_ratio_vs_log_perplexity_ratio"} <= set(parser.divs)
+            f"correlations_{slug}_output_ratio_the_zeroed_path_vs_log_perplexity_ratio_each_path_zeroed_pooled"
+            } <= set(parser.divs)
+    # a per-layer metric of a parallel hybrid is correlated with each zeroed path's impact apart
+    assert [div for div in parser.divs if re.fullmatch(
+        f"correlations_{re.escape(slug)}_norm_change_block_vs_log_perplexity_ratio_(SSM|attention)_path_zeroed", div)]
     markdown = (tmp_path / "report.md").read_text()
     assert "Hidden-state metric vs layer-ablation impact" in markdown
     assert "per-token component contribution" in html.lower() and html.count("<span") >= 3 * 32

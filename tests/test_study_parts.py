@@ -113,3 +113,10 @@ def test_targeted_vs_random_and_correlation():
     assert table.random_mean == 200.0 and table.ratio == 20.0 and table.trials == 3
     result = correlation(np.arange(10.0), 2 * np.arange(10.0) + 1)
     assert result["pearson_r"] == pytest.approx(1.0) and result["spearman_rho"] == pytest.approx(1.0)
+
+
+def test_the_light_spec_names_every_task_the_runner_evaluates():
+    """`study.spec.TASKS` (what the command line accepts without importing torch) is `study.tasks.TASKS`."""
+    from hybrid_lens.study import spec, tasks
+
+    assert spec.TASKS == tuple(tasks.TASKS)

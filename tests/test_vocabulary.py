@@ -47,17 +47,20 @@ def test_component_and_target_name_the_same_point():
     assert {t.hook_names[0] for t in targets} == {c.hook_name for k in ("attn", "ssm") for c in model.components(k)}
 
 
-def test_labels_are_data_that_print_as_before(tokens):
+def test_labels_are_data_that_print_as_transformer_lens_labels(tokens):
+    """Labels print as TransformerLens labels `decompose_resid`'s components, by hook point (`0_attn_out`;
+    before #26 they printed `0_attn`), and carry their layer and kind as data."""
     _, model = build("qwen3_5")
     _, cache = model.run_with_cache(tokens)
     parts, labels = cache.decompose_resid(return_labels=True)
-    expected = ["embed"] + [f"{i}_{kind}" for i, mixers in enumerate(model.layer_mixers) for kind in (*mixers, "mlp")]
+    expected = ["embed"] + [f"{i}_{kind}_out" for i, mixers in enumerate(model.layer_mixers)
+                            for kind in (*mixers, "mlp")]
     assert labels == expected and str(labels) == str(expected)
     for label, part in zip(labels[1:], parts[1:]):
         assert torch.equal(part, cache[hook_name(label.layer, label.kind)])
     assert (labels[0].layer, labels[0].kind) == (None, "embed")
     copy = pickle.loads(pickle.dumps(labels[1]))
-    assert (copy, copy.layer, copy.kind) == ("0_linear_attn", 0, "linear_attn")
+    assert (copy, copy.layer, copy.kind) == ("0_linear_attn_out", 0, "linear_attn")
     with pytest.raises(AttributeError):
         labels[1].layer = 5
     assert ComponentLabel(3, "attn") != ComponentLabel(3, "mlp")
@@ -81,9 +84,12 @@ def test_core_does_not_import_the_zoo():
 
 
 # The rooms of ARCHITECTURE.md, in import order: a module imports only its own room and the rooms above.
-ROOMS = [("registry", "tokens", "forward_state"), ("hook_points", "mixers"), ("vocabulary", "layout"), ("adapters",),
-         ("cache",), ("model", "loading", "load_options", "tokenizing", "readout", "nnsight_view", "sae", "lens_config", "resolver"),
-         ("zoo", "configs"), ("interventions",), ("analysis", "evals", "study", "viz", "cli", "coverage")]
+ROOMS = [("registry", "checks", "tokens", "forward_state", "norms"), ("hook_points", "mixers"), ("vocabulary", "layout"),
+         ("adapters",), ("cache",),
+         ("model", "loading", "load_options", "tokenizing", "caching", "readout", "generation", "decoding", "nnsight_view",
+          "nnsight_envoy", "sae", "weights", "copying", "lens_config", "resolver"),
+         ("zoo", "configs"), ("interventions",),
+         ("analysis", "evals", "study", "viz", "cli", "coverage", "console", "conventions")]
 
 
 def _room(module: str) -> int:

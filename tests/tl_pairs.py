@@ -39,9 +39,10 @@ class Pair:
     hybrid: HookedHybrid
 
 
-def hooked_transformer(hf_model: PreTrainedModel, tokenizer, folder: Path):
+def hooked_transformer(hf_model: PreTrainedModel, tokenizer, folder: Path, fold_ln: bool = False):
     """A TransformerLens `HookedTransformer` with `hf_model`'s weights, loaded as `from_pretrained` loads
-    them (see the module docstring), every weight processing step off; float32 on the CPU.
+    them (see the module docstring), every weight processing step off (but the norms' gains folded into
+    the next weights with `fold_ln`, as `from_pretrained`'s default does); float32 on the CPU.
 
     Args:
         hf_model: A `LlamaForCausalLM` (it is read, not changed).
@@ -49,6 +50,7 @@ def hooked_transformer(hf_model: PreTrainedModel, tokenizer, folder: Path):
             reloads a tokenizer by its `name_or_path` to add a BOS token).
         folder: An empty folder whose path does not contain "llama" (TransformerLens takes a path with
             "llama" in it for an official Llama name and reads no config from it).
+        fold_ln: Fold the RMSNorm gains into the weights that read the norms (TransformerLens's `RMSPre`).
     """
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer
@@ -59,11 +61,11 @@ def hooked_transformer(hf_model: PreTrainedModel, tokenizer, folder: Path):
     config.architectures = [type(hf_model).__name__]
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    cfg = loading.get_pretrained_model_config(str(folder), hf_cfg=config.to_dict(), fold_ln=False, device="cpu",
+    cfg = loading.get_pretrained_model_config(str(folder), hf_cfg=config.to_dict(), fold_ln=fold_ln, device="cpu",
                                               dtype=torch.float32)
     state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=torch.float32)
     model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(folder), move_to_device=False)
-    model.load_and_process_state_dict(state_dict, **NO_PROCESSING)
+    model.load_and_process_state_dict(state_dict, **{**NO_PROCESSING, "fold_ln": fold_ln})
     return model.eval()
 
 

@@ -10,7 +10,11 @@
 # Needs `pip install -e ".[sae]"`: SAE-Lens 6 needs TransformerLens 3.x (hybrid-lens supports 3.0-4.x).
 
 # %%
+import importlib.util
 import time
+
+if importlib.util.find_spec("sae_lens") is None:
+    raise SystemExit('Tutorial 05 needs SAE-Lens: pip install -e ".[sae]" (SAE-Lens 6, with TransformerLens 3.x).')
 
 import torch
 from datasets import Dataset

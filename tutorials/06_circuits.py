@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 from hybrid_lens import HookedHybrid
 from hybrid_lens.interventions import (Condition, Patch, Selector, attribution_patch, knockout, logit_diff_metric,
                                        patch, patch_state, run_conditions)
+from hybrid_lens.viz import SignedPattern
 from hybrid_lens.zoo import load_validation_text
 
 torch.set_num_threads(1)
@@ -68,8 +69,10 @@ for name, model in models.items():
 # `hook_pattern` on `linear_attn` (Gated DeltaNet, delta rule folded in) and `ssm` (the Mamba-2
 # semiseparable matrix) is an exact token-to-token matrix: the mixer's recurrence output is
 # `pattern @ values`. Below: how strongly each layer's last position reads the "land" token.
-# `circuitsvis.attention.attention_patterns(tokens=model.to_str_tokens(clean), attention=pattern[0])`
-# renders one (`pip install circuitsvis`).
+# Unlike a softmax pattern it is signed and unnormalised, so `hybrid_lens.viz.SignedPattern` scales each
+# head by its largest |weight| off the diagonal (in Mamba-2 the diagonal, each token reading itself, is
+# far larger) and renders it with circuitsvis on a diverging scale: blue reads positively, red negatively.
+# In a notebook `html` shows the heads; `open("pattern.html", "w").write(str(html))` saves them.
 
 # %%
 for name, model in models.items():
@@ -81,6 +84,12 @@ for name, model in models.items():
         share = pattern[:, -1, T - 2].abs() / pattern[:, -1].abs().sum(-1)   # |weight on "land"| / total
         print(f"{name} {kind} layer {layer}: share of the last position's |weights| on 'land', per head "
               f"{[round(float(s), 2) for s in share]}")
+    layer = model.layout.layers_with(kind)[0]
+    pattern = cache[f"blocks.{layer}.{kind}.hook_pattern"][0]
+    signed = SignedPattern.of(pattern, layer=layer)
+    html = signed.html(model.to_str_tokens(clean))
+    print(f"{name} {kind} layer {layer}: weights from {pattern.min():.3g} to {pattern.max():.3g}; shown per head as "
+          f"{', '.join(signed.names)} ({len(str(html))} characters of circuitsvis HTML)")
 
 # %% [markdown]
 # ## Edge knockout: cut routes into the last position

@@ -4,8 +4,9 @@ The decoder is `backbone`, its final norm `norm_f`; blocks have no MLP. Each blo
 to the norm's weight dtype before `norm` and, with `residual_in_fp32` (the default), keeps the
 residual in float32, so `hook_resid_*` are float32 in a half-precision model. FalconMamba adds
 weightless RMS norms on dt, B and C inside the mixer (`hook_B` / `hook_C` are after them).
-`output_hidden_states` of these models omits the embeddings: its entry `i` is the output of
-block `i` (`hook_resid_post`), not `hook_resid_pre`.
+`output_hidden_states` of these models omits the embeddings in the supported `transformers` releases
+(its entry `i` is the output of block `i`, `hook_resid_post`); `hybrid_lens.conventions.hidden_states_point` reads the
+convention from the installed release rather than assuming it.
 """
 
 from ..mixers import mamba1
@@ -16,7 +17,6 @@ MAMBA_LAYOUT = dict(
                            mlp=None)},
     tiny=dict(hidden_size=64, state_size=16, expand=2, num_hidden_layers=2),
     decoder_attr="backbone", final_norm_attr="norm_f", norm_cast=True, residual_fp32=True,
-    hidden_states_skip_embed=True,
 )
 
 MAMBA = Family(family="mamba", architectures=("MambaForCausalLM",), model_types=("mamba",), **MAMBA_LAYOUT)

@@ -3,8 +3,9 @@
 The decoder is `backbone` with final norm `norm_f`; each block holds one Mamba-2 mixer (gated
 RMSNorm, no multipliers), so there is no `hook_resid_mid` / `hook_mlp_out`. The norm's input is
 cast to the norm's dtype first, and with `config.residual_in_fp32` (the default) the residual is
-kept in float32. `output_hidden_states` omits the embeddings: its entry `i` is the output of block
-`i` (`hook_resid_post`).
+kept in float32. Whether `output_hidden_states` starts with the embeddings depends on the `transformers`
+release (from 5.25 it does; before, its entry `i` is the output of block `i`): `hybrid_lens.conventions.hidden_states_point`
+reads it from the installed one.
 """
 
 from ..mixers import mamba2
@@ -21,5 +22,4 @@ MAMBA2 = Family(
     final_norm_attr="norm_f",
     norm_cast=True,
     residual_fp32=True,
-    hidden_states_skip_embed=True,
 )

@@ -22,6 +22,7 @@ from ..layout import Layout
 from ..mixers.taps import MixerHooks
 from ..vocabulary import point_name
 from .base import Entry, HookedBlock, Wrapping, resid_in
+from .points import add_block_points
 
 AddPoints = Callable[[MixerHooks, nn.Module, Tap], list[Tap]]
 Scale = str | float | None
@@ -119,8 +120,6 @@ class Family:
             linear in the final-normed residual (then, and only then, `W_U` exists).
         norm_cast: Cast a norm's input to the norm's weight dtype first (Mamba, Nemotron-H).
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
-        hidden_states_skip_embed: The model's `output_hidden_states` omits the embeddings (Mamba):
-            its entry `i` is the output of block `i`, not its input.
         left_padding: Padding before a row's tokens leaves its values unchanged (False for
             RecurrentGemma, whose convolution ignores the mask: `HookedHybrid` then refuses it).
         prepend_bos: TransformerLens's `default_prepend_bos` for this architecture, as its loading
@@ -131,6 +130,9 @@ class Family:
             the embedding matrix times it.
         blocks_read_embeddings: Blocks read the token embeddings besides the residual stream (Zamba2's
             shared blocks): a pass entering after block 0 needs the token ids.
+        left_padded_cache: Decoding with the `transformers` cache of a left-padded batch gives each
+            row its own continuation (False for MiniMax, whose cached lightning attention lets the
+            padding leak into the tokens after the prompt: `generate` then runs each prompt length apart).
     """
 
     family: str = ""
@@ -147,11 +149,11 @@ class Family:
     logit_transform: Callable[[nn.Module, Tensor], Tensor] | None = None
     norm_cast: bool = False
     residual_fp32: bool = False
-    hidden_states_skip_embed: bool = False
     left_padding: bool = True
     prepend_bos: bool = True
     embed_scale: Callable[[nn.Module], float | Tensor] = lambda hf_model: 1.0
     blocks_read_embeddings: bool = False
+    left_padded_cache: bool = True
 
     def block_of(self, key: str) -> Block:
         """The `Block` of block key `key`; `ValueError` naming the known keys otherwise."""
@@ -316,16 +318,16 @@ class Family:
 
     def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
         """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
-        `hook_pattern`) and of its MLP (`Mlp.points`); return their taps."""
+        `hook_pattern`) and of its MLP (`Mlp.points`), then its norm points, neuron points and per-head
+        results (`adapters.points`); return their taps."""
         taps, spec = [], self.block_of(block.layer.block_key)
         for mixer in spec.mixers:
             if mixer.points is not None:
                 taps += mixer.points(getattr(block, mixer.kind), attrgetter(mixer.module)(layer), pattern_mode)
         if spec.mlp is not None and spec.mlp.points is not None:
-            block.add_module("mlp", MixerHooks())
             for module in filter(None, (attrgetter(attr)(layer) for attr in spec.mlp.modules)):
                 taps += spec.mlp.points(block.mlp, module, pattern_mode)
-        return taps
+        return taps + add_block_points(block, layer, spec)
 
 
 def _resolve(owner: nn.Module, path: Scale, field: str, where: str, module: bool = True, optional: bool = False):

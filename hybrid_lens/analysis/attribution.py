@@ -96,7 +96,7 @@ def logit_attribution(
     model, cache: ActivationCache, target: Target
 ) -> tuple[Float[Tensor, "component batch pos"], list[ComponentLabel]]:
     """Direct logit attribution of every component at every token, labelled as
-    `cache.decompose_resid` (`embed`, `0_attn`, `0_mlp`, ...). Summed over components it equals
+    `cache.decompose_resid` (`embed`, `0_attn_out`, `0_mlp_out`, ...). Summed over components it equals
     the final logit (difference) of `target` up to float error.
 
     Args:
@@ -115,7 +115,7 @@ def logit_attribution(
         >>> god = int(model.to_tokens(" God")[0, -1])
         >>> values, labels = logit_attribution(model, cache, god)
         >>> values.shape, labels[:4]           # embed + 12 layers x (ssm, attn, mlp)
-        (torch.Size([37, 1, 6]), ['embed', '0_ssm', '0_attn', '0_mlp'])
+        (torch.Size([37, 1, 6]), ['embed', '0_ssm_out', '0_attn_out', '0_mlp_out'])
         >>> torch.allclose(values.sum(0), logits[..., god], atol=1e-3)
         True
     """

@@ -161,7 +161,7 @@ def layer_metrics(
         >>> wide.shape
         (12, 8)
     """
-    _, cache = model.run_with_cache(input)
+    _, cache = model.run_with_cache(input, names_filter=model.hook_names(inner=False))
     return pd.concat(
         [
             hidden_state_metrics(cache, reduction),

@@ -5,9 +5,8 @@ The rules follow lm-evaluation-harness (`HFLM`) so scores can be compared with i
 context's trailing whitespace moves to the continuation, the pair is tokenized whole and split at
 the context's length, over-long inputs are truncated from the left, and a generation is cut at the
 first stop string. Batches are right-padded for scoring (exact for every mixer: real tokens never
-see the padding after them) and left-padded for cached generation (padding is masked out of
-attention, Mamba-2 and Gated DeltaNet inputs; checked against step-by-step recomputation in the
-tests).
+see the padding after them) and left-padded for generation, which runs `HookedHybrid.generate`'s
+loop (`decoding.decode`; checked against step-by-step recomputation in the tests).
 """
 
 from __future__ import annotations
@@ -20,8 +19,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import DynamicCache
+from transformers import LogitsProcessor, StoppingCriteria
 
+from ..checks import is_int
+from ..decoding import batches_pad, decode
 from ..interventions import Condition, Sweep, as_sweep
 
 
@@ -81,7 +82,7 @@ def check_positive(**values: int | None) -> None:
         ValueError: batch_size must be a positive integer, got 0.
     """
     for name, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (not is_int(value) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
@@ -231,25 +232,32 @@ def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def right_padded(model, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:
-    """Token ids padded on the right. They run without an attention mask, as in lm-eval: every
-    mixer is causal, so real tokens never see the padding after them, and sdpa keeps its fast
-    causal kernel (an explicit mask makes CPU attention about 3x slower).
+def padded(model, sequences: Sequence[Sequence[int]], side: str = "right"
+           ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Token ids padded on `side` with the pad token (else 0), and their attention mask. Scoring runs
+    right-padded ids without the mask, as lm-eval does: every mixer is causal, so real tokens never
+    see the padding after them, and sdpa keeps its fast causal kernel (an explicit mask makes CPU
+    attention about 3x slower). Generation continues left-padded ids, with the mask.
 
     Returns:
-        `Int[Tensor, "batch pos"]` on the model's device, padded with the pad token (else 0).
+        `(tokens, mask)`, `Int[Tensor, "batch pos"]` on the model's device.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-        >>> right_padded(model, [[5, 6, 7], [8]])
+        >>> padded(model, [[5, 6, 7], [8]])[0]
         tensor([[5, 6, 7],
                 [8, 0, 0]])
+        >>> padded(model, [[5, 6, 7], [8]], side="left")[1]
+        tensor([[1, 1, 1],
+                [0, 0, 1]])
     """
     length = max(len(ids) for ids in sequences)
     tokens = torch.full((len(sequences), length), model.tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
     for row, ids in enumerate(sequences):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    return tokens.to(model.device)
+        span = slice(0, len(ids)) if side == "right" else slice(length - len(ids), length)
+        tokens[row, span], mask[row, span] = torch.tensor(ids, dtype=torch.long), 1
+    return tokens.to(model.device), mask.to(model.device)
 
 
 def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
@@ -270,7 +278,7 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
         >>> len(per_condition), per_condition[1][0].shape
         (2, torch.Size([2, 4096]))
     """
-    tokens = right_padded(model, inputs)
+    tokens = padded(model, inputs)[0]
     width = max(counts)
     ends = torch.tensor([len(ids) for ids in inputs], device=tokens.device)
     positions = (ends[:, None] - width + torch.arange(width, device=tokens.device)).clamp(min=0)
@@ -317,11 +325,14 @@ def greedy_until(
     """Greedy continuations of `prompts`, cut at the first stop string (lm-eval's `generate_until`).
 
     The condition is active at every generated step. A row stops at an EOS token, once its text
-    contains a stop string, or after `max_new_tokens`; the EOS text is a stop string too.
+    contains a stop string, or after `max_new_tokens`; the EOS text is a stop string too. Decoding is
+    `HookedHybrid.generate`'s (`decoding.decode`): left-padded batches, the `transformers` cache where
+    it is exact for the condition, positions resolved as `generate` resolves them.
 
     Args:
-        use_cache: decode with a KV/state cache (fast) or recompute the full sequence at each step
-            (exact for any condition, including positional ones). None: cache when `cache_safe`.
+        use_cache: decode with a KV/state cache where it is exact (fast), or recompute the full
+            sequence at each step. None: cache when `cache_safe`; True with a condition that is not
+            `cache_safe` is refused.
         max_length: prompts keep their last `max_length - max_new_tokens` tokens (default: the
             config's `max_position_embeddings`).
 
@@ -355,14 +366,17 @@ def greedy_until(
             raise ValueError(f"max_new_tokens ({max_new_tokens}) must be below the maximum length ({max_length}).")
         encoded = [ids[-(max_length - max_new_tokens) :] for ids in encoded]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    generate = _generate_cached if use_cache else _generate_recomputed
+    groups = [order] if batches_pad(model) else [[i for i in order if len(encoded[i]) == n]
+                                                 for n in sorted({len(ids) for ids in encoded}, reverse=True)]
+    batches = [group[i : i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
     texts: list[str] = [""] * len(prompts)
     with condition.apply(model):
         for batch in tqdm(batches, desc="generate", disable=not progress):
             stopper = _Stopper(tokenizer, until, _eos_ids(model), len(batch))
+            tokens, mask = padded(model, [encoded[i] for i in batch], side="left")
             try:
-                generate(model, [encoded[i] for i in batch], max_new_tokens, stopper)
+                decode(model, tokens, mask, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                       pad_token_id=tokenizer.pad_token_id or 0, processors=[_FiniteCheck(stopper)], stopping=[stopper])
             except NonFiniteError as err:
                 prompts_hit = sorted(batch[row] for row in err.indices)
                 raise NonFiniteError(f"Non-finite logits while generating for prompts {prompts_hit} under condition "
@@ -380,22 +394,25 @@ def _eos_ids(model) -> set[int]:
     return ids - {None}
 
 
-class _Stopper:
-    """Collects generated tokens per row and decides when each row is finished."""
+class _Stopper(StoppingCriteria):
+    """Collects generated tokens per row and decides when each row is finished (a `transformers`
+    stopping criterion: a finished row is padded from then on)."""
 
     def __init__(self, tokenizer, until: list[str], eos_ids: set[int], rows: int):
         self.tokenizer, self.until, self.eos_ids = tokenizer, until, eos_ids
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.done = [False] * rows
 
-    def add(self, next_tokens: Int[Tensor, " rows"], rows: Sequence[int]) -> None:
-        for row, token in zip(rows, next_tokens.tolist()):
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        active = self.active()
+        for row, token in zip(active, input_ids[active, -1].tolist()):
             if token in self.eos_ids:
                 self.done[row] = True
                 continue
             self.tokens[row].append(token)
             text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
             self.done[row] = any(stop in text for stop in self.until)
+        return torch.tensor(self.done, device=input_ids.device)
 
     def active(self) -> list[int]:
         return [row for row, done in enumerate(self.done) if not done]
@@ -410,52 +427,16 @@ class _Stopper:
         return texts
 
 
-def _greedy_tokens(logits: Float[Tensor, "k vocab"], rows: Sequence[int],
-                   check: Sequence[int] | None = None) -> Int[Tensor, " k"]:
-    """The argmax token of each row of `logits` (batch rows `rows`); `NonFiniteError` naming the
-    rows among positions `check` (default: all) whose logits hold inf/NaN, where an argmax is arbitrary."""
-    finite = torch.isfinite(logits).all(-1).tolist()
-    bad = [rows[i] for i in (range(len(rows)) if check is None else check) if not finite[i]]
-    if bad:
-        raise NonFiniteError("non-finite logits", bad)
-    return logits.argmax(-1)
+class _FiniteCheck(LogitsProcessor):
+    """`NonFiniteError` naming the unfinished rows whose next-token logits hold inf/NaN (their argmax
+    would be arbitrary); the logits pass unchanged."""
 
+    def __init__(self, stopper: _Stopper):
+        self.stopper = stopper
 
-def _generate_cached(model, prompts: list[list[int]], max_new_tokens: int, stopper: _Stopper) -> None:
-    """Left-padded prefill, then one token per step through the model's cache."""
-    length = max(len(ids) for ids in prompts)
-    pad = model.tokenizer.pad_token_id or 0
-    tokens = torch.tensor([[pad] * (length - len(ids)) + ids for ids in prompts], device=model.device)
-    mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in prompts], device=model.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.cfg)
-    for _ in range(max_new_tokens):
-        logits = model(tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                       logits_to_keep=1)
-        active = stopper.active()
-        next_tokens = _greedy_tokens(logits[:, -1], range(len(prompts)), check=active)
-        stopper.add(next_tokens[active], active)
-        if not stopper.active():
-            return
-        tokens = next_tokens[:, None]
-        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], 1)
-        positions = positions[:, -1:] + 1
-
-
-def _generate_recomputed(model, prompts: list[list[int]], max_new_tokens: int, stopper: _Stopper) -> None:
-    """Every step reruns the whole sequence of each unfinished row (right-padded, no cache)."""
-    sequences = [list(ids) for ids in prompts]
-    for _ in range(max_new_tokens):
-        rows = stopper.active()
-        tokens = right_padded(model, [sequences[row] for row in rows])
-        lengths = [len(sequences[row]) for row in rows]
-        keep = tokens.shape[1] - min(lengths) + 1
-        logits = model(tokens, logits_to_keep=keep)
-        last = torch.tensor(lengths, device=logits.device) - 1 - (tokens.shape[1] - keep)
-        next_tokens = _greedy_tokens(logits[torch.arange(len(rows), device=logits.device), last], rows)
-        stopper.add(next_tokens, rows)
-        for row, token in zip(rows, next_tokens.tolist()):
-            sequences[row].append(token)
-        if not stopper.active():
-            return
-
+    def __call__(self, input_ids: Tensor, scores: Float[Tensor, "batch vocab"]) -> Tensor:
+        finite = torch.isfinite(scores).all(-1).tolist()
+        bad = [row for row in self.stopper.active() if not finite[row]]
+        if bad:
+            raise NonFiniteError("non-finite logits", bad)
+        return scores

@@ -8,7 +8,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Intervention, check_number, check_seed
+from ..checks import check_number, check_seed
+from .base import Intervention
 from .selectors import Selector
 
 
@@ -68,7 +69,7 @@ class Scale(_Elementwise):
 
 
     def __post_init__(self):
-        check_number("Scale alpha", self.alpha)
+        self.alpha = check_number("Scale alpha", self.alpha)
 
     def replace(self, value, hook):
         """`alpha * value`.
@@ -101,8 +102,8 @@ class Noise(_Elementwise):
 
 
     def __post_init__(self):
-        check_number("Noise sigma", self.sigma, minimum=0.0)
-        check_seed(self.seed)
+        self.sigma = check_number("Noise sigma", self.sigma, minimum=0.0)
+        self.seed = check_seed(self.seed, "Noise seed")
 
     def replace(self, value, hook):
         """`value` plus seeded noise `sigma * N(0, 1)` of its shape (drawn in float32 on the CPU).

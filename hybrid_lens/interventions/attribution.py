@@ -9,6 +9,7 @@ import torch
 
 from .patching import Metric, kl_metric, patch_jobs, same_shape_tokens
 from .selectors import Selector
+from .validation import check_metric
 
 
 def attribution_patch(model, clean, corrupt, where: Selector | Sequence[Selector] | None = None,
@@ -27,10 +28,10 @@ def attribution_patch(model, clean, corrupt, where: Selector | Sequence[Selector
         corrupt: The corrupted input, of the same token shape as `clean`.
         where: Selector(s) of the components; default every mixer, MLP and `resid_pre` of every
             layer (inner points such as `hook_v` work too; `hook_pattern` and `hook_state` do not).
-        positions: None: the whole activation at once; `"each"`: every position separately; a
-            list: each listed position separately.
-        metric: Maps logits `Float[Tensor, "batch pos vocab"]` to a scalar (differentiable);
-            default KL(clean || run) at the last position.
+        positions: None: the whole activation at once; `"each"`: every position separately; an
+            int or a list: each listed position separately (checked before any forward pass).
+        metric: Maps logits `Float[Tensor, "batch pos vocab"]` to one number, differentiably (checked
+            on the clean logits before the corrupted run); default KL(clean || run) at the last position.
 
     Returns:
         The table of `patch(...)` (`layer, kind, hook, position, metric`, with `attrs` holding the
@@ -44,14 +45,15 @@ def attribution_patch(model, clean, corrupt, where: Selector | Sequence[Selector
         (['layer', 'kind', 'hook', 'position', 'metric'], 12)
     """
     clean_tokens, corrupt_tokens = same_shape_tokens(model, clean, corrupt)
-    with torch.no_grad():
-        clean_logits = model(clean_tokens)
-    metric = metric or kl_metric(clean_logits)
     jobs = patch_jobs(model, where, positions, clean_tokens.shape[1])
     names = sorted({target.hook_names[0] for target, _ in jobs}, key=model.hook_order.__getitem__)
     refused = [name for name in names if name.endswith(("hook_pattern", "hook_state"))]
     if refused:
         raise ValueError(f"attribution_patch takes [batch, pos, ...] activations; {refused} are not.")
+    with torch.no_grad():
+        clean_logits = model(clean_tokens)
+    metric = metric or kl_metric(clean_logits)
+    check_metric(metric, clean_logits, differentiable=True)  # one number, with a gradient: before the backward
     _, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
 
     corrupt_acts, grads = {}, {}

@@ -13,7 +13,6 @@ registry-wide test (`tests/test_intervention_registry.py`) find it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any, ClassVar
@@ -136,6 +135,9 @@ class Intervention:
             >>> Intervention.from_dict(Mean("And God said").to_dict())
             Mean(reference='And God said', per_position=False)
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"An intervention dict is {{'type': ..., **parameters}}, e.g. {{'type': 'zero'}} or "
+                             f"{{'type': 'scale', 'alpha': 0.5}}; got {data!r:.200}.")
         data = dict(data)
         kind = data.pop("type", None)
         if kind not in REGISTRY:
@@ -147,31 +149,3 @@ class Intervention:
             raise ValueError(f"Intervention {kind!r} takes {sorted(accepted) or 'no parameters'}; got unknown "
                              f"{sorted(unknown) or '-'}, missing {sorted(missing) or '-'}.")
         return REGISTRY[kind](**data)
-
-
-def check_number(what: str, value, minimum: float | None = None) -> None:
-    """`ValueError` unless `value` (a parameter named `what`) is a finite number (not a bool), at least `minimum`.
-
-    Examples:
-        >>> check_number("Noise sigma", -1.0, minimum=0.0)
-        Traceback (most recent call last):
-        ...
-        ValueError: Noise sigma must be a finite number >= 0.0, not -1.0.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise ValueError(f"{what} must be a finite number{bound}, not {value!r}.")
-
-
-def check_seed(seed) -> None:
-    """`ValueError` unless `seed` is a non-negative int.
-
-    Examples:
-        >>> check_seed(-1)
-        Traceback (most recent call last):
-        ...
-        ValueError: seed must be a non-negative int, not -1.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, not {seed!r}.")

@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..checks import int_list
 from ..vocabulary import KINDS, hook_name
 from .base import Intervention, row_positions
 from .conditions import Condition
@@ -18,13 +19,7 @@ from .selectors import Layers, Selector, Target
 
 
 def _indices(what: str, value, allow_empty: bool) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if isinstance(value, str) or not isinstance(value, Sequence) or any(
-            isinstance(v, bool) or not isinstance(v, int) for v in value) or (not value and not allow_empty):
-        raise ValueError(f"knockout {what} must be an int or a list of ints, not {value!r}.")
-    return tuple(value)
+    return None if value is None else int_list(f"knockout {what}", value, f"{what} positions or indices", allow_empty)
 
 
 def _pick(wanted: tuple[int, ...] | None, positions: Tensor, what: str) -> Tensor:

@@ -15,6 +15,7 @@ from .reference import Patch
 from .conditions import Condition
 from .sweep import run_conditions
 from .selectors import KINDS, Selector, Target
+from .validation import check_metric, check_patch_positions, check_where
 
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]]
 
@@ -112,14 +113,16 @@ def same_shape_tokens(model, clean, corrupt) -> tuple[Tensor, Tensor]:
 
 def patch_jobs(model, where: Selector | Sequence[Selector] | None, positions: Sequence[int] | str | None,
                length: int) -> list[tuple[Target, int | None]]:
-    """The `(target, position)` pairs a patching sweep visits (see `patch` for `where` and `positions`).
+    """The `(target, position)` pairs a patching sweep visits (see `patch` for `where` and `positions`),
+    both checked (`validation.check_where`, `check_patch_positions`) before any forward pass.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> patch_jobs(model, Selector("ssm", layers=[0, 1]), [0, -1], length=5)[:2]
         [(Target(layer=0, kind='ssm', point=None), 0), (Target(layer=0, kind='ssm', point=None), -1)]
     """
-    selectors = component_selectors(model) if where is None else ([where] if isinstance(where, Selector) else list(where))
+    selectors = check_where(where) or component_selectors(model)
+    positions = check_patch_positions(positions, length)
     if positions == "each":
         positions = range(length)
     jobs = [
@@ -153,8 +156,8 @@ def patch(
         where: Selector(s) of the components to patch; default every mixer, MLP and `resid_pre`
             of every layer (a full layer x component sweep).
         positions: None patches all positions at once; `"each"` patches every position
-            separately; a list patches each listed position separately.
-        metric: Maps logits `Float[Tensor, "batch pos vocab"]` to a scalar; default
+            separately; an int or a list patches each listed position separately.
+        metric: Maps logits `Float[Tensor, "batch pos vocab"]` to one number; default
             KL(clean || patched) at the last position (0 = fully restored).
         batch_size: Patched runs per forward pass (condition batching).
         progress: Show a progress bar.
@@ -175,9 +178,10 @@ def patch(
         (12, 0.0)
     """
     clean_tokens, corrupt_tokens = same_shape_tokens(model, clean, corrupt)
+    jobs = patch_jobs(model, where, positions, clean_tokens.shape[1])
     clean_logits = model(clean_tokens)
     metric = metric or kl_metric(clean_logits)
-    jobs = patch_jobs(model, where, positions, clean_tokens.shape[1])
+    check_metric(metric, clean_logits, differentiable=False)
     source = Patch(clean_tokens)
     source.prepare(model, sorted({t for t, _ in jobs}, key=lambda t: (t.layer, t.kind)))
 

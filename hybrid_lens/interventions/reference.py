@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from ..tokens import real_positions
-from .base import Intervention, check_seed, row_positions
+from ..checks import check_seed
+from .base import Intervention, row_positions
 from .selectors import Selector
 
 
@@ -154,7 +155,7 @@ class Resample(_FromReference):
 
 
     def __post_init__(self):
-        check_seed(self.seed)
+        self.seed = check_seed(self.seed, "Resample seed")
 
     def replace(self, value, hook):
         """Per example, the real-token activations of a reference example drawn (seeded) among those

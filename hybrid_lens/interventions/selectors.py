@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from ..checks import canonical_ints, int_list, is_int
 from ..layout import Layout, selector_kinds
 from ..vocabulary import MIXER_KINDS, hook_name
 
@@ -54,20 +55,11 @@ class Target:
         return [hook_name(self.layer, self.kind, self.point)]
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_indices(what: str, value) -> None:
-    """`value` must be an int or a non-empty sequence of distinct ints (bools and floats are refused)."""
-    if _is_int(value):
-        return
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        raise ValueError(f"{what} must be an int or a list of ints, not {value!r}.")
-    bad = [v for v in value if not _is_int(v)]
-    if bad or len(value) == 0:
-        raise ValueError(f"{what} must be an int or a non-empty list of ints; got {list(value)!r}.")
-    repeated = sorted({int(v) for v in value if list(value).count(v) > 1})
+    """`value` must be an int or a non-empty sequence of distinct ints (numpy integers count; bools and floats are refused)."""
+    forms = "block indices" if what == "layers" else "token positions"
+    indices = int_list(what, value, f"{forms}, negative from the end")
+    repeated = sorted({v for v in indices if indices.count(v) > 1})
     if repeated:
         raise ValueError(f"{what} lists {repeated} more than once; list each at most once.")
 
@@ -92,7 +84,8 @@ class Selector:
             of the layer), `block` (the whole layer), or a residual point `resid_pre` / `resid_mid` /
             `resid_post`.
         layers: None (all), an index, a list of indices, or `early` / `middle` / `late` (thirds).
-        positions: None (all tokens), an index, a slice, or a list of token positions.
+        positions: None (all tokens), an index, a slice (as Python slices a list, a negative step
+            too), or a list of token positions; numpy integers are ints.
         point: an inner hook point of the mixer `kind` (e.g. `hook_v`), instead of its output.
 
     Examples:
@@ -111,7 +104,12 @@ class Selector:
     point: str | None = None
 
     def __post_init__(self):
-        if self.kind not in KINDS:
+        if isinstance(self.positions, slice):  # numpy integers become ints, so the selector serialises as typed
+            parts = (self.positions.start, self.positions.stop, self.positions.step)
+            object.__setattr__(self, "positions", slice(*map(canonical_ints, parts)))
+        object.__setattr__(self, "layers", canonical_ints(self.layers))
+        object.__setattr__(self, "positions", canonical_ints(self.positions))
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise ValueError(f"Unknown selector kind {self.kind!r}; choose one of {KINDS}.")
         if self.point is not None and (self.kind not in MIXER_KINDS or not isinstance(self.point, str)):
             raise ValueError(f"An inner point is a hook name such as 'hook_v' of a mixer kind {MIXER_KINDS}; "
@@ -125,8 +123,12 @@ class Selector:
             _check_indices("positions", self.positions)
         if isinstance(self.positions, slice):
             parts = (self.positions.start, self.positions.stop, self.positions.step)
-            if any(p is not None and not _is_int(p) for p in parts) or self.positions.step == 0:
+            if any(p is not None and not is_int(p) for p in parts) or self.positions.step == 0:
                 raise ValueError(f"A positions slice takes integer start, stop and a non-zero step; got {self.positions}.")
+        if self.positions is not None and self.point == "hook_state":
+            raise ValueError("A recurrent state (point='hook_state') has no token axis for a selector's positions: "
+                             "give the position to the intervention (PatchState(source, position=...)) or to "
+                             "state_positions(model, ...), and leave positions=None.")
 
     def layer_indices(self, n_layers: int) -> list[int]:
         """The selected layers of a model with `n_layers` blocks (negative indices wrap around).
@@ -192,34 +194,50 @@ class Selector:
         """
         if self.positions is None:
             return None
-        if isinstance(self.positions, slice):
-            return torch.arange(length)[self.positions]
+        if isinstance(self.positions, slice):  # Python's slice semantics (a negative step too)
+            return torch.tensor(range(length)[self.positions], dtype=torch.long)
         positions = [self.positions] if isinstance(self.positions, int) else list(self.positions)
         if any(not -length <= p < length for p in positions):
             raise ValueError(f"Positions {positions} out of range for {length} tokens.")
         return torch.tensor([p % length for p in positions], dtype=torch.long)
 
-    def position_mask(self, positions: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"] | None:
+    def position_mask(self, positions: Int[Tensor, "batch pos"], prompt_lengths: Int[Tensor, " batch"] | None = None,
+                      ) -> Bool[Tensor, "batch pos"] | None:
         """Which columns the selector's positions pick, row by row, counting real tokens only.
+
+        In a generation (`prompt_lengths` given, see `HookedHybrid.generate`), each token is resolved
+        against the tokens of the pass that computes it when decoding with a cache: the prompt pass
+        has the prompt, each later pass one token more. So `5` picks the token at 5 once (in the
+        prompt, or when it is generated), `-1` the prompt's last token and then every generated
+        token, `slice(-3, None)` the prompt's last three and every generated one, `slice(0, 4)` the
+        first four tokens; a position beyond the tokens so far picks nothing (yet), and a pass may
+        pick nothing. A cached generation and one that recomputes the whole sequence at every step
+        pick the same tokens.
 
         Args:
             positions: Per row, each column's index among the row's real tokens, -1 on padding
                 (`HookedHybrid.real_positions`; offset by the tokens before them when the run
                 continues a cache, so a row's length is its largest position plus one).
+            prompt_lengths: In a generation, each row's real prompt tokens
+                (`ForwardState.prompt_lengths`); None outside one.
 
         Returns:
             `Bool[Tensor, "batch pos"]`, or None for all positions. Position `0` is each row's
-            first real token and `-1` its last, with left or right padding. Raises `ValueError`
-            when a position is out of range for some row, or nothing is selected.
+            first real token and `-1` its last, with left or right padding. Outside a generation,
+            raises `ValueError` when a position is out of range for some row, or nothing is selected.
 
         Examples:
             >>> positions = torch.tensor([[0, 1, 2, -1], [0, 1, 2, 3]])       # row 0 right-padded
             >>> Selector("attn", positions=-1).position_mask(positions)
             tensor([[False, False,  True, False],
                     [False, False, False,  True]])
+            >>> Selector("attn", positions=-1).position_mask(torch.tensor([[0, 1, 2, 3]]), torch.tensor([2]))
+            tensor([[False,  True,  True,  True]])
         """
         if self.positions is None:
             return None
+        if prompt_lengths is not None:
+            return self._generation_mask(positions, prompt_lengths.to(positions.device))
         lengths = positions.max(1).values + 1  # real tokens so far (a continuation's positions are offset)
         picked = torch.zeros_like(positions, dtype=torch.bool)
         for row, length in enumerate(lengths.tolist()):
@@ -228,6 +246,21 @@ class Selector:
         if not bool(picked.any()):
             raise ValueError(f"Positions {self.positions} select no token of inputs of {sorted(set(lengths.tolist()))} "
                              "real tokens.")
+        return picked
+
+    def _generation_mask(self, positions: Tensor, prompt_lengths: Tensor) -> Tensor:
+        """`position_mask` in a generation: each column resolved against the real tokens of the pass
+        that computes it (its row's prompt for prompt tokens, itself and the tokens before it after)."""
+        prompt = prompt_lengths[:, None]
+        passes = torch.where(positions < prompt, prompt, positions + 1)  # real tokens of the computing pass
+        real, picked = positions >= 0, torch.zeros_like(positions, dtype=torch.bool)
+        for length in torch.unique(passes[real]).tolist():
+            if isinstance(self.positions, slice):
+                wanted = torch.arange(length)[self.positions]
+            else:
+                wanted = torch.tensor([p % length for p in np.atleast_1d(self.positions).tolist() if -length <= p < length],
+                                      dtype=torch.long)
+            picked |= real & (passes == length) & torch.isin(positions, wanted.to(positions.device))
         return picked
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,6 +286,9 @@ class Selector:
             >>> Selector.from_dict(selector.to_dict()) == selector
             True
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"A selector dict is {{'kind': ..., 'layers': ..., 'positions': ..., 'point': ...}} "
+                             f"('kind' required), e.g. {{'kind': 'attn', 'layers': [3]}}; got {data!r:.200}.")
         unknown = set(data) - SELECTOR_KEYS
         if unknown or "kind" not in data:
             raise ValueError(f"A selector dict takes the keys {sorted(SELECTOR_KEYS)} ('kind' required); got "

@@ -30,7 +30,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..forward_state import forward_settings
+from ..checks import as_int
 from .conditions import Condition
+from .validation import check_conditions
 
 STACKED_KWARGS = ("logits_to_keep", "position_ids")  # batch-first tensors that are stacked with the input
 COST_REPEATS = 2  # timings per measured size; the fastest counts
@@ -210,9 +212,14 @@ class Sweep:
     single: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "conditions", tuple(self.conditions))
-        if self.batch < 1:
+        object.__setattr__(self, "conditions", check_conditions(self.conditions, "Sweep"))
+        batch = as_int("Sweep.batch", self.batch, "a positive int (the most conditions per forward pass)")
+        if batch < 1:
             raise ValueError(f"Sweep.batch must be at least 1, got {self.batch}.")
+        object.__setattr__(self, "batch", batch)
+        for flag in ("reuse_prefix", "single"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"Sweep.{flag} must be True or False, not {getattr(self, flag)!r}.")
         if self.single and len(self.conditions) != 1:
             raise ValueError(f"A single Sweep holds exactly one condition, got {len(self.conditions)}.")
 
@@ -366,6 +373,7 @@ def run_conditions(model, input, conditions: Sequence[Condition], attention_mask
         >>> torch.allclose(logits[0], model("In the beginning God created"), atol=1e-4)
         True
     """
+    conditions = check_conditions(conditions, "run_conditions")
     tokens, mask = model.encode(input, attention_mask)
     logits = _stacked_run(model, tokens, mask, list(conditions), 0, None, {})
     return logits.view(len(conditions), tokens.shape[0], *logits.shape[1:])

@@ -2,7 +2,8 @@
 (which owns the parser, the `hooks` and `models` commands and the error handling).
 
 The `study` options that set a `StudySpec` field take their default, choices and lower bound from
-that field (`spec_option`), so each lives in one place: `StudySpec`.
+that field (`spec_option`), so each lives in one place: `StudySpec`. This module imports neither
+torch nor `transformers`: every argument is parsed and checked before a model loads.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import typing
 from pathlib import Path
 
 from .. import zoo
-from .runner import StudySpec
-from .files import clean_stale_temporaries
+from .spec import StudySpec, check_out_folder, spec_error
 
 SPEC_FIELDS = StudySpec.__pydantic_fields__
 
@@ -78,10 +78,6 @@ SPEC_OPTIONS = ("tasks", "n", "method", "trials", "seed", "dtype", "ppl_source",
 
 
 def _study(args) -> None:
-    from .report import render_report
-    from .runner import check_out_folder, run_study, spec_error
-
-    check_out_folder(args.out)
     specs = []
     for name in args.model or list(zoo.ZOO_MODELS):  # every model and setting checked before any work
         fields = dict(model=name, groups=("baseline", *args.conditions),
@@ -91,15 +87,48 @@ def _study(args) -> None:
             raise ValueError(f"invalid study settings: {error}")
         zoo.resolve(name)
         specs.append(StudySpec(**fields))
-    for spec in specs:
-        folder = run_study(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, extend_n=args.extend_n)
-        print(f"{spec.model}: results in {folder / 'results.sqlite'}")
-    if args.report:
-        print(f"report: {render_report(args.out, png=args.png)}")
+    make_out_folder(args.out)
+    from ..console import transformers_output
+    from .report import render_report
+    from .runner import run_study
+
+    say = (lambda *_: None) if args.quiet else print
+    with transformers_output(quiet=args.quiet):
+        for spec in specs:
+            folder = run_study(spec, args.out, overwrite=args.overwrite, progress=not args.quiet,
+                               extend_n=args.extend_n)
+            say(f"{spec.model}: results in {folder / 'results.sqlite'}")
+        if args.report:
+            say(f"report: {render_report(args.out, png=args.png)}")
+
+
+def make_out_folder(out: Path) -> None:
+    """Create the study folder `out` (and the folders above it) if missing, or raise an `OSError`
+    saying why it cannot be written (`spec.check_out_folder`, then the creation itself), before any
+    model loads.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "new" / "study"
+        >>> make_out_folder(folder)
+        >>> folder.is_dir()
+        True
+        >>> _ = (folder / "notes.txt").write_text("x")
+        >>> make_out_folder(folder / "notes.txt" / "study")
+        Traceback (most recent call last):
+        ...
+        NotADirectoryError: --out .../notes.txt/study: .../notes.txt is a file, not a folder.
+    """
+    check_out_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out {out}: cannot create this folder ({err.strerror}); pass another --out.") from None
 
 
 def _report(args) -> None:
     from .report import render_report
+    from .files import clean_stale_temporaries
 
     if not args.folder.is_dir():
         raise FileNotFoundError(f"No study folder {str(args.folder)!r} (run `hybrid-lens study --out FOLDER` first).")
@@ -144,19 +173,19 @@ def add_study_commands(commands) -> None:
     study.add_argument("--method", **spec_option("method"),
                        help="Ablation method: auto = skip whole layers on one-mixer-per-layer models and zero the "
                             "path on parallel hybrids (the paper's choice); skip, zero, or mixer_off (zero every "
-                            "mixer, keep the MLP).")
+                            "mixer, keep the MLP). Default: auto.")
     study.add_argument("--trials", **spec_option("trials"),
                        help=f"Random-control trials per targeted condition (default {trials}).")
-    study.add_argument("--seed", **spec_option("seed"), help="Seed of random controls and bootstrap.")
-    study.add_argument("--dtype", **spec_option("dtype"), help="torch dtype to load the model in.")
+    study.add_argument("--seed", **spec_option("seed"), help="Seed of random controls and bootstrap (default 0).")
+    study.add_argument("--dtype", **spec_option("dtype"), help="torch dtype to load the model in (default float32).")
     study.add_argument("--device-map", **spec_option("device_map"),
                        help="Passed to from_pretrained as device_map (e.g. auto: accelerate places "
-                            "the model over the available GPUs, CPU and disk).")
+                            "the model over the available GPUs, CPU and disk). Default: none (one device).")
     study.add_argument("--ppl-text", dest="ppl_source", **spec_option("ppl_source"),
-                       help=f"Perplexity text: {ppl_source} (bundled models: their held-out split; others: "
+                       help=f"Perplexity text (default: {ppl_source}: bundled models' held-out split, others' "
                             "WikiText-2), wikitext2 (bundled test split), kjv-validation, or a .txt/.txt.gz path.")
     study.add_argument("--data", **spec_option("data"),
-                       help=f"Benchmark data: {data} (offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
+                       help=f"Benchmark data (default: {data}: offline subsets shipped with hybrid-lens), hub (cais/mmlu, "
                             "allenai/ai2_arc, Rowan/hellaswag, truthful_qa, gsm8k; needs network).")
     study.add_argument("--ppl-context", **spec_option("ppl_context"),
                        help="Perplexity window length in tokens (default: bundled models use their model card's "
@@ -165,21 +194,25 @@ def add_study_commands(commands) -> None:
                        help="Most conditions per forward pass for loglikelihood tasks (condition batching; default: "
                             "the Sweep's, which plans the passes from a cost model measured on the device). "
                             "Results agree for any value (to float rounding); memory grows with it.")
-    study.add_argument("--out", type=Path, default=Path("hybrid-lens-study"), help="Output folder.")
+    study.add_argument("--out", type=Path, default=Path("hybrid-lens-study"),
+                       help="Output folder, created if missing; one subfolder per model (default: %(default)s).")
     study.add_argument("--overwrite", action="store_true",
                        help="Replace the study in OUT/<model> (a rerun with other settings is refused otherwise).")
     study.add_argument("--extend-n", action="store_true",
                        help="Grow --n of an existing study, keeping every other setting (its pairs are computed "
                             "again at the new n).")
-    study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="Render the report.")
+    study.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                       help="Render the report: OUT/report.html, OUT/report.md (default: on).")
     study.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
-                       help="Also write PNG copies of the figures (matplotlib; --no-png skips them).")
-    study.add_argument("--quiet", action="store_true", help="No progress bars.")
+                       help="Also write PNG copies of the figures (matplotlib; default: on).")
+    study.add_argument("--quiet", action="store_true",
+                       help="Print errors only: no progress bars, no transformers messages, no result lines.")
     study.set_defaults(run=_study)
 
     report = commands.add_parser("report", help="Re-render the report of a finished (or partial) study.")
-    report.add_argument("folder", type=Path, help="The study's output folder.")
+    report.add_argument("folder", type=Path, help="The study's output folder (its --out).")
     report.add_argument("--out", type=Path, help="Folder to write the report into (default: the study's folder; "
                         "use another one for a study in a read-only folder).")
-    report.add_argument("--png", action=argparse.BooleanOptionalAction, default=True, help="Also write PNG figures.")
+    report.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also write PNG figures (default: on).")
     report.set_defaults(run=_report)

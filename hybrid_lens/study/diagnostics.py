@@ -117,7 +117,7 @@ def write_contributions(model, tokens, folder: Path) -> None:
     """
     from ..analysis import contributions_html, token_contributions
 
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=model.hook_names(inner=False))
     try:
         table = token_contributions(model, cache, tokens)
     except (ValueError, NotImplementedError) as err:

@@ -19,9 +19,7 @@ import numpy as np
 from ..interventions import THIRDS, Condition, ablation_of, layer_thirds
 from ..layout import Layout
 from ..vocabulary import KIND_NAMES as VOCABULARY_NAMES
-
-METHODS = ("auto", "skip", "zero", "mixer_off")
-GROUPS = ("baseline", "group", "layer", "positional", "random", "transformer")
+from .spec import GROUPS, METHODS
 
 
 @dataclass(frozen=True)

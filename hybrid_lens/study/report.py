@@ -9,6 +9,7 @@ The statistics come from `study.tables`; this module only formats them.
 from __future__ import annotations
 
 import html
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import plotly.io as pio
 from ..vocabulary import KIND_NAMES
 from .. import viz
 from . import published
-from .diagnostics import contributions_view
+from .diagnostics import CONTRIBUTION_TOKENS, CONTRIBUTIONS_FILE, contributions_view
 from .files import atomic_write, writable
 from .store import StudyStore
 from .tables import StudyTables
@@ -45,31 +46,43 @@ HEADINGS = {
         "out, the higher the score."),
     "table2": ("Table 2 analogue: perplexity under group ablation",
         "Loss and perplexity with all instances of one component kind removed; x baseline is the perplexity ratio "
-        "with its 95% CI. Bars: log scale, baseline first; labels are multiples of the baseline."),
+        "with its 95% CI. Bars: log scale, baseline first, error bars the 95% CI; labels are multiples of the "
+        "baseline."),
     "table3": ("Table 3 analogue: mean benchmark score, targeted vs matched random",
         "Mean score over the benchmarks run, targeted ablation vs the same number of randomly chosen layers; random /"
-        " targeted > 1 means the targeted components matter more (the random controls keep a higher score)."),
+        " targeted > 1 means the targeted components matter more (the random controls keep a higher score). No CIs:"
+        " a few random draws per condition; their mean, std and range are shown. Bars: error bars span the draws."),
     "table4": ("Table 4 analogue: perplexity, targeted vs matched random",
-        "Perplexity of the targeted ablation vs the mean of its matched random controls; random / targeted > 1 means "
-        "random layers hurt more than the targeted ones."),
+        "Perplexity of the targeted ablation (with the 95% CI of its multiple of baseline) vs the mean of its matched "
+        "random controls; random / targeted > 1 means random layers hurt more than the targeted ones. The random "
+        "side has no CI (a few draws): its mean, std and range (min to max) are shown, and the bars' error bars span "
+        "the draws."),
     "table5": ("Table 5 analogue: random layer removal, perplexity as a multiple of baseline",
-        "Whole layers skipped at random (sequential skip); mean and std of the perplexity multiple over trials."),
+        "Whole layers skipped at random (sequential skip); mean, std and range of the perplexity multiple over the "
+        "random draws (no CI: a few draws per size)."),
     "table6": ("Table 6 analogue: positional thirds",
         "One component kind removed in the early, middle or late third of the layers only; which third carries the "
         "component's contribution."),
     "layers": ("Layer-wise ablation",
-        "One component of one layer removed at a time (the method is in each row). Heatmap: layers left to right; "
-        "darker = larger effect; rows are component kinds."),
+        "One layer (or one path of a layer) removed at a time; each column says what was removed and how. Heatmap: "
+        "layers left to right, one row per kind of removal, darker = larger effect, each model on its own colour "
+        "scale; grey = the layer has no such component."),
     "hidden": ("Hidden-state metrics of the clean model",
         "Per layer: norm change ||h_post - h_pre|| / ||h_pre||, cosine(h_pre, h_post), component output ratio "
         "||f_c(h)|| / ||h||, ablation KL(p_clean || p_ablated) and the logit lens' KL to the final distribution; — = "
         "the layer has no such component."),
     "correlations": ("Hidden-state metric vs layer-ablation impact",
-        "Does a layer's metric predict what removing it costs? Pearson and Spearman correlation over layers (and "
-        "components); scatter: one point per layer component."),
+        "Does a layer's metric predict what removing it costs? Each point pairs one removal (a whole layer, or one "
+        "path) with the metric of what was removed; n counts distinct points. Pearson and Spearman side by side; "
+        "'one point drives it': the correlation is significant (p < 0.05) with every point but not without that "
+        "one (or changes sign); the range is Pearson r over the n leave-one-out subsets."),
     "drops": ("Score drops with 95% bootstrap CIs (all conditions)",
         "Every condition on every benchmark: score, Δ = ablated - baseline score (negative: worse) and its paired "
-        "bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline."),
+        "bootstrap 95% CI; significant = the CI excludes 0. Heatmap: blue = better, red = worse than baseline, each "
+        "model on its own colour scale."),
+    "contributions": ("Per-token component contribution",
+        "Each token coloured by the component kind that contributes most to the residual stream there (clean "
+        "model); one row per layer. In report.md: a link to each model's HTML view."),
 }
 
 
@@ -81,11 +94,12 @@ class Section:
         key: anchor id (unique in the report).
         title: the heading.
         read: one line on how to read it.
-        parts: `(subheading, what was measured, display table or None, figure or None)` tuples.
+        parts: `(subheading, a line on what the numbers are (led by its own label, e.g. "Measured on:"),
+            display table or None, figure or `Fragment` or None)` tuples.
 
     Examples:
         >>> section = Section("table2", "Table 2 analogue", "Perplexity ratio to baseline.")
-        >>> section.parts.append(("hybrid-lens/tiny-qwen2.5", "8 windows of 256 tokens", None, None))
+        >>> section.parts.append(("hybrid-lens/tiny-qwen2.5", "Measured on: 8 windows of 256 tokens", None, None))
         >>> len(section.parts)
         1
     """
@@ -94,6 +108,43 @@ class Section:
     title: str
     read: str
     parts: list[tuple[str, str, pd.DataFrame | None, object | None]] = field(default_factory=list)
+
+
+@dataclass
+class Fragment:
+    """An HTML view kept in its own file (a model's per-token contributions): inlined in report.html,
+    linked from report.md.
+
+    Examples:
+        >>> Fragment("hybrid-lens_tiny-qwen2.5/contributions.html", "<div>...</div>").path
+        'hybrid-lens_tiny-qwen2.5/contributions.html'
+    """
+
+    path: str
+    html: str
+
+
+def measured(what: str) -> str:
+    """The line under a subheading that says what its numbers were measured on.
+
+    Examples:
+        >>> measured("8 windows of 256 tokens")
+        'Measured on: 8 windows of 256 tokens'
+    """
+    return f"Measured on: {what}"
+
+
+def removal(kind: str | None, method: str) -> str:
+    """What a layer-wise condition removes and how, as a column or heatmap row name: a whole-layer
+    skip is never named after one component.
+
+    Examples:
+        >>> removal("attn", "skip"), removal("ssm", "zero"), removal("attn", "mixer_off")
+        ('whole layer skipped (attention layer)', 'SSM path zeroed', 'attention output zeroed (MLP kept)')
+    """
+    name = KIND_NAMES.get(kind, kind or "block")
+    return {"skip": f"whole layer skipped ({name} layer)", "zero": f"{name} path zeroed",
+            "mixer_off": f"{name} output zeroed (MLP kept)"}.get(method, f"{name} removed ({method})")
 
 
 def _section(key: str) -> Section:
@@ -183,20 +234,28 @@ class ReportBuilder:
         return section
 
     # -- settings lines --------------------------------------------------------------------------
-    def _ppl_setting(self, t: StudyTables) -> str:
+    def _ppl_windows(self, t: StudyTables) -> str:
         s = t.settings
         return (f"{s['ppl_text']}, first {t.ppl_windows} windows of {s['ppl_context']} tokens, stride "
-                f"{s['ppl_stride'] or ABSENT} ({t.ppl_tokens:,} scored tokens); 95% CIs: paired bootstrap over "
-                f"windows, {N_RESAMPLES} resamples, seed 0")
+                f"{s['ppl_stride'] or ABSENT} ({t.ppl_tokens:,} scored tokens)")
 
-    def _bench_setting(self, t: StudyTables) -> str:
-        tasks = ", ".join(f"{TASK_NAMES.get(task, task)} n={n}" for task, n in t.benchmark_sizes().items())
-        return (f"{tasks}; data: {t.meta.get('data', 'bundled')}; few-shot seed {t.meta.get('seed', 0)}; 95% CIs: "
-                f"paired bootstrap over examples, {N_RESAMPLES} resamples")
+    def _ppl_setting(self, t: StudyTables, cis: str | None = "") -> str:
+        """The perplexity windows; `cis`: which CIs the table shows ("": all of them; None: no CI)."""
+        return measured(self._ppl_windows(t) + ("" if cis is None else
+                        f"; 95% CIs{cis}: paired bootstrap over windows, {N_RESAMPLES} resamples, seed 0"))
 
-    def _setting(self, t: StudyTables, task: str) -> str:
+    def _bench_examples(self, t: StudyTables) -> str:
+        return ", ".join(f"{TASK_NAMES.get(task, task)} n={n}" for task, n in t.benchmark_sizes().items())
+
+    def _bench_setting(self, t: StudyTables, cis: str | None = "") -> str:
+        """The benchmark examples; `cis` as in `_ppl_setting`."""
+        return measured(f"{self._bench_examples(t)}; data: {t.meta.get('data', 'bundled')}; few-shot seed "
+                        f"{t.meta.get('seed', 0)}" + ("" if cis is None else
+                        f"; 95% CIs{cis}: paired bootstrap over examples, {N_RESAMPLES} resamples"))
+
+    def _setting(self, t: StudyTables, task: str, cis: str | None = "") -> str:
         """The settings line of `task`'s numbers: perplexity windows or benchmark examples."""
-        return self._ppl_setting(t) if task == "ppl" else self._bench_setting(t)
+        return self._ppl_setting(t, cis) if task == "ppl" else self._bench_setting(t, cis)
 
     def _random_setting(self, t: StudyTables) -> str:
         return (f"{t.meta.get('trials', 3)} random trials per targeted condition, drawn with numpy "
@@ -225,13 +284,13 @@ class ReportBuilder:
             counts = [f"{n} {g}" for g, n in t.condition_counts().items()]
             runs.append({"model": model, "conditions": f"{len(t.specs)}: {', '.join(counts)}",
                          "tasks": ", ".join(TASK_NAMES.get(x, x) for x in tasks),
-                         "perplexity windows": self._ppl_setting(t).split(";")[0] if not t.ppl.empty else ABSENT,
-                         "benchmarks": self._bench_setting(t).split(";")[0] if not t.drops.empty else ABSENT,
+                         "perplexity windows": self._ppl_windows(t) if not t.ppl.empty else ABSENT,
+                         "benchmarks": self._bench_examples(t) if not t.drops.empty else ABSENT,
                          "evaluation time": f"{t.timings.seconds.sum():.0f} s"})
-        section.parts.append(("What was run", "evaluation time: wall seconds summed over (condition, task) pairs, "
-                              "without model loading and hidden-state diagnostics", pd.DataFrame(runs), None))
+        section.parts.append(("What was run", "Note: evaluation time is wall seconds summed over (condition, task) "
+                              "pairs, without model loading and hidden-state diagnostics.", pd.DataFrame(runs), None))
         if rows:
-            section.parts.append(("Headline effects: group ablations", "paper: " + published.CITATION,
+            section.parts.append(("Headline effects: group ablations", "Paper column: " + published.CITATION,
                                   pd.DataFrame(rows), None))
         return section
 
@@ -256,8 +315,11 @@ class ReportBuilder:
             table = t.targeted_vs_random(value)
             if table.empty:
                 return []
-            setting = self._bench_setting(t) if value == "score" else self._ppl_setting(t)
-            return [(model, f"{setting}; {self._random_setting(t)}", self._random_display(t, table, published_values),
+            setting = (self._bench_setting(t, None) if value == "score" else
+                       self._ppl_setting(t, " (targeted ablation's multiple of baseline)"))
+            ratios = t.ppl.set_index("condition") if value == "perplexity" else None
+            return [(model, f"{setting}; {self._random_setting(t)}",
+                     self._random_display(t, table, published_values, ratios),
                      viz.targeted_vs_random_bars(table, model, "mean score" if value == "score" else "perplexity"))]
 
         return self._per_model("table3" if value == "score" else "table4", parts)
@@ -272,10 +334,12 @@ class ReportBuilder:
             display = pd.DataFrame({
                 "layers removed": [f"{int(k)} of {n_layers}" for k in table.removed],
                 "x baseline (mean)": table["mean"].map(number), "std": table["std"].map(number),
+                "range (min to max)": [f"{number(a)} to {number(b)}" for a, b in zip(table["min"], table["max"])],
                 "trials": table["count"].map(number),
                 _paper_header("x baseline, 6 or 18 of 24 layers", paper, same) if paper else "paper": [
                     _paper_cell(published.removal_multiple(paper, int(k), n_layers), paper) for k in table.removed]})
-            return [(model, f"{self._ppl_setting(t)}; {self._random_setting(t)}", display, None)]
+            return [(model, f"{self._ppl_setting(t, None)}; {self._random_setting(t)}; no CI: the spread is over the "
+                     "random draws", display, None)]
 
         return self._per_model("table5", parts)
 
@@ -312,16 +376,18 @@ class ReportBuilder:
                 t = self.tables[model]
                 grid = t.layer_grid(task)
                 grid.index = [f"L{i}" for i in grid.index]
-                grid.columns = [KIND_NAMES.get(c, c) for c in grid.columns]
-                methods = sorted(set(sweep.method))
+                method = dict(zip(sweep.kind, sweep.method))
+                grid.columns = [removal(kind, method[kind]) for kind in grid.columns]
                 display = grid.map(number).reset_index(names="layer")
-                setting = self._setting(t, task) + \
-                    f"; method: {', '.join(_METHODS.get(m, m) for m in methods)}; values: " + \
-                    ("perplexity x baseline" if task == "ppl" else "score change vs baseline (ablated - baseline)")
+                setting = self._setting(t, task, None) + \
+                    f"; method: {', '.join(_METHODS.get(m, m) for m in sorted(set(sweep.method)))}; values: " + \
+                    ("perplexity x baseline" if task == "ppl" else "score change vs baseline (ablated - baseline)") + \
+                    "; point estimates (the CI of each condition is in the data, not shown here)"
                 section.parts.append((f"{model}: {what}", setting, display, None))
+                sweeps[model] = sweep.assign(removed=[removal(k, m) for k, m in zip(sweep.kind, sweep.method)])
             shown = "log perplexity ratio" if task == "ppl" else what
-            section.parts.append((f"All models: {shown}", "heatmap of the tables above (one panel per model)", None,
-                                  viz.layer_sweep_heatmaps(sweeps, task)))
+            section.parts.append((f"All models: {shown}", "Note: a heatmap of the tables above, one panel per model.",
+                                  None, viz.layer_sweep_heatmaps(sweeps, task)))
         return section
 
     def _hidden(self) -> Section:
@@ -332,8 +398,8 @@ class ReportBuilder:
             display = wide.map(number)
             display.columns = [f"{METRIC_NAMES.get(m, m)} ({KIND_NAMES.get(c, c)})" for m, c in wide.columns]
             display.index = [f"L{i}" for i in wide.index]
-            setting = (f"the first {t.settings.get('diagnostic_tokens') or ABSENT} tokens of the {t.settings['ppl_text']} "
-                       "text; ablation KL: zero the mixer or MLP, skip the block")
+            setting = measured(f"the first {t.settings.get('diagnostic_tokens') or ABSENT} tokens of the "
+                               f"{t.settings['ppl_text']} text; ablation KL: zero the mixer or MLP, skip the block")
             return [(model, setting, display.reset_index(names="layer"), None)]
 
         return self._per_model("hidden", parts)
@@ -342,20 +408,41 @@ class ReportBuilder:
         def impact(task: str) -> str:
             return "log perplexity ratio" if task == "ppl" else f"{TASK_NAMES.get(task, task)} score change"
 
+        def removed(row) -> str:
+            if row.removed == "block":
+                return "whole layer skipped"
+            if row.removed == "all":
+                return "each path " + ("zeroed" if row.method == "zero" else "removed") + " (pooled)"
+            return removal(row.removed, row.method)
+
+        def driven(row) -> str:
+            if row.driver is None or np.isnan(row.loo_low):
+                return f"{ABSENT} (n < 4)"
+            if not row.driven:
+                return "no"
+            return f"yes: without {row.driver_label}, r = {number(row.driver_r)} (p = {number(row.driver_p)})"
+
         def parts(model: str, t: StudyTables) -> list:
             table, points = t.impact_correlations()
             if table.empty:
                 return []
+            metric = [f"{METRIC_NAMES.get(m, m)} ({COMPONENT_NAMES.get(c, KIND_NAMES.get(c, c))})"
+                      for m, c in zip(table.metric, table.component)]
+            what = [f"{impact(r.task)}, {removed(r)}" for r in table.itertuples()]
             display = pd.DataFrame({
-                "impact": table.task.map(impact),
-                "metric": table.metric.map(lambda m: METRIC_NAMES.get(m, m)), "points": table.n.map(number),
+                "impact (what was removed, how)": what, "metric (of what)": metric,
+                "n (distinct points)": table.n.map(number),
                 "Pearson r": table.pearson_r.map(number), "Pearson p": table.pearson_p.map(number),
-                "Spearman ρ": table.spearman_rho.map(number), "Spearman p": table.spearman_p.map(number)})
-            found = [(model, "hidden-state metrics vs the layer-wise ablation table", display, None)]
-            for row in table.itertuples():
-                name = (METRIC_NAMES.get(row.metric, row.metric), impact(row.task))
-                found.append((f"{model}: {name[0]} vs {name[1]}", "", None, viz.metric_vs_impact(
-                    points[f"{row.task}:{row.metric}"], "value", "impact", row._asdict(), model, names=name)))
+                "Spearman ρ": table.spearman_rho.map(number), "Spearman p": table.spearman_p.map(number),
+                "Pearson r leaving one point out": [f"{number(a)} to {number(b)}" if not np.isnan(a) else ABSENT
+                                                    for a, b in zip(table.loo_low, table.loo_high)],
+                "one point drives it": [driven(r) for r in table.itertuples()]})
+            found = [(model, "Computed from: the hidden-state metrics and the layer-wise ablation tables above, one "
+                             "point per removal.", display, None)]
+            for row, x_name, y_name in zip(table.itertuples(), metric, what):
+                shown = points[row.key].assign(kind=lambda p: p.kind.map(lambda k: KIND_NAMES.get(k, k)))  # legend
+                found.append((f"{model}: {x_name} vs {y_name}", "", None, viz.metric_vs_impact(
+                    shown, "value", "impact", row._asdict(), model, names=(x_name, y_name))))
             return found
 
         return self._per_model("correlations", parts)
@@ -404,16 +491,26 @@ class ReportBuilder:
         return _add_paper_columns(display, t, rows.condition, paper_table, {
             what: lambda entry, i=i: (entry or (None,) * 3)[i] for i, what in enumerate(("loss", "PPL", "x baseline"))})
 
-    def _random_display(self, t: StudyTables, table: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
+    def _random_display(self, t: StudyTables, table: pd.DataFrame, paper_table: dict,
+                        ratios: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Table 3 or 4; `ratios` (the perplexity table by condition) adds the targeted ablation's
+        multiple of baseline with its CI."""
         display = pd.DataFrame({
             "condition": table.condition, "removed": table.condition.map(t.label), "layers": table.layers.map(number),
             "targeted": table.targeted.map(number), "random mean": table.random_mean.map(number),
-            "random std": table.random_std.map(number), "trials": table.trials.map(number),
-            "random / targeted": table.ratio.map(number)})
+            "random std": table.random_std.map(number),
+            "random range (min to max)": [f"{number(a)} to {number(b)}" for a, b in zip(table.random_min, table.random_max)],
+            "trials": table.trials.map(number), "random / targeted": table.ratio.map(number)})
+        if ratios is not None:
+            display.insert(4, "targeted x baseline [95% CI]", [
+                f"{number(ratios.ratio[c])} {interval(ratios.ratio_ci_low[c], ratios.ratio_ci_high[c])}"
+                for c in table.condition])
         return _add_paper_columns(display, t, table.condition, paper_table,
                                   {"targeted vs random mean ± std": lambda entry: entry})
 
 
+COMPONENT_NAMES = {"block": "block", "ablated": "the zeroed path", "mixer": "the layer's mixer",
+                   "resid_post": "residual after the block"}
 _METHODS = {"skip": "sequential skip (whole layer)", "zero": "parallel zeroing (one path)",
             "mixer_off": "mixer-only zeroing (MLP kept)"}
 
@@ -447,11 +544,11 @@ def _paper_header(what: str, paper: str, same: bool) -> str:
 # -- rendering -------------------------------------------------------------------------------------
 def markdown(sections: list[Section], figures: dict[str, str] | None) -> str:
     """The report as Markdown; `figures`: figure id -> PNG path relative to the report (None: PNGs
-    were not written, which the report says in one line).
+    were not written, which the report says in one line). A `Fragment` becomes a link to its file.
 
     Examples:
         >>> table = pd.DataFrame({"condition": ["baseline"], "x baseline": ["1"]})
-        >>> print(markdown([Section("t2", "Table 2", "How to read.", [("m", "8 windows", table, None)])], {}))
+        >>> print(markdown([Section("t2", "Table 2", "How to read.", [("m", "Measured on: 8 windows", table, None)])], {}))
         # Component-ablation study
         <BLANKLINE>
         Contents: [Table 2](#t2)
@@ -479,11 +576,13 @@ def markdown(sections: list[Section], figures: dict[str, str] | None) -> str:
         for i, (heading, setting, table, figure) in enumerate(section.parts):
             out += [f"### {markdown_text(heading)}", ""]
             if setting:
-                out += [f"Measured on: {markdown_text(setting)}", ""]
+                out += [markdown_text(setting), ""]
             if table is not None:
                 cells = table.map(markdown_text).rename(columns=markdown_text)
                 out += [cells.to_markdown(index=False), ""]
-            if figure is not None and _figure_id(section, i) in figures:
+            if isinstance(figure, Fragment):
+                out += [f"An HTML view, inlined in report.html: [{markdown_text(figure.path)}]({figure.path})", ""]
+            elif figure is not None and _figure_id(section, i) in figures:
                 out += [f"![{markdown_text(heading)}]({figures[_figure_id(section, i)]})", ""]
     return "\n".join(out)
 
@@ -508,26 +607,27 @@ body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; 
 h2 { border-bottom: 2px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 .read { background: #f4f7fb; border-left: 4px solid #4a78b0; padding: .4em .8em; }
 .setting { color: #555; font-size: .9em; }
+.wide { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
-nav a { margin-right: 1em; }
+nav { line-height: 1.8; }
+nav a { margin-right: 1em; white-space: nowrap; }
 """
 
 
-def html_page(sections: list[Section], contributions: dict[str, str]) -> str:
-    """The report as one self-contained HTML page (plotly's JS inlined once; no network needed).
-
-    `contributions`: model -> the per-token component-contribution HTML fragment.
+def html_page(sections: list[Section]) -> str:
+    """The report as one self-contained HTML page (plotly's JS inlined once; no network needed). Tables
+    and `Fragment`s sit in boxes that scroll sideways when wider than the page, so the page never does.
 
     Examples:
         >>> table = pd.DataFrame({"condition": ["baseline"], "x baseline": ["1"]})
-        >>> page = html_page([Section("t2", "Table 2", "How to read.", [("m", "8 windows", table, None)])], {})
+        >>> page = html_page([Section("t2", "Table 2", "How to read.", [("m", "Measured on: 8 windows", table, None)])])
         >>> "<h2 id='t2'>Table 2</h2>" in page and "cdn.plot.ly" not in page
         True
     """
     body = ["<h1>hybrid-lens component-ablation study</h1>",
-            "<nav>" + "".join(f"<a href='#{s.key}'>{html.escape(s.title)}</a>" for s in sections) + "</nav>"]
+            "<nav>" + " ".join(f"<a href='#{s.key}'>{html.escape(s.title)}</a>" for s in sections) + "</nav>"]
     first_figure = True
     for section in sections:
         body += [f"<h2 id='{section.key}'>{html.escape(section.title)}</h2>",
@@ -535,18 +635,15 @@ def html_page(sections: list[Section], contributions: dict[str, str]) -> str:
         for i, (heading, setting, table, figure) in enumerate(section.parts):
             body.append(f"<h3>{html.escape(heading)}</h3>")
             if setting:
-                body.append(f"<p class='setting'>Measured on: {html.escape(setting)}</p>")
+                body.append(f"<p class='setting'>{html.escape(setting)}</p>")
             if table is not None:
-                body.append(table.to_html(index=False, escape=True, border=0))
-            if figure is not None:
+                body.append(f"<div class='wide'>{table.to_html(index=False, escape=True, border=0)}</div>")
+            if isinstance(figure, Fragment):
+                body.append(f"<div class='wide'>{figure.html}</div>")
+            elif figure is not None:
                 body.append(pio.to_html(figure, full_html=False, include_plotlyjs="inline" if first_figure else False,
                                         div_id=_figure_id(section, i), config={"responsive": True}))
                 first_figure = False
-    if contributions:
-        body.append("<h2 id='contributions'>Per-token component contribution</h2><p class='read'><b>How to read "
-                    "this:</b> each token coloured by the component kind that contributes most to the residual "
-                    "stream there (clean model, first diagnostic tokens).</p>")
-        body += [f"<h3>{html.escape(model)}</h3>{fragment}" for model, fragment in contributions.items()]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>hybrid-lens study</title>"
             f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>")
 
@@ -554,6 +651,29 @@ def html_page(sections: list[Section], contributions: dict[str, str]) -> str:
 def _figure_id(section: Section, index: int) -> str:
     """A readable, file-safe id of the figure of `section.parts[index]` (its HTML div id and PNG name)."""
     return f"{section.key}_" + re.sub(r"[^A-Za-z0-9.-]+", "_", section.parts[index][0]).strip("_")
+
+
+def contributions_section(folders: dict[str, Path], tables: dict[str, StudyTables], out: Path) -> Section:
+    """The per-token contribution views of the models whose study folder has one (`folders`: model ->
+    its study folder), as `Fragment`s rendered from the stored data (`diagnostics.contributions_view`),
+    each linked to its `contributions.html` relative to the report folder `out`.
+
+    Examples:
+        >>> stores = load_studies("hybrid-lens-study")
+        >>> section = contributions_section({m: s.path.parent for m, s in stores.items()},
+        ...                                 {m: StudyTables(s, 10) for m, s in stores.items()}, Path("hybrid-lens-study"))
+        >>> [(heading, figure.path) for heading, _, _, figure in section.parts]
+        [('hybrid-lens/tiny-qwen2.5', 'hybrid-lens_tiny-qwen2.5/contributions.html')]
+    """
+    section = _section("contributions")
+    for model, folder in folders.items():
+        view = contributions_view(folder, out)
+        if view:
+            what = measured(f"the clean model on the first {CONTRIBUTION_TOKENS} tokens of the "
+                            f"{tables[model].settings.get('ppl_text', 'perplexity')} text")
+            path = Path(os.path.relpath(folder / CONTRIBUTIONS_FILE, out)).as_posix()
+            section.parts.append((model, what, None, Fragment(path, view)))
+    return section
 
 
 def render_report(folder: str | Path, png: bool = True, out: str | Path | None = None) -> Path:
@@ -579,10 +699,14 @@ def render_report(folder: str | Path, png: bool = True, out: str | Path | None =
     stores = load_studies(folder)
     out.mkdir(parents=True, exist_ok=True)
     tables = {model: StudyTables(store, N_RESAMPLES) for model, store in stores.items()}
+    folders = {model: store.path.parent for model, store in stores.items()}
     for store in stores.values():  # all read: nothing stays open while the report is written
         store.close()
     sections = ReportBuilder(tables).sections()
-    figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts) if fig is not None}
+    contributions = contributions_section(folders, tables, out)
+    sections += [contributions] if contributions.parts else []
+    figures = {_figure_id(s, i): fig for s in sections for i, (_, _, _, fig) in enumerate(s.parts)
+               if fig is not None and not isinstance(fig, Fragment)}
     written = {} if png else None
     if png:
         (out / "figures").mkdir(exist_ok=True)
@@ -592,7 +716,6 @@ def render_report(folder: str | Path, png: bool = True, out: str | Path | None =
         for name, fig in figures.items():
             viz.write_png(fig, out / "figures" / f"{name}.png")
             written[name] = f"figures/{name}.png"
-    contributions = {m: view for m, s in stores.items() if (view := contributions_view(s.path.parent, out))}
     atomic_write(out / "report.md", markdown(sections, written))
-    atomic_write(out / "report.html", html_page(sections, contributions))
+    atomic_write(out / "report.html", html_page(sections))
     return out / "report.html"

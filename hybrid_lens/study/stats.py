@@ -148,7 +148,8 @@ def targeted_vs_random(values: pd.Series, conditions: list[dict]) -> pd.DataFram
         conditions: condition specs from the store (with `group` and `matches`).
 
     Returns:
-        condition, layers, targeted, random_mean, random_std, trials, ratio (`random_mean / targeted`).
+        condition, layers, targeted, random_mean, random_std, random_min, random_max, trials, ratio
+        (`random_mean / targeted`).
 
     Examples:
         >>> values = pd.Series({"attn_off": 40.0, "random_attn_off_t0": 20.0, "random_attn_off_t1": 30.0})
@@ -167,6 +168,44 @@ def targeted_vs_random(values: pd.Series, conditions: list[dict]) -> pd.DataFram
         random = values[controls].to_numpy(dtype=float)
         rows.append(dict(condition=spec["name"], layers=len(spec["layers"]), targeted=float(values[spec["name"]]),
                          random_mean=float(random.mean()), random_std=float(random.std(ddof=1)) if len(random) > 1 else 0.0,
-                         trials=len(random),
+                         random_min=float(random.min()), random_max=float(random.max()), trials=len(random),
                          ratio=float(random.mean() / values[spec["name"]]) if values[spec["name"]] else float("nan")))
     return pd.DataFrame(rows)
+
+
+def leave_one_out(x, y, alpha: float = 0.05) -> dict:
+    """How much one point carries a Pearson correlation: r recomputed without each point in turn
+    (scipy.stats.pearsonr), and the point whose removal changes the conclusion, if any.
+
+    A correlation is driven by one point when it is significant at `alpha` with every point and,
+    without that point, loses its significance or changes sign.
+
+    Args:
+        x: values `[n]`, n >= 4 (three points left after removing one).
+        y: the values paired with `x`, `[n]`.
+
+    Returns:
+        `loo_low`, `loo_high` (the range of r over the n leave-one-out subsets), `driver` (the index of
+        the point whose removal moves p the most, with `driver_r`, `driver_p` without it) and `driven`.
+        NaNs and no driver for fewer than 4 points.
+
+    Examples:
+        >>> x = [0.2, 0.93, 0.95, 0.92, 0.95, 0.93, 0.94, 0.97]     # one outlying layer (index 0)
+        >>> y = [4.2, 0.09, 0.09, 0.07, 0.1, 0.15, 0.11, 0.09]
+        >>> loo = leave_one_out(x, y)
+        >>> loo["driven"], loo["driver"], round(loo["loo_low"], 3), loo["driver_p"] > 0.05
+        (True, 0, -0.999, True)
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 4:
+        return dict(loo_low=np.nan, loo_high=np.nan, driver=None, driver_r=np.nan, driver_p=np.nan, driven=False)
+    full = stats.pearsonr(x, y)
+    keep = ~np.eye(len(x), dtype=bool)
+    without = [stats.pearsonr(x[k], y[k]) if np.ptp(x[k]) > 0 and np.ptp(y[k]) > 0 else None for k in keep]
+    r = np.array([np.nan if w is None else w.statistic for w in without])
+    p = np.array([1.0 if w is None else w.pvalue for w in without])
+    flips = np.sign(np.nan_to_num(r)) != np.sign(full.statistic)
+    driver = int(np.argmax(p + flips))  # a sign flip first, then the largest p
+    driven = bool(full.pvalue < alpha and (p[driver] >= alpha or flips[driver]))
+    return dict(loo_low=float(np.nanmin(r)), loo_high=float(np.nanmax(r)), driver=driver, driver_r=float(r[driver]),
+                driver_p=float(p[driver]), driven=driven)

@@ -111,7 +111,7 @@ class StudyTables:
         """Table 5: perplexity under random layer removal as a multiple of baseline, over trials.
 
         Returns:
-            removed (how many layers), mean, std, count; empty without such conditions.
+            removed (how many layers), mean, std, min, max, count; empty without such conditions.
 
         Examples:
             >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
@@ -126,7 +126,8 @@ class StudyTables:
         rows = rows[skip.to_numpy()]
         if rows.empty:
             return pd.DataFrame()
-        return rows.assign(removed=removed[skip]).groupby("removed").ratio.agg(["mean", "std", "count"]).reset_index()
+        return rows.assign(removed=removed[skip]).groupby("removed").ratio.agg(
+            ["mean", "std", "min", "max", "count"]).reset_index()
 
     def layer_sweep(self, task: str) -> pd.DataFrame:
         """kind, layer, delta, method of the single-component conditions, in layer order; for `ppl`
@@ -202,14 +203,27 @@ class StudyTables:
         return self.hidden.pivot_table(index="layer", columns=["metric", "component"], values="value").sort_index()
 
     def impact_correlations(self) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-        """Correlation of each hidden-state metric with each task's layer-sweep impact (Figure 6),
-        and the joined points per `"task:metric"` for scatter plots; both empty without a layer
-        sweep of at least three conditions.
+        """Correlation of each hidden-state metric with each task's layer-sweep impact (Figure 6), over
+        one point per distinct (layer, removed unit), and the points per `key` for scatter plots; both
+        empty without a layer sweep of at least three conditions.
+
+        A point pairs what was removed with the metric of the same thing: a whole-layer skip with the
+        block's metric (or, for a metric per component such as the output ratio, the layer's own mixer),
+        a zeroed path with that component's metric. A metric with one value per layer (cosine, norm
+        change, logit-lens KL) is never paired with several impacts of the same layer: on a parallel
+        hybrid it gets one correlation per zeroed kind.
+
+        Returns:
+            `(table, points)`. The table: key, task, metric, component (the metric's: `block`,
+            `resid_post`, `ablated` (the zeroed path's own) or `mixer` (a skipped layer's mixer)), removed (`block` for whole-layer
+            skips, else the kind zeroed, `all` when pooled over kinds), method, n (points), Pearson and
+            Spearman (`analysis.correlation`), and `stats.leave_one_out` (with `driver_label`).
+            `points[key]`: layer, kind, value (metric), impact, label.
 
         Examples:
             >>> tables = StudyTables(StudyStore("hybrid-lens-study/hybrid-lens_tiny-qwen2.5/results.sqlite"))
             >>> correlations, points = tables.impact_correlations()
-            >>> sorted(correlations.metric)[:2], len(points["ppl:norm_change"])
+            >>> sorted(correlations.metric)[:2], len(points["ppl:norm_change:block"])
             (['ablation_kl', 'cosine'], 8)
         """
         from ..analysis import correlation
@@ -217,18 +231,43 @@ class StudyTables:
         rows, points = [], {}
         tasks = ([stats.PPL_TASK] if not self.ppl.empty else []) + sorted(self.drops.task.unique() if not self.drops.empty else [])
         for task in tasks:
-            impact = self.layer_sweep(task).rename(columns={"kind": "component", "delta": "impact"})
+            impact = self.layer_sweep(task).rename(columns={"delta": "impact"})
             if len(impact) < 3 or self.hidden.empty:
                 continue
+            impact["unit"] = np.where(impact.method == "skip", "block", impact.kind)
             for metric, metric_rows in self.hidden.groupby("metric"):
-                per_component = set(metric_rows.component) & set(impact.component)
-                on = ["layer", "component"] if per_component else ["layer"]
-                joined = metric_rows.merge(impact, on=on, suffixes=("", "_impact"))
-                if len(joined) < 3 or joined.value.nunique() < 2 or joined.impact.nunique() < 2:
-                    continue
-                rows.append(dict(task=task, metric=metric, **correlation(joined.value, joined.impact)))
-                points[f"{task}:{metric}"] = joined.assign(label="L" + joined.layer.astype(str) + " " + joined.component.astype(str))
+                for group, joined, component in _paired(impact, metric_rows[["layer", "component", "value"]]):
+                    if len(joined) < 3 or joined.value.nunique() < 2 or joined.impact.nunique() < 2:
+                        continue
+                    labels = [f"L{layer}" if unit == "block" else f"L{layer} {kind}"  # a skip removes the layer
+                              for layer, kind, unit in zip(joined.layer, joined.kind, joined.unit)]
+                    loo = stats.leave_one_out(joined.value, joined.impact)
+                    key = f"{task}:{metric}:{group}"
+                    rows.append(dict(key=key, task=task, metric=metric, component=component, removed=group,
+                                     method="/".join(sorted(set(joined.method))),
+                                     **correlation(joined.value, joined.impact), **loo,
+                                     driver_label=labels[loo["driver"]] if loo["driver"] is not None else None))
+                    points[key] = joined[["layer", "kind", "value", "impact"]].assign(label=labels)
         return pd.DataFrame(rows), points
+
+
+def _paired(impact: pd.DataFrame, metric_rows: pd.DataFrame):
+    """`(removed, joined, component)` groups of one metric's points: impact rows (layer, kind, method,
+    impact, unit) joined to the metric value of the unit removed, else of the layer's mixer, else
+    (a metric with one value per layer) of the layer, one group per kind where a layer has several."""
+    for key, component in (("unit", None), ("kind", "mixer")):
+        joined = impact.merge(metric_rows, left_on=["layer", key], right_on=["layer", "component"])
+        if len(joined) == len(impact):
+            blocks = set(joined.unit) == {"block"}
+            yield ("block" if blocks else "all"), joined, component or ("block" if blocks else "ablated")
+            return
+    if metric_rows.layer.is_unique and len(impact.merge(metric_rows, on="layer")) == len(impact):
+        component = metric_rows.component.iloc[0]
+        if impact.layer.is_unique:
+            yield ("block" if set(impact.unit) == {"block"} else "all"), impact.merge(metric_rows.drop(columns="component"), on="layer"), component
+            return
+        for kind, rows in impact.groupby("kind", sort=False):
+            yield kind, rows.merge(metric_rows.drop(columns="component"), on="layer"), component
 
 
 def _in_order(table: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -10,6 +10,7 @@ from .. import zoo
 from ..evals import perplexity, wikitext2
 from ..interventions import as_sweep
 from ..evals.tasks import TASKS as BENCHMARKS, Task, get_task
+from .spec import check_tasks
 
 Evaluator = Callable[..., pd.DataFrame]
 
@@ -117,24 +118,9 @@ def benchmark(task: Task) -> Evaluator:
         model, seed, n=n, condition=condition, progress=False, source=None if data == "hub" else data)
 
 
-TASKS: dict[str, Evaluator] = {"ppl": evaluate_ppl, **{t.alias: benchmark(t) for t in BENCHMARKS.values()}}
+TASKS: dict[str, Evaluator] = {"ppl": evaluate_ppl, **{t.alias: benchmark(t) for t in BENCHMARKS.values()}}  # = spec.TASKS
 SWEEPABLE = frozenset({"ppl"} | {t.alias for t in BENCHMARKS.values() if t.sweepable})
 REPORTED_METRIC: dict[str, str] = {t.alias: t.reported for t in BENCHMARKS.values()}
-
-
-def check_tasks(tasks: Sequence[str]) -> None:
-    """Raise `ValueError` naming the valid tasks if any of `tasks` is not a study task.
-
-    Examples:
-        >>> check_tasks(["ppl", "arc"])
-        >>> check_tasks(["ppl", "winogrande"])
-        Traceback (most recent call last):
-        ...
-        ValueError: Unknown task(s) ['winogrande']; valid tasks: ppl, mmlu, arc, hellaswag, truthfulqa, gsm8k.
-    """
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"Unknown task(s) {unknown}; valid tasks: {', '.join(TASKS)}.")
 
 
 def evaluate(task: str, model, condition, n: int, seed: int, **options) -> pd.DataFrame | list[pd.DataFrame]:

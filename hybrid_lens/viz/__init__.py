@@ -1,4 +1,5 @@
-"""Figures of study results: plotly for the HTML report, matplotlib PNG copies (`write_png`)."""
+"""Figures of study results: plotly for the HTML report, matplotlib PNG copies (`write_png`); and linear
+mixers' signed implicit attention patterns scaled per head for circuitsvis (`SignedPattern`)."""
 
 from .figures import (
     drop_heatmap,
@@ -8,7 +9,8 @@ from .figures import (
     perplexity_bars,
     targeted_vs_random_bars,
 )
+from .patterns import SignedPattern
 from .static import write_png
 
-__all__ = ["drop_heatmap", "group_radar", "layer_sweep_heatmaps", "metric_vs_impact", "perplexity_bars",
+__all__ = ["SignedPattern", "drop_heatmap", "group_radar", "layer_sweep_heatmaps", "metric_vs_impact", "perplexity_bars",
            "targeted_vs_random_bars", "write_png"]

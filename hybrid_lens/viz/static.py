@@ -7,9 +7,12 @@ polygons, heatmaps, one panel per subplot), so the PNG shows the same numbers as
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
+
+from .figures import ABSENT_COLOR
 
 
 def write_png(fig, path: str | Path, width: float = 10, height: float | None = None) -> Path:
@@ -42,13 +45,20 @@ def write_png(fig, path: str | Path, width: float = 10, height: float | None = N
                 _draw(ax, trace, fig, figure)
         _axes_style(ax, fig, panel, polar)
         if fig.layout.annotations and len(panels) > 1 and index < len(fig.layout.annotations):
-            ax.set_title(fig.layout.annotations[index].text, fontsize=10)
-    for note in fig.layout.annotations[len(panels) if len(panels) > 1 else 0:] if fig.layout.annotations else []:
-        if note.x is not None and note.y is not None and not polar:
-            axes[0][0].annotate(note.text, (note.x, note.y), xytext=(8, 8), textcoords="offset points", fontsize=8)
+            ax.set_title(_plain(fig.layout.annotations[index].text), fontsize=10)
+    notes = list(fig.layout.annotations or [])[len(panels) if len(panels) > 1 else 0:]
+    categories = next(([str(v) for v in t.x] for t in traces if t.type == "bar"), [])  # bar positions 0, 1, ...
+    log = bool(fig.layout.yaxis and fig.layout.yaxis.type == "log")
+    for note in notes if not polar else []:
+        if note.x is None or note.y is None:
+            continue
+        x = categories.index(str(note.x)) if str(note.x) in categories else note.x
+        y = 10 ** note.y if log else note.y  # plotly places annotations on a log axis by log10
+        axes[0][0].annotate(note.text, (x, y), xytext=(8, 8) if note.showarrow else (0, 3), textcoords="offset points",
+                            ha="left" if note.showarrow else "center", fontsize=8)
     if any(t.name for t in traces) and len(traces) > 1:
         axes[0][0].legend(fontsize=8, loc="best")
-    title = fig.layout.title.text or ""
+    title = _plain(fig.layout.title.text or "")
     figure.suptitle(title, fontsize=10, wrap=True)
     figure.tight_layout()
     from ..study.files import atomic_write
@@ -73,10 +83,10 @@ def _draw(ax, trace, fig, figure) -> None:
                               np.asarray(error.array, float)])
         ax.bar(positions, np.asarray(trace.y, float), width=0.8 / bars, yerr=yerr, label=trace.name, capsize=3)
         ax.set_xticks(np.arange(len(x)), x, rotation=30, ha="right", fontsize=8)
-        for position, y, text in zip(positions, trace.y, trace.text or []):
-            ax.annotate(text, (position, y), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7)
     elif trace.type == "scatter":
-        ax.scatter(np.asarray(trace.x, float), np.asarray(trace.y, float), label=trace.name, s=25)
+        ring = "open" in str(trace.marker.symbol or "")  # a ringed point (e.g. the one that drives a correlation)
+        ax.scatter(np.asarray(trace.x, float), np.asarray(trace.y, float), label=trace.name, s=120 if ring else 25,
+                   facecolors="none" if ring else None, edgecolors="black" if ring else None)
     elif trace.type == "scatterpolar":
         theta = np.linspace(0, 2 * np.pi, len(trace.r) - 1, endpoint=False)
         theta = np.append(theta, theta[0])
@@ -85,21 +95,22 @@ def _draw(ax, trace, fig, figure) -> None:
         ax.set_xticks(theta[:-1], list(trace.theta)[:-1], fontsize=8)
     elif trace.type == "heatmap":
         z = np.asarray(trace.z, float)
-        scale = fig.layout.coloraxis if trace.coloraxis else trace
-        colors = "RdBu_r" if "RdBu_r" in str(getattr(scale, "colorscale", "")) or _reversed(fig) else "RdBu"
-        shared = [np.asarray(t.z, float) for t in fig.data if t.type == "heatmap" and t.coloraxis and trace.coloraxis]
-        values = np.concatenate([m.ravel() for m in shared or [z]])
-        limit = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0  # one colour scale, as in plotly
-        image = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap=colors, vmin=-limit, vmax=limit)
+        scale = fig.layout[trace.coloraxis] if trace.coloraxis else trace  # each panel's own colour axis
+        limit = max(abs(scale.cmin or 0), abs(scale.cmax or 0)) or (np.nanmax(np.abs(z)) if np.isfinite(z).any() else 1.0)
+        ax.set_facecolor(ABSENT_COLOR)  # NaN cells: the component is absent, not a value
+        image = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="RdBu_r" if _reversed(scale) else "RdBu",
+                          vmin=-limit, vmax=limit)
         ax.set_xticks(range(len(trace.x)), [str(v) for v in trace.x], fontsize=8, rotation=90 if len(trace.x) > 12 else 0)
         ax.set_yticks(range(len(trace.y)), [str(v) for v in trace.y], fontsize=8)
-        figure.colorbar(image, ax=ax, fraction=0.03)
+        bar = figure.colorbar(image, ax=ax, fraction=0.03)
+        if scale.colorbar and scale.colorbar.title and scale.colorbar.title.text:
+            bar.set_label(scale.colorbar.title.text, fontsize=8)
 
 
-def _reversed(fig) -> bool:
-    """Whether the figure's shared colour axis uses the reversed red-blue scale (perplexity: red = worse)."""
-    scale = fig.layout.coloraxis.colorscale if fig.layout.coloraxis else None
-    return bool(scale) and scale[0][1] != "rgb(103,0,31)"
+def _reversed(scale) -> bool:
+    """Whether a colour scale (a plotly colour axis or trace) is the reversed red-blue one (red = high)."""
+    colors = scale.colorscale if scale is not None else None
+    return bool(colors) and colors[0][1] != "rgb(103,0,31)"
 
 
 def _axes_style(ax, fig, panel: str, polar: bool) -> None:
@@ -110,7 +121,21 @@ def _axes_style(ax, fig, panel: str, polar: bool) -> None:
     xaxis = fig.layout["xaxis" + panel[1:]] if panel != "y" else fig.layout.xaxis
     if yaxis and yaxis.type == "log":
         ax.set_yscale("log")
+    if yaxis and yaxis.range:
+        ax.set_ylim(*(10 ** np.asarray(yaxis.range, float) if yaxis.type == "log" else yaxis.range))
+    if yaxis and yaxis.type == "log":
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:.4g}")  # 40, not 4 x 10^1
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # minor labels within a decade
     if yaxis and yaxis.title and yaxis.title.text:
         ax.set_ylabel(yaxis.title.text, fontsize=9)
     if xaxis and xaxis.title and xaxis.title.text:
         ax.set_xlabel(xaxis.title.text, fontsize=9)
+
+
+def _plain(text: str) -> str:
+    """Plotly's title markup (`<br>`, `<sup>`) as plain text with line breaks."""
+    return re.sub(r"<[^>]+>", "", text.replace("<br>", "\n"))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from ...checks import is_int
 from ..data import local_source
 from ...interventions import as_sweep
 from ..scoring import NonFiniteError, check_positive, choice_metrics, loglikelihoods
@@ -223,8 +224,8 @@ def select_rows(docs: list, n: int | None = None, rows: Sequence[int] | None = N
         return docs if n is None else docs[:n]
     if n is not None:
         raise ValueError(f"Pass n or rows, not both (got n={n} and rows).")
-    rows = list(rows)
-    if not rows or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+    rows = list(rows) if not isinstance(rows, str) else [rows]
+    if not rows or not all(is_int(r) for r in rows):
         raise ValueError(f"rows must be a non-empty list or range of row indices, got {rows!r:.80}.")
     if len(set(rows)) < len(rows):
         raise ValueError(f"rows {sorted({r for r in rows if rows.count(r) > 1})} are repeated; each row is scored once.")
