@@ -13,7 +13,7 @@ import torch
 from scipy.stats import spearmanr
 
 from hybrid_lens import HookedHybrid
-from hybrid_lens.circuits import (Graph, Node, circuit_metric, edge_attribution, edge_patch, faithfulness_curve,
+from hybrid_lens.circuits import (Graph, Node, acdc, circuit_metric, edge_attribution, edge_patch, faithfulness_curve,
                                   patched_logits, prune, source_outputs)
 from hybrid_lens.interventions import logit_diff_metric
 
@@ -249,6 +249,17 @@ def test_circuits_are_checked_by_exact_patching():
     assert by_hand.metric.item() == pytest.approx(curve.metric.iloc[1], abs=1e-5)
 
 
+def test_acdc_removes_the_edges_whose_exact_patch_moves_the_metric_less_than_the_threshold():
+    model, graph, clean, corrupt = runs("qwen3_5")
+    assert torch.equal(acdc(model, clean, corrupt, metric, 0.0, graph), graph.allowed)  # nothing moves by < 0
+    assert not acdc(model, clean, corrupt, metric, 1e9, graph).any()
+    kept = acdc(model, clean, corrupt, metric, 0.05, graph)
+    removed = int(graph.allowed.sum() - kept.sum())
+    assert 0 < removed < len(graph.edges)
+    check = circuit_metric(model, clean, corrupt, metric, [kept], graph)
+    assert abs(check.metric.item() - check.attrs["clean"]) <= 0.05 * removed
+
+
 def test_bad_arguments_are_refused_before_any_pass():
     model, graph, clean, corrupt = runs("qwen2")
     before = torch_hooks(model)
@@ -262,6 +273,8 @@ def test_bad_arguments_are_refused_before_any_pass():
         edge_patch(model, clean, corrupt[:, :5], metric, graph)
     with pytest.raises(ValueError, match="not an edge of this graph"):
         graph.mask(["0_mlp->0_attn"])
+    with pytest.raises(ValueError, match="threshold must be a finite number >= 0.0"):
+        acdc(model, clean, corrupt, metric, -1.0, graph)
     with pytest.raises(ValueError, match="exactly one of threshold"):
         prune(graph, edge_patch(model, clean, corrupt, metric, graph), threshold=0.1, top=3)
     with pytest.raises(ValueError, match="not edges of the graph"):

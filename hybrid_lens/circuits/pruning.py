@@ -2,7 +2,8 @@
 
 `prune` keeps the edges whose score magnitude reaches a threshold (or the `top` ones); `faithfulness_curve`
 evaluates the top-k circuits for a range of k by exact patching (every edge outside the circuit patched
-from the corrupted run, `circuit_metric`): the metric recovered against the number of edges kept.
+from the corrupted run, `circuit_metric`): the metric recovered against the number of edges kept. `acdc`
+prunes by exact patching alone (Conmy et al. 2023): one forward pass per edge tried.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from torch import Tensor
 
 from ..checks import check_number
 from ..interventions.patching import Metric
-from .edge_patching import circuit_metric, positive
+from .edge_patching import circuit_metric, positive, prepare
 from .graph import Graph
+from .runs import patched_logits
 
-__all__ = ["faithfulness_curve", "prune"]
+__all__ = ["acdc", "faithfulness_curve", "prune"]
 
 
 def ranked(graph: Graph, table: pd.DataFrame) -> list[str]:
@@ -97,3 +99,45 @@ def faithfulness_curve(model, clean, corrupt, metric: Metric, table: pd.DataFram
         raise ValueError(f"sizes must be between 0 and the number of edges ({len(order)}), got {bad}.")
     circuits = [graph.mask(order[:size]) for size in sizes]
     return circuit_metric(model, clean, corrupt, metric, circuits, graph, batch_size)
+
+
+def acdc(model, clean, corrupt, metric: Metric, threshold: float, graph: Graph | None = None) -> Bool[Tensor, "source target"]:
+    """ACDC (Conmy et al. 2023) with exact edge patching: from the full graph, visit the targets from the
+    logits backwards and, for each edge into the target (latest source first), patch it from `corrupt`
+    for good when that moves the metric of the current circuit by less than `threshold`. A target whose
+    output no kept edge reads loses its input edges untried (they cannot reach the logits).
+
+    Args:
+        model, clean, corrupt, metric, graph: As in `edge_patch`.
+        threshold: The largest |change of the metric| an edge's removal may cause (>= 0).
+
+    Returns:
+        The kept edges as a `[source, target]` mask, for `circuit_metric`. The circuit's metric is within
+        `threshold` times the number of removed edges of the clean one (each removal moved it by less).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> metric = logit_diff_metric(model.to_single_token(" Egypt"), model.to_single_token(" the"))
+        >>> kept = acdc(model, "went out of the land of", "went out of the city of", metric, threshold=0.05)
+        >>> 0 < int(kept.sum()) < 153
+        True
+    """
+    threshold = check_number("threshold", threshold, minimum=0.0)
+    clean_tokens, _, graph, _, corrupt_outputs, values = prepare(model, clean, corrupt, metric, graph)
+    kept = graph.allowed.clone()
+    current = values["clean"]
+    writes = {index: [s for s, source in enumerate(graph.sources) if (source.layer, source.kind) ==
+                      (target.layer, target.kind)] for index, target in enumerate(graph.targets)}
+    for target in reversed(range(len(graph.targets))):
+        if graph.targets[target].kind != "logits" and not kept[writes[target]].any():
+            kept[:, target] = False
+            continue
+        for source in reversed(kept[:, target].nonzero().flatten().tolist()):
+            kept[source, target] = False
+            value = float(metric(patched_logits(model, graph, clean_tokens, corrupt_outputs,
+                                                (graph.allowed & ~kept)[None])[0]))
+            if abs(value - current) < threshold:
+                current = value
+            else:
+                kept[source, target] = True
+    return kept
