@@ -80,6 +80,6 @@ def edge_attribution(model, clean, corrupt, metric: Metric, graph: Graph | None 
     grads = torch.stack([torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)])
     grads = grads.unflatten(1, (steps, batch)).sum(1)  # [target, batch, pos, d_model]: the mean gradient
     scores = torch.einsum("sbpd,tbpd->st", (corrupt_outputs - clean_outputs).double(), grads.double())
-    table = graph.table(scores * graph.allowed)
+    table = graph.table(scores.cpu() * graph.allowed)
     table.attrs.update(clean=float(metric(clean_logits)), corrupt=float(metric(corrupt_logits)), method=method)
     return table

@@ -78,10 +78,11 @@ def edge_patch(model, clean, corrupt, metric: Metric, graph: Graph | None = None
     """
     batch_size = positive("batch_size", batch_size)
     clean_tokens, _, graph, _, corrupt_outputs, values = prepare(model, clean, corrupt, metric, graph)
-    source, target = graph.edge_index.T
-    patched = torch.zeros(len(source), *graph.allowed.shape, dtype=torch.bool)
-    patched[torch.arange(len(source)), source, target] = True
-    scores = group_metrics(model, graph, clean_tokens, corrupt_outputs, patched, metric, batch_size)
+    scores = []
+    for chunk in graph.edge_index.split(batch_size):  # one mask per edge, built a pass at a time
+        patched = torch.zeros(len(chunk), *graph.allowed.shape, dtype=torch.bool)
+        patched[torch.arange(len(chunk)), chunk[:, 0], chunk[:, 1]] = True
+        scores += group_metrics(model, graph, clean_tokens, corrupt_outputs, patched, metric, batch_size)
     table = graph.table()
     table["score"] = [value - values["clean"] for value in scores]
     table.attrs.update(values)

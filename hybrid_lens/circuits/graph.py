@@ -147,7 +147,8 @@ class Graph:
         Args:
             model: A `HookedHybrid` of a family whose residual stream is a sum of its blocks' outputs.
             heads: Split each mixer with per-head results (`blocks.{i}.{kind}.hook_result`, whose sum is
-                the mixer output) into one source node per head.
+                the mixer output) into one source node per head; a mixer whose output the block normalises
+                after its projection (OLMo-Hybrid's attention) stays whole, its heads not summing to it.
 
         Raises:
             ValueError: For a family whose stream is not a plain sum of node outputs (MiniMax renormalises

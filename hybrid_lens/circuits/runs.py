@@ -174,7 +174,7 @@ def patched_logits(model, graph: Graph, tokens: Tensor, corrupt: Float[Tensor, "
     if corrupt.shape[1:3] != tokens.shape:
         raise ValueError(f"corrupt holds outputs on {tuple(corrupt.shape[1:3])} tokens, the run has {tuple(tokens.shape)}.")
     groups, batch = patched.shape[0], tokens.shape[0]
-    weights = patched.to(corrupt.dtype)
+    weights = patched.to(device=corrupt.device, dtype=corrupt.dtype)
 
     def delta(target: int, outputs: dict[int, Tensor]) -> Tensor | None:
         used = patched[:, :, target].any(0).nonzero().flatten().tolist()
