@@ -104,6 +104,23 @@ def test_heads_are_sources_whose_outputs_sum_to_their_mixer():
         torch.testing.assert_close(head_outputs[parts].sum(0) + bias, outputs[index], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
+def test_patching_the_edges_of_every_head_is_patching_the_mixer_edge(family):
+    model, graph, clean, corrupt = runs(family)
+    split = Graph.of(model, heads=True)
+    assert split.targets == graph.targets
+    mixer = next(node for node in graph.sources if node.kind in ("attn", "linear_attn"))
+    target = Node(None, "logits")
+    whole = patched_logits(model, graph, clean, source_outputs(model, graph, corrupt)[0],
+                           graph.mask([f"{mixer.name}->{target.name}"])[None])
+    heads = [f"{node.name}->{target.name}" for node in split.sources if (node.layer, node.kind) == (mixer.layer, mixer.kind)]
+    assert len(heads) > 1
+    parts = patched_logits(model, split, clean, source_outputs(model, split, corrupt)[0], split.mask(heads)[None])
+    torch.testing.assert_close(parts, whole, atol=2e-4, rtol=1e-4)
+    _, clean_logits = source_outputs(model, graph, clean)
+    assert (whole[0] - clean_logits).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize("family", ["minimax", "zamba2"])
 def test_families_whose_stream_is_not_a_sum_of_nodes_are_refused(family):
     _, model = build(family)
