@@ -277,6 +277,23 @@ def test_acdc_removes_the_edges_whose_exact_patch_moves_the_metric_less_than_the
     assert abs(check.metric.item() - check.attrs["clean"]) <= 0.05 * removed
 
 
+def test_the_circuit_figure_draws_the_strongest_edges_between_the_graph_nodes():
+    from hybrid_lens.viz import circuit_figure
+
+    model, graph, clean, corrupt = runs("falcon_h1")
+    table = edge_patch(model, clean, corrupt, metric, graph)
+    figure = circuit_figure(graph, table, top=6)
+    edges, nodes = figure.data[:-1], figure.data[-1]
+    strongest = table.loc[table.score.abs().nlargest(6).index]
+    assert [trace.name for trace in edges] == [f"{r.upstream}->{r.downstream}" for r in strongest.itertuples()]
+    assert [trace.line.color for trace in edges] == ["#2166ac" if r.score >= 0 else "#b2182b" for r in strongest.itertuples()]
+    assert set(nodes.text) == {node.name for node in (*graph.sources, *graph.targets)}
+    x = dict(zip(nodes.text, nodes.x))
+    assert x["embed"] < x["0_ssm"] == x["0_attn"] < x["0_mlp"] < x["1_ssm"] < x["logits"]
+    with pytest.raises(ValueError, match="not in the graph"):
+        circuit_figure(graph, table.assign(upstream="9_ssm"))
+
+
 def test_bad_arguments_are_refused_before_any_pass():
     model, graph, clean, corrupt = runs("qwen2")
     before = torch_hooks(model)
