@@ -95,7 +95,12 @@ def circuit_metric(model, clean, corrupt, metric: Metric, circuits: Sequence[Boo
     from `corrupt` (so the empty circuit gives the corrupted run's metric and the full graph the clean one's).
 
     Args:
-        model, clean, corrupt, metric, graph, batch_size: As in `edge_patch` (`batch_size` circuits per pass).
+        model: A `HookedHybrid`.
+        clean: The run patched into (text, texts or `Int[Tensor, "batch pos"]`).
+        corrupt: The run patched from, of the same token shape.
+        metric: Logits `Float[Tensor, "batch pos vocab"]` -> one number.
+        graph: The graph (default `Graph.of(model)`).
+        batch_size: Circuits evaluated per forward pass.
         circuits: Each circuit's kept edges, a `[source, target]` mask (`Graph.mask`, `prune`).
 
     Returns:

@@ -69,7 +69,10 @@ def faithfulness_curve(model, clean, corrupt, metric: Metric, table: pd.DataFram
     """The metric recovered by the top-k edges of `table`, for each k in `sizes`, by exact patching.
 
     Args:
-        model, clean, corrupt, metric: As in `edge_patch`.
+        model: A `HookedHybrid`.
+        clean: The run patched into (text, texts or `Int[Tensor, "batch pos"]`).
+        corrupt: The run patched from, of the same token shape.
+        metric: Logits `Float[Tensor, "batch pos vocab"]` -> one number.
         table: Edge scores ranking the edges (`edge_attribution`, `edge_patch`).
         graph: The graph the table scores (default `Graph.of(model)`).
         sizes: Numbers of edges kept (default: 0, every power of two below the number of edges, and all).
@@ -108,7 +111,11 @@ def acdc(model, clean, corrupt, metric: Metric, threshold: float, graph: Graph |
     output no kept edge reads loses its input edges untried (they cannot reach the logits).
 
     Args:
-        model, clean, corrupt, metric, graph: As in `edge_patch`.
+        model: A `HookedHybrid`.
+        clean: The run patched into (text, texts or `Int[Tensor, "batch pos"]`).
+        corrupt: The run patched from, of the same token shape.
+        metric: Logits `Float[Tensor, "batch pos vocab"]` -> one number.
+        graph: The graph (default `Graph.of(model)`).
         threshold: The largest |change of the metric| an edge's removal may cause (>= 0).
 
     Returns:
