@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ from hybrid_lens import HookedHybrid
 from hybrid_lens.circuits import Graph, edge_attribution, edge_patch, faithfulness_curve
 from hybrid_lens.interventions import logit_diff_metric
 
-from results_io import write_results
+from results_io import timed, write_results
 
 MODELS = ("hybrid-lens/tiny-qwen3.5", "hybrid-lens/tiny-falcon-h1", "hybrid-lens/tiny-qwen2.5")
 # (label, clean, corrupt, (correct, wrong) tokens of the logit-difference metric)
@@ -40,15 +38,6 @@ TASKS = (
      "And the LORD spake unto Aaron, saying, Speak unto the children of Israel, and say unto", (" them", " Moses")),
 )
 TARGET = 0.8  # the share of the metric a circuit must recover
-
-
-def timed(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return result, statistics.median(times)
 
 
 def smallest_circuit(curve) -> int | None:
