@@ -4,16 +4,18 @@ greedy generation, each with an optional intervention active for every forward p
 The rules follow lm-evaluation-harness (`HFLM`) so scores can be compared with its numbers: a
 context's trailing whitespace moves to the continuation, the pair is tokenized whole and split at
 the context's length, over-long inputs are truncated from the left, and a generation is cut at the
-first stop string. Batches are right-padded for scoring (exact for every mixer: real tokens never
-see the padding after them) and left-padded for cached generation (padding is masked out of
-attention, Mamba-2 and Gated DeltaNet inputs; checked against step-by-step recomputation in the
-tests).
+first stop string. Loglikelihoods run each distinct context once and score its continuations from
+its cache (`shared_context`; contexts left-padded, continuations right-padded), or else score full
+sequences in right-padded batches (exact for every mixer: real tokens never see the padding after
+them). Generation left-pads (padding is masked out of attention, Mamba-2 and Gated DeltaNet inputs;
+checked against step-by-step recomputation in the tests).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,6 +26,12 @@ from transformers import DynamicCache
 
 from ..checks import is_int
 from ..interventions import Condition, Sweep, as_sweep
+from .shared_context import (
+    condition_shares_contexts,
+    context_logprobs,
+    shared_context_blocker,
+    split_request,
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -131,17 +139,26 @@ def loglikelihoods(
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each continuation given its context, `log p(continuation | context)`.
 
-    Requests with the same input tokens (e.g. the four one-letter MMLU answers) share one sequence
-    in the forward pass; sequences run longest first in right-padded batches (`length_batches`),
-    and results come back in the order of `requests`.
+    Each distinct context runs once and its continuations are scored from its cache (shared-context
+    scoring, `evals.shared_context`: the attention keys and values and every linear mixer's
+    recurrent and convolution states), in batches of contexts sorted by length (`length_batches`);
+    results come back in the order of `requests`. This equals scoring each full sequence (tested per
+    family, under conditions too). Where it would not, the requests' full sequences are scored in
+    right-padded batches instead, requests with the same input tokens sharing one sequence: for a
+    condition that is not `cache_safe` (positions, inner points, noise, resample, patching), for a
+    family whose cache does not continue several tokens exactly (`continues_exactly`), while an
+    inner hook point fed by an eager mixer forward is hooked, and for a continuation that alone
+    fills `max_length`. Either way a condition's positions count each row's real tokens.
 
     Args:
         requests: `(context, continuation)` strings, e.g. `("Question: ...\\nAnswer:", " Paris")`.
-        batch_size: sequences per forward pass (None: by device, see `length_batches`).
-        condition: an intervention active for every forward pass. Its positions count from the
-            start of each sequence; negative ones would count from the end of a padded batch, so
-            use `batch_size=1` with those. A `Sweep` scores every request under each of its
-            conditions (condition batching and prefix reuse) and returns one list per condition.
+        batch_size: contexts per forward pass, their continuations sharing one more pass (full
+            sequences per pass where those are scored); None: by device, see `length_batches`.
+        condition: an intervention active for every forward pass; its positions count real tokens
+            of each row from 0 (negative ones from each row's last token). A `Sweep` scores every
+            request under each of its conditions and returns one list per condition: each
+            condition that shares contexts runs its own context and continuation passes; the others
+            score full sequences together (condition batching and prefix reuse, as `Sweep.logits`).
         max_length: inputs longer than this keep their last tokens (default: the config's
             `max_position_embeddings`, as lm-eval).
 
@@ -165,37 +182,99 @@ def loglikelihoods(
     check_positive(batch_size=batch_size, max_length=max_length)
     max_length = _max_length(model, max_length)
     memo: dict[str, list[int]] = {}
-    jobs: list[tuple[tuple[int, ...], list[int]]] = []
-    span: dict[tuple[int, ...], int] = {}  # unique input -> how many final positions are scored
+    pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     for context, continuation in requests:
         context_ids, continuation_ids = _encode_pair(model.tokenizer, context, continuation, memo)
         if not continuation_ids:
             raise ValueError(f"The continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}.")
-        whole = context_ids + continuation_ids
-        if max_length is not None:
-            whole = whole[-(max_length + 1) :]
-        key = tuple(whole[:-1])
-        span[key] = max(span.get(key, 0), len(continuation_ids))
-        jobs.append((key, continuation_ids))
+        pairs.append(split_request(context_ids, continuation_ids, max_length))
+    sweep = as_sweep(condition)
+    sharing = shared_context_blocker(model) is None
+    shared = [i for i, each in enumerate(sweep.conditions) if sharing and condition_shares_contexts(each)]
+    alone = [i for i, (context, _) in enumerate(pairs) if not context]  # scored as full sequences
+    results: list[list[float]] = [[0.0] * len(pairs) for _ in sweep.conditions]
+    for i in shared:
+        with sweep.conditions[i].apply(model):
+            scores = _score_shared(model, [pairs[j] for j in range(len(pairs)) if j not in set(alone)], batch_size,
+                                   progress)
+        for j, score in zip((j for j in range(len(pairs)) if j not in set(alone)), scores):
+            results[i][j] = score
+    full = [i for i in range(len(sweep.conditions)) if i not in shared]
+    for conditions, rows in ((full, range(len(pairs))), (shared, alone)):
+        if conditions and rows:
+            subset = sweep if len(conditions) == len(sweep.conditions) else \
+                replace(sweep, conditions=tuple(sweep.conditions[i] for i in conditions), single=False)
+            for i, scores in zip(conditions, _score_full(model, [pairs[j] for j in rows], subset, batch_size, progress)):
+                for j, score in zip(rows, scores):
+                    results[i][j] = score
+    for result, each in zip(results, sweep.conditions):
+        check_finite(result, "loglikelihood of requests", each)
+    return sweep.unwrap(results)
+
+
+def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int | None,
+                  progress: bool) -> list[float]:
+    """Summed log-probability of each `(context, continuation)` pair of token ids (both non-empty)
+    with the hooks attached now, each distinct context run once (`shared_context.context_logprobs`)."""
+    contexts: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(pairs):
+        contexts.setdefault(context, []).append(index)
+    distinct = list(contexts)
+    lengths = [len(context) for context in distinct]
+    if model.adapter.left_padding:
+        batches = length_batches(lengths, batch_size, model.device)
+    else:  # padding before a row's tokens would change it: contexts of one length per batch
+        batches = [[same[i] for i in batch] for length in sorted(set(lengths), reverse=True)
+                   for same in [[c for c, n in enumerate(lengths) if n == length]]
+                   for batch in length_batches([length] * len(same), batch_size, model.device)]
+    scores = [0.0] * len(pairs)
+    for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
+        fed: dict[tuple[int, tuple[int, ...]], int] = {}  # (context row, continuation but its last token) -> row
+        for row, c in enumerate(batch):
+            for index in contexts[distinct[c]]:
+                if len(pairs[index][1]) > 1:
+                    fed.setdefault((row, pairs[index][1][:-1]), len(fed))
+        tokens, mask = padded(model, [distinct[c] for c in batch], side="left")
+        new, new_mask = padded(model, [ids for _, ids in fed]) if fed else (None, None)
+        first, rest = context_logprobs(model, tokens, mask, [row for row, _ in fed], new, new_mask)
+        for row, c in enumerate(batch):
+            for index in contexts[distinct[c]]:
+                continuation = pairs[index][1]
+                score = first[row, continuation[0]]
+                if len(continuation) > 1:
+                    steps = rest[fed[(row, continuation[:-1])], : len(continuation) - 1]
+                    score = score + steps.gather(-1, torch.tensor(continuation[1:], device=steps.device)[:, None]).sum()
+                scores[index] = float(score)
+    return scores
+
+
+def _score_full(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], sweep: Sweep,
+                batch_size: int | None, progress: bool) -> list[list[float]]:
+    """Per condition of `sweep`, the summed log-probability of each pair's continuation, from
+    right-padded batches of the full sequences (pairs with the same input tokens share one; a
+    continuation without a context is scored from its second token, the first one predicted)."""
+    span: dict[tuple[int, ...], int] = {}  # unique input -> how many final positions are scored
+    jobs = []
+    for context, continuation in pairs:
+        key = (context + continuation)[:-1]
+        scored = continuation[len(continuation) - min(len(continuation), len(key)):]
+        span[key] = max(span.get(key, 0), len(scored))
+        jobs.append((key, scored))
     by_input: dict[tuple[int, ...], list[int]] = {}
     for index, (key, _) in enumerate(jobs):
         by_input.setdefault(key, []).append(index)
-
     inputs = list(span)
     batches = [[inputs[i] for i in batch] for batch in length_batches([len(key) for key in inputs], batch_size,
                                                                      model.device)]
-    sweep = as_sweep(condition)
     results = [[0.0] * len(jobs) for _ in sweep.conditions]
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
         for result, batch_logprobs in zip(results, last_logprobs(model, batch, [span[key] for key in batch], sweep)):
             for key, logprobs in zip(batch, batch_logprobs):
                 for index in by_input[key]:
-                    continuation = jobs[index][1]
-                    targets = torch.tensor(continuation, device=logprobs.device)[:, None]
-                    result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
-    for result, each in zip(results, sweep.conditions):
-        check_finite(result, "loglikelihood of requests", each)
-    return sweep.unwrap(results)
+                    scored = jobs[index][1]
+                    targets = torch.tensor(scored, device=logprobs.device)[:, None]
+                    result[index] = float(logprobs[len(logprobs) - len(scored) :].gather(-1, targets).sum())
+    return results
 
 
 CPU_BATCH_TOKENS = 512  # by default a CPU batch holds as many sequences as fit in this many padded tokens
@@ -232,31 +311,39 @@ def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def right_padded(model, sequences: Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:
-    """Token ids padded on the right. They run without an attention mask, as in lm-eval: every
-    mixer is causal, so real tokens never see the padding after them, and sdpa keeps its fast
-    causal kernel (an explicit mask makes CPU attention about 3x slower).
+def padded(model, sequences: Sequence[Sequence[int]], side: str = "right"
+           ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Token ids padded on `side` with the pad token (else 0), and their attention mask. Scoring
+    right-pads (every mixer is causal, so real tokens never see the padding after them) and left-pads
+    the contexts of shared-context scoring; generation continues left-padded ids.
 
     Returns:
-        `Int[Tensor, "batch pos"]` on the model's device, padded with the pad token (else 0).
+        `(tokens, mask)`, `Int[Tensor, "batch pos"]` on the model's device.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-        >>> right_padded(model, [[5, 6, 7], [8]])
+        >>> padded(model, [[5, 6, 7], [8]])[0]
         tensor([[5, 6, 7],
                 [8, 0, 0]])
+        >>> padded(model, [[5, 6, 7], [8]], side="left")[1]
+        tensor([[1, 1, 1],
+                [0, 0, 1]])
     """
     length = max(len(ids) for ids in sequences)
     tokens = torch.full((len(sequences), length), model.tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
     for row, ids in enumerate(sequences):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    return tokens.to(model.device)
+        span = slice(0, len(ids)) if side == "right" else slice(length - len(ids), length)
+        tokens[row, span], mask[row, span] = torch.tensor(ids, dtype=torch.long), 1
+    return tokens.to(model.device), mask.to(model.device)
 
 
 def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
                   condition: Condition | Sweep | None = None) -> list[list[Tensor]]:
     """Log-probabilities predicted at the last `counts[i]` positions of each input, from one
-    right-padded forward pass that projects only those positions onto the vocabulary.
+    right-padded forward pass that projects only those positions onto the vocabulary. Inputs of
+    unequal length run with their attention mask, so a condition's positions count each row's real
+    tokens (`-1` is a row's last token, not the batch's last column).
 
     Returns per condition of `as_sweep(condition)` (one for a lone condition or None) and per
     input a float32 tensor `[counts[i], vocab]`.
@@ -271,7 +358,7 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
         >>> len(per_condition), per_condition[1][0].shape
         (2, torch.Size([2, 4096]))
     """
-    tokens = right_padded(model, inputs)
+    tokens, mask = padded(model, inputs)
     width = max(counts)
     ends = torch.tensor([len(ids) for ids in inputs], device=tokens.device)
     positions = (ends[:, None] - width + torch.arange(width, device=tokens.device)).clamp(min=0)
@@ -279,7 +366,8 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
     def rows(logits: Float[Tensor, "batch width vocab"]) -> list[Tensor]:
         return [logits[row, width - count :].float().log_softmax(-1) for row, count in enumerate(counts)]
 
-    return [rows(logits) for logits in as_sweep(condition).logits(model, tokens, logits_to_keep=positions)]
+    mask = None if bool(mask.all()) else mask
+    return [rows(logits) for logits in as_sweep(condition).logits(model, tokens, mask, logits_to_keep=positions)]
 
 
 def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
@@ -448,7 +536,7 @@ def _generate_recomputed(model, prompts: list[list[int]], max_new_tokens: int, s
     sequences = [list(ids) for ids in prompts]
     for _ in range(max_new_tokens):
         rows = stopper.active()
-        tokens = right_padded(model, [sequences[row] for row in rows])
+        tokens = padded(model, [sequences[row] for row in rows])[0]
         lengths = [len(sequences[row]) for row in rows]
         keep = tokens.shape[1] - min(lengths) + 1
         logits = model(tokens, logits_to_keep=keep)

@@ -1,0 +1,170 @@
+"""Shared-context scoring: each distinct context runs once, and every continuation of it is scored
+from the context's `transformers` cache.
+
+A multiple-choice example asks for `log p(choice | context)` of 4-5 choices after one context of
+often hundreds of tokens (ARC, HellaSwag, TruthfulQA with few-shot prompts). Scoring the full
+sequences computes the context once per choice; here a batch of distinct contexts runs once with
+`use_cache=True` (left-padded with an attention mask when their lengths differ, so a row's padding
+comes before its tokens and leaves every mixer's state untouched). Its last position predicts each
+continuation's first token. The cache (attention keys and values, and every linear mixer's
+recurrent and convolution states: Gated DeltaNet, Mamba-2, ...) is then copied once per
+continuation (`Cache.reorder_cache`) and the continuations, right-padded, run from it in one pass.
+Positions count real tokens of the whole sequence in both passes (`ForwardState` offsets a pass
+that continues a cache by the real tokens in it), so the result is the full-sequence loglikelihood
+up to float rounding, for every family whose cache continues exactly (`continues_exactly`, probed
+once per model).
+
+The passes run with whatever hooks are attached, so a condition acts in both. That is exact only
+where a pass over part of the sequence computes what the full sequence computes at those tokens:
+`shared_context_blocker` says when not (a hook that is not cache-safe, an inner point fed by an
+eager mixer forward), and `loglikelihoods` then scores the full sequences instead.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformers import DynamicCache
+
+from ..forward_state import forward_settings
+from ..interventions import Condition
+from ..tokens import real_positions
+
+PROBE_TOLERANCE = 1e-4  # largest |logit difference| (relative to the logits' scale) the probe accepts
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> continues_exactly(model)
+
+
+def split_request(context_ids: Sequence[int], continuation_ids: Sequence[int], max_length: int | None
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (context, continuation) ids that are scored after lm-eval's left truncation: the whole
+    sequence keeps its last `max_length + 1` tokens, so a long context loses its first tokens.
+
+    Returns:
+        `(context, continuation)`; the context is empty when the continuation alone fills the
+        window (its first tokens are then cut too, as lm-eval cuts them).
+
+    Examples:
+        >>> split_request([1, 2, 3, 4], [5, 6], max_length=4)
+        ((2, 3, 4), (5, 6))
+        >>> split_request([1, 2], [3, 4, 5, 6, 7], max_length=3)
+        ((), (4, 5, 6, 7))
+    """
+    whole = [*context_ids, *continuation_ids]
+    if max_length is not None:
+        whole = whole[-(max_length + 1):]
+    cut = max(len(whole) - len(continuation_ids), 0)
+    return tuple(whole[:cut]), tuple(whole[cut:])
+
+
+def condition_shares_contexts(condition: Condition) -> bool:
+    """Whether `condition` acts the same in a pass over the context and one over the continuations
+    as in a pass over the whole sequence: it is `cache_safe` (every intervention acts on each token
+    alone, at all positions, on block-level points).
+
+    Examples:
+        >>> condition_shares_contexts(zero("ssm")), condition_shares_contexts(noise("ssm", 0.1))
+        (True, False)
+        >>> condition_shares_contexts(zero("attn", positions=-1))      # -1 of which pass?
+        False
+    """
+    return condition.cache_safe
+
+
+def shared_context_blocker(model) -> str | None:
+    """Why shared-context scoring would not equal full-sequence scoring for `model` with the hooks
+    attached now (None: it would).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> shared_context_blocker(model) is None
+        True
+        >>> with model.hooks(fwd_hooks=[("blocks.0.linear_attn.hook_state", lambda state, hook: None)]):
+        ...     shared_context_blocker(model)
+        'eager Gated DeltaNet forward (feeding hooked inner points) is on'
+    """
+    for tap in model._wrapping.taps:
+        if tap.active:
+            return f"{tap.description} (feeding hooked inner points) is on"
+    if not continues_exactly(model):
+        return f"{type(model.hf_model).__name__}'s cache does not continue several tokens exactly"
+    return None
+
+
+@torch.no_grad()
+def continues_exactly(model) -> bool:
+    """Whether `model`'s family scores continuations from a cache as the full sequence scores them:
+    probed once per model (hooks off) on a short input, a batch of two contexts (one left-padded) and
+    three continuations, against full-sequence logits.
+
+    Examples:
+        >>> continues_exactly(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1"))
+        True
+    """
+    if model not in _PROBED:
+        vocab = model.cfg.vocab_size
+        contexts = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 11) % vocab for i in range(4)]]
+        fed = [[2, 5], [7], [9, 4]]  # continuations minus their last token, after contexts `owners`
+        owners = [0, 1, 1]
+        tokens = torch.tensor([contexts[0], [0, 0, *contexts[1]]], device=model.device)
+        mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]], device=model.device)
+        new = torch.tensor([[2, 5], [7, 0], [9, 4]], device=model.device) % vocab
+        try:
+            with forward_settings(model, hooks=False):
+                first, rest = context_logprobs(model, tokens, mask, owners, new, torch.tensor([[1, 1], [1, 0], [1, 1]]))
+                full = [model(torch.tensor([contexts[o] + ids], device=model.device) % vocab)[0].float().log_softmax(-1)
+                        for o, ids in zip(owners, fed)]
+        except (RuntimeError, ValueError, TypeError, NotImplementedError, AttributeError, IndexError):
+            _PROBED[model] = False  # a family whose cache cannot continue: full-sequence scoring
+        else:
+            worst = 0.0
+            for row, (owner, ids) in enumerate(zip(owners, fed)):
+                scored = torch.cat([first[owner : owner + 1], rest[row, : len(ids)]])
+                full_row = full[row][len(contexts[owner]) - 1:]
+                worst = max(worst, float((scored - full_row).abs().max() / full_row.abs().max()))
+            _PROBED[model] = worst <= PROBE_TOLERANCE
+    return _PROBED[model]
+
+
+def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor, "context pos"],
+                     owners: Sequence[int], new: Int[Tensor, "row width"] | None, new_mask: Int[Tensor, "row width"] | None
+                     ) -> tuple[Float[Tensor, "context vocab"], Float[Tensor, "row width vocab"] | None]:
+    """Log-probabilities after each context and at each token of continuations that follow them,
+    from one pass over the contexts (with a cache) and one over the continuations (from copies of it).
+
+    Args:
+        tokens: Distinct contexts, left-padded; `mask` is 1 on their real tokens.
+        owners: For each continuation row, the index of its context.
+        new: Tokens fed after their context (a scored continuation without its last token: those
+            tokens' predictions are what is scored), right-padded; `new_mask` is 1 on real ones.
+            None: no continuation has more than one token.
+
+    Returns:
+        `(first, rest)`: `first[c]`, the next-token log-probabilities after context `c`
+        (float32); `rest[r, j]`, those after token `j` of continuation row `r` (None without `new`).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> tokens, mask = torch.tensor([[1136, 261, 2125], [0, 0, 1136]]), torch.tensor([[1, 1, 1], [0, 0, 1]])
+        >>> new, new_mask = torch.tensor([[387, 0], [261, 2125]]), torch.tensor([[1, 0], [1, 1]])
+        >>> first, rest = context_logprobs(model, tokens, mask, [0, 1], new, new_mask)
+        >>> first.shape, rest.shape                # [context, vocab], [row, width, vocab]
+        (torch.Size([2, 4096]), torch.Size([2, 2, 4096]))
+    """
+    cache = DynamicCache(config=model.cfg)
+    ragged = not bool(mask.all())
+    context_kwargs = dict(attention_mask=mask, position_ids=real_positions(mask, *mask.shape).clamp(min=0)) if ragged \
+        else {}
+    logits = model(tokens, cache=cache, use_cache=True, logits_to_keep=1, **context_kwargs)
+    first = logits[:, -1].float().log_softmax(-1)
+    if new is None:
+        return first, None
+    index = torch.tensor(list(owners), device=tokens.device)
+    cache.reorder_cache(index)  # one copy of its context's cache per continuation row
+    positions = mask.sum(1)[index][:, None] + torch.arange(new.shape[1], device=tokens.device)
+    logits = model(new, attention_mask=torch.cat([mask[index], new_mask.to(mask)], 1), cache=cache, use_cache=True,
+                   position_ids=positions)
+    return first, logits.float().log_softmax(-1)
