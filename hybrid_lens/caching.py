@@ -28,7 +28,7 @@ class Caching:
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
         >>> _, cache = model.run_with_cache("In the beginning")
-        >>> len(cache) == len(model.hook_names()), "blocks.0.linear_attn.hook_pattern" in cache
+        >>> len(cache) == len(model.hook_names()) - 1, "blocks.0.linear_attn.hook_pattern" in cache  # all but hook_tokens
         (True, True)
     """
 
@@ -39,7 +39,8 @@ class Caching:
         method with hybrid-lens's names and position axes.
 
         Args:
-            names_filter: A name, names, or a predicate on names (unknown names raise); None: every point.
+            names_filter: A name, names, or a predicate on names (unknown names raise); None: every point but
+                `hook_tokens` (the input ids, cached when named).
             incl_bwd: Also backward hooks, storing each point's gradient as `{name}_grad`.
             device: Move the stored tensors there.
             remove_batch_dim: Store row 0 without the batch axis (`BatchSizeError` for a batch of several rows).
@@ -71,6 +72,8 @@ class Caching:
             cache[hook.name + ("_grad" if backward else "")] = value if device is None else value.to(device)
 
         names = self.resolve_hook_names(names_filter)
+        if names_filter is None:  # every activation: the input ids (`hook_tokens`) only when named
+            names = [name for name in names if name != "hook_tokens"]
         fwd_hooks = [(name, save) for name in names]
         bwd_hooks = [(name, partial(save, backward=True)) for name in names] if incl_bwd else []
         return cache, fwd_hooks, bwd_hooks

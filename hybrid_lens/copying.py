@@ -69,7 +69,8 @@ class Copying:
         attributes, modules = self._own
         return {
             "tokenizer": self.tokenizer,
-            "saes": {name: (splice.sae, splice.use_error_term) for name, splice in attached_saes(self).items()},
+            "saes": {name: (splice.sae, splice.use_error_term, splice.exclude_special_tokens, splice.hook_point.name)
+                     for name, splice in attached_saes(self).items()},
             "taps": [tap.always_on for tap in (*self._wrapping.taps, self._pattern_mode)],
             "state_positions": {name: point.positions for name, point in self.hook_dict.items()
                                 if getattr(point, "positions", None) is not None},
@@ -95,8 +96,8 @@ def _rebuild(cls, hf_model, parts: dict):
         setattr(model, key, value)
     for key, module in parts["modules"].items():
         model.add_module(key, module)
-    for name, (sae, use_error_term) in parts["saes"].items():
-        add_sae(model, sae, name, use_error_term)
+    for name, (sae, use_error_term, exclude, name_out) in parts["saes"].items():
+        add_sae(model, sae, use_error_term, exclude, hook_name=name, hook_name_out=name_out)
     model.reset_hooks(including_permanent=True)  # a copied SAE's points held the original's hooks: added again
     for tap, on in zip((*model._wrapping.taps, model._pattern_mode), parts["taps"]):
         tap.set_always_on(on)

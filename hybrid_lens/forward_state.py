@@ -12,7 +12,9 @@ that model started inside it (not to passes nested in a running one).
 Positions are per row: `positions[b, j]` is column `j`'s index among row `b`'s real tokens, -1 on
 padding. When a pass continues a cache (its attention mask is longer than its ids), they are offset
 by the real tokens already in the cache, so position `5` names the same token in every chunk and
-`lengths` counts every real token so far.
+`lengths` counts every real token so far. In a generation (`HookedHybrid.generate`) the state also
+holds each row's prompt length: the prompt pass computes the prompt, and each later pass one more
+token, which is how selectors resolve their positions while decoding (`Selector.position_mask`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class ForwardState:
         stop: The block whose input ends the pass (`n_layers`: the final norm's); None: run to the logits.
         keep: Blocks whose input is recorded into `kept` (block index -> tensor).
         hooks: Whether hook functions run (False: every hook point passes its value through).
+        prompt_lengths: `Int[Tensor, " batch"]`, in a generation: each row's real prompt tokens (the
+            tokens after them are computed one per pass); in shared-context scoring
+            (`evals.shared_context`), each row's context tokens (its continuation follows in one more
+            pass); None otherwise.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -87,6 +93,7 @@ class ForwardState:
     keep: tuple[int, ...] = ()
     kept: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
     hooks: bool = True
+    prompt_lengths: Int[Tensor, " batch"] | None = None
 
     @property
     def lengths(self) -> Int[Tensor, " batch"] | None:
@@ -121,7 +128,8 @@ class ForwardState:
             raise StopForward(resid)
 
     def restricted(self, rows: slice | None) -> ForwardState:
-        """This state as seen by an intervention acting on batch `rows` only (their positions).
+        """This state as seen by an intervention acting on batch `rows` only (their positions and
+        prompt lengths).
 
         Examples:
             >>> ForwardState(None, positions=torch.tensor([[0, 1], [-1, 0]])).restricted(slice(1, 2)).positions
@@ -129,7 +137,9 @@ class ForwardState:
         """
         if rows is None or self.positions is None:
             return self
-        return replace(self, positions=self.positions[rows], tokens=None if self.tokens is None else self.tokens[rows])
+        prompts = None if self.prompt_lengths is None else self.prompt_lengths[rows]
+        return replace(self, positions=self.positions[rows], tokens=None if self.tokens is None else self.tokens[rows],
+                       prompt_lengths=prompts)
 
     @contextmanager
     def active(self) -> Iterator[ForwardState]:

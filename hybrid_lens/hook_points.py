@@ -24,7 +24,8 @@ try:  # TransformerLens >= 3.3 (4.x removed the hook_points re-export)
 except ImportError:  # TransformerLens 3.0 - 3.2
     from transformer_lens.hook_points import HookedRootModule
 
-__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "attached_hooks", "unknown_hook_error"]
+__all__ = ["HookPoint", "HookedRootModule", "Tap", "TappedHookPoint", "attached_hooks", "cache_safe",
+           "unknown_hook_error"]
 
 
 class HookPoint(_TLHookPoint):
@@ -50,6 +51,9 @@ class HookPoint(_TLHookPoint):
     def add_hook(self, hook, dir="fwd", **kwargs):
         """`transformer_lens` `HookPoint.add_hook`, with forward hooks' return values checked.
 
+        A forward hook whose function (or a function it wraps, `__wrapped__`) has `cache_safe = False`
+        is remembered as one a cache would change (see `cache_safe`).
+
         Args:
             hook: `fn(value, hook) -> value | None`.
             dir: `"fwd"` or `"bwd"` (backward hooks are passed through unchecked).
@@ -64,9 +68,11 @@ class HookPoint(_TLHookPoint):
         handles = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
         before = {id(handle) for handle in handles}
         result = super().add_hook(checked_hook(hook) if dir == "fwd" else hook, dir=dir, **kwargs)
-        for handle in self.fwd_hooks if dir == "fwd" else self.bwd_hooks:
-            if id(handle) not in before:
-                handle.hybrid_lens_hook = hook  # what a copy of the model adds again (`attached_hooks`)
+        added = [handle for handle in (self.fwd_hooks if dir == "fwd" else self.bwd_hooks) if id(handle) not in before]
+        for handle in added:
+            handle.hybrid_lens_hook = hook  # what a copy of the model adds again (`attached_hooks`)
+        if dir == "fwd" and not _declared_cache_safe(hook):
+            vars(self).setdefault("_not_cache_safe", set()).update(id(handle) for handle in added)
         return result
 
     def __call__(self, *args, **kwargs):
@@ -93,6 +99,34 @@ class HookPoint(_TLHookPoint):
             >>> point.set_stand_in(None)
         """
         self.__dict__["_stand_in"] = module
+
+
+def _declared_cache_safe(fn: Callable) -> bool:
+    """The first `cache_safe` attribute along `fn` and the functions it wraps (`__wrapped__`); True if none."""
+    while fn is not None:
+        if hasattr(fn, "cache_safe"):
+            return bool(fn.cache_safe)
+        fn = getattr(fn, "__wrapped__", None)
+    return True
+
+
+def cache_safe(point: torch.nn.Module) -> bool:
+    """Whether every forward hook on `point` acts on each token alone, so that a pass continuing a
+    KV/state cache gets what recomputing the whole sequence would give: a hook is, unless its function
+    says `cache_safe = False` (a `Condition`'s hooks carry their intervention's trait). `generate`
+    recomputes the sequence at every step when some hook is not.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> with noise("ssm", 0.1, layers=2).apply(model):
+        ...     cache_safe(model.hook_dict["blocks.2.hook_ssm_out"])
+        False
+        >>> with zero("ssm", layers=2).apply(model):
+        ...     cache_safe(model.hook_dict["blocks.2.hook_ssm_out"])
+        True
+    """
+    uncached = vars(point).get("_not_cache_safe", set())
+    return not any(id(handle) in uncached for handle in getattr(point, "fwd_hooks", ()))
 
 
 def checked_hook(fn: Callable) -> Callable:
@@ -131,6 +165,8 @@ class Tap:
         install: Installs the plumbing on the wrapped `transformers` module and returns a
             function that removes it again.
         description: Human-readable origin of the values (for errors and docs).
+        with_cache: The plumbing also runs in a pass that continues a KV/state cache (False for an
+            eager mixer forward written for whole sequences: `generate` then recomputes).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -144,9 +180,10 @@ class Tap:
         False
     """
 
-    def __init__(self, install: Callable[[], Callable[[], None]], description: str):
+    def __init__(self, install: Callable[[], Callable[[], None]], description: str, with_cache: bool = True):
         self._install = install
         self.description = description
+        self.with_cache = with_cache
         self._remove: Callable[[], None] | None = None
         self._users = 0
         self.always_on = False

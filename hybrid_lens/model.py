@@ -6,9 +6,9 @@ contribution through TransformerLens `HookPoint`s. With no hooks, logits are bit
 
 This module holds construction, the structure and hook names and `forward`; the other methods come
 from mixins named for what they do: `loading.Loading` (`from_pretrained`, ...), `tokenizing.Tokenizing`,
-`caching.Caching` (`run_with_cache`), `readout.Readout`, `nnsight_view.NNsightView`, `sae.SAESplicing` and
-`copying.Copying` (deepcopy, pickle). The state of one forward pass is a `forward_state.ForwardState`; the layers'
-structure a `layout.Layout`.
+`caching.Caching` (`run_with_cache`), `readout.Readout`, `generation.Generation` (`generate`),
+`nnsight_view.NNsightView`, `sae.SAESplicing`, `weights.Weights` and `copying.Copying` (deepcopy, pickle). The
+state of one forward pass is a `forward_state.ForwardState`; the layers' structure a `layout.Layout`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .forward_state import (StopForward, begin, check_hf_kwargs, context_length,
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .layout import Component, Layout
 from .lens_config import LensConfig
+from .generation import Generation
 from .loading import Loading
 from .mixers.taps import pattern_mode_tap
 from .nnsight_view import NNsightView
@@ -38,6 +39,7 @@ from .readout import Readout, next_token_loss
 from .sae import SAESplicing
 from .tokenizing import ModelInput, Tokenizing
 from .tokens import PaddingSide
+from .weights import Weights
 
 __all__ = ["Component", "FinalNormHooks", "HookedHybrid", "next_token_loss"]
 
@@ -46,7 +48,8 @@ ReturnType = Literal["logits", "loss", "both"] | None
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedHybrid(Loading, Tokenizing, Caching, Readout, SAESplicing, NNsightView, Copying, HookedRootModule):
+class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicing, NNsightView, Weights, Copying,
+                   HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
@@ -80,6 +83,7 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, SAESplicing, NNsightVi
         self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
         self.layout: Layout = self.adapter.layout(hf_model.config)
         Wrapping.check(hf_model, self.adapter, self.layout)  # before anything is installed
+        self.hook_tokens = HookPoint()  # [batch, pos] token ids, as TransformerLens's (use_hook_tokens)
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList(HookedBlock(layer) for layer in self.layout)
         self.ln_final = FinalNormHooks()
@@ -175,7 +179,8 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, SAESplicing, NNsightVi
         return self.layout.components(kind)
 
     def hook_names(self, inner: bool = True) -> list[str]:
-        """All hook point names; with `inner=False` only the block-level and model-level ones.
+        """All hook point names; with `inner=False` only the block-level and model-level activations
+        (no inner mixer, MLP or norm points, and not `hook_tokens`, the input ids).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -184,7 +189,8 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, SAESplicing, NNsightVi
             >>> "blocks.0.ssm.hook_B" in model.hook_names()
             True
         """
-        return [n for n, p in self.hook_dict.items() if inner or not isinstance(p, TappedHookPoint)]
+        return [n for n, p in self.hook_dict.items()
+                if inner or not (isinstance(p, TappedHookPoint) or n == "hook_tokens")]
 
     def resolve_hook_names(self, names: NameFilter) -> list[str]:
         """Hook names matching a name, a list of names, or a predicate (None: every hook name).
@@ -293,6 +299,7 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, SAESplicing, NNsightVi
         hf_kwargs.setdefault("use_cache", False)
         state = begin(self, tokens, mask, stop)
         with state.active():
+            tokens = self.hook_tokens(tokens)  # a hook may change the ids (not their shape): the run and loss use them
             try:
                 output = self.hf_model(input_ids=tokens, attention_mask=mask, **hf_kwargs)
             except StopForward as stopped:

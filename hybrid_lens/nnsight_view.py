@@ -16,7 +16,8 @@ class NNsightView:
 
     def nnsight(self, inner_points: bool = False, patterns: bool = False):
         """An `nnsight.NNsight` view of this module tree (cached): every hook point is a module
-        whose `.output` can be read or written inside a trace.
+        whose `.output` can be read or written inside a trace. Several `tracer.invoke(...)` run as one
+        batch, and `.generate(...)` traces `generate` (see `nnsight_envoy.HybridEnvoy`).
 
         Inner mixer points are fed only while their taps are on: `inner_points=True` switches them
         all on (eager mixer paths) until called again with False; `patterns=True` also switches
@@ -30,13 +31,13 @@ class NNsightView:
             >>> ssm3.shape                                   # [batch, pos, d_model]
             torch.Size([1, 3, 128])
         """
-        from nnsight import NNsight
+        from .nnsight_envoy import HybridEnvoy
 
         for tap in self._wrapping.taps:
             tap.set_always_on(inner_points)
         self._pattern_mode.set_always_on(patterns)
         if getattr(self, "_envoy", None) is None:
-            object.__setattr__(self, "_envoy", NNsight(self))
+            object.__setattr__(self, "_envoy", HybridEnvoy(self))
         return self._envoy
 
     def trace(self, *inputs, **kwargs):

@@ -127,3 +127,40 @@ class ComponentLabel(str):
 
     def __reduce__(self):
         return ComponentLabel, (self.layer, self.kind)
+
+
+class UnitLabel(str):
+    """The label of one head or neuron in a stack of per-head or per-neuron results, as data.
+
+    TransformerLens's labels where it has the unit: `L3H1` (head 1 of block 3's softmax attention) and
+    `L0N5` (neuron 5 of block 0's MLP); a head of another mixer kind adds the kind: `L0H2_linear_attn`,
+    `L3H1_ssm`.
+
+    Attributes:
+        layer: Block index.
+        kind: The component kind (`attn`, `linear_attn`, `ssm`, `mlp` for a neuron).
+        index: The head or neuron index.
+
+    Examples:
+        >>> UnitLabel(3, "attn", 1), UnitLabel(3, "ssm", 1), UnitLabel(0, "mlp", 5)
+        ('L3H1', 'L3H1_ssm', 'L0N5')
+        >>> UnitLabel(3, "ssm", 1).kind
+        'ssm'
+    """
+
+    layer: int
+    kind: str
+    index: int
+
+    def __new__(cls, layer: int, kind: str, index: int) -> UnitLabel:
+        text = f"L{layer}N{index}" if kind == MLP.name else f"L{layer}H{index}" + ("" if kind == "attn" else f"_{kind}")
+        label = super().__new__(cls, text)
+        for name, value in (("layer", layer), ("kind", kind), ("index", index)):
+            object.__setattr__(label, name, value)
+        return label
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"A UnitLabel is immutable; cannot set {name!r}.")
+
+    def __reduce__(self):
+        return UnitLabel, (self.layer, self.kind, self.index)

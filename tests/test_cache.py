@@ -34,7 +34,7 @@ def test_default_cache_holds_every_point_and_matches_the_plain_model(pair, token
     the mixers' eager paths); the block-level filter stays bit-exact."""
     reference, model = pair
     logits, cache = model.run_with_cache(tokens)
-    assert set(cache) == set(model.hook_names()) and len(cache) > len(model.hook_names(inner=False))
+    assert set(cache) == set(model.hook_names()) - {"hook_tokens"} and len(cache) > len(model.hook_names(inner=False))
     plain = reference(tokens, output_hidden_states=True)
     for layer in range(model.n_layers):
         torch.testing.assert_close(cache["resid_pre", layer], plain.hidden_states[layer], rtol=1e-4, atol=1e-5)
@@ -54,7 +54,7 @@ def test_a_run_with_a_transformers_cache_caches_the_block_points(pair, tokens):
 def sliced_by_hand(name: str, value: torch.Tensor, index) -> torch.Tensor:
     if name.endswith("hook_state"):
         return value
-    return value[:, :, index] if name.endswith("hook_pattern") else value[:, index]
+    return value[:, :, index] if name.endswith(("hook_pattern", "hook_attn_scores")) else value[:, index]
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import torch
 from hybrid_lens import HookedHybrid
 from hybrid_lens.interventions import skip_layer, zero
 from hybrid_lens.mixers import cache_states
+from hybrid_lens.sae import attached_saes
 
 from .fixtures import FAMILIES, build, no_hooks_left, random_tokens
 
@@ -201,3 +202,23 @@ def test_an_sae_lens_sae_and_its_hooks_are_copied():
     assert len(log) == 3  # the copy's own hook, on the copy's own SAE
     assert isinstance(twin.acts_to_saes["blocks.1.hook_mlp_out"], sae_lens.SAE)
     assert twin.acts_to_saes["blocks.1.hook_mlp_out"] is not sae
+
+
+@torch.no_grad()
+def test_a_copy_keeps_a_transcoder_and_its_special_token_exclusion():
+    """A transcoder (reads one point, stands at another) and `exclude_special_tokens` survive the copy: the
+    copy's output equals the original's and differs from the plain model's."""
+    _, model = build("qwen3_5", visible=True)
+    tokens = torch.cat([torch.full((2, 1), model.tokenizer.bos_token_id or 0), TOKENS], 1)
+    plain = model(tokens)
+    transcoder = torch.nn.Linear(model.cfg.d_model, model.cfg.d_model)
+    model.add_sae(transcoder, False, True, hook_name="blocks.1.hook_resid_mid", hook_name_out="blocks.1.hook_mlp_out")
+    try:
+        twin = copy.deepcopy(model)
+        (splice,) = attached_saes(twin).values()
+        assert (splice.hook_name, splice.hook_point.name) == ("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")
+        assert splice.exclude_special_tokens is True and splice.sae is not transcoder
+        assert torch.equal(twin(tokens), model(tokens)) and not torch.equal(twin(tokens), plain)
+    finally:
+        model.reset_saes()
+    twin.unwrap()

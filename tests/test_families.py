@@ -176,10 +176,12 @@ def test_residual_and_mixer_points_are_writable(built, tokens):
 
 @torch.no_grad()
 def test_inner_points_cache_and_leave_the_logits_unchanged(built, tokens):
-    """Hooking every inner point (eager mixer paths included) keeps the logits to float rounding."""
+    """Hooking every inner point (eager mixer paths included; TransformerLens's norm, MLP, score and per-head result
+    points too) keeps the logits to float rounding."""
     _, reference, model = built
     clean = reference(tokens).logits
-    inner = [name for name in model.hook_dict if name.count(".") == 3 and not name.endswith("hook_state")]
+    inner = [name for name in model.hook_dict if (name.count(".") == 3 or name == "ln_final.hook_scale")
+             and not name.endswith("hook_state")]
     logits, cache = model.run_with_cache(tokens, names_filter=inner)
     assert set(cache.keys()) >= set(inner) - {n for n in inner if n.endswith("hook_pattern") and "attn." not in n}
     assert torch.allclose(logits, clean, atol=1e-4, rtol=1e-4)

@@ -143,13 +143,16 @@ def test_a_context_reaches_its_continuations_through_the_linear_mixers_states(fa
     assert abs(ours[0] - ours[1]) > 100 * TOLERANCE["rtol"] * abs(ours[0])
 
 
-@pytest.mark.parametrize("positions", [[1, 3], slice(0, 5), [-1], slice(-3, None), slice(2, None, 2)])
+@pytest.mark.parametrize("positions", [[1, 3], [2, 30], slice(0, 5), slice(2, None, 2), [-1], slice(-3, None)])
 def test_positions_count_real_tokens_per_row_in_ragged_batches(positions):
-    """A positional condition (context positions, continuation positions, negative ones counted from
-    each row's last token) in batches of unequal rows equals the condition on each request alone."""
+    """A positional condition in batches of unequal rows equals the condition on each request alone:
+    positions from the start act in the context pass where they fall in the context and in the
+    continuation pass where they fall in the continuation; negative ones (counted from each row's
+    last token) score full sequences."""
     _, model = visible("falcon_h1")
     condition = zero("attn", positions=positions) + scale("ssm", 0.5, layers=[1], positions=positions)
-    requests = [(c, x) for c, x in REQUESTS if len(c) + len(x) > 8]
+    requests = [(c, x) for c, x in REQUESTS if len(c) + len(x) > 32]
+    assert shared_context.shares_contexts(condition) == shared_context.counts_from_start(positions)
     expected = full_sequence(model, requests, condition)
     for batch_size in (None, 3):
         got = loglikelihoods(model, requests, condition=condition, batch_size=batch_size, progress=False)
@@ -168,13 +171,21 @@ def test_a_sweep_mixes_shared_and_full_sequence_conditions_exactly(family):
 
 def test_conditions_that_a_cache_would_change_score_full_sequences():
     _, model = visible("qwen3_5")
-    assert not shared_context.condition_shares_contexts(noise("linear_attn", 0.1))
+    assert not shared_context.shares_contexts(noise("linear_attn", 0.1))
     assert continues_exactly(model)
     with PassWidths(model) as passes:
-        loglikelihoods(model, REQUESTS, condition=zero("attn", positions=[0]), batch_size=1, progress=False)
+        loglikelihoods(model, REQUESTS, condition=zero("attn", positions=-1), batch_size=1, progress=False)
     inputs = {tuple((c + x)[:-1]) for c, x in
               (split_request(*encode_pair(model.tokenizer, c, x), None) for c, x in REQUESTS)}
     assert sorted(passes.shapes) == sorted((1, len(ids)) for ids in inputs)  # one full sequence per input
+
+
+def test_positions_out_of_range_raise_as_for_full_sequences():
+    _, model = visible("qwen2")
+    for condition in (zero("attn", positions=[40]), zero("attn", positions=[-40])):
+        with pytest.raises(ValueError, match="out of range for"):
+            loglikelihoods(model, REQUESTS, condition=condition, progress=False)
+    assert not any(point.fwd_hooks for point in model.hook_dict.values())
 
 
 def test_an_eager_inner_point_switches_to_full_sequences_with_the_same_result():

@@ -54,10 +54,7 @@ def xfail(cause: str):
 
 NO_BOS_DEFAULT = xfail("cfg.default_prepend_bos is False where TransformerLens prepends BOS (Llama)")
 NO_PADDING_SIDE = xfail("tokenizer.padding_side is ignored (TransformerLens honours it)")
-NO_CACHE_METHOD = xfail("TransformerLens ActivationCache method missing (heads and neurons)")
-NO_POINT = xfail("TransformerLens hook point missing")
-NO_GENERATE = xfail("no HookedHybrid.generate (issue #27)")
-NO_WEIGHTS = xfail("no weight views (W_E, W_Q, ..., blocks[i].attn / .mlp)")
+NO_WEIGHTS = xfail("no model-level W_E")
 NO_START = xfail("no start_at_layer / tokens= in forward")
 
 
@@ -283,19 +280,10 @@ POINTS = [
     "hook_embed", "blocks.{L}.hook_resid_pre", "blocks.{L}.hook_resid_mid", "blocks.{L}.hook_resid_post",
     "blocks.{L}.hook_attn_out", "blocks.{L}.hook_mlp_out",
     "blocks.{L}.attn.hook_q", "blocks.{L}.attn.hook_k", "blocks.{L}.attn.hook_v", "blocks.{L}.attn.hook_z",
-    "blocks.{L}.attn.hook_pattern",
-    pytest.param("blocks.{L}.attn.hook_attn_scores", marks=NO_POINT),
-    pytest.param("blocks.{L}.attn.hook_rot_q", marks=NO_POINT),
-    pytest.param("blocks.{L}.attn.hook_rot_k", marks=NO_POINT),
-    pytest.param("blocks.{L}.attn.hook_result", marks=NO_POINT),
-    pytest.param("blocks.{L}.ln1.hook_scale", marks=NO_POINT),
-    pytest.param("blocks.{L}.ln1.hook_normalized", marks=NO_POINT),
-    pytest.param("blocks.{L}.ln2.hook_scale", marks=NO_POINT),
-    pytest.param("blocks.{L}.ln2.hook_normalized", marks=NO_POINT),
-    pytest.param("ln_final.hook_scale", marks=NO_POINT),
-    pytest.param("blocks.{L}.mlp.hook_pre", marks=NO_POINT),
-    pytest.param("blocks.{L}.mlp.hook_pre_linear", marks=NO_POINT),
-    pytest.param("blocks.{L}.mlp.hook_post", marks=NO_POINT),
+    "blocks.{L}.attn.hook_pattern", "blocks.{L}.attn.hook_attn_scores", "blocks.{L}.attn.hook_rot_q",
+    "blocks.{L}.attn.hook_rot_k", "blocks.{L}.attn.hook_result", "blocks.{L}.ln1.hook_scale",
+    "blocks.{L}.ln2.hook_scale", "ln_final.hook_scale", "blocks.{L}.mlp.hook_pre", "blocks.{L}.mlp.hook_pre_linear",
+    "blocks.{L}.mlp.hook_post",
 ]
 
 
@@ -319,13 +307,28 @@ def test_final_normalized_includes_the_gain(pair, tokens):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("norm", ["ln1", "ln2"])
+def test_block_normalized_includes_the_gain(pair, tokens, norm):
+    """Deliberate difference (the convention of `ln_final.hook_normalized`): `blocks.{L}.ln1/ln2.hook_normalized` are
+    the norms' outputs with their gains, what `W_Q` / `W_in` read (`hook_normalized @ W_Q` is the query, as
+    TransformerLens's is with folded weights); TransformerLens's unfolded ones are `x / hook_scale`."""
+    names = layer_names(f"blocks.{{L}}.{norm}.hook_normalized", pair.tl.cfg.n_layers)
+    _, ours = pair.hybrid.run_with_cache(tokens, names_filter=names)
+    theirs = tl_cache(pair.tl, tokens, names)
+    for layer, name in enumerate(names):
+        assert_same(ours[name], theirs[name] * getattr(pair.tl.blocks[layer], norm).w, name)
+    if norm == "ln1":  # what the unfolded W_Q reads from it is the query
+        query = torch.einsum("bpd,hde->bphe", ours[names[0]], pair.hybrid.blocks[0].attn.W_Q)
+        assert_same(query, tl_cache(pair.tl, tokens, ["blocks.0.attn.hook_q"])["blocks.0.attn.hook_q"], "ln1 @ W_Q")
+
+
+@torch.no_grad()
 def test_logits_point_is_hook_logits(pair, tokens):
     """Named differently: hybrid-lens's `hook_logits` is TransformerLens's `unembed.hook_out`."""
     _, ours = pair.hybrid.run_with_cache(tokens, names_filter="hook_logits")
     assert_same(ours["hook_logits"], tl_cache(pair.tl, tokens, ["unembed.hook_out"])["unembed.hook_out"], "logits")
 
 
-@NO_POINT
 @torch.no_grad()
 def test_run_with_cache_caches_every_transformer_lens_point(pair, tokens):
     _, ours = pair.hybrid.run_with_cache(tokens)
@@ -407,7 +410,7 @@ def caches(pair, tokens):
 CACHE_KEYS = [
     ("resid_pre", 1), ("attn_out", 0), ("resid_post", 2), ("embed",), "embed", ("embed", None), ("pattern", 1),
     ("q", 1), ("k", -1, None), ("resid_pre", -1), ("z", 1, "attn"), ("attn", 1), ("value", 0, "a"), "k1a", "pattern0",
-    "v1attn", pytest.param(("scale", 1, "ln1"), marks=NO_POINT), pytest.param("scale1ln1", marks=NO_POINT),
+    "v1attn", ("scale", 1, "ln1"), "scale1ln1",
 ]
 
 
@@ -423,8 +426,7 @@ def default_cache(pair, tokens):
         return pair.hybrid.run_with_cache(tokens)[1]
 
 
-@pytest.mark.parametrize("key", [("q", 1), ("pattern", 1), ("z", 0), ("resid_mid", 1),
-                                 pytest.param(("scale", 1, "ln1"), marks=NO_POINT)])
+@pytest.mark.parametrize("key", [("q", 1), ("pattern", 1), ("z", 0), ("resid_mid", 1), ("scale", 1, "ln1")])
 def test_get_act_name_keys_of_a_default_cache(default_cache, key):
     assert utils.get_act_name(*key) in default_cache, key
 
@@ -486,7 +488,6 @@ def test_decompose_resid_mode_and_pos_slice(caches, mode, mlp_input):
                      pos_slice=-1, labelled=True)
 
 
-@NO_CACHE_METHOD
 @pytest.mark.parametrize("layer", [-1, 1])
 def test_stack_head_results(caches, layer):
     assert_same_call(caches, "stack_head_results", layer, incl_remainder=True, labelled=True)
@@ -497,17 +498,14 @@ def test_stack_activation(caches, args):
     assert_same_call(caches, "stack_activation", *args)
 
 
-@NO_CACHE_METHOD
 def test_get_neuron_results(caches):
     assert_same_call(caches, "get_neuron_results", 1, neuron_slice=[0, 3, 5], pos_slice=-1)
 
 
-@NO_CACHE_METHOD
 def test_stack_neuron_results(caches):
     assert_same_call(caches, "stack_neuron_results", 2, pos_slice=-1, labelled=True)
 
 
-@NO_CACHE_METHOD
 def test_get_full_resid_decomposition(caches):
     assert_same_call(caches, "get_full_resid_decomposition", expand_neurons=False, labelled=True)
 
@@ -521,6 +519,53 @@ def folded(pair, tokens, tmp_path_factory):
                                         tmp_path_factory.mktemp("tl-folded"), fold_ln=True)
     with torch.no_grad():
         return model, model.run_with_cache(tokens)[1]
+
+
+@pytest.mark.parametrize("method,args,kwargs,norm", [
+    ("stack_head_results", (-1,), dict(pos_slice=-1), "ln_final"),
+    ("stack_head_results", (2,), dict(incl_remainder=True), "blocks.2.ln1"),
+    ("stack_neuron_results", (2,), dict(pos_slice=-1, incl_remainder=True), "blocks.2.ln1"),
+    ("get_full_resid_decomposition", (1,), dict(mlp_input=True, pos_slice=-1), "blocks.1.ln2"),
+    ("get_full_resid_decomposition", (None,), dict(expand_neurons=False), "ln_final"),
+])
+def test_apply_ln_in_cache_methods_is_transformer_lens_times_the_gain(pair, caches, method, args, kwargs, norm):
+    """Deliberate difference (the norm convention): `apply_ln=True` applies the cached scale and the norm's gain
+    (hybrid-lens reads unfolded weights, so `stack @ W_U` are attributions); TransformerLens's is before the gain.
+    Labels and values are otherwise the same."""
+    from operator import attrgetter
+
+    gain = attrgetter(norm)(pair.tl).w
+    ours, theirs = (getattr(cache, method)(*args, **kwargs, apply_ln=True, return_labels=True) for cache in caches)
+    assert ours[1] == theirs[1]
+    assert_same(ours[0], theirs[0] * gain, method)
+
+
+@pytest.mark.parametrize("apply_ln", [False, True])
+@pytest.mark.parametrize("method,args", [("stack_neuron_results", (-1,)), ("get_full_resid_decomposition", (-1,)),
+                                         ("get_neuron_results", (1,))])
+def test_project_output_onto(pair, caches, method, args, apply_ln):
+    """`project_output_onto` (a direction or several): TransformerLens's values; with `apply_ln`, TransformerLens's on
+    the directions times the final gain (the same projection of the gained stack)."""
+    if method == "get_neuron_results" and apply_ln:
+        pytest.skip("get_neuron_results takes no apply_ln")
+    directions = torch.randn(pair.tl.cfg.d_model, 2, generator=torch.Generator().manual_seed(0))
+    gained = directions * pair.tl.ln_final.w.detach()[:, None] if apply_ln else directions
+    ln = {"apply_ln": True} if apply_ln else {}
+    for ours_onto, theirs_onto in ((directions, gained), (directions[:, 0], gained[:, 0])):
+        ours = getattr(caches[0], method)(*args, pos_slice=-1, project_output_onto=ours_onto, **ln)
+        theirs = getattr(caches[1], method)(*args, pos_slice=-1, project_output_onto=theirs_onto, **ln)
+        assert_same(ours, theirs, method)
+
+
+def test_compute_head_results_and_accumulated_bias(pair, caches):
+    ours, theirs = caches
+    ours.compute_head_results()
+    theirs.compute_head_results()
+    for layer in range(pair.tl.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_result"
+        assert_same(ours[name], theirs[name], name)
+    for layer, mlp_input in ((0, False), (2, True), (3, False)):
+        assert_same(pair.hybrid.accumulated_bias(layer, mlp_input), pair.tl.accumulated_bias(layer, mlp_input))
 
 
 def gain(tl, layer: int | None, mlp_input: bool = False) -> torch.Tensor:
@@ -615,7 +660,7 @@ def test_logit_attrs_token_forms_and_slices(pair, caches, folded, tokens):
 
 @torch.no_grad()
 @pytest.mark.parametrize("stack", ["accumulated_resid", "decompose_resid",
-                                   pytest.param("stack_head_results", marks=NO_CACHE_METHOD)])
+                                   "stack_head_results"])
 def test_direct_logit_attribution_with_apply_ln(pair, caches, folded, tokens, stack):
     """What a DLA notebook computes: each component through the final norm (`apply_ln=True`), dotted with the
     logit-difference direction. The factorisation between `apply_ln` and the token directions is free
@@ -631,7 +676,7 @@ def test_direct_logit_attribution_with_apply_ln(pair, caches, folded, tokens, st
 
 # --- the cache's own interface ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["has_batch_dim", "cache_dict", "remove_batch_dim", "apply_slice_to_batch_dim",
-                                    "toggle_autodiff", pytest.param("compute_head_results", marks=NO_CACHE_METHOD),
+                                    "toggle_autodiff", "compute_head_results",
                                     "apply_ln_to_stack", "logit_attrs", "stack_activation", "to", "keys", "items"])
 def test_cache_has_method(caches, method):
     assert hasattr(caches[0], method), method
@@ -679,6 +724,32 @@ def uniform_causal(pattern: torch.Tensor) -> torch.Tensor:
 def test_run_with_hooks_edits(pair, tokens, name, edit):
     ours = pair.hybrid.run_with_hooks(tokens, fwd_hooks=[(name, edit)])
     assert_same(ours, pair.tl.run_with_hooks(tokens, fwd_hooks=[(name, edit)]), name)
+    assert not torch.allclose(ours, pair.hybrid(tokens), atol=1e-3), f"editing {name} changes nothing"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name,edit", [
+    ("blocks.1.attn.hook_attn_scores", lambda value, hook: value * 0.5),
+    ("blocks.1.attn.hook_rot_q", lambda value, hook: value.flip(1)),
+    ("blocks.0.attn.hook_rot_k", lambda value, hook: 2 * value),
+    ("blocks.0.attn.hook_result", lambda value, hook: value * (torch.arange(value.shape[2]) != 1)[:, None]),
+    ("blocks.0.mlp.hook_pre", lambda value, hook: value + 0.5),
+    ("blocks.1.mlp.hook_pre_linear", lambda value, hook: 2 * value),
+    ("blocks.1.mlp.hook_post", lambda value, hook: value * (torch.arange(value.shape[-1]) >= 10)),
+    ("blocks.1.ln1.hook_scale", lambda value, hook: 2 * value),
+    ("blocks.0.ln2.hook_scale", lambda value, hook: value * torch.linspace(1.0, 2.0, value.shape[1])[:, None]),
+    ("ln_final.hook_scale", lambda value, hook: 3 * value),
+    ("blocks.1.ln2.hook_normalized", lambda value, hook: value * (torch.arange(value.shape[1]) != 2)[:, None]),
+])
+def test_run_with_hooks_edits_at_transformer_lens_points(pair, tokens, name, edit):
+    """A write at each TransformerLens point has TransformerLens's effect (a new scale rescales the norm's output; a
+    new head result makes the output their sum plus b_O; a zeroed normalized input is zero in both conventions)."""
+    ours = pair.hybrid.run_with_hooks(tokens, fwd_hooks=[(name, edit)])
+    pair.tl.set_use_attn_result(name.endswith("hook_result"))
+    try:
+        assert_same(ours, pair.tl.run_with_hooks(tokens, fwd_hooks=[(name, edit)]), name)
+    finally:
+        pair.tl.set_use_attn_result(False)
     assert not torch.allclose(ours, pair.hybrid(tokens), atol=1e-3), f"editing {name} changes nothing"
 
 
@@ -749,7 +820,6 @@ def test_start_at_layer_loss_with_tokens(pair, tokens):
                 pair.tl(resid, start_at_layer=1, tokens=tokens, return_type="loss"), "loss")
 
 
-@xfail("no hook_tokens")
 @torch.no_grad()
 def test_hook_tokens(pair, tokens):
     swapped = tokens.clone()
@@ -799,7 +869,6 @@ def test_activation_patching_of_heads(pair, tokens):
 
 
 # --- generate ----------------------------------------------------------------------------------------------
-@NO_GENERATE
 @torch.no_grad()
 @pytest.mark.parametrize("use_past_kv_cache", [False, True])
 def test_generate_greedy_tokens(pair, tokens, use_past_kv_cache):
@@ -808,7 +877,6 @@ def test_generate_greedy_tokens(pair, tokens, use_past_kv_cache):
     assert torch.equal(pair.hybrid.generate(tokens, **kwargs), pair.tl.generate(tokens, **kwargs))
 
 
-@NO_GENERATE
 @torch.no_grad()
 def test_generate_greedy_text(pair):
     kwargs = dict(max_new_tokens=6, do_sample=False, verbose=False, prepend_bos=True, stop_at_eos=False)
@@ -820,27 +888,66 @@ def test_unembedding(pair):
     assert_same(pair.hybrid.W_U, pair.tl.W_U, "W_U")
 
 
-@NO_WEIGHTS
-@pytest.mark.parametrize("name", ["W_E", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_in", "W_gate",
-                                  "W_out", "b_in", "b_out"])
+@pytest.mark.parametrize("name", [pytest.param("W_E", marks=NO_WEIGHTS), "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K",
+                                  "b_V", "b_O", "W_in", "W_gate", "W_out", "b_in", "b_out"])
 def test_stacked_weights(pair, name):
     assert_same(getattr(pair.hybrid, name), getattr(pair.tl, name), name)
 
 
-@NO_WEIGHTS
-@pytest.mark.parametrize("path", ["attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_gate",
-                                  "mlp.W_out", "ln1.w", "ln2.w"])
+@pytest.mark.parametrize("path", ["attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn._W_K", "attn._W_V", "attn.b_Q",
+                                  "attn._b_K", "attn.b_O", "mlp.W_in", "mlp.W_gate", "mlp.W_out", "mlp.b_in",
+                                  "mlp.b_out", "ln1.w", "ln2.w"])
 def test_block_weights(pair, path):
     module, name = path.split(".")
     block, tl_block = pair.hybrid.blocks[1], pair.tl.blocks[1]
     assert_same(getattr(getattr(block, module), name), getattr(getattr(tl_block, module), name), path)
 
 
-@NO_WEIGHTS
 def test_weight_views_alias_the_transformers_weights(pair):
     attention = pair.hybrid.hf_model.model.layers[1].self_attn
     assert pair.hybrid.blocks[1].attn.W_Q.untyped_storage().data_ptr() == \
         attention.q_proj.weight.untyped_storage().data_ptr()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("path,module,index", [
+    ("attn.W_Q", "self_attn.q_proj.weight", (1, 3, 0)), ("attn._W_K", "self_attn.k_proj.weight", (1, 3, 0)),
+    ("attn._W_V", "self_attn.v_proj.weight", (0, 5, 2)), ("attn.W_O", "self_attn.o_proj.weight", (2, 1, 7)),
+    ("mlp.W_in", "mlp.up_proj.weight", (4, 9)), ("mlp.W_gate", "mlp.gate_proj.weight", (4, 9)),
+    ("mlp.W_out", "mlp.down_proj.weight", (9, 4)), ("ln1.w", "input_layernorm.weight", (6,)),
+])
+def test_a_write_through_a_weight_view_changes_the_model_as_transformer_lens_reads_it(pair, tokens, path, module, index):
+    """The views share the `transformers` storage: an in-place write changes the model's logits, and TransformerLens's
+    weight at the same TransformerLens index, written alike, gives the same logits."""
+    from operator import attrgetter
+
+    part, name = path.split(".")
+    ours = getattr(getattr(pair.hybrid.blocks[1], part), name)
+    theirs = getattr(getattr(pair.tl.blocks[1], part), name)
+    weight = attrgetter(module)(pair.hybrid.hf_model.model.layers[1])
+    before, tl_before, clean = weight.clone(), theirs.detach().clone(), pair.hybrid(tokens)
+    try:
+        ours[index] += 0.5
+        theirs[index] += 0.5
+        assert not torch.equal(weight, before), f"a write to {path} did not reach {module}"
+        assert_same(pair.hybrid(tokens), pair.tl(tokens), path)
+        assert not torch.allclose(pair.hybrid(tokens), clean, atol=1e-4), f"writing {path} changes nothing"
+    finally:
+        weight.copy_(before)
+        theirs.copy_(tl_before)
+
+
+def test_model_weight_stacks_refuse_a_hybrid_and_name_the_blocks():
+    from hybrid_lens import HookedHybrid
+
+    model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+    with pytest.raises(AttributeError, match=r"W_Q stacks blocks\[i\]\.attn\.W_Q over every block, but only blocks "
+                                             r"\[3, 7\] have softmax attention"):
+        model.W_Q
+    assert not hasattr(model, "W_O") and model.W_in.shape[0] == model.cfg.n_layers
+    with pytest.raises(AttributeError, match=r"blocks\[0\] \(linear_attn block\) has no softmax attention; its mixer "
+                                             r"is blocks\[0\]\.linear_attn"):
+        model.blocks[0].attn
 
 
 @pytest.mark.parametrize("field", ["d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out",

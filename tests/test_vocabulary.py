@@ -86,8 +86,8 @@ def test_core_does_not_import_the_zoo():
 # The rooms of ARCHITECTURE.md, in import order: a module imports only its own room and the rooms above.
 ROOMS = [("registry", "checks", "tokens", "forward_state", "norms"), ("hook_points", "mixers"), ("vocabulary", "layout"),
          ("adapters",), ("cache",),
-         ("model", "loading", "tokenizing", "caching", "readout", "nnsight_view", "sae", "copying", "lens_config",
-          "resolver"),
+         ("model", "loading", "tokenizing", "caching", "readout", "generation", "decoding", "nnsight_view",
+          "nnsight_envoy", "sae", "weights", "copying", "lens_config", "resolver"),
          ("zoo", "configs"), ("interventions",),
          ("analysis", "evals", "study", "viz", "cli", "coverage", "console", "conventions")]
 

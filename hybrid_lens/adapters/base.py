@@ -15,17 +15,22 @@ from torch import Tensor, nn
 from ..forward_state import current_state
 from ..hook_points import HookPoint, Tap
 from ..layout import Layer
+from ..mixers.norm import NormHooks
+from ..mixers.norm import add_points as add_norm_points
 from ..mixers.taps import MixerHooks, replace_forward
 from .copies import copy_plainly
 from ..vocabulary import point_name
 
 
 class HookedBlock(nn.Module):
-    """Block-level hook points of decoder layer `layer.index`.
+    """Block-level hook points of decoder layer `layer.index`, and its parts under TransformerLens's names.
 
-    Holds `hook_resid_pre`, one `hook_{kind}_out` and one `MixerHooks` container per mixer in the
-    block, `hook_resid_mid` (only in a block with both mixers and an MLP), `hook_mlp_out` (only
-    with an MLP) and `hook_resid_post`.
+    Holds, in TransformerLens's order: `hook_resid_pre`; `ln1` (the mixers' pre-norm, `mixers.norm`);
+    per mixer its `MixerHooks` container (`attn`, `linear_attn`, `ssm`, `conv`: inner points, weight
+    views) and `hook_{kind}_out`; `hook_resid_mid` (only in a block with both mixers and an MLP); `ln2`,
+    the `mlp` container and `hook_mlp_out` (only with an MLP); `hook_resid_post`. A norm the block does
+    not have is removed when its points are added (`adapters.points`); asking for `attn`, `mlp`, `ln1`
+    or `ln2` where the block has none says what it has instead.
 
     Args:
         layer: The block's entry of the model's `Layout`.
@@ -35,12 +40,16 @@ class HookedBlock(nn.Module):
         super().__init__()
         self.layer = layer
         self.hook_resid_pre = HookPoint()
+        if layer.mixers:
+            self.ln1 = NormHooks()
         for kind in layer.mixers:
-            self.add_module(point_name(kind), HookPoint())
             self.add_module(kind, MixerHooks())
+            self.add_module(point_name(kind), HookPoint())
         if layer.has_resid_mid:
             self.hook_resid_mid = HookPoint()
         if layer.has_mlp:
+            self.ln2 = NormHooks()
+            self.mlp = MixerHooks()
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
@@ -52,9 +61,27 @@ class HookedBlock(nn.Module):
     def extra_repr(self) -> str:
         return f"index={self.index}, components={self.layer.components}"
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layer = self.__dict__.get("layer")
+            if layer is None or name not in ("attn", "mlp", "ln1", "ln2"):
+                raise
+        parts = ", ".join(f".{part}" for part in self._modules if not part.startswith("hook_"))
+        if name == "attn":
+            what = f"no softmax attention; its mixer{'s are' if len(layer.mixers) > 1 else ' is'} " + \
+                   ", ".join(f"blocks[{layer.index}].{kind}" for kind in layer.mixers) if layer.mixers else "no mixer"
+        elif name == "mlp":
+            what = "no MLP"
+        else:
+            what = f"no {'pre-norm before its mixers' if name == 'ln1' else 'pre-norm before its MLP'}"
+        raise AttributeError(f"blocks[{layer.index}] ({layer.type} block) has {what} (its parts: {parts}).")
 
-class FinalNormHooks(nn.Module):
-    """Holds `ln_final.hook_normalized`: the final norm's output, `Float[Tensor, "batch pos d_model"]`.
+
+class FinalNormHooks(NormHooks):
+    """`ln_final`: `hook_scale` (`mixers.norm`) and `hook_normalized`, the final norm's output
+    `Float[Tensor, "batch pos d_model"]` (gain included: what `W_U` reads), and the gain `w`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -63,9 +90,17 @@ class FinalNormHooks(nn.Module):
         torch.Size([1, 3, 128])
     """
 
-    def __init__(self):
-        super().__init__()
+    def attach(self, norm: nn.Module) -> Tap | None:
+        """Add `hook_scale` (a tap on `norm`, returned) and `hook_normalized` (fed by `Wrapping.install`).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> list(model.ln_final._modules), model.ln_final.w.shape
+            (['hook_scale', 'hook_normalized'], torch.Size([128]))
+        """
+        tap = add_norm_points(self, norm, normalized=False)
         self.hook_normalized = HookPoint()
+        return tap
 
 
 Entry = Callable[[Tensor], Tensor]
@@ -134,6 +169,9 @@ class Wrapping:
             for tap in adapter.add_inner_points(block, layer, model._pattern_mode):
                 wrapping.add_tap(tap)
         norm = adapter.final_norm(model.hf_model)
+        tap = model.ln_final.attach(norm)
+        if tap is not None:
+            wrapping.add_tap(tap)
         wrapping.add_hook(norm.register_forward_pre_hook(enter_final_norm))
         wrapping.add_hook(norm.register_forward_hook(lambda _module, _args, out: model.ln_final.hook_normalized(out)))
         wrapping._undo.append(lambda: model._pattern_mode.set_always_on(False))

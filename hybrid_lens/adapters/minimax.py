@@ -11,6 +11,10 @@ so the skip path of each sub-layer is not the stream but its normed input times 
 are the contributions actually added (mixer and MoE outputs times `beta`). So `resid_post` is not
 `resid_pre` plus the block's outputs (`Family.skip_path` gives each skip path), and a sum of
 contributions over layers (`decompose_resid`) does not reconstruct the stream.
+
+A left-padded forward is exact, but decoding on from the `transformers` cache of a left-padded prompt
+is not (the lightning attention's cached state carries the padding): `left_padded_cache=False`, so
+`generate` decodes each prompt length apart.
 """
 
 from ..mixers import lightning
@@ -28,6 +32,7 @@ MINIMAX = Family(
         "full_attention": Block((attention(**SCALES),), MOE),
     },
     block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
+    left_padded_cache=False,
     tiny=dict(hidden_size=64, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, block_size=5,
               layer_types=["linear_attention", "linear_attention", "full_attention"],

@@ -22,6 +22,7 @@ from ..layout import Layout
 from ..mixers.taps import MixerHooks
 from ..vocabulary import point_name
 from .base import Entry, HookedBlock, Wrapping, resid_in
+from .points import add_block_points
 
 AddPoints = Callable[[MixerHooks, nn.Module, Tap], list[Tap]]
 Scale = str | float | None
@@ -121,6 +122,9 @@ class Family:
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
         left_padding: Padding before a row's tokens leaves its values unchanged (False for
             RecurrentGemma, whose convolution ignores the mask: `HookedHybrid` then refuses it).
+        left_padded_cache: Decoding with the `transformers` cache of a left-padded batch gives each
+            row its own continuation (False for MiniMax, whose cached lightning attention lets the
+            padding leak into the tokens after the prompt: `generate` then runs each prompt length apart).
     """
 
     family: str = ""
@@ -138,6 +142,7 @@ class Family:
     norm_cast: bool = False
     residual_fp32: bool = False
     left_padding: bool = True
+    left_padded_cache: bool = True
 
     def block_of(self, key: str) -> Block:
         """The `Block` of block key `key`; `ValueError` naming the known keys otherwise."""
@@ -302,16 +307,16 @@ class Family:
 
     def add_inner_points(self, block: HookedBlock, layer: nn.Module, pattern_mode: Tap) -> list[Tap]:
         """Create the inner hook points of `block`'s mixers (`pattern_mode` feeds every
-        `hook_pattern`) and of its MLP (`Mlp.points`); return their taps."""
+        `hook_pattern`) and of its MLP (`Mlp.points`), then its norm points, neuron points and per-head
+        results (`adapters.points`); return their taps."""
         taps, spec = [], self.block_of(block.layer.block_key)
         for mixer in spec.mixers:
             if mixer.points is not None:
                 taps += mixer.points(getattr(block, mixer.kind), attrgetter(mixer.module)(layer), pattern_mode)
         if spec.mlp is not None and spec.mlp.points is not None:
-            block.add_module("mlp", MixerHooks())
             for module in filter(None, (attrgetter(attr)(layer) for attr in spec.mlp.modules)):
                 taps += spec.mlp.points(block.mlp, module, pattern_mode)
-        return taps
+        return taps + add_block_points(block, layer, spec)
 
 
 def _resolve(owner: nn.Module, path: Scale, field: str, where: str, module: bool = True, optional: bool = False):

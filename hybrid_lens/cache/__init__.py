@@ -3,9 +3,10 @@
 `ActivationCache` is assembled from one mixin per concern, each in its own module: `mapping` (lookup by
 hook name or TransformerLens key, `keys`: shorthand and "not cached" errors; devices; the model and its
 `Layout`), `batch` (removing or slicing the batch axis), `residual` (stacks, the accumulated residual
-stream and its decomposition into component outputs) and `readout` (norms and unembedding applied to
-stacks: `apply_ln_to_stack`, `logit_attrs`). `positions` says where each value keeps its positions
-(`pos_slice=`). A new family of methods is a new mixin module added to the class below.
+stream and its decomposition into component outputs), `readout` (norms and unembedding applied to
+stacks: `apply_ln_to_stack`, `logit_attrs`) and `units` (per-head and per-neuron results and the full
+residual decomposition). `positions` says where each value keeps its positions (`pos_slice=`). A new
+family of methods is a new mixin module added to the class below.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from .mapping import CacheMapping, not_cached
 from .positions import Slice
 from .readout import StackReadout
 from .residual import ResidualStream
+from .units import HeadsAndNeurons
 
 __all__ = ["ActivationCache", "BatchSizeError", "Slice", "not_cached"]
 
 
-class ActivationCache(ResidualStream, StackReadout, BatchAxis, CacheMapping):
+class ActivationCache(HeadsAndNeurons, ResidualStream, StackReadout, BatchAxis, CacheMapping):
     """Cached activations keyed by canonical hook name (e.g. `blocks.3.hook_ssm_out`), with the interface of
     TransformerLens's `ActivationCache`.
 

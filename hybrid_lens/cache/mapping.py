@@ -151,10 +151,10 @@ def not_cached(stop_at_layer: int | None, n_layers: int) -> str:
         'the run stopped at the input of block 2 (stop_at_layer=2), before it'
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
         >>> _, cache = model.run_with_cache("In the beginning", stop_at_layer=2)
-        >>> cache["blocks.5.hook_resid_pre"]
+        >>> cache["blocks.5.hook_resid_pre"]  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        KeyError: 'blocks.5.hook_resid_pre is a hook point of this model but was not cached: the run stopped at the input of block 2 (stop_at_layer=2), before it. Cached: 11 points.'
+        KeyError: 'blocks.5.hook_resid_pre is a hook point of this model but was not cached: the run stopped at the input of block 2 (stop_at_layer=2), before it. Cached: ... points.'
     """
     if stop_at_layer is None:
         return "no value passed through it in this run"

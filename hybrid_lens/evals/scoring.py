@@ -7,8 +7,8 @@ the context's length, over-long inputs are truncated from the left, and a genera
 first stop string. Loglikelihoods run each distinct context once and score its continuations from
 its cache (`shared_context`; contexts left-padded, continuations right-padded), or else score full
 sequences in right-padded batches (exact for every mixer: real tokens never see the padding after
-them). Generation left-pads (padding is masked out of attention, Mamba-2 and Gated DeltaNet inputs;
-checked against step-by-step recomputation in the tests).
+them). Generation left-pads and runs `HookedHybrid.generate`'s loop (`decoding.decode`; checked
+against step-by-step recomputation in the tests).
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import DynamicCache
+from transformers import LogitsProcessor, StoppingCriteria
 
 from ..checks import is_int
+from ..decoding import batches_pad, cache_blocker, decode
 from ..interventions import Condition, Sweep, as_sweep
-from .shared_context import (
-    condition_shares_contexts,
-    context_logprobs,
-    shared_context_blocker,
-    split_request,
-)
+from .shared_context import check_positions, context_logprobs, shared_context_blocker, shares_contexts, split_request
 
 
 class NonFiniteError(FloatingPointError):
@@ -189,18 +185,24 @@ def loglikelihoods(
             raise ValueError(f"The continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}.")
         pairs.append(split_request(context_ids, continuation_ids, max_length))
     sweep = as_sweep(condition)
-    sharing = shared_context_blocker(model) is None
-    shared = [i for i, each in enumerate(sweep.conditions) if sharing and condition_shares_contexts(each)]
-    alone = [i for i, (context, _) in enumerate(pairs) if not context]  # scored as full sequences
+    alone = {j for j, (context, _) in enumerate(pairs) if not context}  # scored as full sequences
+    with_context = [j for j in range(len(pairs)) if j not in alone]
+    sharing = bool(with_context) and shared_context_blocker(model) is None
+    shared: list[int] = []
     results: list[list[float]] = [[0.0] * len(pairs) for _ in sweep.conditions]
-    for i in shared:
-        with sweep.conditions[i].apply(model):
-            scores = _score_shared(model, [pairs[j] for j in range(len(pairs)) if j not in set(alone)], batch_size,
-                                   progress)
-        for j, score in zip((j for j in range(len(pairs)) if j not in set(alone)), scores):
+    for i, each in enumerate(sweep.conditions):
+        if not (sharing and shares_contexts(each)):
+            continue
+        check_positions(each, [len(pairs[j][0]) + len(pairs[j][1]) - 1 for j in with_context])
+        with each.apply(model):
+            if cache_blocker(model) is not None:  # a hook of the condition that a cache would change
+                continue
+            scores = _score_shared(model, [pairs[j] for j in with_context], batch_size, progress)
+        shared.append(i)
+        for j, score in zip(with_context, scores):
             results[i][j] = score
     full = [i for i in range(len(sweep.conditions)) if i not in shared]
-    for conditions, rows in ((full, range(len(pairs))), (shared, alone)):
+    for conditions, rows in ((full, range(len(pairs))), (shared, sorted(alone))):
         if conditions and rows:
             subset = sweep if len(conditions) == len(sweep.conditions) else \
                 replace(sweep, conditions=tuple(sweep.conditions[i] for i in conditions), single=False)
@@ -221,7 +223,7 @@ def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
         contexts.setdefault(context, []).append(index)
     distinct = list(contexts)
     lengths = [len(context) for context in distinct]
-    if model.adapter.left_padding:
+    if batches_pad(model):
         batches = length_batches(lengths, batch_size, model.device)
     else:  # padding before a row's tokens would change it: contexts of one length per batch
         batches = [[same[i] for i in batch] for length in sorted(set(lengths), reverse=True)
@@ -406,11 +408,14 @@ def greedy_until(
     """Greedy continuations of `prompts`, cut at the first stop string (lm-eval's `generate_until`).
 
     The condition is active at every generated step. A row stops at an EOS token, once its text
-    contains a stop string, or after `max_new_tokens`; the EOS text is a stop string too.
+    contains a stop string, or after `max_new_tokens`; the EOS text is a stop string too. Decoding is
+    `HookedHybrid.generate`'s (`decoding.decode`): left-padded batches, the `transformers` cache where
+    it is exact for the condition, positions resolved as `generate` resolves them.
 
     Args:
-        use_cache: decode with a KV/state cache (fast) or recompute the full sequence at each step
-            (exact for any condition, including positional ones). None: cache when `cache_safe`.
+        use_cache: decode with a KV/state cache where it is exact (fast), or recompute the full
+            sequence at each step. None: cache when `cache_safe`; True with a condition that is not
+            `cache_safe` is refused.
         max_length: prompts keep their last `max_length - max_new_tokens` tokens (default: the
             config's `max_position_embeddings`).
 
@@ -444,14 +449,17 @@ def greedy_until(
             raise ValueError(f"max_new_tokens ({max_new_tokens}) must be below the maximum length ({max_length}).")
         encoded = [ids[-(max_length - max_new_tokens) :] for ids in encoded]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    generate = _generate_cached if use_cache else _generate_recomputed
+    groups = [order] if batches_pad(model) else [[i for i in order if len(encoded[i]) == n]
+                                                 for n in sorted({len(ids) for ids in encoded}, reverse=True)]
+    batches = [group[i : i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
     texts: list[str] = [""] * len(prompts)
     with condition.apply(model):
         for batch in tqdm(batches, desc="generate", disable=not progress):
             stopper = _Stopper(tokenizer, until, _eos_ids(model), len(batch))
+            tokens, mask = padded(model, [encoded[i] for i in batch], side="left")
             try:
-                generate(model, [encoded[i] for i in batch], max_new_tokens, stopper)
+                decode(model, tokens, mask, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                       pad_token_id=tokenizer.pad_token_id or 0, processors=[_FiniteCheck(stopper)], stopping=[stopper])
             except NonFiniteError as err:
                 prompts_hit = sorted(batch[row] for row in err.indices)
                 raise NonFiniteError(f"Non-finite logits while generating for prompts {prompts_hit} under condition "
@@ -469,22 +477,25 @@ def _eos_ids(model) -> set[int]:
     return ids - {None}
 
 
-class _Stopper:
-    """Collects generated tokens per row and decides when each row is finished."""
+class _Stopper(StoppingCriteria):
+    """Collects generated tokens per row and decides when each row is finished (a `transformers`
+    stopping criterion: a finished row is padded from then on)."""
 
     def __init__(self, tokenizer, until: list[str], eos_ids: set[int], rows: int):
         self.tokenizer, self.until, self.eos_ids = tokenizer, until, eos_ids
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.done = [False] * rows
 
-    def add(self, next_tokens: Int[Tensor, " rows"], rows: Sequence[int]) -> None:
-        for row, token in zip(rows, next_tokens.tolist()):
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        active = self.active()
+        for row, token in zip(active, input_ids[active, -1].tolist()):
             if token in self.eos_ids:
                 self.done[row] = True
                 continue
             self.tokens[row].append(token)
             text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
             self.done[row] = any(stop in text for stop in self.until)
+        return torch.tensor(self.done, device=input_ids.device)
 
     def active(self) -> list[int]:
         return [row for row, done in enumerate(self.done) if not done]
@@ -499,52 +510,16 @@ class _Stopper:
         return texts
 
 
-def _greedy_tokens(logits: Float[Tensor, "k vocab"], rows: Sequence[int],
-                   check: Sequence[int] | None = None) -> Int[Tensor, " k"]:
-    """The argmax token of each row of `logits` (batch rows `rows`); `NonFiniteError` naming the
-    rows among positions `check` (default: all) whose logits hold inf/NaN, where an argmax is arbitrary."""
-    finite = torch.isfinite(logits).all(-1).tolist()
-    bad = [rows[i] for i in (range(len(rows)) if check is None else check) if not finite[i]]
-    if bad:
-        raise NonFiniteError("non-finite logits", bad)
-    return logits.argmax(-1)
+class _FiniteCheck(LogitsProcessor):
+    """`NonFiniteError` naming the unfinished rows whose next-token logits hold inf/NaN (their argmax
+    would be arbitrary); the logits pass unchanged."""
 
+    def __init__(self, stopper: _Stopper):
+        self.stopper = stopper
 
-def _generate_cached(model, prompts: list[list[int]], max_new_tokens: int, stopper: _Stopper) -> None:
-    """Left-padded prefill, then one token per step through the model's cache."""
-    length = max(len(ids) for ids in prompts)
-    pad = model.tokenizer.pad_token_id or 0
-    tokens = torch.tensor([[pad] * (length - len(ids)) + ids for ids in prompts], device=model.device)
-    mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in prompts], device=model.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.cfg)
-    for _ in range(max_new_tokens):
-        logits = model(tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                       logits_to_keep=1)
-        active = stopper.active()
-        next_tokens = _greedy_tokens(logits[:, -1], range(len(prompts)), check=active)
-        stopper.add(next_tokens[active], active)
-        if not stopper.active():
-            return
-        tokens = next_tokens[:, None]
-        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], 1)
-        positions = positions[:, -1:] + 1
-
-
-def _generate_recomputed(model, prompts: list[list[int]], max_new_tokens: int, stopper: _Stopper) -> None:
-    """Every step reruns the whole sequence of each unfinished row (right-padded, no cache)."""
-    sequences = [list(ids) for ids in prompts]
-    for _ in range(max_new_tokens):
-        rows = stopper.active()
-        tokens = padded(model, [sequences[row] for row in rows])[0]
-        lengths = [len(sequences[row]) for row in rows]
-        keep = tokens.shape[1] - min(lengths) + 1
-        logits = model(tokens, logits_to_keep=keep)
-        last = torch.tensor(lengths, device=logits.device) - 1 - (tokens.shape[1] - keep)
-        next_tokens = _greedy_tokens(logits[torch.arange(len(rows), device=logits.device), last], rows)
-        stopper.add(next_tokens, rows)
-        for row, token in zip(rows, next_tokens.tolist()):
-            sequences[row].append(token)
-        if not stopper.active():
-            return
-
+    def __call__(self, input_ids: Tensor, scores: Float[Tensor, "batch vocab"]) -> Tensor:
+        finite = torch.isfinite(scores).all(-1).tolist()
+        bad = [row for row in self.stopper.active() if not finite[row]]
+        if bad:
+            raise NonFiniteError("non-finite logits", bad)
+        return scores

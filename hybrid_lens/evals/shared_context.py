@@ -14,23 +14,28 @@ that continues a cache by the real tokens in it), so the result is the full-sequ
 up to float rounding, for every family whose cache continues exactly (`continues_exactly`, probed
 once per model).
 
-The passes run with whatever hooks are attached, so a condition acts in both. That is exact only
-where a pass over part of the sequence computes what the full sequence computes at those tokens:
-`shared_context_blocker` says when not (a hook that is not cache-safe, an inner point fed by an
-eager mixer forward), and `loglikelihoods` then scores the full sequences instead.
+The passes run with whatever hooks are attached, so a condition acts in both: on context positions
+in the context pass, on continuation positions in the continuation pass, each pass knowing its
+rows' context lengths (`ForwardState.prompt_lengths`), so a selector's positions resolve as in the
+whole sequence. That is exact where a pass over part of the sequence computes what the full
+sequence computes at those tokens: `shares_contexts` and `shared_context_blocker` say when not (an
+intervention that is not cache-safe, a position counted from the end, a hook a cache would change,
+an inner point fed by an eager mixer forward), and `loglikelihoods` then scores full sequences.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from ..forward_state import forward_settings
+from ..decoding import cache_blocker
+from ..forward_state import ForwardState, current_state, forward_settings
 from ..interventions import Condition
 from ..tokens import real_positions
 
@@ -60,38 +65,76 @@ def split_request(context_ids: Sequence[int], continuation_ids: Sequence[int], m
     return tuple(whole[:cut]), tuple(whole[cut:])
 
 
-def condition_shares_contexts(condition: Condition) -> bool:
-    """Whether `condition` acts the same in a pass over the context and one over the continuations
-    as in a pass over the whole sequence: it is `cache_safe` (every intervention acts on each token
-    alone, at all positions, on block-level points).
+def shares_contexts(condition: Condition) -> bool:
+    """Whether `condition` acts in a pass over the context and one over its continuations as it acts
+    in a pass over the whole sequence: each intervention acts on each token alone (`cache_safe`),
+    and its positions count from the first token (a position counted from the end names another
+    token in each pass).
 
     Examples:
-        >>> condition_shares_contexts(zero("ssm")), condition_shares_contexts(noise("ssm", 0.1))
-        (True, False)
-        >>> condition_shares_contexts(zero("attn", positions=-1))      # -1 of which pass?
-        False
+        >>> shares_contexts(zero("ssm")), shares_contexts(zero("attn", positions=[0, 5]))
+        (True, True)
+        >>> shares_contexts(noise("ssm", 0.1)), shares_contexts(zero("attn", positions=-1))
+        (False, False)
     """
-    return condition.cache_safe
+    return all(intervention.cache_safe and counts_from_start(selector.positions)
+               for selector, intervention in condition.items)
+
+
+def counts_from_start(positions) -> bool:
+    """Whether a selector's `positions` pick the same tokens of a sequence however long it is: None,
+    indices >= 0, or a slice with bounds >= 0 and a positive step.
+
+    Examples:
+        >>> counts_from_start(None), counts_from_start([0, 3]), counts_from_start(slice(2, None, 2))
+        (True, True, True)
+        >>> counts_from_start(-1), counts_from_start(slice(-3, None)), counts_from_start(slice(None, None, -1))
+        (False, False, False)
+    """
+    if positions is None:
+        return True
+    if isinstance(positions, slice):
+        return all(bound is None or bound >= 0 for bound in (positions.start, positions.stop)) \
+            and (positions.step is None or positions.step > 0)
+    return all(p >= 0 for p in ([positions] if isinstance(positions, int) else positions))
+
+
+def check_positions(condition: Condition, lengths: Sequence[int]) -> None:
+    """Raise the `ValueError` a full-sequence pass would raise where a selector's positions are out of
+    range for an input of one of `lengths` tokens, or select none of its tokens (a pass over part of
+    the sequence cannot tell).
+
+    Examples:
+        >>> check_positions(zero("attn", positions=[0, 5]), [8, 6])
+        >>> check_positions(zero("attn", positions=[0, 5]), [8, 4])
+        Traceback (most recent call last):
+        ...
+        ValueError: Positions [0, 5] out of range for 4 tokens.
+    """
+    for selector, _ in condition.items:
+        if selector.positions is not None:
+            for length in sorted(set(lengths)):
+                selector.position_mask(torch.arange(length)[None])
 
 
 def shared_context_blocker(model) -> str | None:
     """Why shared-context scoring would not equal full-sequence scoring for `model` with the hooks
-    attached now (None: it would).
+    attached now (None: it would): a hook a cache would change, an inner point fed by an eager
+    mixer forward (`decoding.cache_blocker`), or a family whose cache does not continue several
+    tokens exactly (`continues_exactly`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
         >>> shared_context_blocker(model) is None
         True
-        >>> with model.hooks(fwd_hooks=[("blocks.0.linear_attn.hook_state", lambda state, hook: None)]):
+        >>> with noise("attn", 0.1).apply(model):
         ...     shared_context_blocker(model)
-        'eager Gated DeltaNet forward (feeding hooked inner points) is on'
+        "blocks.3.hook_attn_out has a hook that is not cache-safe (a Condition's intervention that depends on the whole sequence)"
     """
-    for tap in model._wrapping.taps:
-        if tap.active:
-            return f"{tap.description} (feeding hooked inner points) is on"
-    if not continues_exactly(model):
+    blocker = cache_blocker(model)
+    if blocker is None and not continues_exactly(model):
         return f"{type(model.hf_model).__name__}'s cache does not continue several tokens exactly"
-    return None
+    return blocker
 
 
 @torch.no_grad()
@@ -158,13 +201,25 @@ def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor
     ragged = not bool(mask.all())
     context_kwargs = dict(attention_mask=mask, position_ids=real_positions(mask, *mask.shape).clamp(min=0)) if ragged \
         else {}
-    logits = model(tokens, cache=cache, use_cache=True, logits_to_keep=1, **context_kwargs)
+    lengths = mask.sum(1)
+    with _context_lengths(model, lengths):
+        logits = model(tokens, cache=cache, use_cache=True, logits_to_keep=1, **context_kwargs)
     first = logits[:, -1].float().log_softmax(-1)
     if new is None:
         return first, None
     index = torch.tensor(list(owners), device=tokens.device)
     cache.reorder_cache(index)  # one copy of its context's cache per continuation row
-    positions = mask.sum(1)[index][:, None] + torch.arange(new.shape[1], device=tokens.device)
-    logits = model(new, attention_mask=torch.cat([mask[index], new_mask.to(mask)], 1), cache=cache, use_cache=True,
-                   position_ids=positions)
+    positions = lengths[index][:, None] + torch.arange(new.shape[1], device=tokens.device)
+    with _context_lengths(model, lengths[index]):
+        logits = model(new, attention_mask=torch.cat([mask[index], new_mask.to(mask)], 1), cache=cache,
+                       use_cache=True, position_ids=positions)
     return first, logits.float().log_softmax(-1)
+
+
+def _context_lengths(model, lengths: Int[Tensor, " batch"]):
+    """The next pass of `model` knows each row's context length (`ForwardState.prompt_lengths`), so a
+    selector resolves each token against the tokens up to it (`Selector.position_mask`), keeping any
+    settings waiting for the pass (`forward_settings`)."""
+    waiting = current_state()
+    base = waiting if waiting is not None and waiting.model is model and not waiting.running else ForwardState(model)
+    return replace(base, prompt_lengths=lengths).active()

@@ -25,6 +25,7 @@ from .knockout import knockout
 from .patching import component_selectors, kl_divergence, kl_metric, logit_diff_metric, patch
 from .selectors import THIRDS, Selector, Target, layer_thirds
 from .state_patching import patch_state
+from .steering import add
 from .sweep import Sweep, as_sweep, first_layer, run_conditions
 
 for _module in pkgutil.iter_modules(__path__):
@@ -32,7 +33,7 @@ for _module in pkgutil.iter_modules(__path__):
 globals().update({cls.__name__: cls for cls in REGISTRY.values()})
 
 __all__ = sorted([
-    "Condition", "Intervention", "Selector", "Sweep", "THIRDS", "Target", "ablation_of", "as_sweep",
+    "Condition", "Intervention", "Selector", "Sweep", "THIRDS", "Target", "ablation_of", "add", "as_sweep",
     "attribution_patch", "component_selectors", "first_layer", "kl_divergence", "kl_metric", "knockout",
     "layer_thirds", "logit_diff_metric", "mean", "mixer_off", "noise", "patch", "patch_from", "patch_state",
     "resample", "run_conditions", "scale", "skip_layer", "zero", *(cls.__name__ for cls in REGISTRY.values()),

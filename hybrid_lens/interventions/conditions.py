@@ -30,15 +30,15 @@ def _restrict(fn: HookFn, selector: Selector, rows: slice | None, model) -> Hook
         state = current_state()
         if state is None or not state.running or state.model is not model:  # outside a forward of `model`
             state = ForwardState(model, running=True)
-        positions = state.positions
-        if positions is None or positions.shape[-1] != part.shape[pos_dim]:
+        if state.positions is None or state.positions.shape[-1] != part.shape[pos_dim]:
             positions = real_positions(None, value.shape[0], part.shape[pos_dim]).to(part.device)
-        positions = positions if rows is None else positions[rows]
-        with replace(state, positions=positions).active():
+            state = replace(state, positions=positions, prompt_lengths=None)
+        state = state.restricted(rows)
+        with state.active():
             new = fn(part, hook)
         if new is part:
             return value
-        picked = selector.position_mask(positions)
+        picked = selector.position_mask(state.positions, state.prompt_lengths)
         if picked is not None:
             shape = [part.shape[0], *[1] * (pos_dim - 1), part.shape[pos_dim], *[1] * (part.ndim - pos_dim - 1)]
             new = torch.where(picked.view(shape), new, part)
@@ -140,7 +140,10 @@ class Condition:
             if intervention.needs_reference:
                 intervention.prepare(model, targets)
             for target in targets:
-                hooks += [(name, _restrict(fn, selector, rows, model)) for name, fn in intervention.hook_fns(target)]
+                for name, fn in intervention.hook_fns(target):
+                    hook = _restrict(fn, selector, rows, model)
+                    hook.cache_safe = bool(intervention.cache_safe)  # read by generation (`hook_points.cache_safe`)
+                    hooks.append((name, hook))
         return hooks
 
     @contextmanager

@@ -201,27 +201,43 @@ class Selector:
             raise ValueError(f"Positions {positions} out of range for {length} tokens.")
         return torch.tensor([p % length for p in positions], dtype=torch.long)
 
-    def position_mask(self, positions: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"] | None:
+    def position_mask(self, positions: Int[Tensor, "batch pos"], prompt_lengths: Int[Tensor, " batch"] | None = None,
+                      ) -> Bool[Tensor, "batch pos"] | None:
         """Which columns the selector's positions pick, row by row, counting real tokens only.
+
+        In a generation (`prompt_lengths` given, see `HookedHybrid.generate`), each token is resolved
+        against the tokens of the pass that computes it when decoding with a cache: the prompt pass
+        has the prompt, each later pass one token more. So `5` picks the token at 5 once (in the
+        prompt, or when it is generated), `-1` the prompt's last token and then every generated
+        token, `slice(-3, None)` the prompt's last three and every generated one, `slice(0, 4)` the
+        first four tokens; a position beyond the tokens so far picks nothing (yet), and a pass may
+        pick nothing. A cached generation and one that recomputes the whole sequence at every step
+        pick the same tokens.
 
         Args:
             positions: Per row, each column's index among the row's real tokens, -1 on padding
                 (`HookedHybrid.real_positions`; offset by the tokens before them when the run
                 continues a cache, so a row's length is its largest position plus one).
+            prompt_lengths: In a generation, each row's real prompt tokens
+                (`ForwardState.prompt_lengths`); None outside one.
 
         Returns:
             `Bool[Tensor, "batch pos"]`, or None for all positions. Position `0` is each row's
-            first real token and `-1` its last, with left or right padding. Raises `ValueError`
-            when a position is out of range for some row, or nothing is selected.
+            first real token and `-1` its last, with left or right padding. Outside a generation,
+            raises `ValueError` when a position is out of range for some row, or nothing is selected.
 
         Examples:
             >>> positions = torch.tensor([[0, 1, 2, -1], [0, 1, 2, 3]])       # row 0 right-padded
             >>> Selector("attn", positions=-1).position_mask(positions)
             tensor([[False, False,  True, False],
                     [False, False, False,  True]])
+            >>> Selector("attn", positions=-1).position_mask(torch.tensor([[0, 1, 2, 3]]), torch.tensor([2]))
+            tensor([[False,  True,  True,  True]])
         """
         if self.positions is None:
             return None
+        if prompt_lengths is not None:
+            return self._generation_mask(positions, prompt_lengths.to(positions.device))
         lengths = positions.max(1).values + 1  # real tokens so far (a continuation's positions are offset)
         picked = torch.zeros_like(positions, dtype=torch.bool)
         for row, length in enumerate(lengths.tolist()):
@@ -230,6 +246,21 @@ class Selector:
         if not bool(picked.any()):
             raise ValueError(f"Positions {self.positions} select no token of inputs of {sorted(set(lengths.tolist()))} "
                              "real tokens.")
+        return picked
+
+    def _generation_mask(self, positions: Tensor, prompt_lengths: Tensor) -> Tensor:
+        """`position_mask` in a generation: each column resolved against the real tokens of the pass
+        that computes it (its row's prompt for prompt tokens, itself and the tokens before it after)."""
+        prompt = prompt_lengths[:, None]
+        passes = torch.where(positions < prompt, prompt, positions + 1)  # real tokens of the computing pass
+        real, picked = positions >= 0, torch.zeros_like(positions, dtype=torch.bool)
+        for length in torch.unique(passes[real]).tolist():
+            if isinstance(self.positions, slice):
+                wanted = torch.arange(length)[self.positions]
+            else:
+                wanted = torch.tensor([p % length for p in np.atleast_1d(self.positions).tolist() if -length <= p < length],
+                                      dtype=torch.long)
+            picked |= real & (passes == length) & torch.isin(positions, wanted.to(positions.device))
         return picked
 
     def to_dict(self) -> dict[str, Any]:

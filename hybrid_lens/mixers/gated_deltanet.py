@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hook_points import Tap
+from .heads import add_head_input
 from .kinds import ComponentKind
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, output_tap, recurrent_eager_tap, refuse_cache
@@ -237,11 +238,15 @@ def add_points(hooks: MixerHooks, gdn, pattern_mode: Tap) -> list[Tap]:
     (implicit attention, `recurrence_out = pattern @ v` per head; computed only while hooked, and a
     replaced pattern is applied to the values instead of the recurrence), and `hook_state`
     `[batch, v_head, d_k, d_v]` (the recurrent state after chosen positions, see `StateHookPoint`).
+    From the output projection (cheap): `hook_z` `[batch, pos, v_head, d_v]`, its input (the gated,
+    normed recurrence output, per head), which `hook_result` splits by head (`mixers.heads`; weight
+    views `W_O` `[v_head, d_v, d_model]`, `b_O`).
     """
     layout = layout_of(gdn)
     names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
     forward = _eager_forward(gdn, layout, hooks, pattern_mode)
-    return [*layout.taps(hooks, gdn), recurrent_eager_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward")]
+    return [*layout.taps(hooks, gdn), recurrent_eager_tap(hooks, gdn, forward, names, "eager Gated DeltaNet forward"),
+            add_head_input(hooks, gdn, getattr(gdn, layout.out), gdn.num_v_heads, f"{layout.out} input")]
 
 
 def _eager_forward(gdn, layout: Layout, hooks: MixerHooks, pattern_mode: Tap):

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..hook_points import Tap
 from .gated_deltanet import apply_pattern, delta_rule_matrix
+from .heads import add_head_input
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, recurrent_eager_tap, refuse_cache
 
@@ -96,7 +97,9 @@ def add_points(hooks: MixerHooks, kda, pattern_mode: Tap) -> list[Tap]:
     the gated norm), `hook_pattern` `[batch, head, query_pos, key_pos]` (implicit attention,
     `recurrence_out = pattern @ v` per head; computed only while hooked, a replaced pattern is applied
     to the values instead of the recurrence), and `hook_state` `[batch, head, d_k, d_v]` (the
-    recurrent state after chosen positions, see `StateHookPoint`).
+    recurrent state after chosen positions, see `StateHookPoint`). From the output projection (cheap):
+    `hook_z` `[batch, pos, head, d_v]`, the input of `o_proj` (the gated, normed recurrence output per
+    head), which `hook_result` splits by head (`mixers.heads`; views `W_O`, `b_O`).
     """
     heads = kda.num_heads
     taps = [
@@ -109,7 +112,8 @@ def add_points(hooks: MixerHooks, kda, pattern_mode: Tap) -> list[Tap]:
     ]
     names = ["hook_q", "hook_k", "hook_v", "hook_beta", "hook_recurrence_out", "hook_pattern"]
     forward = _eager_forward(kda, hooks, pattern_mode)
-    return [*taps, recurrent_eager_tap(hooks, kda, forward, names, "eager Kimi Delta Attention forward")]
+    return [*taps, recurrent_eager_tap(hooks, kda, forward, names, "eager Kimi Delta Attention forward"),
+            add_head_input(hooks, kda, kda.o_proj, heads, "o_proj input")]
 
 
 def _eager_forward(kda, hooks: MixerHooks, pattern_mode: Tap):

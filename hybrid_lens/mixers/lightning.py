@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..hook_points import Tap
 from .gated_deltanet import apply_pattern, decay_matrix
+from .heads import add_head_input
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, mixer_output, recurrent_eager_tap, refuse_cache
 
@@ -82,12 +83,16 @@ def add_points(hooks: MixerHooks, attention: nn.Module, pattern_mode: Tap) -> li
     `recurrence_out = pattern @ v` per head; computed only while hooked, and a replaced pattern is
     applied to the values instead of the recurrence) and `hook_state` `[batch, head, d_head, d_head]`
     (the state `sum_s exp(-lambda (t - s)) k_s v_s^T` after chosen positions, see `StateHookPoint`).
+    From the output projection (cheap): `hook_z` `[batch, pos, head, d_head]`, the input of `out_proj`
+    (the normed, gated recurrence output; the norm spans all heads), which `hook_result` splits by head
+    (`mixers.heads`; views `W_O`, `b_O`).
     """
     heads = attention.num_attention_heads
     taps = [add_projection_point(hooks, attention.output_gate, "hook_gate", heads, "output_gate output")]
     names = ["hook_q", "hook_k", "hook_v", "hook_log_decay", "hook_recurrence_out", "hook_pattern"]
     forward = _eager_forward(attention, hooks, pattern_mode)
-    return [*taps, recurrent_eager_tap(hooks, attention, forward, names, "eager lightning attention forward")]
+    return [*taps, recurrent_eager_tap(hooks, attention, forward, names, "eager lightning attention forward"),
+            add_head_input(hooks, attention, attention.out_proj, heads, "out_proj input")]
 
 
 def _eager_forward(attention: nn.Module, hooks: MixerHooks, pattern_mode: Tap):

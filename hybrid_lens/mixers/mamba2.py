@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..hook_points import Tap
+from .heads import declare_heads
 from .kinds import ComponentKind
 from .state import split_scan
 from .taps import MixerHooks, add_projection_point, input_tap, mixer_output, recurrent_eager_tap, refuse_cache, single
@@ -87,7 +88,8 @@ def add_points(hooks: MixerHooks, mamba, pattern_mode: Tap) -> list[Tap]:
     `[batch, head, query_pos, key_pos]` (the semiseparable matrix M, scan output `M x + D x`;
     computed only while hooked, and a replaced M is applied to x instead of the scan), and
     `hook_state` `[batch, head, d_head, d_state]` (the SSM state after chosen positions, see
-    `StateHookPoint`).
+    `StateHookPoint`). `hook_result` splits `out_proj`'s output by head from `hook_y` (`mixers.heads`;
+    views `W_O` `[head, d_head, d_model]`, `b_O`).
     """
     split, join = single("hook_y", mamba.num_heads)
     taps = [
@@ -97,6 +99,7 @@ def add_points(hooks: MixerHooks, mamba, pattern_mode: Tap) -> list[Tap]:
     eager = recurrent_eager_tap(hooks, mamba, _eager_forward(mamba, hooks, pattern_mode),
                                 ["hook_z", "hook_dt", "hook_conv", "hook_x", "hook_B", "hook_C", "hook_pattern"],
                                 "eager Mamba-2 forward")
+    declare_heads(hooks, mamba, mamba.out_proj, mamba.num_heads, "hook_y")
     return [*taps, eager]
 
 

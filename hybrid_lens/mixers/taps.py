@@ -29,12 +29,47 @@ from ..hook_points import HookPoint, Tap, TappedHookPoint
 from .state import StateHookPoint
 
 class MixerHooks(nn.Module):
-    """Inner hook points of one mixer (e.g. `blocks.3.attn.hook_q`), all fed by taps."""
+    """Inner hook points of one mixer, MLP or norm (e.g. `blocks.3.attn.hook_q`), all fed by taps, and
+    what its kind declares about the `transformers` module behind it.
+
+    Attributes:
+        heads: How its output projection reads per-head values (`mixers.heads.Heads`, declared by the
+            kind's `add_points`), which feeds `hook_result`; None for a mixer without heads.
+        neurons: The neurons of a dense MLP (`mixers.mlp.Neurons`), in `blocks.{i}.mlp` only; None otherwise.
+        weights: Its weights in TransformerLens's layout (`mixers.weights.WeightViews`), read as
+            attributes: `blocks[3].attn.W_Q`, `blocks[0].mlp.W_out`; None where none are declared.
+    """
+
+    heads = None
+    neurons = None
+    weights = None
 
     def add(self, name: str, tap: Tap) -> TappedHookPoint:
         point = TappedHookPoint(tap)
         self.add_module(name, point)
         return point
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            weights = self.__dict__.get("weights")
+            if weights is None or not (name in weights or name in weights.absent):
+                raise
+        try:
+            return weights[name]
+        except KeyError as error:
+            raise AttributeError(error.args[0]) from None
+
+
+def _forward_attribute(module: nn.Module) -> str:
+    """The attribute holding what `module` runs: accelerate's inner forward under its dispatch hooks."""
+    return "_old_forward" if hasattr(module, "_hf_hook") and "_old_forward" in vars(module) else "forward"
+
+
+def forward_of(module: nn.Module) -> Callable:
+    """The forward `module` runs now (what `replace_forward` replaces), e.g. to call it from a new one."""
+    return getattr(module, _forward_attribute(module))
 
 
 def replace_forward(module: nn.Module, forward: Callable) -> Callable[[], None]:
@@ -43,7 +78,7 @@ def replace_forward(module: nn.Module, forward: Callable) -> Callable[[], None]:
     Under accelerate's dispatch hooks (`device_map=...`, offloading) the hook's inner forward is
     replaced, so the hook still moves weights and inputs to the execution device around it.
     """
-    attribute = "_old_forward" if hasattr(module, "_hf_hook") and "_old_forward" in vars(module) else "forward"
+    attribute = _forward_attribute(module)
     previous = vars(module).get(attribute)  # None: the class's own forward
     setattr(module, attribute, forward)
 
@@ -121,7 +156,7 @@ def eager_forward_tap(hooks: MixerHooks, module: nn.Module, forward: Callable, n
     def install():
         return replace_forward(module, forward)
 
-    tap = Tap(install, where)
+    tap = Tap(install, where, with_cache=False)  # the eager forwards are written for whole sequences
     for name in names:
         hooks.add(name, tap)
     return tap
@@ -181,19 +216,41 @@ def mixer_output(hooks: MixerHooks, recurrence: Callable[[], torch.Tensor], patt
 # --- attention pattern -------------------------------------------------------------------------
 
 PATTERN_ATTENTION = "hybrid_lens_eager"
-_PATTERN_POINTS: "weakref.WeakKeyDictionary[nn.Module, HookPoint]" = weakref.WeakKeyDictionary()
+EAGER_POINTS = ("hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern")  # fed by the eager path, in order
+_PATTERN_POINTS: "weakref.WeakKeyDictionary[nn.Module, MixerHooks]" = weakref.WeakKeyDictionary()
+
+
+def _per_position(point: HookPoint, x: torch.Tensor) -> torch.Tensor:
+    """Pass `[batch, head, pos, d_head]` through `point` as `[batch, pos, head, d_head]` (TransformerLens's layout)."""
+    value = x.transpose(1, 2)
+    new = point(value)
+    return x if new is value else new.transpose(1, 2)
+
+
+def _scores(point: HookPoint, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Pass masked attention scores through `point` with their masked entries at -inf, as TransformerLens
+    shows them; a replaced value is used with -inf entries at the dtype's minimum, as the mask's are."""
+    lowest = torch.finfo(scores.dtype).min
+    shown = scores if mask is None else scores.masked_fill(mask == torch.finfo(mask.dtype).min, float("-inf"))
+    new = point(shown)
+    return scores if new is shown else new.clamp(min=lowest)
 
 
 def _attention_with_pattern_hook(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
-    """Eager attention whose softmax pattern `[batch, head, query_pos, key_pos]` is a hook point."""
+    """Eager attention whose rotated queries and keys, scores and softmax pattern are hook points."""
+    hooks = _PATTERN_POINTS[module]
+    query = _per_position(hooks.hook_rot_q, query)
+    key = _per_position(hooks.hook_rot_k, key)
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
+    if mask is not None:
+        scores = scores + mask
+    scores = _scores(hooks.hook_attn_scores, scores, mask)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    pattern = _PATTERN_POINTS[module](pattern)
+    pattern = hooks.hook_pattern(pattern)
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
     return torch.matmul(pattern, value).transpose(1, 2).contiguous(), pattern
 
@@ -217,6 +274,11 @@ def pattern_mode_tap(config) -> Tap:
     return Tap(install, "eager attention with hook_pattern (replaces sdpa while a pattern hook is active)")
 
 
-def add_pattern_point(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> None:
-    """`hook_pattern` of one attention module, fed by the model-wide eager pattern path."""
-    _PATTERN_POINTS[attention] = hooks.add("hook_pattern", mode)
+def add_pattern_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> None:
+    """The points of one attention module fed by the model-wide eager pattern path: `hook_rot_q`,
+    `hook_rot_k` `[batch, pos, head, d_head]` (queries and keys as the scores read them: after any q/k
+    norm and rotary embedding, keys spanning a cache's positions too), `hook_attn_scores`
+    `[batch, head, query_pos, key_pos]` (scaled, masked scores: -inf where masked) and `hook_pattern`."""
+    for name in EAGER_POINTS:
+        hooks.add(name, mode)
+    _PATTERN_POINTS[attention] = hooks
