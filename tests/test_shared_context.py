@@ -223,3 +223,14 @@ def test_a_continuation_that_fills_the_window_is_scored_from_its_own_tokens():
     logprobs = reference(torch.tensor([ids[:-1]])).logits[0].log_softmax(-1)
     expected = sum(float(logprobs[p - 1, ids[p]]) for p in range(1, len(ids)))
     assert score == pytest.approx(expected, rel=1e-5)
+
+
+def test_contexts_near_the_window_are_batched_so_that_every_pass_fits_it():
+    """A long context with a short continuation and a short context with a long one: padded together,
+    the contexts' and continuations' columns would exceed the model's positions."""
+    reference, model = build("qwen2", visible=True, max_position_embeddings=96)
+    n_ctx = model.cfg.n_ctx
+    assert n_ctx == 96
+    requests = [("a" * (n_ctx - 2), " b"), ("a" * (n_ctx - 40), " long continuation of many tokens")]
+    got = loglikelihoods(model, requests, batch_size=2, progress=False)
+    np.testing.assert_allclose(got, plain_full_sequence(reference, model.tokenizer, requests), **TOLERANCE)

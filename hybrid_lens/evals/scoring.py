@@ -229,6 +229,11 @@ def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
         batches = [[same[i] for i in batch] for length in sorted(set(lengths), reverse=True)
                    for same in [[c for c, n in enumerate(lengths) if n == length]]
                    for batch in length_batches([length] * len(same), batch_size, model.device)]
+    widest = {c: max(len(pairs[i][1]) for i in contexts[context]) - 1 for c, context in enumerate(distinct)}
+    limit = getattr(model.cfg, "n_ctx", None)  # the padded context and continuation columns must fit
+    batches = [part for batch in batches for part in
+               ([[c] for c in batch] if limit and max(lengths[c] for c in batch) + max(widest[c] for c in batch) > limit
+                else [batch])]
     scores = [0.0] * len(pairs)
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
         fed: dict[tuple[int, tuple[int, ...]], int] = {}  # (context row, continuation but its last token) -> row
