@@ -166,6 +166,8 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
 
     spec = REGISTRY[task]
     kwargs = dict(seed=SEED) if spec.seeded else {}
+    if args.shots is not None and spec.shots:
+        kwargs["shots"] = args.shots
     result = spec(model, n=args.n, source="bundled", progress=False, **kwargs)
     requests = list(zip(result.requests.context, result.requests.continuation))
     examples = [list(rows) for _, rows in result.requests.groupby("example", sort=False).groups.items()]
@@ -204,9 +206,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(BUNDLED), help="comma-separated model names")
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--n", type=int, default=16, help="examples per task (each task's default shots)")
+    parser.add_argument("--n", type=int, default=8, help="examples per task")
     parser.add_argument("--batch-size", type=int, default=8, help="lm-eval: requests per pass; evals: contexts")
     parser.add_argument("--sweep-k", type=int, default=4, help="conditions of the sweep comparison (0: none)")
+    parser.add_argument("--sweep-tasks", default="hellaswag", help="tasks that also run the sweep comparison")
+    parser.add_argument("--shots", type=int, default=None, help="few-shot examples (default: each task's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--old-ref", default=OLD_REF, help="git revision of the old hybrid-lens ('' to skip)")
@@ -225,7 +229,7 @@ def main() -> None:
         old = OldWorker(args.old_ref, name, args.threads) if args.old_ref else None
         try:
             for task in args.tasks.split(","):
-                for sweep_k in sorted({0, args.sweep_k}):
+                for sweep_k in sorted({0, args.sweep_k if task in args.sweep_tasks.split(",") else 0}):
                     rows.append(measure(model, name, task, args, old, sweep_k))
                     print(rows[-1], flush=True)
         finally:
@@ -235,7 +239,8 @@ def main() -> None:
 
     lines = [f"# Scoring throughput: hybrid_lens.evals vs lm-eval's HFLM ({machine}, torch {torch.__version__}, "
              f"lm-eval {lm_eval.__version__}, float32)", "",
-             f"n={args.n} examples per task at each task's default shots, batch size {args.batch_size} on both sides, "
+             f"n={args.n} examples per task at {'each task' + chr(39) + 's default' if args.shots is None else args.shots} "
+             f"shots, batch size {args.batch_size} on both sides, "
              f"median of {args.repeats} interleaved repeats; `old` is hybrid-lens at {args.old_ref or '(skipped)'} "
              "(full-sequence scoring). Conditions: 1 = no condition; K = a Sweep of K skip_layer conditions (lm-eval: "
              "K runs). Every path's loglikelihoods agree with lm-eval's (rtol "
