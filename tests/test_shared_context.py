@@ -13,7 +13,7 @@ from transformers import DynamicCache
 from hybrid_lens.evals import loglikelihoods
 from hybrid_lens.evals import shared_context
 from hybrid_lens.evals.scoring import encode_pair
-from hybrid_lens.evals.shared_context import continues_exactly, shared_context_blocker, split_request
+from hybrid_lens.evals.shared_context import continues_exactly, reuses_prefix, shared_context_blocker, split_request
 from hybrid_lens.interventions import Sweep, noise, scale, skip_layer, zero
 
 from .fixtures import MODULE_OF_KIND, build
@@ -234,3 +234,29 @@ def test_contexts_near_the_window_are_batched_so_that_every_pass_fits_it():
     requests = [("a" * (n_ctx - 2), " b"), ("a" * (n_ctx - 40), " long continuation of many tokens")]
     got = loglikelihoods(model, requests, batch_size=2, progress=False)
     np.testing.assert_allclose(got, plain_full_sequence(reference, model.tokenizer, requests), **TOLERANCE)
+
+
+def test_a_sweep_shares_the_clean_context_pass_up_to_each_conditions_first_block(family):
+    """Prefix reuse: block 0 runs once over the contexts (the clean pass) for a sweep of conditions
+    that start later, and each condition's context pass starts at its first block; the scores equal
+    each condition alone, bit for bit."""
+    _, model = visible(family)
+    assert reuses_prefix(model) and continues_exactly(model)
+    n = model.n_layers
+    early, middle, late = n // 2 - 1, n // 2, n // 2 + 1
+    conditions = [skip_layer(early), skip_layer(late), scale("mlp", 0.5, layers=[middle, n - 1])]
+    requests = REQUESTS[:3]  # one context, three continuations
+    calls = dict.fromkeys((0, early, late), 0)
+
+    def count(value, hook):
+        calls[int(hook.name.split(".")[1])] += 1
+
+    with model.hooks(fwd_hooks=[(f"blocks.{i}.hook_mlp_out", count) for i in calls]):
+        swept = loglikelihoods(model, requests, Sweep(conditions), progress=False)
+    # block 0: the clean context pass (up to block `late`) and one continuation pass per condition;
+    # `early`: the clean pass, the context pass of the condition that starts there (skip_layer
+    # computes the block, then passes its input on), the continuation passes; `late`: every
+    # condition's context pass (from `early`, `late` and `middle`) and the continuation passes
+    assert calls == {0: 1 + 3, early: 1 + 1 + 3, late: 0 + 3 + 3}
+    for condition, scores in zip(conditions, swept, strict=True):
+        assert scores == loglikelihoods(model, requests, condition, progress=False)

@@ -27,7 +27,16 @@ from transformers import LogitsProcessor, StoppingCriteria
 from ..checks import is_int
 from ..decoding import batches_pad, cache_blocker, decode
 from ..interventions import Condition, Sweep, as_sweep
-from .shared_context import check_positions, context_logprobs, shared_context_blocker, shares_contexts, split_request
+from ..interventions.sweep import first_layer
+from .shared_context import (
+    check_positions,
+    clean_prefix,
+    context_logprobs,
+    reuses_prefix,
+    shared_context_blocker,
+    shares_contexts,
+    split_request,
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -152,9 +161,12 @@ def loglikelihoods(
             sequences per pass where those are scored); None: by device, see `length_batches`.
         condition: an intervention active for every forward pass; its positions count real tokens
             of each row from 0 (negative ones from each row's last token). A `Sweep` scores every
-            request under each of its conditions and returns one list per condition: each
-            condition that shares contexts runs its own context and continuation passes; the others
-            score full sequences together (condition batching and prefix reuse, as `Sweep.logits`).
+            request under each of its conditions and returns one list per condition: one clean
+            pass over each batch of contexts runs up to the deepest first block of the conditions
+            that share contexts, each of which then runs its context pass from its own first block
+            (prefix reuse, `first_layer`; with `reuse_prefix`) and its continuation pass; the other
+            conditions score full sequences together (condition batching and prefix reuse, as
+            `Sweep.logits`). Each result equals the condition scored alone, bit for bit.
         max_length: inputs longer than this keep their last tokens (default: the config's
             `max_position_embeddings`, as lm-eval).
 
@@ -188,17 +200,17 @@ def loglikelihoods(
     alone = {j for j, (context, _) in enumerate(pairs) if not context}  # scored as full sequences
     with_context = [j for j in range(len(pairs)) if j not in alone]
     sharing = bool(with_context) and shared_context_blocker(model) is None
-    shared: list[int] = []
     results: list[list[float]] = [[0.0] * len(pairs) for _ in sweep.conditions]
-    for i, each in enumerate(sweep.conditions):
-        if not (sharing and shares_contexts(each)):
-            continue
-        check_positions(each, [len(pairs[j][0]) + len(pairs[j][1]) - 1 for j in with_context])
-        with each.apply(model):
-            if cache_blocker(model) is not None:  # a hook of the condition that a cache would change
-                continue
-            scores = _score_shared(model, [pairs[j] for j in with_context], batch_size, progress)
-        shared.append(i)
+    shared = [i for i, each in enumerate(sweep.conditions) if sharing and shares_contexts(each)]
+    for i in shared:
+        check_positions(sweep.conditions[i], [len(pairs[j][0]) + len(pairs[j][1]) - 1 for j in with_context])
+    reuse = sweep.reuse_prefix and len(shared) > 1 and reuses_prefix(model)
+    starts = [first_layer(sweep.conditions[i], model) if reuse else 0 for i in shared]
+    scored = _score_shared(model, [pairs[j] for j in with_context], [sweep.conditions[i] for i in shared],
+                           [start if start < model.n_layers else 0 for start in starts], batch_size, progress) \
+        if shared else []
+    shared = [i for i, scores in zip(shared, scored) if scores is not None]  # a hook a cache would change: full
+    for i, scores in zip(shared, (scores for scores in scored if scores is not None)):
         for j, score in zip(with_context, scores):
             results[i][j] = score
     full = [i for i in range(len(sweep.conditions)) if i not in shared]
@@ -214,10 +226,12 @@ def loglikelihoods(
     return sweep.unwrap(results)
 
 
-def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int | None,
-                  progress: bool) -> list[float]:
-    """Summed log-probability of each `(context, continuation)` pair of token ids (both non-empty)
-    with the hooks attached now, each distinct context run once (`shared_context.context_logprobs`)."""
+def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], conditions: Sequence[Condition],
+                  starts: Sequence[int], batch_size: int | None, progress: bool) -> list[list[float] | None]:
+    """Per condition, the summed log-probability of each `(context, continuation)` pair of token ids
+    (both non-empty), each distinct context run once per condition (`shared_context.context_logprobs`),
+    from block `starts[k]` on (the clean pass before it shared by the conditions); None for a
+    condition with a hook that a cache would change (`decoding.cache_blocker`)."""
     contexts: dict[tuple[int, ...], list[int]] = {}
     for index, (context, _) in enumerate(pairs):
         contexts.setdefault(context, []).append(index)
@@ -234,7 +248,7 @@ def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
     batches = [part for batch in batches for part in
                ([[c] for c in batch] if limit and max(lengths[c] for c in batch) + max(widest[c] for c in batch) > limit
                 else [batch])]
-    scores = [0.0] * len(pairs)
+    scores: list[list[float] | None] = [[0.0] * len(pairs) for _ in conditions]
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
         fed: dict[tuple[int, tuple[int, ...]], int] = {}  # (context row, continuation but its last token) -> row
         for row, c in enumerate(batch):
@@ -243,15 +257,25 @@ def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
                     fed.setdefault((row, pairs[index][1][:-1]), len(fed))
         tokens, mask = padded(model, [distinct[c] for c in batch], side="left")
         new, new_mask = padded(model, [ids for _, ids in fed]) if fed else (None, None)
-        first, rest = context_logprobs(model, tokens, mask, [row for row, _ in fed], new, new_mask)
-        for row, c in enumerate(batch):
-            for index in contexts[distinct[c]]:
-                continuation = pairs[index][1]
-                score = first[row, continuation[0]]
-                if len(continuation) > 1:
-                    steps = rest[fed[(row, continuation[:-1])], : len(continuation) - 1]
-                    score = score + steps.gather(-1, torch.tensor(continuation[1:], device=steps.device)[:, None]).sum()
-                scores[index] = float(score)
+        entries = sorted({start for k, start in enumerate(starts) if start and scores[k] is not None})
+        prefix = clean_prefix(model, tokens, mask, entries) if entries else None
+        for k, condition in enumerate(conditions):
+            if scores[k] is None:
+                continue
+            with condition.apply(model):
+                if cache_blocker(model) is not None:
+                    scores[k] = None
+                    continue
+                first, rest = context_logprobs(model, tokens, mask, [row for row, _ in fed], new, new_mask, prefix,
+                                               starts[k])
+            for row, c in enumerate(batch):
+                for index in contexts[distinct[c]]:
+                    continuation = pairs[index][1]
+                    score = first[row, continuation[0]]
+                    if len(continuation) > 1:
+                        steps = rest[fed[(row, continuation[:-1])], : len(continuation) - 1]
+                        score = score + steps.gather(-1, torch.tensor(continuation[1:], device=steps.device)[:, None]).sum()
+                    scores[k][index] = float(score)
     return scores
 
 

@@ -25,9 +25,11 @@ an inner point fed by an eager mixer forward), and `loglikelihoods` then scores 
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Sequence
-from dataclasses import replace
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float, Int
@@ -35,12 +37,13 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from ..decoding import cache_blocker
-from ..forward_state import ForwardState, current_state, forward_settings
+from ..forward_state import ForwardState, current_state, forward_settings, hooks_enabled
 from ..interventions import Condition
 from ..tokens import real_positions
 
 PROBE_TOLERANCE = 1e-4  # largest |logit difference| (relative to the logits' scale) the probe accepts
 _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> continues_exactly(model)
+_REUSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> reuses_prefix(model)
 
 
 def split_request(context_ids: Sequence[int], continuation_ids: Sequence[int], max_length: int | None
@@ -172,8 +175,84 @@ def continues_exactly(model) -> bool:
     return _PROBED[model]
 
 
+@torch.no_grad()
+def reuses_prefix(model) -> bool:
+    """Whether a context pass of `model` may start at a later block from the clean residual stream,
+    with the earlier cache layers copied from the clean pass (block `i` keeps its state in cache
+    layer `i`): probed once per model (hooks off) against a pass from block 0.
+
+    Examples:
+        >>> reuses_prefix(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1"))
+        True
+    """
+    if model not in _REUSES:
+        vocab, start = model.cfg.vocab_size, max(model.n_layers // 2, 1)
+        tokens = torch.tensor([[(7 * i + 3) % vocab for i in range(6)], [0, 0, *[(5 * i + 11) % vocab for i in range(4)]]],
+                              device=model.device)
+        mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]], device=model.device)
+        new, new_mask = torch.tensor([[2, 5], [7, 0]], device=model.device) % vocab, torch.tensor([[1, 1], [1, 0]])
+        try:
+            with forward_settings(model, hooks=False):
+                whole = context_logprobs(model, tokens, mask, [0, 1], new, new_mask)
+            with forward_settings(model, hooks=False):
+                prefix = clean_prefix(model, tokens, mask, [start])
+            with forward_settings(model, hooks=False):
+                reused = context_logprobs(model, tokens, mask, [0, 1], new, new_mask, prefix, start)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError, AttributeError, IndexError, KeyError):
+            _REUSES[model] = False
+        else:
+            worst = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(reused, whole))
+            _REUSES[model] = worst <= PROBE_TOLERANCE
+    return _REUSES[model]
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """What the clean model computed over a batch of contexts, for conditions that start later
+    (prefix reuse): its cache (the layers before the deepest entry filled) and the residual stream
+    entering each entry block.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> prefix = clean_prefix(model, torch.tensor([[1136, 261, 2125]]), torch.tensor([[1, 1, 1]]), [3])
+        >>> prefix.cache.get_seq_length(), prefix.kept[3].shape   # 3 tokens cached; [context, pos, d_model]
+        (3, torch.Size([1, 3, 128]))
+    """
+
+    cache: DynamicCache
+    kept: dict[int, Tensor]
+
+
+def _context_kwargs(mask: Tensor) -> dict:
+    """A left-padded batch runs with its mask and each row's real positions; an unpadded one without."""
+    if bool(mask.all()):
+        return {}
+    return dict(attention_mask=mask, position_ids=real_positions(mask, *mask.shape).clamp(min=0))
+
+
+@torch.no_grad()
+def clean_prefix(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor, "context pos"],
+                 entries: Sequence[int]) -> Prefix:
+    """One pass of the model (with the hooks attached now) over left-padded contexts, up to the
+    deepest of `entries` (blocks > 0), keeping the residual stream entering each and the cache.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> prefix = clean_prefix(model, torch.tensor([[1136, 261, 2125]]), torch.tensor([[1, 1, 1]]), [2, 5])
+        >>> sorted(prefix.kept), prefix.kept[5].shape          # [context, pos, d_model]
+        ([2, 5], torch.Size([1, 3, 128]))
+    """
+    cache = DynamicCache(config=model.cfg)
+    with forward_settings(model, keep=tuple(entries), stop=max(entries), hooks=hooks_enabled()) as settings, \
+            _context_lengths(model, mask.sum(1)):
+        model(tokens, cache=cache, use_cache=True, **_context_kwargs(mask))
+    return Prefix(cache, dict(settings.kept))
+
+
+@torch.no_grad()
 def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor, "context pos"],
-                     owners: Sequence[int], new: Int[Tensor, "row width"] | None, new_mask: Int[Tensor, "row width"] | None
+                     owners: Sequence[int], new: Int[Tensor, "row width"] | None, new_mask: Int[Tensor, "row width"] | None,
+                     prefix: Prefix | None = None, start: int = 0,
                      ) -> tuple[Float[Tensor, "context vocab"], Float[Tensor, "row width vocab"] | None]:
     """Log-probabilities after each context and at each token of continuations that follow them,
     from one pass over the contexts (with a cache) and one over the continuations (from copies of it).
@@ -184,6 +263,9 @@ def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor
         new: Tokens fed after their context (a scored continuation without its last token: those
             tokens' predictions are what is scored), right-padded; `new_mask` is 1 on real ones.
             None: no continuation has more than one token.
+        prefix, start: With `start > 0`, the context pass starts at block `start` from the clean
+            residual stream of `prefix` (`clean_prefix`), whose cache gives the earlier layers: for
+            hooks that act from block `start` on only (`Sweep` conditions, `first_layer`).
 
     Returns:
         `(first, rest)`: `first[c]`, the next-token log-probabilities after context `c`
@@ -196,14 +278,18 @@ def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor
         >>> first, rest = context_logprobs(model, tokens, mask, [0, 1], new, new_mask)
         >>> first.shape, rest.shape                # [context, vocab], [row, width, vocab]
         (torch.Size([2, 4096]), torch.Size([2, 2, 4096]))
+        >>> reused = context_logprobs(model, tokens, mask, [0, 1], new, new_mask, clean_prefix(model, tokens, mask, [4]), 4)
+        >>> torch.allclose(reused[1], rest, atol=1e-5)
+        True
     """
     cache = DynamicCache(config=model.cfg)
-    ragged = not bool(mask.all())
-    context_kwargs = dict(attention_mask=mask, position_ids=real_positions(mask, *mask.shape).clamp(min=0)) if ragged \
-        else {}
     lengths = mask.sum(1)
-    with _context_lengths(model, lengths):
-        logits = model(tokens, cache=cache, use_cache=True, logits_to_keep=1, **context_kwargs)
+    entering = forward_settings(model, start=start, resid=prefix.kept[start], hooks=hooks_enabled()) if start \
+        else nullcontext()
+    with entering, _context_lengths(model, lengths):
+        logits = model(tokens, cache=cache, use_cache=True, logits_to_keep=1, **_context_kwargs(mask))
+    for layer in range(start):  # the blocks before `start` were not run: their cache is the clean pass's
+        cache.layers[layer] = copy.deepcopy(prefix.cache.layers[layer])
     first = logits[:, -1].float().log_softmax(-1)
     if new is None:
         return first, None
