@@ -16,7 +16,8 @@ from hybrid_lens.evals.scoring import encode_pair
 from hybrid_lens.evals.shared_context import continues_exactly, reuses_prefix, shared_context_blocker, split_request
 from hybrid_lens.interventions import Sweep, noise, scale, skip_layer, zero
 
-from .fixtures import MODULE_OF_KIND, build
+from .fixtures import build
+from .test_eval_batching import unbatched
 from .test_evals import ABLATION, hand_zero
 
 # contexts of unequal length, each with several continuations of one or more tokens
@@ -60,18 +61,6 @@ def full_sequence(model, requests, condition=None) -> list[float]:
     return out
 
 
-@torch.no_grad()
-def plain_full_sequence(reference, tokenizer, requests) -> list[float]:
-    """The same with the plain `transformers` model (no hooks)."""
-    out = []
-    for context, continuation in requests:
-        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
-        whole = context_ids + continuation_ids
-        logits = reference(torch.tensor([whole[:-1]])).logits[0, -len(continuation_ids):]
-        out.append(float(logits.log_softmax(-1).gather(-1, torch.tensor(continuation_ids)[:, None]).sum()))
-    return out
-
-
 class PassWidths:
     """Records (rows, columns) of every forward pass of the plain model inside a `HookedHybrid`."""
 
@@ -93,7 +82,7 @@ class PassWidths:
 @pytest.mark.parametrize("batch_size", [None, 1, 3])
 def test_shared_contexts_equal_full_sequences_of_the_plain_model(family, batch_size):
     reference, model = visible(family)
-    expected = plain_full_sequence(reference, model.tokenizer, REQUESTS)
+    expected = unbatched(reference, model.tokenizer, REQUESTS)
     got = loglikelihoods(model, REQUESTS, batch_size=batch_size, progress=False)
     np.testing.assert_allclose(got, expected, **TOLERANCE)
 
@@ -124,7 +113,7 @@ def test_shared_contexts_under_an_ablation_equal_hand_hooks(family):
     kind, layers = ABLATION[family]
     ours = np.array(loglikelihoods(model, REQUESTS, condition=zero(kind, layers), batch_size=4, progress=False))
     with hand_zero(reference, kind, layers):
-        expected = np.array(plain_full_sequence(reference, model.tokenizer, REQUESTS))
+        expected = np.array(unbatched(reference, model.tokenizer, REQUESTS))
     np.testing.assert_allclose(ours, expected, **TOLERANCE)
     plain = np.array(loglikelihoods(model, REQUESTS, progress=False))
     assert np.abs(plain - ours).max() > 0.1  # the ablation matters
@@ -211,7 +200,7 @@ def test_a_cache_that_cannot_continue_is_found_by_the_probe_and_scored_in_full(m
     assert not continues_exactly(other)
     assert "does not continue" in shared_context_blocker(other)
     np.testing.assert_allclose(loglikelihoods(other, REQUESTS, progress=False),
-                               plain_full_sequence(reference, other.tokenizer, REQUESTS), **TOLERANCE)
+                               unbatched(reference, other.tokenizer, REQUESTS), **TOLERANCE)
 
 
 @torch.no_grad()
@@ -233,7 +222,7 @@ def test_contexts_near_the_window_are_batched_so_that_every_pass_fits_it():
     assert n_ctx == 96
     requests = [("a" * (n_ctx - 2), " b"), ("a" * (n_ctx - 40), " long continuation of many tokens")]
     got = loglikelihoods(model, requests, batch_size=2, progress=False)
-    np.testing.assert_allclose(got, plain_full_sequence(reference, model.tokenizer, requests), **TOLERANCE)
+    np.testing.assert_allclose(got, unbatched(reference, model.tokenizer, requests), **TOLERANCE)
 
 
 def test_a_sweep_shares_the_clean_context_pass_up_to_each_conditions_first_block(family):
