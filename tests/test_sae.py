@@ -7,6 +7,8 @@ The reference replaces the same activation with `sae(x)` through a torch forward
 
 from __future__ import annotations
 
+import re
+
 from contextlib import contextmanager
 
 import pytest
@@ -197,7 +199,7 @@ class Affine(nn.Module):
 def first_of_each_inner_point(model) -> list[str]:
     """Every inner point name (`attn.hook_z`, `ssm.hook_x`, ...) in the first block that has it."""
     inner = [name for name, point in model.hook_dict.items() if isinstance(point, TappedHookPoint)]
-    return list({name.split(".", 2)[2]: name for name in reversed(inner)}.values())
+    return list({re.sub(r"^blocks\.\d+\.", "", name): name for name in reversed(inner)}.values())
 
 
 def nothing_left(model, names: dict, hooks: list[int]) -> None:
@@ -211,7 +213,8 @@ def nothing_left(model, names: dict, hooks: list[int]) -> None:
 def test_every_inner_point_takes_an_sae_as_a_hook_replacing_its_value_would(family, tokens):
     """The taps feeding inner points call whatever stands at the point: a module spliced in at any of them
     gives the logits of a hook returning `module(value)` there, bit for bit. Only points that carry no
-    `[batch, pos, ...]` activation (implicit attention patterns, recurrent states) are refused."""
+    `[batch, pos, ...]` activation (attention scores and patterns, implicit ones included, recurrent states) are
+    refused."""
     _, model = build(family, visible=True)
     names, hooks, clean = dict(model.hook_dict), torch_hook_counts(model), model(tokens)
     refused = []
@@ -229,7 +232,8 @@ def test_every_inner_point_takes_an_sae_as_a_hook_replacing_its_value_would(fami
             _, cache = model.run_with_cache(tokens, names_filter=f"{name}.hook_sae_output")
         assert cache[f"{name}.hook_sae_output"].shape[:2] == tokens.shape
         assert not torch.equal(hooked, clean), name  # so an SAE that did not run would fail the torch.equal above
-    assert set(refused) == {"hook_pattern", "hook_state"} - ({"hook_state"} if family == "qwen2" else set())
+    without_state = {"hook_state"} if family == "qwen2" else set()
+    assert set(refused) == {"hook_pattern", "hook_attn_scores", "hook_state"} - without_state
     nothing_left(model, names, hooks)
 
 

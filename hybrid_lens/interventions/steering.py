@@ -49,7 +49,7 @@ class Add(Intervention):
     _vector: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        check_number("Add coeff", self.coeff)
+        self.coeff = check_number("Add coeff", self.coeff)
         try:
             vector = torch.as_tensor(self.direction.tolist() if isinstance(self.direction, Tensor) else self.direction,
                                      dtype=torch.float64)
