@@ -231,10 +231,13 @@ def main() -> None:
             for task in args.tasks.split(","):
                 for sweep_k in sorted({0, args.sweep_k if task in args.sweep_tasks.split(",") else 0}):
                     rows.append(measure(model, name, task, args, old, sweep_k))
-                    print(rows[-1], flush=True)
+                    write_table(args, machine, rows)  # after every row, so a cut run keeps what it measured
         finally:
             if old:
                 old.close()
+
+
+def write_table(args, machine: str, rows: list[dict]) -> None:
     import lm_eval
 
     lines = [f"# Scoring throughput: hybrid_lens.evals vs lm-eval's HFLM ({machine}, torch {torch.__version__}, "
