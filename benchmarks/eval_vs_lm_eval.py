@@ -13,8 +13,8 @@ turn, the three paths on those requests:
   which scored full sequences), in a worker process that loads the same model and reads its
   requests from this one (so its time is interleaved with the others).
 
-With `--sweep-k K`, the same again for K layer-wise conditions (`skip_layer` at K evenly spaced
-blocks): lm-eval runs K times (under `condition.apply(model)`, which hooks `model.hf_model`), evals
+With `--sweep-k K`, the same again for K layer-wise conditions (`skip_layer` at K blocks evenly
+spaced inside the model, e.g. blocks 3 and 5 of 8 for K=2): lm-eval runs K times (under `condition.apply(model)`, which hooks `model.hf_model`), evals
 and old score one `Sweep` of the K. `bound` is the prefix-reuse bound of that sweep (K full passes
 over the blocks computed once the clean pass is shared: what prefix reuse alone could save).
 
@@ -65,7 +65,7 @@ def load(name: str, threads: int):
 def sweep_conditions(model, k: int) -> list:
     from hybrid_lens.interventions import skip_layer
 
-    layers = sorted({round(i * (model.n_layers - 1) / max(k - 1, 1)) for i in range(k)})
+    layers = sorted({round((i + 1) * model.n_layers / (k + 1)) for i in range(k)})  # evenly spaced inside
     return [skip_layer(layer) for layer in layers]
 
 
