@@ -11,8 +11,8 @@ and the public names of `hybrid_lens.analysis` and `hybrid_lens.interventions` i
 module's own names (the convention stated in docs/index.md). `HookedHybrid.from_pretrained` of a
 bundled model gives, as it does for a user, a freshly wrapped model with the checkpoint's weights;
 here each wraps a copy of the one model loaded per name (loading once is the speed-up). The
-examples of `study.report` and `study.tables` read a finished study: they run in a folder where the
-study their docstrings name has been run (`STUDY_COMMAND`).
+examples of `study.report`, `study.report.sections` and `study.tables` read a finished study: they run
+in a folder where the study their docstrings name has been run (`STUDY_COMMAND`).
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ DOCUMENTED = [  # the public API: every function, class and method with a docstr
     *(name for name in MODULES if name.startswith(("hybrid_lens.interventions.", "hybrid_lens.evals.",
                                                    "hybrid_lens.study."))),
 ]
-# what the examples of study.report and study.tables read (run once, in the folder they run in)
+# what the examples of READS_A_STUDY read (run once, in the folder they run in)
 STUDY_COMMAND = ["study", "--model", "hybrid-lens/tiny-qwen2.5", "--tasks", "ppl", "--conditions",
                  "group,layer,transformer", "--n", "2", "--out", "hybrid-lens-study", "--no-png"]
-READS_A_STUDY = ("hybrid_lens.study.report", "hybrid_lens.study.tables")
+READS_A_STUDY = ("hybrid_lens.study.report", "hybrid_lens.study.report.sections", "hybrid_lens.study.tables")
 
 
 def _own(obj, module) -> bool:

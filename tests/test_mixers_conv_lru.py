@@ -231,7 +231,7 @@ def test_lfm2_moe_router_points_are_the_router_outputs(tokens):
     _, cache = model.run_with_cache(tokens, names_filter=names)
     for name, value in zip(names, seen["gate"][1]):
         assert torch.equal(cache[name], value.reshape(*tokens.shape, -1)), name
-    assert not any(name.startswith("blocks.0.mlp.") for name in model.hook_dict)
+    assert not any(name.startswith("blocks.0.mlp.hook_router") for name in model.hook_dict)
     with model.hooks(fwd_hooks=[(names[1], lambda weights, hook: torch.zeros_like(weights))]):
         _, cut = model.run_with_cache(tokens, names_filter="blocks.1.hook_mlp_out")
     assert not cut["blocks.1.hook_mlp_out"].any()
