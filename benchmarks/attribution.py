@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ from scipy.stats import pearsonr, spearmanr
 from hybrid_lens import HookedHybrid
 from hybrid_lens.interventions import attribution_patch, logit_diff_metric, patch
 
-from results_io import write_results
+from results_io import timed, write_results
 
 MODELS = ("hybrid-lens/tiny-qwen3.5", "hybrid-lens/tiny-falcon-h1", "hybrid-lens/tiny-qwen2.5")
 # (label, clean, corrupt, (correct, wrong) tokens of a logit-difference metric, or None for KL at the last position)
@@ -35,15 +33,6 @@ TASKS = (
     ("heaven/light (KL)", "In the beginning God created the heaven and the",
      "In the beginning God created the light and the", None),
 )
-
-
-def timed(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return result, statistics.median(times)
 
 
 def measure(name: str, repeats: int) -> list[dict]:

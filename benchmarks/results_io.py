@@ -1,8 +1,11 @@
-"""Writing a benchmark's results: a Markdown table, and a JSON file beside it with the same rows."""
+"""Writing a benchmark's results: a Markdown table, and a JSON file beside it with the same rows; and
+timing a call (`timed`)."""
 
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
 
 
@@ -16,3 +19,13 @@ def write_results(out: Path, lines: list[str], machine: str, rows: list[dict], s
         summary["settings"] = {key: str(value) for key, value in settings.items()}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n".join(lines))
+
+
+def timed(fn, repeats: int):
+    """`fn()`'s result and the median of `repeats` wall-clock times of it, in seconds."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return result, statistics.median(times)

@@ -201,9 +201,11 @@ def forward_settings(model, *, start: int = 0, resid: Tensor | None = None, stop
         yield state
 
 
-def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None) -> ForwardState:
+def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None, positions: Tensor | None = None,
+          prompt_lengths: Tensor | None = None) -> ForwardState:
     """The state of a pass of `model` over `tokens` with attention mask `mask` (longer than `tokens`
-    when the pass continues a cache), taking the waiting `forward_settings` of `model`.
+    when the pass continues a cache), taking the waiting `forward_settings` of `model`. A caller that
+    knows the pass's `positions` (a generation step) gives them, and its rows' `prompt_lengths`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -215,9 +217,11 @@ def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None) -> Forwa
     base = waiting if waiting is not None and waiting.model is model and not waiting.running else ForwardState(model)
     if stop is not None and base.stop is not None and stop != base.stop:
         raise ValueError(f"stop_at_layer={stop} conflicts with the stop {base.stop} already set for this pass.")
-    length = tokens.shape[1] if mask is None else mask.shape[1]
-    positions = real_positions(mask, tokens.shape[0], length)[:, -tokens.shape[1]:].to(tokens.device)
-    return replace(base, running=True, positions=positions, tokens=tokens, stop=base.stop if stop is None else stop)
+    if positions is None:
+        length = tokens.shape[1] if mask is None else mask.shape[1]
+        positions = real_positions(mask, tokens.shape[0], length)[:, -tokens.shape[1]:].to(tokens.device)
+    return replace(base, running=True, positions=positions, tokens=tokens, stop=base.stop if stop is None else stop,
+                   prompt_lengths=base.prompt_lengths if prompt_lengths is None else prompt_lengths)
 
 
 def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:

@@ -44,8 +44,9 @@ DOCUMENTED = [  # the public API: every function, class and method with a docstr
     "hybrid_lens.mixers.mamba2", "hybrid_lens.mixers.lightning", "hybrid_lens.mixers.heads", "hybrid_lens.mixers.norm",
     "hybrid_lens.mixers.mlp", "hybrid_lens.mixers.weights", "hybrid_lens.weights", "hybrid_lens.cache.units",
     "hybrid_lens.cache.slicing",
+    "hybrid_lens.circuits",
     *(name for name in MODULES if name.startswith(("hybrid_lens.interventions.", "hybrid_lens.evals.",
-                                                   "hybrid_lens.study."))),
+                                                   "hybrid_lens.study.", "hybrid_lens.circuits."))),
 ]
 # what the examples of READS_A_STUDY read (run once, in the folder they run in)
 STUDY_COMMAND = ["study", "--model", "hybrid-lens/tiny-qwen2.5", "--tasks", "ppl", "--conditions",

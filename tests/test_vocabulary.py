@@ -88,7 +88,7 @@ ROOMS = [("registry", "checks", "tokens", "forward_state", "norms"), ("hook_poin
          ("adapters",), ("cache",),
          ("model", "loading", "tokenizing", "caching", "readout", "generation", "decoding", "nnsight_view",
           "nnsight_envoy", "sae", "weights", "copying", "lens_config", "resolver"),
-         ("zoo", "configs"), ("interventions",),
+         ("zoo", "configs"), ("interventions",), ("circuits",),
          ("analysis", "evals", "study", "viz", "cli", "coverage", "console", "conventions")]
 
 

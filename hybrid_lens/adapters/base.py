@@ -120,7 +120,7 @@ def resid_in(block: HookedBlock, entry: Entry | None, hidden_states):
     state = current_state()
     if state is not None and state.running:
         state.enter(block.index, hidden_states)
-    return block.hook_resid_pre(hidden_states)
+    return block._modules["hook_resid_pre"](hidden_states)  # what `block.hook_resid_pre` gives, faster
 
 
 class Wrapping:
