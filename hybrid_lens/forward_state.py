@@ -71,7 +71,9 @@ class ForwardState:
         keep: Blocks whose input is recorded into `kept` (block index -> tensor).
         hooks: Whether hook functions run (False: every hook point passes its value through).
         prompt_lengths: `Int[Tensor, " batch"]`, in a generation: each row's real prompt tokens (the
-            tokens after them are computed one per pass); None outside a generation.
+            tokens after them are computed one per pass); in shared-context scoring
+            (`evals.shared_context`), each row's context tokens (its continuation follows in one more
+            pass); None otherwise.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")

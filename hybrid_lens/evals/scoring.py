@@ -4,15 +4,18 @@ greedy generation, each with an optional intervention active for every forward p
 The rules follow lm-evaluation-harness (`HFLM`) so scores can be compared with its numbers: a
 context's trailing whitespace moves to the continuation, the pair is tokenized whole and split at
 the context's length, over-long inputs are truncated from the left, and a generation is cut at the
-first stop string. Batches are right-padded for scoring (exact for every mixer: real tokens never
-see the padding after them) and left-padded for generation, which runs `HookedHybrid.generate`'s
-loop (`decoding.decode`; checked against step-by-step recomputation in the tests).
+first stop string. Loglikelihoods run each distinct context once and score its continuations from
+its cache (`shared_context`; contexts left-padded, continuations right-padded), or else score full
+sequences in right-padded batches (exact for every mixer: real tokens never see the padding after
+them). Generation left-pads and runs `HookedHybrid.generate`'s loop (`decoding.decode`; checked
+against step-by-step recomputation in the tests).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -22,8 +25,18 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, StoppingCriteria
 
 from ..checks import is_int
-from ..decoding import batches_pad, decode
+from ..decoding import batches_pad, cache_blocker, decode
 from ..interventions import Condition, Sweep, as_sweep
+from ..interventions.sweep import first_layer
+from .shared_context import (
+    check_positions,
+    clean_prefix,
+    context_logprobs,
+    reuses_prefix,
+    shared_context_blocker,
+    shares_contexts,
+    split_request,
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -131,17 +144,29 @@ def loglikelihoods(
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each continuation given its context, `log p(continuation | context)`.
 
-    Requests with the same input tokens (e.g. the four one-letter MMLU answers) share one sequence
-    in the forward pass; sequences run longest first in right-padded batches (`length_batches`),
-    and results come back in the order of `requests`.
+    Each distinct context runs once and its continuations are scored from its cache (shared-context
+    scoring, `evals.shared_context`: the attention keys and values and every linear mixer's
+    recurrent and convolution states), in batches of contexts sorted by length (`length_batches`);
+    results come back in the order of `requests`. This equals scoring each full sequence (tested per
+    family, under conditions too). Where it would not, the requests' full sequences are scored in
+    right-padded batches instead, requests with the same input tokens sharing one sequence: for a
+    condition that is not `cache_safe` (positions, inner points, noise, resample, patching), for a
+    family whose cache does not continue several tokens exactly (`continues_exactly`), while an
+    inner hook point fed by an eager mixer forward is hooked, and for a continuation that alone
+    fills `max_length`. Either way a condition's positions count each row's real tokens.
 
     Args:
         requests: `(context, continuation)` strings, e.g. `("Question: ...\\nAnswer:", " Paris")`.
-        batch_size: sequences per forward pass (None: by device, see `length_batches`).
-        condition: an intervention active for every forward pass. Its positions count from the
-            start of each sequence; negative ones would count from the end of a padded batch, so
-            use `batch_size=1` with those. A `Sweep` scores every request under each of its
-            conditions (condition batching and prefix reuse) and returns one list per condition.
+        batch_size: contexts per forward pass, their continuations sharing one more pass (full
+            sequences per pass where those are scored); None: by device, see `length_batches`.
+        condition: an intervention active for every forward pass; its positions count real tokens
+            of each row from 0 (negative ones from each row's last token). A `Sweep` scores every
+            request under each of its conditions and returns one list per condition: one clean
+            pass over each batch of contexts runs up to the deepest first block of the conditions
+            that share contexts, each of which then runs its context pass from its own first block
+            (prefix reuse, `first_layer`; with `reuse_prefix`) and its continuation pass; the other
+            conditions score full sequences together (condition batching and prefix reuse, as
+            `Sweep.logits`). Each result equals the condition scored alone, bit for bit.
         max_length: inputs longer than this keep their last tokens (default: the config's
             `max_position_embeddings`, as lm-eval).
 
@@ -165,37 +190,122 @@ def loglikelihoods(
     check_positive(batch_size=batch_size, max_length=max_length)
     max_length = _max_length(model, max_length)
     memo: dict[str, list[int]] = {}
-    jobs: list[tuple[tuple[int, ...], list[int]]] = []
-    span: dict[tuple[int, ...], int] = {}  # unique input -> how many final positions are scored
+    pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     for context, continuation in requests:
         context_ids, continuation_ids = _encode_pair(model.tokenizer, context, continuation, memo)
         if not continuation_ids:
             raise ValueError(f"The continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}.")
-        whole = context_ids + continuation_ids
-        if max_length is not None:
-            whole = whole[-(max_length + 1) :]
-        key = tuple(whole[:-1])
-        span[key] = max(span.get(key, 0), len(continuation_ids))
-        jobs.append((key, continuation_ids))
+        pairs.append(split_request(context_ids, continuation_ids, max_length))
+    sweep = as_sweep(condition)
+    alone = {j for j, (context, _) in enumerate(pairs) if not context}  # scored as full sequences
+    with_context = [j for j in range(len(pairs)) if j not in alone]
+    sharing = bool(with_context) and shared_context_blocker(model) is None
+    results: list[list[float]] = [[0.0] * len(pairs) for _ in sweep.conditions]
+    shared = [i for i, each in enumerate(sweep.conditions) if sharing and shares_contexts(each)]
+    for i in shared:
+        check_positions(sweep.conditions[i], [len(pairs[j][0]) + len(pairs[j][1]) - 1 for j in with_context])
+    reuse = sweep.reuse_prefix and len(shared) > 1 and reuses_prefix(model)
+    starts = [first_layer(sweep.conditions[i], model) if reuse else 0 for i in shared]
+    scored = _score_shared(model, [pairs[j] for j in with_context], [sweep.conditions[i] for i in shared],
+                           [start if start < model.n_layers else 0 for start in starts], batch_size, progress) \
+        if shared else []
+    shared = [i for i, scores in zip(shared, scored) if scores is not None]  # a hook a cache would change: full
+    for i, scores in zip(shared, (scores for scores in scored if scores is not None)):
+        for j, score in zip(with_context, scores):
+            results[i][j] = score
+    full = [i for i in range(len(sweep.conditions)) if i not in shared]
+    for conditions, rows in ((full, range(len(pairs))), (shared, sorted(alone))):
+        if conditions and rows:
+            subset = sweep if len(conditions) == len(sweep.conditions) else \
+                replace(sweep, conditions=tuple(sweep.conditions[i] for i in conditions), single=False)
+            for i, scores in zip(conditions, _score_full(model, [pairs[j] for j in rows], subset, batch_size, progress)):
+                for j, score in zip(rows, scores):
+                    results[i][j] = score
+    for result, each in zip(results, sweep.conditions):
+        check_finite(result, "loglikelihood of requests", each)
+    return sweep.unwrap(results)
+
+
+def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], conditions: Sequence[Condition],
+                  starts: Sequence[int], batch_size: int | None, progress: bool) -> list[list[float] | None]:
+    """Per condition, the summed log-probability of each `(context, continuation)` pair of token ids
+    (both non-empty), each distinct context run once per condition (`shared_context.context_logprobs`),
+    from block `starts[k]` on (the clean pass before it shared by the conditions); None for a
+    condition with a hook that a cache would change (`decoding.cache_blocker`)."""
+    contexts: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(pairs):
+        contexts.setdefault(context, []).append(index)
+    distinct = list(contexts)
+    lengths = [len(context) for context in distinct]
+    if batches_pad(model):
+        batches = length_batches(lengths, batch_size, model.device)
+    else:  # padding before a row's tokens would change it: contexts of one length per batch
+        batches = [[same[i] for i in batch] for length in sorted(set(lengths), reverse=True)
+                   for same in [[c for c, n in enumerate(lengths) if n == length]]
+                   for batch in length_batches([length] * len(same), batch_size, model.device)]
+    widest = {c: max(len(pairs[i][1]) for i in contexts[context]) - 1 for c, context in enumerate(distinct)}
+    limit = getattr(model.cfg, "n_ctx", None)  # the padded context and continuation columns must fit
+    batches = [part for batch in batches for part in
+               ([[c] for c in batch] if limit and max(lengths[c] for c in batch) + max(widest[c] for c in batch) > limit
+                else [batch])]
+    scores: list[list[float] | None] = [[0.0] * len(pairs) for _ in conditions]
+    for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
+        fed: dict[tuple[int, tuple[int, ...]], int] = {}  # (context row, continuation but its last token) -> row
+        for row, c in enumerate(batch):
+            for index in contexts[distinct[c]]:
+                if len(pairs[index][1]) > 1:
+                    fed.setdefault((row, pairs[index][1][:-1]), len(fed))
+        tokens, mask = padded(model, [distinct[c] for c in batch], side="left")
+        new, new_mask = padded(model, [ids for _, ids in fed]) if fed else (None, None)
+        entries = sorted({start for k, start in enumerate(starts) if start and scores[k] is not None})
+        prefix = clean_prefix(model, tokens, mask, entries) if entries else None
+        for k, condition in enumerate(conditions):
+            if scores[k] is None:
+                continue
+            with condition.apply(model):
+                if cache_blocker(model) is not None:
+                    scores[k] = None
+                    continue
+                first, rest = context_logprobs(model, tokens, mask, [row for row, _ in fed], new, new_mask, prefix,
+                                               starts[k])
+            for row, c in enumerate(batch):
+                for index in contexts[distinct[c]]:
+                    continuation = pairs[index][1]
+                    score = first[row, continuation[0]]
+                    if len(continuation) > 1:
+                        steps = rest[fed[(row, continuation[:-1])], : len(continuation) - 1]
+                        score = score + steps.gather(-1, torch.tensor(continuation[1:], device=steps.device)[:, None]).sum()
+                    scores[k][index] = float(score)
+    return scores
+
+
+def _score_full(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], sweep: Sweep,
+                batch_size: int | None, progress: bool) -> list[list[float]]:
+    """Per condition of `sweep`, the summed log-probability of each pair's continuation, from
+    right-padded batches of the full sequences (pairs with the same input tokens share one; a
+    continuation without a context is scored from its second token, the first one predicted)."""
+    span: dict[tuple[int, ...], int] = {}  # unique input -> how many final positions are scored
+    jobs = []
+    for context, continuation in pairs:
+        key = (context + continuation)[:-1]
+        scored = continuation[len(continuation) - min(len(continuation), len(key)):]
+        span[key] = max(span.get(key, 0), len(scored))
+        jobs.append((key, scored))
     by_input: dict[tuple[int, ...], list[int]] = {}
     for index, (key, _) in enumerate(jobs):
         by_input.setdefault(key, []).append(index)
-
     inputs = list(span)
     batches = [[inputs[i] for i in batch] for batch in length_batches([len(key) for key in inputs], batch_size,
                                                                      model.device)]
-    sweep = as_sweep(condition)
     results = [[0.0] * len(jobs) for _ in sweep.conditions]
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
         for result, batch_logprobs in zip(results, last_logprobs(model, batch, [span[key] for key in batch], sweep)):
             for key, logprobs in zip(batch, batch_logprobs):
                 for index in by_input[key]:
-                    continuation = jobs[index][1]
-                    targets = torch.tensor(continuation, device=logprobs.device)[:, None]
-                    result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
-    for result, each in zip(results, sweep.conditions):
-        check_finite(result, "loglikelihood of requests", each)
-    return sweep.unwrap(results)
+                    scored = jobs[index][1]
+                    targets = torch.tensor(scored, device=logprobs.device)[:, None]
+                    result[index] = float(logprobs[len(logprobs) - len(scored) :].gather(-1, targets).sum())
+    return results
 
 
 CPU_BATCH_TOKENS = 512  # by default a CPU batch holds as many sequences as fit in this many padded tokens
@@ -234,10 +344,9 @@ def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch
 
 def padded(model, sequences: Sequence[Sequence[int]], side: str = "right"
            ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Token ids padded on `side` with the pad token (else 0), and their attention mask. Scoring runs
-    right-padded ids without the mask, as lm-eval does: every mixer is causal, so real tokens never
-    see the padding after them, and sdpa keeps its fast causal kernel (an explicit mask makes CPU
-    attention about 3x slower). Generation continues left-padded ids, with the mask.
+    """Token ids padded on `side` with the pad token (else 0), and their attention mask. Scoring
+    right-pads (every mixer is causal, so real tokens never see the padding after them) and left-pads
+    the contexts of shared-context scoring; generation continues left-padded ids.
 
     Returns:
         `(tokens, mask)`, `Int[Tensor, "batch pos"]` on the model's device.
@@ -263,7 +372,9 @@ def padded(model, sequences: Sequence[Sequence[int]], side: str = "right"
 def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
                   condition: Condition | Sweep | None = None) -> list[list[Tensor]]:
     """Log-probabilities predicted at the last `counts[i]` positions of each input, from one
-    right-padded forward pass that projects only those positions onto the vocabulary.
+    right-padded forward pass that projects only those positions onto the vocabulary. Inputs of
+    unequal length run with their attention mask, so a condition's positions count each row's real
+    tokens (`-1` is a row's last token, not the batch's last column).
 
     Returns per condition of `as_sweep(condition)` (one for a lone condition or None) and per
     input a float32 tensor `[counts[i], vocab]`.
@@ -278,7 +389,7 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
         >>> len(per_condition), per_condition[1][0].shape
         (2, torch.Size([2, 4096]))
     """
-    tokens = padded(model, inputs)[0]
+    tokens, mask = padded(model, inputs)
     width = max(counts)
     ends = torch.tensor([len(ids) for ids in inputs], device=tokens.device)
     positions = (ends[:, None] - width + torch.arange(width, device=tokens.device)).clamp(min=0)
@@ -286,7 +397,8 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
     def rows(logits: Float[Tensor, "batch width vocab"]) -> list[Tensor]:
         return [logits[row, width - count :].float().log_softmax(-1) for row, count in enumerate(counts)]
 
-    return [rows(logits) for logits in as_sweep(condition).logits(model, tokens, logits_to_keep=positions)]
+    mask = None if bool(mask.all()) else mask
+    return [rows(logits) for logits in as_sweep(condition).logits(model, tokens, mask, logits_to_keep=positions)]
 
 
 def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
