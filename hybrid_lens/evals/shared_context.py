@@ -263,9 +263,10 @@ def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor
         new: Tokens fed after their context (a scored continuation without its last token: those
             tokens' predictions are what is scored), right-padded; `new_mask` is 1 on real ones.
             None: no continuation has more than one token.
-        prefix, start: With `start > 0`, the context pass starts at block `start` from the clean
-            residual stream of `prefix` (`clean_prefix`), whose cache gives the earlier layers: for
-            hooks that act from block `start` on only (`Sweep` conditions, `first_layer`).
+        prefix: The clean pass (`clean_prefix`) that a pass with `start > 0` continues: its residual
+            stream at block `start` and its cache of the earlier layers.
+        start: With `start > 0`, the context pass starts at block `start` from `prefix`: for hooks
+            that act from block `start` on only (`Sweep` conditions, `first_layer`).
 
     Returns:
         `(first, rest)`: `first[c]`, the next-token log-probabilities after context `c`
