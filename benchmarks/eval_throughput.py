@@ -4,10 +4,12 @@ The naive loop is what a user would write against `model.hf_model`: one unpadded
 (context, continuation) request, log-softmax over every position, the continuation's
 log-probabilities summed. It builds the same prompts and tokenizes with the same rules as the evals
 (`encode_pair`, left truncation to `max_position_embeddings`), so both paths must give the same
-loglikelihoods and accuracy (checked here); only the forwards differ: the evals run right-padded
-batches sorted by length (each size in `--batch-sizes`; `default`: the evals' default, by device),
-share identical inputs (MMLU's four answer letters) and project only scored positions. The
-padding column is the share of padded positions in the evals' forwards at that batch size. All paths are timed in the same run, interleaved, after a warm-up.
+loglikelihoods and accuracy (checked here); only the forwards differ: the evals run each distinct
+context once and its continuations from its cache (shared-context scoring, batches of contexts
+sorted by length; each size in `--batch-sizes`; `default`: the evals' default, by device). The
+padding column is the share of padded positions the evals' full-sequence path (their fallback,
+and what they ran before shared contexts) would compute at that batch size. All paths are timed in
+the same run, interleaved, after a warm-up. `eval_vs_lm_eval.py` compares the evals with lm-eval.
 
     python benchmarks/eval_throughput.py --threads 1 --out benchmarks/results/eval_throughput_cpu_bundled.md
     python benchmarks/eval_throughput.py --size full --out benchmarks/results/eval_throughput_cuda_full.md

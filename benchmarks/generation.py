@@ -1,6 +1,7 @@
 """Generation speed: `HookedHybrid.generate` as a ratio to `hf_model.generate` of the plain model, same run.
 
-Per bundled model (or a reference config at full size, `--size reference`, for a GPU): greedy decoding of
+Per bundled model (or a published config at full size with random weights, `--size reference`: bfloat16 on a
+GPU, float32 on CPU unless `--dtype` says otherwise): greedy decoding of
 `--new` tokens after a `--batch` x `--prompt` random prompt, four ways, interleaved, medians of
 `--repeats`: the plain `transformers` model's `generate`; `generate` with no hooks; with a steering
 condition (`add` on the residual stream entering the middle block: cache-safe, so it keeps the cache);
@@ -8,6 +9,8 @@ and with a hook reading the recurrent state (`hook_state` of the first linear mi
 mixer forward: every step recomputes the whole sequence). Tokens/s counts new tokens of every row.
 
     python benchmarks/generation.py --out benchmarks/results/generation_cpu_bundled.md
+    python benchmarks/generation.py --size reference --new 16 --repeats 3 \
+        --out benchmarks/results/generation_cpu_reference.md
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ BUNDLED = ("hybrid-lens/tiny-qwen3.5", "hybrid-lens/tiny-falcon-h1", "hybrid-len
 CASES = ("hf_model.generate", "generate, no hooks", "generate, steering hook", "generate, state hook")
 
 
-def load(name: str, size: str, device: str) -> HookedHybrid:
+def load(name: str, size: str, device: str, dtype: torch.dtype) -> HookedHybrid:
     if size == "bundled":
         return HookedHybrid.from_pretrained(name).to(device)
     from transformers import AutoModelForCausalLM
@@ -39,7 +42,7 @@ def load(name: str, size: str, device: str) -> HookedHybrid:
     family = {"hybrid-lens/tiny-qwen3.5": "qwen3_5", "hybrid-lens/tiny-falcon-h1": "falcon_h1",
               "hybrid-lens/tiny-qwen2.5": "qwen2"}[name]
     torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(reference_config(family), dtype=torch.bfloat16).to(device).eval()
+    hf = AutoModelForCausalLM.from_config(reference_config(family), dtype=dtype).to(device).eval()
     return HookedHybrid.from_hf(hf)
 
 
@@ -75,7 +78,8 @@ def synchronize() -> None:
 
 @torch.no_grad()
 def measure(name: str, args) -> dict:
-    model, plain = load(name, args.size, args.device), load(name, args.size, args.device).unwrap()
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    model, plain = load(name, args.size, args.device, dtype), load(name, args.size, args.device, dtype).unwrap()
     tokens = torch.randint(3, model.cfg.d_vocab, (args.batch, args.prompt), generator=torch.Generator().manual_seed(1))
     tokens = tokens.to(model.device)
     cases = runs(model, plain, tokens, args.new)
@@ -105,6 +109,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="--size reference only (default: bfloat16 on cuda, float32 otherwise)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/generation_cpu_bundled.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -21,7 +21,7 @@ import functools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
@@ -106,16 +106,13 @@ def _finite(value) -> bool:
 
 
 class _Choose(LogitsProcessor):
-    """`Sampling.filter` for `transformers`' loop (which then samples from the softmax, or takes the
-    argmax), ticking the progress bar once per step."""
+    """`Sampling.filter` for `transformers`' loop, which then samples from the softmax (greedy decoding
+    needs no processor: the loop takes the argmax of the logits)."""
 
-    def __init__(self, sampling: Sampling, prompt_mask: Tensor, progress):
-        self.sampling, self.prompt_mask, self.progress = sampling, prompt_mask, progress
+    def __init__(self, sampling: Sampling, prompt_mask: Tensor):
+        self.sampling, self.prompt_mask = sampling, prompt_mask
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        self.progress.update(1)
-        if self.sampling.greedy:
-            return scores
         real = torch.cat([self.prompt_mask, self.prompt_mask.new_ones(len(input_ids), input_ids.shape[1]
                                                                       - self.prompt_mask.shape[1])], 1)
         counts = torch.zeros_like(scores).scatter_add_(1, input_ids, real.to(scores.dtype))
@@ -182,10 +179,11 @@ def batches_pad(model) -> bool:
 
 class _Passes:
     """The wrapped model's forward during one generation: each pass runs in a `ForwardState` (real-token
-    positions counted across the cache, each row's prompt length) and its logits pass `hook_logits`."""
+    positions counted across the cache, each row's prompt length), its logits pass `hook_logits`, and it
+    ticks `progress` (one pass per new token)."""
 
-    def __init__(self, model, mask: Int[Tensor, "batch pos"], cached: bool, embeds: Tensor | None):
-        self.model, self.mask, self.cached, self.embeds = model, mask, cached, embeds
+    def __init__(self, model, mask: Int[Tensor, "batch pos"], cached: bool, embeds: Tensor | None, progress):
+        self.model, self.mask, self.cached, self.embeds, self.progress = model, mask, cached, embeds, progress
         self.prompt_lengths = mask.sum(1)
         self.columns = 0  # columns of the sequence computed so far (in the cache)
 
@@ -196,12 +194,11 @@ class _Passes:
         self.columns = total
         if total == new:  # the whole sequence: its padding is the prompt's
             mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), total - self.mask.shape[1])], 1)
-            positions = real_positions(mask, *mask.shape)
+            positions = real_positions(mask, *mask.shape)[:, -new:]
         else:  # new tokens after the cache (all real): counted on from the real tokens before them
             before = self.prompt_lengths + (total - new - self.mask.shape[1])
-            positions = before[:, None] + torch.arange(new, device=before.device)
-        state = begin(self.model, ids, None, None)
-        return replace(state, positions=positions[:, -new:], prompt_lengths=self.prompt_lengths)
+            positions = before[:, None] if new == 1 else before[:, None] + torch.arange(new, device=before.device)
+        return begin(self.model, ids, None, None, positions=positions, prompt_lengths=self.prompt_lengths)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -216,6 +213,7 @@ class _Passes:
             with self.state(kwargs["input_ids"] if "input_ids" in kwargs else args[0]).active():
                 output = previous(*args, **kwargs)
             output.logits = model.hook_logits(output.logits)
+            self.progress.update(1)
             return output
 
         restore = replace_forward(model.hf_model, forward)
@@ -326,10 +324,10 @@ def decode(
                               **({} if sampling.greedy else dict(temperature=1.0, top_k=0, top_p=1.0)))
     progress = tqdm(total=max_new_tokens, desc="generate", disable=not verbose)
     try:
-        with _generation_config(model.hf_model, config), _Passes(model, mask, cached, embeds).installed():
+        choose = [] if sampling.greedy else [_Choose(sampling, mask)]  # a processor costs every step
+        with _generation_config(model.hf_model, config), _Passes(model, mask, cached, embeds, progress).installed():
             output = model.hf_model.generate(
-                input_ids=tokens, attention_mask=mask,
-                logits_processor=LogitsProcessorList([_Choose(sampling, mask, progress), *processors]),
+                input_ids=tokens, attention_mask=mask, logits_processor=LogitsProcessorList([*choose, *processors]),
                 stopping_criteria=StoppingCriteriaList(stopping))
     finally:
         progress.close()

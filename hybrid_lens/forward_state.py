@@ -74,7 +74,9 @@ class ForwardState:
         keep: Blocks whose input is recorded into `kept` (block index -> tensor).
         hooks: Whether hook functions run (False: every hook point passes its value through).
         prompt_lengths: `Int[Tensor, " batch"]`, in a generation: each row's real prompt tokens (the
-            tokens after them are computed one per pass); None outside a generation.
+            tokens after them are computed one per pass); in shared-context scoring
+            (`evals.shared_context`), each row's context tokens (its continuation follows in one more
+            pass); None otherwise.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -203,11 +205,13 @@ def forward_settings(model, *, start: int = 0, resid: Tensor | None = None, stop
 
 
 def begin(model, tokens: Tensor | None, mask: Tensor | None, stop: int | None, start: int | None = None,
-          resid: Tensor | None = None) -> ForwardState:
+          resid: Tensor | None = None, positions: Tensor | None = None,
+          prompt_lengths: Tensor | None = None) -> ForwardState:
     """The state of a pass of `model` over `tokens` (`[batch, pos]` ids; None where a pass entering at
     block `start` with the residual stream `resid`, `[batch, pos, d_model]`, has no ids) with attention
     mask `mask` (longer than the pass when it continues a cache), taking the waiting `forward_settings`
-    of `model`.
+    of `model`. A caller that knows the pass's `positions` (a generation step) gives them, and its rows'
+    `prompt_lengths`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -221,12 +225,13 @@ def begin(model, tokens: Tensor | None, mask: Tensor | None, stop: int | None, s
         raise ValueError(f"stop_at_layer={stop} conflicts with the stop {base.stop} already set for this pass.")
     if start is not None and base.resid is not None:
         raise ValueError(f"start_at_layer={start} conflicts with the start {base.start} already set for this pass.")
-    given = tokens if tokens is not None else resid  # [batch, pos] ids or [batch, pos, d_model]
-    length = given.shape[1] if mask is None else mask.shape[1]
-    positions = real_positions(mask, given.shape[0], length)[:, -given.shape[1]:].to(given.device)
+    if positions is None:
+        given = tokens if tokens is not None else resid  # [batch, pos] ids or [batch, pos, d_model]
+        length = given.shape[1] if mask is None else mask.shape[1]
+        positions = real_positions(mask, given.shape[0], length)[:, -given.shape[1]:].to(given.device)
     entry = {} if start is None else {"start": start, "resid": resid}
     return replace(base, running=True, positions=positions, tokens=tokens, stop=base.stop if stop is None else stop,
-                   **entry)
+                   prompt_lengths=base.prompt_lengths if prompt_lengths is None else prompt_lengths, **entry)
 
 
 def prepare_pass(model, input, return_type="logits", prepend_bos=None, padding_side=None, start_at_layer=None,

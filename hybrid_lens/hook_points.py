@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
 from .forward_state import hooks_enabled
@@ -77,7 +78,11 @@ class HookPoint(_TLHookPoint):
 
     def __call__(self, *args, **kwargs):
         stand_in = self.__dict__.get("_stand_in")
-        return super().__call__(*args, **kwargs) if stand_in is None else stand_in(*args, **kwargs)
+        if stand_in is not None:
+            return stand_in(*args, **kwargs)
+        if _calls_forward_only(self):  # every point runs in every pass: skip `nn.Module.__call__`'s frames
+            return self.forward(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     @property
     def stand_in(self) -> nn.Module | None:
@@ -99,6 +104,26 @@ class HookPoint(_TLHookPoint):
             >>> point.set_stand_in(None)
         """
         self.__dict__["_stand_in"] = module
+
+
+def _calls_forward_only(module: nn.Module) -> bool:
+    """Whether `nn.Module.__call__` of `module` would only call its `forward`: no hook on it, no global
+    module hook, not compiled, not traced by `torch.jit`.
+
+    Examples:
+        >>> point = HookPoint()
+        >>> _calls_forward_only(point)
+        True
+        >>> handle = point.register_forward_hook(lambda module, args, out: out)
+        >>> _calls_forward_only(point)
+        False
+        >>> handle.remove()
+    """
+    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks or torch_module._global_backward_hooks
+                or torch_module._global_backward_pre_hooks or module._compiled_call_impl is not None
+                or torch._C._get_tracing_state())
 
 
 def _declared_cache_safe(fn: Callable) -> bool:

@@ -252,3 +252,34 @@ def test_final_norm_and_unembed_reproduce_the_logits(pair, tokens):
     last = cache[f"blocks.{model.n_layers - 1}.hook_resid_post"]
     torch.testing.assert_close(model.unembed(model.apply_final_norm(last)), logits, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(cache["ln_final.hook_normalized"] @ model.W_U, logits, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_hook_points_run_torch_module_hooks_on_them_and_global_ones(pair, tokens):
+    """A hook point with no hook skips `nn.Module.__call__` (it runs in every pass); a torch hook on the
+    point itself, or a global module hook, must still run, as `nn.Module.__call__` would run it."""
+    from hybrid_lens.hook_points import HookPoint
+
+    _, model = pair
+    plain = model(tokens)
+    point = model.blocks[1].hook_resid_post
+    for register in (point.register_forward_hook, point.register_forward_pre_hook):
+        hook = (lambda module, args, out: out * 0) if register == point.register_forward_hook else \
+            (lambda module, args: (args[0] * 0,))
+        handle = register(hook)
+        try:
+            zeroed = model(tokens)
+        finally:
+            handle.remove()
+        assert torch.equal(zeroed, model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_post",
+                                                                            lambda value, hook: value * 0)]))
+        assert not torch.equal(zeroed, plain)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen.append(module) if isinstance(module, HookPoint) else None)
+    try:
+        model(tokens)
+    finally:
+        handle.remove()
+    assert any(module is point for module in seen) and any(module is model.hook_embed for module in seen)
+    assert torch.equal(model(tokens), plain)

@@ -21,7 +21,8 @@ import torch
 from hybrid_lens import HookedHybrid
 from hybrid_lens.cli import main
 from hybrid_lens.evals import loglikelihoods, perplexity
-from hybrid_lens.evals.scoring import NonFiniteError, greedy_until
+from hybrid_lens.evals.greedy import greedy_until
+from hybrid_lens.evals.scoring import NonFiniteError
 from hybrid_lens.evals.tasks import arc_challenge, gsm8k_cot, hellaswag, mmlu, truthfulqa_mc
 from hybrid_lens.interventions import Sweep, zero
 from hybrid_lens.study import runner

@@ -333,6 +333,11 @@ def test_bad_arguments_are_named():
 def test_the_progress_bar(bundled, capsys):
     bundled.generate("In the beginning", max_new_tokens=3, do_sample=False)
     assert "generate" in capsys.readouterr().err
+    bundled.generate("In the beginning", max_new_tokens=4, do_sample=False, stop_at_eos=False)
+    assert "4/4" in capsys.readouterr().err  # one tick per new token (greedy decoding has no logits processor)
+    with bundled.hooks(fwd_hooks=[("blocks.0.linear_attn.hook_state", lambda state, hook: None)]):
+        bundled.generate("In the beginning", max_new_tokens=2, do_sample=True, stop_at_eos=False)
+    assert "2/2" in capsys.readouterr().err  # recomputed steps, sampled
 
 
 @torch.no_grad()

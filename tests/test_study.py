@@ -51,6 +51,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def test_a_study_prints_its_time_per_task_and_condition_group(checkpoint, tmp_path, capsys):
+    spec = spec_for(checkpoint, tasks=("ppl", "arc"), groups=("baseline", "group"), n=2)
+    folder = run_study(spec, tmp_path, progress=True)
+    printed = capsys.readouterr().out
+    store = StudyStore(folder / "results.sqlite")
+    timings = store.timings()
+    store.close()
+    table = printed.split("Evaluation time of")[1].splitlines()[2:]  # after the title and the header
+    rows = {(row.split()[1], row.split()[2]): float(row.split()[-1]) for row in table if row.strip()}
+    assert {task for task, _ in rows} == {"ppl", "arc", "hidden"} and {g for _, g in rows} >= {"baseline", "group"}
+    grouped = sum(rows.values())
+    assert grouped == pytest.approx(timings.seconds.sum(), rel=1e-3, abs=0.01)
+    assert rows[("arc", "group")] == pytest.approx(timings[(timings.task == "arc") & (timings.condition != "baseline")]
+                                                   .seconds.sum(), rel=1e-3, abs=0.01)
+
+
 def test_two_process_sharded_run_equals_one_process(checkpoint, tmp_path):
     """`torchrun` with two CPU processes: each takes its share, results merge in one store."""
     spec = spec_for(checkpoint, groups=("baseline", "layer"))

@@ -125,7 +125,7 @@ def resid_in(block: HookedBlock, entry: Entry | None, hidden_states):
         hidden_states = entry(hidden_states)
     if running:
         state.enter(block.index, hidden_states)
-    return block.hook_resid_pre(hidden_states)
+    return block._modules["hook_resid_pre"](hidden_states)  # what `block.hook_resid_pre` gives, faster
 
 
 class Wrapping:

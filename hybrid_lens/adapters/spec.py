@@ -209,6 +209,8 @@ class Family:
         bind = argument_binder(type(layer).forward)
         arguments = {mixer.kind: layer_arguments(mixer, layer) for mixer in spec.mixers}
         fp32 = self.residual_fp32 and getattr(layer, "residual_in_fp32", False)
+        points = block._modules  # the block's hook points by name, read at call time (an SAE may replace one)
+        out_points = {mixer.kind: point_name(mixer.kind) for mixer in spec.mixers}
 
         def norm(attr: str | None, x: Tensor) -> Tensor:
             return self.norm(layer, attr, x)
@@ -221,7 +223,7 @@ class Family:
             kwargs = {name: named[source] for name, source in arguments[mixer.kind] if source in named}
             out = first(attrgetter(mixer.module)(layer)(x, **kwargs, **(rest if mixer.rest else {})))
             out = scaled(norm(mixer.post_norm, out), layer, mixer.out_scale)
-            return getattr(block, point_name(mixer.kind))(out)  # looked up at call time (an SAE may replace it)
+            return points[out_points[mixer.kind]](out)
 
         def forward(*args, **kwargs):
             named, rest = bind(args, kwargs)
@@ -241,7 +243,7 @@ class Family:
                     skip = resid
             if spec.mlp is not None:
                 if spec.mixers:
-                    resid = block.hook_resid_mid(resid)
+                    resid = points["hook_resid_mid"](resid)
                 normed = norm(spec.mlp.norm, resid)
                 total = None
                 for attr in spec.mlp.modules:
@@ -250,8 +252,8 @@ class Family:
                         out = first(module(normed))
                         total = out if total is None else total + out
                 out = scaled(norm(spec.mlp.post_norm, total), layer, spec.mlp.out_scale)
-                resid = skip_of(spec.mlp, normed, resid) + block.hook_mlp_out(out)
-            return self.wrap_output(block.hook_resid_post(resid))
+                resid = skip_of(spec.mlp, normed, resid) + points["hook_mlp_out"](out)
+            return self.wrap_output(points["hook_resid_post"](resid))
 
         return forward
 

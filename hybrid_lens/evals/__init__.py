@@ -2,8 +2,9 @@
 benchmarks scored as lm-evaluation-harness scores them."""
 
 from .data import TaskDataError, wikitext2
+from .greedy import greedy_until
 from .perplexity import PaperPerplexity, PerplexityResult, exp_or_inf, paper_perplexity, perplexity, window_spans
-from .scoring import choice_metrics, encode_pair, greedy_until, loglikelihoods
+from .scoring import choice_metrics, encode_pair, loglikelihoods
 from .tasks import (
     TASKS,
     Task,

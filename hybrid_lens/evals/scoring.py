@@ -1,29 +1,40 @@
-"""Scoring through the hooked model: loglikelihoods of continuations, multiple-choice metrics, and
-greedy generation, each with an optional intervention active for every forward pass.
+"""Scoring through the hooked model: loglikelihoods of continuations and multiple-choice metrics, with
+an optional intervention active for every forward pass (greedy generation: `evals.greedy`).
 
 The rules follow lm-evaluation-harness (`HFLM`) so scores can be compared with its numbers: a
 context's trailing whitespace moves to the continuation, the pair is tokenized whole and split at
 the context's length, over-long inputs are truncated from the left, and a generation is cut at the
-first stop string. Batches are right-padded for scoring (exact for every mixer: real tokens never
-see the padding after them) and left-padded for generation, which runs `HookedHybrid.generate`'s
-loop (`decoding.decode`; checked against step-by-step recomputation in the tests).
+first stop string (`evals.greedy`). Loglikelihoods run each distinct context once and score its continuations from
+its cache (`shared_context`; contexts left-padded, continuations right-padded), or else score full
+sequences in right-padded batches (exact for every mixer: real tokens never see the padding after
+them).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, StoppingCriteria
 
 from ..checks import is_int
-from ..decoding import batches_pad, decode
+from ..decoding import batches_pad, cache_blocker
 from ..interventions import Condition, Sweep, as_sweep
+from ..interventions.sweep import first_layer
+from .shared_context import (
+    check_positions,
+    clean_prefix,
+    context_logprobs,
+    reuses_prefix,
+    shared_context_blocker,
+    shares_contexts,
+    split_request,
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -86,7 +97,14 @@ def check_positive(**values: int | None) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _max_length(model, max_length: int | None) -> int | None:
+def max_length_of(model, max_length: int | None) -> int | None:
+    """`max_length`, else the model's `max_position_embeddings` (None when neither is set): the window
+    inputs are truncated to from the left.
+
+    Examples:
+        >>> max_length_of(HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5"), None)
+        2048
+    """
     return max_length or getattr(model.cfg, "max_position_embeddings", None)
 
 
@@ -131,17 +149,29 @@ def loglikelihoods(
 ) -> list[float] | list[list[float]]:
     """Summed log-probability of each continuation given its context, `log p(continuation | context)`.
 
-    Requests with the same input tokens (e.g. the four one-letter MMLU answers) share one sequence
-    in the forward pass; sequences run longest first in right-padded batches (`length_batches`),
-    and results come back in the order of `requests`.
+    Each distinct context runs once and its continuations are scored from its cache (shared-context
+    scoring, `evals.shared_context`: the attention keys and values and every linear mixer's
+    recurrent and convolution states), in batches of contexts sorted by length (`length_batches`);
+    results come back in the order of `requests`. This equals scoring each full sequence (tested per
+    family, under conditions too). Where it would not, the requests' full sequences are scored in
+    right-padded batches instead, requests with the same input tokens sharing one sequence: for a
+    condition that is not `cache_safe` (positions, inner points, noise, resample, patching), for a
+    family whose cache does not continue several tokens exactly (`continues_exactly`), while an
+    inner hook point fed by an eager mixer forward is hooked, and for a continuation that alone
+    fills `max_length`. Either way a condition's positions count each row's real tokens.
 
     Args:
         requests: `(context, continuation)` strings, e.g. `("Question: ...\\nAnswer:", " Paris")`.
-        batch_size: sequences per forward pass (None: by device, see `length_batches`).
-        condition: an intervention active for every forward pass. Its positions count from the
-            start of each sequence; negative ones would count from the end of a padded batch, so
-            use `batch_size=1` with those. A `Sweep` scores every request under each of its
-            conditions (condition batching and prefix reuse) and returns one list per condition.
+        batch_size: contexts per forward pass, their continuations sharing one more pass (full
+            sequences per pass where those are scored); None: by device, see `length_batches`.
+        condition: an intervention active for every forward pass; its positions count real tokens
+            of each row from 0 (negative ones from each row's last token). A `Sweep` scores every
+            request under each of its conditions and returns one list per condition: one clean
+            pass over each batch of contexts runs up to the deepest first block of the conditions
+            that share contexts, each of which then runs its context pass from its own first block
+            (prefix reuse, `first_layer`; with `reuse_prefix`) and its continuation pass; the other
+            conditions score full sequences together (condition batching and prefix reuse, as
+            `Sweep.logits`). Each result equals the condition scored alone, bit for bit.
         max_length: inputs longer than this keep their last tokens (default: the config's
             `max_position_embeddings`, as lm-eval).
 
@@ -163,39 +193,124 @@ def loglikelihoods(
         (8, 2)
     """
     check_positive(batch_size=batch_size, max_length=max_length)
-    max_length = _max_length(model, max_length)
+    max_length = max_length_of(model, max_length)
     memo: dict[str, list[int]] = {}
-    jobs: list[tuple[tuple[int, ...], list[int]]] = []
-    span: dict[tuple[int, ...], int] = {}  # unique input -> how many final positions are scored
+    pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     for context, continuation in requests:
         context_ids, continuation_ids = _encode_pair(model.tokenizer, context, continuation, memo)
         if not continuation_ids:
             raise ValueError(f"The continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}.")
-        whole = context_ids + continuation_ids
-        if max_length is not None:
-            whole = whole[-(max_length + 1) :]
-        key = tuple(whole[:-1])
-        span[key] = max(span.get(key, 0), len(continuation_ids))
-        jobs.append((key, continuation_ids))
+        pairs.append(split_request(context_ids, continuation_ids, max_length))
+    sweep = as_sweep(condition)
+    alone = {j for j, (context, _) in enumerate(pairs) if not context}  # scored as full sequences
+    with_context = [j for j in range(len(pairs)) if j not in alone]
+    sharing = bool(with_context) and shared_context_blocker(model) is None
+    results: list[list[float]] = [[0.0] * len(pairs) for _ in sweep.conditions]
+    shared = [i for i, each in enumerate(sweep.conditions) if sharing and shares_contexts(each)]
+    for i in shared:
+        check_positions(sweep.conditions[i], [len(pairs[j][0]) + len(pairs[j][1]) - 1 for j in with_context])
+    reuse = sweep.reuse_prefix and len(shared) > 1 and reuses_prefix(model)
+    starts = [first_layer(sweep.conditions[i], model) if reuse else 0 for i in shared]
+    scored = _score_shared(model, [pairs[j] for j in with_context], [sweep.conditions[i] for i in shared],
+                           [start if start < model.n_layers else 0 for start in starts], batch_size, progress) \
+        if shared else []
+    shared = [i for i, scores in zip(shared, scored) if scores is not None]  # a hook a cache would change: full
+    for i, scores in zip(shared, (scores for scores in scored if scores is not None)):
+        for j, score in zip(with_context, scores):
+            results[i][j] = score
+    full = [i for i in range(len(sweep.conditions)) if i not in shared]
+    for conditions, rows in ((full, range(len(pairs))), (shared, sorted(alone))):
+        if conditions and rows:
+            subset = sweep if len(conditions) == len(sweep.conditions) else \
+                replace(sweep, conditions=tuple(sweep.conditions[i] for i in conditions), single=False)
+            for i, scores in zip(conditions, _score_full(model, [pairs[j] for j in rows], subset, batch_size, progress)):
+                for j, score in zip(rows, scores):
+                    results[i][j] = score
+    for result, each in zip(results, sweep.conditions):
+        check_finite(result, "loglikelihood of requests", each)
+    return sweep.unwrap(results)
+
+
+def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], conditions: Sequence[Condition],
+                  starts: Sequence[int], batch_size: int | None, progress: bool) -> list[list[float] | None]:
+    """Per condition, the summed log-probability of each `(context, continuation)` pair of token ids
+    (both non-empty), each distinct context run once per condition (`shared_context.context_logprobs`),
+    from block `starts[k]` on (the clean pass before it shared by the conditions); None for a
+    condition with a hook that a cache would change (`decoding.cache_blocker`)."""
+    contexts: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(pairs):
+        contexts.setdefault(context, []).append(index)
+    distinct = list(contexts)
+    lengths = [len(context) for context in distinct]
+    if batches_pad(model):
+        batches = length_batches(lengths, batch_size, model.device)
+    else:  # padding before a row's tokens would change it: contexts of one length per batch
+        batches = [[same[i] for i in batch] for length in sorted(set(lengths), reverse=True)
+                   for same in [[c for c, n in enumerate(lengths) if n == length]]
+                   for batch in length_batches([length] * len(same), batch_size, model.device)]
+    widest = {c: max(len(pairs[i][1]) for i in contexts[context]) - 1 for c, context in enumerate(distinct)}
+    limit = getattr(model.cfg, "n_ctx", None)  # the padded context and continuation columns must fit
+    batches = [part for batch in batches for part in
+               ([[c] for c in batch] if limit and max(lengths[c] for c in batch) + max(widest[c] for c in batch) > limit
+                else [batch])]
+    scores: list[list[float] | None] = [[0.0] * len(pairs) for _ in conditions]
+    for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
+        fed: dict[tuple[int, tuple[int, ...]], int] = {}  # (context row, continuation but its last token) -> row
+        for row, c in enumerate(batch):
+            for index in contexts[distinct[c]]:
+                if len(pairs[index][1]) > 1:
+                    fed.setdefault((row, pairs[index][1][:-1]), len(fed))
+        tokens, mask = padded(model, [distinct[c] for c in batch], side="left")
+        new, new_mask = padded(model, [ids for _, ids in fed]) if fed else (None, None)
+        entries = sorted({start for k, start in enumerate(starts) if start and scores[k] is not None})
+        prefix = clean_prefix(model, tokens, mask, entries) if entries else None
+        for k, condition in enumerate(conditions):
+            if scores[k] is None:
+                continue
+            with condition.apply(model):
+                if cache_blocker(model) is not None:
+                    scores[k] = None
+                    continue
+                first, rest = context_logprobs(model, tokens, mask, [row for row, _ in fed], new, new_mask, prefix,
+                                               starts[k])
+            for row, c in enumerate(batch):
+                for index in contexts[distinct[c]]:
+                    continuation = pairs[index][1]
+                    score = first[row, continuation[0]]
+                    if len(continuation) > 1:
+                        steps = rest[fed[(row, continuation[:-1])], : len(continuation) - 1]
+                        score = score + steps.gather(-1, torch.tensor(continuation[1:], device=steps.device)[:, None]).sum()
+                    scores[k][index] = float(score)
+    return scores
+
+
+def _score_full(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], sweep: Sweep,
+                batch_size: int | None, progress: bool) -> list[list[float]]:
+    """Per condition of `sweep`, the summed log-probability of each pair's continuation, from
+    right-padded batches of the full sequences (pairs with the same input tokens share one; a
+    continuation without a context is scored from its second token, the first one predicted)."""
+    span: dict[tuple[int, ...], int] = {}  # unique input -> how many final positions are scored
+    jobs = []
+    for context, continuation in pairs:
+        key = (context + continuation)[:-1]
+        scored = continuation[len(continuation) - min(len(continuation), len(key)):]
+        span[key] = max(span.get(key, 0), len(scored))
+        jobs.append((key, scored))
     by_input: dict[tuple[int, ...], list[int]] = {}
     for index, (key, _) in enumerate(jobs):
         by_input.setdefault(key, []).append(index)
-
     inputs = list(span)
     batches = [[inputs[i] for i in batch] for batch in length_batches([len(key) for key in inputs], batch_size,
                                                                      model.device)]
-    sweep = as_sweep(condition)
     results = [[0.0] * len(jobs) for _ in sweep.conditions]
     for batch in tqdm(batches, desc="loglikelihood", disable=not progress):
         for result, batch_logprobs in zip(results, last_logprobs(model, batch, [span[key] for key in batch], sweep)):
             for key, logprobs in zip(batch, batch_logprobs):
                 for index in by_input[key]:
-                    continuation = jobs[index][1]
-                    targets = torch.tensor(continuation, device=logprobs.device)[:, None]
-                    result[index] = float(logprobs[len(logprobs) - len(continuation) :].gather(-1, targets).sum())
-    for result, each in zip(results, sweep.conditions):
-        check_finite(result, "loglikelihood of requests", each)
-    return sweep.unwrap(results)
+                    scored = jobs[index][1]
+                    targets = torch.tensor(scored, device=logprobs.device)[:, None]
+                    result[index] = float(logprobs[len(logprobs) - len(scored) :].gather(-1, targets).sum())
+    return results
 
 
 CPU_BATCH_TOKENS = 512  # by default a CPU batch holds as many sequences as fit in this many padded tokens
@@ -234,10 +349,9 @@ def length_batches(lengths: Sequence[int], batch_size: int | None, device: torch
 
 def padded(model, sequences: Sequence[Sequence[int]], side: str = "right"
            ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Token ids padded on `side` with the pad token (else 0), and their attention mask. Scoring runs
-    right-padded ids without the mask, as lm-eval does: every mixer is causal, so real tokens never
-    see the padding after them, and sdpa keeps its fast causal kernel (an explicit mask makes CPU
-    attention about 3x slower). Generation continues left-padded ids, with the mask.
+    """Token ids padded on `side` with the pad token (else 0), and their attention mask. Scoring
+    right-pads (every mixer is causal, so real tokens never see the padding after them) and left-pads
+    the contexts of shared-context scoring; generation continues left-padded ids.
 
     Returns:
         `(tokens, mask)`, `Int[Tensor, "batch pos"]` on the model's device.
@@ -263,7 +377,9 @@ def padded(model, sequences: Sequence[Sequence[int]], side: str = "right"
 def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
                   condition: Condition | Sweep | None = None) -> list[list[Tensor]]:
     """Log-probabilities predicted at the last `counts[i]` positions of each input, from one
-    right-padded forward pass that projects only those positions onto the vocabulary.
+    right-padded forward pass that projects only those positions onto the vocabulary. Inputs of
+    unequal length run with their attention mask, so a condition's positions count each row's real
+    tokens (`-1` is a row's last token, not the batch's last column).
 
     Returns per condition of `as_sweep(condition)` (one for a lone condition or None) and per
     input a float32 tensor `[counts[i], vocab]`.
@@ -278,7 +394,7 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
         >>> len(per_condition), per_condition[1][0].shape
         (2, torch.Size([2, 4096]))
     """
-    tokens = padded(model, inputs)[0]
+    tokens, mask = padded(model, inputs)
     width = max(counts)
     ends = torch.tensor([len(ids) for ids in inputs], device=tokens.device)
     positions = (ends[:, None] - width + torch.arange(width, device=tokens.device)).clamp(min=0)
@@ -286,7 +402,8 @@ def last_logprobs(model, inputs: Sequence[Sequence[int]], counts: Sequence[int],
     def rows(logits: Float[Tensor, "batch width vocab"]) -> list[Tensor]:
         return [logits[row, width - count :].float().log_softmax(-1) for row, count in enumerate(counts)]
 
-    return [rows(logits) for logits in as_sweep(condition).logits(model, tokens, logits_to_keep=positions)]
+    mask = None if bool(mask.all()) else mask
+    return [rows(logits) for logits in as_sweep(condition).logits(model, tokens, mask, logits_to_keep=positions)]
 
 
 def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
@@ -307,136 +424,3 @@ def choice_metrics(loglikelihoods: Sequence[float], choices: Sequence[str], gold
     lengths = np.array([float(len(choice)) for choice in choices])
     pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
     return dict(pred=pred, pred_norm=pred_norm, acc=float(pred == gold), acc_norm=float(pred_norm == gold))
-
-
-# --- generation --------------------------------------------------------------------------------
-@torch.no_grad()
-def greedy_until(
-    model,
-    prompts: Sequence[str],
-    until: Sequence[str] = (),
-    max_new_tokens: int = 256,
-    condition: Condition | None = None,
-    batch_size: int = 8,
-    use_cache: bool | None = None,
-    max_length: int | None = None,
-    progress: bool = True,
-) -> list[str]:
-    """Greedy continuations of `prompts`, cut at the first stop string (lm-eval's `generate_until`).
-
-    The condition is active at every generated step. A row stops at an EOS token, once its text
-    contains a stop string, or after `max_new_tokens`; the EOS text is a stop string too. Decoding is
-    `HookedHybrid.generate`'s (`decoding.decode`): left-padded batches, the `transformers` cache where
-    it is exact for the condition, positions resolved as `generate` resolves them.
-
-    Args:
-        use_cache: decode with a KV/state cache where it is exact (fast), or recompute the full
-            sequence at each step. None: cache when `cache_safe`; True with a condition that is not
-            `cache_safe` is refused.
-        max_length: prompts keep their last `max_length - max_new_tokens` tokens (default: the
-            config's `max_position_embeddings`).
-
-    Returns:
-        One generated string per prompt, in the order of `prompts`, without the stop string.
-
-    Raises:
-        NonFiniteError: a step's logits hold inf or NaN (naming the prompts and the condition).
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-        >>> prompts = ["In the beginning God created the", "And God said"]
-        >>> texts = greedy_until(model, prompts, until=[","], max_new_tokens=8, progress=False)
-        >>> len(texts), all(isinstance(text, str) and "," not in text for text in texts)
-        (2, True)
-        >>> ablated = greedy_until(model, prompts, max_new_tokens=8, condition=skip_layer(3), progress=False)
-    """
-    condition = as_sweep(condition).lone("Generation (each condition changes the generated text)")
-    check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size, max_length=max_length)
-    if use_cache is None:
-        use_cache = condition.cache_safe
-    elif use_cache and not condition.cache_safe:
-        raise ValueError(f"Condition {condition.name!r} depends on positions or sequence shape; use use_cache=False.")
-    tokenizer = model.tokenizer
-    eos_text = tokenizer.decode([tokenizer.eos_token_id]) if tokenizer.eos_token_id is not None else ""
-    until = list(until) + ([eos_text] if eos_text and eos_text not in until else [])
-    max_length = _max_length(model, max_length)
-    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
-    if max_length is not None:
-        if max_new_tokens >= max_length:
-            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be below the maximum length ({max_length}).")
-        encoded = [ids[-(max_length - max_new_tokens) :] for ids in encoded]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    groups = [order] if batches_pad(model) else [[i for i in order if len(encoded[i]) == n]
-                                                 for n in sorted({len(ids) for ids in encoded}, reverse=True)]
-    batches = [group[i : i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
-    texts: list[str] = [""] * len(prompts)
-    with condition.apply(model):
-        for batch in tqdm(batches, desc="generate", disable=not progress):
-            stopper = _Stopper(tokenizer, until, _eos_ids(model), len(batch))
-            tokens, mask = padded(model, [encoded[i] for i in batch], side="left")
-            try:
-                decode(model, tokens, mask, max_new_tokens=max_new_tokens, use_cache=use_cache,
-                       pad_token_id=tokenizer.pad_token_id or 0, processors=[_FiniteCheck(stopper)], stopping=[stopper])
-            except NonFiniteError as err:
-                prompts_hit = sorted(batch[row] for row in err.indices)
-                raise NonFiniteError(f"Non-finite logits while generating for prompts {prompts_hit} under condition "
-                                     f"{condition_name(condition)!r}: the model produced inf/NaN logits.",
-                                     prompts_hit, condition_name(condition)) from None
-            for i, text in zip(batch, stopper.texts()):
-                texts[i] = text
-    return texts
-
-
-def _eos_ids(model) -> set[int]:
-    ids = {model.tokenizer.eos_token_id}
-    config_eos = getattr(model.hf_model.generation_config, "eos_token_id", None)
-    ids |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
-    return ids - {None}
-
-
-class _Stopper(StoppingCriteria):
-    """Collects generated tokens per row and decides when each row is finished (a `transformers`
-    stopping criterion: a finished row is padded from then on)."""
-
-    def __init__(self, tokenizer, until: list[str], eos_ids: set[int], rows: int):
-        self.tokenizer, self.until, self.eos_ids = tokenizer, until, eos_ids
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.done = [False] * rows
-
-    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
-        active = self.active()
-        for row, token in zip(active, input_ids[active, -1].tolist()):
-            if token in self.eos_ids:
-                self.done[row] = True
-                continue
-            self.tokens[row].append(token)
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-            self.done[row] = any(stop in text for stop in self.until)
-        return torch.tensor(self.done, device=input_ids.device)
-
-    def active(self) -> list[int]:
-        return [row for row, done in enumerate(self.done) if not done]
-
-    def texts(self) -> list[str]:
-        texts = []
-        for tokens in self.tokens:
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            for stop in self.until:
-                text = text.split(stop)[0]
-            texts.append(text)
-        return texts
-
-
-class _FiniteCheck(LogitsProcessor):
-    """`NonFiniteError` naming the unfinished rows whose next-token logits hold inf/NaN (their argmax
-    would be arbitrary); the logits pass unchanged."""
-
-    def __init__(self, stopper: _Stopper):
-        self.stopper = stopper
-
-    def __call__(self, input_ids: Tensor, scores: Float[Tensor, "batch vocab"]) -> Tensor:
-        finite = torch.isfinite(scores).all(-1).tolist()
-        bad = [row for row in self.stopper.active() if not finite[row]]
-        if bad:
-            raise NonFiniteError("non-finite logits", bad)
-        return scores

@@ -208,10 +208,41 @@ def run_study(spec: StudySpec, out: str | Path, model=None, overwrite: bool = Fa
                 write_contributions(model, tokens[:, :CONTRIBUTION_TOKENS], folder)
                 store.write("baseline", HIDDEN_TASK, to_store(hidden_metrics(model, tokens)),
                             time.perf_counter() - start)
+        if progress:
+            print(f"Evaluation time of {spec.model} (this folder's store, every process):")
+            print(time_by_group(store, specs, spec.model).to_string(index=False))
     finally:
         bar.close()
         store.close()
     return folder
+
+
+def time_by_group(store: StudyStore, specs, model: str) -> pd.DataFrame:
+    """Seconds the store's finished pairs took per (task, condition group) of `specs` (the
+    `StudyCondition`s; a pair evaluated in a `Sweep` is charged its share of the sweep's time).
+
+    Returns:
+        Columns `model`, `task`, `group`, `conditions` (finished pairs) and `seconds`, by task and group.
+
+    Examples:
+        >>> import tempfile
+        >>> store = StudyStore(Path(tempfile.mkdtemp()) / "results.sqlite")
+        >>> rows = pd.DataFrame(dict(example=[0], metric="acc", value=[1.0]))
+        >>> store.write("baseline", "arc", rows, 2.5); store.write("ssm_off", "arc", rows, 4.0)
+        >>> specs = study_conditions(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1").layout,
+        ...                          ("baseline", "group"))
+        >>> time_by_group(store, specs, "hybrid-lens/tiny-falcon-h1")
+                               model task     group  conditions  seconds
+        0  hybrid-lens/tiny-falcon-h1  arc  baseline           1      2.5
+        1  hybrid-lens/tiny-falcon-h1  arc     group           1      4.0
+        >>> store.close()
+    """
+    groups = {s.name: s.group for s in specs}
+    timings = store.timings()
+    timings = timings.assign(group=timings.condition.map(groups).fillna("other"), model=model)
+    table = timings.groupby(["model", "task", "group"], as_index=False).agg(conditions=("condition", "size"),
+                                                                             seconds=("seconds", "sum"))
+    return table
 
 
 def claimed_groups(store: StudyStore, task: str, conditions: list[str], size: int, owner: str,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import Record, hub_records, local_source, read_records
-from ..scoring import NonFiniteError, greedy_until
+from ..greedy import greedy_until
+from ..scoring import NonFiniteError
 from .base import Doc, TaskResult, check_shots, fewshot_context, run_settings, select_rows
 
 HUB = ("openai/gsm8k", "main")
