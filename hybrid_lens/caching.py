@@ -120,14 +120,14 @@ class Caching:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> logits, cache = model.run_with_cache("In the beginning")
             >>> cache["blocks.0.hook_resid_post"].shape, cache["blocks.0.ssm.hook_pattern"].shape
-            (torch.Size([1, 3, 128]), torch.Size([1, 4, 3, 3]))
+            (torch.Size([1, 4, 128]), torch.Size([1, 4, 4, 4]))
             >>> _, cache = model.run_with_cache("In the beginning", names_filter="blocks.0.ssm.hook_B")
             >>> list(cache)
             ['blocks.0.ssm.hook_B']
             >>> loss, cache = model.run_with_cache("In the beginning", names_filter="blocks.2.hook_ssm_out",
             ...                                    incl_bwd=True, return_type="loss")
             >>> cache["blocks.2.hook_ssm_out_grad"].shape
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
         """
         if names_filter is None and uses_a_cache(model_kwargs):
             names_filter = self.hook_names(inner=False)

@@ -31,11 +31,13 @@ from torch import Tensor, nn
 from transformers.utils.generic import TransformersKwargs
 
 from .checks import is_int
-from .tokens import real_positions
+from .tokens import check_position_ids, has_hole, positions_from_mask, real_positions
 
 # HookedHybrid.forward's own arguments (anything else must be an argument of the transformers forward)
-FORWARD_ARGUMENTS = ("input", "return_type", "loss_per_token", "prepend_bos", "padding_side", "stop_at_layer",
-                     "attention_mask")
+FORWARD_ARGUMENTS = ("input", "return_type", "loss_per_token", "prepend_bos", "padding_side", "start_at_layer",
+                     "tokens", "shortformer_pos_embed", "attention_mask", "stop_at_layer")
+
+RETURN_TYPES = ("logits", "loss", "both", None)
 
 _STATE: ContextVar[ForwardState | None] = ContextVar("hybrid_lens_forward_state", default=None)
 
@@ -66,7 +68,8 @@ class ForwardState:
         tokens: `Int[Tensor, "batch pos"]`, the ids of this pass (those `positions` index); None before
             the pass starts.
         start: The first block computed; the blocks before it return `resid`.
-        resid: `Float[Tensor, "batch pos d_model"]`, the residual stream entering block `start`.
+        resid: `Float[Tensor, "batch pos d_model"]`, the residual stream entering block `start` (block
+            `start` reads it instead of its input; None: the pass starts from the embeddings).
         stop: The block whose input ends the pass (`n_layers`: the final norm's); None: run to the logits.
         keep: Blocks whose input is recorded into `kept` (block index -> tensor).
         hooks: Whether hook functions run (False: every hook point passes its value through).
@@ -195,17 +198,20 @@ def forward_settings(model, *, start: int = 0, resid: Tensor | None = None, stop
         ...     torch.equal(model(tokens), model.hf_model(tokens).logits)
         True
     """
-    if (start > 0) != (resid is not None):
+    if start > 0 and resid is None:
         raise ValueError("Entering at a later block needs both start > 0 and the residual stream entering it.")
     with ForwardState(model, start=start, resid=resid, stop=stop, keep=tuple(keep), hooks=hooks).active() as state:
         yield state
 
 
-def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None, positions: Tensor | None = None,
+def begin(model, tokens: Tensor | None, mask: Tensor | None, stop: int | None, start: int | None = None,
+          resid: Tensor | None = None, positions: Tensor | None = None,
           prompt_lengths: Tensor | None = None) -> ForwardState:
-    """The state of a pass of `model` over `tokens` with attention mask `mask` (longer than `tokens`
-    when the pass continues a cache), taking the waiting `forward_settings` of `model`. A caller that
-    knows the pass's `positions` (a generation step) gives them, and its rows' `prompt_lengths`.
+    """The state of a pass of `model` over `tokens` (`[batch, pos]` ids; None where a pass entering at
+    block `start` with the residual stream `resid`, `[batch, pos, d_model]`, has no ids) with attention
+    mask `mask` (longer than the pass when it continues a cache), taking the waiting `forward_settings`
+    of `model`. A caller that knows the pass's `positions` (a generation step) gives them, and its rows'
+    `prompt_lengths`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -217,11 +223,58 @@ def begin(model, tokens: Tensor, mask: Tensor | None, stop: int | None, position
     base = waiting if waiting is not None and waiting.model is model and not waiting.running else ForwardState(model)
     if stop is not None and base.stop is not None and stop != base.stop:
         raise ValueError(f"stop_at_layer={stop} conflicts with the stop {base.stop} already set for this pass.")
+    if start is not None and base.resid is not None:
+        raise ValueError(f"start_at_layer={start} conflicts with the start {base.start} already set for this pass.")
     if positions is None:
-        length = tokens.shape[1] if mask is None else mask.shape[1]
-        positions = real_positions(mask, tokens.shape[0], length)[:, -tokens.shape[1]:].to(tokens.device)
+        given = tokens if tokens is not None else resid  # [batch, pos] ids or [batch, pos, d_model]
+        length = given.shape[1] if mask is None else mask.shape[1]
+        positions = real_positions(mask, given.shape[0], length)[:, -given.shape[1]:].to(given.device)
+    entry = {} if start is None else {"start": start, "resid": resid}
     return replace(base, running=True, positions=positions, tokens=tokens, stop=base.stop if stop is None else stop,
-                   prompt_lengths=base.prompt_lengths if prompt_lengths is None else prompt_lengths)
+                   prompt_lengths=base.prompt_lengths if prompt_lengths is None else prompt_lengths, **entry)
+
+
+def prepare_pass(model, input, return_type="logits", prepend_bos=None, padding_side=None, start_at_layer=None,
+                 tokens=None, shortformer_pos_embed=None, attention_mask=None, stop_at_layer=None, hf_kwargs=None,
+                 **_) -> tuple[dict, Tensor | None, Tensor | None, ForwardState]:
+    """The validated call of the `transformers` model for `model.forward`'s arguments: its inputs
+    (`input_ids`, or for a pass entering at a block without ids `inputs_embeds`, of which only the shape
+    counts), the token ids (None where unknown), the attention mask (None: every token real) and the
+    pass's state. `hf_kwargs` is completed: `use_cache=False`, and a mask with padding between real
+    tokens gets position ids counting real tokens (as TransformerLens's rotary attention does).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> kwargs = {}
+        >>> inputs, tokens, mask, state = prepare_pass(model, [[5, 6, 7]], attention_mask=[[1, 0, 1]],
+        ...                                            hf_kwargs=kwargs)
+        >>> kwargs["position_ids"], state.positions
+        (tensor([[0, 0, 1]]), tensor([[ 0, -1,  1]]))
+    """
+    hf_kwargs = {} if hf_kwargs is None else hf_kwargs
+    start = stop_block(start_at_layer, model.n_layers, "start_at_layer")
+    stop = stop_block(stop_at_layer, model.n_layers)
+    if shortformer_pos_embed is not None:
+        raise ValueError("shortformer_pos_embed must be None: hybrid-lens models have no learned positional embedding.")
+    if start is None and tokens is not None:
+        raise ValueError("tokens= goes with start_at_layer (the ids a residual stream comes from); pass the ids as "
+                         "the input instead.")
+    if start and tokens is None and model.adapter.blocks_read_embeddings:
+        raise ValueError(f"{model.adapter.family} blocks read the token embeddings besides the residual stream: "
+                         "entering after block 0 needs tokens=.")
+    resid = None
+    if start is None:
+        tokens, mask = model.encode(input, attention_mask, prepend_bos, padding_side,
+                                    context_length(attention_mask, hf_kwargs))
+    else:
+        resid, tokens, mask = model.encode_residual(input, tokens, attention_mask)
+    given = tokens if resid is None else resid  # [batch, pos] ids or [batch, pos, d_model]
+    check_pass(return_type, tuple(given.shape[:2]), tokens is not None, start, stop, hf_kwargs)
+    hf_kwargs.setdefault("use_cache", False)
+    if has_hole(mask) and hf_kwargs.get("position_ids") is None and "position_ids" in model._hf_arguments:
+        hf_kwargs["position_ids"] = positions_from_mask(mask)[:, -given.shape[1]:]
+    inputs = {"input_ids": tokens} if tokens is not None else {"inputs_embeds": resid}  # block `start` reads resid
+    return inputs, tokens, mask, begin(model, tokens, mask, stop, start, resid)
 
 
 def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:
@@ -230,15 +283,12 @@ def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> state_of_call(model, (["In the beginning", "And"],), {}).positions
+        >>> state_of_call(model, (["In the beginning", "And"],), {"prepend_bos": False}).positions
         tensor([[ 0,  1,  2],
                 [ 0, -1, -1]])
     """
     call = inspect.signature(type(model).forward).bind(model, *args, **kwargs).arguments
-    attention_mask, hf_kwargs = call.get("attention_mask"), call.get("hf_kwargs", {})
-    tokens, mask = model.encode(call["input"], attention_mask, call.get("prepend_bos"), call.get("padding_side"),
-                                context_length(attention_mask, hf_kwargs))
-    return begin(model, tokens, mask, None)
+    return prepare_pass(model, **{**call, "hf_kwargs": dict(call.get("hf_kwargs", {}))})[3]
 
 
 def context_length(attention_mask: Tensor | None, hf_kwargs: dict) -> int | None:
@@ -265,9 +315,10 @@ def uses_a_cache(hf_kwargs: dict) -> bool:
                                                    for name in ("past_key_values", "cache", "cache_params"))
 
 
-def stop_block(stop_at_layer: int | None, n_layers: int) -> int | None:
-    """The block whose input `forward(stop_at_layer=...)` returns (`n_layers`: the final norm's input);
-    `ValueError` for a value out of `[-n_layers, n_layers]`.
+def stop_block(stop_at_layer: int | None, n_layers: int, name: str = "stop_at_layer") -> int | None:
+    """The block whose input `forward(stop_at_layer=...)` returns (`n_layers`: the final norm's input),
+    or where `forward(start_at_layer=...)` enters (`name`); `ValueError` for a value out of
+    `[-n_layers, n_layers]` (numpy integers count as integers).
 
     Examples:
         >>> stop_block(-1, 8), stop_block(8, 8), stop_block(None, 8)
@@ -276,8 +327,42 @@ def stop_block(stop_at_layer: int | None, n_layers: int) -> int | None:
     if stop_at_layer is None:
         return None
     if not is_int(stop_at_layer) or not -n_layers <= stop_at_layer <= n_layers:
-        raise ValueError(f"stop_at_layer must be an int in [{-n_layers}, {n_layers}], not {stop_at_layer!r}.")
+        raise ValueError(f"{name} must be an int in [{-n_layers}, {n_layers}], not {stop_at_layer!r}.")
     return int(stop_at_layer) % n_layers if stop_at_layer < n_layers else n_layers
+
+
+def check_pass(return_type, shape: tuple[int, int], has_tokens: bool, start: int | None, stop: int | None,
+               hf_kwargs: dict) -> None:
+    """Refuse a forward call whose parts do not fit together (`ValueError` naming them): an unknown
+    `return_type`; a loss without
+    token ids or with one position, or with `logits_to_keep`; `stop_at_layer` before `start_at_layer`;
+    `start_at_layer` continuing a cache; `position_ids` not one per token. `shape` is the input's
+    `(batch, pos)`; `has_tokens` whether its token ids are known.
+
+    Examples:
+        >>> check_pass("loss", (1, 2), True, None, None, {"logits_to_keep": 1})
+        Traceback (most recent call last):
+        ...
+        ValueError: return_type='loss' scores every position, but logits_to_keep=1 keeps only the last logits: leave logits_to_keep out (or return_type='logits').
+    """
+    if return_type not in RETURN_TYPES:
+        raise ValueError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.")
+    if return_type in ("loss", "both") and stop is None:
+        if not has_tokens:
+            raise ValueError(f"return_type={return_type!r} with start_at_layer needs the token ids it predicts: "
+                             "pass tokens=.")
+        if shape[1] < 2:
+            raise ValueError("The next-token loss needs at least 2 tokens per row; this input has 1.")
+        keep = hf_kwargs.get("logits_to_keep", 0)
+        if not (is_int(keep) and keep == 0):
+            raise ValueError(f"return_type={return_type!r} scores every position, but logits_to_keep={keep!r} keeps "
+                             "only the last logits: leave logits_to_keep out (or return_type='logits').")
+    if start is not None and stop is not None and stop < start:
+        raise ValueError(f"stop_at_layer={stop} is before start_at_layer={start}: no block would run.")
+    if start is not None and hf_kwargs.get("past_key_values", hf_kwargs.get("cache")) is not None:
+        raise ValueError("start_at_layer cannot continue a cache: the blocks before it would not add their state.")
+    if hf_kwargs.get("position_ids") is not None:
+        check_position_ids(hf_kwargs["position_ids"], tuple(shape))
 
 
 def hf_forward_arguments(hf_model: nn.Module) -> set[str]:

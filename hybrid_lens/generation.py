@@ -34,8 +34,9 @@ class Generation:
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> model.generate("In the beginning", max_new_tokens=4, do_sample=False, verbose=False)
-        'In the beginning of the earth.'
+        >>> print(model.generate("In the beginning", max_new_tokens=4, do_sample=False, verbose=False))
+        In the beginning.
+        And the
     """
 
     def embed(self, tokens) -> Float[Tensor, "batch pos d_model"]:
@@ -50,7 +51,7 @@ class Generation:
             >>> tokens = model.to_tokens("In the beginning")
             >>> embeds = model.embed(tokens)
             >>> embeds.shape                                  # [batch, pos, d_model]
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
             >>> torch.equal(embeds, model.run_with_cache(tokens)[1]["hook_embed"])
             True
         """

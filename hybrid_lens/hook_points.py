@@ -332,7 +332,7 @@ class TappedHookPoint(HookPoint):
             >>> _ = model("In the beginning")
             >>> point.remove_hooks()
             >>> seen                               # [batch, pos, group, d_state]
-            [torch.Size([1, 3, 1, 32])]
+            [torch.Size([1, 4, 1, 32])]
         """
         handle = super().add_hook(hook, dir=dir, **kwargs)
         self.tap.acquire()

@@ -12,7 +12,7 @@ from operator import attrgetter
 import torch
 from torch import nn
 
-from .tokens import tokenizer_prepends_bos
+from .tokens import PaddingSide, check_padding_side, tokenizer_prepends_bos
 
 
 class LensConfig:
@@ -21,10 +21,12 @@ class LensConfig:
     Attributes:
         hf_config: The wrapped model's `transformers` config (other attributes are read from it).
         default_prepend_bos: Whether `to_tokens` and text input get a BOS token by default
-            (settable). Defaults to what the tokenizer does by itself, so text runs exactly as
-            `transformers` tokenizes it.
-        default_padding_side: `"right"` (settable): exact for every mixer, since real tokens never
-            see padding in causal attention, Gated DeltaNet or Mamba-2.
+            (settable). Defaults to TransformerLens's choice for the architecture (`Family.prepend_bos`:
+            True, but False for the Qwen families, Granite and RecurrentGemma), whatever the tokenizer
+            does by itself (`tokenizer_prepends_bos`).
+        default_padding_side: The side a batch of texts is padded on (settable): the tokenizer's
+            `padding_side`, as in TransformerLens (`"right"` without a tokenizer). Either side is exact
+            where the family allows left padding (`Family.left_padding`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
@@ -37,9 +39,8 @@ class LensConfig:
     def __init__(self, model):
         object.__setattr__(self, "_model", model)
         object.__setattr__(self, "hf_config", model.hf_model.config)
-        tokenizer = model.tokenizer
-        self.default_prepend_bos = tokenizer is not None and tokenizer_prepends_bos(tokenizer)
-        self.default_padding_side = "right"
+        self.default_prepend_bos = model.adapter.prepend_bos
+        self._padding_side: PaddingSide = "right"  # the side while the model has no tokenizer
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -49,6 +50,21 @@ class LensConfig:
     def __repr__(self) -> str:
         return (f"LensConfig(model_name={self.model_name!r}, d_model={self.d_model}, n_layers={self.n_layers}, "
                 f"n_heads={self.n_heads}, d_vocab={self.d_vocab}, n_ctx={self.n_ctx})")
+
+    @property
+    def default_padding_side(self) -> PaddingSide:
+        """The side a batch of texts is padded on: the tokenizer's `padding_side` (setting it sets the
+        tokenizer's); `"right"` for a model without a tokenizer."""
+        tokenizer = self._model.tokenizer
+        return self._padding_side if tokenizer is None else tokenizer.padding_side
+
+    @default_padding_side.setter
+    def default_padding_side(self, side: PaddingSide) -> None:
+        check_padding_side(side)
+        tokenizer = self._model.tokenizer
+        self._padding_side = side
+        if tokenizer is not None:
+            tokenizer.padding_side = side
 
     @property
     def model_name(self) -> str:

@@ -26,8 +26,7 @@ from .adapters import HookedBlock, Wrapping, adapter_for
 from .adapters.base import FinalNormHooks
 from .caching import Caching
 from .copying import Copying
-from .forward_state import (StopForward, begin, check_hf_kwargs, context_length, current_state, hf_forward_arguments,
-                            stop_block)
+from .forward_state import StopForward, check_hf_kwargs, current_state, hf_forward_arguments, prepare_pass
 from .hook_points import HookedRootModule, HookPoint, TappedHookPoint, unknown_hook_error
 from .layout import Component, Layout
 from .lens_config import LensConfig
@@ -38,14 +37,13 @@ from .nnsight_view import NNsightView
 from .readout import Readout, next_token_loss
 from .sae import SAESplicing
 from .tokenizing import ModelInput, Tokenizing
-from .tokens import PaddingSide
+from .tokens import PaddingSide, prepare_tokenizer
 from .weights import Weights
 
 __all__ = ["Component", "FinalNormHooks", "HookedHybrid", "next_token_loss"]
 
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 ReturnType = Literal["logits", "loss", "both"] | None
-RETURN_TYPES = ("logits", "loss", "both", None)
 
 
 class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicing, NNsightView, Weights, Copying,
@@ -59,7 +57,8 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
 
     Args:
         hf_model: A causal LM of a registered family (see `supported_architectures`).
-        tokenizer: Its tokenizer, needed for text input; a missing pad token is set to EOS.
+        tokenizer: Its tokenizer, needed for text input; a missing pad or BOS token is set to EOS (as
+            TransformerLens's `set_tokenizer` does).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -67,18 +66,16 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
         ['ssm+attn', 'ssm+attn']
         >>> logits, cache = model.run_with_cache("In the beginning")
         >>> logits.shape                              # [batch, pos, vocab]
-        torch.Size([1, 3, 4096])
+        torch.Size([1, 4, 4096])
         >>> cache["blocks.3.hook_ssm_out"].shape      # [batch, pos, d_model]
-        torch.Size([1, 3, 128])
+        torch.Size([1, 4, 128])
     """
 
     def __init__(self, hf_model: PreTrainedModel, tokenizer=None):
         super().__init__()
         self.adapter = adapter_for(hf_model)
         self.hf_model = hf_model
-        self.tokenizer = tokenizer
-        if tokenizer is not None and tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = None if tokenizer is None else prepare_tokenizer(tokenizer)
         self._cfg = LensConfig(self)
         self._hf_arguments = hf_forward_arguments(hf_model)  # checked on every forward: read once
         self.layout: Layout = self.adapter.layout(hf_model.config)
@@ -234,37 +231,48 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
             >>> _ = model.run_with_hooks(["In the beginning", "And God said unto Moses"], fwd_hooks=[
             ...     ("hook_embed", lambda value, hook: seen.append(model.real_positions))])
             >>> seen[0]
-            tensor([[ 0,  1,  2, -1, -1],
-                    [ 0,  1,  2,  3,  4]])
+            tensor([[ 0,  1,  2,  3, -1, -1],
+                    [ 0,  1,  2,  3,  4,  5]])
         """
         state = current_state()
         return state.positions if state is not None and state.running and state.model is self else None
 
     def forward(
         self,
-        input: ModelInput,
+        input: ModelInput | Tensor,
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
         padding_side: PaddingSide | None = None,
-        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+        tokens: Tensor | None = None,
+        shortformer_pos_embed: None = None,
         attention_mask: Tensor | None = None,
+        stop_at_layer: int | None = None,
         **hf_kwargs,
     ):
         """Run the model, with whatever hooks are attached (TransformerLens's arguments).
 
         Args:
             input: A string, a list of strings (padded and masked for you), or token ids
-                `Int[Tensor, "batch pos"]` (or `"pos"`, or nested lists of ints).
+                `Int[Tensor, "batch pos"]` (or `"pos"`, or nested lists of ints); with `start_at_layer`,
+                the residual stream entering that block, `Float[Tensor, "batch pos d_model"]`.
             return_type: `"logits"`, `"loss"`, `"both"` or None.
             loss_per_token: Return the loss of every next-token prediction, not their mean.
-            prepend_bos: For text input, as in `to_tokens`.
-            padding_side: For a list of texts, as in `to_tokens`.
-            stop_at_layer: Run blocks `0 .. stop_at_layer - 1` only and return the residual stream
-                entering block `stop_at_layer` (`Float[Tensor, "batch pos d_model"]`; 0 gives the
-                embeddings, `n_layers` the last block's output before the final norm; negative
-                values count from the end). Later blocks and the unembedding are not computed.
-            attention_mask: `Int[Tensor, "batch pos"]`, only with token ids.
+            prepend_bos: For text input, as in `to_tokens` (ignored for token ids, as in TransformerLens).
+            padding_side: For a list of texts, as in `to_tokens` (ignored for token ids).
+            start_at_layer: Enter at this block with `input` as its residual stream (negative: from the
+                end; `n_layers`: final norm and unembedding only); earlier blocks and `hook_embed` do not
+                run. Recurrent mixers (Gated DeltaNet, Mamba-2, ...) start from a zero state, as in any
+                pass without a cache.
+            tokens: With `start_at_layer`, the ids the residual stream comes from: needed for the loss,
+                and by Zamba2 entering after block 0 (its shared blocks read the embeddings too).
+            shortformer_pos_embed: TransformerLens's; None only (there are no learned positions).
+            attention_mask: `Int[Tensor, "batch pos"]`, with token ids or a residual stream. Padding
+                between real tokens gets position ids counting real tokens (as in TransformerLens).
+            stop_at_layer: Return the residual stream entering this block (`Float[Tensor, "batch pos
+                d_model"]`; 0: the embeddings, `n_layers`: the final norm's input, negative: from the end);
+                later blocks and the unembedding are not computed.
             **hf_kwargs: Arguments of the `transformers` forward (`use_cache` defaults to False,
                 `position_ids`, `past_key_values`, `logits_to_keep`, ...). Any other name raises a
                 `TypeError` instead of being dropped.
@@ -276,40 +284,36 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-            >>> model("In the beginning").shape
-            torch.Size([1, 3, 4096])
+            >>> model("In the beginning").shape                          # BOS + 3 tokens
+            torch.Size([1, 4, 4096])
             >>> logits, loss = model(["In the beginning", "And God said unto Moses"], return_type="both")
             >>> logits.shape, loss.shape
-            (torch.Size([2, 5, 4096]), torch.Size([]))
+            (torch.Size([2, 6, 4096]), torch.Size([]))
             >>> model("In the beginning", return_type="loss", loss_per_token=True).shape
-            torch.Size([1, 2])
-            >>> model("In the beginning", stop_at_layer=4).shape      # resid_pre of block 4
-            torch.Size([1, 3, 128])
+            torch.Size([1, 3])
+            >>> resid = model("In the beginning", stop_at_layer=4)       # resid_pre of block 4
+            >>> resid.shape
+            torch.Size([1, 4, 128])
+            >>> torch.equal(model(resid, start_at_layer=4), model("In the beginning"))
+            True
         """
-        if return_type not in RETURN_TYPES:
-            raise ValueError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.")
         if self._wrapping is None:
             raise RuntimeError("This HookedHybrid was unwrapped; wrap its model again with HookedHybrid.from_hf.")
         check_hf_kwargs(hf_kwargs, self._hf_arguments, type(self.hf_model).__name__)
-        context = context_length(attention_mask, hf_kwargs)
-        tokens, mask = self.encode(input, attention_mask, prepend_bos, padding_side, context)
-        stop = stop_block(stop_at_layer, self.n_layers)
-        if return_type in ("loss", "both") and stop is None and tokens.shape[1] < 2:
-            raise ValueError("The next-token loss needs at least 2 tokens per row; this input has 1.")
-        hf_kwargs.setdefault("use_cache", False)
-        state = begin(self, tokens, mask, stop)
+        inputs, tokens, mask, state = prepare_pass(
+            self, input, return_type, prepend_bos, padding_side, start_at_layer, tokens, shortformer_pos_embed,
+            attention_mask, stop_at_layer, hf_kwargs)
         with state.active():
-            tokens = self.hook_tokens(tokens)  # a hook may change the ids (not their shape): the run and loss use them
+            if start_at_layer is None:  # a hook may change the ids (not their shape): the run and loss use them
+                tokens = inputs["input_ids"] = self.hook_tokens(tokens)
             try:
-                output = self.hf_model(input_ids=tokens, attention_mask=mask, **hf_kwargs)
+                output = self.hf_model(**inputs, attention_mask=mask, **hf_kwargs)
             except StopForward as stopped:
                 return stopped.resid
         if state.stop is not None:
             raise RuntimeError("stop_at_layer was not reached")  # a family whose blocks skip resid_in
         logits = self.hook_logits(output.logits)
-        if return_type == "logits":
-            return logits
-        if return_type is None:
-            return None
+        if return_type in ("logits", None):
+            return logits if return_type else None
         loss = next_token_loss(logits, tokens, mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)

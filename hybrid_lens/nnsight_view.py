@@ -29,7 +29,7 @@ class NNsightView:
             >>> with view.trace("In the beginning"):
             ...     ssm3 = view.blocks[3].hook_ssm_out.output.save()
             >>> ssm3.shape                                   # [batch, pos, d_model]
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
         """
         from .nnsight_envoy import HybridEnvoy
 
@@ -49,6 +49,6 @@ class NNsightView:
             >>> with model.trace("In the beginning"):
             ...     resid = view.blocks[0].hook_resid_post.output.save()
             >>> resid.shape
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
         """
         return self.nnsight().trace(*inputs, **kwargs)

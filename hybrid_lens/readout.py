@@ -1,4 +1,5 @@
-"""Readout: from the residual stream to logits and loss, outside the forward pass (no hook points fire)."""
+"""Readout: from the residual stream to logits and loss, outside the forward pass (no hook points fire), and
+the model-level weight views `W_U` / `W_E`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ from operator import attrgetter
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from .checks import is_int
+
+NO_POSITIONS = ("hybrid-lens models have no learned positional embedding (TransformerLens's W_pos / pos_embed): "
+                "attention applies rotary positions inside (cfg.positional_embedding_type 'rotary') or none, and the "
+                "recurrent mixers encode order themselves; the token embedding is W_E.")
+ABSENT = {"W_pos": NO_POSITIONS, "pos_embed": NO_POSITIONS, "hook_pos_embed": NO_POSITIONS}
+
 
 class Readout:
-    """`HookedHybrid`'s readout methods: the final norm, the unembedding and `W_U` of any residual.
+    """`HookedHybrid`'s readout methods: the final norm, the unembedding of any residual, the weight views
+    `W_U` and `W_E`, and a clear error for TransformerLens attributes that cannot exist here (`W_pos`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
@@ -31,7 +40,7 @@ class Readout:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> _, cache = model.run_with_cache("In the beginning")
             >>> model.apply_final_norm(cache["resid_post", 5]).shape
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
         """
         return self.adapter.final_norm(self.hf_model).forward(resid)
 
@@ -87,15 +96,78 @@ class Readout:
 
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
-        """Unembedding matrix including any logit multiplier or divisor, TransformerLens layout:
-        `Float[Tensor, "d_model vocab"]`. Raises `NotImplementedError` for a model whose logits are
-        not linear in the final-normed residual (a soft cap): `unembed` gives its logits."""
+        """Unembedding matrix, TransformerLens layout `Float[Tensor, "d_model vocab"]`: a view of
+        `lm_head.weight` (transposed; not a copy: edits reach the model), or where the model multiplies or
+        divides its logits (Falcon-H1, Granite) the scaled matrix, a new tensor, so that always
+        `ln_final.hook_normalized @ W_U` = logits. Raises `NotImplementedError` for a model whose logits are
+        not linear in the final-normed residual (a soft cap): `unembed` gives its logits.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> model.W_U.shape, model.W_U.data_ptr() == model.hf_model.lm_head.weight.data_ptr()
+            (torch.Size([128, 4096]), True)
+        """
         if self.adapter.logit_transform is not None:
             raise NotImplementedError(
                 f"{self.adapter.family} soft-caps its logits, so they are not linear in the final-normed residual and "
                 "there is no W_U (direct logit attribution would not sum to the logits). Use model.unembed for the "
                 "logits, or hf_model.lm_head.weight for the pre-cap unembedding.")
-        return self.adapter.scale_logits(self.hf_model, self.hf_model.lm_head.weight.T)
+        weight, hf_model = self.hf_model.lm_head.weight.T, self.hf_model
+        unscaled = self.adapter.logit_scale(hf_model) == 1 and self.adapter.logit_divisor(hf_model) == 1
+        return weight if unscaled else self.adapter.scale_logits(hf_model, weight)
+
+    @property
+    def W_E(self) -> Float[Tensor, "vocab d_model"]:
+        """Embedding matrix, TransformerLens layout `Float[Tensor, "vocab d_model"]`: a view of the
+        `transformers` embedding weight (not a copy), or where the model scales its embeddings before
+        block 0 (Falcon-H1, Granite, RecurrentGemma: `Family.embed_scale`) the scaled matrix, a new tensor,
+        so that always `hook_embed` = `W_E[tokens]`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+            >>> model.W_E.data_ptr() == model.hf_model.get_input_embeddings().weight.data_ptr()
+            True
+            >>> tokens = model.to_tokens("In the beginning")
+            >>> _, cache = model.run_with_cache(tokens, names_filter="hook_embed")
+            >>> torch.equal(cache["hook_embed"], model.W_E[tokens])
+            True
+        """
+        weight = self.hf_model.get_input_embeddings().weight
+        scale = self.adapter.embed_scale(self.hf_model)
+        return weight if isinstance(scale, (int, float)) and scale == 1 else weight * scale
+
+    def tokens_to_residual_directions(
+        self, tokens: str | int | Int[Tensor, "..."],
+    ) -> Float[Tensor, "d_model"] | Float[Tensor, "... d_model"]:
+        """The unembedding direction of each token: `W_U[:, token]`, the vector whose dot product with
+        `ln_final.hook_normalized` is that token's logit (no folding: the final norm's gain is in
+        `hook_normalized`, not in `W_U`). As TransformerLens: a one-token string, an id or a 1-element
+        tensor gives `[d_model]`; a tensor of ids `[...]` gives `[..., d_model]`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> model.tokens_to_residual_directions(" God").shape
+            torch.Size([128])
+            >>> model.tokens_to_residual_directions(model.to_tokens(["In the beginning", "And God"])).shape
+            torch.Size([2, 3, 128])
+        """
+        if isinstance(tokens, Tensor) and tokens.numel() > 1:
+            return self.W_U.T[tokens]
+        if isinstance(tokens, str):
+            return self.W_U[:, self.to_single_token(tokens)]
+        if isinstance(tokens, Tensor) and not tokens.is_floating_point():
+            return self.W_U[:, int(tokens.item())]
+        if not is_int(tokens):
+            raise TypeError(f"tokens must be a one-token string, a token id or a tensor of ids, not {tokens!r}.")
+        return self.W_U[:, int(tokens)]
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ABSENT:
+                raise AttributeError(f"{type(self).__name__} has no {name}: {ABSENT[name]}") from None
+            raise
 
 
 def next_token_loss(
@@ -107,8 +179,9 @@ def next_token_loss(
     Args:
         logits: `Float[Tensor, "batch pos vocab"]`.
         tokens: `Int[Tensor, "batch pos"]`, the input ids (targets are `tokens[:, 1:]`).
-        mask: `Int[Tensor, "batch pos"]` attention mask; masked targets are left out of the mean
-            (and are 0 with `per_token`).
+        mask: `Int[Tensor, "batch pos"]` attention mask (its last `pos` columns where it is longer); a
+            prediction from or of a pad position is left out of the mean (and is 0 with `per_token`),
+            under left and right padding alike, as TransformerLens's `lm_cross_entropy_loss` does.
         per_token: Return every loss instead of the mean.
 
     Returns:
@@ -118,11 +191,12 @@ def next_token_loss(
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> tokens = model.to_tokens("In the beginning God created the heaven")
         >>> next_token_loss(model(tokens), tokens, per_token=True).shape
-        torch.Size([1, 6])
+        torch.Size([1, 7])
     """
     log_probs = logits[:, :-1].float().log_softmax(-1)
     nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
     if mask is None:
         return nll if per_token else nll.mean()
-    target_mask = mask[:, 1:].to(nll.dtype)
+    mask = mask[:, -tokens.shape[1]:].bool()
+    target_mask = (mask[:, 1:] & mask[:, :-1]).to(nll.dtype)
     return nll * target_mask if per_token else (nll * target_mask).sum() / target_mask.sum()

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from .tokens import PaddingSide, as_token_ids, check_ids, check_length, check_mask, tokenize
+from .checks import is_int
+from .tokens import (PaddingSide, TokenNotFoundError, as_token_ids, check_ids, check_length, check_mask,
+                     check_not_mixed, check_residual, prepare_tokenizer, tokenize)
 
 ModelInput = str | Sequence[str] | Tensor | Sequence[int] | Sequence[Sequence[int]]
 
@@ -22,8 +24,24 @@ class Tokenizing:
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> model.to_str_tokens(model.to_tokens("In the beginning"))
-        ['In', ' the', ' beginning']
+        ['<s>', 'In', ' the', ' beginning']
     """
+
+    def set_tokenizer(self, tokenizer, default_padding_side: PaddingSide | None = None) -> None:
+        """Use `tokenizer` for text, set up as TransformerLens's `set_tokenizer` does (see
+        `tokens.prepare_tokenizer`: padding side, and the EOS token as pad and BOS where they are missing).
+
+        Args:
+            tokenizer: A `transformers` tokenizer (`TypeError` otherwise).
+            default_padding_side: `"right"` or `"left"`; None: the tokenizer's own `padding_side`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> model.set_tokenizer(model.tokenizer, default_padding_side="left")
+            >>> model.cfg.default_padding_side
+            'left'
+        """
+        self.tokenizer = prepare_tokenizer(tokenizer, default_padding_side)
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
@@ -43,9 +61,9 @@ class Tokenizing:
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.to_tokens("In the beginning").shape
-            torch.Size([1, 3])
+            torch.Size([1, 4])
             >>> model.to_tokens(["In the beginning", "And God said unto Moses"]).shape
-            torch.Size([2, 5])
+            torch.Size([2, 6])
             >>> model.to_tokens("In the beginning", prepend_bos=True)[0, 0] == model.tokenizer.bos_token_id
             tensor(True)
         """
@@ -63,10 +81,10 @@ class Tokenizing:
 
         Args:
             input: A string or a list of strings.
-            prepend_bos: Start every row with BOS; None: `cfg.default_prepend_bos` (what the
-                tokenizer does by itself, so text runs as `transformers` tokenizes it).
-            padding_side: `"right"` or `"left"`; None: `cfg.default_padding_side` (`"right"`).
-                Positions given to interventions count real tokens per row either way.
+            prepend_bos: Start every row with BOS; None: `cfg.default_prepend_bos` (TransformerLens's
+                choice for the architecture).
+            padding_side: `"right"` or `"left"`; None: `cfg.default_padding_side` (the tokenizer's
+                `padding_side`). Positions given to interventions count real tokens per row either way.
             move_to_device: Put the tensors on the model's device (else on the CPU).
             truncate: Keep at most `cfg.n_ctx` tokens per row.
 
@@ -77,8 +95,8 @@ class Tokenizing:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> tokens, mask = model.to_tokens_and_mask(["In the beginning", "And God said unto Moses"])
             >>> mask
-            tensor([[1, 1, 1, 0, 0],
-                    [1, 1, 1, 1, 1]])
+            tensor([[1, 1, 1, 1, 0, 0],
+                    [1, 1, 1, 1, 1, 1]])
         """
         texts = [input] if isinstance(input, str) else input
         if not isinstance(texts, Sequence) or isinstance(texts, Tensor):
@@ -101,9 +119,9 @@ class Tokenizing:
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.to_string(model.to_tokens("In the beginning")[0])
-            'In the beginning'
+            '<s>In the beginning'
             >>> model.to_string(model.to_tokens(["In the beginning", "And God said"]))
-            ['In the beginning', 'And God said']
+            ['<s>In the beginning', '<s>And God said']
         """
         tokenizer = self._require_tokenizer()
         tokens = torch.as_tensor(tokens)
@@ -121,9 +139,9 @@ class Tokenizing:
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.to_str_tokens("In the beginning")
-            ['In', ' the', ' beginning']
+            ['<s>', 'In', ' the', ' beginning']
             >>> model.to_str_tokens(["Let there", "be light"])
-            [['Let', ' there'], ['be', ' light']]
+            [['<s>', 'Let', ' there'], ['<s>', 'be', ' light']]
         """
         tokenizer = self._require_tokenizer()
         if isinstance(input, str):
@@ -155,7 +173,7 @@ class Tokenizing:
             >>> model.to_single_str_token(model.to_single_token(" God"))
             ' God'
         """
-        return self._require_tokenizer().decode([int(token)])
+        return self._require_tokenizer().decode([_token_id(token)])
 
     def get_token_position(
         self, single_token: str | int, input: str | Tensor, mode: Literal["first", "last"] = "first",
@@ -164,25 +182,39 @@ class Tokenizing:
         """Position of the first (or last) occurrence of a token in a text or a row of ids.
 
         Args:
-            single_token: A one-token string or a token id.
-            input: A text, or ids `Int[Tensor, "pos"]` / `Int[Tensor, "1 pos"]`.
+            single_token: A one-token string or a token id (an int, numpy integer or 1-element tensor).
+            input: A text, or ids `Int[Tensor, "pos"]` / `Int[Tensor, "1 pos"]` (compared by value: a
+                float tensor of ids works as in TransformerLens).
             mode: `"first"` or `"last"` occurrence.
             prepend_bos: For text input, as in `to_tokens`.
+
+        Returns:
+            The position; `TokenNotFoundError` (a `ValueError` and an `AssertionError`, with
+            TransformerLens's message) where the token does not occur.
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> model.get_token_position(" the", "In the beginning the earth", mode="last")
-            3
+            4
         """
         if mode not in ("first", "last"):
             raise ValueError(f"mode must be 'first' or 'last', not {mode!r}.")
-        token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
-        ids = self.to_tokens(input, prepend_bos, move_to_device=False) if isinstance(input, str) else as_token_ids(input)
-        if ids.shape[0] != 1:
-            raise ValueError(f"get_token_position takes one sequence, got a batch of {ids.shape[0]}.")
-        found = (ids[0].cpu() == token).nonzero().flatten()
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else _token_id(single_token)
+        if isinstance(input, str):
+            ids = self.to_tokens(input, prepend_bos, move_to_device=False)[0]
+        else:  # ids are compared by value, as TransformerLens does (a float tensor of ids too)
+            ids = torch.as_tensor(input)
+            if ids.ndim == 2 and ids.shape[0] == 1:
+                ids = ids[0]
+            if ids.ndim != 1:
+                raise ValueError(f"get_token_position takes one text or one row of ids ([pos] or [1, pos]), "
+                                 f"not shape {tuple(ids.shape)}.")
+        found = (ids.cpu() == token).nonzero().flatten()
         if found.numel() == 0:
-            raise ValueError(f"Token {self.to_single_str_token(token)!r} (id {token}) does not occur in the input.")
+            error = TokenNotFoundError("The token does not occur in the prompt")  # TransformerLens's message
+            if hasattr(error, "add_note"):
+                error.add_note(f"token id {token} ({self.to_single_str_token(token)!r}) in {ids.tolist()}")
+            raise error
         return int(found[0] if mode == "first" else found[-1])
 
     def encode(
@@ -209,27 +241,87 @@ class Tokenizing:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> tokens, mask = model.encode(["In the beginning", "And God said unto Moses"])
             >>> tokens.shape, mask.shape
-            (torch.Size([2, 5]), torch.Size([2, 5]))
+            (torch.Size([2, 6]), torch.Size([2, 6]))
             >>> model.encode([[5, 6, 7]])
             (tensor([[5, 6, 7]]), None)
         """
-        is_text = isinstance(input, str) or (
-            isinstance(input, Sequence) and not isinstance(input, Tensor) and len(input) > 0
-            and all(isinstance(text, str) for text in input)
-        )
-        if is_text:
+        check_not_mixed(input)
+        if isinstance(input, str) or (isinstance(input, Sequence) and input and isinstance(input[0], str)):
             if attention_mask is not None:
                 raise ValueError("Pass attention_mask only with token ids; text input is tokenized and masked for you.")
             tokens, mask = self.to_tokens_and_mask(input, prepend_bos, padding_side, truncate=False)
-        else:
-            if prepend_bos or padding_side is not None:  # prepend_bos=False (SAE-Lens passes it) is a no-op
-                raise ValueError("prepend_bos=True and padding_side apply to text input only; these are token ids.")
+        else:  # prepend_bos and padding_side apply to text; ids are taken as they are (as TransformerLens does)
             tokens = as_token_ids(input).to(self.device)
             mask = None if attention_mask is None else check_mask(attention_mask, tokens, context_length)
         check_ids(tokens, self.cfg.d_vocab)
         check_length(context_length or tokens.shape[1], self.cfg.n_ctx)
+        return tokens, self._checked_padding(mask)
+
+    def _checked_padding(self, mask: Tensor | None) -> Tensor | None:
+        """The mask, None where every token is real; `ValueError` for padding before real tokens on a family
+        that does not allow it (`Family.left_padding`)."""
         if mask is not None and not self.adapter.left_padding and bool((mask[:, 1:] > mask[:, :-1]).any()):
             raise ValueError(f"{type(self.hf_model).__name__} does not mask padding everywhere (its convolution reads "
                              "the positions before a row's first token), so padding before a row's tokens changes "
-                             "its values: pad on the right (padding_side='right', the default for text).")
-        return tokens, (None if mask is None or bool(mask.all()) else mask)
+                             "its values: pad on the right (padding_side='right').")
+        return None if mask is None or bool(mask.all()) else mask
+
+    def encode_residual(
+        self, resid: Tensor, tokens=None, attention_mask: Tensor | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"] | None, Int[Tensor, "batch pos"] | None]:
+        """Validated input of a pass entering at a block (`forward(resid, start_at_layer=...)`): the
+        residual stream on the model's device, the token ids it comes from (optional; checked to have its
+        batch and length) and the attention mask (`[batch, pos]`, None where every token is real).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> resid, tokens, mask = model.encode_residual(torch.zeros(2, 3, 128), [[5, 6, 7], [5, 6, 8]])
+            >>> resid.shape, tokens.shape, mask
+            (torch.Size([2, 3, 128]), torch.Size([2, 3]), None)
+        """
+        resid = check_residual(resid, self.cfg.d_model, self.cfg.dtype).to(self.device)
+        shape = resid.shape[:2]
+        if tokens is not None:
+            tokens = as_token_ids(tokens).to(self.device)
+            if tokens.shape != shape:
+                raise ValueError(f"tokens has shape {tuple(tokens.shape)}; the residual stream is [batch, pos] = "
+                                 f"{tuple(shape)}.")
+            check_ids(tokens, self.cfg.d_vocab)
+        check_length(shape[1], self.cfg.n_ctx)
+        mask = None if attention_mask is None else check_mask(attention_mask, resid[..., 0])
+        return resid, tokens, self._checked_padding(mask)
+
+    def input_to_embed(self, input: ModelInput, prepend_bos: bool | None = None,
+                       padding_side: PaddingSide | None = None, attention_mask: Tensor | None = None,
+                       past_kv_cache=None) -> tuple[Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"],
+                                                    None, Int[Tensor, "batch pos"] | None]:
+        """TransformerLens's first step: the residual stream entering block 0 (`hook_embed` fires), with the
+        token ids, the shortformer positional embedding (None: no learned positions) and the attention mask
+        (text: 1 on real tokens; ids: the mask given, or None). Feed them to
+        `forward(residual, start_at_layer=0, tokens=tokens, attention_mask=mask)`.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+            >>> resid, tokens, _, mask = model.input_to_embed(["In the beginning", "And God said"])
+            >>> torch.equal(model(resid, start_at_layer=0, attention_mask=mask), model(tokens, attention_mask=mask))
+            True
+        """
+        if past_kv_cache is not None:
+            raise ValueError("hybrid-lens continues a run with the transformers cache (model(tokens, cache=...)), "
+                             "not TransformerLens's past_kv_cache.")
+        if attention_mask is None and not isinstance(input, Tensor) and (isinstance(input, str) or input and
+                                                                         isinstance(input[0], str)):
+            tokens, attention_mask = self.to_tokens_and_mask(input, prepend_bos, padding_side)
+        else:
+            tokens, _ = self.encode(input, attention_mask, prepend_bos, padding_side)
+        resid = self(tokens, attention_mask=attention_mask, stop_at_layer=0)
+        return resid, tokens, None, attention_mask
+
+
+def _token_id(token) -> int:
+    """One token id from an int, a numpy integer or a 1-element tensor; `TypeError` otherwise."""
+    if isinstance(token, Tensor) and token.numel() == 1 and not token.is_floating_point():
+        return int(token.item())
+    if not is_int(token):
+        raise TypeError(f"A token id must be an integer, not {token!r}.")
+    return int(token)

@@ -11,11 +11,66 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 PaddingSide = Literal["right", "left"]
 PADDING_SIDES = ("right", "left")
+
+
+class TokenNotFoundError(ValueError, AssertionError):
+    """A token that does not occur where `get_token_position` looks for it. A `ValueError`, and an
+    `AssertionError` with TransformerLens's message, so code written for TransformerLens catches it.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
+        >>> try:
+        ...     model.get_token_position(" Moses", "In the beginning")
+        ... except AssertionError as error:                # TransformerLens's exception type and message
+        ...     print(type(error).__name__, isinstance(error, ValueError), error)
+        TokenNotFoundError True The token does not occur in the prompt
+    """
+
+
+def check_padding_side(side) -> None:
+    """Raise `ValueError` unless `side` is `"right"` or `"left"`.
+
+    Examples:
+        >>> check_padding_side("middle")
+        Traceback (most recent call last):
+        ...
+        ValueError: padding_side must be one of ('right', 'left'), not 'middle'.
+    """
+    if side not in PADDING_SIDES:
+        raise ValueError(f"padding_side must be one of {PADDING_SIDES}, not {side!r}.")
+
+
+def prepare_tokenizer(tokenizer, padding_side: PaddingSide | None = None):
+    """Set a tokenizer up as TransformerLens's `set_tokenizer` does: `padding_side` if given (else the
+    tokenizer's own, `"right"` when it has none); a missing pad token and a missing BOS token become
+    the EOS token (so `prepend_bos=True` works for tokenizers without BOS, e.g. Qwen's). Returns it.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> prepare_tokenizer(model.tokenizer, "left").padding_side
+        'left'
+        >>> prepare_tokenizer(model.tokenizer, "right").padding_side
+        'right'
+    """
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(f"The tokenizer must be a transformers tokenizer (PreTrainedTokenizerBase), not "
+                        f"{type(tokenizer).__name__}.")
+    if padding_side is not None:
+        check_padding_side(padding_side)
+        tokenizer.padding_side = padding_side
+    if tokenizer.padding_side is None:
+        tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None and tokenizer.eos_token is not None:
+        tokenizer.bos_token = tokenizer.eos_token
+    return tokenizer
 
 
 def tokenizer_prepends_bos(tokenizer) -> bool:
@@ -55,8 +110,7 @@ def tokenize(
         tensor([[0, 1, 1, 1],
                 [1, 1, 1, 1]])
     """
-    if padding_side not in PADDING_SIDES:
-        raise ValueError(f"padding_side must be one of {PADDING_SIDES}, not {padding_side!r}.")
+    check_padding_side(padding_side)
     bos, adds_bos = tokenizer.bos_token_id, tokenizer_prepends_bos(tokenizer)
     if prepend_bos and bos is None:
         raise ValueError("prepend_bos=True, but this tokenizer has no BOS token.")
@@ -196,3 +250,92 @@ def real_positions(mask: Int[Tensor, "batch pos"] | None, batch: int, length: in
         return torch.arange(length).expand(batch, length)
     mask = mask.bool()
     return torch.where(mask, mask.long().cumsum(1) - 1, -1)
+
+
+def check_not_mixed(input) -> None:
+    """Raise `TypeError` for a list mixing texts with token ids (each row must be one or the other).
+
+    Examples:
+        >>> check_not_mixed(["In the beginning", [5, 6, 7]])
+        Traceback (most recent call last):
+        ...
+        TypeError: The input mixes texts (rows [0]) and token ids (rows [1]): pass a list of strings, or token ids only.
+    """
+    if isinstance(input, Tensor) or not isinstance(input, Sequence) or isinstance(input, str):
+        return
+    texts = [i for i, row in enumerate(input) if isinstance(row, str)]
+    if texts and len(texts) < len(input):
+        others = [i for i in range(len(input)) if i not in texts]
+        raise TypeError(f"The input mixes texts (rows {texts}) and token ids (rows {others}): pass a list of "
+                        "strings, or token ids only.")
+
+
+def has_hole(mask: Int[Tensor, "batch pos"] | None) -> bool:
+    """Whether some row of `mask` has padding between two of its real tokens (not only before or after them).
+
+    Examples:
+        >>> has_hole(torch.tensor([[0, 1, 1], [1, 1, 0]])), has_hole(torch.tensor([[1, 0, 1]]))
+        (False, True)
+    """
+    if mask is None:
+        return False
+    starts = (mask[:, 1:] > mask[:, :-1]).sum(1) + (mask[:, 0] > 0)
+    return bool((starts > 1).any())
+
+
+def positions_from_mask(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Position ids that count each row's real tokens (padding takes its neighbour's, 0 before the
+    first real token), as TransformerLens gives rotary attention when an attention mask is passed.
+
+    Examples:
+        >>> positions_from_mask(torch.tensor([[0, 1, 1, 0, 1]]))
+        tensor([[0, 0, 1, 1, 2]])
+    """
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def check_position_ids(position_ids, tokens_shape: tuple[int, int]) -> None:
+    """Raise `ValueError` / `TypeError` for `position_ids` that do not fit ids of `tokens_shape`: the last
+    axis must be the ids' length, the one before it (if any) 1 or their batch, values integers.
+
+    Examples:
+        >>> check_position_ids(torch.tensor([[0, 1]]), (1, 3))
+        Traceback (most recent call last):
+        ...
+        ValueError: position_ids has shape (1, 2); the token ids have shape (1, 3): give one position per token ([batch, pos] or [pos]).
+    """
+    if not isinstance(position_ids, Tensor):
+        raise TypeError(f"position_ids must be an integer tensor [batch, pos], not {type(position_ids).__name__}.")
+    if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
+        raise TypeError(f"position_ids must be integers, got {position_ids.dtype}.")
+    shape, (batch, length) = tuple(position_ids.shape), tokens_shape
+    if not shape or shape[-1] != length or (len(shape) > 1 and shape[-2] not in (1, batch)):
+        raise ValueError(f"position_ids has shape {shape}; the token ids have shape {tokens_shape}: give one "
+                         "position per token ([batch, pos] or [pos]).")
+
+
+def check_residual(resid, d_model: int, dtype: torch.dtype) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream given to `forward(..., start_at_layer=...)`, as `[batch, pos, d_model]`;
+    `TypeError` / `ValueError` naming what is wrong (token ids or text, shape, dtype).
+
+    Examples:
+        >>> check_residual(torch.zeros(3, 8), 8, torch.float32).shape
+        torch.Size([1, 3, 8])
+        >>> check_residual(torch.zeros(1, 3, 4), 8, torch.float32)
+        Traceback (most recent call last):
+        ...
+        ValueError: start_at_layer takes the residual stream [batch, pos, d_model=8]; got shape (1, 3, 4).
+    """
+    if not isinstance(resid, Tensor) or not resid.is_floating_point():
+        given = type(resid).__name__ if not isinstance(resid, Tensor) else f"a {resid.dtype} tensor"
+        raise TypeError(f"start_at_layer takes the residual stream entering that block, a float tensor [batch, pos, "
+                        f"d_model], not {given}: get it with model(tokens, stop_at_layer=...) or input_to_embed.")
+    if resid.ndim == 2:
+        resid = resid[None]
+    if resid.ndim != 3 or resid.shape[-1] != d_model or resid.shape[1] == 0:
+        raise ValueError(f"start_at_layer takes the residual stream [batch, pos, d_model={d_model}]; got shape "
+                         f"{tuple(resid.shape)}.")
+    if resid.dtype != dtype:
+        raise TypeError(f"The residual stream is {resid.dtype}; the model computes in {dtype}: pass "
+                        f"resid.to({dtype}).")
+    return resid

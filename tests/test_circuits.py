@@ -50,6 +50,11 @@ def layers_of(model, kind):
     return model.layout.layers_with(kind)
 
 
+def bos(model) -> int:
+    """How many tokens the model's default tokenization puts before the text (its BOS, where it prepends one)."""
+    return model.to_tokens(CLEAN).shape[1] - model.to_tokens(CLEAN, prepend_bos=False).shape[1]
+
+
 def nothing_left(model):
     return (all(not p.fwd_hooks and not p.bwd_hooks for p in model.hook_dict.values())
             and not any(tap.active for tap in model._wrapping.taps)
@@ -108,7 +113,7 @@ def test_state_patching_continues_from_the_source_state(models, kind):
     started from the source prefix's generation-cache state; before t it is unchanged."""
     model, plain = models
     source, target = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
-    layer, t = layers_of(model, kind)[0], 4
+    layer, t = layers_of(model, kind)[0], 4 + bos(model)
     state = plain(source[:, : t + 1], use_cache=True).past_key_values.get_recurrent_state(layer)
     prefix = f"blocks.{layer}.{kind}."
     if kind == "linear_attn":
@@ -143,7 +148,8 @@ def test_state_patching_continues_from_the_source_state(models, kind):
 def test_state_patching_batches_and_serialises(models, kind):
     model, _ = models
     layers = tuple(layers_of(model, kind)[:2])
-    conditions = [patch_state(CLEAN, kind, position=p, layers=layers) for p in (5, 8)]  # the texts differ from token 4 on
+    conditions = [patch_state(CLEAN, kind, position=p + bos(model), layers=layers)
+                  for p in (5, 8)]  # the texts differ from token 4 on (after any BOS)
     batched = run_conditions(model, CORRUPT, conditions)
     for condition, logits in zip(conditions, batched):
         with condition.apply(model):

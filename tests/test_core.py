@@ -208,9 +208,11 @@ def test_text_input_padding_is_exact_per_sequence(pair):
 
 def test_tokens_round_trip(pair):
     _, model = pair
-    tokens = model.to_tokens("Let there be light")
+    tokens = model.to_tokens("Let there be light", prepend_bos=False)
     assert tokens.shape == (1, 18)
     assert model.to_string(tokens[0]) == "Let there be light"
+    default = model.to_tokens("Let there be light")  # with BOS where TransformerLens prepends it (not for Qwen)
+    assert torch.equal(default, torch.cat([torch.tensor([[1]]), tokens], 1) if model.adapter.prepend_bos else tokens)
 
 
 def test_unknown_hook_name_lists_closest_valid_names(pair):

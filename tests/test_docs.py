@@ -32,7 +32,8 @@ import hybrid_lens
 MODULES = sorted(name for _, name, _ in pkgutil.walk_packages(hybrid_lens.__path__, "hybrid_lens."))
 DOCUMENTED = [  # the public API: every function, class and method with a docstring and an example
     "hybrid_lens", "hybrid_lens.analysis", "hybrid_lens.interventions", "hybrid_lens.mixers", "hybrid_lens.evals",
-    "hybrid_lens.viz", "hybrid_lens.model", "hybrid_lens.loading", "hybrid_lens.tokenizing", "hybrid_lens.readout",
+    "hybrid_lens.viz", "hybrid_lens.model", "hybrid_lens.loading", "hybrid_lens.load_options",
+    "hybrid_lens.tokenizing", "hybrid_lens.readout",
     "hybrid_lens.nnsight_view", "hybrid_lens.nnsight_envoy", "hybrid_lens.generation", "hybrid_lens.decoding",
     "hybrid_lens.forward_state", "hybrid_lens.layout", "hybrid_lens.registry",
     "hybrid_lens.tokens", "hybrid_lens.lens_config", "hybrid_lens.hook_points", "hybrid_lens.vocabulary",

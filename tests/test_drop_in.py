@@ -95,8 +95,8 @@ def test_unknown_arguments_are_errors_not_dropped(tokens):
         model(tokens, stop_at_layr=1)
     with pytest.raises(ValueError, match="return_type"):
         model(tokens, return_type="probs")
-    with pytest.raises(ValueError, match="text input only"):
-        model(tokens, prepend_bos=True)
+    # prepend_bos / padding_side apply to text only: ids are taken as they are, as TransformerLens does (#26)
+    assert torch.equal(model(tokens, prepend_bos=True, padding_side="left"), model(tokens))
     assert model(tokens, output_hidden_states=True).shape == (*tokens.shape, 256)  # a transformers kwarg passes
 
 

@@ -87,6 +87,43 @@ def test_unembed_of_the_final_norm_reproduces_the_logits_exactly(built, tokens):
 
 
 @torch.no_grad()
+def test_weight_views_alias_the_model_and_read_its_values(built, tokens):
+    """`hook_embed` is `W_E[tokens]` bit for bit (with the family's embedding multiplier), and `W_E` / `W_U`
+    are the `transformers` weights themselves (same storage) wherever the family scales neither."""
+    family, _, model = built
+    _, cache = model.run_with_cache(tokens, names_filter="hook_embed")
+    assert torch.equal(cache["hook_embed"], model.W_E[tokens])
+    embedding = model.hf_model.get_input_embeddings().weight
+    unscaled = not isinstance(FAMILIES[family].embed_scale(model.hf_model), torch.Tensor) \
+        and FAMILIES[family].embed_scale(model.hf_model) == 1
+    assert (model.W_E.data_ptr() == embedding.data_ptr()) == unscaled
+    if model.adapter.logit_transform is None:
+        lm_head = model.hf_model.lm_head.weight
+        same = model.adapter.logit_scale(model.hf_model) == 1 == model.adapter.logit_divisor(model.hf_model)
+        assert (model.W_U.data_ptr() == lm_head.data_ptr()) == same
+    with pytest.raises(AttributeError, match="no learned positional embedding"):
+        model.W_pos
+
+
+@torch.no_grad()
+def test_start_at_layer_continues_the_pass_exactly(built, tokens):
+    """Entering at block k with the residual stream that enters it gives the logits and the loss of the
+    whole pass bit for bit (blocks before k and `hook_embed` do not run), with or without the ids."""
+    _, _, model = built
+    logits, loss = model(tokens, return_type="both")
+    for start in (0, model.n_layers // 2, model.n_layers):
+        resid = model(tokens, stop_at_layer=start)
+        with model.hooks(fwd_hooks=[("hook_embed", lambda value, hook: 1 / 0)]):  # must not fire
+            entered, entered_loss = model(resid, start_at_layer=start, tokens=tokens, return_type="both")
+        assert torch.equal(entered, logits) and torch.equal(entered_loss, loss), start
+        if start and model.adapter.blocks_read_embeddings:
+            with pytest.raises(ValueError, match="needs tokens="):
+                model(resid, start_at_layer=start)
+        else:
+            assert torch.equal(model(resid, start_at_layer=start), logits), start
+
+
+@torch.no_grad()
 def test_block_values_are_the_contributions_added_to_the_residual(built, tokens):
     """resid_post = resid_pre + the block's residual terms (mixers then MLP), to float rounding; each
     term added to what the family's skip path carries (the stream itself, except e.g. MiniMax's
@@ -306,6 +343,23 @@ def test_bfloat16_logits_and_cache_are_exact(built, tokens):
     point = hidden_states_point(family)
     for layer in range(model.n_layers):
         assert torch.equal(cache[hook_name(layer, point)], plain.hidden_states[layer]), layer
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bos_default_is_transformer_lens_s(family):
+    """`cfg.default_prepend_bos` is what TransformerLens decides for the architecture: its architecture
+    adapter's `default_prepend_bos` (TransformerLens 3.9+ and 4.x carry one per architecture), or its
+    default, True, for an architecture it has no adapter for."""
+    factory = pytest.importorskip("transformer_lens.factories.architecture_adapter_factory")
+    builder = pytest.importorskip("transformer_lens.model_bridge.sources._bridge_builder")
+    architecture = FAMILIES[family].architectures[0]
+    expected = True
+    if architecture in factory.SUPPORTED_ARCHITECTURES:
+        config = builder.build_bridge_config_from_hf(tiny_config(family), architecture, family, torch.float32)
+        expected = factory.ArchitectureAdapterFactory.select_architecture_adapter(config).cfg.default_prepend_bos
+    assert FAMILIES[family].prepend_bos == expected
+    model = HookedHybrid.from_config(tiny_config(family))
+    assert model.cfg.default_prepend_bos == expected
 
 
 def test_hybrid_lens_models_lists_every_family(capsys):

@@ -19,7 +19,7 @@ def test_from_pretrained_local_folder_round_trip(tmp_path, tokens):
     model.tokenizer.save_pretrained(tmp_path)
     loaded = HookedHybrid.from_pretrained(str(tmp_path), dtype=torch.float32)
     assert torch.equal(loaded(tokens), reference(tokens).logits)
-    assert loaded.to_tokens("abc").shape == (1, 3)
+    assert loaded.to_tokens("abc", prepend_bos=False).shape == (1, 3)
 
 
 def offload_map(model) -> dict[str, str]:
@@ -98,3 +98,60 @@ def test_wrapping_twice_is_refused():
     reference, model = build("qwen2")
     with pytest.raises(ValueError, match="already wrapped"):
         HookedHybrid.from_hf(model.hf_model)
+
+
+def test_transformer_lens_loading_keywords(tmp_path):
+    """`from_pretrained` takes TransformerLens's keywords: device, dtype (its strings too) or torch_dtype,
+    the tokenization defaults, `hf_model`, and the processing flags as False; `from_hf` / `from_config`
+    take the ones that apply to a model already built."""
+    model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1", device="cpu", dtype="bfloat16", n_devices=1,
+                                         move_to_device=True, fold_ln=False, center_writing_weights=False,
+                                         center_unembed=False, fold_value_biases=False,
+                                         refactor_factored_attn_matrices=False, default_prepend_bos=False,
+                                         default_padding_side="left")
+    assert model.cfg.dtype == torch.bfloat16 and model.cfg.device == torch.device("cpu")
+    assert not model.cfg.default_prepend_bos and model.tokenizer.padding_side == "left"
+    assert model.to_tokens("abc")[0, 0] != model.tokenizer.bos_token_id
+    assert HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5", torch_dtype=torch.float16).cfg.dtype == torch.float16
+    no_processing = HookedHybrid.from_pretrained_no_processing("hybrid-lens/tiny-qwen2.5", default_prepend_bos=True)
+    assert no_processing.to_tokens("abc")[0, 0] == no_processing.tokenizer.bos_token_id
+    reference, built = build("qwen2")
+    wrapped = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5", hf_model=reference)
+    assert wrapped.hf_model is reference
+    reference, _ = build("falcon_h1")
+    hf = HookedHybrid.from_hf(reference, built.tokenizer, default_prepend_bos=True, default_padding_side="right",
+                              device="cpu")
+    assert hf.cfg.default_prepend_bos and hf.cfg.default_padding_side == "right"
+    seeded = HookedHybrid.from_config(tiny_config("qwen3_5"), dtype="bfloat16", default_prepend_bos=True)
+    assert seeded.cfg.dtype == torch.bfloat16 and seeded.cfg.default_prepend_bos
+    assert seeded.cfg.default_padding_side == "right"  # no tokenizer: the default side, kept on the config
+
+
+BAD_LOADS = {
+    "fold_ln": (dict(fold_ln=True), ValueError, "unprocessed.*fold_ln=False.*gain"),
+    "center_writing_weights": (dict(center_writing_weights=True), ValueError, "RMSNorm"),
+    "center_unembed": (dict(center_unembed=True), ValueError, "logits.mean"),
+    "fold_value_biases": (dict(fold_value_biases=True), ValueError, "b_V @ W_O"),
+    "refactor": (dict(refactor_factored_attn_matrices=True), ValueError, "FactoredMatrix"),
+    "n_devices": (dict(n_devices=2), ValueError, "device_map='auto'"),
+    "checkpoint_index": (dict(checkpoint_index=3), ValueError, "revision="),
+    "first_n_layers": (dict(first_n_layers=2), ValueError, "stop_at_layer"),
+    "dtype string": (dict(dtype="float8"), ValueError, "not one of"),
+    "padding side": (dict(default_padding_side="middle"), ValueError, "padding_side must be"),
+    "prepend_bos": (dict(default_prepend_bos="yes"), ValueError, "True, False or None"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LOADS))
+def test_transformer_lens_keywords_that_cannot_apply_are_refused(case):
+    kwargs, error, message = BAD_LOADS[case]
+    with pytest.raises(error, match=message):
+        HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5", **kwargs)
+
+
+def test_from_hf_and_from_config_refuse_other_keywords():
+    reference, _ = build("qwen2")
+    with pytest.raises(TypeError, match=r"from_hf\(\) got unexpected keyword arguments \['revision'\]"):
+        HookedHybrid.from_hf(reference, revision="main")
+    with pytest.raises(ValueError, match="fold_ln"):
+        HookedHybrid.from_config(tiny_config("qwen2"), fold_ln=True)

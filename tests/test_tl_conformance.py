@@ -54,12 +54,6 @@ def xfail(cause: str):
     return pytest.mark.xfail(strict=True, reason=f"#26: {cause}")
 
 
-NO_BOS_DEFAULT = xfail("cfg.default_prepend_bos is False where TransformerLens prepends BOS (Llama)")
-NO_PADDING_SIDE = xfail("tokenizer.padding_side is ignored (TransformerLens honours it)")
-NO_WEIGHTS = xfail("no model-level W_E")
-NO_START = xfail("no start_at_layer / tokens= in forward")
-
-
 @pytest.fixture(scope="module", params=["tiny-llama", pytest.param("smollm2-135m", marks=pytest.mark.slow)])
 def pair(request, tmp_path_factory) -> tl_pairs.Pair:
     folder = tmp_path_factory.mktemp("tl-reference")
@@ -108,12 +102,10 @@ def assert_same(ours: torch.Tensor, theirs: torch.Tensor, what: str = "", rel: f
 
 
 # --- tokens and strings ---------------------------------------------------------------------------------
-@NO_BOS_DEFAULT
 def test_default_prepend_bos(pair):
     assert pair.hybrid.cfg.default_prepend_bos == pair.tl.cfg.default_prepend_bos
 
 
-@NO_BOS_DEFAULT
 def test_to_tokens_default(pair):
     assert torch.equal(pair.hybrid.to_tokens(PROMPTS[0]), pair.tl.to_tokens(PROMPTS[0]))
 
@@ -130,7 +122,6 @@ def test_to_tokens_batch_padding(pair, side):
                        pair.tl.to_tokens(UNEQUAL, prepend_bos=True, padding_side=side))
 
 
-@NO_PADDING_SIDE
 def test_tokenizer_padding_side_is_honoured(pair, monkeypatch):
     for model in (pair.hybrid, pair.tl):
         monkeypatch.setattr(model.tokenizer, "padding_side", "left")
@@ -163,20 +154,17 @@ def test_get_token_position(pair, tokens, mode):
         pair.tl.get_token_position(token, PROMPTS[0], mode=mode, prepend_bos=True)
 
 
-@xfail("get_token_position rejects a float tensor of ids (TransformerLens compares the values)")
 def test_get_token_position_of_float_ids(pair, tokens):
     ids = tokens[0].float()
     assert pair.hybrid.get_token_position(int(tokens[0, 3]), ids) == pair.tl.get_token_position(int(tokens[0, 3]), ids)
 
 
-@xfail("no set_tokenizer")
 def test_set_tokenizer(pair):
     pair.hybrid.set_tokenizer(pair.hybrid.tokenizer)
     assert torch.equal(pair.hybrid.to_tokens(PROMPTS[0], prepend_bos=True),
                        pair.tl.to_tokens(PROMPTS[0], prepend_bos=True))
 
 
-@xfail("no tokens_to_residual_directions")
 def test_tokens_to_residual_directions(pair, tokens):
     assert_same(pair.hybrid.tokens_to_residual_directions(tokens), pair.tl.tokens_to_residual_directions(tokens))
 
@@ -192,13 +180,11 @@ def test_logits_of_text_with_explicit_bos(pair):
     assert_same(pair.hybrid(PROMPTS[0], prepend_bos=True), pair.tl(PROMPTS[0], prepend_bos=True), "logits")
 
 
-@NO_BOS_DEFAULT
 @torch.no_grad()
 def test_logits_of_text_with_default_bos(pair):
     assert_same(pair.hybrid(PROMPTS[0]), pair.tl(PROMPTS[0]), "logits")
 
 
-@xfail("forward(token ids, prepend_bos=True) raises (TransformerLens ignores prepend_bos for ids)")
 @torch.no_grad()
 def test_prepend_bos_is_ignored_for_token_ids(pair, tokens):
     assert_same(pair.hybrid(tokens, prepend_bos=True), pair.tl(tokens, prepend_bos=True), "logits")
@@ -226,7 +212,6 @@ def test_loss_with_right_padding_mask(pair, padded, per_token):
                 pair.tl(tokens, attention_mask=mask, return_type="loss", loss_per_token=per_token), "loss")
 
 
-@xfail("return_type='loss' with left padding scores the pad -> first-token step")
 @torch.no_grad()
 @pytest.mark.parametrize("per_token", [False, True])
 def test_loss_with_left_padding_mask(pair, per_token):
@@ -254,7 +239,6 @@ def test_logits_of_padded_texts_on_real_tokens(pair, side):
     assert_same(ours[mask.bool()], pair.tl(tokens, attention_mask=mask)[mask.bool()], "logits on real tokens")
 
 
-@xfail("an attention mask with a hole is not position-corrected on rotary models (TransformerLens is)")
 @torch.no_grad()
 def test_attention_mask_with_a_hole(pair, tokens):
     mask = torch.ones_like(tokens)
@@ -804,7 +788,6 @@ def test_run_with_cache_stop_at_layer_keys(pair, tokens):
     assert set(ours) == set(theirs)
 
 
-@NO_START
 @torch.no_grad()
 @pytest.mark.parametrize("start", [1, -1])
 def test_start_at_layer(pair, tokens, start):
@@ -812,7 +795,6 @@ def test_start_at_layer(pair, tokens, start):
     assert_same(pair.hybrid(resid, start_at_layer=start), pair.tl(resid, start_at_layer=start), "logits")
 
 
-@NO_START
 @torch.no_grad()
 def test_start_at_layer_loss_with_tokens(pair, tokens):
     resid = pair.tl(tokens, stop_at_layer=1)
@@ -888,8 +870,8 @@ def test_unembedding(pair):
     assert_same(pair.hybrid.W_U, pair.tl.W_U, "W_U")
 
 
-@pytest.mark.parametrize("name", [pytest.param("W_E", marks=NO_WEIGHTS), "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K",
-                                  "b_V", "b_O", "W_in", "W_gate", "W_out", "b_in", "b_out"])
+@pytest.mark.parametrize("name", ["W_E", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_in", "W_gate",
+                                  "W_out", "b_in", "b_out"])
 def test_stacked_weights(pair, name):
     assert_same(getattr(pair.hybrid, name), getattr(pair.tl, name), name)
 
@@ -955,7 +937,6 @@ def test_config_field(pair, field):
     assert getattr(pair.hybrid.cfg, field) == getattr(pair.tl.cfg, field), field
 
 
-@xfail("from_pretrained takes no device= / default_prepend_bos= / default_padding_side= (TypeError)")
 def test_from_pretrained_takes_transformer_lens_keywords():
     from hybrid_lens import HookedHybrid
 

@@ -86,7 +86,7 @@ def test_core_does_not_import_the_zoo():
 # The rooms of ARCHITECTURE.md, in import order: a module imports only its own room and the rooms above.
 ROOMS = [("registry", "checks", "tokens", "forward_state", "norms"), ("hook_points", "mixers"), ("vocabulary", "layout"),
          ("adapters",), ("cache",),
-         ("model", "loading", "tokenizing", "caching", "readout", "generation", "decoding", "nnsight_view",
+         ("model", "loading", "load_options", "tokenizing", "caching", "readout", "generation", "decoding", "nnsight_view",
           "nnsight_envoy", "sae", "weights", "copying", "lens_config", "resolver"),
          ("zoo", "configs"), ("interventions",), ("circuits",),
          ("analysis", "evals", "study", "viz", "cli", "coverage", "console", "conventions")]

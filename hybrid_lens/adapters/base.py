@@ -87,7 +87,7 @@ class FinalNormHooks(NormHooks):
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> _, cache = model.run_with_cache("In the beginning", names_filter="ln_final.hook_normalized")
         >>> cache["ln_final.hook_normalized"].shape
-        torch.Size([1, 3, 128])
+        torch.Size([1, 4, 128])
     """
 
     def attach(self, norm: nn.Module) -> Tap | None:
@@ -114,11 +114,16 @@ def is_hooked(layer: nn.Module) -> bool:
 
 def resid_in(block: HookedBlock, entry: Entry | None, hidden_states):
     """Pass the block input through `hook_embed` (block 0) and `hook_resid_pre`, telling the running
-    forward's state that the block is entered (it may record the input or stop the pass here)."""
-    if entry is not None:
-        hidden_states = entry(hidden_states)
+    forward's state that the block is entered (it may record the input or stop the pass here). The
+    block where a pass enters (`ForwardState.start`) reads the given residual stream instead, and
+    `hook_embed` does not fire."""
     state = current_state()
-    if state is not None and state.running:
+    running = state is not None and state.running
+    if running and state.resid is not None and block.index == state.start:
+        hidden_states = state.resid
+    elif entry is not None:
+        hidden_states = entry(hidden_states)
+    if running:
         state.enter(block.index, hidden_states)
     return block._modules["hook_resid_pre"](hidden_states)  # what `block.hook_resid_pre` gives, faster
 

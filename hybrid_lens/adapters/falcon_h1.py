@@ -23,4 +23,5 @@ FALCON_H1 = Family(
     final_norm_attr="final_layernorm",
     wrap_output=lambda hidden: (hidden,),
     logit_scale=lambda hf_model: hf_model.model.lm_head_multiplier,
+    embed_scale=lambda hf_model: hf_model.model.embedding_multiplier,
 )

@@ -31,4 +31,6 @@ GRANITE_MOE_HYBRID = Family(
               mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_chunk_size=8, embedding_multiplier=12.0,
               residual_multiplier=0.22, logits_scaling=6.0, attention_multiplier=0.0625),
     logit_divisor=lambda hf_model: hf_model.config.logits_scaling,
+    prepend_bos=False,
+    embed_scale=lambda hf_model: hf_model.model.embedding_multiplier,
 )

@@ -16,4 +16,5 @@ QWEN3_5 = Family(
         "full_attention": Block((attention(),)),
     },
     block_keys=lambda config: config.layer_types[: config.num_hidden_layers],
+    prepend_bos=False,
 )

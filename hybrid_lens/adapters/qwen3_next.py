@@ -28,4 +28,5 @@ QWEN3_NEXT = Family(
               num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
               linear_key_head_dim=16, linear_value_head_dim=16, num_experts=4, num_experts_per_tok=2,
               moe_intermediate_size=32, shared_expert_intermediate_size=32, mlp_only_layers=[1]),
+    prepend_bos=False,
 )

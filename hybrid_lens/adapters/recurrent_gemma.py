@@ -41,4 +41,6 @@ RECURRENT_GEMMA = Family(
     final_norm_attr="final_norm",
     logit_transform=soft_cap,
     left_padding=False,
+    prepend_bos=False,
+    embed_scale=lambda hf_model: hf_model.model.normalizer.to(hf_model.model.embed_tokens.weight.dtype),
 )

@@ -122,6 +122,14 @@ class Family:
         residual_fp32: Keep the residual in float32 when `config.residual_in_fp32` (Mamba).
         left_padding: Padding before a row's tokens leaves its values unchanged (False for
             RecurrentGemma, whose convolution ignores the mask: `HookedHybrid` then refuses it).
+        prepend_bos: TransformerLens's `default_prepend_bos` for this architecture, as its loading
+            code and architecture adapter decide it (False for the Qwen families, Granite and
+            RecurrentGemma; True, its default, elsewhere): `cfg.default_prepend_bos`.
+        embed_scale: Factor the decoder applies to the token embeddings before block 0, from the
+            causal LM (Falcon-H1's `embedding_multiplier`): `hook_embed` is `W_E[tokens]` with `W_E`
+            the embedding matrix times it.
+        blocks_read_embeddings: Blocks read the token embeddings besides the residual stream (Zamba2's
+            shared blocks): a pass entering after block 0 needs the token ids.
         left_padded_cache: Decoding with the `transformers` cache of a left-padded batch gives each
             row its own continuation (False for MiniMax, whose cached lightning attention lets the
             padding leak into the tokens after the prompt: `generate` then runs each prompt length apart).
@@ -142,6 +150,9 @@ class Family:
     norm_cast: bool = False
     residual_fp32: bool = False
     left_padding: bool = True
+    prepend_bos: bool = True
+    embed_scale: Callable[[nn.Module], float | Tensor] = lambda hf_model: 1.0
+    blocks_read_embeddings: bool = False
     left_padded_cache: bool = True
 
     def block_of(self, key: str) -> Block:

@@ -88,4 +88,5 @@ ZAMBA2 = SharedBlockFamily(
     tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, n_mamba_heads=4,
               mamba_d_state=16, chunk_size=8, num_mem_blocks=1, use_shared_attention_adapter=True, adapter_rank=8,
               use_mem_rope=True, layers_block_type=["linear_attention", "hybrid", "linear_attention", "hybrid"]),
+    blocks_read_embeddings=True,
 )

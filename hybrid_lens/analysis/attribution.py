@@ -42,7 +42,7 @@ def logit_direction(model, target: Target) -> Float[Tensor, "... d_model"]:
         >>> logit_direction(model, (god, lord)).shape
         torch.Size([128])
         >>> logit_direction(model, model.to_tokens("In the beginning")).shape
-        torch.Size([1, 3, 128])
+        torch.Size([1, 4, 128])
     """
     rows = model.W_U.T
 
@@ -115,7 +115,7 @@ def logit_attribution(
         >>> god = int(model.to_tokens(" God")[0, -1])
         >>> values, labels = logit_attribution(model, cache, god)
         >>> values.shape, labels[:4]           # embed + 12 layers x (ssm, attn, mlp)
-        (torch.Size([37, 1, 5]), ['embed', '0_ssm_out', '0_attn_out', '0_mlp_out'])
+        (torch.Size([37, 1, 6]), ['embed', '0_ssm_out', '0_attn_out', '0_mlp_out'])
         >>> torch.allclose(values.sum(0), logits[..., god], atol=1e-3)
         True
     """

@@ -81,8 +81,8 @@ def token_contributions(
         >>> tokens = model.to_tokens("In the beginning God created the heaven and the earth")
         >>> _, cache = model.run_with_cache(tokens)
         >>> table = token_contributions(model, cache, tokens)
-        >>> len(table)                                     # 12 layers x 10 tokens
-        120
+        >>> len(table)                                     # 12 layers x 11 tokens (BOS + 10)
+        132
         >>> table[["path", "other"]].iloc[0].tolist()
         ['attn', 'ssm']
     """

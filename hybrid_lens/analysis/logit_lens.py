@@ -32,7 +32,7 @@ def decode_resid(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, ".
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> _, cache = model.run_with_cache("In the beginning God created")
         >>> decode_resid(model, cache["resid_post", 5]).shape
-        torch.Size([1, 5, 4096])
+        torch.Size([1, 6, 4096])
     """
     return model.unembed(model.apply_final_norm(resid.to(model.device)))
 
@@ -56,7 +56,7 @@ def logit_lens_logits(
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> _, cache = model.run_with_cache("In the beginning God created")
         >>> logit_lens_logits(model, cache, layers=[0, 5, 11]).shape
-        torch.Size([3, 1, 5, 4096])
+        torch.Size([3, 1, 6, 4096])
     """
     layers = range(cache.n_layers) if layers is None else layers
     return torch.stack([decode_resid(model, cache["resid_post", layer]) for layer in layers])

@@ -46,5 +46,5 @@ class ActivationCache(HeadsAndNeurons, ResidualStream, StackReadout, BatchAxis, 
         >>> cache
         ActivationCache(75 tensors, 12 layers)
         >>> cache["ssm_out", 3].shape                  # same as cache["blocks.3.hook_ssm_out"]
-        torch.Size([1, 3, 128])
+        torch.Size([1, 4, 128])
     """

@@ -42,7 +42,7 @@ class BatchAxis:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> _, cache = model.run_with_cache("In the beginning")
             >>> cache.remove_batch_dim()["resid_pre", 0].shape, cache.has_batch_dim
-            (torch.Size([3, 128]), False)
+            (torch.Size([4, 128]), False)
         """
         if not self.has_batch_dim:
             logging.getLogger(__name__).warning("Tried removing batch dimension after already having removed it.")
@@ -65,7 +65,7 @@ class BatchAxis:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> _, cache = model.run_with_cache(["In the beginning", "And God said"])
             >>> cache.apply_slice_to_batch_dim(1)["resid_pre", 0].shape
-            torch.Size([3, 128])
+            torch.Size([4, 128])
             >>> cache.apply_slice_to_batch_dim((0, 1)).batch_size
             1
         """

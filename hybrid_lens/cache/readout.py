@@ -72,7 +72,7 @@ class StackReadout:
             >>> _, cache = model.run_with_cache("In the beginning God")
             >>> normed = cache.apply_ln_to_stack(cache.decompose_resid(layer=3), layer=3)
             >>> normed.shape, torch.allclose(normed.sum(0), model.block_norm(3)(cache["resid_pre", 3]), atol=1e-5)
-            (torch.Size([10, 1, 4, 128]), True)
+            (torch.Size([10, 1, 5, 128]), True)
         """
         model = self.needs_model("apply_ln_to_stack")
         layer = stream_layer(layer, self.n_layers)

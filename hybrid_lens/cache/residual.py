@@ -112,7 +112,7 @@ class ResidualStream:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> _, cache = model.run_with_cache("In the beginning")
             >>> cache.accumulated_resid().shape               # 12 resid_pre + final resid_post
-            torch.Size([13, 1, 3, 128])
+            torch.Size([13, 1, 4, 128])
             >>> cache.accumulated_resid(layer=2, incl_mid=True, return_labels=True)[1]
             ['0_pre', '0_mid', '1_pre', '1_mid', '2_pre']
             >>> cache.accumulated_resid(apply_ln=True, pos_slice=-1).shape   # the logit lens' input
@@ -176,7 +176,7 @@ class ResidualStream:
             >>> _, cache = model.run_with_cache("In the beginning")
             >>> parts, labels = cache.decompose_resid(layer=2, return_labels=True)
             >>> parts.shape, labels
-            (torch.Size([7, 1, 3, 128]),
+            (torch.Size([7, 1, 4, 128]),
              ['embed', '0_ssm_out', '0_attn_out', '0_mlp_out', '1_ssm_out', '1_attn_out', '1_mlp_out'])
             >>> torch.allclose(parts.sum(0), cache["resid_pre", 2], atol=1e-5)
             True

@@ -46,7 +46,7 @@ class HeadsAndNeurons:
         ...     ("hook_result", "hook_post", "resid_post", "hook_embed", "_out")))
         >>> heads, labels = cache.stack_head_results(2, return_labels=True)
         >>> heads.shape, labels[:2], labels[4:6]            # block 0: 4 SSM heads, then 4 attention heads
-        (torch.Size([16, 1, 3, 128]), ['L0H0_ssm', 'L0H1_ssm'], ['L0H0', 'L0H1'])
+        (torch.Size([16, 1, 4, 128]), ['L0H0_ssm', 'L0H1_ssm'], ['L0H0', 'L0H1'])
     """
 
     def _model(self):
@@ -242,7 +242,7 @@ class HeadsAndNeurons:
             ...     ("hook_result", "hook_post", "hook_embed", "hook_resid_pre")))
             >>> parts, labels = cache.get_full_resid_decomposition(2, return_labels=True)
             >>> parts.shape, labels[-3:]
-            (torch.Size([530, 1, 3, 128]), ['L1N255', 'embed', 'bias'])
+            (torch.Size([530, 1, 4, 128]), ['L1N255', 'embed', 'bias'])
             >>> torch.allclose(parts.sum(0), cache["blocks.2.hook_resid_pre"], atol=1e-4)
             True
         """

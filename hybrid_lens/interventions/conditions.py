@@ -73,7 +73,7 @@ class Condition:
         >>> with both.apply(model):
         ...     logits = model("In the beginning God created")
         >>> logits.shape                                 # [batch, pos, vocab]
-        torch.Size([1, 5, 4096])
+        torch.Size([1, 6, 4096])
     """
 
     items: tuple[tuple[Selector, Intervention], ...] = ()
@@ -364,7 +364,7 @@ def patch_from(source, kind: str, layers: Layers = None, positions: Positions = 
         >>> with patch_from(clean, "resid_pre", layers=6, positions=-1).apply(model):
         ...     patched = model(corrupt)
         >>> patched.shape                                # [batch, pos, vocab]
-        torch.Size([1, 5, 4096])
+        torch.Size([1, 6, 4096])
     """
     return Condition.of(Selector(kind, layers, positions), Patch(source), name or f"{kind}_patch")
 

@@ -173,9 +173,9 @@ def patch(
         >>> table.columns.tolist(), len(table)                 # one row per attention layer
         (['layer', 'kind', 'hook', 'position', 'metric'], 12)
         >>> sweep = patch(model, clean, corrupt, where=Selector("resid_pre", layers=[0, 6]),
-        ...               positions="each", progress=False)    # 2 layers x 5 positions
+        ...               positions="each", progress=False)    # 2 layers x 6 positions (BOS + 5)
         >>> len(sweep), sweep.attrs["clean"]
-        (10, 0.0)
+        (12, 0.0)
     """
     clean_tokens, corrupt_tokens = same_shape_tokens(model, clean, corrupt)
     jobs = patch_jobs(model, where, positions, clean_tokens.shape[1])

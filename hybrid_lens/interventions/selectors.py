@@ -190,7 +190,7 @@ class Selector:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
             >>> tokens = model.to_tokens("In the beginning God created")
             >>> Selector("attn", positions=[0, -1]).position_index(tokens.shape[1])
-            tensor([0, 4])
+            tensor([0, 5])
         """
         if self.positions is None:
             return None

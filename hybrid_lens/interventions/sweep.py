@@ -302,7 +302,7 @@ class Sweep:
             >>> sweep = Sweep([zero("ssm", layers=i) for i in range(6, 12)], batch=3)
             >>> logits = sweep.logits(model, tokens)
             >>> len(logits), logits[0].shape
-            (6, torch.Size([2, 6, 4096]))
+            (6, torch.Size([2, 7, 4096]))
             >>> with zero("ssm", layers=6).apply(model):
             ...     separate = model(tokens)
             >>> torch.allclose(logits[0], separate, atol=1e-4)
@@ -369,7 +369,7 @@ def run_conditions(model, input, conditions: Sequence[Condition], attention_mask
         >>> conditions = [Condition(name="clean"), zero("ssm"), zero("attn")]
         >>> logits = run_conditions(model, "In the beginning God created", conditions)
         >>> logits.shape                                 # [K, batch, pos, vocab]
-        torch.Size([3, 1, 5, 4096])
+        torch.Size([3, 1, 6, 4096])
         >>> torch.allclose(logits[0], model("In the beginning God created"), atol=1e-4)
         True
     """

@@ -163,7 +163,7 @@ def add_result_point(hooks: MixerHooks, multiplier: Multiplier, exact: bool) -> 
         ...                                                                   "blocks.0.hook_ssm_out"])
         >>> result = cache["blocks.0.ssm.hook_result"]
         >>> result.shape                                   # [batch, pos, head, d_model]
-        torch.Size([1, 3, 4, 128])
+        torch.Size([1, 4, 4, 128])
         >>> torch.allclose(result.sum(-2), cache["blocks.0.hook_ssm_out"], atol=1e-5)
         True
     """

@@ -109,7 +109,7 @@ class SAESplicing:
             ...     "In the beginning", saes=torch.nn.Identity(), hook_names="blocks.3.hook_ssm_out",
             ...     names_filter="blocks.3.hook_ssm_out.hook_sae_output")
             >>> cache["blocks.3.hook_ssm_out.hook_sae_output"].shape
-            torch.Size([1, 3, 128])
+            torch.Size([1, 4, 128])
         """
         with self.saes(saes, reset_saes_end, use_error_term, exclude_special_tokens, hook_names=hook_names):
             output, cache = self.run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)

@@ -32,14 +32,15 @@ COLUMNS = ["layer", "metric", "component", "value"]
 
 def diagnostic_tokens(model, text: str, length: int):
     """The protocol's diagnostic text: the first `length` tokens of `text` (the perplexity text;
-    `length` is 512, or one perplexity window if that is shorter), `Int[Tensor, "1 pos"]`.
+    `length` is 512, or one perplexity window if that is shorter), `Int[Tensor, "1 pos"]`, tokenized as the
+    tokenizer does by itself (as the perplexity task does; no TransformerLens BOS default).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
         >>> diagnostic_tokens(model, "In the beginning God created the heaven and the earth. " * 50, 256).shape
         torch.Size([1, 256])
     """
-    return model.to_tokens(text[:20_000])[:, :length]
+    return model.to_tokens(text[:20_000], prepend_bos=model.cfg.tokenizer_prepends_bos)[:, :length]
 
 
 def hidden_metrics(model, tokens) -> pd.DataFrame:

@@ -46,8 +46,8 @@ class SignedPattern:
         >>> pattern = cache["blocks.0.ssm.hook_pattern"][0]          # [head, query, key]
         >>> signed = SignedPattern.of(pattern, layer=0)
         >>> signed.scaled.shape, signed.names[0]
-        (torch.Size([4, 4, 4]), 'L0H0 (÷0.339)')
-        >>> off = ~torch.eye(4, dtype=torch.bool)
+        (torch.Size([4, 5, 5]), 'L0H0 (÷0.5)')
+        >>> off = ~torch.eye(5, dtype=torch.bool)
         >>> torch.allclose(signed.scaled[:, off] * signed.scales[:, None], pattern[:, off])
         True
     """
