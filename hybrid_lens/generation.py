@@ -3,12 +3,16 @@ is `decoding.decode`."""
 
 from __future__ import annotations
 
+import contextvars
+import queue
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import StoppingCriteria
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .decoding import Sampling, decode
@@ -168,6 +172,88 @@ class Generation:
         else:
             result = torch.cat([embeds, self.embed(sequences)], 1)
         return GenerateDecoderOnlyOutput(sequences=sequences, logits=decoded.logits) if output_logits else result
+
+    def generate_stream(
+        self,
+        input: str | Sequence[str] | Int[Tensor, "batch pos"] = "",
+        max_new_tokens: int = 10,
+        max_tokens_per_yield: int = 25,
+        stop_at_eos: bool = True,
+        eos_token_id: int | Sequence[int] | None = None,
+        do_sample: bool = True,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        freq_penalty: float = 0.0,
+        use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+        return_type: str | None = "input",
+        verbose: bool = False,
+    ) -> Iterator[Int[Tensor, "batch n"]]:
+        """`generate`, yielding token ids while it decodes (TransformerLens's `generate_stream`).
+
+        The same decoding as `generate` (hooks, conditions and SAEs act in every step) runs in a worker
+        thread; chunks are yielded as TransformerLens yields them: the first holds the prompt's ids and
+        the first new tokens, each chunk is yielded once it holds `max_tokens_per_yield` ids, and what
+        is left comes last. Concatenated along the last axis they are `generate(...,
+        return_type="tokens")`. Leaving the loop early stops the decoding at its next step.
+        `return_type` is accepted for TransformerLens's signature; chunks are always ids.
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> chunks = list(model.generate_stream("In the beginning", max_new_tokens=6, max_tokens_per_yield=4,
+            ...                                     do_sample=False))
+            >>> [chunk.shape[1] for chunk in chunks]                  # 3 prompt ids + 1, then 4, then 1
+            [4, 4, 1]
+            >>> torch.equal(torch.cat(chunks, 1), model.generate("In the beginning", max_new_tokens=6,
+            ...                                                  do_sample=False, return_type="tokens", verbose=False))
+            True
+        """
+        if return_type not in (*RETURN_TYPES, None):
+            raise GenerateArgumentError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.")
+        for name, value in (("max_new_tokens", max_new_tokens), ("max_tokens_per_yield", max_tokens_per_yield)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GenerateArgumentError(f"{name} must be a positive int, not {value!r}.")
+        kind, tokens, mask, _ = self._generation_input(input, None, prepend_bos, padding_side)
+        if kind == "embeds":
+            raise GenerateArgumentError("generate_stream takes text or token ids; for embeddings use generate.")
+        eos, pad = self._stop_tokens(stop_at_eos, eos_token_id)
+        steps: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        class _Step(StoppingCriteria):
+            def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+                steps.put(input_ids[:, -1:].clone())
+                return torch.full((len(input_ids),), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        def run() -> None:
+            try:
+                decode(self, tokens, mask, max_new_tokens=max_new_tokens, eos_token_ids=eos, pad_token_id=pad,
+                       sampling=Sampling(do_sample, temperature, top_k, top_p, freq_penalty),
+                       use_cache=use_past_kv_cache, verbose=verbose, stopping=[_Step()])
+            except BaseException as error:  # raised again in the caller's thread
+                steps.put(error)
+            else:
+                steps.put(None)
+
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+        worker.start()
+        chunk, since = tokens, tokens.shape[1]
+        try:
+            while (step := steps.get()) is not None:
+                if isinstance(step, BaseException):
+                    raise step
+                chunk = step if chunk is None else torch.cat([chunk, step], 1)
+                since += 1
+                if since >= max_tokens_per_yield:
+                    yield chunk
+                    chunk, since = None, 0
+            if chunk is not None:
+                yield chunk
+        finally:
+            stop.set()
+            worker.join()
 
     def _generation_input(self, input, attention_mask, prepend_bos, padding_side):
         """`(kind of input, tokens, mask, embeddings or None)` of `generate`'s input."""

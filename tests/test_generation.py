@@ -8,6 +8,7 @@ cache that hid one, or a batch that mixed rows could not pass.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import pytest
@@ -374,3 +375,37 @@ def test_add_serialises_batches_and_refuses_what_does_not_fit():
     for bad in ([], 1.0, [float("nan")], "up"):
         with pytest.raises(ValueError):
             Add(bad)
+
+
+@torch.no_grad()
+def test_generate_stream_yields_generate_in_transformer_lens_chunks_and_stops_when_left(bundled):
+    """Chunks as TransformerLens yields them (the prompt and the first new ids, then `max_tokens_per_yield` ids,
+    then the rest), concatenated equal to `generate` under the same hooks; leaving the loop stops the worker."""
+    model = bundled
+    tokens = model.to_tokens("And God said")
+    with zero("attn", layers="late").apply(model):
+        whole = model.generate(tokens, max_new_tokens=9, return_type="tokens", **GREEDY)
+        chunks = list(model.generate_stream(tokens, max_new_tokens=9, max_tokens_per_yield=4, **GREEDY))
+    assert [chunk.shape[1] for chunk in chunks] == [tokens.shape[1] + 1, 4, 4]
+    assert torch.equal(torch.cat(chunks, 1), whole)
+    before = threading.active_count()
+    stream = model.generate_stream(tokens, max_new_tokens=500, max_tokens_per_yield=1, **GREEDY)
+    next(stream), next(stream)
+    stream.close()  # the worker stops at its next step and is joined
+    assert threading.active_count() == before
+    with pytest.raises(GenerateArgumentError, match="max_tokens_per_yield must be a positive int"):
+        next(model.generate_stream(tokens, max_tokens_per_yield=0))
+
+
+def test_generate_stream_raises_what_a_hook_raises_in_the_caller():
+    _, model = build("qwen3_5")
+
+    def broken(value, hook):
+        if value.shape[1] == 1:  # the first cached step
+            raise RuntimeError("a hook that fails in step 2")
+
+    before = threading.active_count()
+    with model.hooks(fwd_hooks=[("blocks.3.hook_attn_out", broken)]):
+        with pytest.raises(RuntimeError, match="a hook that fails in step 2"):
+            list(model.generate_stream(random_tokens(1, 5), max_new_tokens=4, **GREEDY))
+    assert threading.active_count() == before and not model.hook_dict["blocks.3.hook_attn_out"].fwd_hooks

@@ -865,6 +865,17 @@ def test_generate_greedy_text(pair):
     assert pair.hybrid.generate(PROMPTS[0], **kwargs) == pair.tl.generate(PROMPTS[0], **kwargs)
 
 
+
+@torch.no_grad()
+@pytest.mark.parametrize("per_yield", [1, 4, 25])
+def test_generate_stream_chunks(pair, per_yield):
+    kwargs = dict(max_new_tokens=7, max_tokens_per_yield=per_yield, do_sample=False, verbose=False, prepend_bos=True,
+                  stop_at_eos=False)
+    ours, theirs = (list(model.generate_stream(PROMPTS[0], **kwargs)) for model in (pair.hybrid, pair.tl))
+    assert [chunk.shape for chunk in ours] == [chunk.shape for chunk in theirs]
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
 # --- weights and config ------------------------------------------------------------------------------------
 def test_unembedding(pair):
     assert_same(pair.hybrid.W_U, pair.tl.W_U, "W_U")
