@@ -20,6 +20,7 @@ from .forward_state import forward_settings
 from .tokens import PaddingSide, check_mask
 
 RETURN_TYPES = ("input", "str", "tokens", "embeds")
+STREAM_THREAD = "hybrid-lens generate_stream"  # the worker thread's name
 QUIET_KWARGS = ("return_dict_in_generate",)  # taken and ignored without a warning, as TransformerLens does
 
 
@@ -237,7 +238,7 @@ class Generation:
             else:
                 steps.put(None)
 
-        worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), name=STREAM_THREAD, daemon=True)
         worker.start()
         chunk, since = tokens, tokens.shape[1]
         try:

@@ -17,7 +17,7 @@ import torch
 from hybrid_lens.adapters import FAMILIES
 from hybrid_lens.decoding import Sampling, cache_blocker, decode, left_packed
 from hybrid_lens.forward_state import current_state
-from hybrid_lens.generation import GenerateArgumentError
+from hybrid_lens.generation import STREAM_THREAD, GenerateArgumentError
 from hybrid_lens.interventions import Add, Condition, Intervention, Selector, Sweep, add, noise, patch_state, zero
 from hybrid_lens.mixers import cache_states
 
@@ -377,6 +377,10 @@ def test_add_serialises_batches_and_refuses_what_does_not_fit():
             Add(bad)
 
 
+def streaming_workers() -> int:
+    return sum(thread.name == STREAM_THREAD and thread.is_alive() for thread in threading.enumerate())
+
+
 @torch.no_grad()
 def test_generate_stream_yields_generate_in_transformer_lens_chunks_and_stops_when_left(bundled):
     """Chunks as TransformerLens yields them (the prompt and the first new ids, then `max_tokens_per_yield` ids,
@@ -388,11 +392,11 @@ def test_generate_stream_yields_generate_in_transformer_lens_chunks_and_stops_wh
         chunks = list(model.generate_stream(tokens, max_new_tokens=9, max_tokens_per_yield=4, **GREEDY))
     assert [chunk.shape[1] for chunk in chunks] == [tokens.shape[1] + 1, 4, 4]
     assert torch.equal(torch.cat(chunks, 1), whole)
-    before = threading.active_count()
     stream = model.generate_stream(tokens, max_new_tokens=500, max_tokens_per_yield=1, **GREEDY)
     next(stream), next(stream)
+    assert streaming_workers() == 1
     stream.close()  # the worker stops at its next step and is joined
-    assert threading.active_count() == before
+    assert streaming_workers() == 0
     with pytest.raises(GenerateArgumentError, match="max_tokens_per_yield must be a positive int"):
         next(model.generate_stream(tokens, max_tokens_per_yield=0))
 
@@ -404,8 +408,7 @@ def test_generate_stream_raises_what_a_hook_raises_in_the_caller():
         if value.shape[1] == 1:  # the first cached step
             raise RuntimeError("a hook that fails in step 2")
 
-    before = threading.active_count()
     with model.hooks(fwd_hooks=[("blocks.3.hook_attn_out", broken)]):
         with pytest.raises(RuntimeError, match="a hook that fails in step 2"):
             list(model.generate_stream(random_tokens(1, 5), max_new_tokens=4, **GREEDY))
-    assert threading.active_count() == before and not model.hook_dict["blocks.3.hook_attn_out"].fwd_hooks
+    assert streaming_workers() == 0 and not model.hook_dict["blocks.3.hook_attn_out"].fwd_hooks
