@@ -34,6 +34,18 @@ class GenerateArgumentError(ValueError, AssertionError):
     """
 
 
+def check_positive_int(name: str, value) -> None:
+    """`GenerateArgumentError` unless `value` (the argument `name`) is an int >= 1 (not a bool).
+
+    Examples:
+        >>> check_positive_int("max_new_tokens", 0)
+        Traceback (most recent call last):
+        ...
+        hybrid_lens.generation.GenerateArgumentError: max_new_tokens must be a positive int, not 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GenerateArgumentError(f"{name} must be a positive int, not {value!r}.")
+
 class Generation:
     """`HookedHybrid.generate` (TransformerLens's signature) and `embed`.
 
@@ -148,8 +160,7 @@ class Generation:
         """
         if return_type not in RETURN_TYPES:
             raise GenerateArgumentError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise GenerateArgumentError(f"max_new_tokens must be a positive int, not {max_new_tokens!r}.")
+        check_positive_int("max_new_tokens", max_new_tokens)
         output_logits = bool(generation_kwargs.pop("output_logits", False))
         ignored = sorted(key for key in generation_kwargs if key not in QUIET_KWARGS)
         if ignored:
@@ -213,9 +224,8 @@ class Generation:
         """
         if return_type not in (*RETURN_TYPES, None):
             raise GenerateArgumentError(f"return_type must be one of {RETURN_TYPES}, not {return_type!r}.")
-        for name, value in (("max_new_tokens", max_new_tokens), ("max_tokens_per_yield", max_tokens_per_yield)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GenerateArgumentError(f"{name} must be a positive int, not {value!r}.")
+        check_positive_int("max_new_tokens", max_new_tokens)
+        check_positive_int("max_tokens_per_yield", max_tokens_per_yield)
         kind, tokens, mask, _ = self._generation_input(input, None, prepend_bos, padding_side)
         if kind == "embeds":
             raise GenerateArgumentError("generate_stream takes text or token ids; for embeddings use generate.")
