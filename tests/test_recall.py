@@ -27,9 +27,11 @@ def test_every_query_points_at_its_most_recent_earlier_occurrence(task):
         assert tokens[row, earlier] == tokens[row, position]
         assert tokens[row, earlier + 1] == tokens[row, position + 1]  # the answer followed it there
         assert tokens[row, position] not in tokens[row, earlier + 1 : position]
-    if task.task != "mixed":  # one episode a row: every id occurs once before the queries
-        first = tokens[:, : tokens.shape[1] - (task.size if task.task == "induction" else 2 * task.size)]
-        assert all(len(set(row.tolist())) == len(row) for row in first)
+    if task.task != "mixed":  # one episode a row: the sequence (keys and values) distinct, the gap other ids
+        stored = tokens[:, : task.size if task.task == "induction" else 2 * task.size]
+        gap = tokens[:, stored.shape[1] : stored.shape[1] + task.gap]
+        assert all(len(set(row.tolist())) == len(row) for row in stored)
+        assert all(not set(a.tolist()) & set(b.tolist()) for a, b in zip(stored, gap))
 
 
 def test_layouts():
@@ -123,3 +125,44 @@ def test_recall_tables_aggregate_accuracy():
     expected = recall.accuracy(model, task, zero("attn")).correct.mean()
     assert table.set_index(["condition", "task", "size", "gap"]).accuracy["attn_zero", "induction", 8, 56] == expected
     assert [c.name for c in recall.group_ablations(model)] == ["clean", "attn_zero", "linear_attn_zero"]
+
+
+def test_gaps_longer_than_the_alphabet():
+    """The gap is drawn (with replacement) from the ids the sequence does not use, so a 64-id alphabet
+    gives induction at any distance; a row without ids left for its gap is refused."""
+    task = recall.induction(2, length=8, gap=184, seed=0)
+    assert task.tokens.shape == (2, 200) and task.tokens.max() < recall.VOCAB
+    assert set(task.distance[task.query].tolist()) == {192}
+    with pytest.raises(ValueError, match="No ids are left"):
+        recall.mqar(1, pairs=32, gap=1)
+
+
+def test_contrast_changes_only_the_stored_value():
+    pair = recall.contrast(8, pairs=6, gap=2, seed=3)
+    assert pair.clean.shape == pair.corrupt.shape == (8, 15)
+    changed = (pair.clean != pair.corrupt).nonzero().tolist()
+    assert [row for row, _ in changed] == list(range(8))
+    for row, position in changed:
+        assert pair.clean[row, position - 1] == pair.clean[row, -1]  # the queried key, then its value
+        assert pair.clean[row, position] == pair.correct[row] and pair.corrupt[row, position] == pair.wrong[row]
+        assert int(pair.wrong[row]) not in pair.clean[row].tolist() and position % 2 == 1
+    assert torch.equal(recall.contrast(8, pairs=6, gap=2, seed=3).corrupt, pair.corrupt)
+    logits = torch.zeros(8, 15, recall.VOCAB)
+    logits[torch.arange(8), -1, pair.correct] = 2.0
+    logits[torch.arange(8), -1, pair.wrong] = 0.5
+    assert float(pair.metric()(logits)) == pytest.approx(1.5)
+
+
+def test_key_contrast_moves_the_lookup():
+    """`corrupt="key"`: the queried key trades places with another key; the same tokens, another answer."""
+    pair = recall.contrast(8, pairs=5, seed=4, corrupt="key")
+    for row in range(8):
+        clean, corrupt = pair.clean[row].tolist(), pair.corrupt[row].tolist()
+        assert sorted(clean) == sorted(corrupt) and clean[1::2] == corrupt[1::2]  # values stay, keys move
+        query = clean[-1]
+        assert clean[clean.index(query) + 1] == pair.correct[row] and corrupt[corrupt.index(query) + 1] == pair.wrong[row]
+        assert pair.correct[row] != pair.wrong[row]
+    with pytest.raises(ValueError, match="pairs >= 2"):
+        recall.contrast(2, pairs=1, corrupt="key")
+    with pytest.raises(ValueError, match="corrupt must be one of"):
+        recall.contrast(2, pairs=3, corrupt="both")

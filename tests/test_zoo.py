@@ -98,3 +98,16 @@ def test_train_model_needs_something_to_train_on():
         train.train_model(config, None, steps=1, batch=0)
     with pytest.raises(ValueError, match="stream"):
         train.train_model(config, None, steps=1, batch=2)
+
+
+def test_training_continues_from_a_checkpoint(split):
+    """`start=`: the first step's loss is the bundled model's own loss on that batch (same weights)."""
+    path = zoo.checkpoint_path("tiny-qwen2.5")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    stream = train.token_stream(tokenizer, split[0][:200])
+    config = AutoModelForCausalLM.from_pretrained(path).config
+    _, losses = train.train_model(config, stream, steps=2, batch=2, length=32, log_every=0, start=path)
+    ids = next(train.batches(stream, 1, 2, 32, train.SEED))
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(path)(input_ids=ids, labels=ids).loss.item()
+    assert losses[0] == pytest.approx(expected, abs=1e-5) and losses[0] < 6

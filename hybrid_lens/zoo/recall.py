@@ -11,7 +11,8 @@ only way to predict an answer is to find it earlier in the context:
   `gap` other random tokens, then every key again in a random order, each followed by its value. The
   keys of the second part are the queries, their values the answers.
 
-All ids of a row are distinct, so every query occurred exactly once before. Its **distance** is the
+The sequence (induction) and the keys and values (MQAR) are distinct ids, and the gap is drawn from the
+other ids, so every query occurred exactly once before. Its **distance** is the
 query's position minus that earlier occurrence's position: `length + gap` for every induction query;
 for MQAR it varies with the key's place in the list and the query's place among the queries. A
 `RecallTask` holds rows of one task at one size and gap; generators are seeded (`torch.Generator`), so
@@ -37,10 +38,11 @@ from ..interventions import Condition, zero
 from ..vocabulary import MIXER_KINDS
 
 FIRST_ID = 3  # ids 0, 1, 2 are <pad>, <s>, </s> in the bundled tokenizer
-VOCAB = 4096  # the bundled tokenizer's size
+ALPHABET = 64  # the recall models learn (and are scored on) rows of the ids 3 .. 66
+VOCAB = FIRST_ID + ALPHABET  # default `vocab` of the generators: ids are drawn from 3 .. VOCAB - 1
 IGNORE = -100  # the label `transformers` losses skip
 DISTANCES = (8, 16, 32, 64, 128, 192)  # `recall_tables`: induction of 8 tokens, repeated after these distances
-PAIRS = (2, 4, 8, 16, 32, 64)  # `recall_tables`: MQAR with this many pairs, no gap (64 pairs: 256 tokens)
+PAIRS = (2, 4, 8, 16, 32)  # `recall_tables`: MQAR with this many pairs, no gap (32 pairs: 64 distinct ids)
 INDUCTION_LENGTH = 8
 
 
@@ -72,7 +74,7 @@ class RecallTask:
         Examples:
             >>> task = induction(1, length=3, seed=0)
             >>> task.tokens[0].tolist(), task.labels()[0].tolist()
-            ([1905, 1243, 3952, 1905, 1243, 3952], [-100, -100, -100, -100, 1243, 3952])
+            ([47, 49, 20, 47, 49, 20], [-100, -100, -100, -100, 49, 20])
         """
         labels = torch.full_like(self.tokens, IGNORE)
         labels[:, 1:] = torch.where(self.query[:, :-1], self.tokens[:, 1:], IGNORE)
@@ -86,11 +88,24 @@ def _distinct_ids(count: int, vocab: int, generator: torch.Generator) -> Int[Ten
     return torch.randperm(vocab - FIRST_ID, generator=generator)[:count] + FIRST_ID
 
 
+def _filler(count: int, exclude: Tensor, vocab: int, generator: torch.Generator) -> Int[Tensor, "count"]:
+    """`count` random non-special ids, none of them in `exclude` (drawn with replacement)."""
+    if not count:
+        return torch.empty(0, dtype=torch.long)
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    allowed[:FIRST_ID] = False
+    allowed[exclude] = False
+    choices = allowed.nonzero().flatten()
+    if not len(choices):
+        raise ValueError(f"No ids are left for the gap: the vocabulary has {vocab - FIRST_ID} non-special ids.")
+    return choices[torch.randint(len(choices), (count,), generator=generator)]
+
+
 def _induction_row(length: int, gap: int, vocab: int, generator: torch.Generator, copies: int = 2):
     """(tokens, query, distance) of one induction row, each `Tensor["copies * length + gap"]`: the
     sequence, the gap, then `copies - 1` more copies of the sequence (later copies look back one copy)."""
-    ids = _distinct_ids(length + gap, vocab, generator)
-    sequence, filler = ids[:length], ids[length:]
+    sequence = _distinct_ids(length, vocab, generator)
+    filler = _filler(gap, sequence, vocab, generator)
     tokens = torch.cat([sequence, filler, *[sequence] * (copies - 1)])
     query = torch.zeros(len(tokens), dtype=torch.bool)
     query[length + gap : -1] = True
@@ -103,8 +118,8 @@ def _induction_row(length: int, gap: int, vocab: int, generator: torch.Generator
 
 def _mqar_row(pairs: int, gap: int, vocab: int, generator: torch.Generator):
     """(tokens, query, distance) of one MQAR row, each `Tensor["4 * pairs + gap"]`."""
-    ids = _distinct_ids(2 * pairs + gap, vocab, generator)
-    keys, values, filler = ids[:pairs], ids[pairs : 2 * pairs], ids[2 * pairs :]
+    ids = _distinct_ids(2 * pairs, vocab, generator)
+    keys, values, filler = ids[:pairs], ids[pairs:], _filler(gap, ids, vocab, generator)
     order = torch.randperm(pairs, generator=generator)
     tokens = torch.cat([torch.stack([keys, values], 1).flatten(), filler,
                         torch.stack([keys[order], values[order]], 1).flatten()])
@@ -165,10 +180,10 @@ def mqar(n: int, pairs: int, gap: int = 0, seed: int = 0, vocab: int = VOCAB) ->
 
     Examples:
         >>> task = mqar(1, pairs=2, seed=0)
-        >>> task.tokens[0].tolist()                       # k1 v1 k2 v2, then k2 v2 k1 v1
-        [1905, 3952, 1243, 2016, 1243, 2016, 1905, 3952]
+        >>> task.tokens[0].tolist()                       # k1 v1 k2 v2, then the keys again (here in the same order)
+        [47, 20, 49, 6, 47, 20, 49, 6]
         >>> task.query[0].tolist(), task.distance[0].tolist()
-        ([False, False, False, False, True, False, True, False], [0, 0, 0, 0, 2, 0, 6, 0])
+        ([False, False, False, False, True, False, True, False], [0, 0, 0, 0, 4, 0, 4, 0])
     """
     return _task("mqar", n, pairs, gap, seed, vocab)
 
@@ -274,7 +289,7 @@ def grid(n: int = 32, seed: int = 0, vocab: int = VOCAB) -> list[RecallTask]:
 
     Examples:
         >>> [(t.task, t.size, t.gap) for t in grid(2)][:2], len(grid(2))
-        ([('induction', 8, 0), ('induction', 8, 8)], 12)
+        ([('induction', 8, 0), ('induction', 8, 8)], 11)
     """
     tasks = [induction(n, INDUCTION_LENGTH, d - INDUCTION_LENGTH, seed + i, vocab) for i, d in enumerate(DISTANCES)]
     return tasks + [mqar(n, p, 0, seed + len(DISTANCES) + i, vocab) for i, p in enumerate(PAIRS)]
@@ -302,8 +317,87 @@ def recall_tables(model, conditions: list[Condition] | None = None, n: int = 32,
     """
     conditions = group_ablations(model) if conditions is None else conditions
     scored = pd.concat([accuracy(model, task, condition, batch) for condition in conditions
-                        for task in grid(n, seed, model.cfg.d_vocab)])
+                        for task in grid(n, seed)])
     keys = ["condition", "task", "size", "gap"]
     table = scored.groupby(keys, sort=False).agg(distance=("distance", "mean"), queries=("correct", "size"),
                                                  accuracy=("correct", "mean"))
     return table.reset_index()
+
+
+@dataclass(frozen=True)
+class RecallContrast:
+    """Clean and corrupted prompts of one recall query, for patching and circuit discovery.
+
+    Attributes:
+        clean: `Int[Tensor, "batch pos"]`, an MQAR row cut after its first query: the model should
+            predict `correct` at the last position.
+        corrupt: the same rows with the value stored for the queried key replaced by `wrong` (an id
+            the row does not use), so recall now answers `wrong`.
+        correct, wrong: `Int[Tensor, "batch"]`, the two answers.
+    """
+
+    clean: Int[Tensor, "batch pos"]
+    corrupt: Int[Tensor, "batch pos"]
+    correct: Int[Tensor, "batch"]
+    wrong: Int[Tensor, "batch"]
+
+    def metric(self):
+        """Mean over rows of `logit[correct] - logit[wrong]` at the last position: a metric for `edge_patch`,
+        `edge_attribution` and `patch` (positive on the clean run of a model that recalls, negative on the
+        corrupted one)."""
+        rows = torch.arange(len(self.correct))
+
+        def logit_diff(logits: Tensor) -> Tensor:
+            last = logits[:, -1]
+            return (last[rows, self.correct.to(last.device)] - last[rows, self.wrong.to(last.device)]).mean()
+
+        return logit_diff
+
+
+CORRUPTIONS = ("value", "key")
+
+
+def contrast(n: int, pairs: int, gap: int = 0, seed: int = 0, vocab: int = VOCAB, corrupt: str = "value") -> RecallContrast:
+    """`n` MQAR prompts that end at one query, and a corruption that changes the recalled answer.
+
+    Args:
+        n: rows.
+        pairs: key-value pairs before the query (at least 2 for `corrupt="key"`).
+        gap: random ids between the pairs and the query.
+        seed: seeds the rows (`mqar(n, pairs, gap, seed, vocab)`, then the corruption).
+        vocab: ids are drawn from `3 .. vocab - 1`.
+        corrupt: `"value"`: the value stored after the queried key is replaced by an id the row does not
+            use (the answer's token changes, the lookup does not); `"key"`: the queried key trades places
+            with another pair's key (every token is still in the row, but the query now finds the other
+            pair's value: the lookup changes).
+
+    Returns:
+        A `RecallContrast`: rows of `2 * pairs + gap + 1` tokens.
+
+    Examples:
+        >>> pair = contrast(1, pairs=2, seed=0)
+        >>> pair.clean[0].tolist(), pair.corrupt[0].tolist(), int(pair.correct[0]), int(pair.wrong[0])
+        ([47, 20, 49, 6, 47], [47, 30, 49, 6, 47], 20, 30)
+        >>> contrast(1, pairs=2, seed=0, corrupt="key").corrupt[0].tolist()
+        [49, 20, 47, 6, 47]
+    """
+    if corrupt not in CORRUPTIONS:
+        raise ValueError(f"corrupt must be one of {CORRUPTIONS}, got {corrupt!r}.")
+    if corrupt == "key" and pairs < 2:
+        raise ValueError("A key corruption swaps two keys: give pairs >= 2.")
+    task = mqar(n, pairs, gap, seed, vocab)
+    start = 2 * pairs + gap
+    clean = task.tokens[:, : start + 1]
+    earlier = start - task.distance[:, start]  # where the queried key was stored; its value follows it
+    generator = torch.Generator().manual_seed(seed + 1)
+    corrupted = clean.clone()
+    rows = torch.arange(n)
+    if corrupt == "value":
+        wrong = torch.stack([_filler(1, row, vocab, generator)[0] for row in clean])
+        corrupted[rows, earlier + 1] = wrong
+    else:
+        shift = torch.randint(1, pairs, (n,), generator=generator)
+        other = (earlier + 2 * shift) % (2 * pairs)  # another pair's key position
+        corrupted[rows, earlier], corrupted[rows, other] = clean[rows, other], clean[rows, earlier]
+        wrong = clean[rows, other + 1]
+    return RecallContrast(clean, corrupted, task.tokens[:, start + 1], wrong)

@@ -1,19 +1,29 @@
 """Train the bundled models: same data, seed and settings give the same checkpoint.
 
-    python -m hybrid_lens.zoo.train --all                       # all of them, into hybrid_lens/zoo/checkpoints/
+    python -m hybrid_lens.zoo.train --all                       # the three language models, into hybrid_lens/zoo/checkpoints/
     python -m hybrid_lens.zoo.train --model tiny-qwen3.5 --out DIR   # into DIR/tiny-qwen3.5/
+    python -m hybrid_lens.zoo.train --recall                    # the recall models (below)
 
 The three architectures are the real `transformers` classes at small width: Qwen3.5 with its 3:1
 Gated DeltaNet : gated-attention layer pattern, Falcon-H1 with parallel Mamba-2 + attention blocks
 and the published muP multipliers, Qwen2.5 with plain attention blocks. One byte-level BPE
-tokenizer (4096 tokens) is trained on the training split and shipped with each model. Each step
-adds rows of synthetic in-context recall episodes (`hybrid_lens.zoo.recall`: induction and
-multi-query associative recall on random ids) to the text, so that the models recall in context.
-The planted-mechanism models (`PLANTED`: two blocks of a family, half width) learn the recall
-episodes only. Training is float32 on one CPU thread, seeded, with a fixed data order. Evaluation
-(validation perplexity, a unigram baseline, group ablations with plain forward hooks; recall
-accuracy by distance and number of pairs, clean and under group ablation, through `HookedHybrid`)
-is written to `metrics.json` and the model card of each checkpoint.
+tokenizer (4096 tokens) is trained on the training split and shipped with each model. Training is
+float32 on one CPU thread, seeded, with a fixed data order. Evaluation (validation perplexity, a
+unigram baseline, group ablations with plain forward hooks) is written to `metrics.json` and the
+model card of each checkpoint.
+
+Two kinds of models recall in context (`hybrid_lens.zoo.recall`: induction and multi-query associative
+recall on random ids of a 64-id alphabet, the loss on the answers only):
+- the recall language models (`RECALL_MODELS`, `tiny-qwen3.5-recall`, ...): a bundled language model
+  trained on: each step adds recall rows to its text windows; its card adds recall accuracy by distance
+  and by number of pairs, clean and under group ablation, and its perplexity against the model it
+  continues. Not bundled: at these settings tiny-qwen3.5-recall recalled little (MQAR with 8 pairs 0.07)
+  and lost 16% of held-out perplexity, short of the 5% the bundled models must keep;
+- the planted-mechanism models (`PLANTED`, `planted-recall-qwen3.5`, ...): two blocks of a family at
+  half width trained on recall rows only, the ground truth of circuit discovery's validation
+  (`benchmarks/circuit_validation.py`). Bundled: planted-recall-qwen3.5 (its recall emerges after about
+  200 steps). The Falcon-H1 and Qwen2.5 recipes stayed at chance on held-out recall in 250-500-step
+  pilots and are not bundled.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     FalconH1Config,
     PretrainedConfig,
@@ -41,22 +52,30 @@ from transformers import (
     Qwen3_5TextConfig,
 )
 
-from . import HERE, PASSAGE, VALIDATION_EVERY, recall, split_verses
+from . import HERE, PASSAGE, VALIDATION_EVERY, checkpoint_path, recall, split_verses
 
 MODELS = ("tiny-qwen3.5", "tiny-falcon-h1", "tiny-qwen2.5")
 VOCAB = 4096
 SEQ_LEN = 256
 BATCH = 8
-STEPS = {"tiny-qwen3.5": 1400, "tiny-falcon-h1": 1100, "tiny-qwen2.5": 2000,
-         "tiny-recall-qwen3.5": 1000, "tiny-recall-falcon-h1": 1000}
+STEPS = {"tiny-qwen3.5": 1200, "tiny-falcon-h1": 1100, "tiny-qwen2.5": 2000,  # under 30 minutes each on one core
+         "tiny-qwen3.5-recall": 250, "tiny-falcon-h1-recall": 250, "tiny-qwen2.5-recall": 250,
+         "planted-recall-qwen3.5": 500, "planted-recall-falcon-h1": 500, "planted-recall-qwen2.5": 500}
+# Recall language models: name -> the bundled language model they continue training.
+RECALL_MODELS = {"tiny-qwen3.5-recall": "tiny-qwen3.5", "tiny-falcon-h1-recall": "tiny-falcon-h1",
+                 "tiny-qwen2.5-recall": "tiny-qwen2.5"}
 # Planted-mechanism models: two blocks of the family at half width, trained on the recall tasks only.
 PLANTED = {
-    "tiny-recall-qwen3.5": ("tiny-qwen3.5", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 layer_types=["linear_attention", "full_attention"])),
-    "tiny-recall-falcon-h1": ("tiny-falcon-h1", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2)),
+    "planted-recall-qwen3.5": ("tiny-qwen3.5", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                    layer_types=["linear_attention", "full_attention"])),
+    "planted-recall-falcon-h1": ("tiny-falcon-h1", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2)),
+    "planted-recall-qwen2.5": ("tiny-qwen2.5", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                    max_window_layers=2)),
 }
-RECALL_ROWS = 32  # recall rows beside the BATCH text windows of each step (the language models)
-RECALL_LENGTH = 32  # tokens per recall row
+RECALL_BATCH = 4  # text windows of each step of the recall language models
+RECALL_ROWS = 16  # recall rows beside them
+RECALL_LENGTH = 64  # tokens per recall row
+RECALL_LR = 2e-3  # the recall language models continue at this peak rate
 PLANTED_ROWS = 32  # recall rows per step of a planted-mechanism model
 RECALL_EVAL_ROWS = 64  # rows per task of the model cards' recall tables
 LR = 3e-3
@@ -146,17 +165,18 @@ def batches(stream: torch.Tensor, steps: int, batch: int, length: int, seed: int
 
 def train_model(config: PretrainedConfig, stream: torch.Tensor | None, steps: int, batch: int = BATCH,
                 length: int = SEQ_LEN, lr: float = LR, seed: int = SEED, log_every: int = 50,
-                recall_rows: int = 0, recall_length: int = RECALL_LENGTH) -> tuple[torch.nn.Module, list[float]]:
-    """Train a fresh float32 model of `config` on `stream`; return it (in eval mode) and its loss curve.
+                recall_rows: int = 0, recall_length: int = RECALL_LENGTH,
+                start: Path | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """Train a float32 model of `config` (fresh, or the checkpoint at `start`) on `stream`; return it (in
+    eval mode) and its loss curve.
 
-    Each step takes `batch` text windows of `length` tokens from `stream` (`batches`) and `recall_rows`
-    rows of `recall_length` tokens of synthetic recall episodes (`recall.training_rows`, from their own
-    generator seeded by `seed`, so the text order does not depend on them), in two forward passes; the
-    objective is the mean next-token loss on the text plus the mean loss on the recall answers (only
-    answers are scored: the random tokens around them cannot be predicted). Short recall rows matter:
-    with few earlier positions to search, the lookup is found within a few hundred steps, and it then
-    holds at longer distances. `batch=0` with `stream=None` trains on recall alone. The loss curve is
-    the text loss, or the recall loss without text.
+    Each step takes `batch` text windows of `length` tokens from `stream` (`batches`) and, with
+    `recall_rows`, that many rows of `recall_length` tokens of synthetic recall episodes
+    (`recall.training_rows` on the `recall.ALPHABET` ids, from their own generator seeded by `seed`, so
+    the text order does not depend on them), in two forward passes; the objective is the mean next-token
+    loss on the text plus the mean loss on the recall answers (only answers are scored: the random tokens
+    around them cannot be predicted). `batch=0` with `stream=None` trains on recall alone. The loss curve
+    is the text loss, or the answer loss without text.
 
     AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping at 1), linear warmup over 5% of the
     steps, then cosine decay to 10% of `lr`. The output head learns at `lr / lm_head_multiplier`
@@ -165,7 +185,10 @@ def train_model(config: PretrainedConfig, stream: torch.Tensor | None, steps: in
     if batch + recall_rows < 1 or (batch and stream is None):
         raise ValueError("Train on text windows (batch > 0 and a stream), recall rows (recall_rows > 0), or both.")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    if start is None:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).train()
     head = model.get_output_embeddings().weight
     groups = [{"params": [p for p in model.parameters() if p is not head]},
               {"params": [head], "lr": lr / getattr(config, "lm_head_multiplier", 1.0)}]
@@ -184,13 +207,10 @@ def train_model(config: PretrainedConfig, stream: torch.Tensor | None, steps: in
         parts = {}
         if batch:
             ids = next(text)
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-            parts["text"] = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+            parts["text"] = model(input_ids=ids, labels=ids, use_cache=False).loss
         if recall_rows:
-            rows = recall.training_rows(recall_rows, recall_length, recall_generator, config.vocab_size)
-            logits = model(input_ids=rows.tokens, use_cache=False).logits[:, :-1]
-            parts["recall"] = torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows.labels()[:, 1:].flatten(),
-                                                                ignore_index=recall.IGNORE)
+            rows = recall.training_rows(recall_rows, recall_length, recall_generator)
+            parts["answer"] = model(input_ids=rows.tokens, labels=rows.labels(), use_cache=False).loss
         sum(parts.values()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -319,11 +339,11 @@ def recall_metrics(path: Path, n: int = RECALL_EVAL_ROWS) -> dict:
     return dict(
         recall_induction_by_distance=by("induction"), recall_mqar_by_pairs=by("mqar"), recall_rows_per_task=n,
         recall_method=(f"greedy accuracy (the argmax of the logits is the answer) on hybrid_lens.zoo.recall tasks of "
-                       f"random ids 3-{VOCAB - 1}, {n} rows per cell (recall.recall_tables(model, n={n}), seed 0): "
-                       f"induction of {recall.INDUCTION_LENGTH} tokens repeated at each distance "
-                       f"({recall.INDUCTION_LENGTH - 1} queries per row), MQAR with each number of key-value pairs "
-                       "(every key queried once); clean, and with each mixer kind's output zeroed in every layer "
-                       "(`zero(kind)`, MLPs and other mixers kept)"),
+                       f"random ids {recall.FIRST_ID}-{recall.VOCAB - 1}, {n} rows per cell "
+                       f"(recall.recall_tables(model, n={n}), seed 0): induction of {recall.INDUCTION_LENGTH} tokens "
+                       f"repeated at each distance ({recall.INDUCTION_LENGTH - 1} queries per row; the gap drawn from "
+                       "the other ids), MQAR with each number of key-value pairs (every key queried once); clean, and "
+                       "with each mixer kind's output zeroed in every layer (`zero(kind)`, MLPs and other mixers kept)"),
     )
 
 
@@ -331,18 +351,23 @@ def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int |
     """Train one model (`STEPS[name]` steps unless given), save weights (safetensors) and tokenizer to
     `out`, write metrics.json and README.md; return the metrics.
 
-    The language models (`MODELS`) train on the text plus `RECALL_ROWS` recall rows a step; the
-    planted-mechanism models (`PLANTED`) on `PLANTED_ROWS` recall rows a step only."""
+    The language models (`MODELS`) train on the text from scratch; the recall language models
+    (`RECALL_MODELS`) continue their language model on `RECALL_BATCH` text windows plus `RECALL_ROWS` recall
+    rows a step at `RECALL_LR`; the planted-mechanism models (`PLANTED`) train from scratch on `PLANTED_ROWS` recall rows a
+    step only."""
     steps = steps or STEPS[name]
-    planted = name in PLANTED
+    planted, base = name in PLANTED, RECALL_MODELS.get(name)
     train_texts, val_texts = split_verses()
     train_stream = token_stream(tokenizer, train_texts)
     val_ids = windows(token_stream(tokenizer, val_texts))
     start, cpu_start = time.perf_counter(), time.process_time()
     if planted:
-        model, losses = train_model(model_config(name), None, steps, batch=0, recall_rows=PLANTED_ROWS)
+        batch, rows, lr, text = 0, PLANTED_ROWS, LR, None
     else:
-        model, losses = train_model(model_config(name), train_stream, steps, recall_rows=RECALL_ROWS)
+        batch, rows, lr, text = (RECALL_BATCH, RECALL_ROWS, RECALL_LR, train_stream) if base else (BATCH, 0, LR, train_stream)
+    start_path = checkpoint_path(base) if base else None
+    config = AutoConfig.from_pretrained(start_path) if base else model_config(name)
+    model, losses = train_model(config, text, steps, batch=batch, lr=lr, recall_rows=rows, start=start_path)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     out.mkdir(parents=True, exist_ok=True)
     # Weights are stored in bfloat16 (half the size); the config keeps float32, so the checkpoint
@@ -353,14 +378,12 @@ def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int |
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     n_params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel() * (1 if model.config.tie_word_embeddings else 2)
-    batch, rows = (0, PLANTED_ROWS) if planted else (BATCH, RECALL_ROWS)
     metrics = dict(
         model=f"hybrid-lens/{name}", architecture=type(model).__name__, n_params=n_params,
         n_params_non_embedding=n_params - embedding, n_layers=model.config.num_hidden_layers,
         hidden_size=model.config.hidden_size, vocab_size=VOCAB, train_dtype="float32", stored_dtype="bfloat16",
         steps=steps, batch=batch, seq_len=RECALL_LENGTH if planted else SEQ_LEN, tokens_seen=steps * batch * SEQ_LEN,
-        recall_rows=rows, recall_length=RECALL_LENGTH, recall_tokens_seen=steps * rows * RECALL_LENGTH,
-        train_tokens_available=train_stream.numel(), lr=LR, seed=SEED,
+        train_tokens_available=train_stream.numel(), lr=lr, seed=SEED,
         train_loss_per_50_steps=[round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 3)
                                  for i in range(0, steps, 50)],
         mean_train_loss_last_50=sum(losses[-50:]) / len(losses[-50:]),
@@ -368,10 +391,18 @@ def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int |
         hardware=f"{_cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread",
         versions=dict(torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__),
         **({} if planted else evaluate(model, train_stream, val_ids)),
-        **recall_metrics(out),
     )
+    if rows:
+        metrics.update(recall_rows=rows, recall_length=RECALL_LENGTH, recall_alphabet=recall.ALPHABET,
+                       recall_tokens_seen=steps * rows * RECALL_LENGTH, **recall_metrics(out))
+    if base:
+        reference = json.loads((start_path / "metrics.json").read_text())
+        metrics.update(continued_from=f"hybrid-lens/{base}", base_val_ppl=reference["val_ppl"],
+                       val_ppl_vs_base=metrics["val_ppl"] / reference["val_ppl"],
+                       base_ablation_ppl_ratios=reference["ablation_ppl_ratios"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "README.md").write_text(planted_card(metrics) if planted else model_card(metrics))
+    card = planted_card if planted else recall_card if base else model_card
+    (out / "README.md").write_text(card(metrics))
     return metrics
 
 
@@ -408,40 +439,28 @@ Multi-query associative recall (MQAR), accuracy by number of key-value pairs:
 """
 
 
-def _head(m: dict, what: str) -> str:
+def model_card(m: dict) -> str:
+    """The model card (README.md) of a checkpoint, from its metrics."""
+    ratios = "\n".join(f"| {label} | {ratio:,.2f}x |" for label, ratio in m["ablation_ppl_ratios"].items())
     return f"""# {m['model']}
 
 A small `transformers.{m['architecture']}` ({m['n_layers']} layers, hidden size {m['hidden_size']}) trained
-from scratch by hybrid-lens {what}
+from scratch by hybrid-lens for offline demos and tests of interpretability tools. It has real learned
+structure but is not a useful language model.
 
 Rebuild: `python -m hybrid_lens.zoo.train --model {m['model'].split('/')[1]}` (seeded; same result on the same software).
-"""
 
-
-def _rows(m: dict) -> str:
-    return f"""| parameters | {m['n_params']:,} ({m['n_params_non_embedding']:,} non-embedding) |
-| storage | safetensors, weights in {m['stored_dtype']}; the config says float32, so it loads (and was evaluated) in float32 |
-| training time | {m['train_seconds']:.0f} s wall ({m['train_cpu_seconds']:.0f} s of CPU time) on {m['hardware']} |"""
-
-
-RECALL_ROWS_TEXT = ("`recall.training_rows`: induction, repeated-sequence and MQAR episodes of random ids packed "
-                    "into {length}-token rows; the loss is on the answers only")
-
-
-def model_card(m: dict) -> str:
-    """The model card (README.md) of a bundled language model, from its metrics."""
-    ratios = "\n".join(f"| {label} | {ratio:,.2f}x |" for label, ratio in m["ablation_ppl_ratios"].items())
-    return f"""{_head(m, "for offline demos and tests of interpretability tools. It has real learned structure but is not a useful language model; it recalls in context (below).")}
 | | |
 |---|---|
 | training text | King James Bible (public domain, Debian package bible-kjv-text), one verse a line, references stripped; every {VALIDATION_EVERY}th passage of {PASSAGE} consecutive verses held out for validation |
-| recall rows | {RECALL_ROWS_TEXT.format(length=m['recall_length'])}; {m['recall_rows']} a step beside the text (objective: mean text loss + mean answer loss) |
-| tokenizer | byte-level BPE, {m['vocab_size']} tokens, trained on the training split (shared by the bundled models) |
-| training | {m['steps']} steps x (batch {m['batch']} text windows of {m['seq_len']} tokens + {m['recall_rows']} recall rows of {m['recall_length']}) = {m['tokens_seen']:,} text tokens ({m['tokens_seen'] / m['train_tokens_available']:.2f} epochs) + {m['recall_tokens_seen']:,} recall tokens; AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
-{_rows(m)}
+| tokenizer | byte-level BPE, {m['vocab_size']} tokens, trained on the training split (shared by the three bundled models) |
+| parameters | {m['n_params']:,} ({m['n_params_non_embedding']:,} non-embedding) |
+| training | {m['steps']} steps x batch {m['batch']} x {m['seq_len']} tokens = {m['tokens_seen']:,} tokens seen ({m['tokens_seen'] / m['train_tokens_available']:.2f} epochs); AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
+| storage | safetensors, weights in {m['stored_dtype']}; the config says float32, so it loads (and was evaluated) in float32 |
+| training time | {m['train_seconds']:.0f} s wall ({m['train_cpu_seconds']:.0f} s of CPU time) on {m['hardware']} |
 | validation perplexity | **{m['val_ppl']:.2f}** over {m['val_tokens']:,} predicted tokens |
 | unigram perplexity (same tokenizer, same tokens) | {m['unigram_ppl']:.1f} |
-| final training loss on the text (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} (validation loss {math.log(m['val_ppl']):.3f}) |
+| final training loss (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} (validation loss {math.log(m['val_ppl']):.3f}) |
 
 Validation perplexity: {m['val_method']}.
 
@@ -453,46 +472,105 @@ Validation perplexity: {m['val_method']}.
 |---|---|
 {ratios}
 
-{recall_section(m)}
 Versions: torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, tokenizers {m['versions']['tokenizers']}.
 """
 
 
-def planted_card(m: dict) -> str:
-    """The model card (README.md) of a planted-mechanism model, from its metrics."""
-    means = {condition: sum(by.values()) / len(by) for condition, by in m["recall_mqar_by_pairs"].items()}
-    effects = "; ".join(f"`{condition}` {mean:.2f}" for condition, mean in means.items())
-    return f"""{_head(m, "on the synthetic recall tasks only (no text): a planted mechanism for validating circuit discovery. Group ablations (below) show which mixer carries recall.")}
+def _rows(m: dict) -> str:
+    """The card rows every recall model has: parameters, storage, training time."""
+    return f"""| parameters | {m['n_params']:,} ({m['n_params_non_embedding']:,} non-embedding) |
+| storage | safetensors, weights in {m['stored_dtype']}; the config says float32, so it loads (and was evaluated) in float32 |
+| training time | {m['train_seconds']:.0f} s wall ({m['train_cpu_seconds']:.0f} s of CPU time) on {m['hardware']} |"""
+
+
+RECALL_ROWS_TEXT = ("`recall.training_rows`: induction, repeated-sequence and MQAR episodes of random ids of a "
+                    "{alphabet}-id alphabet packed into {length}-token rows; the loss is on the answers only")
+VERSIONS = ("Versions: torch {torch}, transformers {transformers}, tokenizers {tokenizers}.\n")
+
+
+def recall_card(m: dict) -> str:
+    """The model card (README.md) of a recall language model (`RECALL_MODELS`), from its metrics."""
+    name = m["model"].split("/")[1]
+    ratios = "\n".join(f"| {label} | {ratio:,.2f}x | {m['base_ablation_ppl_ratios'].get(label, float('nan')):,.2f}x |"
+                       for label, ratio in m["ablation_ppl_ratios"].items())
+    return f"""# {m['model']}
+
+`{m['continued_from']}` (a small `transformers.{m['architecture']}`, {m['n_layers']} layers, hidden size
+{m['hidden_size']}) trained further by hybrid-lens on its King James text mixed with synthetic in-context recall
+rows, so that it recalls in context: the model of tutorial 07 and of circuit discovery's validation. Not a useful
+language model.
+
+Rebuild: `python -m hybrid_lens.zoo.train --model {name}` (seeded; starts from the bundled `{m['continued_from']}`).
+
 | | |
 |---|---|
-| training data | {RECALL_ROWS_TEXT.format(length=m['recall_length'])}; {m['recall_rows']} rows a step, nothing else |
+| continued from | `{m['continued_from']}` (same architecture, weights and tokenizer) |
+| training text | King James Bible, the training split of `{m['continued_from']}`; every {VALIDATION_EVERY}th passage of {PASSAGE} consecutive verses held out |
+| recall rows | {RECALL_ROWS_TEXT.format(alphabet=m['recall_alphabet'], length=m['recall_length'])}; {m['recall_rows']} a step beside the text (objective: mean text loss + mean answer loss) |
+| training | {m['steps']} steps x (batch {m['batch']} text windows of {m['seq_len']} tokens + {m['recall_rows']} recall rows of {m['recall_length']}) = {m['tokens_seen']:,} text tokens + {m['recall_tokens_seen']:,} recall tokens; AdamW, peak lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
+{_rows(m)}
+| validation perplexity | **{m['val_ppl']:.2f}** ({m['val_ppl_vs_base']:.3f}x the {m['base_val_ppl']:.2f} of `{m['continued_from']}`) over {m['val_tokens']:,} predicted tokens |
+| unigram perplexity (same tokenizer, same tokens) | {m['unigram_ppl']:.1f} |
+| final training loss on the text (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} (validation loss {math.log(m['val_ppl']):.3f}) |
+
+Validation perplexity: {m['val_method']}.
+
+## Validation perplexity under group ablation (multiple of the baseline)
+
+{m['ablation_method']}.
+
+| condition | perplexity ratio | `{m['continued_from']}` |
+|---|---|---|
+{ratios}
+
+{recall_section(m)}
+{VERSIONS.format(**m['versions'])}"""
+
+
+def planted_card(m: dict) -> str:
+    """The model card (README.md) of a planted-mechanism model (`PLANTED`), from its metrics."""
+    name = m["model"].split("/")[1]
+    return f"""# {m['model']}
+
+A small `transformers.{m['architecture']}` ({m['n_layers']} layers, hidden size {m['hidden_size']}) trained from
+scratch by hybrid-lens on synthetic in-context recall rows only (no text): a planted mechanism, the ground truth
+of circuit discovery's validation (`benchmarks/circuit_validation.py`). Group ablations (below) show which mixer
+carries recall.
+
+Rebuild: `python -m hybrid_lens.zoo.train --model {name}` (seeded; same result on the same software).
+
+| | |
+|---|---|
+| training data | {RECALL_ROWS_TEXT.format(alphabet=m['recall_alphabet'], length=m['recall_length'])}; {m['recall_rows']} rows a step, nothing else |
 | tokenizer | the bundled byte-level BPE ({m['vocab_size']} tokens), shipped so that the model loads like the others; the model never saw text |
 | training | {m['steps']} steps x {m['recall_rows']} rows x {m['recall_length']} tokens = {m['recall_tokens_seen']:,} tokens; AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
 {_rows(m)}
 | final training loss on the answers (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} |
 
-Mean MQAR accuracy over the pair counts below: {effects}.
-
 {recall_section(m)}
-Versions: torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, tokenizers {m['versions']['tokenizers']}.
-"""
+{VERSIONS.format(**m['versions'])}"""
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: train the named models (or all) into `--out/<name>/`."""
+    """Command line: train the named models (or the three language models, or the recall models) into `--out/<name>/`."""
     parser = argparse.ArgumentParser(description="Train the bundled hybrid-lens models.")
-    parser.add_argument("--model", choices=(*MODELS, *PLANTED), action="append", help="Model to train (repeatable).")
-    parser.add_argument("--all", action="store_true", help="Train all of them (the language models, then the planted ones).")
+    parser.add_argument("--model", choices=(*MODELS, *RECALL_MODELS, *PLANTED), action="append",
+                        help="Model to train (repeatable).")
+    parser.add_argument("--all", action="store_true", help="Train the three language models.")
+    parser.add_argument("--recall", action="store_true",
+                        help="Train the recall models: the planted-mechanism ones, then the recall language models.")
     parser.add_argument("--steps", type=int, help=f"Optimizer steps for every model (default: {STEPS}).")
     parser.add_argument("--out", type=Path, default=HERE / "checkpoints",
                         help="Parent folder; each model goes to OUT/<name>/ (default: the bundled checkpoints).")
     args = parser.parse_args(argv)
-    names = (*MODELS, *PLANTED) if args.all else (args.model or parser.error("give --model NAME or --all"))
+    names = [*(MODELS if args.all else ()), *((*PLANTED, *RECALL_MODELS) if args.recall else ()), *(args.model or ())]
+    if not names:
+        parser.error("give --model NAME, --all or --recall")
     torch.set_num_threads(1)
     tokenizer = train_tokenizer(split_verses()[0])
     for name in names:
         metrics = build(name, args.out / name, tokenizer, args.steps)
-        keys = ("model", "n_params", "val_ppl", "unigram_ppl", "train_seconds", "ablation_ppl_ratios",
+        keys = ("model", "n_params", "val_ppl", "val_ppl_vs_base", "unigram_ppl", "train_seconds", "ablation_ppl_ratios",
                 "recall_induction_by_distance", "recall_mqar_by_pairs")
         print(json.dumps({key: metrics[key] for key in keys if key in metrics}), flush=True)
 
