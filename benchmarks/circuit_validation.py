@@ -36,6 +36,7 @@ from scipy.stats import spearmanr
 from hybrid_lens import HookedHybrid
 from hybrid_lens.circuits import Graph, acdc, circuit_metric, edge_attribution, edge_patch, faithfulness_curve
 from hybrid_lens.interventions import zero
+from hybrid_lens.evals import recall as recall_eval
 from hybrid_lens.zoo import PLANTED_MODELS, recall
 
 from results_io import write_results
@@ -67,8 +68,8 @@ def kind_shares(table, graph: Graph) -> dict[str, float]:
 def ablation_truth(model, n: int, seed: int) -> dict[str, float]:
     """MQAR (8 pairs) accuracy, clean and with each mixer kind zeroed in every layer."""
     task = recall.mqar(n, 8, seed=seed)
-    return {condition.name: float(recall.accuracy(model, task, condition).correct.mean())
-            for condition in recall.group_ablations(model)}
+    return {condition.name: float(recall_eval.accuracy(model, task, condition).correct.mean())
+            for condition in recall_eval.group_ablations(model)}
 
 
 def precision_recall(found: set[str], truth: set[str]) -> tuple[float, float]:

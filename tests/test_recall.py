@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from hybrid_lens import HookedHybrid
 from hybrid_lens.interventions import Condition, zero
+from hybrid_lens.evals import recall as recall_eval
 from hybrid_lens.zoo import checkpoint_path, recall
 
 
@@ -79,7 +80,7 @@ def test_bad_input_says_what_to_do():
         recall.mqar(0, pairs=2)
     model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
     with pytest.raises(ValueError, match="vocab=4096"):
-        recall.accuracy(model, recall.induction(1, 200, vocab=5000, seed=7))
+        recall_eval.accuracy(model, recall.induction(1, 200, vocab=5000, seed=7))
 
 
 def _zero_output(module, args, output):
@@ -104,10 +105,10 @@ def test_accuracy_matches_plain_transformers_with_torch_hooks(name, kind, module
     finally:
         for handle in handles:
             handle.remove()
-    ours = recall.accuracy(model, task, batch=3)
+    ours = recall_eval.accuracy(model, task, batch=3)
     assert torch.equal(torch.tensor(ours.predicted.to_numpy()), clean)
     assert ours.correct.tolist() == (clean == answers).tolist() and set(ours.condition) == {"clean"}
-    ours = recall.accuracy(model, task, zero(kind))
+    ours = recall_eval.accuracy(model, task, zero(kind))
     assert torch.equal(torch.tensor(ours.predicted.to_numpy()), ablated) and not torch.equal(ablated, clean)
     assert ours.distance.tolist() == task.distance[task.query].tolist()
 
@@ -115,16 +116,16 @@ def test_accuracy_matches_plain_transformers_with_torch_hooks(name, kind, module
 def test_recall_tables_aggregate_accuracy():
     model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
     conditions = [Condition(name="clean"), zero("attn")]
-    table = recall.recall_tables(model, conditions, n=2, seed=1)
+    table = recall_eval.recall_tables(model, conditions, n=2, seed=1)
     assert table.condition.unique().tolist() == ["clean", "attn_zero"] and len(table) == 2 * len(recall.grid(1))
     induction = table[table.task == "induction"]
     assert induction.distance.tolist() == [float(d) for d in recall.DISTANCES] * 2
     assert induction.queries.unique().tolist() == [2 * (recall.INDUCTION_LENGTH - 1)]
     assert table[table.task == "mqar"]["size"].tolist() == list(recall.PAIRS) * 2
     task = recall.grid(2, seed=1)[3]  # induction at distance 64, seeded as in the table
-    expected = recall.accuracy(model, task, zero("attn")).correct.mean()
+    expected = recall_eval.accuracy(model, task, zero("attn")).correct.mean()
     assert table.set_index(["condition", "task", "size", "gap"]).accuracy["attn_zero", "induction", 8, 56] == expected
-    assert [c.name for c in recall.group_ablations(model)] == ["clean", "attn_zero", "linear_attn_zero"]
+    assert [c.name for c in recall_eval.group_ablations(model)] == ["clean", "attn_zero", "linear_attn_zero"]
 
 
 def test_gaps_longer_than_the_alphabet():

@@ -19,6 +19,7 @@ from hybrid_lens import HookedHybrid
 from hybrid_lens.circuits import Graph, edge_attribution, edge_patch, faithfulness_curve
 from hybrid_lens.interventions import knockout, patch_state, run_conditions
 from hybrid_lens.viz import circuit_figure
+from hybrid_lens.evals import recall as recall_eval
 from hybrid_lens.zoo import recall
 
 torch.set_num_threads(1)
@@ -29,12 +30,12 @@ models = {name: HookedHybrid.from_pretrained(f"hybrid-lens/{name}") for name in 
 # ## Do they recall, and what breaks it?
 # Multi-query associative recall (MQAR): 8 key-value pairs, then every key again; the answer to a key
 # is the value stored after it. Greedy accuracy clean, and with every layer's attention, or every Gated
-# DeltaNet, zeroed (`recall.group_ablations`).
+# DeltaNet, zeroed (`hybrid_lens.evals.recall.group_ablations`).
 
 # %%
 task = recall.mqar(16, pairs=8, seed=1)
 for name, model in models.items():
-    scores = {c.name: recall.accuracy(model, task, c).correct.mean() for c in recall.group_ablations(model)}
+    scores = {c.name: recall_eval.accuracy(model, task, c).correct.mean() for c in recall_eval.group_ablations(model)}
     print(f"{name}: MQAR-8 accuracy", ", ".join(f"{condition} {acc:.2f}" for condition, acc in scores.items()))
 
 # %% [markdown]

@@ -1,4 +1,4 @@
-"""Synthetic in-context recall tasks, and recall accuracy of any `HookedHybrid`, clean or under a condition.
+"""Synthetic in-context recall tasks: seeded rows, training rows, clean / corrupted prompts, scoring.
 
 Both tasks are made of random token ids (never the special ids 0-2 of the bundled tokenizer), so the
 only way to predict an answer is to find it earlier in the context:
@@ -18,15 +18,15 @@ for MQAR it varies with the key's place in the list and the query's place among 
 `RecallTask` holds rows of one task at one size and gap; generators are seeded (`torch.Generator`), so
 a seed gives the same rows on every machine.
 
-`accuracy` scores greedy recall (the argmax of the logits equals the answer) per query, with any
-`Condition` applied; `recall_tables` gives accuracy by distance (induction) and by number of pairs
-(MQAR) on a fixed grid under the group ablations of a model's mixer kinds. The bundled models learn
-the tasks from `training_rows`, mixed with the King James text (`hybrid_lens.zoo.train`).
+`scored` scores greedy recall (the argmax of the logits equals the answer) per query and `tabulate`
+gives accuracy per task; `grid` is the fixed grid of the model cards (by distance for induction, by
+number of pairs for MQAR). `hybrid_lens.evals.recall` scores a `HookedHybrid` under any condition. The
+planted-mechanism models learn the tasks from `training_rows` (`hybrid_lens.zoo.train`); `contrast`
+gives clean and corrupted prompts for patching and circuit discovery.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
@@ -34,15 +34,13 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..interventions import Condition, zero
-from ..vocabulary import MIXER_KINDS
 
 FIRST_ID = 3  # ids 0, 1, 2 are <pad>, <s>, </s> in the bundled tokenizer
 ALPHABET = 64  # the recall models learn (and are scored on) rows of the ids 3 .. 66
 VOCAB = FIRST_ID + ALPHABET  # default `vocab` of the generators: ids are drawn from 3 .. VOCAB - 1
 IGNORE = -100  # the label `transformers` losses skip
-DISTANCES = (8, 16, 32, 64, 128, 192)  # `recall_tables`: induction of 8 tokens, repeated after these distances
-PAIRS = (2, 4, 8, 16, 32)  # `recall_tables`: MQAR with this many pairs, no gap (32 pairs: 64 distinct ids)
+DISTANCES = (8, 16, 32, 64, 128, 192)  # `grid`: induction of 8 tokens, repeated after these distances
+PAIRS = (2, 4, 8, 16, 32)  # `grid`: MQAR with this many pairs, no gap (32 pairs: 64 distinct ids)
 INDUCTION_LENGTH = 8
 
 
@@ -234,57 +232,49 @@ def training_rows(n: int, length: int, generator: torch.Generator, vocab: int = 
     return RecallTask("mixed", 0, 0, tokens, query, distance * query)
 
 
-@torch.no_grad()
-def accuracy(model, task: RecallTask, condition: Condition | None = None, batch: int = 16) -> pd.DataFrame:
-    """Greedy recall of every query of `task` by `model`, with `condition` applied.
+def scored(task: RecallTask, predicted: Int[Tensor, "batch pos"], condition: str = "clean") -> pd.DataFrame:
+    """One row per query of `task`, scored against `predicted` (the argmax of a model's logits).
 
     Args:
-        model: a `HookedHybrid` (any family; its vocabulary must cover the task's ids).
         task: from `induction`, `mqar` or `training_rows`.
-        condition: a `Condition` active during the forward passes (`zero("attn")`, ...); None: clean.
-        batch: rows per forward pass.
+        predicted: the predicted next token at every position of `task.tokens`.
+        condition: the name of the condition the predictions were made under.
 
     Returns:
-        One row per query: `row`, `position`, `distance`, `answer`, `predicted` (argmax of the logits at
-        the query), `correct`, plus the task's `task`, `size` and `gap` and the condition's name.
+        Columns `task`, `size`, `gap`, `condition`, `row`, `position`, `distance`, `answer`, `predicted`,
+        `correct` (`hybrid_lens.evals.recall.accuracy` runs a `HookedHybrid`; `zoo.train` a plain model).
 
     Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
-        >>> table = accuracy(model, induction(4, length=8, gap=24), zero("attn"))
-        >>> len(table), table.distance.unique().tolist(), table.condition[0]
-        (28, [32], 'attn_zero')
+        >>> task = mqar(1, pairs=2, seed=0)
+        >>> scored(task, torch.roll(task.tokens, -1, dims=1)).correct.tolist()   # a perfect predictor
+        [True, True]
     """
-    vocab = model.cfg.d_vocab
-    if int(task.tokens.max()) >= vocab:
-        raise ValueError(f"The task uses ids up to {int(task.tokens.max())} but the model's vocabulary has {vocab}; "
-                         f"generate it with vocab={vocab}.")
-    predicted = []
-    with condition.apply(model) if condition is not None else nullcontext():
-        for tokens in task.tokens.split(batch):
-            predicted.append(model(tokens.to(model.device)).argmax(-1).cpu())
-    predicted = torch.cat(predicted)
     rows, positions = task.query.nonzero(as_tuple=True)
     answer = task.tokens[rows, positions + 1]
     guess = predicted[rows, positions]
     return pd.DataFrame(dict(
-        task=task.task, size=task.size, gap=task.gap, condition=condition.name if condition is not None else "clean",
+        task=task.task, size=task.size, gap=task.gap, condition=condition,
         row=rows.numpy(), position=positions.numpy(), distance=task.distance[rows, positions].numpy(),
         answer=answer.numpy(), predicted=guess.numpy(), correct=(guess == answer).numpy()))
 
 
-def group_ablations(model) -> list[Condition]:
-    """The clean run, then each mixer kind of `model` zeroed in every layer (MLPs and other mixers kept):
-    `attn_zero`, `linear_attn_zero`, `ssm_zero`, ... as the model has them.
+def tabulate(queries: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per (condition, task, size, gap) of `scored` rows: columns `distance` (mean over queries;
+    exact for induction), `queries` and `accuracy` (the share recalled).
 
     Examples:
-        >>> [c.name for c in group_ablations(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1"))]
-        ['clean', 'attn_zero', 'ssm_zero']
+        >>> task = mqar(2, pairs=2, seed=0)
+        >>> tabulate(scored(task, task.tokens)).accuracy.tolist()              # predicting the query itself
+        [0.0]
     """
-    return [Condition(name="clean"), *(zero(kind) for kind in MIXER_KINDS if model.components(kind))]
+    keys = ["condition", "task", "size", "gap"]
+    table = queries.groupby(keys, sort=False).agg(distance=("distance", "mean"), queries=("correct", "size"),
+                                                  accuracy=("correct", "mean"))
+    return table.reset_index()
 
 
 def grid(n: int = 32, seed: int = 0, vocab: int = VOCAB) -> list[RecallTask]:
-    """The tasks of `recall_tables`: induction of `INDUCTION_LENGTH` (8) tokens at each of `DISTANCES`,
+    """The tasks of the recall tables (`hybrid_lens.evals.recall.recall_tables`, the model cards): induction of `INDUCTION_LENGTH` (8) tokens at each of `DISTANCES`,
     and MQAR (no gap) at each of `PAIRS`; `n` rows each, seeded by `seed` and the task's place in the grid.
 
     Examples:
@@ -293,35 +283,6 @@ def grid(n: int = 32, seed: int = 0, vocab: int = VOCAB) -> list[RecallTask]:
     """
     tasks = [induction(n, INDUCTION_LENGTH, d - INDUCTION_LENGTH, seed + i, vocab) for i, d in enumerate(DISTANCES)]
     return tasks + [mqar(n, p, 0, seed + len(DISTANCES) + i, vocab) for i, p in enumerate(PAIRS)]
-
-
-def recall_tables(model, conditions: list[Condition] | None = None, n: int = 32, seed: int = 0,
-                  batch: int = 16) -> pd.DataFrame:
-    """Recall accuracy on the `grid` tasks under each condition, one row per (condition, task, size, gap).
-
-    Args:
-        model: a `HookedHybrid`.
-        conditions: default `group_ablations(model)` (clean, then each mixer kind zeroed).
-        n: rows per task; seed: seeds the grid; batch: rows per forward pass.
-
-    Returns:
-        Columns `condition`, `task`, `size`, `gap`, `distance` (mean over queries; exact for
-        induction), `queries` and `accuracy` (fraction of queries recalled).
-
-    Examples:
-        >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
-        >>> table = recall_tables(model, n=4)
-        >>> table.condition.unique().tolist()
-        ['clean', 'attn_zero', 'linear_attn_zero']
-        >>> by_distance = table[table.task == "induction"].pivot(index="distance", columns="condition", values="accuracy")
-    """
-    conditions = group_ablations(model) if conditions is None else conditions
-    scored = pd.concat([accuracy(model, task, condition, batch) for condition in conditions
-                        for task in grid(n, seed)])
-    keys = ["condition", "task", "size", "gap"]
-    table = scored.groupby(keys, sort=False).agg(distance=("distance", "mean"), queries=("correct", "size"),
-                                                 accuracy=("correct", "mean"))
-    return table.reset_index()
 
 
 @dataclass(frozen=True)

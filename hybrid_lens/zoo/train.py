@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import tokenizers
 import torch
 import transformers
@@ -323,12 +324,33 @@ def evaluate(model, train_stream: torch.Tensor, val_ids: torch.Tensor) -> dict:
     )
 
 
-def recall_metrics(path: Path, n: int = RECALL_EVAL_ROWS) -> dict:
-    """Recall accuracy of the checkpoint at `path` on the `recall.grid` tasks (`n` rows each), clean
-    and under `recall.group_ablations`, through `HookedHybrid` and its conditions."""
-    from .. import HookedHybrid
+MIXER_MODULES = {"attn_zero": "self_attn", "linear_attn_zero": "linear_attn", "ssm_zero": "mamba"}
 
-    table = recall.recall_tables(HookedHybrid.from_pretrained(str(path)), n=n)
+
+@torch.no_grad()
+def recall_tables(model, n: int = RECALL_EVAL_ROWS, batch: int = 16):
+    """Recall accuracy of a plain `transformers` model on the `recall.grid` tasks (`n` rows each), clean and
+    with each mixer kind's output zeroed in every layer by plain forward hooks (`attn_zero`: `self_attn`,
+    `linear_attn_zero`: Gated DeltaNet, `ssm_zero`: Mamba-2; MLPs kept), as `recall.tabulate` rows. The
+    names are those of `hybrid_lens.evals.recall.group_ablations`, which must agree (tests)."""
+    conditions = {"clean": []}
+    for name, attribute in MIXER_MODULES.items():
+        modules = [getattr(layer, attribute) for layer in model.model.layers if hasattr(layer, attribute)]
+        if modules:
+            conditions[name] = [("zero", module) for module in modules]
+    parts = []
+    for name, targets in conditions.items():
+        with ablated(targets):
+            for task in recall.grid(n):
+                predicted = torch.cat([model(input_ids=rows, use_cache=False).logits.argmax(-1)
+                                       for rows in task.tokens.split(batch)])
+                parts.append(recall.scored(task, predicted, name))
+    return recall.tabulate(pd.concat(parts))
+
+
+def recall_metrics(model, n: int = RECALL_EVAL_ROWS) -> dict:
+    """The model card's recall accuracy by distance (induction) and number of pairs (MQAR), per condition."""
+    table = recall_tables(model, n)
 
     def by(task: str) -> dict[str, dict[str, float]]:
         rows = table[table.task == task]
@@ -339,11 +361,12 @@ def recall_metrics(path: Path, n: int = RECALL_EVAL_ROWS) -> dict:
     return dict(
         recall_induction_by_distance=by("induction"), recall_mqar_by_pairs=by("mqar"), recall_rows_per_task=n,
         recall_method=(f"greedy accuracy (the argmax of the logits is the answer) on hybrid_lens.zoo.recall tasks of "
-                       f"random ids {recall.FIRST_ID}-{recall.VOCAB - 1}, {n} rows per cell "
-                       f"(recall.recall_tables(model, n={n}), seed 0): induction of {recall.INDUCTION_LENGTH} tokens "
-                       f"repeated at each distance ({recall.INDUCTION_LENGTH - 1} queries per row; the gap drawn from "
-                       "the other ids), MQAR with each number of key-value pairs (every key queried once); clean, and "
-                       "with each mixer kind's output zeroed in every layer (`zero(kind)`, MLPs and other mixers kept)"),
+                       f"random ids {recall.FIRST_ID}-{recall.VOCAB - 1}, {n} rows per cell (recall.grid(n={n}), "
+                       f"seed 0): induction of {recall.INDUCTION_LENGTH} tokens repeated at each distance "
+                       f"({recall.INDUCTION_LENGTH - 1} queries per row; the gap drawn from the other ids), MQAR with "
+                       "each number of key-value pairs (every key queried once); clean, and with each mixer kind's "
+                       "output zeroed in every layer by plain torch forward hooks (MLPs and other mixers kept; "
+                       "`hybrid_lens.evals.recall.recall_tables` gives the same through HookedHybrid's `zero(kind)`)"),
     )
 
 
@@ -394,7 +417,7 @@ def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int |
     )
     if rows:
         metrics.update(recall_rows=rows, recall_length=RECALL_LENGTH, recall_alphabet=recall.ALPHABET,
-                       recall_tokens_seen=steps * rows * RECALL_LENGTH, **recall_metrics(out))
+                       recall_tokens_seen=steps * rows * RECALL_LENGTH, **recall_metrics(model))
     if base:
         reference = json.loads((start_path / "metrics.json").read_text())
         metrics.update(continued_from=f"hybrid-lens/{base}", base_val_ppl=reference["val_ppl"],
