@@ -73,3 +73,41 @@ def test_names():
         zoo.checkpoint_path("hybrid-lens/tiny-mamba")
     assert zoo.checkpoint_path("tiny-qwen2.5") == zoo.checkpoint_path("hybrid-lens/tiny-qwen2.5")
     assert zoo.is_zoo_name("hybrid-lens/tiny-mamba") and not zoo.is_zoo_name("Qwen/Qwen2.5-0.5B")
+
+
+@pytest.mark.parametrize("name", [*train.MODELS, *train.PLANTED])
+def test_recall_training_runs_are_identical(name, split):
+    """Text + recall rows (the language models) and recall rows alone (the planted models) are seeded too."""
+    texts = split[0][:300]
+    stream = train.token_stream(train.train_tokenizer(texts), texts)
+    config = train.model_config(name, hidden_size=32, intermediate_size=64)
+    text = 0 if name in train.PLANTED else 2
+    runs = [train.train_model(config, stream if text else None, steps=3, batch=text, length=64, log_every=0,
+                              recall_rows=3, recall_length=16) for _ in range(2)]
+    (model_a, losses_a), (model_b, losses_b) = runs
+    assert losses_a == losses_b and len(losses_a) == 3
+    assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    if text:  # same initial weights and first text batch without recall rows; they change the later steps
+        _, alone = train.train_model(config, stream, steps=3, batch=2, length=64, log_every=0)
+        assert alone[0] == losses_a[0] and alone[1:] != losses_a[1:]
+
+
+def test_train_model_needs_something_to_train_on():
+    config = train.model_config("tiny-qwen2.5", hidden_size=32, intermediate_size=64)
+    with pytest.raises(ValueError, match="recall rows"):
+        train.train_model(config, None, steps=1, batch=0)
+    with pytest.raises(ValueError, match="stream"):
+        train.train_model(config, None, steps=1, batch=2)
+
+
+def test_training_continues_from_a_checkpoint(split):
+    """`start=`: the first step's loss is the bundled model's own loss on that batch (same weights)."""
+    path = zoo.checkpoint_path("tiny-qwen2.5")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    stream = train.token_stream(tokenizer, split[0][:200])
+    config = AutoModelForCausalLM.from_pretrained(path).config
+    _, losses = train.train_model(config, stream, steps=2, batch=2, length=32, log_every=0, start=path)
+    ids = next(train.batches(stream, 1, 2, 32, train.SEED))
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(path)(input_ids=ids, labels=ids).loss.item()
+    assert losses[0] == pytest.approx(expected, abs=1e-5) and losses[0] < 6

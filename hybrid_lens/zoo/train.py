@@ -1,7 +1,8 @@
 """Train the bundled models: same data, seed and settings give the same checkpoint.
 
-    python -m hybrid_lens.zoo.train --all                       # all three, into hybrid_lens/zoo/checkpoints/
+    python -m hybrid_lens.zoo.train --all                       # the three language models, into hybrid_lens/zoo/checkpoints/
     python -m hybrid_lens.zoo.train --model tiny-qwen3.5 --out DIR   # into DIR/tiny-qwen3.5/
+    python -m hybrid_lens.zoo.train --recall                    # the recall models (below)
 
 The three architectures are the real `transformers` classes at small width: Qwen3.5 with its 3:1
 Gated DeltaNet : gated-attention layer pattern, Falcon-H1 with parallel Mamba-2 + attention blocks
@@ -10,6 +11,19 @@ tokenizer (4096 tokens) is trained on the training split and shipped with each m
 float32 on one CPU thread, seeded, with a fixed data order. Evaluation (validation perplexity, a
 unigram baseline, group ablations with plain forward hooks) is written to `metrics.json` and the
 model card of each checkpoint.
+
+Two kinds of models recall in context (`hybrid_lens.zoo.recall`: induction and multi-query associative
+recall on random ids of a 64-id alphabet, the loss on the answers only):
+- the recall language models (`RECALL_MODELS`, `tiny-qwen3.5-recall`, ...): a bundled language model
+  trained on: each step adds recall rows to its text windows; its card adds recall accuracy by distance
+  and by number of pairs, clean and under group ablation, and its perplexity against the model it
+  continues. Not bundled: at these settings tiny-qwen3.5-recall recalled little (MQAR with 8 pairs 0.07)
+  and lost 16% of held-out perplexity, short of the 5% the bundled models must keep;
+- the planted-mechanism models (`PLANTED`, `planted-recall-qwen3.5`, ...): two blocks of a family at
+  half width trained on recall rows only, the ground truth of circuit discovery's validation
+  (`benchmarks/circuit_validation.py`). Bundled: planted-recall-qwen3.5 (its recall emerges after about
+  200 steps). The Falcon-H1 and Qwen2.5 recipes stayed at chance on held-out recall in 250-500-step
+  pilots and are not bundled.
 """
 
 from __future__ import annotations
@@ -24,11 +38,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import tokenizers
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     FalconH1Config,
     PretrainedConfig,
@@ -37,13 +53,32 @@ from transformers import (
     Qwen3_5TextConfig,
 )
 
-from . import HERE, PASSAGE, VALIDATION_EVERY, split_verses
+from . import HERE, PASSAGE, VALIDATION_EVERY, checkpoint_path, recall, split_verses
 
 MODELS = ("tiny-qwen3.5", "tiny-falcon-h1", "tiny-qwen2.5")
 VOCAB = 4096
 SEQ_LEN = 256
 BATCH = 8
-STEPS = {"tiny-qwen3.5": 1200, "tiny-falcon-h1": 1100, "tiny-qwen2.5": 2000}  # under 30 minutes each on one core
+STEPS = {"tiny-qwen3.5": 1200, "tiny-falcon-h1": 1100, "tiny-qwen2.5": 2000,  # under 30 minutes each on one core
+         "tiny-qwen3.5-recall": 250, "tiny-falcon-h1-recall": 250, "tiny-qwen2.5-recall": 250,
+         "planted-recall-qwen3.5": 500, "planted-recall-falcon-h1": 500, "planted-recall-qwen2.5": 500}
+# Recall language models: name -> the bundled language model they continue training.
+RECALL_MODELS = {"tiny-qwen3.5-recall": "tiny-qwen3.5", "tiny-falcon-h1-recall": "tiny-falcon-h1",
+                 "tiny-qwen2.5-recall": "tiny-qwen2.5"}
+# Planted-mechanism models: two blocks of the family at half width, trained on the recall tasks only.
+PLANTED = {
+    "planted-recall-qwen3.5": ("tiny-qwen3.5", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                    layer_types=["linear_attention", "full_attention"])),
+    "planted-recall-falcon-h1": ("tiny-falcon-h1", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2)),
+    "planted-recall-qwen2.5": ("tiny-qwen2.5", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                    max_window_layers=2)),
+}
+RECALL_BATCH = 4  # text windows of each step of the recall language models
+RECALL_ROWS = 16  # recall rows beside them
+RECALL_LENGTH = 64  # tokens per recall row
+RECALL_LR = 2e-3  # the recall language models continue at this peak rate
+PLANTED_ROWS = 32  # recall rows per step of a planted-mechanism model
+RECALL_EVAL_ROWS = 64  # rows per task of the model cards' recall tables
 LR = 3e-3
 SEED = 0
 HEAD_WINDOWS = 16  # `val_ppl_head`: the first 16 validation windows (4096 tokens), for fast tests
@@ -66,6 +101,9 @@ FALCON_H1_0_5B = dict(
 
 def model_config(name: str, **overrides) -> PretrainedConfig:
     """The config of a bundled model: the published family's flags and multipliers, small widths."""
+    if name in PLANTED:
+        base, changes = PLANTED[name]
+        return model_config(base, **dict(changes, **overrides))
     if name == "tiny-qwen3.5":
         # Qwen/Qwen3.5-0.8B text_config: 3 Gated DeltaNet layers then 1 gated full-attention layer,
         # partial (1/4) interleaved M-RoPE, theta 1e7, tied embeddings, MLP 3.5x hidden.
@@ -126,17 +164,32 @@ def batches(stream: torch.Tensor, steps: int, batch: int, length: int, seed: int
         order = order[batch:]
 
 
-def train_model(config: PretrainedConfig, stream: torch.Tensor, steps: int, batch: int = BATCH,
-                length: int = SEQ_LEN, lr: float = LR, seed: int = SEED,
-                log_every: int = 50) -> tuple[torch.nn.Module, list[float]]:
-    """Train a fresh float32 model of `config` on `stream`; return it (in eval mode) and its loss curve.
+def train_model(config: PretrainedConfig, stream: torch.Tensor | None, steps: int, batch: int = BATCH,
+                length: int = SEQ_LEN, lr: float = LR, seed: int = SEED, log_every: int = 50,
+                recall_rows: int = 0, recall_length: int = RECALL_LENGTH,
+                start: Path | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """Train a float32 model of `config` (fresh, or the checkpoint at `start`) on `stream`; return it (in
+    eval mode) and its loss curve.
+
+    Each step takes `batch` text windows of `length` tokens from `stream` (`batches`) and, with
+    `recall_rows`, that many rows of `recall_length` tokens of synthetic recall episodes
+    (`recall.training_rows` on the `recall.ALPHABET` ids, from their own generator seeded by `seed`, so
+    the text order does not depend on them), in two forward passes; the objective is the mean next-token
+    loss on the text plus the mean loss on the recall answers (only answers are scored: the random tokens
+    around them cannot be predicted). `batch=0` with `stream=None` trains on recall alone. The loss curve
+    is the text loss, or the answer loss without text.
 
     AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping at 1), linear warmup over 5% of the
     steps, then cosine decay to 10% of `lr`. The output head learns at `lr / lm_head_multiplier`
     (Falcon-H1 scales its logits by 0.039; at this width the head would otherwise barely move).
     """
+    if batch + recall_rows < 1 or (batch and stream is None):
+        raise ValueError("Train on text windows (batch > 0 and a stream), recall rows (recall_rows > 0), or both.")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    if start is None:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).train()
     head = model.get_output_embeddings().weight
     groups = [{"params": [p for p in model.parameters() if p is not head]},
               {"params": [head], "lr": lr / getattr(config, "lm_head_multiplier", 1.0)}]
@@ -148,17 +201,26 @@ def train_model(config: PretrainedConfig, stream: torch.Tensor, steps: int, batc
         return min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    text = batches(stream, steps, batch, length, seed) if batch else None
+    recall_generator = torch.Generator().manual_seed(seed)
     losses = []
-    for step, ids in enumerate(batches(stream, steps, batch, length, seed)):
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
+    for step in range(steps):
+        parts = {}
+        if batch:
+            ids = next(text)
+            parts["text"] = model(input_ids=ids, labels=ids, use_cache=False).loss
+        if recall_rows:
+            rows = recall.training_rows(recall_rows, recall_length, recall_generator)
+            parts["answer"] = model(input_ids=rows.tokens, labels=rows.labels(), use_cache=False).loss
+        sum(parts.values()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(next(iter(parts.values())).item())
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"{type(model).__name__} step {step}/{steps} loss {loss.item():.3f}", flush=True)
+            shown = " ".join(f"{key} loss {value.item():.3f}" for key, value in parts.items())
+            print(f"{type(model).__name__} step {step}/{steps} {shown}", flush=True)
     return model.eval(), losses
 
 
@@ -262,15 +324,73 @@ def evaluate(model, train_stream: torch.Tensor, val_ids: torch.Tensor) -> dict:
     )
 
 
+MIXER_MODULES = {"attn_zero": "self_attn", "linear_attn_zero": "linear_attn", "ssm_zero": "mamba"}
+
+
+@torch.no_grad()
+def recall_tables(model, n: int = RECALL_EVAL_ROWS, batch: int = 16):
+    """Recall accuracy of a plain `transformers` model on the `recall.grid` tasks (`n` rows each), clean and
+    with each mixer kind's output zeroed in every layer by plain forward hooks (`attn_zero`: `self_attn`,
+    `linear_attn_zero`: Gated DeltaNet, `ssm_zero`: Mamba-2; MLPs kept), as `recall.tabulate` rows. The
+    names are those of `hybrid_lens.evals.recall.group_ablations`, which must agree (tests)."""
+    conditions = {"clean": []}
+    for name, attribute in MIXER_MODULES.items():
+        modules = [getattr(layer, attribute) for layer in model.model.layers if hasattr(layer, attribute)]
+        if modules:
+            conditions[name] = [("zero", module) for module in modules]
+    parts = []
+    for name, targets in conditions.items():
+        with ablated(targets):
+            for task in recall.grid(n):
+                predicted = torch.cat([model(input_ids=rows, use_cache=False).logits.argmax(-1)
+                                       for rows in task.tokens.split(batch)])
+                parts.append(recall.scored(task, predicted, name))
+    return recall.tabulate(pd.concat(parts))
+
+
+def recall_metrics(model, n: int = RECALL_EVAL_ROWS) -> dict:
+    """The model card's recall accuracy by distance (induction) and number of pairs (MQAR), per condition."""
+    table = recall_tables(model, n)
+
+    def by(task: str) -> dict[str, dict[str, float]]:
+        rows = table[table.task == task]
+        return {condition: {str(int(size)): float(acc) for size, acc in zip(part["size" if task == "mqar" else "distance"],
+                                                                            part.accuracy)}
+                for condition, part in rows.groupby("condition", sort=False)}
+
+    return dict(
+        recall_induction_by_distance=by("induction"), recall_mqar_by_pairs=by("mqar"), recall_rows_per_task=n,
+        recall_method=(f"greedy accuracy (the argmax of the logits is the answer) on hybrid_lens.zoo.recall tasks of "
+                       f"random ids {recall.FIRST_ID}-{recall.VOCAB - 1}, {n} rows per cell (recall.grid(n={n}), "
+                       f"seed 0): induction of {recall.INDUCTION_LENGTH} tokens repeated at each distance "
+                       f"({recall.INDUCTION_LENGTH - 1} queries per row; the gap drawn from the other ids), MQAR with "
+                       "each number of key-value pairs (every key queried once); clean, and with each mixer kind's "
+                       "output zeroed in every layer by plain torch forward hooks (MLPs and other mixers kept; "
+                       "`hybrid_lens.evals.recall.recall_tables` gives the same through HookedHybrid's `zero(kind)`)"),
+    )
+
+
 def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int | None = None) -> dict:
     """Train one model (`STEPS[name]` steps unless given), save weights (safetensors) and tokenizer to
-    `out`, write metrics.json and README.md; return the metrics."""
+    `out`, write metrics.json and README.md; return the metrics.
+
+    The language models (`MODELS`) train on the text from scratch; the recall language models
+    (`RECALL_MODELS`) continue their language model on `RECALL_BATCH` text windows plus `RECALL_ROWS` recall
+    rows a step at `RECALL_LR`; the planted-mechanism models (`PLANTED`) train from scratch on `PLANTED_ROWS` recall rows a
+    step only."""
     steps = steps or STEPS[name]
+    planted, base = name in PLANTED, RECALL_MODELS.get(name)
     train_texts, val_texts = split_verses()
     train_stream = token_stream(tokenizer, train_texts)
     val_ids = windows(token_stream(tokenizer, val_texts))
     start, cpu_start = time.perf_counter(), time.process_time()
-    model, losses = train_model(model_config(name), train_stream, steps)
+    if planted:
+        batch, rows, lr, text = 0, PLANTED_ROWS, LR, None
+    else:
+        batch, rows, lr, text = (RECALL_BATCH, RECALL_ROWS, RECALL_LR, train_stream) if base else (BATCH, 0, LR, train_stream)
+    start_path = checkpoint_path(base) if base else None
+    config = AutoConfig.from_pretrained(start_path) if base else model_config(name)
+    model, losses = train_model(config, text, steps, batch=batch, lr=lr, recall_rows=rows, start=start_path)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     out.mkdir(parents=True, exist_ok=True)
     # Weights are stored in bfloat16 (half the size); the config keeps float32, so the checkpoint
@@ -285,18 +405,27 @@ def build(name: str, out: Path, tokenizer: PreTrainedTokenizerFast, steps: int |
         model=f"hybrid-lens/{name}", architecture=type(model).__name__, n_params=n_params,
         n_params_non_embedding=n_params - embedding, n_layers=model.config.num_hidden_layers,
         hidden_size=model.config.hidden_size, vocab_size=VOCAB, train_dtype="float32", stored_dtype="bfloat16",
-        steps=steps, batch=BATCH, seq_len=SEQ_LEN, tokens_seen=steps * BATCH * SEQ_LEN,
-        train_tokens_available=train_stream.numel(), lr=LR, seed=SEED,
+        steps=steps, batch=batch, seq_len=RECALL_LENGTH if planted else SEQ_LEN, tokens_seen=steps * batch * SEQ_LEN,
+        train_tokens_available=train_stream.numel(), lr=lr, seed=SEED,
         train_loss_per_50_steps=[round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 3)
                                  for i in range(0, steps, 50)],
         mean_train_loss_last_50=sum(losses[-50:]) / len(losses[-50:]),
         train_seconds=round(seconds, 1), train_cpu_seconds=round(cpu_seconds, 1),
         hardware=f"{_cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread",
         versions=dict(torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__),
-        **evaluate(model, train_stream, val_ids),
+        **({} if planted else evaluate(model, train_stream, val_ids)),
     )
+    if rows:
+        metrics.update(recall_rows=rows, recall_length=RECALL_LENGTH, recall_alphabet=recall.ALPHABET,
+                       recall_tokens_seen=steps * rows * RECALL_LENGTH, **recall_metrics(model))
+    if base:
+        reference = json.loads((start_path / "metrics.json").read_text())
+        metrics.update(continued_from=f"hybrid-lens/{base}", base_val_ppl=reference["val_ppl"],
+                       val_ppl_vs_base=metrics["val_ppl"] / reference["val_ppl"],
+                       base_ablation_ppl_ratios=reference["ablation_ppl_ratios"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "README.md").write_text(model_card(metrics))
+    card = planted_card if planted else recall_card if base else model_card
+    (out / "README.md").write_text(card(metrics))
     return metrics
 
 
@@ -307,6 +436,30 @@ def _cpu_name() -> str:
         return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def _table(by: dict[str, dict[str, float]], header: str) -> str:
+    """A markdown table of accuracies: one row per key of the inner dicts, one column per condition."""
+    conditions = list(by)
+    lines = [f"| {header} | {' | '.join(conditions)} |", "|---" * (len(conditions) + 1) + "|"]
+    lines += [f"| {key} | {' | '.join(f'{by[c][key]:.2f}' for c in conditions)} |" for key in by[conditions[0]]]
+    return "\n".join(lines)
+
+
+def recall_section(m: dict) -> str:
+    """The model card's recall tables (accuracy by distance and by number of pairs, per condition)."""
+    return f"""## In-context recall
+
+Method: {m['recall_method']}.
+
+Induction, accuracy by distance (tokens from a query's first occurrence to the query):
+
+{_table(m['recall_induction_by_distance'], 'distance')}
+
+Multi-query associative recall (MQAR), accuracy by number of key-value pairs:
+
+{_table(m['recall_mqar_by_pairs'], 'pairs')}
+"""
 
 
 def model_card(m: dict) -> str:
@@ -346,22 +499,103 @@ Versions: torch {m['versions']['torch']}, transformers {m['versions']['transform
 """
 
 
+def _rows(m: dict) -> str:
+    """The card rows every recall model has: parameters, storage, training time."""
+    return f"""| parameters | {m['n_params']:,} ({m['n_params_non_embedding']:,} non-embedding) |
+| storage | safetensors, weights in {m['stored_dtype']}; the config says float32, so it loads (and was evaluated) in float32 |
+| training time | {m['train_seconds']:.0f} s wall ({m['train_cpu_seconds']:.0f} s of CPU time) on {m['hardware']} |"""
+
+
+RECALL_ROWS_TEXT = ("`recall.training_rows`: induction, repeated-sequence and MQAR episodes of random ids of a "
+                    "{alphabet}-id alphabet packed into {length}-token rows; the loss is on the answers only")
+VERSIONS = ("Versions: torch {torch}, transformers {transformers}, tokenizers {tokenizers}.\n")
+
+
+def recall_card(m: dict) -> str:
+    """The model card (README.md) of a recall language model (`RECALL_MODELS`), from its metrics."""
+    name = m["model"].split("/")[1]
+    ratios = "\n".join(f"| {label} | {ratio:,.2f}x | {m['base_ablation_ppl_ratios'].get(label, float('nan')):,.2f}x |"
+                       for label, ratio in m["ablation_ppl_ratios"].items())
+    return f"""# {m['model']}
+
+`{m['continued_from']}` (a small `transformers.{m['architecture']}`, {m['n_layers']} layers, hidden size
+{m['hidden_size']}) trained further by hybrid-lens on its King James text mixed with synthetic in-context recall
+rows, so that it recalls in context: the model of tutorial 07 and of circuit discovery's validation. Not a useful
+language model.
+
+Rebuild: `python -m hybrid_lens.zoo.train --model {name}` (seeded; starts from the bundled `{m['continued_from']}`).
+
+| | |
+|---|---|
+| continued from | `{m['continued_from']}` (same architecture, weights and tokenizer) |
+| training text | King James Bible, the training split of `{m['continued_from']}`; every {VALIDATION_EVERY}th passage of {PASSAGE} consecutive verses held out |
+| recall rows | {RECALL_ROWS_TEXT.format(alphabet=m['recall_alphabet'], length=m['recall_length'])}; {m['recall_rows']} a step beside the text (objective: mean text loss + mean answer loss) |
+| training | {m['steps']} steps x (batch {m['batch']} text windows of {m['seq_len']} tokens + {m['recall_rows']} recall rows of {m['recall_length']}) = {m['tokens_seen']:,} text tokens + {m['recall_tokens_seen']:,} recall tokens; AdamW, peak lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
+{_rows(m)}
+| validation perplexity | **{m['val_ppl']:.2f}** ({m['val_ppl_vs_base']:.3f}x the {m['base_val_ppl']:.2f} of `{m['continued_from']}`) over {m['val_tokens']:,} predicted tokens |
+| unigram perplexity (same tokenizer, same tokens) | {m['unigram_ppl']:.1f} |
+| final training loss on the text (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} (validation loss {math.log(m['val_ppl']):.3f}) |
+
+Validation perplexity: {m['val_method']}.
+
+## Validation perplexity under group ablation (multiple of the baseline)
+
+{m['ablation_method']}.
+
+| condition | perplexity ratio | `{m['continued_from']}` |
+|---|---|---|
+{ratios}
+
+{recall_section(m)}
+{VERSIONS.format(**m['versions'])}"""
+
+
+def planted_card(m: dict) -> str:
+    """The model card (README.md) of a planted-mechanism model (`PLANTED`), from its metrics."""
+    name = m["model"].split("/")[1]
+    return f"""# {m['model']}
+
+A small `transformers.{m['architecture']}` ({m['n_layers']} layers, hidden size {m['hidden_size']}) trained from
+scratch by hybrid-lens on synthetic in-context recall rows only (no text): a planted mechanism, the ground truth
+of circuit discovery's validation (`benchmarks/circuit_validation.py`). Group ablations (below) show which mixer
+carries recall.
+
+Rebuild: `python -m hybrid_lens.zoo.train --model {name}` (seeded; same result on the same software).
+
+| | |
+|---|---|
+| training data | {RECALL_ROWS_TEXT.format(alphabet=m['recall_alphabet'], length=m['recall_length'])}; {m['recall_rows']} rows a step, nothing else |
+| tokenizer | the bundled byte-level BPE ({m['vocab_size']} tokens), shipped so that the model loads like the others; the model never saw text |
+| training | {m['steps']} steps x {m['recall_rows']} rows x {m['recall_length']} tokens = {m['recall_tokens_seen']:,} tokens; AdamW, lr {m['lr']}, warmup + cosine, {m['train_dtype']}, seed {m['seed']} |
+{_rows(m)}
+| final training loss on the answers (mean of last 50 steps) | {m['mean_train_loss_last_50']:.3f} |
+
+{recall_section(m)}
+{VERSIONS.format(**m['versions'])}"""
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: train the named models (or all) into `--out/<name>/`."""
+    """Command line: train the named models (or the three language models, or the recall models) into `--out/<name>/`."""
     parser = argparse.ArgumentParser(description="Train the bundled hybrid-lens models.")
-    parser.add_argument("--model", choices=MODELS, action="append", help="Model to train (repeatable).")
-    parser.add_argument("--all", action="store_true", help="Train all three.")
+    parser.add_argument("--model", choices=(*MODELS, *RECALL_MODELS, *PLANTED), action="append",
+                        help="Model to train (repeatable).")
+    parser.add_argument("--all", action="store_true", help="Train the three language models.")
+    parser.add_argument("--recall", action="store_true",
+                        help="Train the recall models: the planted-mechanism ones, then the recall language models.")
     parser.add_argument("--steps", type=int, help=f"Optimizer steps for every model (default: {STEPS}).")
     parser.add_argument("--out", type=Path, default=HERE / "checkpoints",
                         help="Parent folder; each model goes to OUT/<name>/ (default: the bundled checkpoints).")
     args = parser.parse_args(argv)
-    names = MODELS if args.all else (args.model or parser.error("give --model NAME or --all"))
+    names = [*(MODELS if args.all else ()), *((*PLANTED, *RECALL_MODELS) if args.recall else ()), *(args.model or ())]
+    if not names:
+        parser.error("give --model NAME, --all or --recall")
     torch.set_num_threads(1)
     tokenizer = train_tokenizer(split_verses()[0])
     for name in names:
         metrics = build(name, args.out / name, tokenizer, args.steps)
-        print(json.dumps({k: metrics[k] for k in ("model", "n_params", "val_ppl", "unigram_ppl", "train_seconds",
-                                                   "ablation_ppl_ratios")}), flush=True)
+        keys = ("model", "n_params", "val_ppl", "val_ppl_vs_base", "unigram_ppl", "train_seconds", "ablation_ppl_ratios",
+                "recall_induction_by_distance", "recall_mqar_by_pairs")
+        print(json.dumps({key: metrics[key] for key in keys if key in metrics}), flush=True)
 
 
 if __name__ == "__main__":
