@@ -2,8 +2,12 @@
 cost model (seconds per forward token) fitted from them, and the paper-scale run projected on this CPU.
 
     nice -n 10 python benchmarks/study_cost.py                     # bundled models, n=1, minutes
-    nice -n 10 python benchmarks/study_cost.py --size both --tasks ppl,mmlu,arc,hellaswag,truthfulqa,gsm8k \\
-        --n 2 --out benchmarks/results/study_cost_cpu.md           # the full measurement (about an hour)
+    nice -n 10 python benchmarks/study_cost.py --size bundled --tasks ppl,mmlu,arc,hellaswag,truthfulqa,gsm8k \\
+        --out benchmarks/results/study_cost_cpu_bundled.md
+    nice -n 10 python benchmarks/study_cost.py --size reference --reference-ppl-context 64 \\
+        --reference Qwen/Qwen3.5-0.8B --out benchmarks/results/study_cost_cpu_reference_qwen35.md   # (each config)
+    python benchmarks/study_cost.py --combine benchmarks/results/study_cost_cpu_{bundled,reference_*}.json \\
+        --out benchmarks/results/study_cost_cpu.md                 # one table and the projections
 
 Each model runs `study.runner.run_study` (what `hybrid-lens study` runs) into a temporary study folder,
 1 torch thread, and its `time_by_group` table is the measurement:
@@ -16,10 +20,11 @@ Each model runs `study.runner.run_study` (what `hybrid-lens study` runs) into a 
 Forward tokens per condition are counted from the prompts each task builds (`study.cost` says what
 counts). The cost model is `study.cost`: a measured rate where there is one, else the task's baseline
 rate times the group's perplexity factor (prefix reuse); on the bundled models, where every cell is
-measured, the table checks that rule against the measurement. Projections: the default study at n=200
-and the paper's protocol (`study.cost.PAPER_N`), linear in forward tokens at the measured rates.
+measured, the table checks that rule against the measurement; a task not run at full size (GSM8K) takes
+its bundled analogue's rate x the two models' perplexity baseline ratio. Projections: the default study
+(n=200) and the paper's protocol (`study.cost.PAPER_N`), linear in forward tokens at these rates.
 The load is recorded (`uptime` before and after each model) and so is the CPU share the process got
-(CPU seconds / wall seconds): a projection for an idle core divides by it.
+(CPU seconds / wall seconds): the projection for an idle core is the loaded one times that share.
 """
 
 from __future__ import annotations
@@ -181,6 +186,12 @@ def default_examples(model: str, tokenizer) -> tuple[dict[str, int], int]:
 def projections(rates: pd.DataFrame, measured: pd.DataFrame, layouts: dict, tokenizers: dict) -> pd.DataFrame:
     """The default study and the paper's protocol, per model, at the measured rates (`study.cost`)."""
     per_example = measured.drop_duplicates(["model", "task"])[["model", "task", "tokens_per_example"]]
+    # a task not run at full size (GSM8K) takes its bundled analogue's rate x the perplexity size ratio, and its
+    # tokens per example (the published configs run with the bundled tokenizer)
+    analogues = {name: tiny for name, (_, tiny) in REFERENCE.items() if name in layouts and tiny in layouts}
+    borrowed = [per_example[(per_example.model == tiny) & ~per_example.task.isin(
+        per_example[per_example.model == name].task)].assign(model=name) for name, tiny in analogues.items()]
+    per_example = pd.concat([per_example, *borrowed], ignore_index=True)
     found = []
     for model, layout in layouts.items():
         counts = {model: condition_counts(layout)}
@@ -193,7 +204,8 @@ def projections(rates: pd.DataFrame, measured: pd.DataFrame, layouts: dict, toke
                     tokens_override={"ppl": cost.PAPER_PPL_TOKENS, HIDDEN_TASK: cost.PAPER_DIAGNOSTIC_TOKENS},
                     extra_conditions={("ppl", "random"): five - counts[model].get("random", 0)})}
         for run, work in runs.items():
-            found.append(cost.project(work, cost.complete_rates(rates, work, SWEEPABLE)).assign(run=run))
+            found.append(cost.project(work, cost.complete_rates(rates, work, SWEEPABLE, analogues=analogues))
+                         .assign(run=run))
     return pd.concat(found, ignore_index=True)
 
 
@@ -305,18 +317,21 @@ def report(args, rates, check, projected, loads) -> None:
               "Default study: every task at n=200 capped by the bundled data (100-114 rows per benchmark), perplexity "
               "on the model's default windows. Paper protocol: MMLU 2000, GSM8K 100 (50 for the positional thirds), "
               "ARC 299, HellaSwag 2000, TruthfulQA 790, one 8192-token perplexity window, 5 perplexity random trials, "
-              "a 512-token diagnostic text; every condition group of the study on every task. Rates not measured "
-              "(the published configs' benchmarks under non-baseline groups) are the baseline rate x the group's "
-              "perplexity factor. GPU: untested (no GPU lent); these are CPU numbers only.", "",
+              "a 512-token diagnostic text; every condition group of the study on every task. Estimated rates: the "
+              "published configs' benchmarks under groups other than the baseline (the baseline rate x the group's "
+              "perplexity factor) and tasks not run at full size (the bundled analogue's rate x the ratio of the two "
+              "models' perplexity baseline rates; for GSM8K's token-by-token generation this ratio is rough). "
+              "GPU: untested (no GPU lent); these are CPU numbers only.", "",
               "| run | model | conditions | forward tokens (M) | hours (loaded) | hours (idle core) "
-              "| days (idle core) |",
-              "|---|---|---|---|---|---|---|"]
+              "| days (idle core) | share at estimated rates |",
+              "|---|---|---|---|---|---|---|---|"]
     per_task = projected[projected.task != HIDDEN_TASK].groupby(["run", "model", "task"]).conditions.sum()
     conditions = per_task.groupby(["run", "model"]).max()  # the perplexity random trials add some in the paper
     for (run, model), t in projected.groupby(["run", "model"], sort=False):
         lines.append(f"| {run} | {model} | {conditions[(run, model)]} | {fmt(t.tokens.sum() / 1e6)} | "
                      f"{fmt(t.seconds.sum() / 3600)} | {fmt(t.idle_seconds.sum() / 3600)} | "
-                     f"{fmt(t.idle_seconds.sum() / 86400, 2)} |")
+                     f"{fmt(t.idle_seconds.sum() / 86400, 2)} | "
+                     f"{t.idle_seconds[t.source != 'measured'].sum() / t.idle_seconds.sum():.0%} |")
     by_task = projected.pivot_table(index=["run", "model"], columns="task", values="idle_seconds", aggfunc="sum") / 3600
     lines += ["", "Idle-core hours per task:", "", "| run | model | " + " | ".join(by_task.columns) + " |",
               "|---|---|" + "---|" * len(by_task.columns)]

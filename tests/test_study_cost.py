@@ -61,6 +61,21 @@ def test_unmeasured_groups_take_the_perplexity_factor_generation_takes_the_basel
         cost.complete_rates(rates, pd.DataFrame(dict(model="m", task=["arc"], group=["positional"])), SWEEPABLE)
 
 
+def test_a_task_not_measured_at_size_scales_from_its_small_analogue():
+    """Generation measured on a bundled model only: the full-size rate is its rate x the perplexity size ratio."""
+    rates = pd.DataFrame(dict(model=["tiny", "tiny", "tiny", "big"], task=["ppl", "gsm8k", "gsm8k", "ppl"],
+                              group=["baseline", "baseline", "layer", "baseline"],
+                              us_per_token=[100.0, 400.0, 500.0, 3000.0]))
+    needed = pd.DataFrame(dict(model="big", task=["gsm8k", "gsm8k", "ppl"], group=["layer", "random", "baseline"]))
+    got = cost.complete_rates(rates, needed, SWEEPABLE, analogues={"big": "tiny"}).set_index(["task", "group"])
+    assert got.loc[("gsm8k", "layer"), "us_per_token"] == pytest.approx(500.0 * 30)
+    assert got.loc[("gsm8k", "random"), "us_per_token"] == pytest.approx(400.0 * 30)  # tiny: its baseline rate
+    assert got.loc[("gsm8k", "layer"), "source"] == "tiny x ppl size ratio"
+    assert got.loc[("ppl", "baseline"), "source"] == "measured"
+    with pytest.raises(ValueError, match="needs both models' ppl baseline rates"):
+        cost.complete_rates(rates[rates.model == "big"], needed, SWEEPABLE, analogues={"big": "tiny"})
+
+
 def test_the_paper_plan_has_its_n_its_thirds_its_trials_and_one_diagnostic_text():
     counts = {"m": dict(Counter(c.group for c in study_conditions(FALCON_LIKE, GROUPS, trials=3)))}
     five = Counter(c.group for c in study_conditions(FALCON_LIKE, GROUPS, trials=5))["random"]

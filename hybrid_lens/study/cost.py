@@ -82,15 +82,18 @@ def group_factors(rates: pd.DataFrame, reference_task: str = "ppl") -> pd.DataFr
 
 
 def complete_rates(rates: pd.DataFrame, needed: pd.DataFrame, sweepable: frozenset[str],
-                   reference_task: str = "ppl") -> pd.DataFrame:
+                   reference_task: str = "ppl", analogues: dict[str, str] | None = None) -> pd.DataFrame:
     """A rate for every (model, task, group) of `needed`: the measured one where there is one;
     otherwise the task's baseline rate times the group's factor on `reference_task`
     (`group_factors`) for a sweepable task, and the baseline rate itself for a task whose
-    conditions each run on their own (generation).
+    conditions each run on their own (generation). A task with no baseline rate of the model takes
+    its `analogues` model's rate (a smaller model of the family, every cell measured) scaled by the
+    two models' baseline rates on `reference_task` (a size ratio: rough where the task's cost is
+    not compute-bound like the reference task's, e.g. token-by-token generation).
 
     Returns:
         Columns model, task, group, us_per_token, source (`measured`, `baseline x <task> factor`,
-        `baseline`).
+        `baseline`, `<analogue> x <task> size ratio`).
 
     Examples:
         >>> rates = pd.DataFrame(dict(model="m", task=["ppl", "ppl", "arc", "gsm8k"],
@@ -102,11 +105,28 @@ def complete_rates(rates: pd.DataFrame, needed: pd.DataFrame, sweepable: frozens
         0     m    arc  baseline          20.0                measured
         1     m    arc     layer          12.0  baseline x ppl factor
         2     m  gsm8k     layer          50.0                baseline
+        >>> big = pd.concat([rates, pd.DataFrame(dict(model="M", task=["ppl"], group=["baseline"], us_per_token=[40.0]))])
+        >>> complete_rates(big, needed.assign(model="M"), frozenset({"ppl", "arc"}), analogues={"M": "m"})
+          model   task     group  us_per_token              source
+        0     M    arc  baseline          80.0  m x ppl size ratio
+        1     M    arc     layer          48.0  m x ppl size ratio
+        2     M  gsm8k     layer         200.0  m x ppl size ratio
     """
     known = rates.set_index(KEY).us_per_token
     factors = group_factors(rates, reference_task).set_index(["model", "group"]).factor
     found = []
     for model, task, group in needed[KEY].itertuples(index=False):
+        analogue = (analogues or {}).get(model)
+        if (model, task, "baseline") not in known.index and analogue is not None:
+            pair = [(name, reference_task, "baseline") for name in (model, analogue)]
+            if not all(key in known.index for key in pair):
+                raise ValueError(f"Scaling {analogue} to {model} needs both models' {reference_task} baseline rates.")
+            size = known[pair[0]] / known[pair[1]]
+            small = complete_rates(rates, pd.DataFrame(dict(model=[analogue], task=[task], group=[group])), sweepable,
+                                   reference_task)
+            found.append(dict(model=model, task=task, group=group, us_per_token=float(small.us_per_token[0] * size),
+                              source=f"{analogue} x {reference_task} size ratio"))
+            continue
         if (model, task, group) in known.index:
             rate, source = known[(model, task, group)], "measured"
         elif (model, task, "baseline") not in known.index:
