@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
@@ -238,13 +239,23 @@ def main() -> None:
     parser.add_argument("--combine", type=Path, nargs="*", default=[],
                         help="instead of measuring: the JSON results of earlier runs (e.g. one per --size), "
                              "reported and projected together")
+    parser.add_argument("--stores", type=Path, nargs="*", default=[],
+                        help="also: study folders (holding results.sqlite) of runs stopped early, read as they are")
+    parser.add_argument("--loads", type=Path, help="with --stores: JSON rows model, run, load_before, load_after, "
+                                                   "wall_s, cpu_s, cpu_share of those runs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study_cost_cpu_quick.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.combine:
+    if args.combine or args.stores:
         rows = [row for path in args.combine for row in json.loads(path.read_text())["rows"]]
         rates = pd.DataFrame([r for r in rows if r.pop("table") == "measured"])
         loads = pd.DataFrame([r for r in rows if "load_before" in r])
+        if args.stores:
+            n_ctx = {name: HookedHybrid.from_pretrained(name).cfg.n_ctx for name in BUNDLED}
+            n_ctx.update({name: reference_config(family).max_position_embeddings
+                          for name, (family, _) in REFERENCE.items()})
+            rates = pd.concat([rates, from_stores(args.stores, n_ctx)], ignore_index=True)
+            loads = pd.concat([loads, pd.read_json(args.loads)], ignore_index=True)
     else:
         rates, loads = measure_all(args)
     models = list(dict.fromkeys(rates.model))
@@ -278,6 +289,38 @@ def measure_all(args) -> tuple[pd.DataFrame, pd.DataFrame]:
     rates = cost.fit_rates(pd.concat(tables, ignore_index=True), pd.DataFrame(workloads))
     rates.insert(1, "params_M", rates.model.map(params).round(1))
     return rates, pd.DataFrame(loads)
+
+
+def from_stores(folders: list[Path], n_ctx: dict[str, int | None]) -> pd.DataFrame:
+    """Rates from the stores of study folders (`results.sqlite` of a run, finished or stopped: its
+    finished pairs): the study's own timing records and settings, nothing re-run. A store's
+    diagnostics count only where it ran perplexity (the published configs' benchmark study runs
+    them on 16 tokens)."""
+    tables, workloads, params = [], [], {}
+    for folder in folders:
+        store = StudyStore(folder / "results.sqlite")
+        meta = store.meta
+        spec = StudySpec(**{key: tuple(meta[key]) if key in ("tasks", "groups") else meta[key]
+                            for key in StudySpec.__dataclass_fields__ if key in meta})
+        conditions = [SimpleNamespace(name=c["name"], group=c["group"]) for c in store.conditions()]
+        table = time_by_group(store, conditions, spec.model)
+        store.close()
+        table = table[table.task != HIDDEN_TASK] if "ppl" not in spec.tasks else table
+        tokenizer = HookedHybrid.from_pretrained(REFERENCE.get(spec.model, (None, spec.model))[1]).tokenizer
+        tables.append(table)
+        workloads += [row for row in workload_rows(spec, SimpleNamespace(tokenizer=tokenizer, cfg=SimpleNamespace(
+            n_ctx=n_ctx[spec.model])), spec.model, sorted(set(table.task)))]
+        params[spec.model] = n_params_of(spec.model)
+    rates = cost.fit_rates(pd.concat(tables, ignore_index=True), pd.DataFrame(workloads))
+    rates.insert(1, "params_M", rates.model.map(params).round(1))
+    return rates
+
+
+def n_params_of(name: str) -> float:
+    if name not in REFERENCE:
+        return n_params(HookedHybrid.from_pretrained(name))
+    with torch.device("meta"):
+        return n_params(HookedHybrid.from_config(reference_config(REFERENCE[name][0])))
 
 
 def layout_of(name: str):
