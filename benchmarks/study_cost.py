@@ -151,9 +151,11 @@ def measure_reference(name: str, tasks: tuple[str, ...], n: int, ppl_context: in
     tokenizer = HookedHybrid.from_pretrained(tokenizer_of).tokenizer
     model = HookedHybrid.from_config(reference_config(family), seed=0, tokenizer=tokenizer)
     tables, workloads, loads = [], [], []
-    ppl = StudySpec(model=name, tasks=("ppl",), groups=GROUPS, n=n, ppl_context=ppl_context, threads=1)
-    table, load = timed_study(ppl, model, name, ("ppl",))
-    tables.append(table), loads.append(load), workloads.extend(workload_rows(ppl, model, name, ["ppl", HIDDEN_TASK]))
+    if "ppl" in tasks:
+        ppl = StudySpec(model=name, tasks=("ppl",), groups=GROUPS, n=n, ppl_context=ppl_context, threads=1)
+        table, load = timed_study(ppl, model, name, ("ppl",))
+        tables.append(table), loads.append(load)
+        workloads.extend(workload_rows(ppl, model, name, ["ppl", HIDDEN_TASK]))
     benchmarks = tuple(t for t in tasks if t != "ppl")
     if benchmarks:  # baseline only; diagnostics on 16 tokens (left out: measured in the first study)
         spec = StudySpec(model=name, tasks=benchmarks, groups=("baseline",), n=n, ppl_context=16, threads=1)
@@ -195,6 +197,9 @@ def projections(rates: pd.DataFrame, measured: pd.DataFrame, layouts: dict, toke
     per_example = pd.concat([per_example, *borrowed], ignore_index=True)
     found = []
     for model, layout in layouts.items():
+        if not ((rates.model == model) & (rates.task == "ppl")).any():
+            print(f"{model}: not projected (no perplexity rates, which the group factors come from)")
+            continue
         counts = {model: condition_counts(layout)}
         mine = per_example[per_example.model == model]
         n_default, context = default_examples(model, tokenizers[model])
@@ -223,7 +228,7 @@ def rule_check(rates: pd.DataFrame) -> pd.DataFrame:
 
 
 def fmt(value: float, digits: int = 1) -> str:
-    return f"{value:,.{digits}f}"
+    return "n/a" if pd.isna(value) else f"{value:,.{digits}f}"
 
 
 def main() -> None:
@@ -366,14 +371,15 @@ def report(args, rates, check, projected, loads) -> None:
               "models' perplexity baseline rates; for GSM8K's token-by-token generation this ratio is rough). "
               "GPU: untested (no GPU lent); these are CPU numbers only.", "",
               "| run | model | conditions | forward tokens (M) | hours (loaded) | hours (idle core) "
-              "| days (idle core) | share at estimated rates |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| days (idle core) | of which GSM8K (idle-core hours) | share at estimated rates |",
+              "|---|---|---|---|---|---|---|---|---|"]
     per_task = projected[projected.task != HIDDEN_TASK].groupby(["run", "model", "task"]).conditions.sum()
     conditions = per_task.groupby(["run", "model"]).max()  # the perplexity random trials add some in the paper
     for (run, model), t in projected.groupby(["run", "model"], sort=False):
         lines.append(f"| {run} | {model} | {conditions[(run, model)]} | {fmt(t.tokens.sum() / 1e6)} | "
                      f"{fmt(t.seconds.sum() / 3600)} | {fmt(t.idle_seconds.sum() / 3600)} | "
                      f"{fmt(t.idle_seconds.sum() / 86400, 2)} | "
+                     f"{fmt(t.idle_seconds[t.task == 'gsm8k'].sum() / 3600)} | "
                      f"{t.idle_seconds[t.source != 'measured'].sum() / t.idle_seconds.sum():.0%} |")
     by_task = projected.pivot_table(index=["run", "model"], columns="task", values="idle_seconds", aggfunc="sum") / 3600
     lines += ["", "Idle-core hours per task:", "", "| run | model | " + " | ".join(by_task.columns) + " |",
