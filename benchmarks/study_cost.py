@@ -381,6 +381,8 @@ def report(args, rates, check, projected, loads) -> None:
                      f"{fmt(t.idle_seconds.sum() / 86400, 2)} | "
                      f"{fmt(t.idle_seconds[t.task == 'gsm8k'].sum() / 3600)} | "
                      f"{t.idle_seconds[t.source != 'measured'].sum() / t.idle_seconds.sum():.0%} |")
+    lines += ["", f"Tasks projected: {', '.join(sorted(set(projected.task)))} (a task not measured on a model or "
+              "its bundled analogue is left out of that model's totals)."]
     by_task = projected.pivot_table(index=["run", "model"], columns="task", values="idle_seconds", aggfunc="sum") / 3600
     lines += ["", "Idle-core hours per task:", "", "| run | model | " + " | ".join(by_task.columns) + " |",
               "|---|---|" + "---|" * len(by_task.columns)]
