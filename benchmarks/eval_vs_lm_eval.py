@@ -111,9 +111,9 @@ def worker(args) -> None:
     print(json.dumps({"ready": True, "hybrid_lens": hybrid_lens.__file__}), flush=True)
     for line in sys.stdin:
         job = json.loads(line)
-        start = time.perf_counter()
-        scores = score(model, [tuple(r) for r in job["requests"]], job["batch_size"], job["sweep_k"])
-        print(json.dumps({"seconds": time.perf_counter() - start, "scores": scores}), flush=True)
+        (seconds, cpu), scores = timed(lambda: score(model, [tuple(r) for r in job["requests"]], job["batch_size"],
+                                                      job["sweep_k"]))
+        print(json.dumps({"seconds": seconds, "cpu": cpu, "scores": scores}), flush=True)
 
 
 class OldWorker:
@@ -136,7 +136,7 @@ class OldWorker:
         self.process.stdin.write(json.dumps(dict(requests=requests, batch_size=batch_size, sweep_k=sweep_k)) + "\n")
         self.process.stdin.flush()
         reply = json.loads(self.process.stdout.readline())
-        return reply["seconds"], reply["scores"]
+        return (reply["seconds"], reply["cpu"]), reply["scores"]
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -155,9 +155,10 @@ def predictions(scores, requests, examples) -> list[tuple[int, int]]:
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """`((wall seconds, CPU seconds of this process), fn())`."""
+    start, cpu = time.perf_counter(), time.process_time()
     output = fn()
-    return time.perf_counter() - start, output
+    return (time.perf_counter() - start, time.process_time() - cpu), output
 
 
 def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: int) -> dict:
@@ -182,6 +183,7 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
         if old:
             seconds, outputs["old"] = old([list(r) for r in requests], args.batch_size, sweep_k)
             times["old"].append(seconds)
+    load = os.getloadavg()[0]
     theirs = np.array(outputs["lm_eval"], dtype=np.float64).reshape(-1, len(requests))
     row = dict(model=name, task=task, shots=result.settings.get("shots", 0), examples=len(examples),
                requests=len(requests), batch_size=args.batch_size, conditions=max(sweep_k, 1))
@@ -191,10 +193,13 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
         same = all(predictions(a, requests, examples) == predictions(b, requests, examples) for a, b in zip(ours, theirs))
         if not same:
             raise AssertionError(f"{name} {task} {key}: predictions differ from lm-eval's")
-        row[f"{key}_s"] = statistics.median(times[key])
+        row[f"{key}_s"] = statistics.median(wall for wall, _ in times[key])
+        row[f"{key}_cpu_s"] = statistics.median(cpu for _, cpu in times[key])
         row[f"{key}_eps"] = len(examples) * max(sweep_k, 1) / row[f"{key}_s"]
         row[f"{key}_max_abs_dll"] = float(np.abs(ours - theirs).max())
     row["evals_vs_lm_eval"] = row["lm_eval_s"] / row["evals_s"]
+    row["evals_vs_lm_eval_cpu"] = row["lm_eval_cpu_s"] / row["evals_cpu_s"]
+    row["load_at_end"] = load
     if old:
         row["evals_vs_old"] = row["old_s"] / row["evals_s"]
     if sweep_k:
@@ -248,13 +253,20 @@ def write_table(args, machine: str, rows: list[dict]) -> None:
              "(full-sequence scoring). Conditions: 1 = no condition; K = a Sweep of K skip_layer conditions (lm-eval: "
              "K runs). Every path's loglikelihoods agree with lm-eval's (rtol "
              f"{args.rtol:g}) and give the same per-example predictions (acc and acc_norm).", "",
-             "| model | task | shots | examples | conditions | lm-eval ex/s | evals ex/s | evals / lm-eval | old ex/s | "
-             "evals / old | prefix bound | max abs Δll |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Ratios by wall time, and by CPU time of each path's process (1 thread: what a path computes, less "
+             "sensitive to other jobs on a loaded machine); `load` is the 1-minute load average after the row.", "",
+             "| model | task | shots | examples | conditions | lm-eval ex/s | evals ex/s | evals / lm-eval | "
+             "evals / lm-eval (CPU) | old ex/s | evals / old | prefix bound | bound x single | max abs Δll | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    single = {(r["model"], r["task"]): r["evals_vs_lm_eval"] for r in rows if r["conditions"] == 1}
     for r in rows:
         lines.append(f"| {r['model']} | {r['task']} | {r['shots']} | {r['examples']} | {r['conditions']} | "
                      f"{r['lm_eval_eps']:.2f} | {r['evals_eps']:.2f} | {r['evals_vs_lm_eval']:.2f}x | "
+                     f"{r['evals_vs_lm_eval_cpu']:.2f}x | "
                      f"{r.get('old_eps', float('nan')):.2f} | {r.get('evals_vs_old', float('nan')):.2f}x | "
-                     f"{r.get('prefix_bound', 1.0):.2f} | {r['evals_max_abs_dll']:.1e} |")
+                     f"{r.get('prefix_bound', 1.0):.2f} | "
+                     f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task']), float('nan')):.2f}x | "
+                     f"{r['evals_max_abs_dll']:.1e} | {r['load_at_end']:.1f} |")
     write_results(args.out, lines, machine, rows, vars(args))
 
 
