@@ -13,6 +13,7 @@ from transformers import DynamicCache
 from hybrid_lens.evals import loglikelihoods
 from hybrid_lens.evals import shared_context
 from hybrid_lens.evals.scoring import encode_pair
+from hybrid_lens.forward_state import current_state
 from hybrid_lens.evals.shared_context import continues_exactly, reuses_prefix, shared_context_blocker, split_request
 from hybrid_lens.interventions import Condition, Sweep, noise, scale, skip_layer, zero
 
@@ -295,3 +296,29 @@ def test_a_mixed_sweep_over_ragged_batches_equals_each_condition_alone_bit_for_b
         assert scores == loglikelihoods(model, REQUESTS, condition, batch_size=batch_size, progress=False)
     for condition, scores in zip(conditions[:-1], swept, strict=False):
         np.testing.assert_allclose(scores, full_sequence(model, REQUESTS, condition), **TOLERANCE)
+
+
+@torch.no_grad()
+def test_a_pass_continuing_a_cache_without_padding_counts_positions_after_the_cached_tokens():
+    """A forward over new tokens from a cache with an all-ones mask (nothing padded, so no mask is
+    kept) names the new tokens by their positions in the whole sequence, as a padded one does: a
+    positional condition on the continued pass acts on the token it names in the whole sequence."""
+    _, model = visible("qwen2")
+    ids = model.tokenizer("In the beginning God created the heaven")["input_ids"]
+    cut, seen = 4, []
+
+    def record(value, hook):
+        seen.append(current_state().positions.tolist())
+
+    condition = zero("mlp", positions=[cut + 1])  # a token of the continued pass
+    cache = DynamicCache(config=model.cfg)
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", record)]):
+        with condition.apply(model):
+            whole = model(torch.tensor([ids]))
+        model(torch.tensor([ids[:cut]]), cache=cache, use_cache=True)  # the condition acts on none of these
+        with condition.apply(model):
+            rest = model(torch.tensor([ids[cut:]]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         cache=cache, use_cache=True)
+    assert seen == [[list(range(len(ids)))], [list(range(cut))], [list(range(cut, len(ids)))]]
+    torch.testing.assert_close(rest[0], whole[0, cut:], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(whole, model(torch.tensor([ids])), atol=1e-3)  # the condition matters
