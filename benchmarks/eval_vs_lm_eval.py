@@ -16,15 +16,19 @@ turn, the three paths on those requests:
 With `--sweep-k K`, the same again for K layer-wise conditions (`skip_layer` at K blocks evenly
 spaced inside the model, e.g. blocks 3 and 5 of 8 for K=2): lm-eval runs K times (under `condition.apply(model)`, which hooks `model.hf_model`), evals
 and old score one `Sweep` of the K. `bound` is the prefix-reuse bound of that sweep (K full passes
-over the blocks computed once the clean pass is shared: what prefix reuse alone could save).
+over the blocks computed once the clean passes are shared: what prefix reuse alone could save; evals
+shares the clean context pass and the clean continuation pass, old shared nothing).
+`bound x single` is that bound times the task's one-condition ratio: what a sweep of K against K
+lm-eval runs should reach if prefix reuse saved all it could.
 
 Every path's loglikelihoods are checked against lm-eval's (`--rtol`), and the per-example
 predictions (argmax of the loglikelihoods, and of the loglikelihoods per character of the
 continuation: lm-eval's `acc` and `acc_norm`) must be identical.
 
-    nice -n 10 python benchmarks/eval_vs_lm_eval.py --threads 1 --out benchmarks/results/eval_vs_lm_eval_cpu_bundled.md
-    nice -n 10 python benchmarks/eval_vs_lm_eval.py --threads 1 --models smollm2-135m --n 8 \\
-        --out benchmarks/results/eval_vs_lm_eval_cpu_smollm2.md
+    nice -n 10 python benchmarks/eval_vs_lm_eval.py --threads 1 --n 4 --repeats 2 --sweep-k 4 \\
+        --out benchmarks/results/eval_vs_lm_eval_cpu_bundled.md
+    nice -n 10 python benchmarks/eval_vs_lm_eval.py --models smollm2-135m --tasks hellaswag,truthfulqa_mc --threads 1 \\
+        --n 4 --repeats 2 --sweep-k 2 --old-ref '' --out benchmarks/results/eval_vs_lm_eval_cpu_smollm2.md
 
 Examples/s count a task's examples (4-5 requests each for ARC and HellaSwag, mc1 + mc2 choices for
 TruthfulQA) over the scoring time alone (not prompt building, which both share).
@@ -70,8 +74,8 @@ def sweep_conditions(model, k: int) -> list:
 
 
 def prefix_bound(model, conditions) -> float:
-    """K full passes over the blocks computed when a sweep shares the clean pass up to each
-    condition's first block (the clean pass reaches the deepest; each condition runs from its own)."""
+    """K full passes over the blocks computed when a sweep shares the clean passes up to each
+    condition's first block (the clean passes reach the deepest; each condition runs from its own)."""
     from hybrid_lens.interventions.sweep import first_layer
 
     starts = [first_layer(c, model) for c in conditions]

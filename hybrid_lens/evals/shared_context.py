@@ -21,6 +21,15 @@ whole sequence. That is exact where a pass over part of the sequence computes wh
 sequence computes at those tokens: `shares_contexts` and `shared_context_blocker` say when not (an
 intervention that is not cache-safe, a position counted from the end, a hook a cache would change,
 an inner point fed by an eager mixer forward), and `loglikelihoods` then scores full sequences.
+
+Conditions of a `Sweep` that first act at block `l` (`first_layer`) leave everything before block `l`
+clean, in the context pass and in the continuation pass alike. So one clean pass over the contexts
+and one over the continuation rows run up to the deepest such block (`clean_prefix`), keeping the
+residual stream entering each condition's first block, and each condition runs both of its passes
+from there (`context_logprobs(..., prefix, start)`), its cache holding its own state from block `l`
+on; a condition that acts nowhere runs only the final norm. Each condition's result equals it
+scored alone bit for bit (the same batches compute the same blocks), and `reuses_prefix` probes
+each model once before a sweep relies on it.
 """
 
 from __future__ import annotations
