@@ -188,6 +188,8 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
             seconds, outputs["old"] = old([list(r) for r in requests], args.batch_size, sweep_k)
             times["old"].append(seconds)
     load = os.getloadavg()[0]
+    if args.profile:
+        profile_paths(args.profile, f"{name} {task}, {max(sweep_k, 1)} condition(s)", paths)
     theirs = np.array(outputs["lm_eval"], dtype=np.float64).reshape(-1, len(requests))
     row = dict(model=name, task=task, shots=result.settings.get("shots", 0), examples=len(examples),
                requests=len(requests), batch_size=args.batch_size, conditions=max(sweep_k, 1))
@@ -211,6 +213,18 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
     return row
 
 
+def profile_paths(path: Path, title: str, paths: dict) -> None:
+    """Append to `path` the torch profiler's top operators (by self CPU time) in one call of each path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with open(path, "a") as out:
+        for key, fn in paths.items():
+            with profile(activities=[ProfilerActivity.CPU]) as profiled:
+                (wall, cpu), _ = timed(fn)
+            table = profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+            out.write(f"## {title}: {key} ({wall:.2f} s wall, {cpu:.2f} s CPU, profiled)\n\n{table}\n\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(BUNDLED), help="comma-separated model names")
@@ -224,6 +238,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--old-ref", default=OLD_REF, help="git revision of the old hybrid-lens ('' to skip)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="loglikelihoods agree with lm-eval's to this")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also profile one call of lm-eval and of evals per row; operator tables appended here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_vs_lm_eval.md"))
     args = parser.parse_args()
@@ -260,16 +276,19 @@ def write_table(args, machine: str, rows: list[dict]) -> None:
              "Ratios by wall time, and by CPU time of each path's process (1 thread: what a path computes, less "
              "sensitive to other jobs on a loaded machine); `load` is the 1-minute load average after the row.", "",
              "| model | task | shots | examples | conditions | lm-eval ex/s | evals ex/s | evals / lm-eval | "
-             "evals / lm-eval (CPU) | old ex/s | evals / old | prefix bound | bound x single | max abs Δll | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    single = {(r["model"], r["task"]): r["evals_vs_lm_eval"] for r in rows if r["conditions"] == 1}
+             "evals / lm-eval (CPU) | old ex/s | evals / old | prefix bound | bound x single | bound x single (CPU) | "
+             "max abs Δll | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
+    single = {(r["model"], r["task"], key): r[key] for r in rows if r["conditions"] == 1
+              for key in ("evals_vs_lm_eval", "evals_vs_lm_eval_cpu")}
     for r in rows:
         lines.append(f"| {r['model']} | {r['task']} | {r['shots']} | {r['examples']} | {r['conditions']} | "
                      f"{r['lm_eval_eps']:.2f} | {r['evals_eps']:.2f} | {r['evals_vs_lm_eval']:.2f}x | "
                      f"{r['evals_vs_lm_eval_cpu']:.2f}x | "
                      f"{r.get('old_eps', float('nan')):.2f} | {r.get('evals_vs_old', float('nan')):.2f}x | "
                      f"{r.get('prefix_bound', 1.0):.2f} | "
-                     f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task']), float('nan')):.2f}x | "
+                     f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task'], 'evals_vs_lm_eval'), nan):.2f}x | "
+                     f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task'], 'evals_vs_lm_eval_cpu'), nan):.2f}x | "
                      f"{r['evals_max_abs_dll']:.1e} | {r['load_at_end']:.1f} |")
     write_results(args.out, lines, machine, rows, vars(args))
 
