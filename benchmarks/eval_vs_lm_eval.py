@@ -208,6 +208,7 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
     row["load_at_end"] = load
     if old:
         row["evals_vs_old"] = row["old_s"] / row["evals_s"]
+        row["evals_vs_old_cpu"] = row["old_cpu_s"] / row["evals_cpu_s"]
     if sweep_k:
         row["prefix_bound"] = prefix_bound(model, sweep_conditions(model, sweep_k))
     return row
@@ -276,8 +277,8 @@ def write_table(args, machine: str, rows: list[dict]) -> None:
              "Ratios by wall time, and by CPU time of each path's process (1 thread: what a path computes, less "
              "sensitive to other jobs on a loaded machine); `load` is the 1-minute load average after the row.", "",
              "| model | task | shots | examples | conditions | lm-eval ex/s | evals ex/s | evals / lm-eval | "
-             "evals / lm-eval (CPU) | old ex/s | evals / old | prefix bound | bound x single | bound x single (CPU) | "
-             "max abs Δll | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "evals / lm-eval (CPU) | old ex/s | evals / old | evals / old (CPU) | prefix bound | bound x single | bound x single (CPU) | "
+             "max abs Δll | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     nan = float("nan")
     single = {(r["model"], r["task"], key): r[key] for r in rows if r["conditions"] == 1
               for key in ("evals_vs_lm_eval", "evals_vs_lm_eval_cpu")}
@@ -285,7 +286,7 @@ def write_table(args, machine: str, rows: list[dict]) -> None:
         lines.append(f"| {r['model']} | {r['task']} | {r['shots']} | {r['examples']} | {r['conditions']} | "
                      f"{r['lm_eval_eps']:.2f} | {r['evals_eps']:.2f} | {r['evals_vs_lm_eval']:.2f}x | "
                      f"{r['evals_vs_lm_eval_cpu']:.2f}x | "
-                     f"{r.get('old_eps', float('nan')):.2f} | {r.get('evals_vs_old', float('nan')):.2f}x | "
+                     f"{r.get('old_eps', nan):.2f} | {r.get('evals_vs_old', nan):.2f}x | {r.get('evals_vs_old_cpu', nan):.2f}x | "
                      f"{r.get('prefix_bound', 1.0):.2f} | "
                      f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task'], 'evals_vs_lm_eval'), nan):.2f}x | "
                      f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task'], 'evals_vs_lm_eval_cpu'), nan):.2f}x | "
