@@ -16,15 +16,19 @@ turn, the three paths on those requests:
 With `--sweep-k K`, the same again for K layer-wise conditions (`skip_layer` at K blocks evenly
 spaced inside the model, e.g. blocks 3 and 5 of 8 for K=2): lm-eval runs K times (under `condition.apply(model)`, which hooks `model.hf_model`), evals
 and old score one `Sweep` of the K. `bound` is the prefix-reuse bound of that sweep (K full passes
-over the blocks computed once the clean pass is shared: what prefix reuse alone could save).
+over the blocks computed once the clean passes are shared: what prefix reuse alone could save; evals
+shares the clean context pass and the clean continuation pass, old shared nothing).
+`bound x single` is that bound times the task's one-condition ratio: what a sweep of K against K
+lm-eval runs should reach if prefix reuse saved all it could.
 
 Every path's loglikelihoods are checked against lm-eval's (`--rtol`), and the per-example
 predictions (argmax of the loglikelihoods, and of the loglikelihoods per character of the
 continuation: lm-eval's `acc` and `acc_norm`) must be identical.
 
-    nice -n 10 python benchmarks/eval_vs_lm_eval.py --threads 1 --out benchmarks/results/eval_vs_lm_eval_cpu_bundled.md
-    nice -n 10 python benchmarks/eval_vs_lm_eval.py --threads 1 --models smollm2-135m --n 8 \\
-        --out benchmarks/results/eval_vs_lm_eval_cpu_smollm2.md
+    nice -n 10 python benchmarks/eval_vs_lm_eval.py --threads 1 --n 4 --repeats 2 --sweep-k 4 \\
+        --out benchmarks/results/eval_vs_lm_eval_cpu_bundled.md
+    nice -n 10 python benchmarks/eval_vs_lm_eval.py --models smollm2-135m --tasks hellaswag,truthfulqa_mc --threads 1 \\
+        --n 4 --repeats 2 --sweep-k 2 --old-ref '' --out benchmarks/results/eval_vs_lm_eval_cpu_smollm2.md
 
 Examples/s count a task's examples (4-5 requests each for ARC and HellaSwag, mc1 + mc2 choices for
 TruthfulQA) over the scoring time alone (not prompt building, which both share).
@@ -70,8 +74,8 @@ def sweep_conditions(model, k: int) -> list:
 
 
 def prefix_bound(model, conditions) -> float:
-    """K full passes over the blocks computed when a sweep shares the clean pass up to each
-    condition's first block (the clean pass reaches the deepest; each condition runs from its own)."""
+    """K full passes over the blocks computed when a sweep shares the clean passes up to each
+    condition's first block (the clean passes reach the deepest; each condition runs from its own)."""
     from hybrid_lens.interventions.sweep import first_layer
 
     starts = [first_layer(c, model) for c in conditions]
@@ -111,9 +115,9 @@ def worker(args) -> None:
     print(json.dumps({"ready": True, "hybrid_lens": hybrid_lens.__file__}), flush=True)
     for line in sys.stdin:
         job = json.loads(line)
-        start = time.perf_counter()
-        scores = score(model, [tuple(r) for r in job["requests"]], job["batch_size"], job["sweep_k"])
-        print(json.dumps({"seconds": time.perf_counter() - start, "scores": scores}), flush=True)
+        (seconds, cpu), scores = timed(lambda: score(model, [tuple(r) for r in job["requests"]], job["batch_size"],
+                                                      job["sweep_k"]))
+        print(json.dumps({"seconds": seconds, "cpu": cpu, "scores": scores}), flush=True)
 
 
 class OldWorker:
@@ -136,7 +140,7 @@ class OldWorker:
         self.process.stdin.write(json.dumps(dict(requests=requests, batch_size=batch_size, sweep_k=sweep_k)) + "\n")
         self.process.stdin.flush()
         reply = json.loads(self.process.stdout.readline())
-        return reply["seconds"], reply["scores"]
+        return (reply["seconds"], reply["cpu"]), reply["scores"]
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -155,9 +159,10 @@ def predictions(scores, requests, examples) -> list[tuple[int, int]]:
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """`((wall seconds, CPU seconds of this process), fn())`."""
+    start, cpu = time.perf_counter(), time.process_time()
     output = fn()
-    return time.perf_counter() - start, output
+    return (time.perf_counter() - start, time.process_time() - cpu), output
 
 
 def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: int) -> dict:
@@ -182,6 +187,9 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
         if old:
             seconds, outputs["old"] = old([list(r) for r in requests], args.batch_size, sweep_k)
             times["old"].append(seconds)
+    load = os.getloadavg()[0]
+    if args.profile:
+        profile_paths(args.profile, f"{name} {task}, {max(sweep_k, 1)} condition(s)", paths)
     theirs = np.array(outputs["lm_eval"], dtype=np.float64).reshape(-1, len(requests))
     row = dict(model=name, task=task, shots=result.settings.get("shots", 0), examples=len(examples),
                requests=len(requests), batch_size=args.batch_size, conditions=max(sweep_k, 1))
@@ -191,15 +199,31 @@ def measure(model, name: str, task: str, args, old: OldWorker | None, sweep_k: i
         same = all(predictions(a, requests, examples) == predictions(b, requests, examples) for a, b in zip(ours, theirs))
         if not same:
             raise AssertionError(f"{name} {task} {key}: predictions differ from lm-eval's")
-        row[f"{key}_s"] = statistics.median(times[key])
+        row[f"{key}_s"] = statistics.median(wall for wall, _ in times[key])
+        row[f"{key}_cpu_s"] = statistics.median(cpu for _, cpu in times[key])
         row[f"{key}_eps"] = len(examples) * max(sweep_k, 1) / row[f"{key}_s"]
         row[f"{key}_max_abs_dll"] = float(np.abs(ours - theirs).max())
     row["evals_vs_lm_eval"] = row["lm_eval_s"] / row["evals_s"]
+    row["evals_vs_lm_eval_cpu"] = row["lm_eval_cpu_s"] / row["evals_cpu_s"]
+    row["load_at_end"] = load
     if old:
         row["evals_vs_old"] = row["old_s"] / row["evals_s"]
+        row["evals_vs_old_cpu"] = row["old_cpu_s"] / row["evals_cpu_s"]
     if sweep_k:
         row["prefix_bound"] = prefix_bound(model, sweep_conditions(model, sweep_k))
     return row
+
+
+def profile_paths(path: Path, title: str, paths: dict) -> None:
+    """Append to `path` the torch profiler's top operators (by self CPU time) in one call of each path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with open(path, "a") as out:
+        for key, fn in paths.items():
+            with profile(activities=[ProfilerActivity.CPU]) as profiled:
+                (wall, cpu), _ = timed(fn)
+            table = profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+            out.write(f"## {title}: {key} ({wall:.2f} s wall, {cpu:.2f} s CPU, profiled)\n\n{table}\n\n")
 
 
 def main() -> None:
@@ -215,6 +239,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--old-ref", default=OLD_REF, help="git revision of the old hybrid-lens ('' to skip)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="loglikelihoods agree with lm-eval's to this")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also profile one call of lm-eval and of evals per row; operator tables appended here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_vs_lm_eval.md"))
     args = parser.parse_args()
@@ -248,13 +274,23 @@ def write_table(args, machine: str, rows: list[dict]) -> None:
              "(full-sequence scoring). Conditions: 1 = no condition; K = a Sweep of K skip_layer conditions (lm-eval: "
              "K runs). Every path's loglikelihoods agree with lm-eval's (rtol "
              f"{args.rtol:g}) and give the same per-example predictions (acc and acc_norm).", "",
-             "| model | task | shots | examples | conditions | lm-eval ex/s | evals ex/s | evals / lm-eval | old ex/s | "
-             "evals / old | prefix bound | max abs Δll |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Ratios by wall time, and by CPU time of each path's process (1 thread: what a path computes, less "
+             "sensitive to other jobs on a loaded machine); `load` is the 1-minute load average after the row.", "",
+             "| model | task | shots | examples | conditions | lm-eval ex/s | evals ex/s | evals / lm-eval | "
+             "evals / lm-eval (CPU) | old ex/s | evals / old | evals / old (CPU) | prefix bound | bound x single | bound x single (CPU) | "
+             "max abs Δll | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
+    single = {(r["model"], r["task"], key): r[key] for r in rows if r["conditions"] == 1
+              for key in ("evals_vs_lm_eval", "evals_vs_lm_eval_cpu")}
     for r in rows:
         lines.append(f"| {r['model']} | {r['task']} | {r['shots']} | {r['examples']} | {r['conditions']} | "
                      f"{r['lm_eval_eps']:.2f} | {r['evals_eps']:.2f} | {r['evals_vs_lm_eval']:.2f}x | "
-                     f"{r.get('old_eps', float('nan')):.2f} | {r.get('evals_vs_old', float('nan')):.2f}x | "
-                     f"{r.get('prefix_bound', 1.0):.2f} | {r['evals_max_abs_dll']:.1e} |")
+                     f"{r['evals_vs_lm_eval_cpu']:.2f}x | "
+                     f"{r.get('old_eps', nan):.2f} | {r.get('evals_vs_old', nan):.2f}x | {r.get('evals_vs_old_cpu', nan):.2f}x | "
+                     f"{r.get('prefix_bound', 1.0):.2f} | "
+                     f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task'], 'evals_vs_lm_eval'), nan):.2f}x | "
+                     f"{r.get('prefix_bound', 1.0) * single.get((r['model'], r['task'], 'evals_vs_lm_eval_cpu'), nan):.2f}x | "
+                     f"{r['evals_max_abs_dll']:.1e} | {r['load_at_end']:.1f} |")
     write_results(args.out, lines, machine, rows, vars(args))
 
 

@@ -206,18 +206,21 @@ def forward_settings(model, *, start: int = 0, resid: Tensor | None = None, stop
 
 def begin(model, tokens: Tensor | None, mask: Tensor | None, stop: int | None, start: int | None = None,
           resid: Tensor | None = None, positions: Tensor | None = None,
-          prompt_lengths: Tensor | None = None) -> ForwardState:
+          prompt_lengths: Tensor | None = None, covered: int | None = None) -> ForwardState:
     """The state of a pass of `model` over `tokens` (`[batch, pos]` ids; None where a pass entering at
     block `start` with the residual stream `resid`, `[batch, pos, d_model]`, has no ids) with attention
-    mask `mask` (longer than the pass when it continues a cache), taking the waiting `forward_settings`
-    of `model`. A caller that knows the pass's `positions` (a generation step) gives them, and its rows'
-    `prompt_lengths`.
+    mask `mask` (longer than the pass when it continues a cache; None: every token real, the pass
+    covering `covered` positions, a cache's included, or only its own), taking the waiting
+    `forward_settings` of `model`. A caller that knows the pass's `positions` (a generation step) gives
+    them, and its rows' `prompt_lengths`.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
         >>> state = begin(model, torch.tensor([[7, 8]]), torch.tensor([[0, 1, 1, 1]]), stop=None)
         >>> state.positions, state.lengths                  # 2 new tokens after 1 real cached one
         (tensor([[1, 2]]), tensor([3]))
+        >>> begin(model, torch.tensor([[7, 8]]), None, stop=None, covered=5).positions   # after 3 cached ones
+        tensor([[3, 4]])
     """
     waiting = _STATE.get()
     base = waiting if waiting is not None and waiting.model is model and not waiting.running else ForwardState(model)
@@ -227,7 +230,7 @@ def begin(model, tokens: Tensor | None, mask: Tensor | None, stop: int | None, s
         raise ValueError(f"start_at_layer={start} conflicts with the start {base.start} already set for this pass.")
     if positions is None:
         given = tokens if tokens is not None else resid  # [batch, pos] ids or [batch, pos, d_model]
-        length = given.shape[1] if mask is None else mask.shape[1]
+        length = (covered or given.shape[1]) if mask is None else mask.shape[1]
         positions = real_positions(mask, given.shape[0], length)[:, -given.shape[1]:].to(given.device)
     entry = {} if start is None else {"start": start, "resid": resid}
     return replace(base, running=True, positions=positions, tokens=tokens, stop=base.stop if stop is None else stop,
@@ -262,10 +265,9 @@ def prepare_pass(model, input, return_type="logits", prepend_bos=None, padding_s
     if start and tokens is None and model.adapter.blocks_read_embeddings:
         raise ValueError(f"{model.adapter.family} blocks read the token embeddings besides the residual stream: "
                          "entering after block 0 needs tokens=.")
-    resid = None
+    resid, covered = None, context_length(attention_mask, hf_kwargs)
     if start is None:
-        tokens, mask = model.encode(input, attention_mask, prepend_bos, padding_side,
-                                    context_length(attention_mask, hf_kwargs))
+        tokens, mask = model.encode(input, attention_mask, prepend_bos, padding_side, covered)
     else:
         resid, tokens, mask = model.encode_residual(input, tokens, attention_mask)
     given = tokens if resid is None else resid  # [batch, pos] ids or [batch, pos, d_model]
@@ -274,7 +276,7 @@ def prepare_pass(model, input, return_type="logits", prepend_bos=None, padding_s
     if has_hole(mask) and hf_kwargs.get("position_ids") is None and "position_ids" in model._hf_arguments:
         hf_kwargs["position_ids"] = positions_from_mask(mask)[:, -given.shape[1]:]
     inputs = {"input_ids": tokens} if tokens is not None else {"inputs_embeds": resid}  # block `start` reads resid
-    return inputs, tokens, mask, begin(model, tokens, mask, stop, start, resid)
+    return inputs, tokens, mask, begin(model, tokens, mask, stop, start, resid, covered=covered)
 
 
 def state_of_call(model, args: tuple, kwargs: dict) -> ForwardState:

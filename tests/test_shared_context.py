@@ -13,8 +13,9 @@ from transformers import DynamicCache
 from hybrid_lens.evals import loglikelihoods
 from hybrid_lens.evals import shared_context
 from hybrid_lens.evals.scoring import encode_pair
+from hybrid_lens.forward_state import current_state
 from hybrid_lens.evals.shared_context import continues_exactly, reuses_prefix, shared_context_blocker, split_request
-from hybrid_lens.interventions import Sweep, noise, scale, skip_layer, zero
+from hybrid_lens.interventions import Condition, Sweep, noise, scale, skip_layer, zero
 
 from .fixtures import build
 from .test_eval_batching import unbatched
@@ -143,7 +144,7 @@ def test_positions_count_real_tokens_per_row_in_ragged_batches(positions):
     requests = [(c, x) for c, x in REQUESTS if len(c) + len(x) > 32]
     assert shared_context.shares_contexts(condition) == shared_context.counts_from_start(positions)
     expected = full_sequence(model, requests, condition)
-    for batch_size in (None, 3):
+    for batch_size in (None, 3, 1):  # 1: each context alone, unpadded
         got = loglikelihoods(model, requests, condition=condition, batch_size=batch_size, progress=False)
         np.testing.assert_allclose(got, expected, **TOLERANCE)
     assert np.abs(np.array(expected) - full_sequence(model, requests)).max() > 1e-2  # the positions matter
@@ -225,10 +226,10 @@ def test_contexts_near_the_window_are_batched_so_that_every_pass_fits_it():
     np.testing.assert_allclose(got, unbatched(reference, model.tokenizer, requests), **TOLERANCE)
 
 
-def test_a_sweep_shares_the_clean_context_pass_up_to_each_conditions_first_block(family):
-    """Prefix reuse: block 0 runs once over the contexts (the clean pass) for a sweep of conditions
-    that start later, and each condition's context pass starts at its first block; the scores equal
-    each condition alone, bit for bit."""
+def test_a_sweep_shares_the_clean_passes_up_to_each_conditions_first_block(family):
+    """Prefix reuse: block 0 runs once over the contexts and once over the continuations (the clean
+    passes) for a sweep of conditions that start later, and each condition's context and
+    continuation passes start at its first block; the scores equal each condition alone, bit for bit."""
     _, model = visible(family)
     assert reuses_prefix(model) and continues_exactly(model)
     n = model.n_layers
@@ -242,10 +243,82 @@ def test_a_sweep_shares_the_clean_context_pass_up_to_each_conditions_first_block
 
     with model.hooks(fwd_hooks=[(f"blocks.{i}.hook_mlp_out", count) for i in calls]):
         swept = loglikelihoods(model, requests, Sweep(conditions), progress=False)
-    # block 0: the clean context pass (up to block `late`) and one continuation pass per condition;
-    # `early`: the clean pass, the context pass of the condition that starts there (skip_layer
-    # computes the block, then passes its input on), the continuation passes; `late`: every
-    # condition's context pass (from `early`, `late` and `middle`) and the continuation passes
-    assert calls == {0: 1 + 3, early: 1 + 1 + 3, late: 0 + 3 + 3}
+    # block 0: the clean context pass and the clean continuation pass (both up to block `late`);
+    # `early`: the clean passes, and the context and continuation passes of the condition that
+    # starts there (skip_layer computes the block, then passes its input on); `late`: every
+    # condition's context pass and continuation pass (from `early`, `late` and `middle`)
+    assert calls == {0: 1 + 1, early: 1 + 1 + 1 + 1, late: 3 + 3}
     for condition, scores in zip(conditions, swept, strict=True):
         assert scores == loglikelihoods(model, requests, condition, progress=False)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_a_layer_wise_sweep_runs_each_block_once_per_condition_that_acts_at_or_before_it(batch_size):
+    """Layer-steps of a Sweep that skips each block in turn, plus a condition that acts nowhere: the
+    clean passes (contexts, then continuations) run every block once (the condition that acts
+    nowhere needs the final norm's input), and each condition runs the blocks from its first one,
+    over the contexts and the continuation rows alike: block `i` runs for `i + 2` passes over each
+    row, `n + n (n + 1) / 2` block passes per row in all where scoring each condition alone runs
+    `(n + 1) n`."""
+    _, model = visible("qwen3_5")
+    n = model.n_layers
+    conditions = [skip_layer(i) for i in range(n)] + [Condition(name="baseline")]
+    pairs = [split_request(*encode_pair(model.tokenizer, c, x), None) for c, x in REQUESTS]
+    rows = len({c for c, _ in pairs}) + len({(c, x[:-1]) for c, x in pairs if len(x) > 1})  # contexts + fed rows
+    seen = dict.fromkeys(range(n), 0)
+
+    def count(value, hook):
+        seen[int(hook.name.split(".")[1])] += value.shape[0]
+
+    with model.hooks(fwd_hooks=[(f"blocks.{i}.hook_resid_pre", count) for i in range(n)]):
+        swept = loglikelihoods(model, REQUESTS, Sweep(conditions), batch_size=batch_size, progress=False)
+    assert seen == {i: (i + 2) * rows for i in range(n)}
+    assert sum(seen.values()) == (n + n * (n + 1) // 2) * rows < (n + 1) * n * rows / 1.6  # 44 vs 72 per row
+    for condition, scores in zip(conditions, swept, strict=True):
+        assert scores == loglikelihoods(model, REQUESTS, condition, batch_size=batch_size, progress=False)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_a_mixed_sweep_over_ragged_batches_equals_each_condition_alone_bit_for_bit(family, batch_size):
+    """Conditions starting at different blocks (whole components, positions in the contexts and
+    in the continuations, one that acts nowhere) beside full-sequence ones, over contexts of unequal
+    length with continuations of unequal length: each condition's scores are those of the
+    condition scored alone with the same batches, bit for bit, and match full sequences."""
+    _, model = visible(family)
+    n = model.n_layers
+    kind, layers = ABLATION[family]
+    conditions = [skip_layer(n - 2), zero(kind, layers), zero("mlp", layers=[n // 2], positions=slice(9, None)),
+                  Condition(name="baseline"), zero("attn", positions=-1), scale("mlp", 0.5, layers=[n // 2 + 1],
+                                                                                 positions=[1, 4, 10]),
+                  noise("mlp", 0.1, layers=[1], seed=0)]
+    swept = loglikelihoods(model, REQUESTS, Sweep(conditions, batch=2), batch_size=batch_size, progress=False)
+    for condition, scores in zip(conditions, swept, strict=True):
+        assert scores == loglikelihoods(model, REQUESTS, condition, batch_size=batch_size, progress=False)
+    for condition, scores in zip(conditions[:-1], swept, strict=False):
+        np.testing.assert_allclose(scores, full_sequence(model, REQUESTS, condition), **TOLERANCE)
+
+
+@torch.no_grad()
+def test_a_pass_continuing_a_cache_without_padding_counts_positions_after_the_cached_tokens():
+    """A forward over new tokens from a cache with an all-ones mask (nothing padded, so no mask is
+    kept) names the new tokens by their positions in the whole sequence, as a padded one does: a
+    positional condition on the continued pass acts on the token it names in the whole sequence."""
+    _, model = visible("qwen2")
+    ids = model.tokenizer("In the beginning God created the heaven")["input_ids"]
+    cut, seen = 4, []
+
+    def record(value, hook):
+        seen.append(current_state().positions.tolist())
+
+    condition = zero("mlp", positions=[cut + 1])  # a token of the continued pass
+    cache = DynamicCache(config=model.cfg)
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", record)]):
+        with condition.apply(model):
+            whole = model(torch.tensor([ids]))
+        model(torch.tensor([ids[:cut]]), cache=cache, use_cache=True)  # the condition acts on none of these
+        with condition.apply(model):
+            rest = model(torch.tensor([ids[cut:]]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         cache=cache, use_cache=True)
+    assert seen == [[list(range(len(ids)))], [list(range(cut))], [list(range(cut, len(ids)))]]
+    torch.testing.assert_close(rest[0], whole[0, cut:], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(whole, model(torch.tensor([ids])), atol=1e-3)  # the condition matters

@@ -167,9 +167,10 @@ def loglikelihoods(
         condition: an intervention active for every forward pass; its positions count real tokens
             of each row from 0 (negative ones from each row's last token). A `Sweep` scores every
             request under each of its conditions and returns one list per condition: one clean
-            pass over each batch of contexts runs up to the deepest first block of the conditions
-            that share contexts, each of which then runs its context pass from its own first block
-            (prefix reuse, `first_layer`; with `reuse_prefix`) and its continuation pass; the other
+            pass over each batch of contexts and one over their continuations run up to the deepest
+            first block of the conditions that share contexts, each of which then runs its context
+            and continuation passes from its own first block (prefix reuse, `first_layer`; with
+            `reuse_prefix`; a condition that acts nowhere runs only the final norm); the other
             conditions score full sequences together (condition batching and prefix reuse, as
             `Sweep.logits`). Each result equals the condition scored alone, bit for bit.
         max_length: inputs longer than this keep their last tokens (default: the config's
@@ -211,9 +212,8 @@ def loglikelihoods(
         check_positions(sweep.conditions[i], [len(pairs[j][0]) + len(pairs[j][1]) - 1 for j in with_context])
     reuse = sweep.reuse_prefix and len(shared) > 1 and reuses_prefix(model)
     starts = [first_layer(sweep.conditions[i], model) if reuse else 0 for i in shared]
-    scored = _score_shared(model, [pairs[j] for j in with_context], [sweep.conditions[i] for i in shared],
-                           [start if start < model.n_layers else 0 for start in starts], batch_size, progress) \
-        if shared else []
+    scored = _score_shared(model, [pairs[j] for j in with_context], [sweep.conditions[i] for i in shared], starts,
+                           batch_size, progress) if shared else []
     shared = [i for i, scores in zip(shared, scored) if scores is not None]  # a hook a cache would change: full
     for i, scores in zip(shared, (scores for scores in scored if scores is not None)):
         for j, score in zip(with_context, scores):
@@ -235,7 +235,8 @@ def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
                   starts: Sequence[int], batch_size: int | None, progress: bool) -> list[list[float] | None]:
     """Per condition, the summed log-probability of each `(context, continuation)` pair of token ids
     (both non-empty), each distinct context run once per condition (`shared_context.context_logprobs`),
-    from block `starts[k]` on (the clean pass before it shared by the conditions); None for a
+    its context and continuation passes from block `starts[k]` on (`n_layers`: the final norm; the
+    clean passes before it shared by the conditions, `shared_context.clean_prefix`); None for a
     condition with a hook that a cache would change (`decoding.cache_blocker`)."""
     contexts: dict[tuple[int, ...], list[int]] = {}
     for index, (context, _) in enumerate(pairs):
@@ -263,7 +264,8 @@ def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
         tokens, mask = padded(model, [distinct[c] for c in batch], side="left")
         new, new_mask = padded(model, [ids for _, ids in fed]) if fed else (None, None)
         entries = sorted({start for k, start in enumerate(starts) if start and scores[k] is not None})
-        prefix = clean_prefix(model, tokens, mask, entries) if entries else None
+        owners = [row for row, _ in fed]
+        prefix = clean_prefix(model, tokens, mask, entries, owners, new, new_mask) if entries else None
         for k, condition in enumerate(conditions):
             if scores[k] is None:
                 continue
@@ -271,8 +273,7 @@ def _score_shared(model, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]
                 if cache_blocker(model) is not None:
                     scores[k] = None
                     continue
-                first, rest = context_logprobs(model, tokens, mask, [row for row, _ in fed], new, new_mask, prefix,
-                                               starts[k])
+                first, rest = context_logprobs(model, tokens, mask, owners, new, new_mask, prefix, starts[k])
             for row, c in enumerate(batch):
                 for index in contexts[distinct[c]]:
                     continuation = pairs[index][1]

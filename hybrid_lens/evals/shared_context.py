@@ -21,6 +21,15 @@ whole sequence. That is exact where a pass over part of the sequence computes wh
 sequence computes at those tokens: `shares_contexts` and `shared_context_blocker` say when not (an
 intervention that is not cache-safe, a position counted from the end, a hook a cache would change,
 an inner point fed by an eager mixer forward), and `loglikelihoods` then scores full sequences.
+
+Conditions of a `Sweep` that first act at block `l` (`first_layer`) leave everything before block `l`
+clean, in the context pass and in the continuation pass alike. So one clean pass over the contexts
+and one over the continuation rows run up to the deepest such block (`clean_prefix`), keeping the
+residual stream entering each condition's first block, and each condition runs both of its passes
+from there (`context_logprobs(..., prefix, start)`), its cache holding its own state from block `l`
+on; a condition that acts nowhere runs only the final norm. Each condition's result equals it
+scored alone bit for bit (the same batches compute the same blocks), and `reuses_prefix` probes
+each model once before a sweep relies on it.
 """
 
 from __future__ import annotations
@@ -151,17 +160,11 @@ def continues_exactly(model) -> bool:
         True
     """
     if model not in _PROBED:
-        vocab = model.cfg.vocab_size
-        contexts = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 11) % vocab for i in range(4)]]
-        fed = [[2, 5], [7], [9, 4]]  # continuations minus their last token, after contexts `owners`
-        owners = [0, 1, 1]
-        tokens = torch.tensor([contexts[0], [0, 0, *contexts[1]]], device=model.device)
-        mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]], device=model.device)
-        new = torch.tensor([[2, 5], [7, 0], [9, 4]], device=model.device) % vocab
+        contexts, tokens, mask, owners, fed, new, new_mask = _probe_input(model)
         try:
             with forward_settings(model, hooks=False):
-                first, rest = context_logprobs(model, tokens, mask, owners, new, torch.tensor([[1, 1], [1, 0], [1, 1]]))
-                full = [model(torch.tensor([contexts[o] + ids], device=model.device) % vocab)[0].float().log_softmax(-1)
+                first, rest = context_logprobs(model, tokens, mask, owners, new, new_mask)
+                full = [model(torch.tensor([contexts[o] + ids], device=model.device))[0].float().log_softmax(-1)
                         for o, ids in zip(owners, fed)]
         except (RuntimeError, ValueError, TypeError, NotImplementedError, AttributeError, IndexError):
             _PROBED[model] = False  # a family whose cache cannot continue: full-sequence scoring
@@ -175,52 +178,71 @@ def continues_exactly(model) -> bool:
     return _PROBED[model]
 
 
+def _probe_input(model):
+    """The probes' input: two contexts (the second left-padded), three continuation rows after them
+    (more rows than contexts), as `(contexts, tokens, mask, owners, fed, new, new_mask)`."""
+    vocab, device = model.cfg.vocab_size, model.device
+    contexts = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 11) % vocab for i in range(4)]]
+    fed = [[2 % vocab, 5 % vocab], [7 % vocab], [9 % vocab, 4 % vocab]]  # continuations but their last token
+    tokens = torch.tensor([contexts[0], [0, 0, *contexts[1]]], device=device)
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]], device=device)
+    new = torch.tensor([ids + [0] * (2 - len(ids)) for ids in fed], device=device)
+    new_mask = torch.tensor([[1] * len(ids) + [0] * (2 - len(ids)) for ids in fed], device=device)
+    return contexts, tokens, mask, [0, 1, 1], fed, new, new_mask
+
+
 @torch.no_grad()
 def reuses_prefix(model) -> bool:
-    """Whether a context pass of `model` may start at a later block from the clean residual stream,
-    with the earlier cache layers copied from the clean pass (block `i` keeps its state in cache
-    layer `i`): probed once per model (hooks off) against a pass from block 0.
+    """Whether both passes of `model` (contexts, continuations) may start at a later block from the
+    clean residual stream, the earlier cache layers being the clean contexts' (block `i` keeps its
+    state in cache layer `i`, and a block that does not run leaves its layer alone): probed once
+    per model (hooks off) against passes from block 0, entering at a middle block and at the
+    final norm.
 
     Examples:
         >>> reuses_prefix(HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1"))
         True
     """
     if model not in _REUSES:
-        vocab, start = model.cfg.vocab_size, max(model.n_layers // 2, 1)
-        tokens = torch.tensor([[(7 * i + 3) % vocab for i in range(6)], [0, 0, *[(5 * i + 11) % vocab for i in range(4)]]],
-                              device=model.device)
-        mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]], device=model.device)
-        new, new_mask = torch.tensor([[2, 5], [7, 0]], device=model.device) % vocab, torch.tensor([[1, 1], [1, 0]])
+        _, tokens, mask, owners, _, new, new_mask = _probe_input(model)
+        starts = sorted({max(model.n_layers // 2, 1), model.n_layers})
         try:
             with forward_settings(model, hooks=False):
-                whole = context_logprobs(model, tokens, mask, [0, 1], new, new_mask)
+                whole = context_logprobs(model, tokens, mask, owners, new, new_mask)
             with forward_settings(model, hooks=False):
-                prefix = clean_prefix(model, tokens, mask, [start])
-            with forward_settings(model, hooks=False):
-                reused = context_logprobs(model, tokens, mask, [0, 1], new, new_mask, prefix, start)
+                prefix = clean_prefix(model, tokens, mask, starts, owners, new, new_mask)
+            reused = []
+            for start in starts:
+                with forward_settings(model, hooks=False):
+                    reused.append(context_logprobs(model, tokens, mask, owners, new, new_mask, prefix, start))
         except (RuntimeError, ValueError, TypeError, NotImplementedError, AttributeError, IndexError, KeyError):
             _REUSES[model] = False
         else:
-            worst = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(reused, whole))
+            worst = max(float((a - b).abs().max() / b.abs().max()) for each in reused for a, b in zip(each, whole))
             _REUSES[model] = worst <= PROBE_TOLERANCE
     return _REUSES[model]
 
 
 @dataclass(frozen=True)
 class Prefix:
-    """What the clean model computed over a batch of contexts, for conditions that start later
-    (prefix reuse): its cache (the layers before the deepest entry filled) and the residual stream
-    entering each entry block.
+    """What the clean model computed over a batch of contexts and their continuation rows, for
+    conditions that start later (prefix reuse): the contexts' cache (the layers before the deepest
+    entry filled) and the residual stream entering each entry block, over the contexts (`kept`) and
+    over the continuation rows (`continued`: empty without continuations).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
-        >>> prefix = clean_prefix(model, torch.tensor([[1136, 261, 2125]]), torch.tensor([[1, 1, 1]]), [3])
+        >>> tokens, mask = torch.tensor([[1136, 261, 2125]]), torch.tensor([[1, 1, 1]])
+        >>> prefix = clean_prefix(model, tokens, mask, [3], [0, 0], torch.tensor([[387], [261]]), torch.ones(2, 1))
         >>> prefix.cache.get_seq_length(), prefix.kept[3].shape   # 3 tokens cached; [context, pos, d_model]
         (3, torch.Size([1, 3, 128]))
+        >>> prefix.continued[3].shape                             # [row, width, d_model]
+        torch.Size([2, 1, 128])
     """
 
     cache: DynamicCache
     kept: dict[int, Tensor]
+    continued: dict[int, Tensor]
 
 
 def _context_kwargs(mask: Tensor) -> dict:
@@ -231,22 +253,33 @@ def _context_kwargs(mask: Tensor) -> dict:
 
 
 @torch.no_grad()
-def clean_prefix(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor, "context pos"],
-                 entries: Sequence[int]) -> Prefix:
-    """One pass of the model (with the hooks attached now) over left-padded contexts, up to the
-    deepest of `entries` (blocks > 0), keeping the residual stream entering each and the cache.
+def clean_prefix(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor, "context pos"], entries: Sequence[int],
+                 owners: Sequence[int] = (), new: Int[Tensor, "row width"] | None = None,
+                 new_mask: Int[Tensor, "row width"] | None = None) -> Prefix:
+    """Two passes of the model (with the hooks attached now), each up to the deepest of `entries`
+    (blocks > 0; `n_layers`: the final norm's input), keeping the residual stream entering each: one
+    over left-padded contexts (keeping their cache too), one over the continuation rows `new` that
+    follow contexts `owners` (as `context_logprobs` takes them; None: none) from a copy of that cache.
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen3.5")
         >>> prefix = clean_prefix(model, torch.tensor([[1136, 261, 2125]]), torch.tensor([[1, 1, 1]]), [2, 5])
-        >>> sorted(prefix.kept), prefix.kept[5].shape          # [context, pos, d_model]
-        ([2, 5], torch.Size([1, 3, 128]))
+        >>> sorted(prefix.kept), prefix.kept[5].shape, prefix.continued   # [context, pos, d_model]
+        ([2, 5], torch.Size([1, 3, 128]), {})
     """
     cache = DynamicCache(config=model.cfg)
-    with forward_settings(model, keep=tuple(entries), stop=max(entries), hooks=hooks_enabled()) as settings, \
+    entries = tuple(entries)
+    with forward_settings(model, keep=entries, stop=max(entries), hooks=hooks_enabled()) as settings, \
             _context_lengths(model, mask.sum(1)):
         model(tokens, cache=cache, use_cache=True, **_context_kwargs(mask))
-    return Prefix(cache, dict(settings.kept))
+    continued = {}
+    if new is not None:
+        rows = copy.deepcopy(cache)  # the contexts' cache stays as it is for the conditions' passes
+        rows.reorder_cache(torch.tensor(list(owners), device=tokens.device))
+        with forward_settings(model, keep=entries, stop=max(entries), hooks=hooks_enabled()) as more:
+            _continue(model, rows, mask, owners, new, new_mask)
+        continued = dict(more.kept)
+    return Prefix(cache, dict(settings.kept), continued)
 
 
 @torch.no_grad()
@@ -263,10 +296,13 @@ def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor
         new: Tokens fed after their context (a scored continuation without its last token: those
             tokens' predictions are what is scored), right-padded; `new_mask` is 1 on real ones.
             None: no continuation has more than one token.
-        prefix: The clean pass (`clean_prefix`) that a pass with `start > 0` continues: its residual
-            stream at block `start` and its cache of the earlier layers.
-        start: With `start > 0`, the context pass starts at block `start` from `prefix`: for hooks
-            that act from block `start` on only (`Sweep` conditions, `first_layer`).
+        prefix: The clean passes (`clean_prefix`, over the same contexts and continuation rows) that
+            passes with `start > 0` continue: their residual stream at block `start` and the
+            contexts' cache of the earlier layers.
+        start: With `start > 0`, both passes start at block `start` from `prefix` (`n_layers`: at the
+            final norm): for hooks that act from block `start` on only (`Sweep` conditions,
+            `first_layer`). The blocks before it are not computed, so their cache layers are the
+            clean contexts' as they are (read for their length only).
 
     Returns:
         `(first, rest)`: `first[c]`, the next-token log-probabilities after context `c`
@@ -279,28 +315,40 @@ def context_logprobs(model, tokens: Int[Tensor, "context pos"], mask: Int[Tensor
         >>> first, rest = context_logprobs(model, tokens, mask, [0, 1], new, new_mask)
         >>> first.shape, rest.shape                # [context, vocab], [row, width, vocab]
         (torch.Size([2, 4096]), torch.Size([2, 2, 4096]))
-        >>> reused = context_logprobs(model, tokens, mask, [0, 1], new, new_mask, clean_prefix(model, tokens, mask, [4]), 4)
-        >>> torch.allclose(reused[1], rest, atol=1e-5)
+        >>> prefix = clean_prefix(model, tokens, mask, [4], [0, 1], new, new_mask)
+        >>> torch.allclose(context_logprobs(model, tokens, mask, [0, 1], new, new_mask, prefix, 4)[1], rest, atol=1e-5)
         True
     """
     cache = DynamicCache(config=model.cfg)
-    lengths = mask.sum(1)
-    entering = forward_settings(model, start=start, resid=prefix.kept[start], hooks=hooks_enabled()) if start \
-        else nullcontext()
-    with entering, _context_lengths(model, lengths):
+    with _entering(model, prefix.kept if start else {}, start), _context_lengths(model, mask.sum(1)):
         logits = model(tokens, cache=cache, use_cache=True, logits_to_keep=1, **_context_kwargs(mask))
-    for layer in range(start):  # the blocks before `start` were not run: their cache is the clean pass's
-        cache.layers[layer] = copy.deepcopy(prefix.cache.layers[layer])
     first = logits[:, -1].float().log_softmax(-1)
     if new is None:
         return first, None
-    index = torch.tensor(list(owners), device=tokens.device)
-    cache.reorder_cache(index)  # one copy of its context's cache per continuation row
-    positions = lengths[index][:, None] + torch.arange(new.shape[1], device=tokens.device)
-    with _context_lengths(model, lengths[index]):
-        logits = model(new, attention_mask=torch.cat([mask[index], new_mask.to(mask)], 1), cache=cache,
-                       use_cache=True, position_ids=positions)
+    cache.reorder_cache(torch.tensor(list(owners), device=tokens.device))  # one copy per continuation row
+    for layer in range(min(start, len(cache.layers))):  # run in neither pass: the clean contexts' layer, read
+        cache.layers[layer] = prefix.cache.layers[layer]  # for its length only
+    with _entering(model, prefix.continued if start else {}, start):
+        logits = _continue(model, cache, mask, owners, new, new_mask)
     return first, logits.float().log_softmax(-1)
+
+
+def _entering(model, kept: dict[int, Tensor], start: int):
+    """Settings of the next pass of `model`: from block `start` with the residual stream `kept[start]`
+    (nothing for `start` 0), hooks acting as they act now."""
+    return forward_settings(model, start=start, resid=kept[start], hooks=hooks_enabled()) if start else nullcontext()
+
+
+def _continue(model, cache: DynamicCache, mask: Int[Tensor, "context pos"], owners: Sequence[int],
+              new: Int[Tensor, "row width"], new_mask: Int[Tensor, "row width"]) -> Tensor:
+    """The pass of `model` over continuation rows `new` after contexts `owners` (mask `mask`), from
+    `cache` (one row per continuation row), positions counting on from each row's context."""
+    index = torch.tensor(list(owners), device=new.device)
+    lengths = mask.sum(1)[index]
+    positions = lengths[:, None] + torch.arange(new.shape[1], device=new.device)
+    with _context_lengths(model, lengths):
+        return model(new, attention_mask=torch.cat([mask[index], new_mask.to(mask)], 1), cache=cache,
+                     use_cache=True, position_ids=positions)
 
 
 def _context_lengths(model, lengths: Int[Tensor, " batch"]):
