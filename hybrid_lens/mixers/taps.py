@@ -38,11 +38,14 @@ class MixerHooks(nn.Module):
         neurons: The neurons of a dense MLP (`mixers.mlp.Neurons`), in `blocks.{i}.mlp` only; None otherwise.
         weights: Its weights in TransformerLens's layout (`mixers.weights.WeightViews`), read as
             attributes: `blocks[3].attn.W_Q`, `blocks[0].mlp.W_out`; None where none are declared.
+        qkv: The query, key and value projections of a softmax attention (`mixers.inputs.QKV`), which feed the
+            block's per-head input points (`hook_attn_in`, `hook_q_input`, ...); None for any other mixer.
     """
 
     heads = None
     neurons = None
     weights = None
+    qkv = None
 
     def add(self, name: str, tap: Tap) -> TappedHookPoint:
         point = TappedHookPoint(tap)
