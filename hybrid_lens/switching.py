@@ -10,7 +10,8 @@ hook and never call it), and hooks already attached are not fed. `set_use_...(No
 
 from __future__ import annotations
 
-from .mixers.inputs import ATTENTION_INPUTS, Switches
+from .mixers.inputs import Switches
+from .vocabulary import INPUT_POINTS
 
 __all__ = ["Switching"]
 
@@ -85,7 +86,7 @@ class Switching:
         them (a block without softmax attention or without an MLP); None for any other name."""
         block, _, point = name.partition(".")[2].partition(".")
         if not name.startswith("blocks.") or not block.lstrip("-").isdigit() or \
-                point not in (*ATTENTION_INPUTS, "hook_mlp_in") or int(block) >= len(self.layout):
+                point not in INPUT_POINTS or int(block) >= len(self.layout):
             return None
         layer = self.layout[int(block)]
         if point == "hook_mlp_in":

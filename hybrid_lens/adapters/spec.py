@@ -219,15 +219,20 @@ class Family:
         def skip_of(part: Mixer | Mlp, normed: Tensor, stream: Tensor) -> Tensor:
             return stream if part.normed_skip is None else scaled(normed, layer, part.normed_skip)
 
-        def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict, resid: Tensor) -> Tensor:
+        def inputs_of(mixer: Mixer, resid: Tensor) -> dict | None:
+            """TransformerLens's per-head input points of the attention, fed before its norm while hooked."""
+            inputs = block.head_inputs if mixer.kind == "attn" else None
+            if inputs is None or not inputs.tap.active:
+                return None
+            return inputs.prepare(resid, lambda heads: scaled(self.norm(layer, mixer.norm, heads, hooked=False),
+                                                              layer, mixer.in_scale))
+
+        def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict, edited: dict | None) -> Tensor:
             x = scaled(normed, layer, mixer.in_scale)
             kwargs = {name: named[source] for name, source in arguments[mixer.kind] if source in named}
             module = attrgetter(mixer.module)(layer)
-            inputs = block.head_inputs if mixer.kind == "attn" else None
-            if inputs is not None and inputs.tap.active:  # TransformerLens's per-head input points, while hooked
-                out = first(inputs.run(lambda: module(x, **kwargs, **(rest if mixer.rest else {})), resid,
-                                       lambda heads: scaled(self.norm(layer, mixer.norm, heads, hooked=False), layer,
-                                                            mixer.in_scale)))
+            if edited is not None:
+                out = first(block.head_inputs.run(lambda: module(x, **kwargs, **(rest if mixer.rest else {})), edited))
             else:
                 out = first(module(x, **kwargs, **(rest if mixer.rest else {})))
             out = scaled(norm(mixer.post_norm, out), layer, mixer.out_scale)
@@ -238,34 +243,41 @@ class Family:
             resid = resid_in(block, entry, named.pop("hidden_states"))
             skip = resid.float() if fp32 else resid
             if spec.parallel:
+                edited = {mixer.kind: inputs_of(mixer, resid) for mixer in spec.mixers}
                 normed = norm(spec.mixers[0].norm, resid)
                 total = None
                 for mixer in spec.mixers:
-                    out = mixer_out(mixer, normed, named, rest, resid)
+                    out = mixer_out(mixer, normed, named, rest, edited[mixer.kind])
                     total = out if total is None else total + out
                 resid = skip_of(spec.mixers[0], normed, skip) + total
             else:
                 for mixer in spec.mixers:
+                    edited = inputs_of(mixer, resid)
                     normed = norm(mixer.norm, resid)
-                    resid = skip_of(mixer, normed, skip) + mixer_out(mixer, normed, named, rest, resid)
+                    resid = skip_of(mixer, normed, skip) + mixer_out(mixer, normed, named, rest, edited)
                     skip = resid
             if spec.mlp is not None:
                 if spec.mixers:
                     resid = points["hook_resid_mid"](resid)
                 mlp_in = mlp_input(points.get("hook_mlp_in"), block.switches, resid)
                 normed = norm(spec.mlp.norm, mlp_in)
-                total = None
-                for attr in spec.mlp.modules:
-                    module = attrgetter(attr)(layer)
-                    if module is not None:
-                        out = first(module(normed))
-                        total = out if total is None else total + out
-                out = scaled(norm(spec.mlp.post_norm, total), layer, spec.mlp.out_scale)
+                out = self.mlp_output(layer, spec.mlp, normed)
                 skip_normed = normed if mlp_in is resid else norm(spec.mlp.norm, resid)  # the skip keeps the stream
                 resid = skip_of(spec.mlp, skip_normed, resid) + points["hook_mlp_out"](out)
             return self.wrap_output(points["hook_resid_post"](resid))
 
         return forward
+
+    def mlp_output(self, layer: nn.Module, mlp: Mlp, normed: Tensor) -> Tensor:
+        """What the MLP `mlp` of `layer` adds to the residual stream, from its normed input `normed`: its modules'
+        outputs summed, then its post-norm and output multiplier (`hook_mlp_out`; `blocks[i].mlp(normed)`)."""
+        total = None
+        for attr in mlp.modules:
+            module = attrgetter(attr)(layer)
+            if module is not None:
+                out = first(module(normed))
+                total = out if total is None else total + out
+        return scaled(self.norm(layer, mlp.post_norm, total), layer, mlp.out_scale)
 
     def validate(self, hf_model: nn.Module) -> None:
         """Check that this adapter fits `hf_model`: the decoder, its layers and final norm, and in every
@@ -341,6 +353,8 @@ class Family:
         if spec.mlp is not None and spec.mlp.points is not None:
             for module in filter(None, (attrgetter(attr)(layer) for attr in spec.mlp.modules)):
                 taps += spec.mlp.points(block.mlp, module, pattern_mode)
+        if spec.mlp is not None and not spec.feeds_mixer:
+            block.mlp.runs = lambda normed: self.mlp_output(layer, spec.mlp, normed)
         return taps + add_block_points(block, layer, spec)
 
 

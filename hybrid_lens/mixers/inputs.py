@@ -126,11 +126,10 @@ class HeadInputs:
         """`value` through the point `name`, unless its switch is off."""
         return self.points[name](value) if getattr(self.switches, SWITCHED_POINTS[name]) is not False else value
 
-    def run(self, call: Callable[[], Tensor], resid: Float[Tensor, "batch pos d_model"],
-            reads: Callable[[Tensor], Tensor]) -> Tensor:
-        """`call()` (the attention module's forward on the normed stream) with the input points fed from
-        `resid`, in TransformerLens's order; `reads` maps a per-head input to what the projections read (the
-        block's norm and input multiplier)."""
+    def prepare(self, resid: Float[Tensor, "batch pos d_model"], reads: Callable[[Tensor], Tensor]) -> dict:
+        """Feed the input points from `resid` (in TransformerLens's order, before the block's norm runs) and return
+        what the projections must recompute (empty: nothing was edited), for `run`; `reads` maps a per-head input
+        to what the projections read (the block's norm and input multiplier)."""
         qkv = self.qkv
         attn_in = self._point("hook_attn_in", fork(resid, qkv.n_heads))
         shared = _grouped(attn_in, qkv.n_kv, self.points["hook_attn_in"].name)
@@ -142,6 +141,11 @@ class HeadInputs:
             changed = (value != resid.unsqueeze(-2)).any(-1)  # [batch, pos, head]
             if bool(changed.any()):
                 pending[projection] = _recompute(projection, reads(value), changed, n)
+        return pending
+
+    def run(self, call: Callable[[], Tensor], pending: dict) -> Tensor:
+        """`call()` (the attention module's forward on the normed stream), its projections recomputing what
+        `prepare` found edited."""
         if not pending:
             return call()
         self._pending = pending
