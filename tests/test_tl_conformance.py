@@ -330,7 +330,11 @@ def test_run_with_cache_caches_every_point_in_transformer_lens_order(pair, token
     (within float rounding: the inner points run the eager attention path)."""
     _, ours = pair.hybrid.run_with_cache(tokens)
     _, theirs = pair.tl.run_with_cache(tokens)
-    assert set(ours) == set(pair.hybrid.hook_dict) - {"hook_tokens"}  # the input ids: cached when named, as TL's default
+    # every point but the input ids (cached when named, as TL's default) and, as in TransformerLens, the points of its
+    # switches (per-head results, input points) until they are switched on
+    switched = {name for name in pair.hybrid.hook_dict if pair.hybrid.switches.of(name)}
+    assert switched and all(name.endswith(("hook_result", "_input", "hook_attn_in", "hook_mlp_in")) for name in switched)
+    assert set(ours) == set(pair.hybrid.hook_dict) - {"hook_tokens"} - switched
     shared = [name for name in theirs if name in ours]
     assert [name for name in ours if name in theirs] == shared and len(shared) > 10 * pair.tl.cfg.n_layers
     for name in shared:  # deliberate difference: our hook_normalized includes the norm's gain

@@ -7,6 +7,7 @@ TransformerLens itself on a Llama.
 
 from __future__ import annotations
 
+import copy
 from operator import attrgetter
 
 import pytest
@@ -205,3 +206,16 @@ def test_switches():
     with pytest.raises(TypeError, match="True, False or None"):
         model.set_use_attn_in("yes")
     assert no_hooks_left(model)
+
+
+def test_a_copy_keeps_its_own_switches():
+    _, model = build("llama")
+    model.set_use_split_qkv_input(True)
+    copied = copy.deepcopy(model)
+    assert copied.cfg.use_split_qkv_input is True and all(block.switches is copied.switches for block in copied.blocks)
+    copied.set_use_split_qkv_input(False)
+    assert model.cfg.use_split_qkv_input is True
+    with pytest.raises(AssertionError):
+        copied.add_hook("blocks.0.hook_q_input", lambda value, hook: value)
+    model.add_hook("blocks.0.hook_q_input", lambda value, hook: value)
+    model.reset_hooks()
