@@ -83,6 +83,8 @@ def test_input_points_where_the_concept_exists(built, tokens):
         return
     logits, cache = model.run_with_cache(tokens, names_filter=names)
     assert torch.equal(logits, plain), family
+    for name in names:  # writing the same values back changes nothing, bit for bit
+        assert torch.equal(model.run_with_hooks(tokens, fwd_hooks=[(name, lambda value, hook: value.clone())]), plain)
     d_model, n_kv = model.cfg.d_model, None
     for name in names:
         value = cache[name]
