@@ -13,27 +13,8 @@ from operator import attrgetter
 import pytest
 import torch
 
-from hybrid_lens.adapters import FAMILIES
-
 from .fixtures import build, no_hooks_left, random_tokens
-
-REL = 1e-5
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def built(request):
-    reference, model = build(request.param, visible=True)
-    return request.param, reference, model
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return random_tokens(2, 12)
-
-
-def close(ours, expected, what, rel=REL):
-    error = ((ours.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
-    assert error <= rel, f"{what}: {error:.2e} of the largest value"
+from .test_tl_points import built, close, tokens  # noqa: F401 (fixtures: every family, visible weights)
 
 
 def attention_block(model):
