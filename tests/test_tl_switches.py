@@ -202,3 +202,22 @@ def test_a_copy_keeps_its_own_switches():
         copied.add_hook("blocks.0.hook_q_input", lambda value, hook: value)
     model.add_hook("blocks.0.hook_q_input", lambda value, hook: value)
     model.reset_hooks()
+
+
+@torch.no_grad()
+def test_grouped_query_attention_refuses_heads_of_a_group_read_apart():
+    """Under grouped-query attention a group's heads share keys and values: an edit of `hook_attn_in` that gives them
+    different inputs is refused (saying what to do) and leaves nothing attached; an edit alike within groups runs and
+    equals the same edit through the split inputs."""
+    _, model = build("llama")  # 4 query heads, 2 key-value heads
+    tokens = random_tokens(1, 8)
+    apart = lambda value, hook: value * torch.arange(1.0, 5.0)[:, None]  # noqa: E731
+    with pytest.raises(ValueError, match="set_use_split_qkv_input"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_attn_in", apart)])
+    assert no_hooks_left(model)
+    alike = lambda value, hook: value * torch.tensor([1.0, 1.0, 2.0, 2.0])[:, None]  # noqa: E731
+    ours = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_attn_in", alike)])
+    split = model.run_with_hooks(tokens, fwd_hooks=[
+        ("blocks.0.hook_q_input", alike),
+        *((f"blocks.0.hook_{part}_input", lambda value, hook: value * torch.tensor([1.0, 2.0])[:, None]) for part in "kv")])
+    assert torch.equal(ours, split) and not torch.equal(ours, model(tokens))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..forward_state import current_state
 from ..hook_points import HookPoint, Tap
 from ..layout import Layer
-from ..mixers.inputs import HeadInputs, Switches
+from ..mixers.inputs import HeadInputs, MlpInput, Switches
 from ..mixers.norm import NormHooks
 from ..mixers.norm import add_points as add_norm_points
 from ..mixers.taps import MixerHooks, replace_forward
@@ -45,6 +45,7 @@ class HookedBlock(nn.Module):
         self.layer = layer
         self.switches = Switches() if switches is None else switches
         self.head_inputs: HeadInputs | None = None  # the plumbing of hook_attn_in / hook_q_input / ...
+        self.mlp_input: MlpInput | None = None  # of hook_mlp_in
         self.hook_resid_pre = HookPoint()
         if layer.mixers:
             self.ln1 = NormHooks()

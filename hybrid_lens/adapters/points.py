@@ -19,7 +19,7 @@ from ..mixers import mlp as dense
 from ..mixers import norm as norms
 from ..hook_points import TappedHookPoint
 from ..mixers.heads import add_result_point
-from ..mixers.inputs import ATTENTION_INPUTS, HeadInputs
+from ..mixers.inputs import ATTENTION_INPUTS, HeadInputs, MlpInput
 from .base import HookedBlock
 
 
@@ -63,13 +63,16 @@ def _inputs(block: HookedBlock, spec) -> list[Tap]:
         return taps
     attention = getattr(block, "attn") if "attn" in block.layer.mixers else None
     if attention is not None and attention.qkv is not None:
-        block.head_inputs = HeadInputs(attention.qkv, block._modules, block.switches)
+        points = {}
+        block.head_inputs = HeadInputs(attention.qkv, points, block.switches)
         taps.append(block.head_inputs.tap)
         for name in ATTENTION_INPUTS:
-            block.add_module(name, TappedHookPoint(block.head_inputs.tap))
+            points[name] = TappedHookPoint(block.head_inputs.tap)
+            block.add_module(name, points[name])
     if spec.mlp is not None:
         taps.append(Tap(lambda: (lambda: None), "block forward (the MLP's input)"))
         block.add_module("hook_mlp_in", TappedHookPoint(taps[-1]))
+        block.mlp_input = MlpInput(block.hook_mlp_in, block.switches)
     return taps
 
 

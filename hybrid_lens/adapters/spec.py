@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from ..hook_points import Tap
 from ..layout import Layout
-from ..mixers.inputs import mlp_input
 from ..mixers.taps import MixerHooks, forward_of
 from ..vocabulary import point_name
 from .base import Entry, HookedBlock, Wrapping, resid_in
@@ -259,7 +258,7 @@ class Family:
             if spec.mlp is not None:
                 if spec.mixers:
                     resid = points["hook_resid_mid"](resid)
-                mlp_in = mlp_input(points.get("hook_mlp_in"), block.switches, resid)
+                mlp_in = resid if block.mlp_input is None else block.mlp_input(resid)
                 normed = norm(spec.mlp.norm, mlp_in)
                 out = self.mlp_output(layer, spec.mlp, normed)
                 skip_normed = normed if mlp_in is resid else norm(spec.mlp.norm, resid)  # the skip keeps the stream

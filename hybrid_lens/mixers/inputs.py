@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..hook_points import HookPoint, Tap
 
-__all__ = ["QKV", "HeadInputs", "Switches", "SWITCHED_POINTS", "mlp_input"]
+__all__ = ["QKV", "HeadInputs", "MlpInput", "Switches", "SWITCHED_POINTS"]
 
 SWITCHED_POINTS = {"hook_result": "use_attn_result", "hook_q_input": "use_split_qkv_input",
                    "hook_k_input": "use_split_qkv_input", "hook_v_input": "use_split_qkv_input",
@@ -105,7 +105,8 @@ class HeadInputs:
 
     Args:
         qkv: The attention's projections.
-        points: The block's points by name (`hook_attn_in`, `hook_q_input`, ...), read at call time.
+        points: The block's points by name (`hook_attn_in`, `hook_q_input`, ...; a module spliced in the place of
+            one, an SAE, is called instead: `HookPoint.stand_in`).
         switches: The model's switches.
     """
 
@@ -181,8 +182,14 @@ def _recompute(projection: nn.Linear, normed: Float[Tensor, "... n d_model"], ch
     return replace
 
 
-def mlp_input(point: HookPoint | None, switches: Switches, resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
-    """What the MLP's norm reads: `resid` through `hook_mlp_in` while it is hooked and not switched off."""
-    if point is None or not point.tap.active or switches.use_hook_mlp_in is False:
-        return resid
-    return point(resid.clone())
+class MlpInput:
+    """`hook_mlp_in` of one block: what its MLP's norm reads, `resid` through the point while it is hooked and not
+    switched off (a module spliced in its place, an SAE, is called instead: `HookPoint.stand_in`)."""
+
+    def __init__(self, point: HookPoint, switches: Switches):
+        self.point, self.switches = point, switches
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        if not self.point.tap.active or self.switches.use_hook_mlp_in is False:
+            return resid
+        return self.point(resid.clone())
