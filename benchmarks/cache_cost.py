@@ -2,7 +2,8 @@
 the block- and model-level points (`names_filter=model.hook_names(inner=False)`), measured in the same run.
 
 Per bundled model and input shape: the plain `transformers` forward, the hooked model with no hooks, the
-block-level cache and the default cache. The default cache hooks every inner point, which switches the mixers to
+block-level cache and the default cache, with `set_use_attn_result(True)` (the per-head results cached as well,
+as TransformerLens caches them once switched on). The default cache hooks every inner point, which switches the mixers to
 their eager paths (softmax attention computes its pattern; Gated DeltaNet and Mamba-2 run their eager scans and
 build their `[batch, head, pos, pos]` implicit patterns). Timings are medians of interleaved repeats; the cache
 sizes are the bytes of the returned tensors, shared storages counted once.
@@ -35,6 +36,7 @@ def cache_megabytes(cache) -> float:
 @torch.no_grad()
 def measure(name: str, batch: int, length: int, repeats: int) -> dict:
     model = HookedHybrid.from_pretrained(name)
+    model.set_use_attn_result(True)  # the per-head results in the default cache too (TransformerLens's switch)
     tokens = torch.randint(3, model.cfg.d_vocab, (batch, length), generator=torch.Generator().manual_seed(0))
     blocks = model.hook_names(inner=False)
     runs = {

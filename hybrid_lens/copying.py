@@ -75,6 +75,7 @@ class Copying:
             "state_positions": {name: point.positions for name, point in self.hook_dict.items()
                                 if getattr(point, "positions", None) is not None},
             "training": self.training,
+            "switches": self.switches.copy(),
             "attributes": {key: value for key, value in vars(self).items()
                            if key not in attributes and key not in OWN and not is_added(value)},
             "modules": {key: module for key, module in self._modules.items() if key not in modules},
@@ -103,5 +104,6 @@ def _rebuild(cls, hf_model, parts: dict):
         tap.set_always_on(on)
     for name, positions in parts["state_positions"].items():
         model.hook_dict[name].positions = positions
+    vars(model.switches).update(vars(parts["switches"]))  # the blocks hold the model's own switches
     model.training = parts["training"]  # the wrapper's own flag; the transformers model's modes were copied
     return model

@@ -173,3 +173,14 @@ class LensConfig:
     def dtype(self) -> torch.dtype:
         """Dtype of the model's parameters."""
         return next(self._model.hf_model.parameters()).dtype
+
+
+def _switch(name: str) -> property:
+    """`cfg.{name}`: one of TransformerLens's switches (None: unset), settable as `model.set_{name}` sets it."""
+    return property(lambda cfg: getattr(cfg._model.switches, name),
+                    lambda cfg, on: getattr(cfg._model, f"set_{name}")(on),
+                    doc=f"TransformerLens's `{name}` switch (None: unset; see `HookedHybrid.set_{name}`).")
+
+
+for _name in ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in"):
+    setattr(LensConfig, _name, _switch(_name))

@@ -35,7 +35,9 @@ from .loading import Loading
 from .mixers.taps import pattern_mode_tap
 from .nnsight_view import NNsightView
 from .readout import Readout, next_token_loss
+from .mixers.inputs import Switches
 from .sae import SAESplicing
+from .switching import Switching
 from .tokenizing import ModelInput, Tokenizing
 from .tokens import PaddingSide, prepare_tokenizer
 from .weights import Weights
@@ -47,7 +49,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 
 
 class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicing, NNsightView, Weights, Copying,
-                   HookedRootModule):
+                   Switching, HookedRootModule):
     """A hooked view of a `transformers` causal LM of a registered family (`hybrid-lens models`):
     Qwen3.5, Falcon-H1, Qwen2.5 and the other hybrids, SSMs and transformers of the registry.
 
@@ -82,7 +84,8 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
         Wrapping.check(hf_model, self.adapter, self.layout)  # before anything is installed
         self.hook_tokens = HookPoint()  # [batch, pos] token ids, as TransformerLens's (use_hook_tokens)
         self.hook_embed = HookPoint()
-        self.blocks = nn.ModuleList(HookedBlock(layer) for layer in self.layout)
+        self.switches = Switches()  # TransformerLens's set_use_* switches (`switching`), read by the blocks' points
+        self.blocks = nn.ModuleList(HookedBlock(layer, self.switches) for layer in self.layout)
         self.ln_final = FinalNormHooks()
         self.hook_logits = HookPoint()
         self._pattern_mode = pattern_mode_tap(hf_model.config)
@@ -176,8 +179,9 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
         return self.layout.components(kind)
 
     def hook_names(self, inner: bool = True) -> list[str]:
-        """All hook point names; with `inner=False` only the block-level and model-level activations
-        (no inner mixer, MLP or norm points, and not `hook_tokens`, the input ids).
+        """All hook point names, but the points of TransformerLens's switches until they are switched on
+        (`hook_result`, `hook_q_input`, ...: `switching`); with `inner=False` only the block-level and model-level
+        activations (no inner mixer, MLP or norm points, and not `hook_tokens`, the input ids).
 
         Examples:
             >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -186,14 +190,14 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
             >>> "blocks.0.ssm.hook_B" in model.hook_names()
             True
         """
-        return [n for n, p in self.hook_dict.items()
-                if inner or not (isinstance(p, TappedHookPoint) or n == "hook_tokens")]
+        return [n for n, p in self.hook_dict.items() if self.switches.listed(n)
+                and (inner or not (isinstance(p, TappedHookPoint) or n == "hook_tokens"))]
 
     def resolve_hook_names(self, names: NameFilter) -> list[str]:
-        """Hook names matching a name, a list of names, or a predicate (None: every hook name).
+        """Hook names matching a name, a list of names, or a predicate (None: every name of `hook_names()`).
 
-        Raises `KeyError` listing the closest valid names for an unknown name, and `ValueError`
-        when a predicate matches nothing.
+        Raises `KeyError` listing the closest valid names for an unknown name, `ValueError` when a predicate
+        matches nothing, and `AssertionError` for a name whose TransformerLens switch is off (`switching`).
 
         Args:
             names: A hook name, a sequence of names, a predicate `str -> bool`, or None.
@@ -208,13 +212,15 @@ class HookedHybrid(Loading, Tokenizing, Caching, Readout, Generation, SAESplicin
         if isinstance(names, str):
             names = [names]
         if callable(names):
-            matched = [n for n in self.hook_dict if names(n)]
+            matched = [n for n in self.hook_names() if names(n)]
             if not matched:
-                raise ValueError("The hook-name filter matched no hook point; see model.hook_names().")
+                raise ValueError("The hook-name filter matched no hook point; see model.hook_names() (points of "
+                                 "TransformerLens's switches, such as hook_result, match once switched on).")
             return matched
         for name in names:
             if name not in self.hook_dict:
-                raise unknown_hook_error(name, self.hook_dict)
+                raise self.input_point_error(name) or unknown_hook_error(name, self.hook_dict)
+            self.check_switched_on(name)
         return list(names)
 
     def _enable_hook(self, name, hook, dir) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .mixers.inputs import ATTENTION_INPUTS
 from .mixers.kinds import MLP, ComponentKind, mixer_kinds
 
 KINDS: dict[str, ComponentKind] = {**mixer_kinds(), MLP.name: MLP}
 MIXER_KINDS = tuple(mixer_kinds())
 COMPONENT_KINDS = tuple(KINDS)
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+# TransformerLens's input points of a block (`mixers.inputs`): what the attention heads and the MLP read
+INPUT_POINTS = (*ATTENTION_INPUTS, "hook_mlp_in")
 # What reports and condition labels call each kind (the same words for every family: `linear_attn` is
 # Gated DeltaNet, KDA or lightning attention, `ssm` Mamba-1, Mamba-2 or RG-LRU, by family).
 KIND_NAMES = {**{name: kind.label for name, kind in KINDS.items()}, "block": "block"}

@@ -24,7 +24,7 @@ from hybrid_lens.conventions import hidden_states_point
 from hybrid_lens.evals import perplexity
 from hybrid_lens.interventions import Sweep, skip_layer, zero
 from hybrid_lens.study.plan import study_conditions
-from hybrid_lens.vocabulary import hook_name
+from hybrid_lens.vocabulary import INPUT_POINTS, hook_name
 
 from hybrid_lens.study import runner
 from hybrid_lens.study.diagnostics import CONTRIBUTIONS_FILE
@@ -203,7 +203,8 @@ def test_residual_and_mixer_points_are_writable(built, tokens):
     """A write at each block point reaches the logits; writing back the same value changes nothing."""
     _, reference, model = built
     clean = reference(tokens).logits
-    names = [name for name in model.hook_dict if name.startswith("blocks.") and name.count(".") == 2]
+    names = [name for name in model.hook_dict if name.startswith("blocks.") and name.count(".") == 2
+             and name.rpartition(".")[2] not in INPUT_POINTS]  # TransformerLens's input points: tests/test_tl_switches.py
     for name in names:
         same = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: x.clone())])
         assert torch.equal(same, clean), name
@@ -386,6 +387,10 @@ def test_the_layout_is_the_hook_points_and_the_config(built):
         expected = {f"hook_{kind}_out" for kind in layer.components} | {"hook_resid_pre", "hook_resid_post"}
         expected |= {"hook_resid_mid"} if layer.has_resid_mid else set()
         expected |= {"hook_shared_out"} if layer.components != layer.residual_terms else set()  # Zamba2's shared block
+        reads_stream = layer.components == layer.residual_terms  # TransformerLens's input points (not Zamba2's shared)
+        expected |= {"hook_mlp_in"} if layer.has_mlp and reads_stream else set()
+        if "attn" in layer.mixers and reads_stream and model.blocks[layer.index].attn.qkv is not None:
+            expected |= {"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input"}
         assert points == expected, layer
         assert layer.has_mlp == ("mlp" in layer.components) and layer.index in model.layout.layers_with("block")
 

@@ -28,6 +28,7 @@ purpose the test asserts the difference and says why:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from operator import attrgetter
 
 import pytest
@@ -329,7 +330,11 @@ def test_run_with_cache_caches_every_point_in_transformer_lens_order(pair, token
     (within float rounding: the inner points run the eager attention path)."""
     _, ours = pair.hybrid.run_with_cache(tokens)
     _, theirs = pair.tl.run_with_cache(tokens)
-    assert set(ours) == set(pair.hybrid.hook_dict) - {"hook_tokens"}  # the input ids: cached when named, as TL's default
+    # every point but the input ids (cached when named, as TL's default) and, as in TransformerLens, the points of its
+    # switches (per-head results, input points) until they are switched on
+    switched = {name for name in pair.hybrid.hook_dict if pair.hybrid.switches.of(name)}
+    assert switched and all(name.endswith(("hook_result", "_input", "hook_attn_in", "hook_mlp_in")) for name in switched)
+    assert set(ours) == set(pair.hybrid.hook_dict) - {"hook_tokens"} - switched
     shared = [name for name in theirs if name in ours]
     assert [name for name in ours if name in theirs] == shared and len(shared) > 10 * pair.tl.cfg.n_layers
     for name in shared:  # deliberate difference: our hook_normalized includes the norm's gain
@@ -814,11 +819,130 @@ def test_hook_tokens(pair, tokens):
     assert_same(pair.hybrid.run_with_hooks(tokens, fwd_hooks=[("hook_tokens", swap)]), pair.tl(swapped), "logits")
 
 
-@xfail("no set_use_attn_result / set_use_split_qkv_input")
 def test_transformer_lens_switches(pair):
     for switch in ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in", "set_use_attn_in"):
         getattr(pair.hybrid, switch)(True)
         getattr(pair.hybrid, switch)(False)
+        getattr(pair.hybrid, switch)(None)  # unset again (hybrid-lens's default: fed when named)
+
+
+# --- TransformerLens's input points and switches -------------------------------------------------------------
+SWITCH_OF = {"hook_q_input": "use_split_qkv_input", "hook_k_input": "use_split_qkv_input",
+             "hook_v_input": "use_split_qkv_input", "hook_attn_in": "use_attn_in", "hook_mlp_in": "use_hook_mlp_in",
+             "attn.hook_result": "use_attn_result"}
+
+
+@contextmanager
+def switched_on(pair, *switches):
+    """The switches on in both models (TransformerLens refuses `set_use_attn_in` under grouped-query attention:
+    its config is set directly, with the key-value heads ungrouped so that each head reads its own input); unset
+    (ours) and off (TransformerLens) afterwards."""
+    tl_cfg = pair.tl.cfg
+    try:
+        for switch in switches:
+            getattr(pair.hybrid, f"set_{switch}")(True)
+            setattr(tl_cfg, switch, True)
+            if switch == "use_attn_in" and tl_cfg.n_key_value_heads is not None:
+                pair.tl.set_ungroup_grouped_query_attention(True)
+        yield
+    finally:
+        for switch in switches:
+            getattr(pair.hybrid, f"set_{switch}")(None)
+            setattr(tl_cfg, switch, False)
+        pair.tl.set_ungroup_grouped_query_attention(False)
+
+
+def by_group(value: torch.Tensor, pair) -> torch.Tensor:
+    """A factor per query head that is the same for the heads of one key-value group (an edit of `hook_attn_in`
+    that grouped-query attention can take: a group's heads share their keys and values)."""
+    groups = pair.hybrid.cfg.n_key_value_heads or value.shape[2]
+    return torch.linspace(0.5, 1.5, groups).repeat_interleave(value.shape[2] // groups)[:, None]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("point", ["hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in"])
+def test_input_points_equal_transformer_lens(pair, tokens, point):
+    names = [f"blocks.{layer}.{point}" for layer in range(pair.tl.cfg.n_layers)]
+    with switched_on(pair, SWITCH_OF[point]):
+        ours_logits, ours = pair.hybrid.run_with_cache(tokens, names_filter=names)
+        theirs_logits, theirs = pair.tl.run_with_cache(tokens, names_filter=names)
+    for name in names:
+        assert ours[name].shape == theirs[name].shape, name
+        assert_same(ours[name], theirs[name], name)
+    assert_same(ours_logits, theirs_logits, "logits")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name,edit", [
+    ("blocks.0.hook_q_input", lambda value, hook: value * (torch.arange(value.shape[2]) != 1)[:, None]),
+    ("blocks.1.hook_q_input", lambda value, hook: value + torch.linspace(-1, 1, value.shape[-1])),
+    ("blocks.1.hook_k_input", lambda value, hook: value.flip(1)),
+    ("blocks.0.hook_v_input", lambda value, hook: value * torch.linspace(0.0, 2.0, value.shape[1])[:, None, None]),
+    ("blocks.1.hook_attn_in", lambda value, hook: value.roll(1, dims=1) * 0.5 + value * 0.5),
+    ("blocks.0.hook_mlp_in", lambda value, hook: value + torch.linspace(-1, 1, value.shape[-1])),
+    ("blocks.1.hook_mlp_in", lambda value, hook: value.flip(1)),
+])
+def test_input_point_edits(pair, tokens, name, edit):
+    """An edit at each input point has TransformerLens's effect on the logits."""
+    with switched_on(pair, SWITCH_OF[name.split(".", 2)[2]]):
+        ours = pair.hybrid.run_with_hooks(tokens, fwd_hooks=[(name, edit)])
+        theirs = pair.tl.run_with_hooks(tokens, fwd_hooks=[(name, edit)])
+    assert_same(ours, theirs, name)
+    assert not torch.allclose(ours, pair.hybrid(tokens), atol=1e-3), f"editing {name} changes nothing"
+
+
+@torch.no_grad()
+def test_attention_input_edit_by_group(pair, tokens):
+    """`hook_attn_in` edited alike within each key-value group: TransformerLens's result (ungrouped there)."""
+    name = "blocks.1.hook_attn_in"
+    edit = lambda value, hook: value * by_group(value, pair)  # noqa: E731
+    with switched_on(pair, "use_attn_in"):
+        ours = pair.hybrid.run_with_hooks(tokens, fwd_hooks=[(name, edit)])
+        theirs = pair.tl.run_with_hooks(tokens, fwd_hooks=[(name, edit)])
+    assert_same(ours, theirs, name)
+
+
+@torch.no_grad()
+def test_use_attn_result_caches_head_results(pair, tokens):
+    """Switched on, the every-point cache holds `hook_result` as TransformerLens's does; its heads plus `b_O` are
+    `hook_attn_out`. Without the switch both leave it out."""
+    _, ours = pair.hybrid.run_with_cache(tokens)
+    _, theirs = pair.tl.run_with_cache(tokens)
+    assert "blocks.0.attn.hook_result" not in ours and "blocks.0.attn.hook_result" not in theirs
+    with switched_on(pair, "use_attn_result"):
+        _, ours = pair.hybrid.run_with_cache(tokens)
+        _, theirs = pair.tl.run_with_cache(tokens)
+    for layer in range(pair.tl.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_result"
+        assert_same(ours[name], theirs[name], name)
+        assert_same(ours[name].sum(2) + pair.hybrid.blocks[layer].attn.b_O, ours[f"blocks.{layer}.hook_attn_out"], name)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("switches", [(), ("use_split_qkv_input", "use_hook_mlp_in", "use_attn_result")])
+def test_default_cache_names_and_order(pair, tokens, switches):
+    """`run_with_cache()` caches TransformerLens's points in TransformerLens's order, the switched ones once switched
+    on. Deliberate difference: the logits are `hook_logits` (TransformerLens: `unembed.hook_in` is the final norm's
+    output, our `ln_final.hook_normalized`, and `unembed.hook_out`)."""
+    with switched_on(pair, *switches):
+        _, ours = pair.hybrid.run_with_cache(tokens)
+        _, theirs = pair.tl.run_with_cache(tokens)
+    renamed = {"unembed.hook_out": "hook_logits"}
+    assert list(ours) == [renamed.get(name, name) for name in theirs if name != "unembed.hook_in"]
+
+
+def test_switched_off_points_are_refused(pair):
+    """TransformerLens's `check_hooks_to_add`: adding a hook at a switched-off point is an AssertionError."""
+    for point, switch in SWITCH_OF.items():
+        name = f"blocks.0.{point}"
+        for model in (pair.hybrid, pair.tl):
+            getattr(model, f"set_{switch}")(False) if switch != "use_attn_in" or model is pair.hybrid else None
+            if model is pair.tl and switch == "use_attn_in":
+                model.cfg.use_attn_in = False
+            with pytest.raises(AssertionError):
+                model.add_hook(name, lambda value, hook: value)
+        pair.hybrid.reset_hooks()
+        getattr(pair.hybrid, f"set_{switch}")(None)
 
 
 # --- TransformerLens tools on both models ------------------------------------------------------------------

@@ -275,3 +275,22 @@ def test_hook_tokens_changes_the_run_and_the_loss():
                            model(swapped, return_type="loss"))
     _, cache = model.run_with_cache(tokens)
     assert "hook_tokens" not in cache  # an input, not an activation: cached only when named
+
+
+@torch.no_grad()
+def test_containers_run_as_transformer_lens_components(built, tokens):
+    """`blocks[i].mlp(ln2.hook_normalized)` is the block's `hook_mlp_out` and `blocks[i].ln2(hook_resid_mid)` its
+    `ln2.hook_normalized` (TransformerLens's components called as modules); a mixer's container refuses to run."""
+    family, _, model = built
+    names = lambda name: name.endswith(("ln2.hook_normalized", "hook_mlp_out", "hook_resid_mid", "hook_logits"))  # noqa: E731
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    for block in model.blocks:
+        normalized = f"blocks.{block.index}.ln2.hook_normalized"
+        if normalized in cache and block.mlp.runs is not None:
+            close(block.mlp(cache[normalized]), cache[f"blocks.{block.index}.hook_mlp_out"], f"{family} {block.index}")
+            if f"blocks.{block.index}.hook_resid_mid" in cache:
+                assert torch.equal(block.ln2(cache[f"blocks.{block.index}.hook_resid_mid"]), cache[normalized])
+        for kind in block.layer.mixers:
+            with pytest.raises(TypeError, match="run the model with hooks instead"):
+                getattr(block, kind)(cache[normalized] if normalized in cache else torch.zeros(1, 2, model.cfg.d_model))
+    assert no_hooks_left(model)

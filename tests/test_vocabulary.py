@@ -11,7 +11,7 @@ import torch
 
 import hybrid_lens
 from hybrid_lens.interventions import Selector, Target
-from hybrid_lens.vocabulary import COMPONENT_KINDS, RESID_KINDS, ComponentLabel, hook_name
+from hybrid_lens.vocabulary import COMPONENT_KINDS, INPUT_POINTS, RESID_KINDS, ComponentLabel, hook_name
 
 from .fixtures import build
 
@@ -28,7 +28,8 @@ def test_hook_names_are_the_model_hook_points(family):
         built = {hook_name(layer, kind) for kind in (*mixers, "mlp", *RESID_KINDS)}
         assert built <= points
         block_level = {name for name in points if name.startswith(f"blocks.{layer}.hook_")}
-        assert built == block_level
+        inputs = {f"blocks.{layer}.{name}" for name in INPUT_POINTS} & points  # TransformerLens's input points
+        assert built | inputs == block_level
         inner = {name for name in points if name.startswith(f"blocks.{layer}.") and name not in block_level}
         assert inner == {hook_name(layer, *name.split(".")[2:]) for name in inner}
 
@@ -87,7 +88,7 @@ def test_core_does_not_import_the_zoo():
 ROOMS = [("registry", "checks", "tokens", "forward_state", "norms"), ("hook_points", "mixers"), ("vocabulary", "layout"),
          ("adapters",), ("cache",),
          ("model", "loading", "load_options", "tokenizing", "caching", "readout", "generation", "decoding", "nnsight_view",
-          "nnsight_envoy", "sae", "weights", "copying", "lens_config", "resolver"),
+          "nnsight_envoy", "sae", "weights", "copying", "lens_config", "resolver", "switching"),
          ("zoo", "configs"), ("interventions",), ("circuits",),
          ("analysis", "evals", "study", "viz", "cli", "coverage", "console", "conventions")]
 

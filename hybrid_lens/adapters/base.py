@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..forward_state import current_state
 from ..hook_points import HookPoint, Tap
 from ..layout import Layer
+from ..mixers.inputs import HeadInputs, MlpInput, Switches
 from ..mixers.norm import NormHooks
 from ..mixers.norm import add_points as add_norm_points
 from ..mixers.taps import MixerHooks, replace_forward
@@ -30,15 +31,21 @@ class HookedBlock(nn.Module):
     views) and `hook_{kind}_out`; `hook_resid_mid` (only in a block with both mixers and an MLP); `ln2`,
     the `mlp` container and `hook_mlp_out` (only with an MLP); `hook_resid_post`. A norm the block does
     not have is removed when its points are added (`adapters.points`); asking for `attn`, `mlp`, `ln1`
-    or `ln2` where the block has none says what it has instead.
+    or `ln2` where the block has none says what it has instead. TransformerLens's input points
+    (`hook_attn_in`, `hook_q_input` / `hook_k_input` / `hook_v_input` with a softmax attention, `hook_mlp_in`
+    with an MLP: `mixers.inputs`) follow, added with the other points.
 
     Args:
         layer: The block's entry of the model's `Layout`.
+        switches: The model's TransformerLens switches (`mixers.inputs.Switches`), read by the block's points.
     """
 
-    def __init__(self, layer: Layer):
+    def __init__(self, layer: Layer, switches: Switches | None = None):
         super().__init__()
         self.layer = layer
+        self.switches = Switches() if switches is None else switches
+        self.head_inputs: HeadInputs | None = None  # the plumbing of hook_attn_in / hook_q_input / ...
+        self.mlp_input: MlpInput | None = None  # of hook_mlp_in
         self.hook_resid_pre = HookPoint()
         if layer.mixers:
             self.ln1 = NormHooks()

@@ -17,7 +17,9 @@ from torch import nn
 from ..hook_points import Tap
 from ..mixers import mlp as dense
 from ..mixers import norm as norms
+from ..hook_points import TappedHookPoint
 from ..mixers.heads import add_result_point
+from ..mixers.inputs import ATTENTION_INPUTS, HeadInputs, MlpInput
 from .base import HookedBlock
 
 
@@ -42,12 +44,35 @@ def add_block_points(block: HookedBlock, layer: nn.Module, spec) -> list[Tap]:
     for mixer in spec.mixers:
         hooks = getattr(block, mixer.kind)
         if hooks.heads is not None:
-            taps.append(add_result_point(hooks, multiplier(layer, mixer.out_scale), exact=mixer.post_norm is None))
+            taps.append(add_result_point(hooks, multiplier(layer, mixer.out_scale), exact=mixer.post_norm is None,
+                                         switches=block.switches))
     if spec.mlp is not None:
         modules = [module for module in (attrgetter(attr)(layer) for attr in spec.mlp.modules) if module is not None]
         if len(modules) == 1 and dense.layout_of(modules[0]) is not None:
             taps += dense.add_points(block.mlp, modules[0], multiplier(layer, spec.mlp.out_scale),
                                      exact=spec.mlp.post_norm is None)
+    return taps + _inputs(block, spec)
+
+
+def _inputs(block: HookedBlock, spec) -> list[Tap]:
+    """TransformerLens's input points of `block` (`mixers.inputs`): the per-head inputs of its softmax attention
+    (one whose kind declared its `qkv` projections) and `hook_mlp_in`; their taps. None where a component reads
+    something else than the residual stream (Zamba2's shared transformer: `Block.feeds_mixer`)."""
+    taps = []
+    if spec.feeds_mixer:
+        return taps
+    attention = getattr(block, "attn") if "attn" in block.layer.mixers else None
+    if attention is not None and attention.qkv is not None:
+        points = {}
+        block.head_inputs = HeadInputs(attention.qkv, points, block.switches)
+        taps.append(block.head_inputs.tap)
+        for name in ATTENTION_INPUTS:
+            points[name] = TappedHookPoint(block.head_inputs.tap)
+            block.add_module(name, points[name])
+    if spec.mlp is not None:
+        taps.append(Tap(lambda: (lambda: None), "block forward (the MLP's input)"))
+        block.add_module("hook_mlp_in", TappedHookPoint(taps[-1]))
+        block.mlp_input = MlpInput(block.hook_mlp_in, block.switches)
     return taps
 
 

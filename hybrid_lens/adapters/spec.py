@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..hook_points import Tap
 from ..layout import Layout
-from ..mixers.taps import MixerHooks
+from ..mixers.taps import MixerHooks, forward_of
 from ..vocabulary import point_name
 from .base import Entry, HookedBlock, Wrapping, resid_in
 from .points import add_block_points
@@ -218,10 +218,22 @@ class Family:
         def skip_of(part: Mixer | Mlp, normed: Tensor, stream: Tensor) -> Tensor:
             return stream if part.normed_skip is None else scaled(normed, layer, part.normed_skip)
 
-        def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict) -> Tensor:
+        def inputs_of(mixer: Mixer, resid: Tensor) -> dict | None:
+            """TransformerLens's per-head input points of the attention, fed before its norm while hooked."""
+            inputs = block.head_inputs if mixer.kind == "attn" else None
+            if inputs is None or not inputs.tap.active:
+                return None
+            return inputs.prepare(resid, lambda heads: scaled(self.norm(layer, mixer.norm, heads, hooked=False),
+                                                              layer, mixer.in_scale))
+
+        def mixer_out(mixer: Mixer, normed: Tensor, named: dict, rest: dict, edited: dict | None) -> Tensor:
             x = scaled(normed, layer, mixer.in_scale)
             kwargs = {name: named[source] for name, source in arguments[mixer.kind] if source in named}
-            out = first(attrgetter(mixer.module)(layer)(x, **kwargs, **(rest if mixer.rest else {})))
+            module = attrgetter(mixer.module)(layer)
+            if edited is not None:
+                out = first(block.head_inputs.run(lambda: module(x, **kwargs, **(rest if mixer.rest else {})), edited))
+            else:
+                out = first(module(x, **kwargs, **(rest if mixer.rest else {})))
             out = scaled(norm(mixer.post_norm, out), layer, mixer.out_scale)
             return points[out_points[mixer.kind]](out)
 
@@ -230,32 +242,41 @@ class Family:
             resid = resid_in(block, entry, named.pop("hidden_states"))
             skip = resid.float() if fp32 else resid
             if spec.parallel:
+                edited = {mixer.kind: inputs_of(mixer, resid) for mixer in spec.mixers}
                 normed = norm(spec.mixers[0].norm, resid)
                 total = None
                 for mixer in spec.mixers:
-                    out = mixer_out(mixer, normed, named, rest)
+                    out = mixer_out(mixer, normed, named, rest, edited[mixer.kind])
                     total = out if total is None else total + out
                 resid = skip_of(spec.mixers[0], normed, skip) + total
             else:
                 for mixer in spec.mixers:
+                    edited = inputs_of(mixer, resid)
                     normed = norm(mixer.norm, resid)
-                    resid = skip_of(mixer, normed, skip) + mixer_out(mixer, normed, named, rest)
+                    resid = skip_of(mixer, normed, skip) + mixer_out(mixer, normed, named, rest, edited)
                     skip = resid
             if spec.mlp is not None:
                 if spec.mixers:
                     resid = points["hook_resid_mid"](resid)
-                normed = norm(spec.mlp.norm, resid)
-                total = None
-                for attr in spec.mlp.modules:
-                    module = attrgetter(attr)(layer)
-                    if module is not None:
-                        out = first(module(normed))
-                        total = out if total is None else total + out
-                out = scaled(norm(spec.mlp.post_norm, total), layer, spec.mlp.out_scale)
-                resid = skip_of(spec.mlp, normed, resid) + points["hook_mlp_out"](out)
+                mlp_in = resid if block.mlp_input is None else block.mlp_input(resid)
+                normed = norm(spec.mlp.norm, mlp_in)
+                out = self.mlp_output(layer, spec.mlp, normed)
+                skip_normed = normed if mlp_in is resid else norm(spec.mlp.norm, resid)  # the skip keeps the stream
+                resid = skip_of(spec.mlp, skip_normed, resid) + points["hook_mlp_out"](out)
             return self.wrap_output(points["hook_resid_post"](resid))
 
         return forward
+
+    def mlp_output(self, layer: nn.Module, mlp: Mlp, normed: Tensor) -> Tensor:
+        """What the MLP `mlp` of `layer` adds to the residual stream, from its normed input `normed`: its modules'
+        outputs summed, then its post-norm and output multiplier (`hook_mlp_out`; `blocks[i].mlp(normed)`)."""
+        total = None
+        for attr in mlp.modules:
+            module = attrgetter(attr)(layer)
+            if module is not None:
+                out = first(module(normed))
+                total = out if total is None else total + out
+        return scaled(self.norm(layer, mlp.post_norm, total), layer, mlp.out_scale)
 
     def validate(self, hf_model: nn.Module) -> None:
         """Check that this adapter fits `hf_model`: the decoder, its layers and final norm, and in every
@@ -300,12 +321,14 @@ class Family:
                 for name in ("out_scale", "normed_skip"):
                     _resolve(layer, getattr(block.mlp, name), f"{field_of}.{name}", where, module=False)
 
-    def norm(self, layer: nn.Module, attr: str | None, x: Tensor) -> Tensor:
-        """The norm `attr` of `layer` applied to `x` (None: `x`)."""
+    def norm(self, layer: nn.Module, attr: str | None, x: Tensor, hooked: bool = True) -> Tensor:
+        """The norm `attr` of `layer` applied to `x` (None: `x`); not `hooked`: its forward alone, without the
+        taps of its points (a per-head input is normed apart from the block's own pass)."""
         if attr is None:
             return x
         module = attrgetter(attr)(layer)
-        return module(x.to(module.weight.dtype) if self.norm_cast else x)
+        x = x.to(module.weight.dtype) if self.norm_cast else x
+        return module(x) if hooked else forward_of(module)(x)
 
     def skip_path(self, block: HookedBlock, layer: nn.Module, kind: str) -> Callable[[Tensor], Tensor]:
         """What the skip path around component `kind` of `block` carries, as a function of the residual
@@ -329,6 +352,8 @@ class Family:
         if spec.mlp is not None and spec.mlp.points is not None:
             for module in filter(None, (attrgetter(attr)(layer) for attr in spec.mlp.modules)):
                 taps += spec.mlp.points(block.mlp, module, pattern_mode)
+        if spec.mlp is not None and not spec.feeds_mixer:
+            block.mlp.runs = lambda normed: self.mlp_output(layer, spec.mlp, normed)
         return taps + add_block_points(block, layer, spec)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..hook_points import Tap
 from .heads import add_head_input
+from .inputs import QKV
 from .kinds import ComponentKind
 from .taps import MixerHooks, add_pattern_points, add_projection_point, output_tap, route
 from .weights import bias_or_zeros, head_inputs
@@ -54,6 +55,7 @@ def add_points(hooks: MixerHooks, attention: nn.Module, mode: Tap) -> list[Tap]:
     taps.append(add_projection_point(hooks, attention.k_proj, "hook_k", n_kv, "k_proj output"))
     taps.append(add_projection_point(hooks, attention.v_proj, "hook_v", n_kv, "v_proj output"))
     add_pattern_points(hooks, attention, mode)
+    hooks.qkv = QKV(attention.q_proj, attention.k_proj, attention.v_proj, n_heads, n_kv)
     return [*taps, add_head_input(hooks, attention, o_proj, n_heads, "o_proj input", _attention_views(n_heads, n_kv))]
 
 

@@ -29,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..hook_points import Tap
+from .inputs import Switches
 from .taps import MixerHooks, input_tap, single
 from .weights import WeightViews, bias_or_zeros, head_outputs
 
@@ -152,10 +153,10 @@ def add_head_input(hooks: MixerHooks, module: nn.Module, projection: nn.Linear, 
     return tap
 
 
-def add_result_point(hooks: MixerHooks, multiplier: Multiplier, exact: bool) -> Tap:
+def add_result_point(hooks: MixerHooks, multiplier: Multiplier, exact: bool, switches: Switches) -> Tap:
     """`hook_result` of a mixer whose kind declared its `heads`, with the block's output `multiplier`
     (and whether the results sum to the block output, `exact`); a forward hook on the projection,
-    installed only while hooked.
+    installed only while hooked, not fed while `switches.use_attn_result` is False (`mixers.inputs`).
 
     Examples:
         >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-falcon-h1")
@@ -170,6 +171,8 @@ def add_result_point(hooks: MixerHooks, multiplier: Multiplier, exact: bool) -> 
     heads = hooks.heads = replace(hooks.heads, multiplier=multiplier, exact=exact)
 
     def on_output(_module, args, output):
+        if switches.use_attn_result is False:
+            return None
         results = heads.results(args[0].unflatten(-1, (heads.n_heads, -1)))
         new = hooks.hook_result(results)  # looked up at call time (a module may stand in its place)
         return None if new is results else heads.output(new).to(output.dtype)

@@ -150,4 +150,5 @@ def add_points(hooks: NormHooks, norm: nn.Module, normalized: bool = True) -> Ta
     tap = Tap(lambda: norm.register_forward_hook(on_output, prepend=True).remove, f"{type(norm).__name__} output")
     for name in names:
         hooks.add(name, tap)
+    hooks.runs = lambda x: norm(x)  # `blocks[i].ln1(x)`: the norm, gain included (TransformerLens's RMSNorm output)
     return tap

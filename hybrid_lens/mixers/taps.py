@@ -38,11 +38,34 @@ class MixerHooks(nn.Module):
         neurons: The neurons of a dense MLP (`mixers.mlp.Neurons`), in `blocks.{i}.mlp` only; None otherwise.
         weights: Its weights in TransformerLens's layout (`mixers.weights.WeightViews`), read as
             attributes: `blocks[3].attn.W_Q`, `blocks[0].mlp.W_out`; None where none are declared.
+        qkv: The query, key and value projections of a softmax attention (`mixers.inputs.QKV`), which feed the
+            block's per-head input points (`hook_attn_in`, `hook_q_input`, ...); None for any other mixer.
+        runs: For an MLP, what calling the container runs (`blocks[i].mlp(normed)`, TransformerLens's MLP
+            component): the block's MLP on a normed input `[..., d_model]`, output multiplier included.
     """
 
     heads = None
     neurons = None
     weights = None
+    qkv = None
+    runs = None
+
+    def forward(self, *args, **kwargs):
+        """`blocks[i].mlp(normed)`: the block's MLP on `normed` (`Float[Tensor, "... d_model"]`), as
+        TransformerLens's MLP component is called; a mixer's container cannot be called (its `transformers` module
+        needs the decoder layer's position embeddings, mask and cache).
+
+        Examples:
+            >>> model = HookedHybrid.from_pretrained("hybrid-lens/tiny-qwen2.5")
+            >>> model.blocks[0].mlp(torch.zeros(1, 2, 128)).shape
+            torch.Size([1, 2, 128])
+        """
+        if self.runs is None:
+            name = getattr(self, "name", None) or type(self).__name__
+            raise TypeError(f"{name} holds hook points and weight views; it runs as a module only for a block's MLP "
+                            "(TransformerLens's `blocks[i].mlp(normed)`). A mixer's transformers module needs its "
+                            "decoder layer's position embeddings, mask and cache: run the model with hooks instead.")
+        return self.runs(*args, **kwargs)
 
     def add(self, name: str, tap: Tap) -> TappedHookPoint:
         point = TappedHookPoint(tap)
