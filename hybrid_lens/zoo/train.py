@@ -23,9 +23,9 @@ recall on random ids of a 64-id alphabet, the loss on the answers only):
   half width trained on recall rows only, the ground truth of circuit discovery's validation
   (`benchmarks/circuit_validation.py`). Bundled: planted-recall-qwen3.5 (its recall emerges after about
   200 steps). Not bundled: the Falcon-H1 and Qwen2.5 ones, whose recall had not emerged (MQAR with 8
-  pairs at 0.03-0.06, chance 1/64, answer loss on the plateau near 2 where a model guesses among the
-  row's ids): Qwen2.5 after 2000 steps (RoPE theta 1e4 instead of its 1e6 did no better in 1000),
-  Falcon-H1 after 600 and 1200 steps with its muP multipliers set to 1 (`NO_MUP`; with the family's
+  pairs at 0.02-0.06, chance 1/64, with 2 pairs 0.20-0.46; answer loss on a plateau near 2, where a model
+  guesses among the row's ids): Qwen2.5 after 2000 steps (RoPE theta 1e4 instead of its 1e6 did no better
+  in 1000), Falcon-H1 after 600 and 1200 steps with its muP multipliers set to 1 (`NO_MUP`; with the family's
   multipliers the answer loss stayed at chance, ln 64, for 250 steps, with 1s it leaves it within 150).
   Two attention layers need a previous-token head and an induction head, which take longer to form than
   these CPU runs gave them.
