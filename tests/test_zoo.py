@@ -92,6 +92,16 @@ def test_recall_training_runs_are_identical(name, split):
         assert alone[0] == losses_a[0] and alone[1:] != losses_a[1:]
 
 
+def test_planted_falcon_h1_keeps_the_family_flags_without_mup_multipliers():
+    planted, family = train.model_config("planted-recall-falcon-h1"), train.model_config("tiny-falcon-h1")
+    assert family.embedding_multiplier != 1 and family.ssm_multipliers != [1.0] * 5  # the family's muP
+    for key, value in train.NO_MUP.items():
+        assert getattr(planted, key) == value, key
+    for key in set(train.FALCON_H1_0_5B) - set(train.NO_MUP):
+        assert getattr(planted, key) == getattr(family, key), key
+    assert (planted.hidden_size, planted.num_hidden_layers) == (64, 2)
+
+
 def test_train_model_needs_something_to_train_on():
     config = train.model_config("tiny-qwen2.5", hidden_size=32, intermediate_size=64)
     with pytest.raises(ValueError, match="recall rows"):
