@@ -16,8 +16,8 @@ from hybrid_lens.zoo import recall, train
 NAMES = list(zoo.PLANTED_MODELS)
 LANGUAGE_NAMES = list(zoo.RECALL_LM_MODELS)
 # The recall language models' card cells must stay well above chance (1/64): MQAR with 8 pairs and
-# induction at distance 8 (tiny-qwen3.5-recall's card: 0.14 and 0.44).
-RECALL_LM_FLOOR = {"mqar": 0.1, "induction": 0.3}
+# induction at distance 8 (tiny-qwen3.5-recall's card: 0.41 and 0.69).
+RECALL_LM_FLOOR = {"mqar": 0.3, "induction": 0.5}
 
 
 def card(name: str) -> dict:

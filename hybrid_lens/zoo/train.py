@@ -17,9 +17,9 @@ recall on random ids of a 64-id alphabet, the loss on the answers only):
 - the recall language models (`RECALL_MODELS`, `tiny-qwen3.5-recall`, ...): a bundled language model
   trained on: each step adds recall rows to its text windows; its card adds recall accuracy by distance
   and by number of pairs, clean and under group ablation, and its perplexity against the model it
-  continues. Bundled: tiny-qwen3.5-recall (8 text windows + 32 recall rows a step at peak lr 1e-3, 300 steps:
-  held-out perplexity 1.001x tiny-qwen3.5's, MQAR with 8 pairs 0.14, induction at distance 8 0.44; its recall
-  was still rising at the end). An earlier recipe (4 windows + 16 rows at 2e-3, 250 steps) lost 16% of
+  continues. Bundled: tiny-qwen3.5-recall (8 text windows + 64 recall rows a step at peak lr 1e-3, 300 steps:
+  held-out perplexity 1.002x tiny-qwen3.5's, MQAR with 8 pairs 0.41, induction at distance 8 0.69; its recall
+  was still rising at the end; 32 rows a step gave 1.001x, 0.14 and 0.44). An earlier recipe (4 windows + 16 rows at 2e-3, 250 steps) lost 16% of
   held-out perplexity and reached MQAR-8 0.07; 2e-3 with 8 windows cost 18-19% of head perplexity after 50
   steps. The Falcon-H1 and Qwen2.5 recall language models were not trained;
 - the planted-mechanism models (`PLANTED`, `planted-recall-qwen3.5`, ...): two blocks of a family at
@@ -77,7 +77,7 @@ PLANTED = {
                                                     max_window_layers=2)),
 }
 RECALL_BATCH = 8  # text windows of each step of the recall language models (as many as their language model's)
-RECALL_ROWS = 32  # recall rows beside them
+RECALL_ROWS = 64  # recall rows beside them (32 recalled less: MQAR-8 0.14)
 RECALL_LENGTH = 64  # tokens per recall row
 RECALL_LR = 1e-3  # the recall language models continue at this peak rate (2e-3 cost 16-19% of perplexity)
 PLANTED_ROWS = 32  # recall rows per step of a planted-mechanism model
