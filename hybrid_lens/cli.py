@@ -43,6 +43,9 @@ def _models(args) -> None:
     print("Bundled planted-mechanism models that recall in context (offline; zoo.recall, tutorial 07):")
     for name in zoo.PLANTED_MODELS:
         print(f"  {name}")
+    print("Bundled language models trained further to recall in context (offline; zoo.recall):")
+    for name in zoo.RECALL_LM_MODELS:
+        print(f"  {name}")
     print("Optional real models (offline once installed):")
     for name, (description, is_installed, install) in zoo.REAL_MODELS.items():
         state = "installed" if is_installed() else f"not installed: {install}"

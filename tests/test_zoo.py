@@ -102,6 +102,25 @@ def test_planted_falcon_h1_keeps_the_family_flags_without_mup_multipliers():
     assert (planted.hidden_size, planted.num_hidden_layers) == (64, 2)
 
 
+def test_monitor_sees_progress_without_changing_training(split):
+    """`monitor` runs at step 0, every `monitor_every` steps and after the last, in eval mode without
+    gradients, and the run is the same as without it (weights and losses)."""
+    texts = split[0][:300]
+    stream = train.token_stream(train.train_tokenizer(texts), texts)
+    config = train.model_config("tiny-qwen3.5", hidden_size=32, intermediate_size=64)
+    seen = []
+
+    def monitor(step, model):
+        seen.append((step, model.training, torch.is_grad_enabled()))
+
+    kwargs = dict(steps=5, batch=2, length=64, log_every=0, recall_rows=3, recall_length=16)
+    watched, losses = train.train_model(config, stream, monitor=monitor, monitor_every=2, **kwargs)
+    alone, alone_losses = train.train_model(config, stream, **kwargs)
+    assert seen == [(0, False, False), (2, False, False), (4, False, False), (5, False, False)]
+    assert losses == alone_losses
+    assert all(torch.equal(a, b) for a, b in zip(watched.state_dict().values(), alone.state_dict().values()))
+
+
 def test_train_model_needs_something_to_train_on():
     config = train.model_config("tiny-qwen2.5", hidden_size=32, intermediate_size=64)
     with pytest.raises(ValueError, match="recall rows"):

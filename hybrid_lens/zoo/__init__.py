@@ -8,7 +8,9 @@ and `metrics.json` (validation perplexity, unigram baseline, ablation ratios, tr
 
 Models that recall in context are bundled beside them: `PLANTED_MODELS` (`hybrid-lens/planted-recall-qwen3.5`:
 a small Qwen3.5 model trained on the synthetic recall rows of `hybrid_lens.zoo.recall` only, a planted
-mechanism for validating circuit discovery and for tutorial 07).
+mechanism for validating circuit discovery and for tutorial 07) and `RECALL_LM_MODELS`
+(`hybrid-lens/tiny-qwen3.5-recall`: `tiny-qwen3.5` trained further on its text mixed with those rows, a
+language model that recalls in context, its held-out perplexity within 5% of `tiny-qwen3.5`'s).
 Their cards give recall accuracy by distance and number of pairs, clean and under group ablation.
 
 One real trained model is registered too, not bundled: `"smollm2-135m"` (SmolLM2-135M-Instruct),
@@ -39,7 +41,11 @@ ZOO_MODELS: dict[str, str] = {  # the bundled language models (the study's defau
 PLANTED_MODELS: dict[str, str] = {
     "hybrid-lens/planted-recall-qwen3.5": "planted-recall-qwen3.5",
 }
-BUNDLED: dict[str, str] = {**ZOO_MODELS, **PLANTED_MODELS}  # every bundled checkpoint
+# Bundled recall language models: a language model of ZOO_MODELS trained further on its text plus the recall tasks.
+RECALL_LM_MODELS: dict[str, str] = {
+    "hybrid-lens/tiny-qwen3.5-recall": "tiny-qwen3.5-recall",
+}
+BUNDLED: dict[str, str] = {**ZOO_MODELS, **PLANTED_MODELS, **RECALL_LM_MODELS}  # every bundled checkpoint
 VALIDATION_EVERY = 40  # every 40th passage is held out
 PASSAGE = 40  # verses per passage: validation text is contiguous, so long context helps as in WikiText-2
 # optional real models (not bundled): registry name -> (description, is_installed, install command)
